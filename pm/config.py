@@ -1,0 +1,159 @@
+"""Gateway configuration: a TOML file, then ``PM_<SECTION>_<KEY>`` environment overrides.
+
+Every key lives in a msgspec Struct with its default, so the defaults are written once, here.
+``config.example.toml`` documents the same keys for people; ``tests/test_config.py`` checks the
+two agree.
+
+Error handling: an unknown key, a wrong type or an unreadable file raises
+:class:`ConfigError` whose message names the key (``$.http.port``) so ``pm serve`` can print it
+and exit instead of starting half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "PM_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Bodies above this many bytes are refused with 413 before they are parsed.
+    max_body_bytes: int = 1024 * 1024
+
+
+class BrokerConfig(_Section):
+    # true: the gateway starts and supervises its own broker; false: use [mqtt] host/port.
+    embedded: bool = True
+    engine: Literal["amqtt"] = "amqtt"
+    host: str = "127.0.0.1"
+    port: int = 1883
+
+
+class MqttConfig(_Section):
+    # Used only when broker.embedded = false (an external broker such as mosquitto).
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    client_id: str = "puppetmaster"
+    keepalive: int = 30
+    reconnect_min_delay: float = 0.1
+    reconnect_max_delay: float = 5.0
+
+
+class TopicsConfig(_Section):
+    # "{device}" is replaced by the normalized device id.
+    request: str = "/remote/{device}"
+    response: str = "/remote/{device}/response"
+
+
+class TasksConfig(_Section):
+    # Seconds a task may wait for its final answer, counted from publication.
+    default_timeout: float = 3600.0
+    # Tasks queued per device before a job feeding it waits (back-pressure).
+    device_mailbox: int = 1024
+    # A device actor with nothing to do for this many seconds is retired.
+    device_idle_retire: float = 60.0
+    # Jobs kept in memory after they end; oldest finished ones are forgotten first.
+    max_finished_jobs: int = 10_000
+
+
+class WatchersConfig(_Section):
+    # Minimum seconds between two coalesced job snapshots sent to one watcher.
+    coalesce_interval: float = 0.1
+    # Task messages buffered per watcher; beyond it a slow watcher misses task messages.
+    queue_size: int = 1024
+
+
+class Config(_Section):
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
+    topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
+    tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
+    watchers: WatchersConfig = msgspec.field(default_factory=WatchersConfig)
+
+    @property
+    def mqtt_endpoint(self) -> tuple[str, int]:
+        """Where the gateway's MQTT client connects: its own broker, or the external one."""
+        if self.broker.embedded:
+            return self.broker.host, self.broker.port
+        return self.mqtt.host, self.mqtt.port
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    field.encode_name: field.type  # type: ignore[misc]
+    for field in msgspec.structs.fields(Config)
+}
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section in SECTIONS:
+            if rest.startswith(section + "_"):
+                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                break
+        # Other PM_* names (PM_URL for the CLI) are not gateway config: left alone.
+    return overrides
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read the TOML file (if any), apply environment variables, then explicit overrides.
+
+    Args:
+      path: a TOML file; ``None`` means defaults only.
+      environ: defaults to ``os.environ``; ``PM_HTTP_PORT=9000`` sets ``http.port``.
+      overrides: values that win over both (the CLI's ``--http``/``--broker`` flags).
+
+    Returns:
+      The validated :class:`Config`.
+
+    Error handling: raises :class:`ConfigError` naming the key for unknown keys, wrong types
+    and unreadable files.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    for section, values in _environment_overrides(
+        os.environ if environ is None else environ
+    ).items():
+        target = raw.setdefault(section, {})
+        for key, value in values.items():
+            target[key] = value
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    try:
+        # strict=False lets environment strings like "9000" or "false" become ints and bools.
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"invalid configuration: {error}") from None

@@ -1,0 +1,241 @@
+"""Device actors: one per device id, one command in flight, FIFO across jobs.
+
+A :class:`Fleet` owns a registry of device actors (spawned on the first task for a device,
+retired after ``tasks.device_idle_retire`` idle seconds) and routes incoming answers to the
+actor whose task is in flight. Everything that arrives and fits no in-flight task is dropped
+and counted by reason in :attr:`Fleet.dropped`; nothing a device sends can raise here.
+
+Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
+and every task still queued for it end ``error`` with a result naming the failure. Other
+devices and jobs are untouched; the next task for that device spawns a fresh actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+import trio
+
+from actors import ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
+
+from .protocol import (
+    PROGRESS_CODE,
+    MalformedAnswer,
+    SanjiAnswer,
+    SanjiRequest,
+    TopicTemplates,
+    answer_progress,
+    decode_answer,
+    encode_request,
+    error_result,
+    is_success,
+)
+from .state import TaskRecord
+
+if TYPE_CHECKING:
+    from .jobs import Job
+
+logger = logging.getLogger(__name__)
+
+# Answers buffered for the one in-flight task; a device flooding beyond this is dropped.
+ANSWER_BUFFER = 16
+
+
+class Publisher(Protocol):
+    """What the fleet needs of the MQTT client."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool: ...
+
+
+class Dispatch(msgspec.Struct, frozen=True, tag=True):
+    """Run ``task`` (of ``job``) on this device when its turn comes."""
+
+    task: TaskRecord
+    job: Job
+
+
+class InFlight:
+    """The one task a device is working on, as the answer router sees it."""
+
+    __slots__ = ("answers", "payload", "task_id", "topic")
+
+    def __init__(
+        self, task_id: int, topic: str, payload: bytes, answers: trio.MemorySendChannel[SanjiAnswer]
+    ) -> None:
+        self.task_id = task_id
+        self.topic = topic
+        self.payload = payload
+        self.answers = answers
+
+
+class Fleet:
+    """Device actors and answer routing.
+
+    Args:
+      nursery: where device actors run (under this fleet's own supervisor).
+      publisher: the MQTT client (or anything with its ``publish``).
+      topics: request and answer topic templates.
+      mailbox_size: tasks queued per device before senders wait.
+      idle_timeout: seconds before an idle device actor retires.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        publisher: Publisher,
+        topics: TopicTemplates,
+        *,
+        mailbox_size: int,
+        idle_timeout: float,
+    ) -> None:
+        self._publisher = publisher
+        self._topics = topics
+        self._registry: Registry[str, Dispatch] = Registry(
+            Supervisor(nursery, self.on_device_failure),
+            self._run_device,
+            capacity=mailbox_size,
+            idle_timeout=idle_timeout,
+            name="device",
+        )
+        self._in_flight: dict[str, InFlight] = {}
+        self._current: dict[str, Dispatch] = {}
+        self.dropped: Counter[str] = Counter()
+        self.published = 0
+        self.answered = 0
+        self.republished = 0
+
+    @property
+    def live_actors(self) -> int:
+        return len(self._registry)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def dispatch(self, task: TaskRecord, job: Job) -> None:
+        """Queue ``task`` on its device; waits while that device's mailbox is full."""
+        await self._registry.tell(task.device, Dispatch(task, job))
+
+    # -- answers, called by the MQTT client on the trio thread ---------------------------
+
+    def on_answer(self, topic: str, payload: bytes) -> None:
+        """Route one message from an answer topic. Never raises for what devices send."""
+        device = self._topics.device_of_response(topic)
+        if device is None:
+            self.dropped["foreign_topic"] += 1
+            return
+        try:
+            answer = decode_answer(payload)
+        except MalformedAnswer:
+            self.dropped["malformed"] += 1
+            return
+        in_flight = self._in_flight.get(device)
+        if in_flight is None or in_flight.task_id != answer.id:
+            # Unknown id, another device's task, or a task already settled or abandoned.
+            self.dropped["unexpected_id"] += 1
+            return
+        try:
+            in_flight.answers.send_nowait(answer)
+        except trio.WouldBlock:
+            self.dropped["answer_overflow"] += 1
+
+    def republish_in_flight(self) -> None:
+        """After a reconnect: send every in-flight request again, with the same task id.
+
+        The broker may have lost them (a restarted embedded broker keeps no sessions), so
+        delivery is at least once; a device can drop a repeated id.
+        """
+        for in_flight in self._in_flight.values():
+            if self._publisher.publish(in_flight.topic, in_flight.payload):
+                self.republished += 1
+
+    # -- the actor -----------------------------------------------------------------------
+
+    async def _run_device(self, device: str, inbox: IdleInbox[Dispatch]) -> None:
+        answers_send, answers_receive = trio.open_memory_channel[SanjiAnswer](ANSWER_BUFFER)
+        with answers_send, answers_receive:
+            async for dispatch in inbox:
+                # Kept on an exception: the failure policy fails this task explicitly.
+                self._current[device] = dispatch
+                try:
+                    await self._run_task(device, dispatch, answers_send, answers_receive)
+                except trio.Cancelled:
+                    del self._current[device]
+                    raise
+                del self._current[device]
+
+    async def _run_task(
+        self,
+        device: str,
+        dispatch: Dispatch,
+        answers_send: trio.MemorySendChannel[SanjiAnswer],
+        answers: trio.MemoryReceiveChannel[SanjiAnswer],
+    ) -> None:
+        task, job = dispatch.task, dispatch.job
+        if job.final or task.status != "pending":
+            return  # its job ended while it was queued: it never reaches the device
+        # Answers to an earlier task that slipped in just before it settled are stale now.
+        while True:
+            try:
+                answers.receive_nowait()
+            except trio.WouldBlock:
+                break
+        topic = self._topics.request_topic(device)
+        payload = encode_request(
+            SanjiRequest(
+                id=task.id,
+                method=task.method,  # type: ignore[arg-type]
+                resource=task.resource,
+                data=task.data,
+                tunnel=task.tunnel,
+            )
+        )
+        self._in_flight[device] = InFlight(task.id, topic, payload, answers_send)
+        # The task timeout counts from publication; the job cancels this scope to abandon.
+        timer = job.open_task_scope(task.id, trio.current_time() + task.timeout)
+        try:
+            # If the connection is down, publish returns False and the request goes out
+            # with the other in-flight ones when it is back (republish_in_flight).
+            self._publisher.publish(topic, payload)
+            self.published += 1
+            with timer:
+                await job.report_sent(task)
+                while True:
+                    answer = await answers.receive()
+                    if answer.id != task.id:
+                        continue
+                    if answer.code == PROGRESS_CODE:
+                        progress = answer_progress(answer)
+                        if progress is not None:
+                            await job.report_progress(task, progress)
+                        continue
+                    self.answered += 1
+                    if is_success(answer.code):
+                        await job.report_settled(task, "resolved", answer.data)
+                    else:
+                        await job.report_settled(task, "error", error_result(answer))
+                    return
+            if timer.cancelled_caught and not job.final:
+                await job.report_settled(task, "timeout", None)
+        except ActorStopped:
+            pass  # the job actor is gone: nobody is waiting for this task any more
+        finally:
+            del self._in_flight[device]
+            job.close_task_scope(task.id)
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def on_device_failure(self, failure: Failure[Any]) -> Directive:
+        """Policy for device actors: stop the actor and fail its tasks, in flight and queued."""
+        device = failure.name.partition(":")[2]
+        reason = {"error": f"device actor failed: {failure.error!r}"}
+        doomed = [m for m in failure.drain() if isinstance(m, Dispatch)]
+        current = self._current.pop(device, None)
+        if current is not None:
+            doomed.insert(0, current)
+        for dispatch in doomed:
+            dispatch.job.report_settled_soon(dispatch.task, "error", reason)
+        return Directive.STOP

@@ -1,0 +1,214 @@
+"""Job actors: one per job. Feed its tasks to device actors, aggregate what they report.
+
+A job actor runs two tasks in its own nursery:
+
+- the *feeder* hands tasks to device actors in order, waiting when a device's mailbox is
+  full (back-pressure), and
+- the *aggregator* consumes the job's mailbox: reports from device actors and cancel
+  requests, applied to the :class:`~pm.state.JobRecord` it alone writes.
+
+They are separate so that a feeder blocked on a full device mailbox can never stop the
+aggregator from draining reports, which is what that device is waiting on (no deadlock).
+The job timeout is a deadline on the aggregator; cancelling or timing out a job cancels the
+feeder (queued tasks never reach devices) and the cancel scopes of in-flight tasks (their
+devices move on; a late answer is dropped as unexpected).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from actors import ActorRef, ActorStopped, Reply
+
+from .schemas import JobView, TaskStatus
+from .state import JobRecord, TaskRecord
+from .watch import JobFeed, Watcher
+
+if TYPE_CHECKING:
+    from .devices import Fleet
+
+logger = logging.getLogger(__name__)
+
+
+class TaskSent(msgspec.Struct, frozen=True, tag=True):
+    task_id: int
+
+
+class TaskProgress(msgspec.Struct, frozen=True, tag=True):
+    task_id: int
+    progress: int
+
+
+class TaskSettled(msgspec.Struct, frozen=True, tag=True):
+    task_id: int
+    status: TaskStatus
+    result: Any
+
+
+class CancelJob(msgspec.Struct, frozen=True, tag=True):
+    reply: Reply[JobView]
+
+
+JobMessage = TaskSent | TaskProgress | TaskSettled | CancelJob
+
+
+class Job:
+    """A job: its record, its mailbox reference and its feed for watchers.
+
+    Args:
+      record: the tasks and aggregate state (written only by this job's actor).
+      fleet: where tasks go.
+      mailbox_size: reports buffered before device actors wait.
+      feed_capacity, coalesce_interval: watcher settings (see :mod:`pm.watch`).
+    """
+
+    def __init__(
+        self,
+        record: JobRecord,
+        fleet: Fleet,
+        *,
+        feed_capacity: int,
+        coalesce_interval: float,
+    ) -> None:
+        self.record = record
+        self._fleet = fleet
+        self._coalesce_interval = coalesce_interval
+        self.feed = JobFeed(lambda: record.view(collection=None), feed_capacity)
+        self.ref: ActorRef[JobMessage] | None = None
+        self._task_scopes: dict[int, trio.CancelScope] = {}
+        self.ended = trio.Event()
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def final(self) -> bool:
+        return self.record.final
+
+    def watch(self) -> Watcher:
+        return Watcher(self.feed, self._coalesce_interval)
+
+    # -- called by device actors ---------------------------------------------------------
+
+    def open_task_scope(self, task_id: int, deadline: float) -> trio.CancelScope:
+        scope = trio.CancelScope(deadline=deadline)
+        self._task_scopes[task_id] = scope
+        return scope
+
+    def close_task_scope(self, task_id: int) -> None:
+        self._task_scopes.pop(task_id, None)
+
+    async def report_sent(self, task: TaskRecord) -> None:
+        await self._tell(TaskSent(task.id))
+
+    async def report_progress(self, task: TaskRecord, progress: int) -> None:
+        await self._tell(TaskProgress(task.id, progress))
+
+    async def report_settled(self, task: TaskRecord, status: TaskStatus, result: Any) -> None:
+        await self._tell(TaskSettled(task.id, status, result))
+
+    def report_settled_soon(self, task: TaskRecord, status: TaskStatus, result: Any) -> None:
+        """For synchronous callers (a failure policy): never waits, never loses the report."""
+        if self.ref is not None and not self.final:
+            self._nursery.start_soon(self._tell_if_running, TaskSettled(task.id, status, result))
+
+    async def _tell_if_running(self, message: JobMessage) -> None:
+        try:
+            await self._tell(message)
+        except ActorStopped:
+            pass  # the job ended meanwhile; its final state already covers this task
+
+    async def _tell(self, message: JobMessage) -> None:
+        if self.ref is None:
+            raise ActorStopped(f"job:{self.id}")
+        await self.ref.tell(message)
+
+    # -- called by the API ---------------------------------------------------------------
+
+    async def cancel(self) -> JobView:
+        """Cancel if running; returns the final snapshot either way."""
+        if self.ref is not None and not self.final:
+            try:
+                return await self.ref.ask(CancelJob, timeout=30)
+            except ActorStopped:
+                pass
+        await self.ended.wait()
+        return self.record.view()
+
+    # -- the actor -----------------------------------------------------------------------
+
+    async def run(
+        self, inbox: trio.MemoryReceiveChannel[JobMessage], deadline: float = math.inf
+    ) -> None:
+        """The job actor. ``deadline`` is on trio's clock (job timeout, or none).
+
+        ``self.ref`` (the other side of ``inbox``) is set by whoever spawned it.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._feed_devices, name=f"job:{self.id}:feeder")
+                with trio.move_on_at(deadline):
+                    async for message in inbox:
+                        self._handle(message)
+                        if self.final:
+                            break
+                if not self.final:
+                    self._finish("timeout")
+                # Stops the feeder and any report still being delivered.
+                nursery.cancel_scope.cancel()
+        finally:
+            if not self.final:
+                # Shutdown or a failure of this actor: the job cannot go on.
+                self._finish("cancelled")
+            self._abandon_in_flight()
+            self.feed.close()
+            self.ended.set()
+
+    async def _feed_devices(self) -> None:
+        for task in self.record.tasks:
+            if self.final:
+                return
+            await self._fleet.dispatch(task, self)
+
+    def _handle(self, message: JobMessage) -> None:
+        record = self.record
+        match message:
+            case TaskSent(task_id):
+                task = record.task(task_id)
+                if task is not None and record.mark_sent(task):
+                    self._task_changed(task)
+            case TaskProgress(task_id, progress):
+                task = record.task(task_id)
+                if task is not None and record.mark_progress(task, progress):
+                    self._task_changed(task)
+            case TaskSettled(task_id, status, result):
+                task = record.task(task_id)
+                if task is not None and record.settle(task, status, result, time.time()):
+                    self._task_changed(task)
+            case CancelJob(reply):
+                self._finish("cancelled")
+                reply.send(record.view())
+            case _:
+                raise AssertionError(f"unexpected job message {message!r}")
+
+    def _task_changed(self, task: TaskRecord) -> None:
+        self.feed.task_changed(task.view)
+        self.feed.job_changed()
+
+    def _finish(self, status: str) -> None:
+        for task in self.record.finish(status, time.time()):  # type: ignore[arg-type]
+            self.feed.task_changed(task.view)
+        self.feed.job_changed()
+        self._abandon_in_flight()
+
+    def _abandon_in_flight(self) -> None:
+        for scope in self._task_scopes.values():
+            scope.cancel()

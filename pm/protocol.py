@@ -1,0 +1,149 @@
+"""Device protocol v1: device ids, the Sanji request we publish and the answer we accept.
+
+Pure functions and Structs, no I/O: the device actor and the MQTT adapter call into this.
+``docs/protocol.md`` is the same contract written for firmware authors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+Method = Literal["get", "post", "put", "delete"]
+
+_MAC_SEPARATED = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
+_MAC_BARE = re.compile(r"^[0-9A-Fa-f]{12}$")
+_OTHER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+# Sanji's interim answer: the device is still working and reports data.progress.
+PROGRESS_CODE = 206
+
+
+class InvalidDeviceId(ValueError):
+    """A destination that is neither MAC-shaped nor a plain id of the allowed characters."""
+
+
+def normalize_device_id(raw: str) -> str:
+    """Return the one canonical spelling of a device id.
+
+    MAC-shaped ids (six hex octets separated by ``:`` or ``-``, or 12 hex digits) become
+    lowercase colon form, so ``00-0C-29-1C-E8-01`` and ``000c291ce801`` are one device.
+    Other ids are kept as they are if they match ``^[A-Za-z0-9._:-]{1,64}$``.
+
+    Error handling: raises :class:`InvalidDeviceId` for anything else; such a destination is
+    refused before any job exists.
+    """
+    if _MAC_SEPARATED.match(raw):
+        return raw.replace("-", ":").lower()
+    if _MAC_BARE.match(raw):
+        lowered = raw.lower()
+        return ":".join(lowered[i : i + 2] for i in range(0, 12, 2))
+    if _OTHER_ID.match(raw):
+        return raw
+    raise InvalidDeviceId(
+        f"invalid device id {raw!r}: expected a MAC address or 1-64 of A-Z a-z 0-9 . _ : -"
+    )
+
+
+class TopicTemplates:
+    """Request and answer topics for a device, from the configured ``{device}`` templates."""
+
+    def __init__(self, request: str, response: str) -> None:
+        for name, template in (("request", request), ("response", response)):
+            if template.count("{device}") != 1:
+                raise ValueError(
+                    f"topics.{name} must contain {{device}} exactly once: {template!r}"
+                )
+        self.request = request
+        self.response = response
+        prefix, _, suffix = response.partition("{device}")
+        self._response_prefix = prefix
+        self._response_suffix = suffix
+
+    def request_topic(self, device: str) -> str:
+        return self.request.replace("{device}", device)
+
+    def response_topic(self, device: str) -> str:
+        return self.response.replace("{device}", device)
+
+    @property
+    def response_filter(self) -> str:
+        """The one MQTT subscription that receives every device's answers."""
+        return self.response.replace("{device}", "+")
+
+    def device_of_response(self, topic: str) -> str | None:
+        """The device id an answer topic belongs to, or ``None`` if it is not one."""
+        if not (topic.startswith(self._response_prefix) and topic.endswith(self._response_suffix)):
+            return None
+        end = len(topic) - len(self._response_suffix)
+        device = topic[len(self._response_prefix) : end]
+        if not device or "/" in device:
+            return None
+        return device
+
+
+class SanjiRequest(msgspec.Struct, kw_only=True):
+    """The Sanji DIRECT message published to ``/remote/{device}``."""
+
+    id: int
+    method: Method
+    resource: str
+    data: Any
+    tunnel: str
+
+
+class SanjiAnswer(msgspec.Struct, kw_only=True):
+    """A Sanji RESPONSE from a device. Only ``id`` and ``code`` are required."""
+
+    id: int
+    code: int
+    method: str | None = None
+    resource: str | None = None
+    sign: list[str] | None = None
+    data: Any = None
+
+
+_request_encoder = msgspec.json.Encoder()
+_answer_decoder = msgspec.json.Decoder(SanjiAnswer)
+
+
+def encode_request(request: SanjiRequest) -> bytes:
+    return _request_encoder.encode(request)
+
+
+class MalformedAnswer(ValueError):
+    """A payload on an answer topic that is not a Sanji answer; ignored and counted."""
+
+
+def decode_answer(payload: bytes) -> SanjiAnswer:
+    """Parse a device answer.
+
+    Error handling: raises :class:`MalformedAnswer` for anything that is not a JSON object
+    with an integer ``id`` and ``code``; callers count it and drop it.
+    """
+    try:
+        return _answer_decoder.decode(payload)
+    except msgspec.DecodeError as error:
+        raise MalformedAnswer(str(error)) from None
+
+
+def answer_progress(answer: SanjiAnswer) -> int | None:
+    """``data.progress`` of a 206 answer, clamped to 0-100, or ``None`` if absent or unusable."""
+    data = answer.data
+    if not isinstance(data, dict):
+        return None
+    progress = data.get("progress")
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        return None
+    return max(0, min(100, int(progress)))
+
+
+def is_success(code: int) -> bool:
+    return 200 <= code < 300 and code != PROGRESS_CODE
+
+
+def error_result(answer: SanjiAnswer) -> dict[str, Any]:
+    """The task result recorded for a non-2xx answer."""
+    return {"code": answer.code, "resource": answer.resource, "data": answer.data}

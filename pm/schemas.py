@@ -1,0 +1,147 @@
+"""The REST/WebSocket wire shapes, as msgspec Structs: validation and JSON in one place.
+
+The OpenAPI document is generated from these (``pm.http.openapi``); nothing here is written
+twice. Field names follow the seed (sanji-puppetmaster): camelCase, ``__destination``,
+``__task``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .protocol import InvalidDeviceId, normalize_device_id
+
+TaskStatus = Literal["pending", "sent", "resolved", "error", "timeout", "cancelled"]
+JobStatus = Literal["pending", "dispatching", "resolved", "timeout", "cancelled"]
+FINAL_TASK_STATUSES: frozenset[str] = frozenset({"resolved", "error", "timeout", "cancelled"})
+FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled"})
+JOB_STATUSES: tuple[str, ...] = ("pending", "dispatching", "resolved", "timeout", "cancelled")
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, description="seconds, > 0")]
+MethodName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^(?i:get|post|put|delete)$",
+        description="get, post, put or delete, in any case; stored lowercase",
+    ),
+]
+Resource = Annotated[str, msgspec.Meta(pattern="^/", description="a Sanji resource path")]
+DeviceId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        description="a MAC address (any of the usual spellings) or ^[A-Za-z0-9._:-]{1,64}$",
+    ),
+]
+
+
+class BatchEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One Sanji command and the devices it goes to (one task per destination)."""
+
+    method: MethodName
+    resource: Resource
+    destination: DeviceId | Annotated[list[DeviceId], msgspec.Meta(min_length=1)] = msgspec.field(
+        name="__destination"
+    )
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    timeout: PositiveSeconds | None = None
+
+    def __post_init__(self) -> None:
+        self.method = self.method.lower()
+        raw = [self.destination] if isinstance(self.destination, str) else self.destination
+        devices: list[str] = []
+        seen: set[str] = set()
+        for item in raw:
+            try:
+                device = normalize_device_id(item)
+            except InvalidDeviceId as error:
+                raise ValueError(f"__destination: {error}") from None
+            if device in seen:
+                raise ValueError(f"__destination: device {device!r} is listed more than once")
+            seen.add(device)
+            devices.append(device)
+        self.destination = devices
+
+    @property
+    def devices(self) -> list[str]:
+        """Normalized destinations (``__post_init__`` always stores a list)."""
+        assert isinstance(self.destination, list)
+        return self.destination
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /jobs``."""
+
+    batch: Annotated[list[BatchEntry], msgspec.Meta(min_length=1)]
+    timeout: PositiveSeconds | None = None
+
+
+class TaskState(msgspec.Struct, rename="camel", kw_only=True):
+    created_at: str
+    finish_at: str | None
+    timeout: float
+    status: TaskStatus
+    progress: int
+    result: Any = None
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    """A task as the seed shows it."""
+
+    id: int
+    method: str
+    resource: str
+    tunnel: str
+    data: Any
+    destination: str = msgspec.field(name="__destination")
+    task: TaskState = msgspec.field(name="__task")
+
+
+class JobView(msgspec.Struct, rename="camel", kw_only=True):
+    """A job. ``collection`` holds task ids, full tasks with ``?collection=true``, and is
+    absent from WebSocket snapshots."""
+
+    id: int
+    created_at: str
+    finish_at: str | None
+    timeout: float | None
+    status: JobStatus
+    progress: int
+    total_count: int
+    done_count: int
+    finish_count: int
+    error_count: int
+    collection: list[int] | list[TaskView] | msgspec.UnsetType = msgspec.UNSET
+
+
+class JobMessage(msgspec.Struct, tag_field="type", tag="job"):
+    """WebSocket: a job snapshot (never with a collection)."""
+
+    job: JobView
+
+
+class TaskMessage(msgspec.Struct, tag_field="type", tag="task"):
+    """WebSocket: one task changed."""
+
+    task: TaskView
+
+
+WatchMessage = JobMessage | TaskMessage
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "degraded"]
+    broker_connected: bool = msgspec.field(name="brokerConnected")
+    broker_reconnects: int = msgspec.field(name="brokerReconnects")
+    embedded_broker_restarts: int | None = msgspec.field(name="embeddedBrokerRestarts")
+    jobs: int
+    jobs_running: int = msgspec.field(name="jobsRunning")
+    device_actors: int = msgspec.field(name="deviceActors")
+    dropped_messages: dict[str, int] = msgspec.field(name="droppedMessages")

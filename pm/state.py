@@ -1,0 +1,261 @@
+"""Job and task state: transitions, counts and progress, as plain objects without I/O.
+
+The job actor owns one :class:`JobRecord` and is the only writer; every transition method
+returns whether anything changed, so the actor knows what to tell watchers. Invariants kept
+here and checked by ``tests/test_state.py``:
+
+- a task reaches exactly one final status, and never leaves it;
+- ``done_count == finish_count + error_count`` and equals the number of final tasks;
+- job progress is the floor of the mean of task progress (100 for a settled task).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from .schemas import (
+    FINAL_TASK_STATUSES,
+    BatchEntry,
+    JobStatus,
+    JobView,
+    TaskState,
+    TaskStatus,
+    TaskView,
+)
+
+
+def iso_timestamp(epoch_seconds: float) -> str:
+    """``2011-12-19T15:28:46.493Z``: ISO 8601, UTC, milliseconds, ``Z``."""
+    moment = datetime.fromtimestamp(epoch_seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class TaskRecord:
+    """One command to one device. ``data`` is shared with the batch entry (not copied)."""
+
+    __slots__ = (
+        "created_at",
+        "data",
+        "device",
+        "finish_at",
+        "id",
+        "job_id",
+        "method",
+        "progress",
+        "resource",
+        "result",
+        "status",
+        "timeout",
+        "tunnel",
+    )
+
+    def __init__(
+        self,
+        *,
+        task_id: int,
+        job_id: int,
+        device: str,
+        method: str,
+        resource: str,
+        data: Any,
+        tunnel: str,
+        timeout: float,
+        created_at: float,
+    ) -> None:
+        self.id = task_id
+        self.job_id = job_id
+        self.device = device
+        self.method = method
+        self.resource = resource
+        self.data = data
+        self.tunnel = tunnel
+        self.timeout = timeout
+        self.created_at = created_at
+        self.finish_at: float | None = None
+        self.status: TaskStatus = "pending"
+        self.progress = 0
+        self.result: Any = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_TASK_STATUSES
+
+    def view(self) -> TaskView:
+        return TaskView(
+            id=self.id,
+            method=self.method,
+            resource=self.resource,
+            tunnel=self.tunnel,
+            data=self.data,
+            destination=self.device,
+            task=TaskState(
+                created_at=iso_timestamp(self.created_at),
+                finish_at=None if self.finish_at is None else iso_timestamp(self.finish_at),
+                timeout=self.timeout,
+                status=self.status,
+                progress=self.progress,
+                result=self.result,
+            ),
+        )
+
+
+class JobRecord:
+    """A job's tasks and aggregate state.
+
+    Args:
+      job_id: the job's id.
+      tasks: in dispatch order (entry order, then destination order).
+      timeout: job timeout in seconds, ``None`` for none.
+      created_at: wall-clock epoch seconds.
+    """
+
+    def __init__(
+        self, job_id: int, tasks: list[TaskRecord], timeout: float | None, created_at: float
+    ) -> None:
+        if not tasks:
+            raise ValueError("a job has at least one task")
+        self.id = job_id
+        self.tasks = tasks
+        self.timeout = timeout
+        self.created_at = created_at
+        self.finish_at: float | None = None
+        self.status: JobStatus = "pending"
+        self.finish_count = 0
+        self.error_count = 0
+        self._progress_sum = 0
+        self._by_id = {task.id: task for task in tasks}
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def final(self) -> bool:
+        return self.finish_at is not None
+
+    @property
+    def done_count(self) -> int:
+        return self.finish_count + self.error_count
+
+    @property
+    def progress(self) -> int:
+        return self._progress_sum // len(self.tasks)
+
+    def task(self, task_id: int) -> TaskRecord | None:
+        return self._by_id.get(task_id)
+
+    def view(self, collection: str | None = "ids") -> JobView:
+        """The job object; ``collection`` is ``"ids"``, ``"tasks"`` or ``None`` (omitted)."""
+        view = JobView(
+            id=self.id,
+            created_at=iso_timestamp(self.created_at),
+            finish_at=None if self.finish_at is None else iso_timestamp(self.finish_at),
+            timeout=self.timeout,
+            status=self.status,
+            progress=self.progress,
+            total_count=len(self.tasks),
+            done_count=self.done_count,
+            finish_count=self.finish_count,
+            error_count=self.error_count,
+        )
+        if collection == "ids":
+            view.collection = [task.id for task in self.tasks]
+        elif collection == "tasks":
+            view.collection = [task.view() for task in self.tasks]
+        return view
+
+    # -- transitions -------------------------------------------------------------------
+
+    def mark_sent(self, task: TaskRecord) -> bool:
+        """The request left for the device."""
+        if task.status != "pending" or self.final:
+            return False
+        task.status = "sent"
+        if self.status == "pending":
+            self.status = "dispatching"
+        return True
+
+    def mark_progress(self, task: TaskRecord, progress: int) -> bool:
+        """An interim (206) answer. Progress only moves forward and stays below 100."""
+        if task.status != "sent":
+            return False
+        progress = min(progress, 99)
+        if progress <= task.progress:
+            return False
+        self._progress_sum += progress - task.progress
+        task.progress = progress
+        return True
+
+    def settle(self, task: TaskRecord, status: TaskStatus, result: Any, now: float) -> bool:
+        """Give a task its final status. Returns False if it was already final.
+
+        The job resolves when its last task settles.
+        """
+        if status not in FINAL_TASK_STATUSES:
+            raise ValueError(f"{status!r} is not a final task status")
+        if task.final:
+            return False
+        task.status = status
+        task.result = result
+        task.finish_at = now
+        self._progress_sum += 100 - task.progress
+        task.progress = 100
+        if status == "resolved":
+            self.finish_count += 1
+        else:
+            self.error_count += 1
+        if self.done_count == len(self.tasks) and not self.final:
+            self.status = "resolved"
+            self.finish_at = now
+        return True
+
+    def finish(self, status: JobStatus, now: float) -> list[TaskRecord]:
+        """End the job early (``timeout`` or ``cancelled``): every unsettled task ends with
+        that same status and a null result. Returns the tasks that changed."""
+        if status not in ("timeout", "cancelled"):
+            raise ValueError(f"a job is finished early only by timeout or cancel, not {status!r}")
+        if self.final:
+            return []
+        changed = [task for task in self.tasks if not task.final]
+        for task in changed:
+            self.settle(task, status, None, now)
+        self.status = status
+        self.finish_at = now
+        return changed
+
+
+def expand_batch(
+    job_id: int,
+    batch: list[BatchEntry],
+    *,
+    next_task_id: Callable[[], int],
+    tunnel_for: Callable[[str], str],
+    default_timeout: float,
+    now: float | None = None,
+) -> list[TaskRecord]:
+    """One task per entry x destination, in entry order then destination order.
+
+    Args:
+      next_task_id: returns a fresh task id per call.
+      tunnel_for: the answer topic of a device.
+    """
+    created_at = time.time() if now is None else now
+    tasks = []
+    for entry in batch:
+        timeout = default_timeout if entry.timeout is None else entry.timeout
+        for device in entry.devices:
+            tasks.append(
+                TaskRecord(
+                    task_id=next_task_id(),
+                    job_id=job_id,
+                    device=device,
+                    method=entry.method,
+                    resource=entry.resource,
+                    data=entry.data,
+                    tunnel=tunnel_for(device),
+                    timeout=timeout,
+                    created_at=created_at,
+                )
+            )
+    return tasks
