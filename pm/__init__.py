@@ -1,0 +1,3 @@
+"""puppetmaster: dispatch batches of Sanji commands to fleets of IoT devices over MQTT."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,223 @@
+"""Child-process entry point of the embedded MQTT broker (amqtt on asyncio).
+
+Run as ``python -m pm._broker_process --host 127.0.0.1 --port 1883`` (or
+``--config '{"host": "127.0.0.1", "port": 0}'``). :mod:`pm.broker` starts and supervises it;
+nothing else in the gateway imports amqtt, so asyncio never shares a process with trio.
+
+Protocol with the parent, deliberately tiny:
+
+* stdout carries exactly one line, :data:`READY_PREFIX` followed by a JSON object
+  ``{"host": ..., "port": ..., "pid": ...}``, printed once the listener is bound. ``port`` is the
+  port actually bound, so ``--port 0`` works.
+* stderr carries warnings and errors (amqtt's loggers are set to WARNING).
+* SIGTERM or SIGINT shut the broker down cleanly and the process exits 0.
+* The process asks the kernel for SIGKILL when its parent thread dies (``PR_SET_PDEATHSIG``),
+  so a SIGKILLed gateway leaves no orphan broker holding the port.
+
+Exit status: 0 after a requested shutdown, 2 for bad arguments, 3 if the broker cannot start
+(port in use, bad host), 4 if the parent died before the death signal was armed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+READY_PREFIX = "pm-broker-ready "
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_START_FAILED = 3
+EXIT_ORPHANED = 4
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+# amqtt logs one debug f-string per message (several per non-matching subscription filter in
+# Broker._run_broadcast); the f-string is still built, but at WARNING nothing is emitted.
+# "transitions" is the state-machine library amqtt uses for broker and session states.
+_QUIET_LOGGERS = ("amqtt", "transitions")
+
+# Only an auth plugin: amqtt refuses every client (CONNACK 5) when no auth plugin answers, and
+# its default EventLogger/PacketLogger/BrokerSys plugins roughly halve throughput.
+_PLUGINS: dict[str, dict[str, Any]] = {
+    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+}
+
+
+def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent dies.
+
+    The kernel ties this to the parent *thread* that forked us, not the parent process (see
+    ``prctl(2)``): the parent must fork from a thread that lives as long as it wants the broker
+    (pm.broker forks from the trio thread for this reason).
+
+    Args:
+      signum: the signal to receive; SIGKILL because a dead parent cannot wait for a clean stop.
+
+    Error handling: raises :class:`OSError` if ``prctl`` fails (not Linux, or refused).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
+
+
+def amqtt_config(host: str, port: int) -> dict[str, Any]:
+    """Build the amqtt broker configuration: one TCP listener, anonymous auth, nothing else.
+
+    Args:
+      host: address to bind; IPv6 literals are written without brackets because amqtt's
+        ``Broker._split_bindaddr_port`` keeps the brackets, which ``getaddrinfo`` rejects, while
+        its ``rsplit(":", 1)`` handles ``::1:1883`` correctly.
+      port: port to bind; 0 lets the kernel choose.
+
+    Returns:
+      A dictionary for ``amqtt.broker.Broker(config=...)``.
+    """
+    return {
+        "listeners": {
+            # max_connections 0 means no semaphore on accept (amqtt: > 0 enables one).
+            "default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0},
+        },
+        "plugins": dict(_PLUGINS),
+    }
+
+
+def bound_endpoint(broker: Any) -> tuple[str, int]:
+    """Return the (host, port) the broker's TCP listener actually bound.
+
+    amqtt keeps no record of the bound port, so we read it from the asyncio server's sockets;
+    this is the only place that touches amqtt internals (``Broker._servers``, ``Server.instance``).
+
+    Args:
+      broker: a started ``amqtt.broker.Broker``.
+
+    Returns:
+      The first listening socket's address. With port 0 and a host name that resolves to both
+      IPv4 and IPv6, each socket gets its own port; the first is reported.
+
+    Error handling: raises :class:`RuntimeError` if no TCP listener socket is found.
+    """
+    for server in broker._servers.values():
+        sockets = getattr(server.instance, "sockets", None) or ()
+        for sock in sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                address = sock.getsockname()
+                return str(address[0]), int(address[1])
+    raise RuntimeError("amqtt started without a bound TCP listener")
+
+
+def _quiet_logging() -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s broker[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+async def serve(host: str, port: int) -> int:
+    """Run the broker until SIGTERM/SIGINT; print the ready line once bound.
+
+    Args:
+      host: address to bind.
+      port: port to bind, 0 for any.
+
+    Returns:
+      The process exit status (:data:`EXIT_OK` or :data:`EXIT_START_FAILED`).
+
+    Error handling: a start failure (``BrokerError``: port in use, bad address) is logged on
+    stderr and turned into :data:`EXIT_START_FAILED`; any other exception propagates (and
+    Python exits 1 with a traceback on stderr, which the parent logs).
+    """
+    # Imported here so that argument errors and prctl run before the slow amqtt import.
+    from amqtt.broker import Broker
+    from amqtt.errors import BrokerError
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    broker = Broker(amqtt_config(host, port), loop=loop)
+    # amqtt's string-configured plugin loading (PluginManager._load_str_plugins) forces topic
+    # filtering on even with no topic plugin, costing a coroutine call per publish and per
+    # delivery; there is no config key for it, so switch it off here.
+    broker.plugins_manager._is_topic_filtering_enabled = False
+    try:
+        await broker.start()
+    except BrokerError as error:
+        cause = error.__cause__ or error
+        logging.getLogger("pm.broker.child").error("cannot start broker: %s", cause)
+        return EXIT_START_FAILED
+
+    bound_host, bound_port = bound_endpoint(broker)
+    ready = {"host": bound_host, "port": bound_port, "pid": os.getpid()}
+    sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
+    sys.stdout.flush()
+
+    await stop.wait()
+    await broker.shutdown()
+    return EXIT_OK
+
+
+def _parse_arguments(argv: Sequence[str]) -> tuple[str, int, int | None]:
+    parser = argparse.ArgumentParser(prog="python -m pm._broker_process")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--config", help='JSON object, e.g. {"host": "127.0.0.1", "port": 0}')
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit at once unless this process is still our parent")
+    arguments = parser.parse_args(argv)
+    host: str = arguments.host
+    port: int = arguments.port
+    if arguments.config is not None:
+        try:
+            config = json.loads(arguments.config)
+            host = str(config.get("host", host))
+            port = int(config.get("port", port))
+        except (ValueError, TypeError, AttributeError) as error:
+            parser.error(f"--config is not a JSON object with host/port: {error}")
+    if not 0 <= port <= 65535:
+        parser.error(f"--port {port} is out of range")
+    return host, port, arguments.parent_pid
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: arm the parent-death signal, parse arguments, run the broker.
+
+    Args:
+      argv: arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Returns:
+      The exit status (see the module docstring).
+
+    Error handling: bad arguments exit 2 through argparse; a parent given by ``--parent-pid``
+    that is already gone gives :data:`EXIT_ORPHANED`; if ``prctl`` is unavailable the
+    broker still runs (a warning says an orphan is possible).
+    """
+    host, port, parent = _parse_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        set_parent_death_signal(signal.SIGKILL)
+    except OSError as error:
+        print(f"broker: warning: no parent-death signal, may outlive its parent: {error}",
+              file=sys.stderr)
+    # The parent may have died before prctl ran; then no signal will ever come.
+    if parent is not None and os.getppid() != parent:
+        return EXIT_ORPHANED
+    _quiet_logging()
+    return asyncio.run(serve(host, port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

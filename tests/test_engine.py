@@ -1,0 +1,265 @@
+"""Dispatch logic on trio's virtual clock, with a recording publisher in place of MQTT.
+
+The same behaviours are proven through the real broker in tests/integration/; here they are
+checked for exact timing (``autojump_clock``) and for the interleavings that are hard to
+force over sockets. pytest-trio takes the clock from the test's own arguments, so every test
+names ``autojump_clock`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from pm.config import Config, TasksConfig
+from pm.engine import Engine, open_engine
+from pm.schemas import JobRequest
+from tests.fakes import RecordingPublisher
+
+
+def job_request(*entries: dict[str, Any], timeout: float | None = None) -> JobRequest:
+    body: dict[str, Any] = {"batch": list(entries)}
+    if timeout is not None:
+        body["timeout"] = timeout
+    return msgspec.convert(body, JobRequest)
+
+
+def entry(devices: str | list[str], resource: str = "/system/status", **extra: Any) -> dict:
+    return {"method": "get", "resource": resource, "__destination": devices, **extra}
+
+
+def answer(engine: Engine, request: dict[str, Any], code: int = 200, data: Any = None) -> None:
+    payload = {"id": request["id"], "code": code, "data": data or {}}
+    engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[Engine, RecordingPublisher]]:
+    publisher = RecordingPublisher()
+    config = Config(tasks=TasksConfig(default_timeout=30.0, device_idle_retire=5.0))
+    async with open_engine(config, publisher) as engine:
+        yield engine, publisher
+
+
+async def test_expansion_order_and_resolution(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    engine, publisher = running
+    publisher.on_publish = lambda topic, request: answer(engine, request, data={"ok": 1})
+    job = engine.submit(
+        job_request(entry(["a", "b"], "/one"), entry("000C291CE801", "/two", data={"x": 1}))
+    )
+    await job.ended.wait()
+    view = job.record.view("tasks")
+    assert [(t.destination, t.resource) for t in view.collection] == [  # type: ignore[union-attr]
+        ("a", "/one"),
+        ("b", "/one"),
+        ("00:0c:29:1c:e8:01", "/two"),
+    ]
+    assert view.status == "resolved"
+    assert (view.total_count, view.finish_count, view.error_count, view.done_count) == (3, 3, 0, 3)
+    assert view.progress == 100
+    assert publisher.published[2] == (
+        "/remote/00:0c:29:1c:e8:01",
+        {
+            "id": 3,
+            "method": "get",
+            "resource": "/two",
+            "data": {"x": 1},
+            "tunnel": "/remote/00:0c:29:1c:e8:01/response",
+        },
+    )
+
+
+async def test_one_in_flight_per_device_fifo_across_jobs(
+    running: tuple[Engine, RecordingPublisher],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine, publisher = running
+    first = engine.submit(job_request(entry("dev", "/a"), entry("dev", "/b")))
+    await trio.testing.wait_all_tasks_blocked()  # the first job's tasks are queued first
+    second = engine.submit(job_request(entry("dev", "/c")))
+    await trio.testing.wait_all_tasks_blocked()
+    for expected in ("/a", "/b", "/c"):
+        # Exactly one request outstanding: the next leaves only after this one is answered.
+        assert [r["resource"] for _, r in publisher.published][-1] == expected
+        outstanding = len(publisher.published)
+        await trio.sleep(1)
+        assert len(publisher.published) == outstanding
+        answer(engine, publisher.published[-1][1])
+        await trio.testing.wait_all_tasks_blocked()
+    assert first.record.status == second.record.status == "resolved"
+
+
+async def test_task_timeout_counts_from_publication(
+    running: tuple[Engine, RecordingPublisher],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine, publisher = running
+    start = trio.current_time()
+    job = engine.submit(job_request(entry("dev", "/slow", timeout=10), entry("dev", "/next")))
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(9.5)
+    answer(engine, publisher.published[0][1], code=206, data={"progress": 40})
+    await trio.testing.wait_all_tasks_blocked()
+    slow = job.record.tasks[0]
+    assert (slow.status, slow.progress, job.record.progress) == ("sent", 40, 20)
+    await trio.sleep(1)
+    assert slow.status == "timeout" and slow.result is None
+    # The second task waited 10 s in the queue; its own 30 s start at its publication.
+    assert publisher.published[1][1]["resource"] == "/next"
+    await job.ended.wait()
+    assert trio.current_time() - start == pytest.approx(40)
+    assert (job.record.status, job.record.error_count) == ("resolved", 2)
+
+
+async def test_job_timeout_ends_unsettled_tasks(
+    running: tuple[Engine, RecordingPublisher],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine, publisher = running
+    start = trio.current_time()
+    job = engine.submit(job_request(entry(["a", "b"]), entry("a"), timeout=5))
+    await trio.testing.wait_all_tasks_blocked()
+    answer(engine, publisher.published[0][1])  # a's first task resolves; a's second goes out
+    await job.ended.wait()
+    assert trio.current_time() - start == pytest.approx(5)
+    assert job.record.status == "timeout"
+    assert [t.status for t in job.record.tasks] == ["resolved", "timeout", "timeout"]
+    assert (job.record.finish_count, job.record.error_count) == (1, 2)
+    # A late answer for an abandoned task is dropped and counted, not applied.
+    answer(engine, publisher.published[1][1])
+    assert engine.fleet.dropped["unexpected_id"] == 1
+    assert job.record.tasks[1].status == "timeout"
+
+
+async def test_cancel_removes_queued_tasks(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    engine, publisher = running
+    blocker = engine.submit(job_request(entry("dev", "/first")))
+    await trio.testing.wait_all_tasks_blocked()
+    job = engine.submit(job_request(entry("dev", "/queued"), entry("dev", "/queued-too")))
+    await trio.testing.wait_all_tasks_blocked()
+    view = await engine.delete(job.id)
+    assert view is not None and view.status == "cancelled"
+    assert [t.status for t in job.record.tasks] == ["cancelled", "cancelled"]
+    assert engine.get(job.id) is None
+    answer(engine, publisher.published[0][1])
+    await blocker.ended.wait()
+    await trio.sleep(1)
+    assert [r["resource"] for _, r in publisher.published] == ["/first"]
+
+
+async def test_cancel_abandons_in_flight(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    engine, publisher = running
+    job = engine.submit(job_request(entry("dev", "/in-flight")))
+    await trio.testing.wait_all_tasks_blocked()
+    after = engine.submit(job_request(entry("dev", "/after")))
+    await trio.testing.wait_all_tasks_blocked()
+    await engine.delete(job.id)
+    await trio.testing.wait_all_tasks_blocked()
+    assert job.record.tasks[0].status == "cancelled"
+    # The device moved on at once instead of waiting out the abandoned task.
+    assert publisher.published[-1][1]["resource"] == "/after"
+    answer(engine, publisher.published[0][1])
+    assert engine.fleet.dropped["unexpected_id"] == 1
+    answer(engine, publisher.published[-1][1])
+    await after.ended.wait()
+
+
+async def test_error_answers_and_garbage(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    engine, publisher = running
+    job = engine.submit(job_request(entry(["a", "b"], "/r")))
+    await trio.testing.wait_all_tasks_blocked()
+    request_a, request_b = (r for _, r in publisher.published)
+    for payload in (b"not json", b"{}", b'{"id": "1", "code": 200}', b"[1,2]"):
+        engine.on_mqtt_message("/remote/a/response", payload)
+    engine.on_mqtt_message("/elsewhere/a", b"{}")
+    # b's task id arriving on a's topic: another device's task.
+    engine.on_mqtt_message(
+        "/remote/a/response", json.dumps({"id": request_b["id"], "code": 200}).encode()
+    )
+    assert dict(engine.fleet.dropped) == {"malformed": 4, "foreign_topic": 1, "unexpected_id": 1}
+    answer(engine, request_a, code=500, data={"message": "boom"})
+    answer(engine, request_b, code=204)
+    await job.ended.wait()
+    a, b = job.record.tasks
+    assert (a.status, a.result) == (
+        "error",
+        {"code": 500, "resource": None, "data": {"message": "boom"}},
+    )
+    assert (b.status, b.result) == ("resolved", {})
+    assert (job.record.status, job.record.finish_count, job.record.error_count) == (
+        "resolved",
+        1,
+        1,
+    )
+    # Answer to a task already settled: dropped.
+    answer(engine, request_a)
+    assert engine.fleet.dropped["unexpected_id"] == 2
+
+
+async def test_idle_device_actors_retire(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    engine, publisher = running
+    publisher.on_publish = lambda topic, request: answer(engine, request)
+    job = engine.submit(job_request(entry([f"d{i}" for i in range(50)])))
+    await job.ended.wait()
+    assert engine.fleet.live_actors == 50
+    await trio.sleep(6)
+    assert engine.fleet.live_actors == 0
+    again = engine.submit(job_request(entry("d1")))
+    await again.ended.wait()
+    assert again.record.status == "resolved"
+
+
+async def test_republish_in_flight_after_reconnect(
+    running: tuple[Engine, RecordingPublisher],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine, publisher = running
+    publisher.connected = False
+    job = engine.submit(job_request(entry(["a", "b"])))
+    await trio.testing.wait_all_tasks_blocked()
+    assert publisher.published == []
+    publisher.connected = True
+    engine.on_mqtt_connect(2)
+    assert sorted(r["id"] for _, r in publisher.published) == [t.id for t in job.record.tasks]
+    for _, request in list(publisher.published):
+        answer(engine, request)
+    await job.ended.wait()
+    assert job.record.status == "resolved"
+
+
+async def test_failing_device_actor_errors_only_its_tasks(
+    running: tuple[Engine, RecordingPublisher],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine, publisher = running
+
+    def explode(topic: str, request: dict[str, Any]) -> None:
+        if topic == "/remote/bad":
+            raise RuntimeError("injected bug")
+        answer(engine, request)
+
+    publisher.on_publish = explode
+    job = engine.submit(job_request(entry(["bad", "good"]), entry("bad", "/queued")))
+    other = engine.submit(job_request(entry("good", "/other")))
+    await job.ended.wait()
+    await other.ended.wait()
+    statuses = [(t.device, t.status) for t in job.record.tasks]
+    assert statuses == [("bad", "error"), ("good", "resolved"), ("bad", "error")]
+    assert "injected bug" in job.record.tasks[0].result["error"]
+    assert other.record.status == "resolved" and other.record.error_count == 0
