@@ -1,0 +1,166 @@
+"""The gateway: broker, MQTT client, dispatch engine and HTTP server in one nursery tree.
+
+Layers, outermost first (shutdown goes the other way, inner layers first):
+
+1. the embedded broker (unless ``broker.embedded = false``), a supervised child process;
+2. the MQTT client, connected to it (or to the external broker) and subscribed to answers;
+3. the engine: job and device actors;
+4. the HTTP/WebSocket server (hypercorn serving the quart-trio app).
+
+Restart policy: the broker child is restarted by :func:`pm.broker.run_embedded_broker`; the
+MQTT client reconnects by itself and restores its subscription, after which the engine
+re-publishes every in-flight request (same task id: at-least-once delivery). Failures of job
+or device actors stay inside the engine. Anything else that raises ends the gateway, which
+is the right thing for a process a supervisor (systemd, a container runtime) restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from .broker import EmbeddedBroker, run_embedded_broker
+from .config import Config
+from .engine import Engine, open_engine
+from .http import create_app
+from .mqtt import MqttClient, open_mqtt_client
+from .schemas import Health
+
+logger = logging.getLogger(__name__)
+
+# Seconds open WebSockets and requests get to finish when the gateway stops.
+HTTP_GRACEFUL_TIMEOUT = 2.0
+
+
+class Gateway:
+    """What a running gateway offers its owner (the CLI, tests, benchmarks)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt: MqttClient | None = None
+        self.engine: Engine | None = None
+        self.http_url = ""
+        self.mqtt_host = ""
+        self.mqtt_port = 0
+
+    def health(self) -> Health:
+        engine, mqtt = self.engine, self.mqtt
+        connected = mqtt is not None and mqtt.connected
+        return Health(
+            status="ok" if connected else "degraded",
+            broker_connected=connected,
+            broker_reconnects=0 if mqtt is None else mqtt.reconnects,
+            embedded_broker_restarts=None if self.broker is None else self.broker.restarts,
+            jobs=0 if engine is None else len(engine),
+            jobs_running=0 if engine is None else engine.jobs_running,
+            device_actors=0 if engine is None else engine.fleet.live_actors,
+            dropped_messages={} if engine is None else dict(engine.fleet.dropped),
+        )
+
+    # The MQTT client is opened before the engine exists; these forward to it once it does.
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.engine is not None:
+            self.engine.on_mqtt_message(topic, payload)
+
+    def _on_connect(self, generation: int) -> None:
+        if self.engine is not None:
+            self.engine.on_mqtt_connect(generation)
+
+
+async def run_gateway(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the whole gateway until ``shutdown_trigger`` returns or the scope is cancelled.
+
+    Args:
+      config: validated configuration; ports may be 0 (tests): the bound ones are reported
+        in the :class:`Gateway` passed to ``task_status.started``.
+      shutdown_trigger: awaited; when it returns the gateway stops gracefully: HTTP first
+        (open WebSockets get ``HTTP_GRACEFUL_TIMEOUT``), then jobs, MQTT, broker.
+    """
+    gateway = Gateway(config)
+    async with trio.open_nursery() as services:
+        host, port = config.mqtt_endpoint
+        if config.broker.embedded:
+            gateway.broker = await services.start(run_embedded_broker, config.broker)
+            host, port = gateway.broker.host, gateway.broker.port
+        gateway.mqtt_host, gateway.mqtt_port = host, port
+        async with open_mqtt_client(
+            host,
+            port,
+            client_id=config.mqtt.client_id,
+            username=config.mqtt.username,
+            password=config.mqtt.password,
+            keepalive=config.mqtt.keepalive,
+            reconnect_min_delay=config.mqtt.reconnect_min_delay,
+            reconnect_max_delay=config.mqtt.reconnect_max_delay,
+            on_message=gateway._on_message,
+            on_connect=gateway._on_connect,
+        ) as mqtt:
+            gateway.mqtt = mqtt
+            async with open_engine(config, mqtt) as engine:
+                gateway.engine = engine
+                await mqtt.subscribe(engine.topics.response_filter, qos=1)
+                http_stopped = trio.Event()
+                stop_http = trio.Event()
+                hypercorn_config = hypercorn.config.Config()
+                hypercorn_config.bind = [f"{config.http.host}:{config.http.port}"]
+                hypercorn_config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+                hypercorn_config.accesslog = None
+                app = create_app(engine, config, gateway.health)
+
+                async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    try:
+                        await hypercorn.trio.serve(
+                            app,
+                            hypercorn_config,
+                            shutdown_trigger=stop_http.wait,
+                            task_status=task_status,
+                        )
+                    finally:
+                        http_stopped.set()
+
+                binds = await services.start(serve_http)
+                gateway.http_url = binds[0]
+                logger.info("gateway ready: http %s, mqtt %s:%d", gateway.http_url, host, port)
+                task_status.started(gateway)
+                if shutdown_trigger is None:
+                    await trio.sleep_forever()
+                await shutdown_trigger()
+                logger.info("gateway stopping")
+                stop_http.set()
+                await http_stopped.wait()
+        services.cancel_scope.cancel()
+
+
+async def serve_until_signalled(
+    config: Config, on_ready: Callable[[Gateway], None] = lambda gateway: None
+) -> None:
+    """``pm serve``: run until SIGINT or SIGTERM, then stop gracefully.
+
+    hypercorn's trio ``serve`` installs no signal handlers, so the signals are turned into
+    the shutdown trigger here.
+    """
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def first_signal() -> None:
+            async for signum in signals:
+                logger.info("received %s", signal.Signals(signum).name)
+                return
+
+        async with trio.open_nursery() as nursery:
+            gateway = await nursery.start(
+                partial(run_gateway, config, shutdown_trigger=first_signal)
+            )
+            on_ready(gateway)

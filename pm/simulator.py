@@ -1,0 +1,240 @@
+"""The reference device: simulated Sanji devices that follow ``docs/protocol.md``, nothing more.
+
+Each device subscribes to its request topic and answers on the request's ``tunnel`` after
+``latency`` seconds, optionally with ``progress_steps`` interim 206 answers first. A seeded
+random generator decides which requests fail (``error_rate``, answered with ``error_code``)
+and which are never answered (``silent_rate``), so a run is reproducible.
+
+By default every device has its own MQTT connection, like a real fleet; ``connections = K``
+multiplexes the devices over K connections instead (for very large simulated fleets).
+
+The simulator also checks the gateway: a request that arrives at a device still working on
+an earlier one is counted in ``overlaps`` (the gateway promises one command in flight per
+device), and every request is recorded per device, in arrival order, for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from .mqtt import MqttClient, open_mqtt_client
+from .protocol import PROGRESS_CODE, SanjiRequest, TopicTemplates, normalize_device_id
+
+logger = logging.getLogger(__name__)
+
+_decode_request = msgspec.json.Decoder(SanjiRequest).decode
+_encode = msgspec.json.Encoder().encode
+
+# Connections opened at once: a burst of thousands of CONNECTs stalls small brokers.
+CONNECT_CONCURRENCY = 50
+
+
+class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How the simulated fleet behaves. Rates are probabilities in [0, 1]."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    devices: list[str] = msgspec.field(default_factory=list)
+    latency: float = 0.0
+    error_rate: float = 0.0
+    error_code: int = 500
+    silent_rate: float = 0.0
+    progress_steps: int = 0
+    connections: int | None = None
+    request_topic: str = "/remote/{device}"
+    response_topic: str = "/remote/{device}/response"
+    seed: int = 0
+    username: str = ""
+    password: str = ""
+
+
+def generate_mac_ids(count: int, prefix: str = "02:00") -> list[str]:
+    """``count`` distinct MAC-shaped ids (locally administered range)."""
+    ids = []
+    for number in range(count):
+        tail = number.to_bytes(4, "big")
+        ids.append(prefix + ":" + ":".join(f"{byte:02x}" for byte in tail))
+    return ids
+
+
+def read_device_ids(path: str | Path) -> list[str]:
+    """One id per line; blank lines and ``#`` comments ignored; ids normalized."""
+    ids = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.append(normalize_device_id(line))
+    return ids
+
+
+class DeviceStats(msgspec.Struct):
+    received: int = 0
+    answered: int = 0
+    errors: int = 0
+    silent: int = 0
+    progress_messages: int = 0
+    overlaps: int = 0
+    malformed: int = 0
+
+
+class Simulator:
+    """A running fleet. Created by :func:`run_simulator`."""
+
+    def __init__(self, settings: SimulatorSettings, nursery: trio.Nursery) -> None:
+        self.settings = settings
+        self.topics = TopicTemplates(settings.request_topic, settings.response_topic)
+        self.devices = [normalize_device_id(device) for device in settings.devices]
+        self.stats = DeviceStats()
+        self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.paused = False
+        self._busy: set[str] = set()
+        self._random = random.Random(settings.seed)
+        self._nursery = nursery
+        self._device_of_topic = {self.topics.request_topic(d): d for d in self.devices}
+        self._clients: list[MqttClient] = []
+
+    @property
+    def connected(self) -> int:
+        return sum(client.connected for client in self._clients)
+
+    def received_by(self, device: str) -> list[dict[str, Any]]:
+        return self.requests.get(normalize_device_id(device), [])
+
+    def _on_request(self, client: MqttClient, topic: str, payload: bytes) -> None:
+        device = self._device_of_topic.get(topic)
+        if device is None:
+            return
+        try:
+            request = _decode_request(payload)
+        except msgspec.DecodeError:
+            self.stats.malformed += 1
+            return
+        self.stats.received += 1
+        self.requests[device].append(msgspec.to_builtins(request))
+        if device in self._busy:
+            self.stats.overlaps += 1
+        if self.paused:
+            return
+        fate = self._random.random()
+        if fate < self.settings.silent_rate:
+            self.stats.silent += 1
+            return
+        failed = self._random.random() < self.settings.error_rate
+        if self.settings.latency <= 0 and self.settings.progress_steps == 0:
+            self._answer(client, request, failed)  # fast path: no task per request
+            return
+        self._busy.add(device)
+        self._nursery.start_soon(self._answer_later, client, device, request, failed)
+
+    async def _answer_later(
+        self, client: MqttClient, device: str, request: SanjiRequest, failed: bool
+    ) -> None:
+        try:
+            steps = self.settings.progress_steps
+            pause = self.settings.latency / (steps + 1)
+            for step in range(1, steps + 1):
+                await trio.sleep(pause)
+                progress = {"progress": step * 100 // (steps + 1)}
+                client.publish(request.tunnel, self._message(request, PROGRESS_CODE, progress))
+                self.stats.progress_messages += 1
+            await trio.sleep(pause)
+        finally:
+            self._busy.discard(device)
+        self._answer(client, request, failed)
+
+    def _answer(self, client: MqttClient, request: SanjiRequest, failed: bool) -> None:
+        if failed:
+            self.stats.errors += 1
+            body = self._message(request, self.settings.error_code, {"message": "simulated error"})
+        else:
+            body = self._message(request, 200, {"resource": request.resource, "echo": request.data})
+        if client.publish(request.tunnel, body):
+            self.stats.answered += 1
+
+    @staticmethod
+    def _message(request: SanjiRequest, code: int, data: Any) -> bytes:
+        return _encode(
+            {
+                "id": request.id,
+                "code": code,
+                "method": request.method,
+                "resource": request.resource,
+                "sign": ["simulator"],
+                "data": data,
+            }
+        )
+
+
+def _groups(devices: list[str], connections: int | None) -> Iterable[list[str]]:
+    if connections is None:
+        return ([device] for device in devices)
+    count = max(1, min(connections, len(devices)))
+    return (devices[index::count] for index in range(count))
+
+
+async def run_simulator(
+    settings: SimulatorSettings,
+    *,
+    task_status: trio.TaskStatus[Simulator] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect every simulated device, then report the :class:`Simulator` and run forever."""
+    async with trio.open_nursery() as nursery:
+        simulator = Simulator(settings, nursery)
+        limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
+        # Connections outlive this nursery: each is handed to the outer one once it is up.
+        async with trio.open_nursery() as connecting:
+            for index, group in enumerate(_groups(simulator.devices, settings.connections)):
+                connecting.start_soon(
+                    _run_connection, simulator, nursery, limiter, index, group, name=f"sim:{index}"
+                )
+        task_status.started(simulator)
+        await trio.sleep_forever()
+
+
+async def _run_connection(
+    simulator: Simulator,
+    nursery: trio.Nursery,
+    limiter: trio.CapacityLimiter,
+    index: int,
+    devices: list[str],
+) -> None:
+    async with limiter:
+        await nursery.start(_serve_devices, simulator, index, devices)
+
+
+async def _serve_devices(
+    simulator: Simulator,
+    index: int,
+    devices: list[str],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    settings = simulator.settings
+    client_box: list[MqttClient] = []
+
+    def on_message(topic: str, payload: bytes) -> None:
+        simulator._on_request(client_box[0], topic, payload)
+
+    client_id = f"sim-{devices[0]}" if len(devices) == 1 else f"sim-mux-{index}"
+    async with open_mqtt_client(
+        settings.host,
+        settings.port,
+        client_id=client_id,
+        username=settings.username,
+        password=settings.password,
+        on_message=on_message,
+    ) as client:
+        client_box.append(client)
+        simulator._clients.append(client)
+        for device in devices:
+            await client.subscribe(simulator.topics.request_topic(device), qos=1)
+        task_status.started()
+        await trio.sleep_forever()

@@ -1,0 +1,214 @@
+"""pm.mqtt against a real mosquitto: round trip, burst, reconnect (broker restart and silent
+broker), refused subscriptions, callback failures, first-connect retries, shutdown.
+
+Every test runs under an absolute ``fail_after`` far above its normal duration, so a hang fails
+fast instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from pm.mqtt import MqttClient, MqttSubscribeError, open_mqtt_client
+
+if TYPE_CHECKING:
+    # tests/ has no packages: pytest imports this directory's conftest as a top-level module.
+    from conftest import MosquittoBroker
+
+# Hang guard per test; each normally takes well under a second (the keepalive one ~2.5 s).
+_GUARD = 10.0
+# Fast reconnects keep the reconnect test short; production defaults are 0.1-5 s.
+_FAST_RECONNECT = {"reconnect_min_delay": 0.05, "reconnect_max_delay": 0.2}
+
+
+class Inbox:
+    """Collects (topic, payload) from on_message into a channel the test can await."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.send.send_nowait((topic, payload))
+
+
+async def _wait_until_disconnected(client: MqttClient) -> None:
+    # Polling on purpose: MqttClient exposes no "lost" event, and the test must not need one.
+    while client.connected:  # noqa: ASYNC110
+        await trio.sleep(0.01)
+
+
+async def test_qos1_request_response_round_trip(mosquitto: MosquittoBroker) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    answers = Inbox()
+    with trio.fail_after(_GUARD):
+        async with open_mqtt_client(host, port, client_id="requester", on_message=answers) as req:
+            responder: MqttClient | None = None
+
+            def echo(topic: str, payload: bytes) -> None:
+                assert responder is not None
+                assert responder.publish("test/response", b"re:" + payload)
+
+            async with open_mqtt_client(host, port, client_id="responder", on_message=echo) as rsp:
+                responder = rsp
+                await rsp.subscribe("test/request")
+                await req.subscribe("test/response")
+                for n in range(3):
+                    assert req.publish("test/request", f"ping {n}".encode())
+                    answer = await answers.receive.receive()
+                    assert answer == ("test/response", f"re:ping {n}".encode())
+                assert (req.generation, rsp.generation) == (1, 1)
+
+
+async def test_burst_of_1000_qos1_messages_all_arrive(mosquitto: MosquittoBroker) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    inbox = Inbox()
+    count = 1000
+    with trio.fail_after(_GUARD):
+        async with (
+            open_mqtt_client(host, port, client_id="sink", on_message=inbox) as sink,
+            open_mqtt_client(host, port, client_id="source", on_message=inbox) as source,
+        ):
+            await sink.subscribe("burst/+")
+            for n in range(count):
+                assert source.publish(f"burst/{n % 7}", str(n).encode())
+            received = {int((await inbox.receive.receive())[1]) for _ in range(count)}
+            assert received == set(range(count))
+
+
+async def test_reconnects_after_broker_restart_and_restores_subscription(
+    mosquitto: MosquittoBroker,
+) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    inbox = Inbox()
+    generations: list[int] = []
+    with trio.fail_after(_GUARD):
+        async with (
+            open_mqtt_client(
+                host, port, client_id="survivor", on_message=inbox,
+                on_connect=generations.append, **_FAST_RECONNECT,
+            ) as client,
+            open_mqtt_client(
+                host, port, client_id="publisher", on_message=inbox, **_FAST_RECONNECT
+            ) as publisher,
+        ):
+            await client.subscribe("restart/#")
+            assert generations == [1]
+
+            await trio.to_thread.run_sync(mosquitto.stop)
+            await _wait_until_disconnected(client)
+            assert client.publish("restart/x", b"lost") is False
+
+            async with trio.open_nursery() as nursery:
+                # Parked until the reconnect; "connected" includes the restored subscription,
+                # so the client receives its own message.
+                nursery.start_soon(client.publish_when_connected, "restart/self", b"queued")
+                await trio.to_thread.run_sync(mosquitto.start)
+                await client.wait_connected()
+                await publisher.wait_connected()
+            assert (client.generation, client.reconnects, generations) == (2, 1, [1, 2])
+            assert await inbox.receive.receive() == ("restart/self", b"queued")
+
+            # No subscribe() by hand: the client restored "restart/#" itself.
+            assert publisher.publish("restart/again", b"hello")
+            assert await inbox.receive.receive() == ("restart/again", b"hello")
+
+
+async def test_silent_broker_is_detected_by_keepalive(mosquitto: MosquittoBroker) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    with trio.fail_after(_GUARD):
+        async with open_mqtt_client(
+            host, port, client_id="watchful", on_message=Inbox(), keepalive=1, **_FAST_RECONNECT
+        ) as client:
+            mosquitto.pause()
+            # The TCP connection stays up: only the missing PINGRESP can reveal the dead broker
+            # (after 1-2 keepalives, as loop_misc() runs once a second).
+            await _wait_until_disconnected(client)
+            mosquitto.resume()
+            await client.wait_connected()
+            assert (client.generation, client.reconnects) == (2, 1)
+
+
+async def test_raising_on_message_is_logged_and_counted_not_fatal(
+    mosquitto: MosquittoBroker,
+) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    inbox = Inbox()
+
+    def fragile(topic: str, payload: bytes) -> None:
+        if payload == b"boom":
+            raise ValueError("handler bug")
+        inbox(topic, payload)
+
+    with trio.fail_after(_GUARD):
+        async with (
+            open_mqtt_client(host, port, client_id="fragile", on_message=fragile) as client,
+            open_mqtt_client(host, port, client_id="sender", on_message=inbox) as sender,
+        ):
+            await client.subscribe("fragile")
+            assert sender.publish("fragile", b"boom")
+            assert sender.publish("fragile", b"fine")
+            assert await inbox.receive.receive() == ("fragile", b"fine")
+            assert client.connected
+            assert client.callback_errors == 1
+            assert client.generation == 1
+
+
+async def test_refused_subscription_raises_now_and_after_reconnect(
+    mosquitto: MosquittoBroker,
+) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    with trio.fail_after(_GUARD):
+        with pytest.RaisesGroup(MqttSubscribeError, flatten_subgroups=True):
+            async with open_mqtt_client(
+                host, port, client_id="keeper", on_message=Inbox(), **_FAST_RECONNECT
+            ) as keeper:
+                await keeper.subscribe("qos/one", qos=1)
+                # The broker comes back granting at most QoS 0 (mosquitto answers a QoS 1
+                # SUBSCRIBE with "granted QoS 0"): restoring fails, and the client must stop
+                # rather than carry on with a weaker subscription than it was granted.
+                await trio.to_thread.run_sync(mosquitto.stop)
+                mosquitto.configure("max_qos 0\n")
+                await trio.to_thread.run_sync(mosquitto.start)
+                await trio.sleep_forever()
+
+        async with open_mqtt_client(host, port, client_id="nosy", on_message=Inbox()) as nosy:
+            downgraded = "'qos/one' .asked QoS 1, got Granted QoS 0"
+            with pytest.raises(MqttSubscribeError, match=downgraded):
+                await nosy.subscribe("qos/one", qos=1)
+            await nosy.subscribe("qos/zero", qos=0)
+            assert nosy.connected
+
+
+async def test_first_connection_is_retried_until_the_broker_is_up(
+    mosquitto: MosquittoBroker,
+) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    mosquitto.stop()
+    with trio.fail_after(_GUARD):
+        async with trio.open_nursery() as nursery:
+            # Start the broker only once the client is already retrying.
+            nursery.start_soon(trio.to_thread.run_sync, mosquitto.start)
+            async with open_mqtt_client(
+                host, port, client_id="early", on_message=Inbox(), **_FAST_RECONNECT
+            ) as client:
+                assert client.connected
+                assert client.generation == 1
+
+
+async def test_exit_disconnects_and_wakes_waiters(mosquitto: MosquittoBroker) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    with trio.fail_after(_GUARD):
+        async with open_mqtt_client(host, port, client_id="leaver", on_message=Inbox()) as client:
+            pass
+        assert not client.connected
+        assert client.publish("after/exit", b"x") is False
+        try:
+            await client.wait_connected()
+        except trio.ClosedResourceError:
+            pass
+        else:
+            raise AssertionError("wait_connected() returned on a closed client")
