@@ -38,10 +38,12 @@ async def measure(host: str, port: int, count: int, qos: int) -> float:
 
     with trio.fail_after(10) as connect_guard:
         async with (
-            open_mqtt_client(host, port, client_id="bench-requester",
-                             on_message=on_answer) as requester,
-            open_mqtt_client(host, port, client_id="bench-responder",
-                             on_message=on_request) as responder_client,
+            open_mqtt_client(
+                host, port, client_id="bench-requester", on_message=on_answer
+            ) as requester,
+            open_mqtt_client(
+                host, port, client_id="bench-responder", on_message=on_request
+            ) as responder_client,
         ):
             responder = responder_client
             await responder.subscribe("bench/request/+", qos)
@@ -65,8 +67,10 @@ def main() -> None:
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1))
     args = parser.parse_args()
     rate = trio.run(measure, args.host, args.port, args.count, args.qos)
-    print(f"{args.count} sequential QoS {args.qos} round trips via {args.host}:{args.port}: "
-          f"{rate:.0f} rt/s")
+    print(
+        f"{args.count} sequential QoS {args.qos} round trips via {args.host}:{args.port}: "
+        f"{rate:.0f} rt/s"
+    )
 
 
 if __name__ == "__main__":

@@ -176,8 +176,12 @@ def _parse_arguments(argv: Sequence[str]) -> tuple[str, int, int | None]:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--config", help='JSON object, e.g. {"host": "127.0.0.1", "port": 0}')
-    parser.add_argument("--parent-pid", type=int, default=None,
-                        help="exit at once unless this process is still our parent")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit at once unless this process is still our parent",
+    )
     arguments = parser.parse_args(argv)
     host: str = arguments.host
     port: int = arguments.port
@@ -210,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         set_parent_death_signal(signal.SIGKILL)
     except OSError as error:
-        print(f"broker: warning: no parent-death signal, may outlive its parent: {error}",
-              file=sys.stderr)
+        print(
+            f"broker: warning: no parent-death signal, may outlive its parent: {error}",
+            file=sys.stderr,
+        )
     # The parent may have died before prctl ran; then no signal will ever come.
     if parent is not None and os.getppid() != parent:
         return EXIT_ORPHANED

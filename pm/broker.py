@@ -159,8 +159,15 @@ class EmbeddedBroker:
 def _child_command(host: str, port: int) -> list[str]:
     # --parent-pid lets the child notice a parent that died before it armed PDEATHSIG.
     return [
-        sys.executable, "-m", "pm._broker_process",
-        "--host", host, "--port", str(port), "--parent-pid", str(os.getpid()),
+        sys.executable,
+        "-m",
+        "pm._broker_process",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--parent-pid",
+        str(os.getpid()),
     ]
 
 
@@ -272,7 +279,8 @@ class _Child:
                     return await self.wait()
                 logger.warning(
                     "embedded broker (pid %d) ignored SIGTERM for %.0f s; killing it",
-                    self.pid, STOP_TIMEOUT,
+                    self.pid,
+                    STOP_TIMEOUT,
                 )
                 self.process.send_signal(signal.SIGKILL)
             return await self.wait()
@@ -374,8 +382,10 @@ async def _start_failure(
     # The stderr reader may still hold the child's last words (a traceback): let it finish.
     with trio.move_on_after(0.5):
         await child.stderr_closed.wait()
-    why = "exited before it was ready" if exited else (
-        f"printed no ready line within {start_timeout:g} s"
+    why = (
+        "exited before it was ready"
+        if exited
+        else (f"printed no ready line within {start_timeout:g} s")
     )
     # The last lines say why (the child's own summary comes last); all of them were logged.
     tail = "\n".join(child.stderr_tail) or "(no stderr output)"
@@ -447,7 +457,11 @@ async def run_embedded_broker(
         delay = backoff.next_delay(uptime)
         logger.error(
             "embedded broker on %s:%d stopped unexpectedly after %.1f s: %s; restart in %.1f s",
-            broker.host, broker.port, uptime, reason, delay,
+            broker.host,
+            broker.port,
+            uptime,
+            reason,
+            delay,
         )
         await trio.sleep(delay)
         broker.restarts += 1

@@ -228,7 +228,10 @@ class MqttClient:
                     self.reconnects += 1
                     log.warning(
                         "MQTT %s: connection to %s:%d lost (%s); reconnecting",
-                        self._client_id, self._host, self._port, connection.lost_reason,
+                        self._client_id,
+                        self._host,
+                        self._port,
+                        connection.lost_reason,
                     )
                     await trio.sleep(self._backoff_delay(failures))
                     continue
@@ -236,9 +239,13 @@ class MqttClient:
             # The first failure of a streak is worth a warning; the following ones only repeat it.
             level = logging.WARNING if failures == 1 else logging.DEBUG
             log.log(
-                level, "MQTT %s: cannot connect to %s:%d (%s, attempt %d); retrying",
-                self._client_id, self._host, self._port,
-                connection.lost_reason if connection else self._connect_error, failures,
+                level,
+                "MQTT %s: cannot connect to %s:%d (%s, attempt %d); retrying",
+                self._client_id,
+                self._host,
+                self._port,
+                connection.lost_reason if connection else self._connect_error,
+                failures,
             )
             await trio.sleep(self._backoff_delay(failures))
 
@@ -294,7 +301,10 @@ class MqttClient:
         if self.generation > 1:
             log.info(
                 "MQTT %s: reconnected to %s:%d (generation %d)",
-                self._client_id, self._host, self._port, self.generation,
+                self._client_id,
+                self._host,
+                self._port,
+                self.generation,
             )
         if self._on_connect is not None:
             try:
@@ -508,8 +518,9 @@ class _Connection:
 
     # -- paho callbacks (run synchronously inside loop_read/loop_write/loop_misc) -----------
 
-    def _on_connack(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
-                    properties: Any) -> None:
+    def _on_connack(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
         if reason.is_failure:
             # The broker closes the socket next; the reason is what the log line needs.
             self.mark_lost(f"broker refused the connection: {reason}")
@@ -529,16 +540,23 @@ class _Connection:
         self.owner._announce(self)
         self.established.set()
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
-                       reason: ReasonCode, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
         # For MQTT 3.1.1 paho reports most losses as "Unspecified error"; say it plainly.
         self.mark_lost("connection lost" if str(reason) == "Unspecified error" else str(reason))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.owner._dispatch(message.topic, message.payload)
 
-    def _on_suback(self, client: paho.Client, userdata: Any, mid: int,
-                   reason_codes: list[ReasonCode], properties: Any) -> None:
+    def _on_suback(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
         if self.restoring is not None and self.restoring[0] == mid:
             filters = self.restoring[1]
             self.restoring = None
@@ -652,4 +670,3 @@ async def open_mqtt_client(
         finally:
             await client._aclose()
             nursery.cancel_scope.cancel()
-

@@ -114,7 +114,9 @@ class JobView(msgspec.Struct, rename="camel", kw_only=True):
     done_count: int
     finish_count: int
     error_count: int
-    collection: list[int] | list[TaskView] | msgspec.UnsetType = msgspec.UNSET
+    # One list type holding either kind: msgspec cannot decode (or make a JSON schema of) a
+    # union of two list types, and the OpenAPI document and the CLI need both.
+    collection: list[int | TaskView] | msgspec.UnsetType = msgspec.UNSET
 
 
 class JobMessage(msgspec.Struct, tag_field="type", tag="job"):

@@ -8,10 +8,19 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import msgspec
 import pytest
+import trio
+
+from pm.config import Config
+from pm.gateway import Gateway, run_gateway
+from pm.simulator import Simulator, SimulatorSettings, run_simulator
 
 # How long mosquitto may take to start listening / to exit after SIGTERM.
 _START_TIMEOUT = 5.0
@@ -133,8 +142,11 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     broker test would hide a broken MQTT client.
     """
     executable = shutil.which("mosquitto") or next(
-        (path for path in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-         if Path(path).exists()),
+        (
+            path
+            for path in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+            if Path(path).exists()
+        ),
         None,
     )
     if executable is None:
@@ -145,3 +157,73 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+# -- the whole gateway, and simulated devices -------------------------------------------------
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+SimulatorFactory = Callable[..., Awaitable[Simulator]]
+
+
+def gateway_config(**sections: dict[str, Any]) -> Config:
+    """Test configuration: every port 0 (free), a unique MQTT client id, overrides on top."""
+    base: dict[str, dict[str, Any]] = {
+        "http": {"host": "127.0.0.1", "port": 0},
+        "broker": {"host": "127.0.0.1", "port": 0},
+        "mqtt": {"client_id": f"pm-test-{uuid.uuid4().hex[:8]}", "reconnect_max_delay": 0.5},
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return msgspec.convert(base, Config)
+
+
+@pytest.fixture
+def start_gateway(nursery: trio.Nursery) -> GatewayFactory:
+    """``await start_gateway(tasks={"default_timeout": 5})``: a real gateway (embedded amqtt
+    broker in a child process, MQTT client, engine, HTTP server) on free ports, stopped with
+    the test."""
+
+    async def start(**sections: dict[str, Any]) -> Gateway:
+        with trio.fail_after(20):
+            return await nursery.start(run_gateway, gateway_config(**sections))
+
+    return start
+
+
+@pytest.fixture
+def start_simulator(nursery: trio.Nursery) -> SimulatorFactory:
+    """``await start_simulator(gateway, ["aa", "bb"], latency=0.1)``: devices on real MQTT
+    connections to the gateway's broker."""
+
+    async def start(gateway: Gateway, devices: list[str], **settings: Any) -> Simulator:
+        with trio.fail_after(30):
+            return await nursery.start(
+                run_simulator,
+                SimulatorSettings(
+                    host=gateway.mqtt_host, port=gateway.mqtt_port, devices=devices, **settings
+                ),
+            )
+
+    return start
+
+
+@pytest.fixture
+async def http(nursery: trio.Nursery) -> AsyncIterator[Callable[[Gateway], httpx.AsyncClient]]:
+    """``http(gateway)``: an httpx client for that gateway's API, closed with the test."""
+    clients: list[httpx.AsyncClient] = []
+
+    def client(gateway: Gateway) -> httpx.AsyncClient:
+        made = httpx.AsyncClient(base_url=gateway.http_url, timeout=10)
+        clients.append(made)
+        return made
+
+    yield client
+    for made in clients:
+        await made.aclose()
+
+
+async def poll_until(condition: Callable[[], bool], interval: float = 0.01) -> None:
+    """Wait for a counter owned by another part of the system (a simulator's statistics) to
+    reach a value; callers bound it with their test's hang guard."""
+    while not condition():  # noqa: ASYNC110 - nothing to wait on but the counter itself
+        await trio.sleep(interval)

@@ -151,8 +151,9 @@ async def test_silent_child_hits_start_timeout_and_is_killed(
 ) -> None:
     pid_file = tmp_path / "silent.pid"
     # A child that starts but never prints the ready line; it records its pid for the check.
-    silent = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); " \
-        "time.sleep(60)"
+    silent = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
     monkeypatch.setattr(
         broker_module, "_child_command", lambda host, port: [sys.executable, "-c", silent]
     )

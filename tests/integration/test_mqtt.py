@@ -88,8 +88,12 @@ async def test_reconnects_after_broker_restart_and_restores_subscription(
     with trio.fail_after(_GUARD):
         async with (
             open_mqtt_client(
-                host, port, client_id="survivor", on_message=inbox,
-                on_connect=generations.append, **_FAST_RECONNECT,
+                host,
+                port,
+                client_id="survivor",
+                on_message=inbox,
+                on_connect=generations.append,
+                **_FAST_RECONNECT,
             ) as client,
             open_mqtt_client(
                 host, port, client_id="publisher", on_message=inbox, **_FAST_RECONNECT

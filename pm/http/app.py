@@ -1,0 +1,210 @@
+"""The REST and WebSocket API: a quart-trio app over an :class:`~pm.engine.Engine`.
+
+Handlers stay thin: validate (msgspec), call the engine, encode (msgspec). Every response,
+errors included, is JSON; errors are ``{"message": "..."}`` (:class:`~pm.schemas.ErrorBody`).
+
+Error handling: bad input is a 4xx that says what was wrong (msgspec's message names the
+field); quart's HTML error pages are replaced by JSON; anything unexpected is logged and
+answers a 500 JSON error. A WebSocket handler that fails after the handshake closes with
+1011, because quart would otherwise log the error and close with a normal 1000.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import msgspec
+import trio
+from quart import has_request_context, has_websocket_context, request, websocket
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import WebsocketMismatch
+
+from ..config import Config
+from ..engine import Engine
+from ..schemas import ErrorBody, Health, JobRequest
+from .openapi import build_openapi
+from .queries import GetJobQuery, InvalidQuery, ListJobsQuery, parse_query
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+# WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
+CLOSE_NORMAL = 1000
+CLOSE_INTERNAL_ERROR = 1011
+# How long a DELETE may take to cancel its job once the client has gone (see delete_job).
+DELETE_GRACE = 30.0
+
+_encoder = msgspec.json.Encoder()
+_job_request_decoder = msgspec.json.Decoder(JobRequest)
+
+
+def json_response(
+    body: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> TrioResponse:
+    return TrioResponse(_encoder.encode(body), status, dict(headers or {}), content_type=JSON)
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> TrioResponse:
+    return json_response(ErrorBody(message), status, headers)
+
+
+def _current_target() -> str:
+    """``GET /path`` of the request or WebSocket being handled, for error messages."""
+    if has_request_context():
+        return f"{request.method} {request.path}"
+    if has_websocket_context():
+        return f"WebSocket {websocket.path}"
+    return "this request"
+
+
+def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> QuartTrio:
+    """The HTTP API over ``engine``.
+
+    Args:
+      engine: where jobs are submitted, listed, watched and deleted.
+      config: ``config.http.max_body_bytes`` bounds request bodies (413 beyond it).
+      health: returns the current :class:`~pm.schemas.Health` for ``GET /healthz``.
+
+    Returns:
+      The app, to be served by hypercorn's trio worker in the engine's process.
+    """
+    # No static folder: every path is an API path, and an unknown one must be a JSON 404.
+    app = QuartTrio(__name__, static_folder=None)
+    max_body = config.http.max_body_bytes
+    # Quart enforces this while the body arrives (chunked bodies have no Content-Length).
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    # Built once: the schemas cannot change while the process runs.
+    openapi_document = _encoder.encode(build_openapi())
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> TrioResponse:
+        status = error.code or 500
+        headers: dict[str, str] = {}
+        if isinstance(error, RequestEntityTooLarge):
+            message = f"request body is larger than {max_body} bytes"
+            # The rest of the body is never read, so this connection cannot carry another
+            # request; saying so lets the client stop sending instead of hitting a reset.
+            headers["Connection"] = "close"
+        elif isinstance(error, MethodNotAllowed):
+            allowed = sorted(error.valid_methods or ())
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{_current_target()} is not allowed; allowed: {', '.join(allowed)}"
+        elif isinstance(error, WebsocketMismatch):
+            if has_websocket_context():
+                message = f"{_current_target()}: this path does not accept WebSocket connections"
+            else:
+                message = f"{_current_target()}: this path only accepts WebSocket connections"
+        elif isinstance(error, NotFound):
+            message = f"no such path: {_current_target()}"
+        else:
+            message = error.description or error.name
+        return error_response(status, message, headers)
+
+    @app.errorhandler(InvalidQuery)
+    async def invalid_query(error: InvalidQuery) -> TrioResponse:
+        return error_response(400, str(error))
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> TrioResponse:
+        # Only bugs get here (bad input is answered above): log it, keep the details private.
+        logger.error("%s failed", _current_target(), exc_info=error)
+        return error_response(500, "internal server error")
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    @app.post("/jobs")
+    async def submit_job() -> TrioResponse:
+        # Refuse an announced oversize body before reading any of it; MAX_CONTENT_LENGTH
+        # covers bodies that lie about or omit their length.
+        if request.content_length is not None and request.content_length > max_body:
+            raise RequestEntityTooLarge()
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)  # get_data(as_text=False) returns bytes
+        try:
+            job_request = _job_request_decoder.decode(body)
+        except msgspec.ValidationError as error:
+            return error_response(400, str(error))
+        except msgspec.DecodeError as error:
+            return error_response(400, f"malformed JSON: {error}")
+        job = engine.submit(job_request)
+        return json_response(job.record.view(), headers={"Location": f"/jobs/{job.id}"})
+
+    @app.get("/jobs")
+    async def list_jobs() -> TrioResponse:
+        query = parse_query(request.args, ListJobsQuery)
+        jobs, total = engine.list(status=query.status, limit=query.limit, offset=query.offset)
+        return json_response(
+            [job.record.view() for job in jobs], headers={"X-Total-Count": str(total)}
+        )
+
+    @app.get("/jobs/<int:job_id>")
+    async def get_job(job_id: int) -> TrioResponse:
+        query = parse_query(request.args, GetJobQuery)
+        job = engine.get(job_id)
+        if job is None:
+            return error_response(404, f"no job {job_id}")
+        return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
+
+    @app.delete("/jobs/<int:job_id>")
+    async def delete_job(job_id: int) -> TrioResponse:
+        # A client that hangs up cancels this handler; shielded, a DELETE that has begun
+        # still removes its job instead of leaving it cancelled but listed. Bounded, so a
+        # stuck job cannot hold server shutdown forever.
+        with trio.move_on_after(DELETE_GRACE, shield=True):
+            view = await engine.delete(job_id)
+            if view is None:
+                return error_response(404, f"no job {job_id}")
+            return json_response(view)
+        return error_response(503, f"job {job_id} did not stop within {DELETE_GRACE:g} s")
+
+    @app.websocket("/jobs/<int:job_id>/ws")
+    async def watch_job(job_id: int) -> TrioResponse | None:
+        job = engine.get(job_id)
+        if job is None:
+            # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
+            return error_response(404, f"no job {job_id}")
+        await websocket.accept()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_discard_incoming)
+                # The watcher never buffers for us: while a send waits on a slow client it
+                # skips task messages, so the job and other watchers never wait.
+                with job.watch() as watcher:
+                    async for payload in watcher:
+                        await websocket.send(payload.decode())
+                nursery.cancel_scope.cancel()
+        except Exception:
+            logger.exception("watching job %d failed", job_id)
+            await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
+            return None
+        await websocket.close(CLOSE_NORMAL)
+        return None
+
+    # -- service --------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz() -> TrioResponse:
+        return json_response(health())
+
+    @app.get("/openapi.json")
+    async def openapi() -> TrioResponse:
+        return TrioResponse(openapi_document, 200, content_type=JSON)
+
+    return app
+
+
+async def _discard_incoming() -> None:
+    """Read and drop what a watching client sends.
+
+    Nothing is expected from it, but unread messages would fill quart's and hypercorn's
+    small queues, and then a disconnect could no longer be noticed.
+    """
+    while True:
+        await websocket.receive()

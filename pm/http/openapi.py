@@ -1,0 +1,186 @@
+"""The OpenAPI 3.1 document of the HTTP API, generated from the msgspec Structs.
+
+Bodies come from :mod:`pm.schemas`, query parameters from :mod:`pm.http.queries`; only the
+prose (summaries, descriptions) is written here. OpenAPI 3.1 uses JSON Schema 2020-12, which
+is what msgspec emits, so its schemas go in unchanged.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+import msgspec
+
+from ..schemas import ErrorBody, Health, JobRequest, JobView, WatchMessage
+from .queries import GetJobQuery, ListJobsQuery
+
+_REF_TEMPLATE = "#/components/schemas/{name}"
+_JSON = "application/json"
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("sanji-puppetmaster")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"  # running from a tree that was never installed
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {_JSON: {"schema": schema}}
+
+
+def _query_parameters(query_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``in: query`` parameter per property of a query Struct's schema."""
+    required = set(query_schema.get("required", ()))
+    parameters = []
+    for name, schema in query_schema["properties"].items():
+        schema = dict(schema)
+        # An optional parameter is simply left out; "null" is not something a query can say.
+        if "anyOf" in schema:
+            kept = [option for option in schema["anyOf"] if option != {"type": "null"}]
+            if len(kept) == 1:
+                del schema["anyOf"]
+                schema.update(kept[0])
+            else:
+                schema["anyOf"] = kept
+            if schema.get("default", ...) is None:
+                del schema["default"]
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+        description = schema.pop("description", None)
+        if description is not None:
+            parameter["description"] = description
+        parameter["schema"] = schema
+        parameters.append(parameter)
+    return parameters
+
+
+def build_openapi(title: str = "puppetmaster", version: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document as plain data (encode it with msgspec)."""
+    (
+        (job_request, job_view, job_list, error_body, health, watch_message),
+        components,
+    ) = msgspec.json.schema_components(
+        [JobRequest, JobView, list[JobView], ErrorBody, Health, WatchMessage],
+        ref_template=_REF_TEMPLATE,
+    )
+    # The query Structs are inlined as parameters, not published as components.
+    (_, _), query_components = msgspec.json.schema_components(
+        [ListJobsQuery, GetJobQuery], ref_template=_REF_TEMPLATE
+    )
+
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": _content(error_body)}
+
+    job_id = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "job id",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+    job_response = {"description": "the job", "content": _content(job_view)}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version or _package_version(),
+            "description": "Dispatch batches of Sanji commands to IoT devices over MQTT. "
+            'Every error answers {"message": "..."}.',
+        },
+        "paths": {
+            "/jobs": {
+                "post": {
+                    "operationId": "submitJob",
+                    "summary": "Create a job: every batch entry x every destination is a task",
+                    "requestBody": {"required": True, "content": _content(job_request)},
+                    "responses": {
+                        "200": {
+                            "description": "the job; collection holds the task ids in order",
+                            "headers": {
+                                "Location": {
+                                    "description": "/jobs/{id}",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                            "content": _content(job_view),
+                        },
+                        "400": error("malformed JSON or a field that does not validate"),
+                        "413": error("body larger than http.max_body_bytes"),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Jobs, newest first; collection holds task ids",
+                    "parameters": _query_parameters(query_components["ListJobsQuery"]),
+                    "responses": {
+                        "200": {
+                            "description": "one page of jobs",
+                            "headers": {
+                                "X-Total-Count": {
+                                    "description": "jobs matching the filter, all pages",
+                                    "schema": {"type": "integer", "minimum": 0},
+                                }
+                            },
+                            "content": _content(job_list),
+                        },
+                        "400": error("an invalid or unknown query parameter"),
+                    },
+                },
+            },
+            "/jobs/{id}": {
+                "parameters": [job_id],
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "One job",
+                    "parameters": _query_parameters(query_components["GetJobQuery"]),
+                    "responses": {
+                        "200": job_response,
+                        "400": error("an invalid or unknown query parameter"),
+                        "404": error("no such job"),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteJob",
+                    "summary": "Cancel the job if it runs, forget it, return its final state",
+                    "responses": {"200": job_response, "404": error("no such job")},
+                },
+            },
+            "/jobs/{id}/ws": {
+                "parameters": [job_id],
+                "get": {
+                    "operationId": "watchJob",
+                    "summary": "WebSocket: the job's changes as JSON text messages",
+                    "description": (
+                        'First {"type": "job"} (a snapshot without collection), then '
+                        '{"type": "task"} per task change and coalesced {"type": "job"} '
+                        "snapshots; the last message is the final job snapshot, after which "
+                        "the server closes with 1000. A slow client may miss task messages, "
+                        "never the final one. Close code 1011 means the server failed."
+                    ),
+                    "responses": {
+                        "101": {
+                            "description": "switching to WebSocket; each message is one of",
+                            "content": _content(watch_message),
+                        },
+                        "404": error("no such job (the handshake is refused)"),
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Broker connection state and actor counts",
+                    "responses": {"200": {"description": "health", "content": _content(health)}},
+                },
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": _content({})}},
+                },
+            },
+        },
+        "components": {"schemas": components},
+    }

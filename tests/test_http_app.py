@@ -1,0 +1,685 @@
+"""The HTTP API through a real hypercorn server on a free localhost port.
+
+The engine is real; only MQTT is replaced, by :class:`~tests.fakes.RecordingPublisher`, which
+either answers every request at once (``auto_answer``) or holds them until the test answers,
+so a job can be caught while it runs. The same API over the real broker is covered in
+``tests/integration/``. Every test runs under an absolute hang guard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+import httpx
+import hypercorn
+import hypercorn.trio
+import msgspec
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from pm.config import Config, HttpConfig, TasksConfig, WatchersConfig
+from pm.engine import Engine, open_engine
+from pm.http import create_app
+from pm.jobs import Job
+from pm.schemas import Health
+from tests.fakes import RecordingPublisher
+
+# Hang guard per test; each normally takes well under a second.
+GUARD = 10.0
+# Small, so the 413 tests need only a few KiB of body; big enough for 1000 destinations.
+MAX_BODY = 64 * 1024
+# Task messages a watcher may lag behind before it misses some (production: 1024).
+WATCHER_QUEUE = 64
+
+
+class Gateway:
+    """A running app: its URL, an HTTP client, the engine behind it and the fake devices."""
+
+    def __init__(
+        self, base_url: str, client: httpx.AsyncClient, engine: Engine, devices: FakeDevices
+    ) -> None:
+        self.base_url = base_url
+        self.ws_url = base_url.replace("http://", "ws://", 1)
+        self.client = client
+        self.engine = engine
+        self.devices = devices
+
+    async def submit(self, *entries: dict[str, Any], **body: Any) -> dict[str, Any]:
+        response = await self.client.post("/jobs", json={"batch": list(entries), **body})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def job(self, job_id: int) -> Job:
+        job = self.engine.get(job_id)
+        assert job is not None
+        return job
+
+
+class FakeDevices:
+    """Answers published requests as devices would: at once, or when the test says so."""
+
+    def __init__(self, publisher: RecordingPublisher) -> None:
+        self.publisher = publisher
+        self.engine: Engine | None = None
+        self.auto_answer = True
+        # Bytes of filler in each answer, to make task messages heavy.
+        self.result_padding = 0
+        publisher.on_publish = self._on_publish
+
+    def _on_publish(self, topic: str, request: dict[str, Any]) -> None:
+        if self.auto_answer:
+            self.answer(request)
+
+    def answer(self, request: dict[str, Any], code: int = 200) -> None:
+        assert self.engine is not None
+        data: dict[str, Any] = {"echo": request["resource"]}
+        if self.result_padding:
+            data["padding"] = "x" * self.result_padding
+        payload = {"id": request["id"], "code": code, "data": data}
+        # Sanji: a DIRECT message's tunnel is the topic its answer goes to.
+        self.engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
+
+    def answer_all(self) -> None:
+        for _, request in self.publisher.published:
+            self.answer(request)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return [request for _, request in self.publisher.published]
+
+
+def entry(devices: str | list[str] = "dev-1", **fields: Any) -> dict[str, Any]:
+    return {"method": "get", "resource": "/system/status", "__destination": devices, **fields}
+
+
+def health_of(engine: Engine) -> Health:
+    return Health(
+        status="ok",
+        broker_connected=True,
+        broker_reconnects=0,
+        embedded_broker_restarts=None,
+        jobs=len(engine),
+        jobs_running=engine.jobs_running,
+        device_actors=engine.fleet.live_actors,
+        dropped_messages=dict(engine.fleet.dropped),
+    )
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    publisher = RecordingPublisher()
+    devices = FakeDevices(publisher)
+    config = Config(
+        http=HttpConfig(max_body_bytes=MAX_BODY),
+        tasks=TasksConfig(default_timeout=30.0),
+        watchers=WatchersConfig(queue_size=WATCHER_QUEUE),
+    )
+    server_config = hypercorn.Config()
+    server_config.bind = ["127.0.0.1:0"]
+    server_config.accesslog = None
+    # Tests close their WebSockets; a leftover one must not hold teardown for long.
+    server_config.graceful_timeout = 1.0
+    stop = trio.Event()
+    async with open_engine(config, publisher) as engine:
+        devices.engine = engine
+        app = create_app(engine, config, partial(health_of, engine))
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=stop.wait)
+            )
+            base_url = binds[0]
+            async with httpx.AsyncClient(base_url=base_url) as client:
+                yield Gateway(base_url, client, engine, devices)
+            stop.set()
+
+
+async def receive_all(ws: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every message until the server closes, and the close code."""
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await ws.get_message()))
+        except ConnectionClosed as closed:
+            return messages, closed.reason.code
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    # The server runs in this trio run: yielding lets it progress; the hang guard bounds it.
+    while not condition():  # noqa: ASYNC110
+        await trio.sleep(0.005)
+
+
+def assert_json_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["message"] and isinstance(body["message"], str)
+    return body["message"]
+
+
+# -- POST /jobs ---------------------------------------------------------------------------
+
+
+async def test_submit_answers_job_with_task_ids_and_location(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        gateway.devices.auto_answer = False
+        response = await gateway.client.post(
+            "/jobs",
+            json={"timeout": 60, "batch": [entry(["a", "b"]), entry("c", resource="/two")]},
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        job = response.json()
+        assert response.headers["location"] == f"/jobs/{job['id']}"
+        assert set(job) == {
+            "id",
+            "createdAt",
+            "finishAt",
+            "timeout",
+            "status",
+            "progress",
+            "totalCount",
+            "doneCount",
+            "finishCount",
+            "errorCount",
+            "collection",
+        }
+        assert job["timeout"] == 60
+        assert job["totalCount"] == 3 and job["doneCount"] == 0 and job["finishAt"] is None
+        assert len(job["collection"]) == 3 and all(isinstance(i, int) for i in job["collection"])
+
+        gateway.devices.auto_answer = True
+        await wait_until(lambda: len(gateway.devices.requests) == 3)
+        gateway.devices.answer_all()
+        await gateway.job(job["id"]).ended.wait()
+        done = (await gateway.client.get(f"/jobs/{job['id']}")).json()
+        assert done["status"] == "resolved" and done["finishCount"] == 3
+        assert done["collection"] == job["collection"]
+
+
+async def test_method_case_and_mac_spellings_are_normalized(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        job = await gateway.submit(
+            entry(["00-0C-29-1C-E8-01", "000C291CE802", "plain.id_1"], method="PoSt")
+        )
+        await gateway.job(job["id"]).ended.wait()
+        response = await gateway.client.get(f"/jobs/{job['id']}", params={"collection": "true"})
+        tasks = response.json()["collection"]
+        assert [task["__destination"] for task in tasks] == [
+            "00:0c:29:1c:e8:01",
+            "00:0c:29:1c:e8:02",
+            "plain.id_1",
+        ]
+        assert {task["method"] for task in tasks} == {"post"}
+        assert {request["method"] for request in gateway.devices.requests} == {"post"}
+
+
+def _body(**overrides: Any) -> dict[str, Any]:
+    return {"batch": [entry(**overrides)]}
+
+
+# (body, a substring the message must contain: msgspec names the field)
+INVALID_BODIES: list[tuple[Any, str]] = [
+    ({}, "missing required field `batch`"),
+    ({"batch": []}, "length >= 1 - at `$.batch`"),
+    ({"batch": {}}, "at `$.batch`"),
+    ([], "Expected `object`, got `array`"),
+    (_body(method="patch"), "at `$.batch[0].method`"),
+    ({"batch": [{"resource": "/a", "__destination": "d"}]}, "missing required field `method`"),
+    (_body(resource="system/status"), "at `$.batch[0].resource`"),
+    (_body(resource=7), "at `$.batch[0].resource`"),
+    (_body(data=[1, 2]), "at `$.batch[0].data`"),
+    (_body(data="x"), "at `$.batch[0].data`"),
+    ({"batch": [{"method": "get", "resource": "/a"}]}, "missing required field `__destination`"),
+    (_body(devices=""), "at `$.batch[0].__destination`"),
+    (_body(devices=[]), "at `$.batch[0].__destination`"),
+    (_body(devices=["ok", ""]), "at `$.batch[0].__destination[1]`"),
+    (_body(devices=["a b"]), "invalid device id 'a b'"),
+    (_body(devices=["x/y"]), "invalid device id 'x/y'"),
+    (_body(devices=["d", "d"]), "listed more than once"),
+    (_body(devices=["00-0C-29-1C-E8-01", "000c291ce801"]), "listed more than once"),
+    (_body(devices=[3]), "at `$.batch[0].__destination"),
+    (_body(timeout=0), "at `$.batch[0].timeout`"),
+    (_body(timeout=-1.5), "at `$.batch[0].timeout`"),
+    (_body(timeout="soon"), "at `$.batch[0].timeout`"),
+    ({"batch": [entry()], "timeout": 0}, "> 0.0 - at `$.timeout`"),
+    ({"batch": [entry()], "timeout": -3}, "at `$.timeout`"),
+    ({"batch": [entry()], "priority": 1}, "unknown field `priority`"),
+    (_body(colour="red"), "unknown field `colour` - at `$.batch[0]`"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), INVALID_BODIES)
+async def test_invalid_body_is_400_naming_the_field(
+    gateway: Gateway, body: Any, expected: str
+) -> None:
+    with trio.fail_after(GUARD):
+        message = assert_json_error(await gateway.client.post("/jobs", json=body), 400)
+        assert expected in message
+        assert len(gateway.engine) == 0
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"batch": [}', b"\xff\xfe", b"null x"])
+async def test_malformed_json_is_400(gateway: Gateway, raw: bytes) -> None:
+    with trio.fail_after(GUARD):
+        response = await gateway.client.post(
+            "/jobs", content=raw, headers={"content-type": "application/json"}
+        )
+        message = assert_json_error(response, 400)
+        assert message.startswith("malformed JSON") or "Expected" in message
+
+
+async def test_body_at_the_limit_is_accepted(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        raw = json.dumps({"batch": [entry()]}).encode()
+        raw += b" " * (MAX_BODY - len(raw))  # trailing whitespace is valid JSON
+        assert len(raw) == MAX_BODY
+        response = await gateway.client.post("/jobs", content=raw)
+        assert response.status_code == 200, response.text
+
+
+async def test_body_over_the_limit_is_413(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        raw = json.dumps({"batch": [entry(data={"pad": "x" * MAX_BODY})]}).encode()
+        message = assert_json_error(await gateway.client.post("/jobs", content=raw), 413)
+        assert str(MAX_BODY) in message
+        assert len(gateway.engine) == 0
+
+
+async def test_chunked_body_over_the_limit_is_413(gateway: Gateway) -> None:
+    # No Content-Length to check up front: the cap must hold while the body arrives.
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"batch": [{"method": "get", "resource": "/a", "__destination": "d", "data": '
+        yield b'{"pad": "' + b"x" * MAX_BODY + b'"}}]}'
+
+    with trio.fail_after(GUARD):
+        response = await gateway.client.post("/jobs", content=chunks())
+        assert "content-length" not in response.request.headers
+        assert_json_error(response, 413)
+        assert len(gateway.engine) == 0
+
+
+# -- GET /jobs ----------------------------------------------------------------------------
+
+
+async def test_list_is_newest_first_with_paging_and_total(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        ids = [(await gateway.submit(entry(f"d{n}")))["id"] for n in range(5)]
+        response = await gateway.client.get("/jobs")
+        assert response.status_code == 200
+        assert response.headers["x-total-count"] == "5"
+        jobs = response.json()
+        assert [job["id"] for job in jobs] == ids[::-1]
+        assert all(isinstance(job["collection"][0], int) for job in jobs)
+
+        page = await gateway.client.get("/jobs", params={"limit": 2, "offset": 1})
+        assert [job["id"] for job in page.json()] == [ids[3], ids[2]]
+        assert page.headers["x-total-count"] == "5"
+        past_the_end = await gateway.client.get("/jobs", params={"offset": 10})
+        assert past_the_end.json() == [] and past_the_end.headers["x-total-count"] == "5"
+
+
+async def test_list_filters_by_status(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        resolved = await gateway.submit(entry("fast"))
+        await gateway.job(resolved["id"]).ended.wait()
+        gateway.devices.auto_answer = False
+        running = await gateway.submit(entry("slow"))
+        await wait_until(lambda: gateway.job(running["id"]).record.status == "dispatching")
+
+        by_status = {}
+        for status in ("resolved", "dispatching", "timeout"):
+            response = await gateway.client.get("/jobs", params={"status": status})
+            assert response.status_code == 200
+            by_status[status] = ([job["id"] for job in response.json()], response.headers)
+        assert by_status["resolved"][0] == [resolved["id"]]
+        assert by_status["dispatching"][0] == [running["id"]]
+        assert by_status["timeout"][0] == []
+        assert by_status["timeout"][1]["x-total-count"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"status": "done"}, "at `$.status`"),
+        ({"status": ""}, "at `$.status`"),
+        ({"limit": "0"}, "at `$.limit`"),
+        ({"limit": "1001"}, "at `$.limit`"),
+        ({"limit": "ten"}, "at `$.limit`"),
+        ({"offset": "-1"}, "at `$.offset`"),
+        ({"offset": "1.5"}, "at `$.offset`"),
+        ({"stauts": "resolved"}, "unknown field `stauts`"),
+    ],
+)
+async def test_list_bad_query_is_400(
+    gateway: Gateway, params: dict[str, str], expected: str
+) -> None:
+    with trio.fail_after(GUARD):
+        message = assert_json_error(await gateway.client.get("/jobs", params=params), 400)
+        assert expected in message
+
+
+async def test_list_limit_bounds_are_inclusive(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        for limit in ("1", "1000"):
+            response = await gateway.client.get("/jobs", params={"limit": limit})
+            assert response.status_code == 200
+
+
+# -- GET /jobs/{id} -----------------------------------------------------------------------
+
+
+async def test_get_with_collection_embeds_tasks(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        job = await gateway.submit(
+            entry(["a", "b"], method="PUT", resource="/x", data={"k": 1}, timeout=5)
+        )
+        await gateway.job(job["id"]).ended.wait()
+
+        by_ids = (await gateway.client.get(f"/jobs/{job['id']}")).json()
+        assert by_ids["collection"] == job["collection"]
+        false = await gateway.client.get(f"/jobs/{job['id']}", params={"collection": "false"})
+        assert false.json()["collection"] == job["collection"]
+
+        full = (await gateway.client.get(f"/jobs/{job['id']}?collection=true")).json()
+        tasks = full["collection"]
+        assert [task["id"] for task in tasks] == job["collection"]
+        first = tasks[0]
+        assert set(first) == {
+            "id",
+            "method",
+            "resource",
+            "tunnel",
+            "data",
+            "__destination",
+            "__task",
+        }
+        assert set(first["__task"]) == {
+            "createdAt",
+            "finishAt",
+            "timeout",
+            "status",
+            "progress",
+            "result",
+        }
+        assert first["method"] == "put" and first["resource"] == "/x"
+        assert first["data"] == {"k": 1} and first["__destination"] == "a"
+        assert first["tunnel"] == "/remote/a/response"
+        assert first["__task"]["timeout"] == 5
+        assert first["__task"]["status"] == "resolved" and first["__task"]["progress"] == 100
+        assert first["__task"]["result"] == {"echo": "/x"}
+
+
+async def test_get_bad_collection_value_is_400(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        job = await gateway.submit(entry())
+        response = await gateway.client.get(f"/jobs/{job['id']}", params={"collection": "maybe"})
+        assert "at `$.collection`" in assert_json_error(response, 400)
+
+
+async def test_unknown_job_is_404(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        assert "no job 99" in assert_json_error(await gateway.client.get("/jobs/99"), 404)
+        assert_json_error(await gateway.client.delete("/jobs/99"), 404)
+        # Not an int: no route matches at all.
+        assert_json_error(await gateway.client.get("/jobs/abc"), 404)
+        assert_json_error(await gateway.client.get("/jobs/-1"), 404)
+
+
+# -- DELETE /jobs/{id} --------------------------------------------------------------------
+
+
+async def test_delete_running_job_cancels_and_forgets_it(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        gateway.devices.auto_answer = False
+        # Both tasks go to one device: the second waits in its mailbox behind the first.
+        job = await gateway.submit(entry("dev"), entry("dev", resource="/second"))
+        await wait_until(lambda: len(gateway.devices.requests) == 1)
+
+        response = await gateway.client.delete(f"/jobs/{job['id']}")
+        assert response.status_code == 200
+        final = response.json()
+        assert final["status"] == "cancelled" and final["finishAt"] is not None
+        assert final["doneCount"] == 2 and final["errorCount"] == 2
+        assert final["collection"] == job["collection"]
+
+        assert_json_error(await gateway.client.get(f"/jobs/{job['id']}"), 404)
+        assert_json_error(await gateway.client.delete(f"/jobs/{job['id']}"), 404)
+        listed = await gateway.client.get("/jobs")
+        assert listed.json() == [] and listed.headers["x-total-count"] == "0"
+        # The queued task never reached the device, even once the device is free again.
+        await wait_until(lambda: gateway.engine.fleet.in_flight == 0)
+        assert [request["resource"] for request in gateway.devices.requests] == ["/system/status"]
+
+
+async def test_delete_finished_job_returns_its_final_state(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        job = await gateway.submit(entry())
+        await gateway.job(job["id"]).ended.wait()
+        response = await gateway.client.delete(f"/jobs/{job['id']}")
+        assert response.status_code == 200 and response.json()["status"] == "resolved"
+        assert_json_error(await gateway.client.get(f"/jobs/{job['id']}"), 404)
+
+
+# -- WebSocket ----------------------------------------------------------------------------
+
+
+async def test_ws_streams_snapshot_tasks_then_final_job_and_closes_1000(
+    gateway: Gateway,
+) -> None:
+    with trio.fail_after(GUARD):
+        gateway.devices.auto_answer = False
+        job = await gateway.submit(entry(["a", "b"]))
+        async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws") as ws:
+            first = json.loads(await ws.get_message())
+            assert first["type"] == "job"
+            assert first["job"]["id"] == job["id"] and "collection" not in first["job"]
+            assert first["job"]["status"] in ("pending", "dispatching")
+            await wait_until(lambda: len(gateway.devices.requests) == 2)
+            gateway.devices.answer_all()
+            rest, code = await receive_all(ws)
+        assert code == 1000
+        messages = [first, *rest]
+        assert {message["type"] for message in messages} == {"job", "task"}
+        last = messages[-1]
+        assert last["type"] == "job" and last["job"]["status"] == "resolved"
+        assert last["job"]["doneCount"] == 2 and last["job"]["finishAt"] is not None
+        settled = {
+            message["task"]["id"]
+            for message in messages
+            if message["type"] == "task" and message["task"]["__task"]["status"] == "resolved"
+        }
+        assert settled == set(job["collection"])
+        # Nothing after the final snapshot, and no job message claims "final" before it.
+        assert all(m["job"]["finishAt"] is None for m in messages[:-1] if m["type"] == "job")
+
+
+async def test_ws_on_final_job_sends_one_snapshot_and_closes(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        job = await gateway.submit(entry())
+        await gateway.job(job["id"]).ended.wait()
+        async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws") as ws:
+            messages, code = await receive_all(ws)
+        assert code == 1000
+        assert len(messages) == 1
+        assert messages[0]["type"] == "job" and messages[0]["job"]["status"] == "resolved"
+
+
+async def test_ws_unknown_job_rejects_handshake_with_404(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(f"{gateway.ws_url}/jobs/42/ws"):
+                raise AssertionError("the handshake must be refused")
+        assert rejected.value.status_code == 404
+        assert rejected.value.body is not None
+        assert json.loads(rejected.value.body) == {"message": "no job 42"}
+
+
+async def test_ws_client_disconnect_releases_the_watcher(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        gateway.devices.auto_answer = False
+        job = await gateway.submit(entry())
+        feed = gateway.job(job["id"]).feed
+        async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws") as ws:
+            await ws.get_message()
+            # Chatter the server ignores must not wedge its reading of the close.
+            for _ in range(50):
+                await ws.send_message("hello?")
+            assert feed.watchers == 1
+        await wait_until(lambda: feed.watchers == 0)
+        assert not gateway.job(job["id"]).final  # the job does not care
+
+
+async def test_ws_client_that_never_reads_does_not_slow_the_job(gateway: Gateway) -> None:
+    tasks = 1000
+    with trio.fail_after(GUARD):
+        gateway.devices.auto_answer = False
+        # ~8 MB of task messages: far more than the socket buffers between server and client.
+        gateway.devices.result_padding = 8 * 1024
+        job = await gateway.submit(entry([f"d{n}" for n in range(tasks)]))
+        async with open_websocket_url(
+            # trio-websocket stops reading the socket once this many messages wait unread.
+            f"{gateway.ws_url}/jobs/{job['id']}/ws",
+            message_queue_size=1,
+        ) as ws:
+            await wait_until(lambda: len(gateway.devices.requests) == tasks)
+            gateway.devices.answer_all()
+            # The job ends while this client has read nothing.
+            await gateway.job(job["id"]).ended.wait()
+            messages, code = await receive_all(ws)
+        assert code == 1000
+        last = messages[-1]
+        assert last["type"] == "job" and last["job"]["status"] == "resolved"
+        assert last["job"]["finishCount"] == tasks
+        # It fell behind, so it lost task messages (2 per task: sent, resolved), not the end.
+        task_messages = sum(message["type"] == "task" for message in messages)
+        assert task_messages < 2 * tasks
+
+
+class _BrokenWatcher:
+    def __enter__(self) -> _BrokenWatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def __aiter__(self) -> _BrokenWatcher:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise RuntimeError("watcher bug")
+
+
+async def test_ws_handler_failure_closes_1011(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(GUARD):
+        job = await gateway.submit(entry())
+        monkeypatch.setattr(gateway.job(job["id"]), "watch", _BrokenWatcher)
+        async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws") as ws:
+            messages, code = await receive_all(ws)
+        assert messages == [] and code == 1011
+        assert "watcher bug" in caplog.text
+
+
+# -- errors, health, OpenAPI --------------------------------------------------------------
+
+
+async def test_unknown_path_and_wrong_method_are_json(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        assert "/nowhere" in assert_json_error(await gateway.client.get("/nowhere"), 404)
+        assert_json_error(await gateway.client.post("/jobs/1/nothing"), 404)
+        wrong = await gateway.client.put("/jobs")
+        assert_json_error(wrong, 405)
+        assert set(wrong.headers["allow"].split(", ")) >= {"GET", "POST"}
+        assert_json_error(await gateway.client.post("/jobs/1"), 405)
+        assert_json_error(await gateway.client.delete("/jobs"), 405)
+        assert_json_error(await gateway.client.post("/healthz"), 405)
+        # The WebSocket path asked over plain HTTP: a client error, not a crash.
+        response = await gateway.client.get("/jobs/1/ws")
+        assert "only accepts WebSocket" in assert_json_error(response, 400)
+        # And the other way round: the handshake is refused with the same JSON errors.
+        for path, status in (("/healthz", 400), ("/nowhere", 404)):
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(f"{gateway.ws_url}{path}"):
+                    raise AssertionError("the handshake must be refused")
+            assert rejected.value.status_code == status
+            assert rejected.value.body is not None
+            assert list(json.loads(rejected.value.body)) == ["message"]
+
+
+async def test_unexpected_error_is_a_json_500(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(**_: Any) -> Any:
+        raise RuntimeError("engine bug")
+
+    with trio.fail_after(GUARD):
+        monkeypatch.setattr(gateway.engine, "list", broken)
+        message = assert_json_error(await gateway.client.get("/jobs"), 500)
+        assert "engine bug" not in message
+        assert "engine bug" in caplog.text
+
+
+async def test_healthz(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        await gateway.submit(entry())
+        response = await gateway.client.get("/healthz")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        body = msgspec.json.decode(response.content, type=Health)
+        assert body.status == "ok" and body.jobs == 1
+        assert "brokerConnected" in response.json()
+
+
+async def test_openapi_documents_every_route_from_the_schemas(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        response = await gateway.client.get("/openapi.json")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        document = response.json()
+        assert document["openapi"].startswith("3.1")
+        paths = document["paths"]
+        assert {
+            (path, method)
+            for path, item in paths.items()
+            for method in item
+            if method != "parameters"
+        } == {
+            ("/jobs", "post"),
+            ("/jobs", "get"),
+            ("/jobs/{id}", "get"),
+            ("/jobs/{id}", "delete"),
+            ("/jobs/{id}/ws", "get"),
+            ("/healthz", "get"),
+            ("/openapi.json", "get"),
+        }
+        schemas = document["components"]["schemas"]
+        assert {"JobRequest", "BatchEntry", "JobView", "TaskView", "ErrorBody", "Health"} <= set(
+            schemas
+        )
+        assert "__destination" in schemas["BatchEntry"]["properties"]
+        list_parameters = {p["name"]: p for p in paths["/jobs"]["get"]["parameters"]}
+        assert set(list_parameters) == {"status", "limit", "offset"}
+        assert list_parameters["limit"]["schema"]["maximum"] == 1000
+        assert "pending" in list_parameters["status"]["schema"]["enum"]
+        assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/JobRequest"
+        }
+        assert {"200", "400", "413"} <= set(paths["/jobs"]["post"]["responses"])
+
+        # Every reference resolves inside the document.
+        def references(node: Any) -> list[str]:
+            if isinstance(node, dict):
+                found = [node["$ref"]] if "$ref" in node else []
+                return found + [ref for value in node.values() for ref in references(value)]
+            if isinstance(node, list):
+                return [ref for value in node for ref in references(value)]
+            return []
+
+        for ref in references(document):
+            assert ref.removeprefix("#/components/schemas/") in schemas, ref
