@@ -8,6 +8,10 @@ Usage (mosquitto started by hand, e.g. ``mosquitto -c bench.conf`` with
 ``set_tcp_nodelay true``)::
 
     .venv/bin/python bench/mqtt_roundtrip.py [HOST] [PORT] [-n 2000] [--qos 1]
+
+or through the gateway's embedded amqtt broker, started on a free port for the run::
+
+    .venv/bin/python bench/mqtt_roundtrip.py --embedded [-n 2000]
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import math
 
 import trio
 
+from pm.broker import run_embedded_broker
+from pm.config import BrokerConfig
 from pm.mqtt import MqttClient, open_mqtt_client
 
 
@@ -59,14 +65,30 @@ async def measure(host: str, port: int, count: int, qos: int) -> float:
             return count / (trio.current_time() - started)
 
 
+async def measure_embedded(count: int, qos: int) -> tuple[float, int]:
+    """Start the embedded broker (child process, free port), measure through it."""
+    async with trio.open_nursery() as nursery:
+        broker = await nursery.start(run_embedded_broker, BrokerConfig(port=0))
+        rate = await measure(broker.host, broker.port, count, qos)
+        nursery.cancel_scope.cancel()
+    return rate, broker.port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("host", nargs="?", default="127.0.0.1")
     parser.add_argument("port", nargs="?", type=int, default=1883)
     parser.add_argument("-n", "--count", type=int, default=2000)
     parser.add_argument("--qos", type=int, default=1, choices=(0, 1))
+    parser.add_argument(
+        "--embedded", action="store_true", help="start the embedded amqtt broker and use it"
+    )
     args = parser.parse_args()
-    rate = trio.run(measure, args.host, args.port, args.count, args.qos)
+    if args.embedded:
+        rate, args.port = trio.run(measure_embedded, args.count, args.qos)
+        args.host = "embedded amqtt 127.0.0.1"
+    else:
+        rate = trio.run(measure, args.host, args.port, args.count, args.qos)
     print(
         f"{args.count} sequential QoS {args.qos} round trips via {args.host}:{args.port}: "
         f"{rate:.0f} rt/s"

@@ -15,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -40,7 +40,6 @@ class HttpConfig(_Section):
 class BrokerConfig(_Section):
     # true: the gateway starts and supervises its own broker; false: use [mqtt] host/port.
     embedded: bool = True
-    engine: Literal["amqtt"] = "amqtt"
     host: str = "127.0.0.1"
     port: int = 1883
 

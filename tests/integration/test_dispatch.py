@@ -15,7 +15,7 @@ import trio
 from pm.gateway import Gateway
 from pm.mqtt import open_mqtt_client
 
-from .conftest import GatewayFactory, SimulatorFactory, poll_until
+from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
 
 
 def entry(devices: str | list[str], resource: str = "/system/status", **extra: Any) -> dict:
@@ -212,3 +212,26 @@ async def test_embedded_broker_restart_mid_job(
         assert statuses.count("resolved") >= 100 - len(devices), statuses.count("resolved")
         health = (await client.get("/healthz")).json()
         assert health["brokerConnected"] and health["brokerReconnects"] >= 1
+
+
+async def test_external_mosquitto_through_the_same_client(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: Any,
+    mosquitto: MosquittoBroker,
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway(
+            broker={"embedded": False}, mqtt={"host": mosquitto.host, "port": mosquitto.port}
+        )
+        assert gateway.broker is None
+        assert (gateway.mqtt_host, gateway.mqtt_port) == (mosquitto.host, mosquitto.port)
+        devices = [f"m{i}" for i in range(10)]
+        simulator = await start_simulator(gateway, devices)
+        client = http(gateway)
+        created = await post_job(client, entry(devices, "/a"), entry(devices, "/b"))
+        job = await wait_final(client, created["id"])
+        assert job["status"] == "resolved" and job["finishCount"] == 20
+        assert simulator.stats.overlaps == 0
+        health = (await client.get("/healthz")).json()
+        assert health["embeddedBrokerRestarts"] is None and health["brokerConnected"]

@@ -1,0 +1,53 @@
+# `make run` and `make test` work on a fresh machine with only Python 3.11: they create .venv
+# and install the project into it first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+ARGS ?=
+
+.PHONY: run test lint format bench-mqtt clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(STAMP)
+
+## run: start the gateway with its embedded broker (HTTP 127.0.0.1:8080, MQTT 127.0.0.1:1883)
+run: $(STAMP)
+	$(BIN)/pm serve $(ARGS)
+
+## test: the whole suite (the MQTT client tests also need mosquitto, installed if missing)
+test: $(TEST_STAMP) mosquitto
+	$(BIN)/ruff check pm actors tests bench
+	$(BIN)/pytest $(ARGS)
+
+# The tests start their own mosquitto on a free port; this only makes sure the binary exists.
+.PHONY: mosquitto
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	  { echo "installing mosquitto (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check pm actors tests bench
+	$(BIN)/ruff format --check pm actors tests bench
+
+format: $(TEST_STAMP)
+	$(BIN)/ruff format pm actors tests bench
+
+## bench-mqtt: sequential QoS 1 round trips through the gateway's own MQTT client
+bench-mqtt: $(STAMP)
+	$(BIN)/python bench/gateway_roundtrip.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
