@@ -80,6 +80,24 @@ class WatchersConfig(_Section):
     queue_size: int = 1024
 
 
+class StoreConfig(_Section):
+    # SQLite database file; ":memory:" keeps everything in memory (tests, benchmarks).
+    path: str = "./puppetmaster.db"
+    # Group-commit window in seconds: changes are written at most this often, in one
+    # transaction. A crash loses at most the changes of the last window.
+    commit_interval: float = 0.05
+    # Finished jobs older than this many seconds are deleted (default 30 days).
+    retention: float = 30 * 24 * 3600.0
+    # Seconds between two retention sweeps.
+    retention_interval: float = 3600.0
+
+
+class RecoveryConfig(_Section):
+    # On start, tasks that were in flight when the gateway stopped are sent again with the
+    # same task id (at-least-once). false: they end "error" saying the gateway restarted.
+    resend_inflight: bool = True
+
+
 class Config(_Section):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
@@ -87,6 +105,8 @@ class Config(_Section):
     topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     watchers: WatchersConfig = msgspec.field(default_factory=WatchersConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
 
     @property
     def mqtt_endpoint(self) -> tuple[str, int]:
@@ -141,6 +161,8 @@ def load_config(
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as error:
             raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {error}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     for section, values in _environment_overrides(

@@ -175,8 +175,9 @@ class Fleet:
         answers: trio.MemoryReceiveChannel[SanjiAnswer],
     ) -> None:
         task, job = dispatch.task, dispatch.job
-        if job.final or task.status != "pending":
+        if job.final or task.final:
             return  # its job ended while it was queued: it never reaches the device
+        # A resumed job's task may already be "sent": it goes out again with the same id.
         # Answers to an earlier task that slipped in just before it settled are stale now.
         while True:
             try:

@@ -3,10 +3,13 @@
 :func:`open_engine` runs it in a nursery of its own; the HTTP layer and the CLI only call
 :meth:`Engine.submit`, :meth:`Engine.get`, :meth:`Engine.list` and :meth:`Engine.delete`.
 
+Every job and task change is recorded in the :class:`~pm.store.Store`; on start, the engine
+resumes the jobs the store holds unfinished (:meth:`Engine.recover`).
+
 Restart policy: a job actor that raises is stopped and its job ends ``cancelled`` (logged
 with the error); a device actor that raises is handled by :class:`~pm.devices.Fleet`.
 Neither touches other jobs or devices. When the engine's scope is cancelled (shutdown),
-every running job ends ``cancelled``.
+running jobs stop where they are, unfinished in the store, and resume at the next start.
 """
 
 from __future__ import annotations
@@ -30,18 +33,23 @@ from .jobs import Job
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
 from .state import JobRecord, expand_batch
+from .store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
 # Reports a job buffers from its devices before they wait for it.
 JOB_MAILBOX = 4096
+RESTARTED_IN_FLIGHT = "the gateway restarted while this task was in flight"
 
 
 class Engine:
     """Jobs by id, and the fleet they dispatch to. Create with :func:`open_engine`."""
 
-    def __init__(self, config: Config, nursery: trio.Nursery, publisher: Publisher) -> None:
+    def __init__(
+        self, config: Config, nursery: trio.Nursery, publisher: Publisher, store: Store
+    ) -> None:
         self.config = config
+        self.store = store
         self.topics = TopicTemplates(config.topics.request, config.topics.response)
         self.fleet = Fleet(
             nursery,
@@ -58,57 +66,125 @@ class Engine:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
-        """Create a job from a validated request and start its actor. Never waits."""
-        job_id = next(self._job_ids)
+    async def submit(self, request: JobRequest) -> Job:
+        """Create a job from a validated request and start its actor.
+
+        Waits only in the rare case the store must reserve a new block of ids.
+        """
+        total = sum(len(entry.devices) for entry in request.batch)
+        job_id, first_task_id = await self.store.allocate_ids(1, total)
         now = time.time()
         tasks = expand_batch(
             job_id,
             request.batch,
-            next_task_id=self._task_ids.__next__,
+            next_task_id=itertools.count(first_task_id).__next__,
             tunnel_for=self.topics.response_topic,
             default_timeout=self.config.tasks.default_timeout,
             now=now,
         )
+        record = JobRecord(job_id, tasks, request.timeout, now)
+        self.store.job_created(record, request.batch)
+        deadline = math.inf if request.timeout is None else trio.current_time() + request.timeout
+        return self._start(record, deadline)
+
+    def recover(self) -> int:
+        """Resume the jobs the store holds unfinished; returns how many were resumed.
+
+        Pending tasks are dispatched again in their original order; tasks that were in flight
+        are sent again with the same id, or end ``error`` if ``recovery.resend_inflight`` is
+        false. The job timeout still counts from ``createdAt``: a job whose timeout passed
+        while the gateway was down ends ``timeout`` now.
+        """
+        resumed = 0
+        for record in self.store.load_unfinished(self.topics.response_topic):
+            now = time.time()
+            if record.timeout is not None and record.created_at + record.timeout <= now:
+                for task in record.finish("timeout", now):
+                    self.store.task_changed(task)
+            elif not self.config.recovery.resend_inflight:
+                for task in record.tasks:
+                    if task.status == "sent":
+                        record.settle(task, "error", {"error": RESTARTED_IN_FLIGHT}, now)
+                        self.store.task_changed(task)
+            self.store.job_changed(record)
+            if record.final:
+                continue
+            remaining = (
+                math.inf if record.timeout is None else record.created_at + record.timeout - now
+            )
+            self._start(record, trio.current_time() + remaining)
+            resumed += 1
+        return resumed
+
+    def _start(self, record: JobRecord, deadline: float) -> Job:
         job = Job(
-            JobRecord(job_id, tasks, request.timeout, now),
+            record,
             self.fleet,
+            self.store,
             feed_capacity=self.config.watchers.queue_size,
             coalesce_interval=self.config.watchers.coalesce_interval,
         )
-        deadline = math.inf if request.timeout is None else trio.current_time() + request.timeout
 
         async def run(inbox: trio.MemoryReceiveChannel[Any]) -> None:
             await job.run(inbox, deadline)
 
         job.ref = self._job_supervisor.spawn(
-            f"job:{job_id}", run, capacity=JOB_MAILBOX, on_exit=lambda: self._job_ended(job)
+            f"job:{record.id}", run, capacity=JOB_MAILBOX, on_exit=lambda: self._job_ended(job)
         )
-        self._jobs[job_id] = job
+        self._jobs[record.id] = job
         return job
 
     def get(self, job_id: int) -> Job | None:
+        """A job held in memory (running, or finished recently)."""
         return self._jobs.get(job_id)
 
-    def list(
+    async def find(self, job_id: int) -> Job | None:
+        """A job from memory, else from the store (a finished job, read-only)."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        await self.store.sync()
+        record = await self.store.load_job(job_id, self.topics.response_topic)
+        if record is None:
+            return None
+        job = Job(
+            record,
+            self.fleet,
+            self.store,
+            feed_capacity=1,
+            coalesce_interval=self.config.watchers.coalesce_interval,
+        )
+        job.feed.close()  # watchers of a stored job get its final snapshot and the close
+        job.ended.set()
+        return job
+
+    async def list(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
-    ) -> tuple[list[Job], int]:
+    ) -> tuple[list[JobView], int]:
         """Jobs newest first, optionally of one status; returns a page and the total."""
-        matching = [
-            job
-            for job in reversed(self._jobs.values())
-            if status is None or job.record.status == status
-        ]
-        return matching[offset : offset + limit], len(matching)
+        await self.store.sync()
+        return await self.store.list_jobs(status=status, limit=limit, offset=offset)
 
     async def delete(self, job_id: int) -> JobView | None:
-        """Cancel the job if it runs, forget it, and return its final snapshot."""
-        job = self._jobs.get(job_id)
+        """Cancel the job if it runs, forget it (store included), return its final snapshot."""
+        job = await self.find(job_id)
         if job is None:
             return None
         view = await job.cancel()
         self._jobs.pop(job_id, None)
+        self.store.job_deleted(job_id)
         return view
+
+    async def run_retention(self) -> None:
+        """The retention actor: delete finished jobs older than ``store.retention``."""
+        while True:
+            cutoff = time.time() - self.config.store.retention
+            deleted = await self.store.delete_finished_before(cutoff)
+            for job_id in [i for i, job in self._jobs.items() if _finished_before(job, cutoff)]:
+                del self._jobs[job_id]
+            if deleted:
+                logger.info("retention: deleted %d finished jobs", deleted)
+            await trio.sleep(self.config.store.retention_interval)
 
     @property
     def jobs_running(self) -> int:
@@ -139,12 +215,39 @@ class Engine:
             self.fleet.republish_in_flight()
 
 
+def _finished_before(job: Job, cutoff: float) -> bool:
+    return job.record.finish_at is not None and job.record.finish_at < cutoff
+
+
 @asynccontextmanager
-async def open_engine(config: Config, publisher: Publisher) -> AsyncIterator[Engine]:
-    """Run an engine until the block exits; its jobs and device actors end with it."""
-    async with trio.open_nursery() as nursery:
-        engine = Engine(config, nursery, publisher)
-        try:
-            yield engine
-        finally:
-            nursery.cancel_scope.cancel()
+async def open_engine(
+    config: Config, publisher: Publisher, store: Store | None = None
+) -> AsyncIterator[Engine]:
+    """Run an engine until the block exits; its jobs and device actors stop with it.
+
+    Args:
+      store: an open store whose actor (``store.run``) the caller runs and outlives the
+        engine; ``None`` opens and runs one here from ``config.store``.
+
+    Unfinished jobs in the store are resumed before the engine is handed out.
+    """
+    own_store = store is None
+    if store is None:
+        store = await open_store(config.store.path, commit_interval=config.store.commit_interval)
+    try:
+        async with trio.open_nursery() as outer:
+            if own_store:
+                await outer.start(store.run)
+            async with trio.open_nursery() as nursery:
+                engine = Engine(config, nursery, publisher, store)
+                engine.recover()
+                nursery.start_soon(engine.run_retention, name="retention")
+                try:
+                    yield engine
+                finally:
+                    nursery.cancel_scope.cancel()
+            # The engine has stopped: now the store actor makes its last commit and ends.
+            outer.cancel_scope.cancel()
+    finally:
+        if own_store:
+            store.close()

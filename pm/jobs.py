@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import trio
@@ -58,13 +58,24 @@ class CancelJob(msgspec.Struct, frozen=True, tag=True):
 JobMessage = TaskSent | TaskProgress | TaskSettled | CancelJob
 
 
+class ChangeRecorder(Protocol):
+    """Where a job's changes are recorded for persistence (:class:`pm.store.Store`).
+
+    Both calls are synchronous and must not wait: they run on the dispatch path.
+    """
+
+    def task_changed(self, task: TaskRecord) -> None: ...
+
+    def job_changed(self, record: JobRecord) -> None: ...
+
+
 class Job:
     """A job: its record, its mailbox reference and its feed for watchers.
 
     Args:
       record: the tasks and aggregate state (written only by this job's actor).
       fleet: where tasks go.
-      mailbox_size: reports buffered before device actors wait.
+      recorder: told of every change (the store).
       feed_capacity, coalesce_interval: watcher settings (see :mod:`pm.watch`).
     """
 
@@ -72,12 +83,14 @@ class Job:
         self,
         record: JobRecord,
         fleet: Fleet,
+        recorder: ChangeRecorder,
         *,
         feed_capacity: int,
         coalesce_interval: float,
     ) -> None:
         self.record = record
         self._fleet = fleet
+        self._recorder = recorder
         self._coalesce_interval = coalesce_interval
         self.feed = JobFeed(lambda: record.view(collection=None), feed_capacity)
         self.ref: ActorRef[JobMessage] | None = None
@@ -164,10 +177,14 @@ class Job:
                     self._finish("timeout")
                 # Stops the feeder and any report still being delivered.
                 nursery.cancel_scope.cancel()
-        finally:
+        except Exception:
+            # This actor failed: the job cannot go on.
             if not self.final:
-                # Shutdown or a failure of this actor: the job cannot go on.
                 self._finish("cancelled")
+            raise
+        finally:
+            # Also reached on shutdown (trio.Cancelled): the job is then left unfinished, as
+            # stored, and resumes when the gateway starts again.
             self._abandon_in_flight()
             self.feed.close()
             self.ended.set()
@@ -176,7 +193,8 @@ class Job:
         for task in self.record.tasks:
             if self.final:
                 return
-            await self._fleet.dispatch(task, self)
+            if not task.final:  # a resumed job skips what was settled before the restart
+                await self._fleet.dispatch(task, self)
 
     def _handle(self, message: JobMessage) -> None:
         record = self.record
@@ -202,11 +220,15 @@ class Job:
     def _task_changed(self, task: TaskRecord) -> None:
         self.feed.task_changed(task.view)
         self.feed.job_changed()
+        self._recorder.task_changed(task)
+        self._recorder.job_changed(self.record)
 
     def _finish(self, status: str) -> None:
         for task in self.record.finish(status, time.time()):  # type: ignore[arg-type]
             self.feed.task_changed(task.view)
+            self._recorder.task_changed(task)
         self.feed.job_changed()
+        self._recorder.job_changed(self.record)
         self._abandon_in_flight()
 
     def _abandon_in_flight(self) -> None:

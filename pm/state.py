@@ -40,6 +40,7 @@ class TaskRecord:
         "created_at",
         "data",
         "device",
+        "entry",
         "finish_at",
         "id",
         "job_id",
@@ -57,6 +58,7 @@ class TaskRecord:
         *,
         task_id: int,
         job_id: int,
+        entry: int,
         device: str,
         method: str,
         resource: str,
@@ -67,6 +69,7 @@ class TaskRecord:
     ) -> None:
         self.id = task_id
         self.job_id = job_id
+        self.entry = entry  # position of its batch entry in the job
         self.device = device
         self.method = method
         self.resource = resource
@@ -127,6 +130,29 @@ class JobRecord:
         self.error_count = 0
         self._progress_sum = 0
         self._by_id = {task.id: task for task in tasks}
+
+    @classmethod
+    def restore(
+        cls,
+        job_id: int,
+        tasks: list[TaskRecord],
+        timeout: float | None,
+        created_at: float,
+        status: JobStatus,
+        finish_at: float | None,
+    ) -> JobRecord:
+        """Rebuild a job from stored tasks. Counts and progress are recomputed from the
+        tasks, never trusted from storage, so a restored job always agrees with its tasks."""
+        record = cls(job_id, tasks, timeout, created_at)
+        for task in tasks:
+            record._progress_sum += task.progress
+            if task.status == "resolved":
+                record.finish_count += 1
+            elif task.final:
+                record.error_count += 1
+        record.status = status
+        record.finish_at = finish_at
+        return record
 
     # -- reading -----------------------------------------------------------------------
 
@@ -242,13 +268,14 @@ def expand_batch(
     """
     created_at = time.time() if now is None else now
     tasks = []
-    for entry in batch:
+    for position, entry in enumerate(batch):
         timeout = default_timeout if entry.timeout is None else entry.timeout
         for device in entry.devices:
             tasks.append(
                 TaskRecord(
                     task_id=next_task_id(),
                     job_id=job_id,
+                    entry=position,
                     device=device,
                     method=entry.method,
                     resource=entry.resource,

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from pm.config import Config, TasksConfig
+from pm.config import Config, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.schemas import JobRequest
 from tests.fakes import RecordingPublisher
@@ -42,7 +42,10 @@ def answer(engine: Engine, request: dict[str, Any], code: int = 200, data: Any =
 @pytest.fixture
 async def running() -> AsyncIterator[tuple[Engine, RecordingPublisher]]:
     publisher = RecordingPublisher()
-    config = Config(tasks=TasksConfig(default_timeout=30.0, device_idle_retire=5.0))
+    config = Config(
+        tasks=TasksConfig(default_timeout=30.0, device_idle_retire=5.0),
+        store=StoreConfig(path=":memory:"),
+    )
     async with open_engine(config, publisher) as engine:
         yield engine, publisher
 
@@ -52,7 +55,7 @@ async def test_expansion_order_and_resolution(
 ) -> None:
     engine, publisher = running
     publisher.on_publish = lambda topic, request: answer(engine, request, data={"ok": 1})
-    job = engine.submit(
+    job = await engine.submit(
         job_request(entry(["a", "b"], "/one"), entry("000C291CE801", "/two", data={"x": 1}))
     )
     await job.ended.wait()
@@ -82,9 +85,9 @@ async def test_one_in_flight_per_device_fifo_across_jobs(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     engine, publisher = running
-    first = engine.submit(job_request(entry("dev", "/a"), entry("dev", "/b")))
+    first = await engine.submit(job_request(entry("dev", "/a"), entry("dev", "/b")))
     await trio.testing.wait_all_tasks_blocked()  # the first job's tasks are queued first
-    second = engine.submit(job_request(entry("dev", "/c")))
+    second = await engine.submit(job_request(entry("dev", "/c")))
     await trio.testing.wait_all_tasks_blocked()
     for expected in ("/a", "/b", "/c"):
         # Exactly one request outstanding: the next leaves only after this one is answered.
@@ -103,7 +106,7 @@ async def test_task_timeout_counts_from_publication(
 ) -> None:
     engine, publisher = running
     start = trio.current_time()
-    job = engine.submit(job_request(entry("dev", "/slow", timeout=10), entry("dev", "/next")))
+    job = await engine.submit(job_request(entry("dev", "/slow", timeout=10), entry("dev", "/next")))
     await trio.testing.wait_all_tasks_blocked()
     await trio.sleep(9.5)
     answer(engine, publisher.published[0][1], code=206, data={"progress": 40})
@@ -125,7 +128,7 @@ async def test_job_timeout_ends_unsettled_tasks(
 ) -> None:
     engine, publisher = running
     start = trio.current_time()
-    job = engine.submit(job_request(entry(["a", "b"]), entry("a"), timeout=5))
+    job = await engine.submit(job_request(entry(["a", "b"]), entry("a"), timeout=5))
     await trio.testing.wait_all_tasks_blocked()
     answer(engine, publisher.published[0][1])  # a's first task resolves; a's second goes out
     await job.ended.wait()
@@ -143,9 +146,9 @@ async def test_cancel_removes_queued_tasks(
     running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
 ) -> None:
     engine, publisher = running
-    blocker = engine.submit(job_request(entry("dev", "/first")))
+    blocker = await engine.submit(job_request(entry("dev", "/first")))
     await trio.testing.wait_all_tasks_blocked()
-    job = engine.submit(job_request(entry("dev", "/queued"), entry("dev", "/queued-too")))
+    job = await engine.submit(job_request(entry("dev", "/queued"), entry("dev", "/queued-too")))
     await trio.testing.wait_all_tasks_blocked()
     view = await engine.delete(job.id)
     assert view is not None and view.status == "cancelled"
@@ -161,9 +164,9 @@ async def test_cancel_abandons_in_flight(
     running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
 ) -> None:
     engine, publisher = running
-    job = engine.submit(job_request(entry("dev", "/in-flight")))
+    job = await engine.submit(job_request(entry("dev", "/in-flight")))
     await trio.testing.wait_all_tasks_blocked()
-    after = engine.submit(job_request(entry("dev", "/after")))
+    after = await engine.submit(job_request(entry("dev", "/after")))
     await trio.testing.wait_all_tasks_blocked()
     await engine.delete(job.id)
     await trio.testing.wait_all_tasks_blocked()
@@ -180,7 +183,7 @@ async def test_error_answers_and_garbage(
     running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
 ) -> None:
     engine, publisher = running
-    job = engine.submit(job_request(entry(["a", "b"], "/r")))
+    job = await engine.submit(job_request(entry(["a", "b"], "/r")))
     await trio.testing.wait_all_tasks_blocked()
     request_a, request_b = (r for _, r in publisher.published)
     for payload in (b"not json", b"{}", b'{"id": "1", "code": 200}', b"[1,2]"):
@@ -215,12 +218,12 @@ async def test_idle_device_actors_retire(
 ) -> None:
     engine, publisher = running
     publisher.on_publish = lambda topic, request: answer(engine, request)
-    job = engine.submit(job_request(entry([f"d{i}" for i in range(50)])))
+    job = await engine.submit(job_request(entry([f"d{i}" for i in range(50)])))
     await job.ended.wait()
     assert engine.fleet.live_actors == 50
     await trio.sleep(6)
     assert engine.fleet.live_actors == 0
-    again = engine.submit(job_request(entry("d1")))
+    again = await engine.submit(job_request(entry("d1")))
     await again.ended.wait()
     assert again.record.status == "resolved"
 
@@ -231,7 +234,7 @@ async def test_republish_in_flight_after_reconnect(
 ) -> None:
     engine, publisher = running
     publisher.connected = False
-    job = engine.submit(job_request(entry(["a", "b"])))
+    job = await engine.submit(job_request(entry(["a", "b"])))
     await trio.testing.wait_all_tasks_blocked()
     assert publisher.published == []
     publisher.connected = True
@@ -255,8 +258,8 @@ async def test_failing_device_actor_errors_only_its_tasks(
         answer(engine, request)
 
     publisher.on_publish = explode
-    job = engine.submit(job_request(entry(["bad", "good"]), entry("bad", "/queued")))
-    other = engine.submit(job_request(entry("good", "/other")))
+    job = await engine.submit(job_request(entry(["bad", "good"]), entry("bad", "/queued")))
+    other = await engine.submit(job_request(entry("good", "/other")))
     await job.ended.wait()
     await other.ended.wait()
     statuses = [(t.device, t.status) for t in job.record.tasks]

@@ -21,7 +21,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from pm.config import Config, HttpConfig, TasksConfig, WatchersConfig
+from pm.config import Config, HttpConfig, StoreConfig, TasksConfig, WatchersConfig
 from pm.engine import Engine, open_engine
 from pm.http import create_app
 from pm.jobs import Job
@@ -117,6 +117,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         http=HttpConfig(max_body_bytes=MAX_BODY),
         tasks=TasksConfig(default_timeout=30.0),
         watchers=WatchersConfig(queue_size=WATCHER_QUEUE),
+        store=StoreConfig(path=":memory:"),
     )
     server_config = hypercorn.Config()
     server_config.bind = ["127.0.0.1:0"]

@@ -133,21 +133,21 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
             return error_response(400, str(error))
         except msgspec.DecodeError as error:
             return error_response(400, f"malformed JSON: {error}")
-        job = engine.submit(job_request)
+        job = await engine.submit(job_request)
         return json_response(job.record.view(), headers={"Location": f"/jobs/{job.id}"})
 
     @app.get("/jobs")
     async def list_jobs() -> TrioResponse:
         query = parse_query(request.args, ListJobsQuery)
-        jobs, total = engine.list(status=query.status, limit=query.limit, offset=query.offset)
-        return json_response(
-            [job.record.view() for job in jobs], headers={"X-Total-Count": str(total)}
+        views, total = await engine.list(
+            status=query.status, limit=query.limit, offset=query.offset
         )
+        return json_response(views, headers={"X-Total-Count": str(total)})
 
     @app.get("/jobs/<int:job_id>")
     async def get_job(job_id: int) -> TrioResponse:
         query = parse_query(request.args, GetJobQuery)
-        job = engine.get(job_id)
+        job = await engine.find(job_id)
         if job is None:
             return error_response(404, f"no job {job_id}")
         return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
@@ -166,7 +166,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.websocket("/jobs/<int:job_id>/ws")
     async def watch_job(job_id: int) -> TrioResponse | None:
-        job = engine.get(job_id)
+        job = await engine.find(job_id)
         if job is None:
             # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
             return error_response(404, f"no job {job_id}")

@@ -171,6 +171,7 @@ def gateway_config(**sections: dict[str, Any]) -> Config:
         "http": {"host": "127.0.0.1", "port": 0},
         "broker": {"host": "127.0.0.1", "port": 0},
         "mqtt": {"client_id": f"pm-test-{uuid.uuid4().hex[:8]}", "reconnect_max_delay": 0.5},
+        "store": {"path": ":memory:"},
     }
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
