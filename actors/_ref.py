@@ -48,6 +48,10 @@ class Reply(Generic[Answer]):
             pass
         self._send.close()
 
+    def abandon(self) -> None:
+        """No answer will come: the asker gets :class:`ActorStopped` now."""
+        self._send.close()
+
     async def _wait(self) -> Answer:
         async with self._receive:
             try:

@@ -46,7 +46,15 @@ class IdleInbox(Generic[Message]):
                 return await self._inbox.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise StopAsyncIteration from None
-        # Timed out with nothing queued: leave the registry now, before any other task runs.
+        # Timed out. A sender may have run between the deadline firing and this task
+        # resuming, and queued a message: it is ours to handle.
+        try:
+            return self._inbox.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        # Nothing queued: leave the registry now, before any other task runs.
         self._on_idle()
         raise StopAsyncIteration
 

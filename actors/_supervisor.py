@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from ._ref import ActorRef, open_mailbox
+from ._ref import ActorRef, Reply, open_mailbox
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,10 @@ class Supervisor:
         on_exit: Callable[[], None] | None,
     ) -> None:
         restarts: list[float] = []
-        try:
-            async with inbox:
+        # A plain ``with``: the mailbox closes synchronously right after on_exit, with no
+        # checkpoint in between, so nobody finds the actor registered but closed.
+        with inbox:
+            try:
                 while True:
                     try:
                         await actor(inbox)
@@ -148,10 +150,25 @@ class Supervisor:
                             raise
                         logger.error("actor %s failed, stopped: %r", name, error, exc_info=error)
                         return
-        finally:
-            self.running -= 1
-            if on_exit is not None:
-                on_exit()
+            finally:
+                self.running -= 1
+                if on_exit is not None:
+                    on_exit()
+                _abandon_requests(inbox)
+
+
+def _abandon_requests(inbox: trio.MemoryReceiveChannel[Any]) -> None:
+    """Messages left in a mailbox that is closing will never be handled: an ``ask`` among
+    them (a message with a :class:`Reply` in its ``reply`` field) learns it at once, as
+    :class:`ActorStopped`, instead of waiting out its timeout."""
+    while True:
+        try:
+            message = inbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        reply = getattr(message, "reply", None)
+        if isinstance(reply, Reply):
+            reply.abandon()
 
 
 @asynccontextmanager

@@ -165,14 +165,12 @@ def load_config(
             raise ConfigError(f"config file {path} is not UTF-8 text: {error}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    for section, values in _environment_overrides(
-        os.environ if environ is None else environ
-    ).items():
-        target = raw.setdefault(section, {})
-        for key, value in values.items():
-            target[key] = value
-    for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+    for layer in (_environment_overrides(os.environ if environ is None else environ), overrides):
+        for section, values in (layer or {}).items():
+            target = raw.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"invalid configuration: expected a table - at `$.{section}`")
+            target.update(values)
     try:
         # strict=False lets environment strings like "9000" or "false" become ints and bools.
         return msgspec.convert(raw, Config, strict=False)

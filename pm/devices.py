@@ -47,7 +47,9 @@ ANSWER_BUFFER = 16
 class Publisher(Protocol):
     """What the fleet needs of the MQTT client."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool: ...
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False
+    ) -> bool: ...
 
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
@@ -58,17 +60,27 @@ class Dispatch(msgspec.Struct, frozen=True, tag=True):
 
 
 class InFlight:
-    """The one task a device is working on, as the answer router sees it."""
+    """The one task a device is working on, as the answer router sees it.
 
-    __slots__ = ("answers", "payload", "task_id", "topic")
+    ``retained`` is set once its request was (re)published with the retain flag, so that a
+    device subscribing late still gets it; the retained copy is cleared when the task ends.
+    """
+
+    __slots__ = ("answers", "payload", "retained", "task_id", "topic")
 
     def __init__(
-        self, task_id: int, topic: str, payload: bytes, answers: trio.MemorySendChannel[SanjiAnswer]
+        self,
+        task_id: int,
+        topic: str,
+        payload: bytes,
+        answers: trio.MemorySendChannel[SanjiAnswer],
+        retained: bool,
     ) -> None:
         self.task_id = task_id
         self.topic = topic
         self.payload = payload
         self.answers = answers
+        self.retained = retained
 
 
 class Fleet:
@@ -146,10 +158,13 @@ class Fleet:
         """After a reconnect: send every in-flight request again, with the same task id.
 
         The broker may have lost them (a restarted embedded broker keeps no sessions), so
-        delivery is at least once; a device can drop a repeated id.
+        delivery is at least once; a device can drop a repeated id. They go out *retained*:
+        a device that reconnects and resubscribes after this moment still receives its
+        request, from the broker, the moment it subscribes.
         """
         for in_flight in self._in_flight.values():
-            if self._publisher.publish(in_flight.topic, in_flight.payload):
+            if self._publisher.publish(in_flight.topic, in_flight.payload, retain=True):
+                in_flight.retained = True
                 self.republished += 1
 
     # -- the actor -----------------------------------------------------------------------
@@ -194,13 +209,17 @@ class Fleet:
                 tunnel=task.tunnel,
             )
         )
-        self._in_flight[device] = InFlight(task.id, topic, payload, answers_send)
+        # A task already "sent" belongs to a job resumed after a restart: its device may not
+        # have resubscribed yet, so the re-send is retained (see republish_in_flight).
+        resend = task.status == "sent"
+        in_flight = InFlight(task.id, topic, payload, answers_send, retained=resend)
+        self._in_flight[device] = in_flight
         # The task timeout counts from publication; the job cancels this scope to abandon.
         timer = job.open_task_scope(task.id, trio.current_time() + task.timeout)
         try:
             # If the connection is down, publish returns False and the request goes out
             # with the other in-flight ones when it is back (republish_in_flight).
-            self._publisher.publish(topic, payload)
+            self._publisher.publish(topic, payload, retain=resend)
             self.published += 1
             with timer:
                 await job.report_sent(task)
@@ -226,6 +245,9 @@ class Fleet:
         finally:
             del self._in_flight[device]
             job.close_task_scope(task.id)
+            if in_flight.retained:
+                # Clear the retained copy so no later subscriber gets a settled request.
+                self._publisher.publish(topic, b"", retain=True)
 
     # -- supervision ---------------------------------------------------------------------
 

@@ -149,13 +149,15 @@ class MqttClient:
             self._subscriptions[topic_filter] = qos
             return
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False) -> bool:
         """Hand a message to paho and wake the writer task; never blocks.
 
         Args:
           topic: The topic to publish to (no wildcards).
           payload: The message body.
           qos: 0 or 1 (2 works but nothing here needs it).
+          retain: Ask the broker to keep it for future subscribers (an empty retained payload
+            clears what the topic retains).
 
         Returns:
           True if the message was queued on the current connection, False if the client is not
@@ -169,7 +171,7 @@ class MqttClient:
         connection = self._connection
         if not self.connected or connection is None:
             return False
-        rc = connection.paho.publish(topic, payload, qos).rc
+        rc = connection.paho.publish(topic, payload, qos, retain).rc
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return True
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:

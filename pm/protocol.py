@@ -35,12 +35,12 @@ def normalize_device_id(raw: str) -> str:
     Error handling: raises :class:`InvalidDeviceId` for anything else; such a destination is
     refused before any job exists.
     """
-    if _MAC_SEPARATED.match(raw):
+    if _MAC_SEPARATED.fullmatch(raw):
         return raw.replace("-", ":").lower()
-    if _MAC_BARE.match(raw):
+    if _MAC_BARE.fullmatch(raw):
         lowered = raw.lower()
         return ":".join(lowered[i : i + 2] for i in range(0, 12, 2))
-    if _OTHER_ID.match(raw):
+    if _OTHER_ID.fullmatch(raw):
         return raw
     raise InvalidDeviceId(
         f"invalid device id {raw!r}: expected a MAC address or 1-64 of A-Z a-z 0-9 . _ : -"

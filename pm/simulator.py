@@ -110,8 +110,8 @@ class Simulator:
 
     def _on_request(self, client: MqttClient, topic: str, payload: bytes) -> None:
         device = self._device_of_topic.get(topic)
-        if device is None:
-            return
+        if device is None or not payload:
+            return  # an empty payload is the gateway clearing a retained request
         try:
             request = _decode_request(payload)
         except msgspec.DecodeError:

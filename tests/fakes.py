@@ -12,12 +12,17 @@ class RecordingPublisher:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
+        self.retained: dict[str, bytes] = {}
         self.connected = True
         self.on_publish: Callable[[str, dict[str, Any]], None] | None = None
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False) -> bool:
         if not self.connected:
             return False
+        if retain:
+            self.retained[topic] = payload
+            if not payload:
+                return True  # clearing a retained request is not a request
         request = json.loads(payload)
         self.published.append((topic, request))
         if self.on_publish is not None:

@@ -240,10 +240,14 @@ async def test_republish_in_flight_after_reconnect(
     publisher.connected = True
     engine.on_mqtt_connect(2)
     assert sorted(r["id"] for _, r in publisher.published) == [t.id for t in job.record.tasks]
+    # Re-sent retained, so a device that resubscribes later still gets its request...
+    assert set(publisher.retained) == {"/remote/a", "/remote/b"}
     for _, request in list(publisher.published):
         answer(engine, request)
     await job.ended.wait()
     assert job.record.status == "resolved"
+    # ...and cleared once answered, so no later subscriber gets a settled request.
+    assert publisher.retained == {"/remote/a": b"", "/remote/b": b""}
 
 
 async def test_failing_device_actor_errors_only_its_tasks(

@@ -202,14 +202,10 @@ async def test_embedded_broker_restart_mid_job(
         job = await wait_final(client, created["id"])
         assert gateway.broker.restarts == 1
         assert_consistent(job)
-        assert job["status"] == "resolved"
-        # Requests lost with the broker are re-sent (same id) once the gateway reconnects; a
-        # device that resubscribes only after that re-send misses it and its task times out.
-        statuses = [task["__task"]["status"] for task in job["collection"]]
-        assert set(statuses) <= {"resolved", "timeout"}, statuses
+        # Requests lost with the broker were re-sent, retained, once the gateway reconnected;
+        # devices that resubscribed after that got them from the broker: nothing times out.
+        assert job["status"] == "resolved" and job["finishCount"] == 100, job["errorCount"]
         assert gateway.engine is not None and gateway.engine.fleet.republished >= 1
-        # Only requests in flight at the kill (one per device) can be lost that way.
-        assert statuses.count("resolved") >= 100 - len(devices), statuses.count("resolved")
         health = (await client.get("/healthz")).json()
         assert health["brokerConnected"] and health["brokerReconnects"] >= 1
 
