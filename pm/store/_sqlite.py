@@ -186,9 +186,7 @@ class Store:
             for record, batch in created.values()
             for position, entry in enumerate(batch)
         ]
-        task_rows = [
-            _task_row(task) for record, _ in created.values() for task in record.tasks
-        ]
+        task_rows = [_task_row(task) for record, _ in created.values() for task in record.tasks]
         job_updates = [_job_update(record) for record in dirty_jobs.values()]
         task_updates = [_task_update(task) for task in dirty_tasks.values()]
         counter_rows = list(counters.items())
@@ -290,9 +288,7 @@ class Store:
 
         return await self._in_thread(read)
 
-    async def load_job(
-        self, job_id: int, tunnel_for: Callable[[str], str]
-    ) -> JobRecord | None:
+    async def load_job(self, job_id: int, tunnel_for: Callable[[str], str]) -> JobRecord | None:
         def read(connection: sqlite3.Connection) -> JobRecord | None:
             records = _load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
             return records[0] if records else None
@@ -430,12 +426,19 @@ def _load_records(
             )
         }
         tasks = []
-        for task_id, entry, device, task_timeout, task_status, progress, result, done_at in (
-            connection.execute(
-                "SELECT id, entry, device, timeout, status, progress, result, finish_at"
-                " FROM tasks WHERE job_id = ? ORDER BY id",
-                (job_id,),
-            )
+        for (
+            task_id,
+            entry,
+            device,
+            task_timeout,
+            task_status,
+            progress,
+            result,
+            done_at,
+        ) in connection.execute(
+            "SELECT id, entry, device, timeout, status, progress, result, finish_at"
+            " FROM tasks WHERE job_id = ? ORDER BY id",
+            (job_id,),
         ):
             method, resource, data = entries[entry]
             task = TaskRecord(
