@@ -141,15 +141,16 @@ async def serve(host: str, port: int) -> int:
     Python exits 1 with a traceback on stderr, which the parent logs).
     """
     # Imported here so that argument errors and prctl run before the slow amqtt import.
-    from amqtt.broker import Broker
     from amqtt.errors import BrokerError
+
+    from pm._amqtt_broker import PuppetmasterBroker
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    broker = Broker(amqtt_config(host, port), loop=loop)
+    broker = PuppetmasterBroker(amqtt_config(host, port), loop=loop)
     # amqtt's string-configured plugin loading (PluginManager._load_str_plugins) forces topic
     # filtering on even with no topic plugin, costing a coroutine call per publish and per
     # delivery; there is no config key for it, so switch it off here.

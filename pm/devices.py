@@ -13,6 +13,7 @@ devices and jobs are untouched; the next task for that device spawns a fresh act
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +43,13 @@ logger = logging.getLogger(__name__)
 
 # Answers buffered for the one in-flight task; a device flooding beyond this is dropped.
 ANSWER_BUFFER = 16
+# A request that may have been lost (re-sent after a reconnect or a gateway restart) is sent
+# again after this many seconds without an answer, then at doubling intervals up to the max.
+RESEND_FIRST_DELAY = 1.0
+RESEND_MAX_DELAY = 30.0
+# Seconds after a broker restart or a gateway restart during which devices are assumed to be
+# reconnecting (their own backoff): requests published then are treated as possibly lost.
+DEVICES_RETURN_GRACE = 15.0
 
 
 class Publisher(Protocol):
@@ -73,7 +81,7 @@ class InFlight:
         task_id: int,
         topic: str,
         payload: bytes,
-        answers: trio.MemorySendChannel[SanjiAnswer],
+        answers: trio.MemorySendChannel[SanjiAnswer | None],
         retained: bool,
     ) -> None:
         self.task_id = task_id
@@ -114,6 +122,7 @@ class Fleet:
         )
         self._in_flight: dict[str, InFlight] = {}
         self._current: dict[str, Dispatch] = {}
+        self._devices_return_until = -math.inf
         self.dropped: Counter[str] = Counter()
         self.published = 0
         self.answered = 0
@@ -154,6 +163,11 @@ class Fleet:
         except trio.WouldBlock:
             self.dropped["answer_overflow"] += 1
 
+    def expect_devices_to_return(self, seconds: float = DEVICES_RETURN_GRACE) -> None:
+        """Devices are reconnecting (the broker or the gateway restarted): for ``seconds``,
+        requests are published as suspect (retained, re-sent until answered)."""
+        self._devices_return_until = max(self._devices_return_until, trio.current_time() + seconds)
+
     def republish_in_flight(self) -> None:
         """After a reconnect: send every in-flight request again, with the same task id.
 
@@ -162,15 +176,21 @@ class Fleet:
         a device that reconnects and resubscribes after this moment still receives its
         request, from the broker, the moment it subscribes.
         """
+        self.expect_devices_to_return()
         for in_flight in self._in_flight.values():
             if self._publisher.publish(in_flight.topic, in_flight.payload, retain=True):
-                in_flight.retained = True
                 self.republished += 1
+            if not in_flight.retained:
+                in_flight.retained = True
+                try:
+                    in_flight.answers.send_nowait(None)  # the actor starts its re-send timer
+                except trio.WouldBlock:
+                    pass  # answers are queued: the actor wakes anyway
 
     # -- the actor -----------------------------------------------------------------------
 
     async def _run_device(self, device: str, inbox: IdleInbox[Dispatch]) -> None:
-        answers_send, answers_receive = trio.open_memory_channel[SanjiAnswer](ANSWER_BUFFER)
+        answers_send, answers_receive = trio.open_memory_channel[SanjiAnswer | None](ANSWER_BUFFER)
         with answers_send, answers_receive:
             async for dispatch in inbox:
                 # Kept on an exception: the failure policy fails this task explicitly.
@@ -186,8 +206,8 @@ class Fleet:
         self,
         device: str,
         dispatch: Dispatch,
-        answers_send: trio.MemorySendChannel[SanjiAnswer],
-        answers: trio.MemoryReceiveChannel[SanjiAnswer],
+        answers_send: trio.MemorySendChannel[SanjiAnswer | None],
+        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
     ) -> None:
         task, job = dispatch.task, dispatch.job
         if job.final or task.final:
@@ -209,9 +229,11 @@ class Fleet:
                 tunnel=task.tunnel,
             )
         )
-        # A task already "sent" belongs to a job resumed after a restart: its device may not
-        # have resubscribed yet, so the re-send is retained (see republish_in_flight).
-        resend = task.status == "sent"
+        # A task already "sent" belongs to a job resumed after a restart, and any request
+        # published soon after a restart or reconnect may reach a broker its device has not
+        # resubscribed to yet: such requests are "suspect", published retained and re-sent
+        # until answered (see republish_in_flight).
+        resend = task.status == "sent" or trio.current_time() < self._devices_return_until
         in_flight = InFlight(task.id, topic, payload, answers_send, retained=resend)
         self._in_flight[device] = in_flight
         # The task timeout counts from publication; the job cancels this scope to abandon.
@@ -223,10 +245,22 @@ class Fleet:
             self.published += 1
             with timer:
                 await job.report_sent(task)
+                resend_delay = RESEND_FIRST_DELAY
                 while True:
-                    answer = await answers.receive()
-                    if answer.id != task.id:
+                    # A request that may have been lost (re-sent after a reconnect or a
+                    # restart) is sent again until answered, at growing intervals: a broker
+                    # can lose the re-send too (amqtt races a retained publish against a
+                    # concurrent subscribe), and devices replay answers to repeated ids.
+                    suspect = in_flight.retained
+                    with trio.move_on_after(resend_delay if suspect else math.inf) as waiting:
+                        answer = await answers.receive()
+                    if waiting.cancelled_caught:
+                        if self._publisher.publish(topic, payload, retain=True):
+                            self.republished += 1
+                        resend_delay = min(resend_delay * 2, RESEND_MAX_DELAY)
                         continue
+                    if answer is None or answer.id != task.id:
+                        continue  # None: a nudge to re-evaluate (the request became suspect)
                     if answer.code == PROGRESS_CODE:
                         progress = answer_progress(answer)
                         if progress is not None:

@@ -114,6 +114,9 @@ class Engine:
             )
             self._start(record, trio.current_time() + remaining)
             resumed += 1
+        if resumed:
+            # The gateway was down: its devices may still be reconnecting.
+            self.fleet.expect_devices_to_return()
         return resumed
 
     def _start(self, record: JobRecord, deadline: float) -> Job:

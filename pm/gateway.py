@@ -29,6 +29,7 @@ from .config import Config
 from .engine import Engine, open_engine
 from .http import create_app
 from .mqtt import MqttClient, open_mqtt_client
+from .protocol import TopicTemplates
 from .schemas import Health
 
 logger = logging.getLogger(__name__)
@@ -107,9 +108,16 @@ async def run_gateway(
             on_connect=gateway._on_connect,
         ) as mqtt:
             gateway.mqtt = mqtt
+            # Subscribed before the engine starts: resuming jobs re-send requests at once,
+            # and a fast device's answer must find the subscription already in place.
+            await mqtt.subscribe(
+                TopicTemplates(config.topics.request, config.topics.response).response_filter,
+                qos=1,
+            )
             async with open_engine(config, mqtt) as engine:
+                # No checkpoint between the engine's start and this line: nothing it
+                # publishes can be answered before the gateway routes answers to it.
                 gateway.engine = engine
-                await mqtt.subscribe(engine.topics.response_filter, qos=1)
                 http_stopped = trio.Event()
                 stop_http = trio.Event()
                 hypercorn_config = hypercorn.config.Config()

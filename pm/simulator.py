@@ -9,8 +9,9 @@ By default every device has its own MQTT connection, like a real fleet; ``connec
 multiplexes the devices over K connections instead (for very large simulated fleets).
 
 The simulator also checks the gateway: a request that arrives at a device still working on
-an earlier one is counted in ``overlaps`` (the gateway promises one command in flight per
-device), and every request is recorded per device, in arrival order, for tests.
+another one is counted in ``overlaps`` (the gateway promises one command in flight per
+device); the same request arriving again while it is being worked on (at-least-once re-send)
+is counted in ``duplicates``. Every request is recorded per device, in arrival order.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class DeviceStats(msgspec.Struct):
     silent: int = 0
     progress_messages: int = 0
     overlaps: int = 0
+    duplicates: int = 0
     malformed: int = 0
 
 
@@ -95,7 +97,10 @@ class Simulator:
         self.stats = DeviceStats()
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.paused = False
-        self._busy: set[str] = set()
+        # Device -> id of the request it is working on (answering after a latency).
+        self._busy: dict[str, int] = {}
+        # Device -> (id, answer) of the last request it answered, replayed for a re-send.
+        self._last_answer: dict[str, tuple[int, bytes]] = {}
         self._random = random.Random(settings.seed)
         self._nursery = nursery
         self._device_of_topic = {self.topics.request_topic(d): d for d in self.devices}
@@ -119,6 +124,18 @@ class Simulator:
             return
         self.stats.received += 1
         self.requests[device].append(msgspec.to_builtins(request))
+        # At-least-once delivery: a re-sent request is recognized by its id. One being
+        # worked on is ignored (its answer will come); one already answered gets the same
+        # answer again at once, without doing the work twice (docs/protocol.md).
+        if self._busy.get(device) == request.id:
+            self.stats.duplicates += 1
+            return
+        last_id, last_answer = self._last_answer.get(device, (None, b""))
+        if last_id == request.id:
+            self.stats.duplicates += 1
+            if client.publish(request.tunnel, last_answer):
+                self.stats.answered += 1
+            return
         if device in self._busy:
             self.stats.overlaps += 1
         if self.paused:
@@ -129,9 +146,9 @@ class Simulator:
             return
         failed = self._random.random() < self.settings.error_rate
         if self.settings.latency <= 0 and self.settings.progress_steps == 0:
-            self._answer(client, request, failed)  # fast path: no task per request
+            self._answer(client, device, request, failed)  # fast path: no task per request
             return
-        self._busy.add(device)
+        self._busy[device] = request.id
         self._nursery.start_soon(self._answer_later, client, device, request, failed)
 
     async def _answer_later(
@@ -147,15 +164,17 @@ class Simulator:
                 self.stats.progress_messages += 1
             await trio.sleep(pause)
         finally:
-            self._busy.discard(device)
-        self._answer(client, request, failed)
+            if self._busy.get(device) == request.id:
+                del self._busy[device]
+        self._answer(client, device, request, failed)
 
-    def _answer(self, client: MqttClient, request: SanjiRequest, failed: bool) -> None:
+    def _answer(self, client: MqttClient, device: str, request: SanjiRequest, failed: bool) -> None:
         if failed:
             self.stats.errors += 1
             body = self._message(request, self.settings.error_code, {"message": "simulated error"})
         else:
             body = self._message(request, 200, {"resource": request.resource, "echo": request.data})
+        self._last_answer[device] = (request.id, body)
         if client.publish(request.tunnel, body):
             self.stats.answered += 1
 

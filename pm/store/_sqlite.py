@@ -165,7 +165,7 @@ class Store:
         """Return once every change recorded before this call is committed."""
         if not self._dirty.is_set() and self._commits_started == self._commits_done:
             return
-        target = self._commits_started + 1
+        target = self._commits_started + (1 if self._dirty.is_set() else 0)
         self._flush_now.set()
         while self._commits_done < target:
             await self._committed.wait()

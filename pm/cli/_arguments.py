@@ -1,0 +1,92 @@
+"""argparse types and options shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENVIRONMENT_VARIABLE = "PM_URL"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as an argparse ``type``; port 0 means any free."""
+    host, separator, port = text.rpartition(":")
+    if not separator or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def url_options() -> argparse.ArgumentParser:
+    """A parent parser with ``--url``, for the commands that talk to a running gateway."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--url",
+        metavar="URL",
+        help=(
+            f"the gateway's HTTP address (default: ${URL_ENVIRONMENT_VARIABLE}, else {DEFAULT_URL})"
+        ),
+    )
+    return parent
+
+
+def gateway_url(args: argparse.Namespace) -> str:
+    """``--url``, else ``$PM_URL``, else the address ``pm serve`` uses by default."""
+    url: str = args.url or os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
+    return url.rstrip("/")
+
+
+def log_level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much the process logs to stderr (default: %(default)s)",
+    )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions to the terminal, keeps laid-out text (epilogs with
+    examples, anything containing a newline) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)

@@ -1,0 +1,81 @@
+"""A small synchronous client for the gateway's REST API, with errors translated for people.
+
+Error handling: every httpx failure and every 4xx/5xx answer becomes a :class:`CliError`
+whose message is the gateway's own ``message`` (which names the offending field), so no
+command ever shows a traceback for a refused or unreachable gateway.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from ._errors import CliError, unreachable
+
+# Seconds a single request may take; the API answers at once, so this only catches hangs.
+REQUEST_TIMEOUT = 10.0
+
+
+def server_message(response: httpx.Response) -> str:
+    """The ``message`` of a JSON error body, else the raw text (a proxy's HTML page, say)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return response.text.strip() or _status_text(response.status_code)
+
+
+class GatewayClient:
+    """``with GatewayClient(url) as gateway: gateway.request("GET", "/jobs")``."""
+
+    def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._client = httpx.Client(base_url=url, timeout=timeout)
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._client.close()
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """Send one request; returns only successful (2xx/3xx) responses.
+
+        Error handling: raises :class:`CliError` when the gateway cannot be reached, does not
+        answer within the timeout, or answers with an error status (its message included).
+        """
+        try:
+            response = self._client.request(method, path, **options)
+        except httpx.ConnectError:
+            raise unreachable(self.url) from None
+        except httpx.TimeoutException:
+            raise CliError(
+                f"the gateway at {self.url} did not answer within {self._timeout:g} s"
+            ) from None
+        except httpx.HTTPError as error:
+            raise CliError(f"request to the gateway at {self.url} failed: {error}") from None
+        if response.is_error:
+            raise CliError(
+                f"the gateway refused {method} {path} "
+                f"({_status_text(response.status_code)}): {server_message(response)}"
+            )
+        return response
+
+
+def _status_text(code: int) -> str:
+    # HTTP/1.1 servers may send no reason phrase (hypercorn does not): use the standard one.
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)

@@ -1,0 +1,319 @@
+"""``pm watch JOB``: follow a job over its WebSocket until it ends.
+
+On a terminal a live rich progress bar; otherwise (pipes, CI logs, tests) one plain line per
+status change and at most one a second while counts move, so logs stay short and readable.
+Either way a summary follows the final job message, listing the failed tasks (fetched from
+``GET /jobs/{id}?collection=true`` when their messages were missed).
+
+Error handling: an unknown job (HTTP 404 on the handshake, or close code 4404), an
+unreachable gateway, or a connection that closes before the job ends is a :class:`CliError`
+(exit 2). The exit status is 0 only for a job that resolved with no errors, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+import trio
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from ..schemas import FINAL_JOB_STATUSES, JobMessage, JobView, TaskMessage, TaskView, WatchMessage
+from ._arguments import HelpFormatter, gateway_url, url_options
+from ._console import stdout_console
+from ._errors import EXIT_FAILED, EXIT_OK, CliError, unreachable
+from ._gateway_client import REQUEST_TIMEOUT
+
+# The gateway closes with this code when the job does not exist (or vanished meanwhile).
+CLOSE_UNKNOWN_JOB = 4404
+# Plain-line mode: least seconds between two progress lines while only counts change.
+PLAIN_LINE_INTERVAL = 1.0
+# Failed tasks listed in the summary; the rest are only counted.
+MAX_FAILED_SHOWN = 10
+MAX_RESULT_CHARS = 80
+
+_decode_message = msgspec.json.Decoder(WatchMessage).decode
+_decode_job = msgspec.json.Decoder(JobView).decode
+# Above this many tasks the summary does not download the whole job to list failures.
+MAX_TASKS_FETCHED = 10_000
+FAILED_TASK_STATUSES = frozenset({"error", "timeout", "cancelled"})
+
+
+class JobProgress:
+    """What the watcher knows so far: the latest job snapshot and the tasks seen failing.
+
+    Pure (no I/O), so the displays and the summary are fed from one place.
+    """
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.job: JobView | None = None
+        self.failed: dict[int, TaskView] = {}
+
+    def apply(self, message: JobMessage | TaskMessage) -> None:
+        match message:
+            case JobMessage(job):
+                self.job = job
+            case TaskMessage(task) if task.task.status in FAILED_TASK_STATUSES:
+                self.failed[task.id] = task
+            case TaskMessage():
+                pass
+            case _:
+                raise AssertionError(f"unexpected watch message {message!r}")
+
+    @property
+    def final(self) -> bool:
+        return self.job is not None and self.job.status in FINAL_JOB_STATUSES
+
+    @property
+    def exit_status(self) -> int:
+        job = self.job
+        ok = job is not None and job.status == "resolved" and job.error_count == 0
+        return EXIT_OK if ok else EXIT_FAILED
+
+
+def counts(job: JobView) -> str:
+    errors = "1 error" if job.error_count == 1 else f"{job.error_count} errors"
+    return f"{job.done_count}/{job.total_count} done, {job.finish_count} resolved, {errors}"
+
+
+def describe_result(result: Any) -> str:
+    """A device's answer in one short line: ``500 simulated error``, else compact JSON."""
+    if isinstance(result, dict) and isinstance(result.get("code"), int):
+        data = result.get("data")
+        message = data.get("message") if isinstance(data, dict) else None
+        if isinstance(message, str):
+            return f"{result['code']} {message}"
+    text = json.dumps(result, separators=(",", ":"))
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[: MAX_RESULT_CHARS - 1] + "…"
+    return text
+
+
+def _duration(job: JobView) -> str:
+    if job.finish_at is None:
+        return ""
+    try:
+        started = datetime.fromisoformat(job.created_at)
+        finished = datetime.fromisoformat(job.finish_at)
+    except ValueError:
+        return ""
+    return f" in {(finished - started).total_seconds():.2f} s"
+
+
+def summary(progress: JobProgress) -> list[str]:
+    """The lines printed when the job is final (rich markup, outside text escaped)."""
+    job = progress.job
+    assert job is not None
+    colour = "green" if progress.exit_status == EXIT_OK else "red"
+    lines = [f"[{colour}]job {job.id} {job.status}[/]{_duration(job)}: {counts(job)}"]
+    failed = sorted(progress.failed.values(), key=lambda task: task.id)
+    for task in failed[:MAX_FAILED_SHOWN]:
+        result = describe_result(task.task.result) if task.task.result is not None else ""
+        lines.append(
+            f"  task {task.id} → {escape(task.destination)}: {task.task.status} {escape(result)}"
+        )
+    if len(failed) > MAX_FAILED_SHOWN:
+        lines.append(f"  … and {len(failed) - MAX_FAILED_SHOWN} more failed tasks")
+    # A slow watcher may miss task messages (never the final job message): say so.
+    unseen = job.error_count - len(failed)
+    if unseen > 0:
+        lines.append(f"  ({unseen} failed task(s) not shown: `GET /jobs/{job.id}?collection=true`)")
+    return lines
+
+
+class Display(Protocol):
+    def update(self, progress: JobProgress) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LiveDisplay:
+    """A rich progress bar redrawn in place (terminals only)."""
+
+    def __init__(self, console: Console, job_id: int) -> None:
+        self._progress = Progress(
+            TextColumn(f"job {job_id}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[green]resolved {task.fields[resolved]}"),
+            TextColumn("[red]errors {task.fields[errors]}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            # The summary replaces the bar; leaving both would say the same thing twice.
+            transient=True,
+        )
+        self._task = self._progress.add_task(
+            "", total=None, resolved=0, errors=0, status="connecting"
+        )
+        self._progress.start()
+
+    def update(self, progress: JobProgress) -> None:
+        job = progress.job
+        if job is None:
+            return
+        self._progress.update(
+            self._task,
+            completed=job.done_count,
+            total=job.total_count,
+            resolved=job.finish_count,
+            errors=job.error_count,
+            status=job.status,
+        )
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class PlainDisplay:
+    """One line per status change, and at most one per second while only counts change."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._last_status: str | None = None
+        self._last_counts: str | None = None
+        self._last_line_at = -float("inf")
+
+    def update(self, progress: JobProgress) -> None:
+        job = progress.job
+        if job is None or progress.final:  # the summary says the final state
+            return
+        now = trio.current_time()
+        line_counts = counts(job)
+        status_changed = job.status != self._last_status
+        counts_due = (
+            line_counts != self._last_counts and now - self._last_line_at >= PLAIN_LINE_INTERVAL
+        )
+        if status_changed or counts_due:
+            self._console.print(f"job {job.id} {job.status}: {line_counts}")
+            self._last_status, self._last_counts, self._last_line_at = job.status, line_counts, now
+
+    def close(self) -> None:
+        pass
+
+
+def websocket_url(url: str, job_id: int) -> str:
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise CliError(f"--url must start with http:// or https://, got {url!r}")
+    ws_scheme = {"http": "ws", "https": "wss"}.get(scheme.lower())
+    if ws_scheme is None:
+        raise CliError(f"--url must start with http:// or https://, got {url!r}")
+    return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws"
+
+
+async def watch_job(url: str, job_id: int, console: Console) -> int:
+    """Follow job ``job_id`` until its final message; print the summary; return the status.
+
+    Error handling: see the module docstring.
+    """
+    progress = JobProgress(job_id)
+    try:
+        async with open_websocket_url(websocket_url(url, job_id)) as connection:
+            display: Display = (
+                LiveDisplay(console, job_id) if console.is_terminal else PlainDisplay(console)
+            )
+            try:
+                close_code, close_reason = await _follow(connection, progress, display)
+            finally:
+                display.close()
+    except ConnectionRejected as rejected:
+        if rejected.status_code == 404:
+            raise CliError(f"no job {job_id} at {url}") from None
+        body = (rejected.body or b"").decode(errors="replace")
+        raise CliError(
+            f"the gateway refused to stream job {job_id} ({rejected.status_code}): {body}"
+        ) from None
+    except HandshakeError as error:
+        if isinstance(error.__cause__, OSError):
+            raise unreachable(url) from None
+        raise CliError(f"cannot open the job stream at {url}: {error!r}") from None
+    if not progress.final:
+        if close_code == CLOSE_UNKNOWN_JOB:
+            raise CliError(f"no job {job_id} at {url} (it may have been deleted)")
+        raise CliError(
+            f"the gateway closed the stream of job {job_id} before the job ended "
+            f"(code {close_code}{': ' + close_reason if close_reason else ''}); "
+            f"`pm watch {job_id}` resumes"
+        )
+    await fetch_unseen_failures(url, progress)
+    for line in summary(progress):
+        console.print(line)
+    return progress.exit_status
+
+
+async def fetch_unseen_failures(url: str, progress: JobProgress) -> None:
+    """Complete ``progress.failed`` from ``GET /jobs/{id}?collection=true`` when task messages
+    were missed (a job that ended before the watcher connected sends none at all).
+
+    Best effort: the summary then says how many failures it could not show.
+    """
+    job = progress.job
+    assert job is not None
+    if job.error_count <= len(progress.failed) or job.total_count > MAX_TASKS_FETCHED:
+        return
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT) as client:
+            response = await client.get(f"/jobs/{job.id}", params={"collection": "true"})
+            response.raise_for_status()
+        full = _decode_job(response.content)
+    except (httpx.HTTPError, msgspec.DecodeError):
+        return
+    if isinstance(full.collection, list):
+        for task in full.collection:
+            if isinstance(task, TaskView) and task.task.status in FAILED_TASK_STATUSES:
+                progress.failed[task.id] = task
+
+
+async def _follow(
+    connection: WebSocketConnection, progress: JobProgress, display: Display
+) -> tuple[int | None, str | None]:
+    """Apply messages until the job is final or the server closes; returns the close code."""
+    while not progress.final:
+        try:
+            payload = await connection.get_message()
+        except ConnectionClosed as closed:
+            reason = closed.reason
+            return (None, None) if reason is None else (reason.code, reason.reason)
+        try:
+            message = _decode_message(payload)
+        except msgspec.DecodeError as error:
+            raise CliError(f"the gateway sent a message pm does not understand: {error}") from None
+        progress.apply(message)
+        display.update(progress)
+    return None, None
+
+
+def run(args: argparse.Namespace) -> int:
+    return trio.run(watch_job, gateway_url(args), args.job, stdout_console())
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "watch",
+        parents=[url_options()],
+        help="follow a job live until it ends",
+        description=(
+            "Follow a job over its WebSocket: a live progress bar on a terminal, plain lines "
+            "otherwise, then a summary. Exit status 0 only if the job resolved with no errors, "
+            "1 if it ended otherwise, 2 if it cannot be watched (unknown job, gateway down)."
+        ),
+        epilog="examples:\n  pm watch 12\n  pm watch 12 --url http://gateway.local:8080",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("job", type=int, metavar="JOB", help="the job id (from `pm submit`)")
+    parser.set_defaults(run=run)

@@ -1,0 +1,285 @@
+"""The ``pm`` command line as people run it: real subprocesses against a real gateway (embedded
+broker, HTTP API) and simulated devices on their own MQTT connections.
+
+Real processes and sockets, so real time: every test has a hang guard, and the gateway and
+devices are fast (no latency) so each test takes about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from .conftest import GatewayFactory, SimulatorFactory
+
+# Seconds one CLI run may take (a Python start plus a few requests).
+CLI_TIMEOUT = 15
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a ``pm`` subprocess.
+
+    Subprocesses run in a temporary directory so a ``pm serve`` leaves its default store
+    (``./puppetmaster.db``) there, not in the repository; PYTHONPATH keeps ``pm`` importable.
+    Inherited ``PM_*`` variables are dropped: a developer's PM_URL must not redirect a test.
+    """
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("PM_")}
+    environment["PYTHONPATH"] = str(REPOSITORY)
+    return {**environment, **(extra or {})}
+
+
+async def pm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pm.cli ARGS`` to completion; stdout and stderr captured as text."""
+    with trio.fail_after(CLI_TIMEOUT), tempfile.TemporaryDirectory() as directory:
+        done = await trio.run_process(
+            [sys.executable, "-m", "pm.cli", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=directory,
+            env=cli_environment(env),
+        )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_submit_watch_resolves_and_prints_the_summary(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        simulator = await start_simulator(gateway, ["aa", "bb", "02:00:00:00:00:07"])
+        fleet = tmp_path / "fleet.txt"
+        fleet.write_text("# lab bench\nbb\n\n02-00-00-00-00-07  # the spare\n")
+        result = await pm(
+            "submit",
+            "--url",
+            gateway.http_url,
+            "--method",
+            "POST",
+            "--resource",
+            "/system/reboot",
+            "--data",
+            '{"delay": 5}',
+            "--to",
+            "aa",
+            "--to-file",
+            str(fleet),
+            "--task-timeout",
+            "10",
+            "--watch",
+        )
+        assert result.returncode == 0, result
+        job_id = result.stdout.splitlines()[0]
+        assert job_id.isdigit(), result.stdout
+        assert f"job {job_id} resolved" in result.stdout
+        assert "3/3 done, 3 resolved, 0 errors" in result.stdout
+        # Every device got the command, with the method, resource and data as given.
+        for device in ("aa", "bb", "02:00:00:00:00:07"):
+            [request] = simulator.received_by(device)
+            assert request["method"] == "post"
+            assert request["resource"] == "/system/reboot"
+            assert request["data"] == {"delay": 5}
+
+
+async def test_submit_watch_exits_1_when_a_device_answers_an_error(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        await start_simulator(gateway, ["aa", "bb"], error_rate=1.0, error_code=503)
+        result = await pm(
+            "submit", "--url", gateway.http_url, "--resource", "/x", "--to", "aa", "--watch"
+        )
+        assert result.returncode == 1, result
+        assert "1/1 done, 0 resolved, 1 error" in result.stdout
+        # The summary names the failed device and what it answered.
+        assert re.search(r"→ aa: error 503 simulated error", result.stdout), result.stdout
+
+
+async def test_submit_without_watch_prints_the_job_id_and_jobs_lists_it(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        await start_simulator(gateway, ["aa"])
+        submitted = await pm("submit", "--url", gateway.http_url, "--resource", "/x", "--to", "aa")
+        assert submitted.returncode == 0, submitted
+        job_id = submitted.stdout.strip()
+        assert job_id.isdigit(), submitted.stdout
+        assert f"pm watch {job_id}" in submitted.stderr
+        # `pm watch` on a job that may already be final: snapshot, summary, exit 0.
+        watched = await pm("watch", job_id, "--url", gateway.http_url)
+        assert watched.returncode == 0, watched
+        assert "1/1 done, 1 resolved, 0 errors" in watched.stdout
+        # $PM_URL is used when --url is absent.
+        listed = await pm("jobs", env={"PM_URL": gateway.http_url})
+        assert listed.returncode == 0, listed
+        [row] = [line for line in listed.stdout.splitlines() if "resolved" in line]
+        assert row.split()[:4] == [job_id, "resolved", "100%", "1/1"], listed.stdout
+        assert "1 of 1 jobs" in listed.stdout
+        empty = await pm("jobs", "--url", gateway.http_url, "--status", "timeout")
+        assert empty.returncode == 0 and "no timeout jobs" in empty.stdout
+
+
+async def test_watch_unknown_job_exits_2(start_gateway: GatewayFactory) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        result = await pm("watch", "4242", "--url", gateway.http_url)
+        assert result.returncode == 2, result
+        assert "no job 4242" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+async def test_server_400_prints_its_message_and_exits_2(start_gateway: GatewayFactory) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        result = await pm("submit", "--url", gateway.http_url, "--resource", "/x", "--to", "bad/id")
+        assert result.returncode == 2, result
+        assert "400 Bad Request" in result.stderr
+        assert "invalid device id 'bad/id'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+async def test_client_errors_exit_2_with_a_clear_message() -> None:
+    with trio.fail_after(30):
+        url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        bad_json = await pm("submit", "--url", url, "--resource", "/x", "--to", "a", "--data", "{x")
+        assert bad_json.returncode == 2, bad_json
+        assert "--data is not valid JSON" in bad_json.stderr
+        not_object = await pm(
+            "submit", "--url", url, "--resource", "/x", "--to", "a", "--data", "[]"
+        )
+        assert not_object.returncode == 2 and "must be a JSON object" in not_object.stderr
+        for args in (["jobs"], ["watch", "1"], ["submit", "--resource", "/x", "--to", "a"]):
+            down = await pm(*args, "--url", url)
+            assert down.returncode == 2, down
+            assert f"cannot reach the gateway at {url}: is `pm serve` running?" in down.stderr
+            assert "Traceback" not in down.stderr
+
+
+async def read_until(stream: trio.abc.ReceiveStream, marker: bytes, output: bytes = b"") -> bytes:
+    """Read a subprocess's stdout until ``marker`` appears; returns everything read so far."""
+    while marker not in output:
+        chunk = await stream.receive_some()
+        assert chunk, f"the process closed stdout before printing {marker!r}: {output!r}"
+        output += chunk
+    return output
+
+
+async def test_simulate_answers_jobs_reports_stats_and_stops_on_sigint(
+    start_gateway: GatewayFactory, http: Any, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        command = [
+            *(sys.executable, "-m", "pm.cli", "simulate", "--devices", "3"),
+            *("--mqtt", f"{gateway.mqtt_host}:{gateway.mqtt_port}", "--stats-interval", "0.1"),
+        ]
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdout=subprocess.PIPE,
+                    check=False,
+                    cwd=tmp_path,
+                    env=cli_environment(),
+                )
+            )
+            assert process.stdout is not None
+            output = await read_until(process.stdout, b"stop with Ctrl-C")
+            text = output.decode()
+            assert "3 devices connected" in text
+            # The ids printed are the ones a newcomer copies into `pm submit --to`.
+            assert "02:00:00:00:00:00, 02:00:00:00:00:01, 02:00:00:00:00:02" in text
+            response = await http(gateway).post(
+                "/jobs",
+                json={
+                    "batch": [
+                        {"method": "get", "resource": "/x", "__destination": "02:00:00:00:00:01"}
+                    ]
+                },
+            )
+            assert response.status_code == 200, response.text
+            output = await read_until(process.stdout, b"answered 1 ", output)
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(10):
+                while chunk := await process.stdout.receive_some():
+                    output += chunk
+                returncode = await process.wait()
+        assert returncode == 0, output
+        assert b"simulator stopped" in output
+
+
+async def test_serve_prints_its_addresses_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    http_port, broker_port = free_port(), free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "pm.cli",
+        "serve",
+        "--http",
+        f"127.0.0.1:{http_port}",
+        "--broker",
+        f"127.0.0.1:{broker_port}",
+        "--log-level",
+        "warning",
+    ]
+    with trio.fail_after(30), (tmp_path / "serve.log").open("wb") as log:
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    check=False,
+                    cwd=tmp_path,
+                    env=cli_environment(),
+                )
+            )
+            assert process.stdout is not None
+            output = await read_until(process.stdout, b"stop with Ctrl-C")
+            text = output.decode()
+            assert f"HTTP  http://127.0.0.1:{http_port}" in text
+            assert f"MQTT  127.0.0.1:{broker_port}  (embedded broker)" in text
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
+                health = (await client.get("/healthz")).json()
+            assert health["brokerConnected"] is True
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                while chunk := await process.stdout.receive_some():
+                    output += chunk
+                returncode = await process.wait()
+        assert returncode == 0, (output, (tmp_path / "serve.log").read_text())
+        assert "gateway stopped" in output.decode()
+
+
+async def test_serve_with_an_unknown_config_key_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "pm.toml"
+    config.write_text("[http]\nport = 0\nbogus_key = 1\n")
+    with trio.fail_after(30):
+        result = await pm("serve", "--config", str(config))
+        assert result.returncode == 2, result
+        assert "bogus_key" in result.stderr
+        assert "Traceback" not in result.stderr

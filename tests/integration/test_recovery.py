@@ -1,0 +1,150 @@
+"""Jobs survive the gateway: a real `pm serve` process SIGKILLed mid-job and started again on
+the same database, with simulated devices that stay up throughout (they reconnect to the
+restarted embedded broker by themselves)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from pm.simulator import SimulatorSettings, run_simulator
+
+from .conftest import _free_port, poll_until
+from .test_dispatch import assert_consistent, entry, wait_final
+
+
+class GatewayProcess:
+    """`python -m pm.cli serve` on fixed ports and a database file, restartable."""
+
+    def __init__(self, directory: Path) -> None:
+        self.http_port = _free_port()
+        self.mqtt_port = _free_port()
+        self.database = directory / "puppetmaster.db"
+        self.log = directory / "gateway.log"
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        environment = {
+            **os.environ,
+            "PM_STORE_PATH": str(self.database),
+            "PM_STORE_COMMIT_INTERVAL": "0.02",
+            "PM_MQTT_CLIENT_ID": f"pm-recovery-{uuid.uuid4().hex[:8]}",
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pm.cli",
+                    "serve",
+                    "--http",
+                    f"127.0.0.1:{self.http_port}",
+                    "--broker",
+                    f"127.0.0.1:{self.mqtt_port}",
+                    "--log-level",
+                    "warning",
+                ],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
+    gateway = GatewayProcess(tmp_path)
+    yield gateway
+    gateway.stop()
+
+
+async def wait_ready(client: httpx.AsyncClient) -> None:
+    while True:
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await trio.sleep(0.05)
+
+
+async def get_job(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
+    response = await client.get(f"/jobs/{job_id}", params={"collection": "true"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_sigkill_mid_job_then_restart_completes_every_task(
+    gateway_process: GatewayProcess, nursery: trio.Nursery
+) -> None:
+    devices = [f"k{i:03d}" for i in range(100)]
+    with trio.fail_after(90):
+        gateway_process.start()
+        async with httpx.AsyncClient(base_url=gateway_process.url, timeout=10) as client:
+            await wait_ready(client)
+            simulator = await nursery.start(
+                run_simulator,
+                SimulatorSettings(
+                    host="127.0.0.1",
+                    port=gateway_process.mqtt_port,
+                    devices=devices,
+                    latency=0.05,
+                    connections=10,
+                ),
+            )
+            batch = [entry(devices, f"/step/{step}") for step in range(10)]
+            response = await client.post("/jobs", json={"batch": batch})
+            assert response.status_code == 200
+            created = response.json()
+            assert created["totalCount"] == 1000
+            await poll_until(lambda: simulator.stats.answered >= 300)
+            gateway_process.signal(signal.SIGKILL)
+            answered_before_kill = simulator.stats.answered
+            assert answered_before_kill < 1000, "the job finished before the kill: no test"
+
+            gateway_process.start()
+            await wait_ready(client)
+            job = await wait_final(client, created["id"])
+
+            assert job["status"] == "resolved"
+            assert_consistent(job)
+            tasks = job["collection"]
+            assert [task["id"] for task in tasks] == created["collection"]
+            # Every task resolved exactly once, with its own device's answer to its own request.
+            assert job["finishCount"] == 1000
+            for task in tasks:
+                assert task["__task"]["result"] == {"resource": task["resource"], "echo": {}}
+            assert simulator.stats.overlaps == 0
+
+            # A finished job survives a clean restart unchanged, listed and readable.
+            gateway_process.signal(signal.SIGTERM)
+            gateway_process.start()
+            await wait_ready(client)
+            assert await get_job(client, created["id"]) == job
+            listed = await client.get("/jobs", params={"status": "resolved"})
+            assert [listed_job["id"] for listed_job in listed.json()] == [created["id"]]
+            assert listed.headers["X-Total-Count"] == "1"
+            # Ids are never reused: a new job after two restarts gets fresh ids.
+            again = await client.post("/jobs", json={"batch": [entry(devices[0], "/again")]})
+            assert again.json()["id"] > created["id"]
+            assert min(again.json()["collection"]) > max(created["collection"])
