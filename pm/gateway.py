@@ -124,6 +124,8 @@ async def run_gateway(
                 hypercorn_config.bind = [f"{config.http.host}:{config.http.port}"]
                 hypercorn_config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
                 hypercorn_config.accesslog = None
+                # A Logger (not a path) is used as is: no second handler printing each line twice.
+                hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
                 app = create_app(engine, config, gateway.health)
 
                 async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
