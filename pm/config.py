@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 ENV_PREFIX = "PM_"
+
+BearerToken = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._~+/-]{16,}=*$")]
 
 
 class ConfigError(Exception):
@@ -42,6 +45,9 @@ class BrokerConfig(_Section):
     embedded: bool = True
     host: str = "127.0.0.1"
     port: int = 1883
+    # Which broker the gateway embeds: "amqtt" (Python, always there) or "mosquitto" (the
+    # binary must be installed; the gateway writes its config and supervises it).
+    engine: typing.Literal["amqtt", "mosquitto"] = "amqtt"
 
 
 class MqttConfig(_Section):
@@ -98,6 +104,25 @@ class RecoveryConfig(_Section):
     resend_inflight: bool = True
 
 
+class ApiConfig(_Section):
+    # Bearer tokens accepted by the HTTP API (any one of them); empty = no authentication.
+    # RFC 6750 token characters, at least 16: a short token is too easy to guess.
+    tokens: list[BearerToken] = msgspec.field(default_factory=list)
+
+
+class LimitsConfig(_Section):
+    # Tasks one job may have (batch entries x destinations); more is refused with 413.
+    max_tasks_per_job: int = 100_000
+    # Bytes of a batch entry's "data", JSON-encoded; more is refused with 400.
+    max_data_bytes: int = 64 * 1024
+    # Jobs running at once; a new job beyond it is refused with 429 until one ends.
+    max_jobs_running: int = 1000
+    # WebSocket watchers of one job at once; more are refused with 429 at the handshake.
+    max_watchers_per_job: int = 100
+    # Bytes of one MQTT message on an answer topic; larger ones are dropped ("oversized").
+    max_answer_bytes: int = 256 * 1024
+
+
 class Config(_Section):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
@@ -107,6 +132,8 @@ class Config(_Section):
     watchers: WatchersConfig = msgspec.field(default_factory=WatchersConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
 
     @property
     def mqtt_endpoint(self) -> tuple[str, int]:
@@ -122,15 +149,28 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-def _environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    overrides: dict[str, dict[str, str]] = {}
+def _is_list_key(section: str, key: str) -> bool:
+    for field in msgspec.structs.fields(SECTIONS[section]):
+        if field.encode_name == key:
+            return typing.get_origin(field.type) is list
+    return False
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         for section in SECTIONS:
             if rest.startswith(section + "_"):
-                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                key = rest[len(section) + 1 :]
+                # A variable holds one string: list keys (api.tokens) are comma-separated.
+                overrides.setdefault(section, {})[key] = (
+                    [item.strip() for item in value.split(",") if item.strip()]
+                    if _is_list_key(section, key)
+                    else value
+                )
                 break
         # Other PM_* names (PM_URL for the CLI) are not gateway config: left alone.
     return overrides

@@ -100,6 +100,7 @@ class Fleet:
       topics: request and answer topic templates.
       mailbox_size: tasks queued per device before senders wait.
       idle_timeout: seconds before an idle device actor retires.
+      max_answer_bytes: larger messages on answer topics are dropped unread ("oversized").
     """
 
     def __init__(
@@ -110,8 +111,10 @@ class Fleet:
         *,
         mailbox_size: int,
         idle_timeout: float,
+        max_answer_bytes: int = 256 * 1024,
     ) -> None:
         self._publisher = publisher
+        self._max_answer_bytes = max_answer_bytes
         self._topics = topics
         self._registry: Registry[str, Dispatch] = Registry(
             Supervisor(nursery, self.on_device_failure),
@@ -147,6 +150,10 @@ class Fleet:
         device = self._topics.device_of_response(topic)
         if device is None:
             self.dropped["foreign_topic"] += 1
+            return
+        # Refused before decoding: parsing a huge payload would cost more than dropping it.
+        if len(payload) > self._max_answer_bytes:
+            self.dropped["oversized"] += 1
             return
         try:
             answer = decode_answer(payload)

@@ -19,10 +19,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import trio
 
 from actors import Directive, Failure, Supervisor
@@ -41,6 +42,25 @@ logger = logging.getLogger(__name__)
 JOB_MAILBOX = 4096
 RESTARTED_IN_FLIGHT = "the gateway restarted while this task was in flight"
 
+_data_encoder = msgspec.json.Encoder()
+
+
+class JobRefused(Exception):
+    """A valid request that a configured limit (``[limits]``) refuses; the message names the
+    limit. Nothing was created. The subclass says which kind, for the API's status code."""
+
+
+class TooManyTasks(JobRefused):
+    """The job would have more than ``limits.max_tasks_per_job`` tasks."""
+
+
+class DataTooLarge(JobRefused):
+    """A batch entry's ``data`` encodes to more than ``limits.max_data_bytes``."""
+
+
+class TooManyJobsRunning(JobRefused):
+    """``limits.max_jobs_running`` jobs are running already; try again when one ends."""
+
 
 class Engine:
     """Jobs by id, and the fleet they dispatch to. Create with :func:`open_engine`."""
@@ -57,6 +77,7 @@ class Engine:
             self.topics,
             mailbox_size=config.tasks.device_mailbox,
             idle_timeout=config.tasks.device_idle_retire,
+            max_answer_bytes=config.limits.max_answer_bytes,
         )
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}
@@ -68,8 +89,11 @@ class Engine:
         """Create a job from a validated request and start its actor.
 
         Waits only in the rare case the store must reserve a new block of ids.
+
+        Error handling: raises a :class:`JobRefused` subclass, before anything is created,
+        when the request exceeds one of ``config.limits``.
         """
-        total = sum(len(entry.devices) for entry in request.batch)
+        total = self._check_limits(request)
         job_id, first_task_id = await self.store.allocate_ids(1, total)
         now = time.time()
         tasks = expand_batch(
@@ -84,6 +108,31 @@ class Engine:
         self.store.job_created(record, request.batch)
         deadline = math.inf if request.timeout is None else trio.current_time() + request.timeout
         return self._start(record, deadline)
+
+    def _check_limits(self, request: JobRequest) -> int:
+        """The job's task count, once the request is known to fit ``config.limits``."""
+        limits = self.config.limits
+        # Checked before the other limits: it is the one a client can only wait out.
+        if self.jobs_running >= limits.max_jobs_running:
+            raise TooManyJobsRunning(
+                f"{self.jobs_running} jobs are running, the most allowed at once "
+                f"(limits.max_jobs_running = {limits.max_jobs_running}); retry when one ends"
+            )
+        total = sum(len(entry.devices) for entry in request.batch)
+        if total > limits.max_tasks_per_job:
+            raise TooManyTasks(
+                f"the job would have {total} tasks, more than limits.max_tasks_per_job = "
+                f"{limits.max_tasks_per_job}: split it into several jobs"
+            )
+        for position, entry in enumerate(request.batch):
+            # Encoded once more here: the size that matters is what goes to each device.
+            size = len(_data_encoder.encode(entry.data))
+            if size > limits.max_data_bytes:
+                raise DataTooLarge(
+                    f"`$.batch[{position}].data` is {size} bytes of JSON, more than "
+                    f"limits.max_data_bytes = {limits.max_data_bytes}"
+                )
+        return total
 
     def recover(self) -> int:
         """Resume the jobs the store holds unfinished; returns how many were resumed.
@@ -134,6 +183,10 @@ class Engine:
         )
         self._jobs[record.id] = job
         return job
+
+    def jobs(self) -> Iterator[Job]:
+        """The jobs held in memory (running, and the most recent finished ones)."""
+        return iter(self._jobs.values())
 
     def get(self, job_id: int) -> Job | None:
         """A job held in memory (running, or finished recently)."""

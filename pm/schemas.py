@@ -33,6 +33,10 @@ DeviceId = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=64,
+        # Documented for clients and API fuzzers (every valid id, MAC spellings included,
+        # matches it), not enforced here: normalize_device_id checks it with an error that
+        # says "invalid device id".
+        extra_json_schema={"pattern": "^[A-Za-z0-9._:-]{1,64}$"},
         description="a MAC address (any of the usual spellings) or ^[A-Za-z0-9._:-]{1,64}$",
     ),
 ]
@@ -43,9 +47,12 @@ class BatchEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     method: MethodName
     resource: Resource
-    destination: DeviceId | Annotated[list[DeviceId], msgspec.Meta(min_length=1)] = msgspec.field(
-        name="__destination"
-    )
+    destination: (
+        DeviceId
+        | Annotated[
+            list[DeviceId], msgspec.Meta(min_length=1, extra_json_schema={"uniqueItems": True})
+        ]
+    ) = msgspec.field(name="__destination")
     data: dict[str, Any] = msgspec.field(default_factory=dict)
     timeout: PositiveSeconds | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from pm.config import Config, HttpConfig, StoreConfig, TasksConfig, WatchersConfig
+from pm.config import Config
 from pm.engine import Engine, open_engine
 from pm.http import create_app
 from pm.jobs import Job
@@ -109,16 +110,24 @@ def health_of(engine: Engine) -> Health:
     )
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
+def app_config(**sections: dict[str, Any]) -> Config:
+    """This module's configuration, with ``sections`` merged over it."""
+    base: dict[str, dict[str, Any]] = {
+        "http": {"max_body_bytes": MAX_BODY},
+        "tasks": {"default_timeout": 30.0},
+        "watchers": {"queue_size": WATCHER_QUEUE},
+        "store": {"path": ":memory:"},
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return msgspec.convert(base, Config)
+
+
+@asynccontextmanager
+async def serve_app(config: Config) -> AsyncIterator[Gateway]:
+    """The app over a real engine with fake devices, served by hypercorn on a free port."""
     publisher = RecordingPublisher()
     devices = FakeDevices(publisher)
-    config = Config(
-        http=HttpConfig(max_body_bytes=MAX_BODY),
-        tasks=TasksConfig(default_timeout=30.0),
-        watchers=WatchersConfig(queue_size=WATCHER_QUEUE),
-        store=StoreConfig(path=":memory:"),
-    )
     server_config = hypercorn.Config()
     server_config.bind = ["127.0.0.1:0"]
     server_config.accesslog = None
@@ -136,6 +145,12 @@ async def gateway() -> AsyncIterator[Gateway]:
             async with httpx.AsyncClient(base_url=base_url) as client:
                 yield Gateway(base_url, client, engine, devices)
             stop.set()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    async with serve_app(app_config()) as served:
+        yield served
 
 
 async def receive_all(ws: Any) -> tuple[list[dict[str, Any]], int]:
@@ -354,6 +369,10 @@ async def test_list_filters_by_status(gateway: Gateway) -> None:
         ({"offset": "-1"}, "at `$.offset`"),
         ({"offset": "1.5"}, "at `$.offset`"),
         ({"stauts": "resolved"}, "unknown field `stauts`"),
+        # Found by schemathesis: these listed every job, or failed with a 500.
+        ({"status": "null"}, "at `$.status`"),
+        ({"status": ["resolved", "cancelled"]}, "`status` is given more than once"),
+        ({"offset": str(2**63)}, "at `$.offset`"),
     ],
 )
 async def test_list_bad_query_is_400(
@@ -362,6 +381,23 @@ async def test_list_bad_query_is_400(
     with trio.fail_after(GUARD):
         message = assert_json_error(await gateway.client.get("/jobs", params=params), 400)
         assert expected in message
+
+
+async def test_job_ids_beyond_sqlite_integers_are_404(gateway: Gateway) -> None:
+    # Found by schemathesis: the store's query overflowed (500).
+    huge = 2**63
+    with trio.fail_after(GUARD):
+        for method in ("GET", "DELETE"):
+            response = await gateway.client.request(method, f"/jobs/{huge}")
+            assert assert_json_error(response, 404) == f"no job {huge}"
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(f"{gateway.ws_url}/jobs/{huge}/ws"):
+                raise AssertionError("the handshake must be refused")
+        assert rejected.value.status_code == 404
+        largest = 2**63 - 1
+        assert_json_error(await gateway.client.get(f"/jobs/{largest}"), 404)
+        response = await gateway.client.get("/jobs", params={"offset": str(largest)})
+        assert response.status_code == 200 and response.json() == []
 
 
 async def test_list_limit_bounds_are_inclusive(gateway: Gateway) -> None:
@@ -657,6 +693,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: Gateway) 
             ("/jobs/{id}", "delete"),
             ("/jobs/{id}/ws", "get"),
             ("/healthz", "get"),
+            ("/metrics", "get"),
             ("/openapi.json", "get"),
         }
         schemas = document["components"]["schemas"]
@@ -671,7 +708,9 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: Gateway) 
         assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobRequest"
         }
-        assert {"200", "400", "413"} <= set(paths["/jobs"]["post"]["responses"])
+        assert {"200", "400", "413", "429"} <= set(paths["/jobs"]["post"]["responses"])
+        # An open API documents no security.
+        assert "security" not in document and "401" not in paths["/jobs"]["get"]["responses"]
 
         # Every reference resolves inside the document.
         def references(node: Any) -> list[str]:

@@ -7,6 +7,7 @@ import os
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENVIRONMENT_VARIABLE = "PM_URL"
+TOKEN_ENVIRONMENT_VARIABLE = "PM_TOKEN"
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -64,7 +65,27 @@ def url_options() -> argparse.ArgumentParser:
             f"the gateway's HTTP address (default: ${URL_ENVIRONMENT_VARIABLE}, else {DEFAULT_URL})"
         ),
     )
+    parent.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=(
+            "an API token, when the gateway sets api.tokens"
+            f" (default: ${TOKEN_ENVIRONMENT_VARIABLE}; prefer the variable: a command line"
+            " is visible to other users)"
+        ),
+    )
     return parent
+
+
+def gateway_token(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$PM_TOKEN``, else none."""
+    token: str | None = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None
+    return token
+
+
+def authorization(token: str | None) -> dict[str, str]:
+    """The request header carrying ``token``, if any (never printed or logged)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def gateway_url(args: argparse.Namespace) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from ._arguments import authorization
 from ._errors import CliError, unreachable
 
 # Seconds a single request may take; the API answers at once, so this only catches hangs.
@@ -33,10 +34,12 @@ def server_message(response: httpx.Response) -> str:
 class GatewayClient:
     """``with GatewayClient(url) as gateway: gateway.request("GET", "/jobs")``."""
 
-    def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, timeout: float = REQUEST_TIMEOUT, token: str | None = None
+    ) -> None:
         self.url = url
         self._timeout = timeout
-        self._client = httpx.Client(base_url=url, timeout=timeout)
+        self._client = httpx.Client(base_url=url, timeout=timeout, headers=authorization(token))
 
     def __enter__(self) -> GatewayClient:
         return self

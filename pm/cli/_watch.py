@@ -32,7 +32,7 @@ from trio_websocket import (
 )
 
 from ..schemas import FINAL_JOB_STATUSES, JobMessage, JobView, TaskMessage, TaskView, WatchMessage
-from ._arguments import HelpFormatter, gateway_url, url_options
+from ._arguments import HelpFormatter, authorization, gateway_token, gateway_url, url_options
 from ._console import stdout_console
 from ._errors import EXIT_FAILED, EXIT_OK, CliError, unreachable
 from ._gateway_client import REQUEST_TIMEOUT
@@ -216,14 +216,16 @@ def websocket_url(url: str, job_id: int) -> str:
     return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws"
 
 
-async def watch_job(url: str, job_id: int, console: Console) -> int:
+async def watch_job(url: str, job_id: int, console: Console, token: str | None = None) -> int:
     """Follow job ``job_id`` until its final message; print the summary; return the status.
 
     Error handling: see the module docstring.
     """
     progress = JobProgress(job_id)
     try:
-        async with open_websocket_url(websocket_url(url, job_id)) as connection:
+        async with open_websocket_url(
+            websocket_url(url, job_id), extra_headers=list(authorization(token).items())
+        ) as connection:
             display: Display = (
                 LiveDisplay(console, job_id) if console.is_terminal else PlainDisplay(console)
             )
@@ -299,7 +301,7 @@ async def _follow(
 
 
 def run(args: argparse.Namespace) -> int:
-    return trio.run(watch_job, gateway_url(args), args.job, stdout_console())
+    return trio.run(watch_job, gateway_url(args), args.job, stdout_console(), gateway_token(args))
 
 
 def add_parser(subparsers: Any) -> None:

@@ -7,15 +7,21 @@ Error handling: bad input is a 4xx that says what was wrong (msgspec's message n
 field); quart's HTML error pages are replaced by JSON; anything unexpected is logged and
 answers a 500 JSON error. A WebSocket handler that fails after the handshake closes with
 1011, because quart would otherwise log the error and close with a normal 1000.
+
+Security: with ``api.tokens`` set, every route but ``/healthz`` needs a bearer token (401
+before anything else is looked at, so an unknown path says nothing either); ``[limits]``
+refuse what would cost the gateway too much (413, 400, 429), each naming its limit.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import msgspec
 import trio
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from quart import has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -23,8 +29,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import WebsocketMismatch
 
 from ..config import Config
-from ..engine import Engine
+from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
+from ..jobs import Job
 from ..schemas import ErrorBody, Health, JobRequest
+from .auth import CHALLENGE, BearerTokens
+from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
 from .queries import GetJobQuery, InvalidQuery, ListJobsQuery, parse_query
 
@@ -36,6 +45,19 @@ CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
 # How long a DELETE may take to cancel its job once the client has gone (see delete_job).
 DELETE_GRACE = 30.0
+# Job ids are SQLite integers: no job has a larger one, and asking the store for one would
+# overflow its query (a 500 instead of a 404).
+MAX_JOB_ID = 2**63 - 1
+# Paths that answer without a token: a load balancer's or supervisor's liveness probe.
+OPEN_PATHS = frozenset({"/healthz"})
+# Seconds a client refused by limits.max_jobs_running is told to wait (Retry-After).
+RETRY_AFTER = 1
+# Status and limit name (for /metrics) of each refusal the engine can raise.
+_REFUSALS: dict[type[JobRefused], tuple[int, str]] = {
+    TooManyJobsRunning: (429, "max_jobs_running"),
+    TooManyTasks: (413, "max_tasks_per_job"),
+    DataTooLarge: (400, "max_data_bytes"),
+}
 
 _encoder = msgspec.json.Encoder()
 _job_request_decoder = msgspec.json.Decoder(JobRequest)
@@ -62,13 +84,48 @@ def _current_target() -> str:
     return "this request"
 
 
+class WatcherSlots:
+    """Open WebSocket watchers per job, bounded by ``limits.max_watchers_per_job``.
+
+    Kept here rather than on the job: a finished job read back from the store is a fresh
+    object per request, and its watchers must count against the same job id.
+    """
+
+    def __init__(self, per_job: int, counters: HttpCounters) -> None:
+        self._per_job = per_job
+        self._counters = counters
+        self._by_job: dict[int, int] = {}
+
+    @contextmanager
+    def claim(self, job_id: int) -> Iterator[bool]:
+        """Yields whether a slot was free; a claimed slot is released on exit."""
+        held = self._by_job.get(job_id, 0)
+        if held >= self._per_job:
+            yield False
+            return
+        self._by_job[job_id] = held + 1
+        self._counters.watchers += 1
+        try:
+            yield True
+        finally:
+            self._counters.watchers -= 1
+            remaining = self._by_job[job_id] - 1
+            # Deleted at zero: the table holds only jobs being watched, never every job ever.
+            if remaining:
+                self._by_job[job_id] = remaining
+            else:
+                del self._by_job[job_id]
+
+
 def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> QuartTrio:
     """The HTTP API over ``engine``.
 
     Args:
       engine: where jobs are submitted, listed, watched and deleted.
-      config: ``config.http.max_body_bytes`` bounds request bodies (413 beyond it).
-      health: returns the current :class:`~pm.schemas.Health` for ``GET /healthz``.
+      config: ``config.http.max_body_bytes`` bounds request bodies (413 beyond it),
+        ``config.api.tokens`` are the accepted bearer tokens, ``config.limits`` the limits.
+      health: returns the current :class:`~pm.schemas.Health` for ``GET /healthz`` (and the
+        broker figures of ``GET /metrics``).
 
     Returns:
       The app, to be served by hypercorn's trio worker in the engine's process.
@@ -78,8 +135,37 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     max_body = config.http.max_body_bytes
     # Quart enforces this while the body arrives (chunked bodies have no Content-Length).
     app.config["MAX_CONTENT_LENGTH"] = max_body
+    tokens = BearerTokens(config.api.tokens)
+    counters = HttpCounters()
+    watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
+    metrics_registry = open_registry(engine, health, counters)
     # Built once: the schemas cannot change while the process runs.
-    openapi_document = _encoder.encode(build_openapi())
+    openapi_document = _encoder.encode(build_openapi(bearer_auth=tokens.required))
+
+    # -- authentication -------------------------------------------------------------------
+
+    def unauthorized() -> TrioResponse:
+        counters.unauthorized += 1
+        # Nothing of what was presented goes into the answer or a log line.
+        return error_response(
+            401,
+            "missing or invalid bearer token: send `Authorization: Bearer <token>`",
+            {"WWW-Authenticate": CHALLENGE},
+        )
+
+    @app.before_request
+    async def authenticate_request() -> TrioResponse | None:
+        if request.path in OPEN_PATHS or tokens.allows(request.headers.get("Authorization")):
+            return None
+        return unauthorized()
+
+    @app.before_websocket
+    async def authenticate_websocket() -> TrioResponse | None:
+        # Browsers cannot set headers on a WebSocket handshake: ?token= stands in for them.
+        if tokens.allows(websocket.headers.get("Authorization"), websocket.args.get("token")):
+            return None
+        # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
+        return unauthorized()
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -119,6 +205,9 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     # -- jobs -----------------------------------------------------------------------------
 
+    async def find_job(job_id: int) -> Job | None:
+        return await engine.find(job_id) if job_id <= MAX_JOB_ID else None
+
     @app.post("/jobs")
     async def submit_job() -> TrioResponse:
         # Refuse an announced oversize body before reading any of it; MAX_CONTENT_LENGTH
@@ -133,21 +222,26 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
             return error_response(400, str(error))
         except msgspec.DecodeError as error:
             return error_response(400, f"malformed JSON: {error}")
-        job = await engine.submit(job_request)
+        try:
+            job = await engine.submit(job_request)
+        except JobRefused as refusal:
+            status, limit = _REFUSALS[type(refusal)]
+            counters.refused[limit] += 1
+            headers = {"Retry-After": str(RETRY_AFTER)} if status == 429 else {}
+            return error_response(status, str(refusal), headers)
         return json_response(job.record.view(), headers={"Location": f"/jobs/{job.id}"})
 
     @app.get("/jobs")
     async def list_jobs() -> TrioResponse:
         query = parse_query(request.args, ListJobsQuery)
-        views, total = await engine.list(
-            status=query.status, limit=query.limit, offset=query.offset
-        )
+        status = None if query.status is msgspec.UNSET else query.status
+        views, total = await engine.list(status=status, limit=query.limit, offset=query.offset)
         return json_response(views, headers={"X-Total-Count": str(total)})
 
     @app.get("/jobs/<int:job_id>")
     async def get_job(job_id: int) -> TrioResponse:
         query = parse_query(request.args, GetJobQuery)
-        job = await engine.find(job_id)
+        job = await find_job(job_id)
         if job is None:
             return error_response(404, f"no job {job_id}")
         return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
@@ -158,7 +252,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         # still removes its job instead of leaving it cancelled but listed. Bounded, so a
         # stuck job cannot hold server shutdown forever.
         with trio.move_on_after(DELETE_GRACE, shield=True):
-            view = await engine.delete(job_id)
+            view = await engine.delete(job_id) if job_id <= MAX_JOB_ID else None
             if view is None:
                 return error_response(404, f"no job {job_id}")
             return json_response(view)
@@ -166,32 +260,49 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.websocket("/jobs/<int:job_id>/ws")
     async def watch_job(job_id: int) -> TrioResponse | None:
-        job = await engine.find(job_id)
+        job = await find_job(job_id)
         if job is None:
             # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
             return error_response(404, f"no job {job_id}")
-        await websocket.accept()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_discard_incoming)
-                # The watcher never buffers for us: while a send waits on a slow client it
-                # skips task messages, so the job and other watchers never wait.
-                with job.watch() as watcher:
-                    async for payload in watcher:
-                        await websocket.send(payload.decode())
-                nursery.cancel_scope.cancel()
-        except Exception:
-            logger.exception("watching job %d failed", job_id)
-            await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
+        with watcher_slots.claim(job_id) as claimed:
+            if not claimed:
+                counters.refused["max_watchers_per_job"] += 1
+                return error_response(
+                    429,
+                    f"job {job_id} has {config.limits.max_watchers_per_job} watchers, the "
+                    "most allowed (limits.max_watchers_per_job)",
+                    {"Retry-After": str(RETRY_AFTER)},
+                )
+            await websocket.accept()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_discard_incoming)
+                    # The watcher never buffers for us: while a send waits on a slow client
+                    # it skips task messages, so the job and other watchers never wait.
+                    with job.watch() as watcher:
+                        async for payload in watcher:
+                            await websocket.send(payload.decode())
+                    nursery.cancel_scope.cancel()
+            except Exception:
+                logger.exception("watching job %d failed", job_id)
+                await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
+                return None
+            await websocket.close(CLOSE_NORMAL)
             return None
-        await websocket.close(CLOSE_NORMAL)
-        return None
 
     # -- service --------------------------------------------------------------------------
 
     @app.get("/healthz")
     async def healthz() -> TrioResponse:
         return json_response(health())
+
+    @app.get("/metrics")
+    async def metrics() -> TrioResponse:
+        # Declared as text format 0.0.4, which every Prometheus version reads; with our
+        # plain metric names the body is the same as the client's newer default format.
+        return TrioResponse(
+            generate_latest(metrics_registry), 200, content_type=CONTENT_TYPE_PLAIN_0_0_4
+        )
 
     @app.get("/openapi.json")
     async def openapi() -> TrioResponse:

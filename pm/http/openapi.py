@@ -55,8 +55,15 @@ def _query_parameters(query_schema: dict[str, Any]) -> list[dict[str, Any]]:
     return parameters
 
 
-def build_openapi(title: str = "puppetmaster", version: str | None = None) -> dict[str, Any]:
-    """The OpenAPI document as plain data (encode it with msgspec)."""
+def build_openapi(
+    title: str = "puppetmaster", version: str | None = None, *, bearer_auth: bool = False
+) -> dict[str, Any]:
+    """The OpenAPI document as plain data (encode it with msgspec).
+
+    Args:
+      bearer_auth: the API requires a bearer token (``api.tokens`` is set): every operation
+        but ``/healthz`` then documents it and its 401.
+    """
     (
         (job_request, job_view, job_list, error_body, health, watch_message),
         components,
@@ -77,10 +84,11 @@ def build_openapi(title: str = "puppetmaster", version: str | None = None) -> di
         "in": "path",
         "required": True,
         "description": "job id",
-        "schema": {"type": "integer", "minimum": 0},
+        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
     }
     job_response = {"description": "the job", "content": _content(job_view)}
-    return {
+    retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": title,
@@ -105,8 +113,18 @@ def build_openapi(title: str = "puppetmaster", version: str | None = None) -> di
                             },
                             "content": _content(job_view),
                         },
-                        "400": error("malformed JSON or a field that does not validate"),
-                        "413": error("body larger than http.max_body_bytes"),
+                        "400": error(
+                            "malformed JSON, a field that does not validate, or a batch "
+                            "entry's data larger than limits.max_data_bytes"
+                        ),
+                        "413": error(
+                            "body larger than http.max_body_bytes, or more tasks than "
+                            "limits.max_tasks_per_job"
+                        ),
+                        "429": {
+                            **error("limits.max_jobs_running jobs are running already"),
+                            "headers": retry_after,
+                        },
                     },
                 },
                 "get": {
@@ -163,7 +181,12 @@ def build_openapi(title: str = "puppetmaster", version: str | None = None) -> di
                             "description": "switching to WebSocket; each message is one of",
                             "content": _content(watch_message),
                         },
+                        "400": error("a plain HTTP request, not a WebSocket handshake"),
                         "404": error("no such job (the handshake is refused)"),
+                        "429": {
+                            **error("limits.max_watchers_per_job watchers are watching it"),
+                            "headers": retry_after,
+                        },
                     },
                 },
             },
@@ -172,6 +195,18 @@ def build_openapi(title: str = "puppetmaster", version: str | None = None) -> di
                     "operationId": "health",
                     "summary": "Broker connection state and actor counts",
                     "responses": {"200": {"description": "health", "content": _content(health)}},
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics: jobs, tasks, drops, broker, watchers",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 },
             },
             "/openapi.json": {
@@ -184,3 +219,21 @@ def build_openapi(title: str = "puppetmaster", version: str | None = None) -> di
         },
         "components": {"schemas": components},
     }
+    if bearer_auth:
+        _require_bearer_token(document, error("missing or invalid bearer token"))
+    return document
+
+
+def _require_bearer_token(document: dict[str, Any], unauthorized: dict[str, Any]) -> None:
+    document["components"]["securitySchemes"] = {
+        "bearerToken": {"type": "http", "scheme": "bearer", "description": "one of api.tokens"}
+    }
+    document["security"] = [{"bearerToken": []}]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            if path == "/healthz":
+                operation["security"] = []  # open: liveness probes carry no token
+            else:
+                operation["responses"]["401"] = unauthorized

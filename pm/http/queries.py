@@ -6,15 +6,18 @@ allowed value is written once, here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, TypeVar
 
 import msgspec
+from werkzeug.datastructures import MultiDict
 
 from ..schemas import JobStatus
 
 PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="jobs per page, 1-1000")]
-PageOffset = Annotated[int, msgspec.Meta(ge=0, description="jobs to skip, newest first")]
+# Bounded by SQLite's integer: a larger offset would overflow the store's query (a 500).
+PageOffset = Annotated[
+    int, msgspec.Meta(ge=0, le=2**63 - 1, description="jobs to skip, newest first")
+]
 
 
 class _Query(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -26,7 +29,12 @@ class _Query(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ListJobsQuery(_Query):
     """``GET /jobs``."""
 
-    status: Annotated[JobStatus, msgspec.Meta(description="only jobs in this status")] | None = None
+    # UNSET rather than None for "absent": non-strict conversion would read ?status=null as
+    # None, silently listing every job.
+    status: (
+        Annotated[JobStatus, msgspec.Meta(description="only jobs in this status")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
     limit: PageSize = 100
     offset: PageOffset = 0
 
@@ -46,12 +54,16 @@ class InvalidQuery(ValueError):
 QueryT = TypeVar("QueryT", bound=_Query)
 
 
-def parse_query(args: Mapping[str, str], query_type: type[QueryT]) -> QueryT:
-    """Validate query parameters (the first value of each) into ``query_type``.
+def parse_query(args: MultiDict[str, str], query_type: type[QueryT]) -> QueryT:
+    """Validate query parameters into ``query_type``.
 
     Error handling: raises :class:`InvalidQuery` with msgspec's message, which names the
-    parameter (``Expected `int` >= 1 - at `$.limit```).
+    parameter (``Expected `int` >= 1 - at `$.limit```), or naming a parameter given twice
+    (which of two values was meant cannot be guessed).
     """
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise InvalidQuery(f"invalid query string: `{name}` is given more than once")
     try:
         # strict=False: every query value is a string; let "10" become 10 and "true" True.
         return msgspec.convert({name: args[name] for name in args}, query_type, strict=False)

@@ -283,3 +283,30 @@ async def test_serve_with_an_unknown_config_key_exits_2_naming_it(tmp_path: Path
         assert result.returncode == 2, result
         assert "bogus_key" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+async def test_token_from_the_environment_reaches_every_client_command(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    token = "cli-test-token-0123456789"
+    with trio.fail_after(40):
+        gateway = await start_gateway(api={"tokens": [token]})
+        await start_simulator(gateway, ["tok"])
+        refused = await pm("jobs", "--url", gateway.http_url)
+        assert refused.returncode == 2 and "401" in refused.stderr
+        environment = {"PM_TOKEN": token}
+        submitted = await pm(
+            "submit",
+            "--url",
+            gateway.http_url,
+            "--resource",
+            "/a",
+            "--to",
+            "tok",
+            "--watch",
+            env=environment,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        listed = await pm("jobs", "--url", gateway.http_url, env=environment)
+        assert listed.returncode == 0
+        assert token not in submitted.stdout + submitted.stderr + listed.stdout + listed.stderr

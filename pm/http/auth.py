@@ -1,0 +1,72 @@
+"""Bearer-token authentication of the HTTP API (``api.tokens``).
+
+Pure logic, no I/O: the app asks :meth:`BearerTokens.allows` with what the client sent.
+
+Tokens are compared in constant time: both sides are hashed with SHA-256 first, so
+:func:`hmac.compare_digest` sees equal-length inputs and the time taken says nothing about a
+token's content or length, and every configured token is compared (no early exit), so it says
+nothing about which one matched either. Tokens are never logged or put in error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+SCHEME = "bearer"
+# What a 401 answers in WWW-Authenticate (RFC 6750 section 3).
+CHALLENGE = 'Bearer realm="puppetmaster"'
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class BearerTokens:
+    """The tokens the API accepts; none means the API is open.
+
+    Args:
+      tokens: the accepted tokens (``config.api.tokens``).
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        # Only digests are kept, so a token cannot leak through a repr or a traceback.
+        self._digests = [_digest(token) for token in tokens]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._digests)
+
+    def __repr__(self) -> str:
+        return f"BearerTokens(<{len(self._digests)} tokens>)"
+
+    def allows(self, authorization: str | None, query_token: str | None = None) -> bool:
+        """Whether a request may pass.
+
+        Args:
+          authorization: the ``Authorization`` header, if any (``Bearer <token>``).
+          query_token: the ``?token=`` of a WebSocket handshake, if any; used only when there
+            is no ``Authorization`` header.
+        """
+        if not self._digests:
+            return True
+        candidate = bearer_token(authorization) if authorization is not None else query_token
+        if candidate is None:
+            return False
+        presented = _digest(candidate)
+        matched = False
+        for digest in self._digests:
+            # `|` rather than `or`: every token is compared, whichever one matches.
+            matched |= hmac.compare_digest(presented, digest)
+        return matched
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme in any case), or
+    ``None`` for another scheme or a malformed header."""
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != SCHEME or not token or " " in token:
+        return None
+    return token
