@@ -1,8 +1,10 @@
 """The ``pm`` command line: ``serve``, ``submit``, ``watch``, ``jobs`` and ``simulate``.
 
-Implementations live in underscored modules, one command each; only :func:`main` is public.
+Implementations live in underscored modules, one command each; public are :func:`main` and
+:func:`serve_command` (the argv that starts ``pm serve`` in a child process).
 """
 
 from ._main import main as main
+from ._serve import serve_command as serve_command
 
-__all__ = ["main"]
+__all__ = ["main", "serve_command"]

@@ -21,6 +21,25 @@ if TYPE_CHECKING:
     from ..gateway import Gateway
 
 
+def serve_command(
+    http: tuple[str, int], broker: tuple[str, int], log_level: str = "warning"
+) -> list[str]:
+    """The argv that runs ``pm serve`` in a child process with this interpreter (tests and
+    benchmarks start gateways this way, so the gateway's cost is its own process's)."""
+    return [
+        sys.executable,
+        "-m",
+        "pm.cli",
+        "serve",
+        "--http",
+        f"{http[0]}:{http[1]}",
+        "--broker",
+        f"{broker[0]}:{broker[1]}",
+        "--log-level",
+        log_level,
+    ]
+
+
 def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """``--http`` and ``--broker`` as :func:`load_config` overrides (they win over file and env)."""
     overrides: dict[str, dict[str, Any]] = {}

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import trio
 
+from pm.cli import serve_command
+
 from .conftest import GatewayFactory, SimulatorFactory
 
 # Seconds one CLI run may take (a Python start plus a few requests).
@@ -233,18 +235,7 @@ async def test_simulate_answers_jobs_reports_stats_and_stops_on_sigint(
 
 async def test_serve_prints_its_addresses_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     http_port, broker_port = free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "pm.cli",
-        "serve",
-        "--http",
-        f"127.0.0.1:{http_port}",
-        "--broker",
-        f"127.0.0.1:{broker_port}",
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(("127.0.0.1", http_port), ("127.0.0.1", broker_port))
     with trio.fail_after(30), (tmp_path / "serve.log").open("wb") as log:
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(

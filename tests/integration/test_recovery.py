@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import trio
 
+from pm.cli import serve_command
 from pm.simulator import SimulatorSettings, run_simulator
 
 from .conftest import _free_port, poll_until
@@ -43,18 +43,7 @@ class GatewayProcess:
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pm.cli",
-                    "serve",
-                    "--http",
-                    f"127.0.0.1:{self.http_port}",
-                    "--broker",
-                    f"127.0.0.1:{self.mqtt_port}",
-                    "--log-level",
-                    "warning",
-                ],
+                serve_command(("127.0.0.1", self.http_port), ("127.0.0.1", self.mqtt_port)),
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
