@@ -38,6 +38,18 @@ class HttpConfig(_Section):
     port: int = 8080
     # Bodies above this many bytes are refused with 413 before they are parsed.
     max_body_bytes: int = 1024 * 1024
+    # PEM certificate chain and private key: both set = HTTPS (and wss://), both empty = plain.
+    certfile: str = ""
+    keyfile: str = ""
+
+    def __post_init__(self) -> None:
+        # Half a TLS setup would silently serve plain HTTP: refuse it at start instead.
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("http.certfile and http.keyfile must be set together (or neither)")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
 
 
 class BrokerConfig(_Section):

@@ -184,9 +184,17 @@ class Fleet:
         request, from the broker, the moment it subscribes.
         """
         self.expect_devices_to_return()
-        for in_flight in self._in_flight.values():
+        for device, in_flight in self._in_flight.items():
             if self._publisher.publish(in_flight.topic, in_flight.payload, retain=True):
                 self.republished += 1
+            # One line per device in flight: DEBUG (the engine logs the count at INFO).
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "task %d on device %s: re-sent after reconnect",
+                    in_flight.task_id,
+                    device,
+                    extra={"task_id": in_flight.task_id, "device": device},
+                )
             if not in_flight.retained:
                 in_flight.retained = True
                 try:
@@ -250,6 +258,16 @@ class Fleet:
             # with the other in-flight ones when it is back (republish_in_flight).
             self._publisher.publish(topic, payload, retain=resend)
             self.published += 1
+            # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "task %d of job %d sent to device %s%s",
+                    task.id,
+                    job.id,
+                    device,
+                    " (retained, re-sent until answered)" if resend else "",
+                    extra=_ids(task, device, retained=resend),
+                )
             with timer:
                 await job.report_sent(task)
                 resend_delay = RESEND_FIRST_DELAY
@@ -262,8 +280,19 @@ class Fleet:
                     with trio.move_on_after(resend_delay if suspect else math.inf) as waiting:
                         answer = await answers.receive()
                     if waiting.cancelled_caught:
-                        if self._publisher.publish(topic, payload, retain=True):
+                        sent = self._publisher.publish(topic, payload, retain=True)
+                        if sent:
                             self.republished += 1
+                        # Only suspect requests get here (after a reconnect or a restart).
+                        logger.info(
+                            "task %d of job %d on device %s: no answer after %g s, %s",
+                            task.id,
+                            job.id,
+                            device,
+                            resend_delay,
+                            "re-sent" if sent else "re-send deferred (broker disconnected)",
+                            extra=_ids(task, device, resend_delay=resend_delay, resent=sent),
+                        )
                         resend_delay = min(resend_delay * 2, RESEND_MAX_DELAY)
                         continue
                     if answer is None or answer.id != task.id:
@@ -280,7 +309,24 @@ class Fleet:
                         await job.report_settled(task, "error", error_result(answer))
                     return
             if timer.cancelled_caught and not job.final:
+                logger.info(
+                    "task %d of job %d on device %s: timeout after %g s without a final answer",
+                    task.id,
+                    job.id,
+                    device,
+                    task.timeout,
+                    extra=_ids(task, device, status="timeout", timeout=task.timeout),
+                )
                 await job.report_settled(task, "timeout", None)
+            elif timer.cancelled_caught:
+                logger.info(
+                    "task %d of job %d on device %s: abandoned, its job ended %s",
+                    task.id,
+                    job.id,
+                    device,
+                    job.record.status,
+                    extra=_ids(task, device, status=job.record.status, abandoned=True),
+                )
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
@@ -300,6 +346,28 @@ class Fleet:
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)
+        # The supervisor logs the traceback; these lines say which tasks it cost.
+        logger.error(
+            "device actor %s failed (%r): its %d tasks end error",
+            device,
+            failure.error,
+            len(doomed),
+            extra={"device": device, "error": repr(failure.error), "failed_tasks": len(doomed)},
+        )
         for dispatch in doomed:
-            dispatch.job.report_settled_soon(dispatch.task, "error", reason)
+            task = dispatch.task
+            if not dispatch.job.final:  # an ended job's tasks keep the status it gave them
+                logger.warning(
+                    "task %d of job %d on device %s: error, the device actor failed",
+                    task.id,
+                    task.job_id,
+                    device,
+                    extra=_ids(task, device, status="error", error=repr(failure.error)),
+                )
+            dispatch.job.report_settled_soon(task, "error", reason)
         return Directive.STOP
+
+
+def _ids(task: TaskRecord, device: str, **fields: Any) -> dict[str, Any]:
+    """``extra=`` fields of a log line about one task (see :mod:`pm.logs`)."""
+    return {"job_id": task.job_id, "task_id": task.id, "device": device, **fields}

@@ -107,6 +107,14 @@ class Engine:
         record = JobRecord(job_id, tasks, request.timeout, now)
         self.store.job_created(record, request.batch)
         deadline = math.inf if request.timeout is None else trio.current_time() + request.timeout
+        # One line per job (never per task): dispatch throughput must not pay for logging.
+        logger.info(
+            "job %d created: %d tasks, timeout %s",
+            job_id,
+            total,
+            request.timeout,
+            extra={"job_id": job_id, "total_count": total, "timeout": request.timeout},
+        )
         return self._start(record, deadline)
 
     def _check_limits(self, request: JobRequest) -> int:
@@ -161,6 +169,17 @@ class Engine:
             )
             self._start(record, trio.current_time() + remaining)
             resumed += 1
+            logger.info(
+                "job %d resumed: %d of %d tasks unsettled",
+                record.id,
+                len(record.tasks) - record.done_count,
+                len(record.tasks),
+                extra={
+                    "job_id": record.id,
+                    "total_count": len(record.tasks),
+                    "done_count": record.done_count,
+                },
+            )
         if resumed:
             # The gateway was down: its devices may still be reconnecting.
             self.fleet.expect_devices_to_return()
@@ -256,7 +275,14 @@ class Engine:
             self._jobs.pop(self._finished.popleft(), None)
 
     def _on_job_failure(self, failure: Failure[Any]) -> Directive:
-        logger.error("%s failed; it ends cancelled", failure.name, exc_info=failure.error)
+        # The supervisor logs the traceback; this line says what it means for the job.
+        job_id = int(failure.name.partition(":")[2])
+        logger.error(
+            "job %d: its actor failed (%r); the job ends cancelled",
+            job_id,
+            failure.error,
+            extra={"job_id": job_id, "error": repr(failure.error)},
+        )
         return Directive.STOP
 
     # -- MQTT hooks ----------------------------------------------------------------------
@@ -266,6 +292,14 @@ class Engine:
 
     def on_mqtt_connect(self, generation: int) -> None:
         if generation > 1:
+            in_flight = self.fleet.in_flight
+            # The MQTT client logs the reconnect itself; this says what the engine does about it.
+            logger.info(
+                "broker connection back (generation %d): re-sending %d in-flight requests",
+                generation,
+                in_flight,
+                extra={"generation": generation, "in_flight": in_flight},
+            )
             self.fleet.republish_in_flight()
 
 

@@ -5,7 +5,8 @@ Layers, outermost first (shutdown goes the other way, inner layers first):
 1. the embedded broker (unless ``broker.embedded = false``), a supervised child process;
 2. the MQTT client, connected to it (or to the external broker) and subscribed to answers;
 3. the engine: job and device actors;
-4. the HTTP/WebSocket server (hypercorn serving the quart-trio app).
+4. the HTTP/WebSocket server (hypercorn serving the quart-trio app), over TLS when
+   ``http.certfile`` and ``http.keyfile`` are set (``Gateway.http_url`` is then https://).
 
 Restart policy: the broker child is restarted by :func:`pm.broker.run_embedded_broker`; the
 MQTT client reconnects by itself and restores its subscription, after which the engine
@@ -17,6 +18,7 @@ is the right thing for a process a supervisor (systemd, a container runtime) res
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -25,7 +27,7 @@ import hypercorn.trio
 import trio
 
 from .broker import EmbeddedBroker, run_embedded_broker
-from .config import Config
+from .config import Config, ConfigError
 from .engine import Engine, open_engine
 from .http import create_app
 from .mqtt import MqttClient, open_mqtt_client
@@ -89,6 +91,7 @@ async def run_gateway(
         (open WebSockets get ``HTTP_GRACEFUL_TIMEOUT``), then jobs, MQTT, broker.
     """
     gateway = Gateway(config)
+    check_http_tls(config)
     async with trio.open_nursery() as services:
         host, port = config.mqtt_endpoint
         if config.broker.embedded:
@@ -126,6 +129,9 @@ async def run_gateway(
                 hypercorn_config.accesslog = None
                 # A Logger (not a path) is used as is: no second handler printing each line twice.
                 hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
+                if config.http.tls:
+                    hypercorn_config.certfile = config.http.certfile
+                    hypercorn_config.keyfile = config.http.keyfile
                 app = create_app(engine, config, gateway.health)
 
                 async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -150,6 +156,27 @@ async def run_gateway(
                 stop_http.set()
                 await http_stopped.wait()
         services.cancel_scope.cancel()
+
+
+def check_http_tls(config: Config) -> None:
+    """Load ``http.certfile`` and ``http.keyfile`` once before anything starts.
+
+    hypercorn would load them only after the broker and the engine are up, and fail with a
+    bare ``FileNotFoundError``; this says which key is wrong, before there is anything to stop.
+
+    Error handling: raises :class:`~pm.config.ConfigError` naming both keys.
+    """
+    if not config.http.tls:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            config.http.certfile, config.http.keyfile
+        )
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"cannot use http.certfile = {config.http.certfile!r} with "
+            f"http.keyfile = {config.http.keyfile!r}: {error}"
+        ) from None
 
 
 async def serve_until_signalled(

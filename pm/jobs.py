@@ -188,6 +188,8 @@ class Job:
             self._abandon_in_flight()
             self.feed.close()
             self.ended.set()
+            if self.final:
+                self._log_finished()
 
     async def _feed_devices(self) -> None:
         for task in self.record.tasks:
@@ -211,6 +213,21 @@ class Job:
                 task = record.task(task_id)
                 if task is not None and record.settle(task, status, result, time.time()):
                     self._task_changed(task)
+                    # The per-task path: DEBUG only, and no extra dict built unless enabled.
+                    if logger.isEnabledFor(logging.DEBUG):
+                        logger.debug(
+                            "task %d of job %d on device %s: %s",
+                            task.id,
+                            self.id,
+                            task.device,
+                            status,
+                            extra={
+                                "job_id": self.id,
+                                "task_id": task.id,
+                                "device": task.device,
+                                "status": status,
+                            },
+                        )
             case CancelJob(reply):
                 self._finish("cancelled")
                 reply.send(record.view())
@@ -224,7 +241,24 @@ class Job:
         self._recorder.job_changed(self.record)
 
     def _finish(self, status: str) -> None:
-        for task in self.record.finish(status, time.time()):  # type: ignore[arg-type]
+        settled = self.record.finish(status, time.time())  # type: ignore[arg-type]
+        if settled:
+            # One line per job, not per task: a job timeout can settle 100k tasks at once.
+            logger.info(
+                "job %d %s: %d unsettled tasks end %s (%d in flight abandoned)",
+                self.id,
+                status,
+                len(settled),
+                status,
+                len(self._task_scopes),
+                extra={
+                    "job_id": self.id,
+                    "status": status,
+                    "settled": len(settled),
+                    "abandoned": len(self._task_scopes),
+                },
+            )
+        for task in settled:
             self.feed.task_changed(task.view)
             self._recorder.task_changed(task)
         self.feed.job_changed()
@@ -234,3 +268,21 @@ class Job:
     def _abandon_in_flight(self) -> None:
         for scope in self._task_scopes.values():
             scope.cancel()
+
+    def _log_finished(self) -> None:
+        record = self.record
+        logger.info(
+            "job %d finished: %s, %d/%d resolved, %d errors",
+            record.id,
+            record.status,
+            record.finish_count,
+            len(record.tasks),
+            record.error_count,
+            extra={
+                "job_id": record.id,
+                "status": record.status,
+                "total_count": len(record.tasks),
+                "finish_count": record.finish_count,
+                "error_count": record.error_count,
+            },
+        )

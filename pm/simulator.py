@@ -12,6 +12,10 @@ The simulator also checks the gateway: a request that arrives at a device still 
 another one is counted in ``overlaps`` (the gateway promises one command in flight per
 device); the same request arriving again while it is being worked on (at-least-once re-send)
 is counted in ``duplicates``. Every request is recorded per device, in arrival order.
+
+Fault injection: :meth:`Simulator.disconnect` takes a device offline (its connection closes and
+the answers it was still working on are lost, as when a device loses power or network), and
+:meth:`Simulator.reconnect` brings it back with a fresh connection and subscription.
 """
 
 from __future__ import annotations
@@ -105,6 +109,10 @@ class Simulator:
         self._nursery = nursery
         self._device_of_topic = {self.topics.request_topic(d): d for d in self.devices}
         self._clients: list[MqttClient] = []
+        # Device -> (connection index, devices sharing it), to drop and re-open one connection.
+        self._connection_of: dict[str, tuple[int, list[str]]] = {}
+        # Connection index -> the scope that closes it, and an event set once it is closed.
+        self._open_connections: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
 
     @property
     def connected(self) -> int:
@@ -113,7 +121,37 @@ class Simulator:
     def received_by(self, device: str) -> list[dict[str, Any]]:
         return self.requests.get(normalize_device_id(device), [])
 
-    def _on_request(self, client: MqttClient, topic: str, payload: bytes) -> None:
+    async def disconnect(self, device: str) -> None:
+        """Take ``device`` offline: close its MQTT connection and forget the requests it was
+        still working on (their answers are never sent). Returns once the connection is closed.
+
+        With ``connections = K`` the devices sharing that connection go offline with it.
+
+        Error handling: raises :exc:`KeyError` for a device this fleet does not simulate and
+        :exc:`RuntimeError` if it is offline already.
+        """
+        index, _ = self._connection_of[normalize_device_id(device)]
+        if index not in self._open_connections:
+            raise RuntimeError(f"device {device} is offline already")
+        scope, closed = self._open_connections[index]
+        scope.cancel()
+        await closed.wait()
+
+    async def reconnect(self, device: str) -> None:
+        """Bring an offline ``device`` back: a new connection, subscribed again. Returns once
+        it is subscribed (requests published from then on reach it).
+
+        Error handling: raises :exc:`KeyError` for a device this fleet does not simulate and
+        :exc:`RuntimeError` if it is online.
+        """
+        index, group = self._connection_of[normalize_device_id(device)]
+        if index in self._open_connections:
+            raise RuntimeError(f"device {device} is online already")
+        await self._nursery.start(_serve_devices, self, index, group)
+
+    def _on_request(
+        self, client: MqttClient, topic: str, payload: bytes, answering: trio.Nursery
+    ) -> None:
         device = self._device_of_topic.get(topic)
         if device is None or not payload:
             return  # an empty payload is the gateway clearing a retained request
@@ -149,7 +187,8 @@ class Simulator:
             self._answer(client, device, request, failed)  # fast path: no task per request
             return
         self._busy[device] = request.id
-        self._nursery.start_soon(self._answer_later, client, device, request, failed)
+        # In the connection's nursery: a device that goes offline loses the work under way.
+        answering.start_soon(self._answer_later, client, device, request, failed)
 
     async def _answer_later(
         self, client: MqttClient, device: str, request: SanjiRequest, failed: bool
@@ -238,22 +277,37 @@ async def _serve_devices(
 ) -> None:
     settings = simulator.settings
     client_box: list[MqttClient] = []
-
-    def on_message(topic: str, payload: bytes) -> None:
-        simulator._on_request(client_box[0], topic, payload)
+    closed = trio.Event()
+    for device in devices:
+        simulator._connection_of[device] = (index, devices)
 
     client_id = f"sim-{devices[0]}" if len(devices) == 1 else f"sim-mux-{index}"
-    async with open_mqtt_client(
-        settings.host,
-        settings.port,
-        client_id=client_id,
-        username=settings.username,
-        password=settings.password,
-        on_message=on_message,
-    ) as client:
-        client_box.append(client)
-        simulator._clients.append(client)
-        for device in devices:
-            await client.subscribe(simulator.topics.request_topic(device), qos=1)
-        task_status.started()
-        await trio.sleep_forever()
+    try:
+        with trio.CancelScope() as connection_scope:
+            simulator._open_connections[index] = (connection_scope, closed)
+            async with trio.open_nursery() as answering:
+
+                def on_message(topic: str, payload: bytes) -> None:
+                    simulator._on_request(client_box[0], topic, payload, answering)
+
+                async with open_mqtt_client(
+                    settings.host,
+                    settings.port,
+                    client_id=client_id,
+                    username=settings.username,
+                    password=settings.password,
+                    on_message=on_message,
+                ) as client:
+                    client_box.append(client)
+                    simulator._clients.append(client)
+                    try:
+                        for device in devices:
+                            await client.subscribe(simulator.topics.request_topic(device), qos=1)
+                        task_status.started()
+                        await trio.sleep_forever()
+                    finally:
+                        simulator._clients.remove(client)
+                        answering.cancel_scope.cancel()
+    finally:
+        del simulator._open_connections[index]
+        closed.set()

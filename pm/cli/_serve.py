@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from rich.console import Console
 
-from ..config import Config, load_config
+from ..config import Config, ConfigError, load_config
+from ..logs import LOG_FORMATS, configure_logging
 from ._arguments import HelpFormatter, host_port, log_level_option
 from ._console import stdout_console
 from ._errors import EXIT_OK, CliError
@@ -68,6 +68,8 @@ def startup_failure(failure: BaseException) -> CliError | None:
     from ..broker import BrokerStartError
 
     for error in _leaves(failure):
+        if isinstance(error, ConfigError):
+            return CliError(str(error))  # a key checked only at start (http.certfile)
         if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
             return CliError(
                 f"cannot listen for HTTP: {error.strerror} "
@@ -87,10 +89,7 @@ def _leaves(error: BaseException) -> list[BaseException]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     # ConfigError reaches main(), which prints its message (naming the key) and exits 2.
     config: Config = load_config(args.config, overrides=config_overrides(args))
     if args.broker is not None and not config.broker.embedded:
@@ -120,6 +119,7 @@ examples:
   pm serve
   pm serve --http 0.0.0.0:8080 --broker 0.0.0.0:1883
   pm serve --config /etc/puppetmaster.toml --log-level debug
+  pm serve --log-format json    # one JSON object per log line, with job_id/task_id/device
   PM_TASKS_DEFAULT_TIMEOUT=60 pm serve
 
 Every config key can also be set as PM_<SECTION>_<KEY> (see config.example.toml);
@@ -155,4 +155,13 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     log_level_option(parser)
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help=(
+            "text lines, or one JSON object per line whose keys include the job_id, task_id "
+            "and device a line concerns (default: %(default)s)"
+        ),
+    )
     parser.set_defaults(run=run)

@@ -1,0 +1,247 @@
+"""Faults through the whole gateway: an external broker restarted mid-job (briefly, and for
+longer than the task timeout), devices that drop off and come back, a device actor with a
+bug. Real gateway, real brokers, simulated devices.
+
+The embedded broker killed mid-job is ``test_dispatch.test_embedded_broker_restart_mid_job``;
+the device actor failure policy on its own is ``tests/test_engine.py``.
+
+Real sockets, so real time: short task timeouts with wide margins, a hang guard per test.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+
+from pm.devices import Dispatch, Fleet
+
+from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
+from .test_dispatch import assert_consistent, entry, post_job, wait_final
+
+
+def log_records(caplog: pytest.LogCaptureFixture, **fields: Any) -> list[logging.LogRecord]:
+    """The captured records whose ``extra=`` fields include ``fields``."""
+    return [
+        record
+        for record in caplog.records
+        if all(getattr(record, name, None) == value for name, value in fields.items())
+    ]
+
+
+async def test_external_mosquitto_restart_mid_job(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: Any,
+    mosquitto: MosquittoBroker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pm")
+    with trio.fail_after(30):
+        gateway = await start_gateway(
+            broker={"embedded": False},
+            mqtt={"host": mosquitto.host, "port": mosquitto.port},
+            tasks={"default_timeout": 8},
+        )
+        devices = [f"x{i}" for i in range(20)]
+        simulator = await start_simulator(gateway, devices, latency=0.1)
+        client = http(gateway)
+        created = await post_job(client, *[entry(devices, f"/n/{i}") for i in range(5)])
+        await poll_until(lambda: simulator.stats.answered >= 30)
+        # Gateway and devices all lose the broker, which keeps nothing (persistence false):
+        # requests and answers in transit, retained messages and subscriptions are gone.
+        await trio.to_thread.run_sync(mosquitto.stop)
+        await trio.sleep(0.5)
+        await trio.to_thread.run_sync(mosquitto.start)
+        job = await wait_final(client, created["id"])
+        assert_consistent(job)
+        # What held, run after run: nothing timed out. Requests in flight were re-sent with
+        # the same id, retained, once the gateway reconnected, and again until answered; a
+        # device that had answered before the broker died replayed its answer.
+        assert job["status"] == "resolved" and job["finishCount"] == 100, job["errorCount"]
+        assert gateway.engine is not None and gateway.engine.fleet.republished >= 1
+        # Devices saw the same id again (12 to 20 of them per run here), never two requests
+        # at once.
+        assert simulator.stats.duplicates >= 1 and simulator.stats.overlaps == 0
+        tasks = job["collection"]
+        for device in devices:
+            expected = [t["id"] for t in tasks if t["__destination"] == device]
+            arrived = [request["id"] for request in simulator.received_by(device)]
+            # Re-sends repeat an id (at least once); first arrivals keep the queue's order.
+            assert list(dict.fromkeys(arrived)) == expected, (device, arrived)
+        health = (await client.get("/healthz")).json()
+        assert health["brokerConnected"] and health["brokerReconnects"] >= 1
+        reconnect_lines = log_records(caplog, generation=2)
+        assert reconnect_lines and "re-sending" in reconnect_lines[0].getMessage()
+        assert log_records(caplog, job_id=created["id"], status="resolved", finish_count=100)
+
+
+async def test_external_mosquitto_down_longer_than_task_timeouts(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: Any,
+    mosquitto: MosquittoBroker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pm")
+    with trio.fail_after(30):
+        gateway = await start_gateway(
+            broker={"embedded": False},
+            mqtt={"host": mosquitto.host, "port": mosquitto.port},
+            tasks={"default_timeout": 1.0},
+        )
+        devices = [f"y{i}" for i in range(10)]
+        simulator = await start_simulator(gateway, devices, latency=0.1)
+        client = http(gateway)
+        created = await post_job(client, *[entry(devices, f"/n/{i}") for i in range(5)])
+        await poll_until(lambda: simulator.stats.answered >= 15)
+        resolved_before = (await client.get(f"/jobs/{created['id']}")).json()["finishCount"]
+        await trio.to_thread.run_sync(mosquitto.stop)
+        await trio.sleep(1.5)  # past the 1 s timeout of every request in flight
+        await trio.to_thread.run_sync(mosquitto.start)
+        job = await wait_final(client, created["id"])
+        assert_consistent(job)
+        statuses = [t["__task"]["status"] for t in job["collection"]]
+        # Every task resolved or timed out, never anything else; the job (no job timeout)
+        # resolved with the timeouts counted as errors.
+        assert set(statuses) == {"resolved", "timeout"}, statuses
+        assert job["status"] == "resolved"
+        # The broker stayed down longer than a task timeout, so each device's request in
+        # flight at the stop timed out (and, in most runs, the next one too: published into
+        # the outage, re-sent on reconnect, expired before the device was back).
+        for device in devices:
+            mine = [
+                t["__task"]["status"] for t in job["collection"] if t["__destination"] == device
+            ]
+            assert "timeout" in mine, (device, mine)
+        # Dispatch went on after the outage: more tasks resolved than before it. (A device may
+        # still be working on a request that timed out when the next one arrives: the gateway
+        # moved on, as docs/protocol.md says, so the simulator's ``overlaps`` is not asserted.)
+        assert job["finishCount"] > resolved_before
+        timeouts = [t["id"] for t in job["collection"] if t["__task"]["status"] == "timeout"]
+        for task_id in timeouts:
+            assert log_records(caplog, task_id=task_id, status="timeout")
+
+
+async def test_device_offline_mid_task_times_out_and_gets_its_next_command(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pm")
+    with trio.fail_after(20):
+        gateway = await start_gateway()
+        simulator = await start_simulator(gateway, ["flaky", "steady"], latency=0.3)
+        client = http(gateway)
+        created = await post_job(
+            client,
+            entry("flaky", "/first", timeout=1.0),
+            entry("flaky", "/second", timeout=5),
+            entry("steady", "/other"),
+        )
+        first, second, _ = created["collection"]
+        await poll_until(lambda: len(simulator.received_by("flaky")) >= 1)
+        # Offline while working on /first: its answer is never sent. Back well before /first
+        # times out, so /second (published only then: one command in flight) reaches it.
+        await simulator.disconnect("flaky")
+        await trio.sleep(0.2)
+        await simulator.reconnect("flaky")
+        job = await wait_final(client, created["id"])
+        assert [t["__task"]["status"] for t in job["collection"]] == [
+            "timeout",
+            "resolved",
+            "resolved",
+        ]
+        assert job["collection"][0]["__task"]["result"] is None
+        assert_consistent(job)
+        assert [r["id"] for r in simulator.received_by("flaky")] == [first, second]
+        # The timeout is logged with its ids, as extra fields and in the text.
+        [timeout_line] = log_records(caplog, job_id=created["id"], task_id=first, device="flaky")
+        assert timeout_line.levelno == logging.INFO
+        assert f"task {first} of job {created['id']} on device flaky: timeout" in (
+            timeout_line.getMessage()
+        )
+
+        # Offline when its request is published: lost (clean session), the task times out;
+        # once back, the device gets the next command.
+        await simulator.disconnect("flaky")
+        missed = await post_job(client, entry("flaky", "/missed", timeout=0.5))
+        job = await wait_final(client, missed["id"])
+        assert job["collection"][0]["__task"]["status"] == "timeout"
+        await simulator.reconnect("flaky")
+        back = await post_job(client, entry("flaky", "/back", timeout=5))
+        job = await wait_final(client, back["id"])
+        assert job["status"] == "resolved" and job["finishCount"] == 1
+        assert [r["resource"] for r in simulator.received_by("flaky")] == [
+            "/first",
+            "/second",
+            "/back",
+        ]
+        assert simulator.stats.overlaps == 0
+
+
+async def test_device_actor_bug_errors_only_its_tasks(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pm")
+    run_task = Fleet._run_task
+
+    async def buggy_run_task(self: Fleet, device: str, dispatch: Dispatch, *args: Any) -> None:
+        if device == "cursed" and dispatch.task.resource == "/boom":
+            raise RuntimeError("injected bug")
+        await run_task(self, device, dispatch, *args)
+
+    # A bug in the device actor itself (not a device's answer): the injected failure.
+    monkeypatch.setattr(Fleet, "_run_task", buggy_run_task)
+    with trio.fail_after(20):
+        gateway = await start_gateway(tasks={"default_timeout": 5})
+        simulator = await start_simulator(gateway, ["cursed", "fine"], latency=0.3)
+        client = http(gateway)
+        # "cursed" works on /first (0.3 s) while /boom, /after and the other job's /queued
+        # wait in its mailbox: the failure takes /boom and everything queued behind it.
+        first_job = await post_job(
+            client,
+            entry("cursed", "/first"),
+            entry(["cursed", "fine"], "/boom"),
+            entry(["cursed", "fine"], "/after"),
+        )
+        second_job = await post_job(client, entry(["fine", "cursed"], "/queued"))
+        first = await wait_final(client, first_job["id"])
+        second = await wait_final(client, second_job["id"])
+        statuses = [(t["__destination"], t["__task"]["status"]) for t in first["collection"]]
+        assert statuses == [
+            ("cursed", "resolved"),
+            ("cursed", "error"),
+            ("fine", "resolved"),
+            ("cursed", "error"),
+            ("fine", "resolved"),
+        ]
+        reason = {"error": "device actor failed: RuntimeError('injected bug')"}
+        assert first["collection"][1]["__task"]["result"] == reason
+        assert first["status"] == "resolved" and first["errorCount"] == 2
+        assert_consistent(first)
+        assert [(t["__destination"], t["__task"]["status"]) for t in second["collection"]] == [
+            ("fine", "resolved"),
+            ("cursed", "error"),
+        ]
+        assert_consistent(second)
+        # Nothing after the failure reached the device; the next task gets a fresh actor.
+        assert [r["resource"] for r in simulator.received_by("cursed")] == ["/first"]
+        again = await post_job(client, entry("cursed", "/again"))
+        job = await wait_final(client, again["id"])
+        assert job["status"] == "resolved" and job["finishCount"] == 1
+        assert [r["resource"] for r in simulator.received_by("cursed")] == ["/first", "/again"]
+
+        failed_tasks = [first["collection"][i]["id"] for i in (1, 3)]
+        failed_tasks.append(second["collection"][1]["id"])
+        summary = log_records(caplog, device="cursed", failed_tasks=3)
+        assert summary and summary[0].levelno == logging.ERROR
+        for task_id in failed_tasks:
+            assert log_records(caplog, task_id=task_id, device="cursed", status="error")

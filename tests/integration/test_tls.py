@@ -1,0 +1,92 @@
+"""HTTPS: with ``http.certfile`` and ``http.keyfile`` set, the API (WebSockets included) is
+served over TLS only. A self-signed certificate is made per test with ``openssl``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio_websocket
+
+from pm.config import ConfigError, load_config
+from pm.gateway import check_http_tls
+
+from .conftest import GatewayFactory, SimulatorFactory, gateway_config
+from .test_dispatch import entry, post_job, wait_final
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl not found on PATH: it makes the test certificate")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    # An EC key: generated in milliseconds, where RSA takes a noticeable moment.
+    arguments = (
+        "req -x509 -nodes -days 1 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:localhost"
+    ).split()
+    subprocess.run(
+        [openssl, *arguments, "-keyout", str(keyfile), "-out", str(certfile)],
+        check=True,
+        capture_output=True,
+    )
+    return certfile, keyfile
+
+
+async def test_the_api_is_served_over_https(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    certificate: tuple[Path, Path],
+) -> None:
+    certfile, keyfile = certificate
+    with trio.fail_after(20):
+        gateway = await start_gateway(http={"certfile": str(certfile), "keyfile": str(keyfile)})
+        assert gateway.http_url.startswith("https://127.0.0.1:")
+        await start_simulator(gateway, ["tls-dev"])
+        trusting = ssl.create_default_context(cafile=str(certfile))
+        async with httpx.AsyncClient(base_url=gateway.http_url, verify=trusting) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            created = await post_job(client, entry("tls-dev", "/secure"))
+            job = await wait_final(client, created["id"])
+            assert job["status"] == "resolved"
+        host_port = gateway.http_url.removeprefix("https://")
+        async with trio_websocket.open_websocket_url(
+            f"wss://{host_port}/jobs/{created['id']}/ws", ssl_context=trusting
+        ) as websocket:
+            assert json.loads(await websocket.get_message())["type"] == "job"
+        # A client that does not trust the certificate is refused at the handshake, and the
+        # port speaks no plain HTTP.
+        async with httpx.AsyncClient(base_url=gateway.http_url) as untrusting:
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.get("/healthz")
+        async with httpx.AsyncClient(base_url=f"http://{host_port}") as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get("/healthz")
+
+
+def test_an_unusable_certificate_stops_the_gateway_naming_the_keys(
+    certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    certfile, keyfile = certificate
+    check_http_tls(gateway_config())  # plain HTTP: nothing to check
+    check_http_tls(gateway_config(http={"certfile": str(certfile), "keyfile": str(keyfile)}))
+    for broken in (
+        {"certfile": str(tmp_path / "missing.pem"), "keyfile": str(keyfile)},
+        {"certfile": str(keyfile), "keyfile": str(certfile)},  # swapped
+    ):
+        with pytest.raises(ConfigError, match="http.certfile") as caught:
+            check_http_tls(gateway_config(http=broken))
+        assert "http.keyfile" in str(caught.value)
+
+
+def test_a_certificate_without_a_key_is_a_config_error(certificate: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="set together"):
+        load_config(environ={"PM_HTTP_CERTFILE": str(certificate[0])})
