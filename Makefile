@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
 
-.PHONY: run test lint format bench-mqtt clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: run test lint format bench bench-mqtt clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +46,14 @@ lint: $(TEST_STAMP)
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff format pm actors tests bench
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@ $(STAMP)
+
+## bench: the standard benchmark set (a few minutes); tables and plots under bench/results/
+bench: $(BENCH_STAMP) mosquitto
+	$(BIN)/python -m bench.standard $(ARGS)
 
 ## bench-mqtt: sequential QoS 1 round trips through the gateway's own MQTT client
 bench-mqtt: $(STAMP)

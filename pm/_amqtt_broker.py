@@ -2,30 +2,113 @@
 
 Imported only in the broker child process (:mod:`pm._broker_process`). It relies on amqtt
 internals, so amqtt is pinned exactly (``amqtt==0.12.1``) and
-``tests/test_amqtt_broker.py`` fails if the internals it overrides move.
+``tests/integration/test_amqtt_fixes.py`` fails if the internals it overrides move (it pins
+the source of every method copied or wrapped here).
 
-The fix: on every client connection, amqtt 0.12.1 (``Broker._handle_client_session``) loops
+Fix 1, retained messages on connect: amqtt 0.12.1 (``Broker._handle_client_session``) loops
 over *every* subscription filter of *every* client and publishes the matching retained
-messages to the newcomer, awaiting inside that loop. Two consequences, both seen in the
-gateway's restart tests:
+messages to the newcomer, awaiting inside that loop. A connecting client then receives
+retained messages for filters it never subscribed to (a device would get other devices'
+retained requests), and a subscription added by another client during that loop makes it
+raise ``RuntimeError: dictionary changed size during iteration``, leaving the connection open
+but never served. Only retained messages for filters the session itself holds are published.
 
-- a connecting client receives retained messages for filters it never subscribed to (a
-  device would get other devices' retained requests);
-- a subscription added by another client during that loop makes it raise
-  ``RuntimeError: dictionary changed size during iteration``; the connection is then left
-  open but never served, so its device silently stops receiving anything.
-
-Only retained messages for a filter the session itself holds are published; for any other
-filter the override returns without suspending, so the loop can no longer be interleaved.
+Fix 2, a subscription index: amqtt routes each message by scanning every subscription
+filter (``Broker._run_broadcast``) and builds debug f-strings per miss, so with one filter per
+device the broker's cost per message grows with the fleet (FACTS.md: ~0.8 ms per round trip
+with 1 connection, 2.6-4.7 ms with 1,000). :class:`SubscriptionIndex` replaces the
+``_subscriptions`` dict: exact filters are found by one dict lookup, wildcard filters are kept
+apart and matched one by one (a gateway has a handful: ``/remote/+/response``). It also
+records which filters each client holds, so a disconnect or a clean-session connect removes a
+client's subscriptions without scanning all of them, and its ``repr`` is short because amqtt
+logs ``repr(self._subscriptions)`` (built even when debug logging is off) on every SUBSCRIBE,
+which made connecting N devices cost O(N^2).
 """
 
 from __future__ import annotations
 
-from amqtt.broker import Broker
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker, BrokerProtocolHandler, Server
+from amqtt.contexts import Action
+from amqtt.errors import BrokerError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.session import Session
+from amqtt.utils import format_client_message
+from transitions import MachineError
+
+Holders = list[tuple[Session, int]]
+
+# add_subscription's return value for a refused filter (MQTT SUBACK failure code).
+_REFUSED = 0x80
+
+
+def is_wildcard(topic_filter: str) -> bool:
+    return "+" in topic_filter or "#" in topic_filter
+
+
+class SubscriptionIndex(dict[str, Holders]):
+    """amqtt's ``{filter: [(session, qos), ...]}`` with the wildcard filters kept apart.
+
+    amqtt only ever sets, deletes, reads and clears keys of ``Broker._subscriptions`` (pinned
+    by the tests); those are the operations that keep :attr:`wildcards` in step. The holder
+    lists themselves are still mutated in place by amqtt.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An ordered set: wildcard filters in subscription order, like amqtt's scan.
+        self.wildcards: dict[str, None] = {}
+        # client id -> filters it holds, maintained by PuppetmasterBroker's add/delete hooks.
+        self.filters_of_client: defaultdict[str, set[str]] = defaultdict(set)
+
+    def __setitem__(self, topic_filter: str, holders: Holders) -> None:
+        super().__setitem__(topic_filter, holders)
+        if is_wildcard(topic_filter):
+            self.wildcards[topic_filter] = None
+
+    def __delitem__(self, topic_filter: str) -> None:
+        super().__delitem__(topic_filter)
+        self.wildcards.pop(topic_filter, None)
+
+    def clear(self) -> None:
+        super().clear()
+        self.wildcards.clear()
+        self.filters_of_client.clear()
+
+    def setdefault(self, topic_filter: str, default: Any = None) -> Any:  # noqa: ANN401
+        raise AssertionError("amqtt 0.12.1 never calls setdefault on _subscriptions")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("amqtt 0.12.1 never calls update on _subscriptions")
+
+    def pop(self, *args: Any) -> Any:  # noqa: ANN401
+        raise AssertionError("amqtt 0.12.1 never calls pop on _subscriptions")
+
+    def __repr__(self) -> str:
+        # amqtt evaluates repr(self._subscriptions) per SUBSCRIBE even at WARNING level.
+        return f"<SubscriptionIndex {len(self)} filters, {len(self.wildcards)} wildcard>"
+
+    def exact_holders(self, topic: str) -> Holders | None:
+        """Holders of the filter spelled exactly ``topic`` if it has no wildcard."""
+        if topic in self.wildcards:
+            return None  # a (malformed) topic with '+': the wildcard scan handles that filter
+        return dict.get(self, topic)
 
 
 class PuppetmasterBroker(Broker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions: SubscriptionIndex = SubscriptionIndex()
+
+    # -- fix 1 --------------------------------------------------------------------------------
+
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
     ) -> None:
@@ -36,3 +119,158 @@ class PuppetmasterBroker(Broker):
         if not any(holder.client_id == session.client_id for holder, _qos in holders):
             return  # no await: amqtt's connect-time loop over all filters stays atomic
         await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    # -- fix 2: keep filters_of_client in step ------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        granted = await super().add_subscription(subscription, session)
+        if granted != _REFUSED and session.client_id is not None:
+            self._subscriptions.filters_of_client[session.client_id].add(subscription[0])
+        return granted
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted = super()._del_subscription(a_filter, session)
+        if deleted and session.client_id is not None:
+            filters = self._subscriptions.filters_of_client.get(session.client_id)
+            if filters is not None:
+                filters.discard(a_filter)
+                if not filters:
+                    del self._subscriptions.filters_of_client[session.client_id]
+        return deleted
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        # amqtt scans every filter of every client here, at each disconnect and at each
+        # clean-session connect of a known client id.
+        filters = self._subscriptions.filters_of_client.get(session.client_id or "", set())
+        for topic_filter in list(filters):
+            self._del_subscription(topic_filter, session)
+            if not self._subscriptions.get(topic_filter, True):
+                del self._subscriptions[topic_filter]
+
+    def _matching_filters(self, topic: str) -> Iterable[tuple[str, Holders]]:
+        """The (filter, holders) pairs a message on ``topic`` goes to; what amqtt finds by
+        calling ``_matches`` on every filter."""
+        index = self._subscriptions
+        exact = index.exact_holders(topic)
+        if exact is not None:
+            yield topic, exact
+        for topic_filter in list(index.wildcards):
+            holders = dict.get(index, topic_filter)
+            if holders is not None and self._matches(topic, topic_filter):
+                yield topic_filter, holders
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:  # noqa: ANN401
+        # amqtt 0.12.1's Broker._run_broadcast with the filter scan replaced by the index and
+        # its per-message debug f-strings built only when debug logging is on. Everything
+        # else (retention for offline persistent sessions, delivery tasks) is unchanged.
+        broadcast = await self._broadcast_queue.get()
+        debug = self.logger.isEnabledFor(logging.DEBUG)
+        if debug:
+            self.logger.debug(f"Processing broadcast message: {broadcast}")
+        topic = broadcast["topic"]
+        filtering = self.plugins_manager.is_topic_filtering_enabled()
+
+        for _filter, subscriptions in list(self._matching_filters(topic)):
+            for target_session, sub_qos in subscriptions:
+                qos = broadcast.get("qos", sub_qos)
+
+                if filtering and not await self._topic_filtering(
+                    target_session, topic=topic, action=Action.RECEIVE
+                ):
+                    self.logger.info(
+                        f"{target_session.client_id} not allowed to receive messages from "
+                        f"TOPIC {topic}."
+                    )
+                    continue
+
+                state = target_session.transitions.state
+                if (
+                    state != "connected"
+                    and not target_session.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target_session.is_anonymous
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                if state != "connected":
+                    continue
+                if debug:
+                    self.logger.debug(
+                        f"Broadcasting message from "
+                        f"{format_client_message(session=broadcast['session'])} on topic "
+                        f"'{topic}' to {format_client_message(session=target_session)}",
+                    )
+                handler = self._get_handler(target_session)
+                if handler:
+                    task = asyncio.ensure_future(
+                        handler.mqtt_publish(topic, broadcast["data"], qos, retain=False),
+                    )
+                    running_tasks.append(task)
+
+    async def _handle_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Server,
+        listener_name: str,
+    ) -> None:
+        # amqtt 0.12.1's Broker._handle_client_session; only the last loop changed: amqtt
+        # called _publish_retained_messages_for_subscription for every filter of every client
+        # (O(filters) awaits per connect). A clean session holds no subscription yet
+        # (_initialize_client_session just deleted its old ones); a persistent one gets the
+        # retained messages of the filters it holds.
+        authenticated = await self._authenticate(
+            client_session, self.listeners_config[listener_name]
+        )
+
+        if client_session.client_id is None:
+            msg = "Client ID was not correctly created/set."
+            raise BrokerError(msg)
+
+        while True:
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    self.logger.warning(
+                        f"Client {client_session.client_id} is already connected, "
+                        "performing take-over."
+                    )
+                    old_session = self._sessions[client_session.client_id]
+                    await old_session[1].handle_connection_closed()
+                    await old_session[1].stop()
+                    break
+                self.logger.warning(
+                    f"Client {client_session.client_id} is reconnecting too quickly, make it wait"
+                )
+                await asyncio.sleep(1)
+
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_session.client_id] = (client_session, handler)
+
+        await handler.mqtt_connack_authorize(authenticated)
+
+        if not authenticated:
+            await writer.close()
+            return
+
+        await self.plugins_manager.fire_event(
+            BrokerEvents.CLIENT_CONNECTED,
+            client_id=client_session.client_id,
+            client_session=client_session,
+        )
+
+        await handler.start()
+        await self._publish_session_retained_messages(client_session)
+
+        if not client_session.clean_session:
+            held = self._subscriptions.filters_of_client.get(client_session.client_id, ())
+            for topic_filter in list(held):
+                await self._publish_retained_messages_for_subscription(
+                    (topic_filter, QOS_0), client_session
+                )
+
+        await self._client_message_loop(client_session, handler)

@@ -1,6 +1,8 @@
-"""The embedded MQTT broker: amqtt in a supervised child process.
+"""The embedded MQTT broker: amqtt (or mosquitto) in a supervised child process.
 
-:func:`run_embedded_broker` starts ``python -m pm._broker_process``, waits for its ready line,
+:func:`run_embedded_broker` starts ``python -m pm._broker_process`` (``broker.engine =
+"amqtt"``) or ``python -m pm._mosquitto`` (``"mosquitto"``: a wrapper that runs the mosquitto
+binary with a generated config), waits for its ready line,
 hands an :class:`EmbeddedBroker` to ``nursery.start`` and then keeps the broker alive until its
 scope is cancelled.
 
@@ -101,6 +103,7 @@ class EmbeddedBroker:
 
     Attributes:
       host: the address clients connect to.
+      engine: ``"amqtt"`` or ``"mosquitto"`` (``broker.engine``).
       port: the port bound by the first child (the actual one when configured as 0); every
         restart binds this same port so clients reconnect to the same address.
       pid: the current child's process id, ``None`` between children.
@@ -109,9 +112,10 @@ class EmbeddedBroker:
       last_exit: the exit status of the previous child (negative: killed by that signal).
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, engine: str = "amqtt") -> None:
         self.host = host
         self.port = port
+        self.engine = engine
         self.pid: int | None = None
         self.restarts = 0
         self.running = False
@@ -156,12 +160,16 @@ class EmbeddedBroker:
         self._changed = trio.Event()
 
 
-def _child_command(host: str, port: int) -> list[str]:
+# The child-process entry point of each engine; both speak the same ready-line protocol.
+_ENGINE_MODULES = {"amqtt": "pm._broker_process", "mosquitto": "pm._mosquitto"}
+
+
+def _child_command(host: str, port: int, engine: str = "amqtt") -> list[str]:
     # --parent-pid lets the child notice a parent that died before it armed PDEATHSIG.
     return [
         sys.executable,
         "-m",
-        "pm._broker_process",
+        _ENGINE_MODULES[engine],
         "--host",
         host,
         "--port",
@@ -213,13 +221,13 @@ class _LineReader:
 class _Child:
     """One broker child process: its Popen, its output pipes and a way to await its exit."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, engine: str) -> None:
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         try:
             # Blocking fork on the trio thread, on purpose (see the module docstring).
             self.process = subprocess.Popen(
-                _child_command(host, port),
+                _child_command(host, port, engine),
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_write,
                 stderr=stderr_write,
@@ -327,7 +335,7 @@ async def _run_child(
     Error handling: raises :class:`BrokerStartError` if it does not become ready; on
     cancellation the child is stopped (shielded) before ``Cancelled`` propagates.
     """
-    child = _Child(broker.host, port)
+    child = _Child(broker.host, port, broker.engine)
     broker._process = child.process
     broker.pid = child.pid
     try:
@@ -400,7 +408,7 @@ async def run_embedded_broker(
     start_timeout: float = START_TIMEOUT,
     task_status: trio.TaskStatus[EmbeddedBroker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the embedded amqtt broker in a child process and keep it running.
+    """Run the embedded broker (amqtt or mosquitto) in a child process and keep it running.
 
     Use as ``broker = await nursery.start(run_embedded_broker, config.broker)``; the
     :class:`EmbeddedBroker` is handed over once the broker accepts connections.
@@ -430,7 +438,7 @@ async def run_embedded_broker(
     child's exit status and last stderr lines) out of ``nursery.start``, so a misconfigured
     gateway stops at once. Later failures are logged and retried as above.
     """
-    broker = EmbeddedBroker(config.host, config.port)
+    broker = EmbeddedBroker(config.host, config.port, config.engine)
     backoff = RestartBackoff()
     handed_over = False
 

@@ -3,8 +3,12 @@ through a real broker child."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import inspect
+import re
 from importlib.metadata import version
+from typing import Any
 
 import trio
 
@@ -75,3 +79,145 @@ async def test_a_connecting_client_gets_no_retained_message_of_other_filters() -
                     await poll_until(lambda: len(seen_by_b) >= 2)
                 assert seen_by_b == ["/remote/b", "/remote/a"]
             nursery.cancel_scope.cancel()
+
+
+# sha256 (first 16 hex digits) of the amqtt 0.12.1 source of every Broker method that
+# pm/_amqtt_broker.py copies, wraps or relies on. A mismatch means amqtt changed: re-read the
+# method, carry the change into PuppetmasterBroker (or drop the override), update the digest.
+_PINNED_SOURCES = {
+    "__init__": "5158ff3ca6493baf",
+    "_run_broadcast": "e852128b3e38e04a",
+    "_handle_client_session": "8b1b52a03df9daf5",
+    "add_subscription": "07757b63113c395e",
+    "_del_subscription": "415f349273b0552d",
+    "_del_all_subscriptions": "615579810f47d1e0",
+    "_publish_retained_messages_for_subscription": "d6ad257821ba29ef",
+    "_matches": "c03b25d98f4c0a34",
+}
+
+
+def test_the_amqtt_methods_we_copy_or_wrap_are_unchanged() -> None:
+    from amqtt.broker import Broker
+
+    digests = {
+        name: hashlib.sha256(inspect.getsource(getattr(Broker, name)).encode()).hexdigest()[:16]
+        for name in _PINNED_SOURCES
+    }
+    assert digests == _PINNED_SOURCES
+
+
+def test_amqtt_touches_subscriptions_only_through_operations_the_index_tracks() -> None:
+    # SubscriptionIndex keeps its wildcard set in step through __setitem__, __delitem__ and
+    # clear; a new kind of write in amqtt (setdefault, pop, update) would bypass it.
+    from amqtt import broker as amqtt_broker
+
+    source = inspect.getsource(amqtt_broker)
+    methods = set(re.findall(r"self\._subscriptions\.(\w+)", source))
+    assert methods <= {"clear", "items", "get"}
+    assert "_subscriptions = " not in source.replace(
+        "self._subscriptions: dict[str, list[tuple[Session, int]]] = {}", ""
+    )
+
+
+def _session(client_id: str) -> Any:  # noqa: ANN401 - an amqtt Session
+    from amqtt.session import Session
+
+    session = Session()
+    session.client_id = client_id
+    return session
+
+
+def test_the_index_routes_exact_and_wildcard_filters_like_amqtt_matches() -> None:
+    # amqtt's Broker wants a running asyncio loop (it is never started here: no sockets).
+    asyncio.run(_check_index_routing())
+
+
+async def _check_index_routing() -> None:
+    from amqtt.broker import Broker
+
+    from pm._amqtt_broker import PuppetmasterBroker, SubscriptionIndex
+
+    broker = PuppetmasterBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}})
+    assert isinstance(broker._subscriptions, SubscriptionIndex)
+    broker.plugins_manager._is_topic_filtering_enabled = False
+    sessions = {name: _session(name) for name in ("dev-a", "dev-b", "gw", "all")}
+    for name, topic_filter in (
+        ("dev-a", "/remote/a"),
+        ("dev-b", "/remote/b"),
+        ("gw", "/remote/+/response"),
+        ("all", "#"),
+        ("all", "/remote/a"),
+    ):
+        assert await broker.add_subscription((topic_filter, 1), sessions[name]) == 1
+    assert await broker.add_subscription(("/bad/#/x", 1), sessions["gw"]) == 0x80
+    assert set(broker._subscriptions.wildcards) == {"/remote/+/response", "#"}
+    assert "5 filters" not in repr(broker._subscriptions)  # short, whatever the size
+
+    topics = ["/remote/a", "/remote/b", "/remote/a/response", "/remote/c", "$SYS/x", "/x/+"]
+    for topic in topics:
+        ours = sorted(f for f, _ in broker._matching_filters(topic))
+        amqtt = sorted(f for f in broker._subscriptions if Broker._matches(broker, topic, f))
+        assert ours == amqtt, topic
+
+    # A disconnect removes the client's filters (and the emptied keys) without a full scan.
+    await broker._del_all_subscriptions(sessions["all"])
+    assert "#" not in broker._subscriptions and "#" not in broker._subscriptions.wildcards
+    assert [s.client_id for s, _ in broker._subscriptions["/remote/a"]] == ["dev-a"]
+    assert "all" not in broker._subscriptions.filters_of_client
+    broker._del_subscription("/remote/b", sessions["dev-b"])
+    assert broker._subscriptions.filters_of_client.get("dev-b") is None
+    broker._subscriptions.clear()
+    assert not broker._subscriptions.wildcards and not broker._subscriptions.filters_of_client
+
+
+async def test_many_devices_each_get_only_their_own_requests_through_the_index() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            broker = await nursery.start(run_embedded_broker, BrokerConfig(port=0))
+            seen: dict[str, list[bytes]] = {}
+            async with (
+                open_mqtt_client(
+                    broker.host,
+                    broker.port,
+                    client_id="mux",
+                    on_message=lambda t, p: seen.setdefault(t, []).append(p),
+                ) as devices,
+                open_mqtt_client(
+                    broker.host,
+                    broker.port,
+                    client_id="gw",
+                    on_message=lambda t, p: seen.setdefault("gw:" + t, []).append(p),
+                ) as gateway,
+            ):
+                for n in range(50):
+                    await devices.subscribe(f"/remote/d{n}")
+                await gateway.subscribe("/remote/+/response")
+                for n in range(50):
+                    assert gateway.publish(f"/remote/d{n}", str(n).encode())
+                    assert devices.publish(f"/remote/d{n}/response", str(n).encode())
+                await poll_until(lambda: len(seen) == 100)
+                await trio.sleep(0.1)
+            assert all(seen[f"/remote/d{n}"] == [str(n).encode()] for n in range(50))
+            assert all(seen[f"gw:/remote/d{n}/response"] == [str(n).encode()] for n in range(50))
+            nursery.cancel_scope.cancel()
+
+
+def test_puback_timeouts_are_counted_not_logged_one_by_one() -> None:
+    import logging
+
+    from pm._broker_process import PubackTimeoutFilter
+
+    counter = PubackTimeoutFilter()
+
+    def record(message: str, error: BaseException | None = None) -> logging.LogRecord:
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord("amqtt", logging.WARNING, __file__, 1, message, (), exc_info)
+
+    timeout = TimeoutError("Timeout waiting for PUBACK for packet ID 7")
+    assert not counter.filter(record("Timeout waiting for PUBACK for packet ID 7"))
+    assert not counter.filter(record("Task failed and will be skipped: %s", timeout))
+    assert not counter.filter(record("Received PUBACK for unknown pending message Id: '7'"))
+    assert counter.filter(record("something else"))
+    summary = counter.summary()
+    assert summary is not None and summary.startswith("1 PUBACK waits")
+    assert counter.summary() is None

@@ -155,7 +155,9 @@ async def test_silent_child_hits_start_timeout_and_is_killed(
         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     )
     monkeypatch.setattr(
-        broker_module, "_child_command", lambda host, port: [sys.executable, "-c", silent]
+        broker_module,
+        "_child_command",
+        lambda host, port, engine="amqtt": [sys.executable, "-c", silent],
     )
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:

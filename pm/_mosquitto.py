@@ -1,0 +1,183 @@
+"""Child-process entry point of the embedded broker when ``broker.engine = "mosquitto"``.
+
+Run as ``python -m pm._mosquitto --host 127.0.0.1 --port 1883``. It speaks the same tiny
+protocol to :mod:`pm.broker` as :mod:`pm._broker_process` (one ready line on stdout, SIGTERM
+for a clean stop, exit status 3 when the broker cannot start), so the gateway starts,
+restarts and stops mosquitto exactly like amqtt.
+
+Why a Python wrapper around the mosquitto binary: mosquitto prints nothing we could take as
+"ready" and would need the port known in advance; the wrapper writes mosquitto's config in a
+temporary directory, waits until the port accepts connections, prints the ready line, and
+ties mosquitto's life to its own (``PR_SET_PDEATHSIG`` on both: a SIGKILLed gateway kills the
+wrapper, which kills mosquitto). The wrapper costs ~10 MB and no CPU while mosquitto runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pm._broker_process import (
+    EXIT_ORPHANED,
+    EXIT_START_FAILED,
+    READY_PREFIX,
+    set_parent_death_signal,
+)
+
+START_TIMEOUT = 5.0  # mosquitto listens within ~10 ms here
+_SEARCH_PATH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary: on ``PATH`` or where Debian puts it (``/usr/sbin``)."""
+    found = shutil.which("mosquitto")
+    if found is not None:
+        return found
+    return next((path for path in _SEARCH_PATH if Path(path).exists()), None)
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return "root" if os.getuid() == 0 else str(os.getuid())
+
+
+def mosquitto_config(host: str, port: int) -> str:
+    """mosquitto.conf for the embedded broker: what the gateway needs, nothing persisted.
+
+    Args:
+      host: address to bind.
+      port: port to bind (not 0: mosquitto cannot report the port it picked).
+    """
+    return (
+        f"listener {port} {host}\n"
+        "allow_anonymous true\n"
+        # Without it QoS 1 request/response waits on Nagle + delayed ACK (FACTS.md: ~22 rt/s).
+        "set_tcp_nodelay true\n"
+        # The default 1000 per client drops the tail of a burst: the gateway's connection
+        # receives one answer per device at once.
+        "max_queued_messages 1000000\n"
+        # The gateway keeps its own in-flight window; mosquitto's default of 20 throttles it.
+        "max_inflight_messages 0\n"
+        # Sessions are clean and retained re-sends are the gateway's to redo after a restart.
+        "persistence false\n"
+        # Run as root, mosquitto switches to user "mosquitto"; changing credentials clears
+        # PR_SET_PDEATHSIG, and an orphan would keep the port. Staying our user keeps it.
+        f"user {_user_name()}\n"
+        "log_dest stderr\n"
+        "log_type error\n"
+        "log_type warning\n"
+    )
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_taken(host: str, port: int) -> bool:
+    # Checked before starting mosquitto: polling for a listener below would otherwise take a
+    # stale broker on the same port for ours.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def run(host: str, port: int) -> int:
+    """Start mosquitto, print the ready line once it listens, stop it on SIGTERM/SIGINT.
+
+    Returns:
+      0 after a requested stop; :data:`EXIT_START_FAILED` if mosquitto is missing or does not
+      listen; mosquitto's own status (negative: a signal) if it dies on its own.
+    """
+    executable = find_mosquitto()
+    if executable is None:
+        print("mosquitto not found: install it (apt-get install -y mosquitto)", file=sys.stderr)
+        return EXIT_START_FAILED
+    if port == 0:
+        # Small race (the port could be taken before mosquitto binds): then mosquitto exits
+        # and the start fails with status 3 like any port clash.
+        port = _free_port(host)
+    elif _port_taken(host, port):
+        print(f"cannot start mosquitto: {host}:{port}: address already in use", file=sys.stderr)
+        return EXIT_START_FAILED
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    with tempfile.TemporaryDirectory(prefix="pm-mosquitto-") as directory:
+        config = Path(directory) / "mosquitto.conf"
+        config.write_text(mosquitto_config(host, port))
+        process = subprocess.Popen(
+            [executable, "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,  # stdout is the ready-line channel; mosquitto's logs go to ours
+            stderr=sys.stderr,
+            preexec_fn=set_parent_death_signal,
+        )
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _listening(host, port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    process.kill()
+                status = process.wait()
+                print(
+                    f"mosquitto did not listen on {host}:{port} (status {status})", file=sys.stderr
+                )
+                return EXIT_START_FAILED
+            time.sleep(0.005)
+        ready = {"host": host, "port": port, "pid": os.getpid()}
+        sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        status = process.wait()
+    return 0 if stop_requested else status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pm._mosquitto")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        set_parent_death_signal(signal.SIGKILL)
+    except OSError as error:
+        print(f"broker: warning: no parent-death signal: {error}", file=sys.stderr)
+    if arguments.parent_pid is not None and os.getppid() != arguments.parent_pid:
+        return EXIT_ORPHANED
+    return run(arguments.host, arguments.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
