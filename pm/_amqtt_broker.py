@@ -23,6 +23,14 @@ records which filters each client holds, so a disconnect or a clean-session conn
 client's subscriptions without scanning all of them, and its ``repr`` is short because amqtt
 logs ``repr(self._subscriptions)`` (built even when debug logging is off) on every SUBSCRIBE,
 which made connecting N devices cost O(N^2).
+
+Fix 3, authenticate before touching sessions (only with ``authenticate_first``, i.e.
+``broker.auth``): amqtt 0.12.1 (``Broker._initialize_client_session``) acts on a CONNECT
+*before* authenticating it: a clean-session CONNECT deletes the existing session of that
+client id (its subscriptions), a persistent one copies its username and password onto the
+live session, and ``_handle_client_session`` then takes the old connection over. An
+unauthenticated client reusing the gateway's client id would silently strip the gateway of
+its answer subscription. Here a refused CONNECT gets CONNACK 5 and is closed before any of it.
 """
 
 from __future__ import annotations
@@ -36,11 +44,11 @@ from typing import Any
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, BrokerProtocolHandler, Server
 from amqtt.contexts import Action
-from amqtt.errors import BrokerError
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.session import Session
-from amqtt.utils import format_client_message
+from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
 Holders = list[tuple[Session, int]]
@@ -103,9 +111,76 @@ class SubscriptionIndex(dict[str, Holders]):
 
 
 class PuppetmasterBroker(Broker):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, authenticate_first: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subscriptions: SubscriptionIndex = SubscriptionIndex()
+        self.authenticate_first = authenticate_first
+
+    # -- fix 3 --------------------------------------------------------------------------------
+
+    async def _initialize_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        remote_address: str,
+        remote_port: int,
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        if not self.authenticate_first:
+            return await super()._initialize_client_session(
+                reader, writer, remote_address, remote_port
+            )
+        # amqtt 0.12.1's Broker._initialize_client_session with the authentication (and a
+        # refusal) moved between reading the CONNECT and acting on it; warnings shortened.
+        peer = format_client_message(address=remote_address, port=remote_port)
+        try:
+            handler, client_session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except AMQTTError as exc:
+            self.logger.warning(f"[MQTT-3.1.0-1] {peer}: Can't read first packet as CONNECT: {exc}")
+            raise AMQTTError(exc) from exc
+        except MQTTError as exc:
+            self.logger.warning(f"Invalid connection from {peer}")
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except NoDataError as exc:
+            self.logger.error(f"No data from {peer} : {exc}")  # noqa: TRY400 - as amqtt
+            raise AMQTTError(exc) from exc
+
+        # _authenticate ignores its listener argument in amqtt 0.12.1.
+        if not await self._authenticate(client_session, None):  # type: ignore[arg-type]
+            handler.attach(client_session, reader, writer)
+            await handler.mqtt_connack_authorize(False)
+            await writer.close()
+            # _client_connected logs this at WARNING and releases the connection.
+            raise AMQTTError(f"{peer} not authorized (user {client_session.username!r})")
+        # Authenticated once here; _handle_client_session asks the plugins again (a cache hit
+        # in pm._amqtt_auth, no second scrypt).
+
+        if client_session.clean_session:
+            if client_session.client_id is not None and client_session.client_id != "":
+                await self._delete_session(client_session.client_id)
+            else:
+                client_session.client_id = gen_client_id()
+            client_session.parent = 0
+        elif client_session.client_id in self._sessions:
+            existing_client_session, _ = self._sessions[client_session.client_id]
+            existing_client_session.will_flag = client_session.will_flag
+            existing_client_session.will_message = client_session.will_message
+            existing_client_session.will_topic = client_session.will_topic
+            existing_client_session.will_qos = client_session.will_qos
+            existing_client_session.keep_alive = client_session.keep_alive
+            existing_client_session.username = client_session.username
+            existing_client_session.password = client_session.password
+            client_session = existing_client_session
+            client_session.parent = 1
+        else:
+            client_session.parent = 0
+
+        timeout_disconnect_delay = self.config.get("timeout-disconnect-delay", 0)
+        if client_session.keep_alive > 0 and isinstance(timeout_disconnect_delay, int):
+            client_session.keep_alive += timeout_disconnect_delay
+        return handler, client_session
 
     # -- fix 1 --------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 READY_PREFIX = "pm-broker-ready "
 
@@ -71,25 +71,34 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
         raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
 
 
-def amqtt_config(host: str, port: int) -> dict[str, Any]:
-    """Build the amqtt broker configuration: one TCP listener, anonymous auth, nothing else.
+def amqtt_config(
+    host: str,
+    port: int,
+    *,
+    auth: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the amqtt broker configuration: one TCP listener, its auth plugins, nothing else.
 
     Args:
       host: address to bind; IPv6 literals are written without brackets because amqtt's
         ``Broker._split_bindaddr_port`` keeps the brackets, which ``getaddrinfo`` rejects, while
         its ``rsplit(":", 1)`` handles ``::1:1883`` correctly.
       port: port to bind; 0 lets the kernel choose.
+      auth: ``None`` for anonymous access, else the keyword arguments of
+        :func:`pm._amqtt_auth.plugin_config` (device identity and topic ACL).
 
     Returns:
       A dictionary for ``amqtt.broker.Broker(config=...)``.
     """
-    return {
-        "listeners": {
-            # max_connections 0 means no semaphore on accept (amqtt: > 0 enables one).
-            "default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0},
-        },
-        "plugins": dict(_PLUGINS),
-    }
+    # max_connections 0 means no semaphore on accept (amqtt: > 0 enables one).
+    listener: dict[str, Any] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}
+    if auth is None:
+        plugins = dict(_PLUGINS)
+    else:
+        from pm._amqtt_auth import plugin_config
+
+        plugins = plugin_config(**auth)
+    return {"listeners": {"default": listener}, "plugins": plugins}
 
 
 def bound_endpoint(broker: Any) -> tuple[str, int]:
@@ -181,7 +190,13 @@ def _quiet_logging() -> None:
         logging.getLogger(name).addFilter(_puback_timeouts)
 
 
-async def serve(host: str, port: int, *, stock: bool = False) -> int:
+async def serve(
+    host: str,
+    port: int,
+    *,
+    stock: bool = False,
+    auth: dict[str, str] | None = None,
+) -> int:
     """Run the broker until SIGTERM/SIGINT; print the ready line once bound.
 
     Args:
@@ -189,6 +204,7 @@ async def serve(host: str, port: int, *, stock: bool = False) -> int:
       port: port to bind, 0 for any.
       stock: run amqtt's own ``Broker`` instead of :class:`PuppetmasterBroker`; only the
         benchmarks use it, to measure what our fixes change.
+      auth: see :func:`amqtt_config`.
 
     Returns:
       The process exit status (:data:`EXIT_OK` or :data:`EXIT_START_FAILED`).
@@ -208,12 +224,17 @@ async def serve(host: str, port: int, *, stock: bool = False) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    broker_class = Broker if stock else PuppetmasterBroker
-    broker = broker_class(amqtt_config(host, port), loop=loop)
-    # amqtt's string-configured plugin loading (PluginManager._load_str_plugins) forces topic
-    # filtering on even with no topic plugin, costing a coroutine call per publish and per
-    # delivery; there is no config key for it, so switch it off here.
-    broker.plugins_manager._is_topic_filtering_enabled = False
+    config = amqtt_config(host, port, auth=auth)
+    if stock:
+        broker: Broker = Broker(config, loop=loop)
+    else:
+        broker = PuppetmasterBroker(config, loop=loop, authenticate_first=auth is not None)
+    if auth is None:
+        # amqtt's string-configured plugin loading (PluginManager._load_str_plugins) forces
+        # topic filtering on even with no topic plugin, costing a coroutine call per publish
+        # and per delivery; there is no config key for it, so switch it off here. With auth
+        # the topic ACL plugin needs it.
+        broker.plugins_manager._is_topic_filtering_enabled = False
     try:
         await broker.start()
     except BrokerError as error:
@@ -233,7 +254,15 @@ async def serve(host: str, port: int, *, stock: bool = False) -> int:
     return EXIT_OK
 
 
-def _parse_arguments(argv: Sequence[str]) -> tuple[str, int, int | None, bool]:
+class _Arguments(NamedTuple):
+    host: str
+    port: int
+    parent: int | None
+    stock: bool
+    auth: dict[str, str] | None
+
+
+def _parse_arguments(argv: Sequence[str]) -> _Arguments:
     parser = argparse.ArgumentParser(prog="python -m pm._broker_process")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
@@ -249,6 +278,11 @@ def _parse_arguments(argv: Sequence[str]) -> tuple[str, int, int | None, bool]:
         action="store_true",
         help="amqtt's own Broker, without our fixes (benchmarks only)",
     )
+    parser.add_argument(
+        "--auth",
+        help="JSON object: pm._amqtt_auth.plugin_config arguments (gateway password: "
+        "environment variable PM_BROKER_GATEWAY_PASSWORD)",
+    )
     arguments = parser.parse_args(argv)
     host: str = arguments.host
     port: int = arguments.port
@@ -261,7 +295,19 @@ def _parse_arguments(argv: Sequence[str]) -> tuple[str, int, int | None, bool]:
             parser.error(f"--config is not a JSON object with host/port: {error}")
     if not 0 <= port <= 65535:
         parser.error(f"--port {port} is out of range")
-    return host, port, arguments.parent_pid, arguments.stock_amqtt
+    auth: dict[str, str] | None = None
+    if arguments.auth is not None:
+        try:
+            auth = {str(key): str(value) for key, value in json.loads(arguments.auth).items()}
+        except (ValueError, AttributeError) as error:
+            parser.error(f"--auth is not a JSON object: {error}")
+    return _Arguments(
+        host,
+        port,
+        arguments.parent_pid,
+        arguments.stock_amqtt,
+        auth,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     that is already gone gives :data:`EXIT_ORPHANED`; if ``prctl`` is unavailable the
     broker still runs (a warning says an orphan is possible).
     """
-    host, port, parent, stock = _parse_arguments(sys.argv[1:] if argv is None else argv)
+    arguments = _parse_arguments(sys.argv[1:] if argv is None else argv)
+    parent = arguments.parent
     try:
         set_parent_death_signal(signal.SIGKILL)
     except OSError as error:
@@ -289,7 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parent is not None and os.getppid() != parent:
         return EXIT_ORPHANED
     _quiet_logging()
-    return asyncio.run(serve(host, port, stock=stock))
+    return asyncio.run(
+        serve(
+            arguments.host,
+            arguments.port,
+            stock=arguments.stock,
+            auth=arguments.auth,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ SIGKILLed gateway, and the kernel ties that signal to the *thread* that forked i
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import signal
@@ -34,7 +35,8 @@ import msgspec
 import trio
 
 from pm._broker_process import EXIT_START_FAILED, READY_PREFIX
-from pm.config import BrokerConfig
+from pm.config import BrokerConfig, Config
+from pm.passwords import DEFAULT_GATEWAY_USERNAME, GATEWAY_PASSWORD_ENV, generate_password
 
 logger = logging.getLogger("pm.broker")
 
@@ -98,6 +100,53 @@ class RestartBackoff:
         return delay
 
 
+class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
+    """Device identity on the embedded broker (``broker.auth``): what the child enforces.
+
+    ``gateway_password`` reaches the child through its environment, never its command line,
+    and is left out of ``repr`` so no log line carries it.
+    """
+
+    password_file: str
+    gateway_username: str
+    gateway_password: str = msgspec.field(default="")
+    gateway_client_id: str
+    request_topic: str
+    response_topic: str
+
+    def __repr__(self) -> str:
+        return f"<BrokerAuth file={self.password_file!r} gateway={self.gateway_username!r}>"
+
+    def plugin_arguments(self) -> dict[str, str]:
+        """The JSON the child passes to ``pm._amqtt_auth.plugin_config`` (no password)."""
+        return {
+            "password_file": os.path.abspath(self.password_file),
+            "gateway_username": self.gateway_username,
+            "gateway_client_id": self.gateway_client_id,
+            "request_topic": self.request_topic,
+            "response_topic": self.response_topic,
+        }
+
+
+def broker_auth(config: Config) -> BrokerAuth | None:
+    """The embedded broker's auth settings, or ``None`` when ``broker.auth`` is off.
+
+    The gateway logs in as ``mqtt.username`` (default ``$puppetmaster``) with
+    ``mqtt.password``; an empty password is replaced by a random one made now, known only to
+    this gateway process and its broker child, and never logged.
+    """
+    if not (config.broker.embedded and config.broker.auth):
+        return None
+    return BrokerAuth(
+        password_file=config.broker.password_file,
+        gateway_username=config.mqtt.username or DEFAULT_GATEWAY_USERNAME,
+        gateway_password=config.mqtt.password or generate_password(),
+        gateway_client_id=config.mqtt.client_id,
+        request_topic=config.topics.request,
+        response_topic=config.topics.response,
+    )
+
+
 class EmbeddedBroker:
     """What ``nursery.start(run_embedded_broker, config)`` returns: the running broker.
 
@@ -112,10 +161,13 @@ class EmbeddedBroker:
       last_exit: the exit status of the previous child (negative: killed by that signal).
     """
 
-    def __init__(self, host: str, port: int, engine: str = "amqtt") -> None:
+    def __init__(
+        self, host: str, port: int, engine: str = "amqtt", auth: BrokerAuth | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.engine = engine
+        self.auth = auth
         self.pid: int | None = None
         self.restarts = 0
         self.running = False
@@ -179,6 +231,11 @@ def _child_command(host: str, port: int, engine: str = "amqtt") -> list[str]:
     ]
 
 
+def _auth_arguments(auth: BrokerAuth | None) -> list[str]:
+    # No password here: a command line is visible to every user in `ps`.
+    return [] if auth is None else ["--auth", json.dumps(auth.plugin_arguments())]
+
+
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -221,13 +278,17 @@ class _LineReader:
 class _Child:
     """One broker child process: its Popen, its output pipes and a way to await its exit."""
 
-    def __init__(self, host: str, port: int, engine: str) -> None:
+    def __init__(self, host: str, port: int, engine: str, auth: BrokerAuth | None) -> None:
+        environment = None
+        if auth is not None:
+            environment = {**os.environ, GATEWAY_PASSWORD_ENV: auth.gateway_password}
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         try:
             # Blocking fork on the trio thread, on purpose (see the module docstring).
             self.process = subprocess.Popen(
-                _child_command(host, port, engine),
+                _child_command(host, port, engine) + _auth_arguments(auth),
+                env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_write,
                 stderr=stderr_write,
@@ -335,7 +396,7 @@ async def _run_child(
     Error handling: raises :class:`BrokerStartError` if it does not become ready; on
     cancellation the child is stopped (shielded) before ``Cancelled`` propagates.
     """
-    child = _Child(broker.host, port, broker.engine)
+    child = _Child(broker.host, port, broker.engine, broker.auth)
     broker._process = child.process
     broker.pid = child.pid
     try:
@@ -405,6 +466,7 @@ async def _start_failure(
 async def run_embedded_broker(
     config: BrokerConfig,
     *,
+    auth: BrokerAuth | None = None,
     start_timeout: float = START_TIMEOUT,
     task_status: trio.TaskStatus[EmbeddedBroker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -428,6 +490,7 @@ async def run_embedded_broker(
 
     Args:
       config: host and port to bind; port 0 picks a free port once, then keeps it.
+      auth: device identity and topic ACL (:func:`broker_auth`); ``None``: anonymous access.
       start_timeout: seconds each child has to print its ready line.
       task_status: for ``nursery.start``.
 
@@ -438,7 +501,12 @@ async def run_embedded_broker(
     child's exit status and last stderr lines) out of ``nursery.start``, so a misconfigured
     gateway stops at once. Later failures are logged and retried as above.
     """
-    broker = EmbeddedBroker(config.host, config.port, config.engine)
+    if auth is not None and config.engine != "amqtt":
+        raise BrokerStartError(
+            "broker.auth is implemented for the amqtt engine only; with mosquitto use its "
+            "password_file and acl_file as an external broker (README, Security)"
+        )
+    broker = EmbeddedBroker(config.host, config.port, config.engine, auth)
     backoff = RestartBackoff()
     handed_over = False
 

@@ -60,6 +60,11 @@ class BrokerConfig(_Section):
     # Which broker the gateway embeds: "amqtt" (Python, always there) or "mosquitto" (the
     # binary must be installed; the gateway writes its config and supervises it).
     engine: typing.Literal["amqtt", "mosquitto"] = "amqtt"
+    # true: devices must log in (id + password from password_file) and may use only their own
+    # topics; anonymous clients are refused. amqtt engine only (README, Security).
+    auth: bool = False
+    # Lines "device_id:salted hash", managed with `pm devices add|remove|list`.
+    password_file: str = "./devices.passwd"
 
 
 class MqttConfig(_Section):

@@ -59,6 +59,11 @@ class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     seed: int = 0
     username: str = ""
     password: str = ""
+    # Per-device credentials (an embedded broker with broker.auth): when set, each device
+    # logs in on its own connection as its id with this password (`pm devices add ID
+    # --password P` for every simulated id); `connections`, `username` and `password` are
+    # then ignored, since a broker ACL lets one login serve only one device.
+    device_password: str = ""
 
 
 def generate_mac_ids(count: int, prefix: str = "02:00") -> list[str]:
@@ -249,7 +254,8 @@ async def run_simulator(
         limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
         # Connections outlive this nursery: each is handed to the outer one once it is up.
         async with trio.open_nursery() as connecting:
-            for index, group in enumerate(_groups(simulator.devices, settings.connections)):
+            connections = None if settings.device_password else settings.connections
+            for index, group in enumerate(_groups(simulator.devices, connections)):
                 connecting.start_soon(
                     _run_connection, simulator, nursery, limiter, index, group, name=f"sim:{index}"
                 )
@@ -294,8 +300,8 @@ async def _serve_devices(
                     settings.host,
                     settings.port,
                     client_id=client_id,
-                    username=settings.username,
-                    password=settings.password,
+                    username=devices[0] if settings.device_password else settings.username,
+                    password=settings.device_password or settings.password,
                     on_message=on_message,
                 ) as client:
                     client_box.append(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 from typing import Any
 
@@ -34,6 +35,8 @@ from ._errors import EXIT_OK, CliError
 DEFAULT_DEVICES = 10
 # Ids printed at start, enough to copy one into `pm submit --to` without flooding the screen.
 IDS_SHOWN = 5
+# Where --device-password is read from when not given (a command line is visible in `ps`).
+DEVICE_PASSWORD_ENV = "PM_DEVICE_PASSWORD"
 # Seconds without a connected fleet before saying the broker may be missing (and how often).
 CONNECT_WARNING_INTERVAL = 3.0
 
@@ -60,6 +63,12 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
     # The embedded broker takes anonymous clients; an external one may want the gateway's
     # credentials.
     external = not config.broker.embedded
+    device_password = args.device_password or os.environ.get(DEVICE_PASSWORD_ENV, "")
+    if config.broker.embedded and config.broker.auth and not device_password:
+        raise CliError(
+            "broker.auth is on: give --device-password (or $PM_DEVICE_PASSWORD), the password "
+            "the simulated ids were added with (`pm devices add ID --password P`)"
+        )
     return SimulatorSettings(
         host=host,
         port=port,
@@ -75,6 +84,7 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
         seed=args.seed,
         username=config.mqtt.username if external else "",
         password=config.mqtt.password if external else "",
+        device_password=device_password,
     )
 
 
@@ -234,6 +244,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="N", help="random seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--device-password",
+        metavar="P",
+        help="with broker.auth: every device logs in as its id with P, one connection each "
+        f"(default: ${DEVICE_PASSWORD_ENV}, which keeps P out of `ps`)",
     )
     parser.add_argument(
         "--stats-interval",

@@ -93,6 +93,8 @@ _PINNED_SOURCES = {
     "_del_all_subscriptions": "615579810f47d1e0",
     "_publish_retained_messages_for_subscription": "d6ad257821ba29ef",
     "_matches": "c03b25d98f4c0a34",
+    # copied, with the authentication moved first, when broker.auth is on
+    "_initialize_client_session": "5dd89158bbe46266",
 }
 
 

@@ -1,0 +1,252 @@
+"""Device identity and topic ACLs: the embedded amqtt broker with ``broker.auth``, and the
+equivalent mosquitto ``password_file`` + ``acl_file`` for an external broker. Every check
+uses real MQTT connections."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+import trio
+
+from pm.mqtt import MqttSubscribeError, open_mqtt_client
+from pm.passwords import hash_password, write_password_file
+
+from .conftest import GatewayFactory, SimulatorFactory
+from .test_dispatch import entry, post_job, wait_final
+from .test_mqtt import Inbox
+
+if TYPE_CHECKING:
+    from conftest import MosquittoBroker
+
+SECRET = "fleet-test-secret"
+GATEWAY = {"username": "gw", "password": "gateway-secret"}
+_GUARD = 20.0
+
+
+def _connect_packet(client_id: str, username: str | None, password: str | None) -> bytes:
+    """An MQTT 3.1.1 CONNECT, built by hand so a refusal is observed as raw bytes."""
+
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    flags = 0x02  # clean session
+    payload = string(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += string(password)
+    body = string("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big") + payload
+    assert len(body) < 128
+    return bytes([0x10, len(body)]) + body
+
+
+async def _connack_code(
+    host: str, port: int, client_id: str, username: str | None, password: str | None
+) -> int:
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(_connect_packet(client_id, username, password))
+        connack = b""
+        while len(connack) < 4:
+            chunk = await stream.receive_some(4 - len(connack))
+            assert chunk, "connection closed before CONNACK"
+            connack += chunk
+    assert connack[:2] == b"\x20\x02"
+    return connack[3]
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "devices.passwd"
+    write_password_file(path, {"dev-a": hash_password(SECRET), "dev-b": hash_password(SECRET)})
+    return path
+
+
+async def _start_auth_gateway(start_gateway: GatewayFactory, password_file: Path) -> tuple:
+    gateway = await start_gateway(
+        broker={"auth": True, "password_file": str(password_file)},
+        mqtt=GATEWAY,
+        tasks={"default_timeout": 5},
+    )
+    return gateway, gateway.mqtt_host, gateway.mqtt_port
+
+
+async def test_logins_are_checked(start_gateway: GatewayFactory, password_file: Path) -> None:
+    with trio.fail_after(_GUARD):
+        gateway, host, port = await _start_auth_gateway(start_gateway, password_file)
+        assert gateway.mqtt is not None and gateway.mqtt.connected
+        # CONNACK 5: not authorized.
+        assert await _connack_code(host, port, "anon", None, None) == 5
+        assert await _connack_code(host, port, "wrong", "dev-a", "not-it") == 5
+        assert await _connack_code(host, port, "nobody", "dev-z", SECRET) == 5
+        assert await _connack_code(host, port, "gw-wrong", "gw", SECRET) == 5
+        assert await _connack_code(host, port, "sim-dev-a", "dev-a", SECRET) == 0
+        # A device may not use the gateway's client id, and a refused login must not take
+        # over (or delete) the gateway's session: the gateway stays connected and subscribed.
+        gateway_id = gateway.config.mqtt.client_id
+        assert await _connack_code(host, port, gateway_id, "dev-a", SECRET) == 5
+        assert await _connack_code(host, port, gateway_id, None, None) == 5
+        await trio.sleep(0.2)
+        assert gateway.mqtt.connected and gateway.mqtt.reconnects == 0
+
+
+async def test_a_device_only_reaches_its_own_topics(
+    start_gateway: GatewayFactory, password_file: Path
+) -> None:
+    with trio.fail_after(_GUARD):
+        _, host, port = await _start_auth_gateway(start_gateway, password_file)
+        spy = Inbox()
+        device_b = Inbox()
+        async with (
+            # A second gateway login (its own client id) watches every topic.
+            open_mqtt_client(host, port, client_id="spy", on_message=spy, **GATEWAY) as watcher,
+            open_mqtt_client(
+                host,
+                port,
+                client_id="sim-dev-a",
+                on_message=Inbox(),
+                username="dev-a",
+                password=SECRET,
+            ) as a,
+            open_mqtt_client(
+                host,
+                port,
+                client_id="sim-dev-b",
+                on_message=device_b,
+                username="dev-b",
+                password=SECRET,
+            ) as b,
+        ):
+            await watcher.subscribe("/remote/#", qos=1)
+            await a.subscribe("/remote/dev-a", qos=1)
+            # amqtt answers the refused filter with SUBACK 0x80; MqttClient raises.
+            with pytest.raises(MqttSubscribeError, match="'/remote/dev-b'"):
+                await a.subscribe("/remote/dev-b", qos=1)
+            with pytest.raises(MqttSubscribeError):
+                await a.subscribe("/remote/+/response", qos=1)
+            await b.subscribe("/remote/dev-b", qos=1)
+            # Forged by dev-a: an answer for dev-b, and a request to dev-b. amqtt drops both
+            # silently (still PUBACKs them), so nothing may arrive.
+            await a.publish_when_connected("/remote/dev-b/response", b'{"forged": 1}')
+            await a.publish_when_connected("/remote/dev-b", b'{"forged": 2}')
+            await trio.sleep(0.3)
+            # dev-b's own answer passes; it is the only message the watcher sees.
+            await b.publish_when_connected("/remote/dev-b/response", b'{"genuine": 1}')
+            topic, payload = await spy.receive.receive()
+            assert (topic, payload) == ("/remote/dev-b/response", b'{"genuine": 1}')
+            await trio.sleep(0.3)
+            assert spy.receive.statistics().current_buffer_used == 0
+            assert device_b.receive.statistics().current_buffer_used == 0
+
+
+async def test_a_job_reaches_authenticated_devices(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    password_file: Path,
+    http: object,
+) -> None:
+    with trio.fail_after(_GUARD):
+        gateway, _, _ = await _start_auth_gateway(start_gateway, password_file)
+        await start_simulator(gateway, ["dev-a", "dev-b"], device_password=SECRET)
+        client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
+        created = await post_job(client, entry(["dev-a", "dev-b"]))
+        job = await wait_final(client, created["id"])
+        assert job["status"] == "resolved"
+        assert job["doneCount"] == 2 and job["errorCount"] == 0
+
+
+async def test_the_gateway_generates_its_own_broker_password(
+    start_gateway: GatewayFactory, password_file: Path
+) -> None:
+    with trio.fail_after(_GUARD):
+        gateway = await start_gateway(broker={"auth": True, "password_file": str(password_file)})
+        assert gateway.mqtt is not None and gateway.mqtt.connected
+        host, port = gateway.mqtt_host, gateway.mqtt_port
+        assert await _connack_code(host, port, "guess", "$puppetmaster", "") == 5
+
+
+# -- mosquitto: the documented password_file + acl_file -----------------------------------
+
+
+def mosquitto_acl(gateway_user: str) -> str:
+    """The acl_file of README's Security section (default topic templates)."""
+    return (
+        f"user {gateway_user}\n"
+        "topic write /remote/+\n"
+        "topic read /remote/+/response\n"
+        "\n"
+        "pattern read /remote/%u\n"
+        "pattern write /remote/%u/response\n"
+    )
+
+
+def _write_mosquitto_files(passwords: Path, acl: Path) -> None:
+    """The password file (made by mosquitto_passwd) and the acl_file of README's example."""
+    mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(mosquitto_passwd).exists():
+        pytest.fail("mosquitto_passwd not found: it comes with the mosquitto package")
+    users = {"gw": GATEWAY["password"], "dev-a": SECRET, "dev-b": SECRET}
+    for number, (user, password) in enumerate(users.items()):
+        create = ["-c"] if number == 0 else []
+        subprocess.run(
+            [mosquitto_passwd, *create, "-b", str(passwords), user, password],
+            check=True,
+            capture_output=True,
+        )
+    acl.write_text(mosquitto_acl("gw"))
+
+
+async def test_mosquitto_password_and_acl_files(
+    mosquitto: MosquittoBroker,
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: object,
+    tmp_path: Path,
+) -> None:
+    passwords, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
+    await trio.to_thread.run_sync(_write_mosquitto_files, passwords, acl)
+    await trio.to_thread.run_sync(mosquitto.stop)
+    # configure() writes "allow_anonymous true" first; mosquitto keeps the last value. Run as
+    # root (CI containers), mosquitto would switch to user "mosquitto", which cannot read the
+    # test's private temporary directory: "user root" keeps it as it is.
+    stay_root = "user root\n" if os.geteuid() == 0 else ""
+    mosquitto.configure(
+        f"password_file {passwords}\nacl_file {acl}\nallow_anonymous false\n{stay_root}"
+    )
+    await trio.to_thread.run_sync(mosquitto.start)
+    host, port = mosquitto.host, mosquitto.port
+
+    with trio.fail_after(_GUARD):
+        assert await _connack_code(host, port, "anon", None, None) == 5
+        assert await _connack_code(host, port, "wrong", "dev-a", "nope") == 5
+        gateway = await start_gateway(
+            broker={"embedded": False},
+            mqtt={**GATEWAY, "host": host, "port": port},
+            tasks={"default_timeout": 5},
+        )
+        await start_simulator(gateway, ["dev-a", "dev-b"], device_password=SECRET)
+        client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
+        job = await wait_final(client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"])
+        assert job["status"] == "resolved" and job["doneCount"] == 2
+
+        # dev-a asks for dev-b's requests: mosquitto 2.0.11 grants the SUBSCRIBE (MQTT 3.1.1)
+        # but must deliver nothing; dev-b (the simulator) still gets and answers them.
+        nosy = Inbox()
+        async with open_mqtt_client(
+            host, port, client_id="nosy-dev-a", on_message=nosy, username="dev-a", password=SECRET
+        ) as intruder:
+            await intruder.subscribe("/remote/dev-b", qos=1)
+            await intruder.subscribe("/remote/+/response", qos=1)
+            job = await wait_final(client, (await post_job(client, entry("dev-b")))["id"])
+            assert job["status"] == "resolved"
+            await trio.sleep(0.3)
+            assert nosy.receive.statistics().current_buffer_used == 0
