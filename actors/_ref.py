@@ -86,8 +86,23 @@ class ActorRef(Generic[Message]):
     async def tell(self, message: Message) -> None:
         """Send, waiting while the mailbox is full (back-pressure on the sender).
 
+        Not a checkpoint when the mailbox has room: the message is queued at once and the
+        sender goes on. A sender that tells in a loop without waiting on anything else must
+        checkpoint itself (``trio.lowlevel.checkpoint()``) now and then to let others run.
+
         Error handling: raises :class:`ActorStopped` if the actor has ended.
         """
+        # Fast path: a scheduler round trip per message (trio's send() always yields) was
+        # most of the cost of MemorySendChannel.send, ~10% of the gateway's CPU in a
+        # 10k-task job. FIFO holds: trio moves a blocked sender's message into the buffer
+        # as soon as room appears, so a full buffer with waiting senders still refuses this.
+        try:
+            self._send.send_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorStopped(self.name) from None
         try:
             await self._send.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

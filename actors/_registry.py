@@ -41,6 +41,15 @@ class IdleInbox(Generic[Message]):
         return self
 
     async def __anext__(self) -> Message:
+        # Fast path: a message already queued (always, for a freshly spawned actor) is taken
+        # without opening a timed cancel scope; scopes and trio's deadline heap upkeep
+        # (Deadlines._prune) were ~10% of the gateway's CPU in a 10k-task job.
+        try:
+            return self._inbox.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
         with trio.move_on_after(self._idle_timeout):
             try:
                 return await self._inbox.receive()

@@ -276,25 +276,29 @@ class Fleet:
                     # restart) is sent again until answered, at growing intervals: a broker
                     # can lose the re-send too (amqtt races a retained publish against a
                     # concurrent subscribe), and devices replay answers to repeated ids.
-                    suspect = in_flight.retained
-                    with trio.move_on_after(resend_delay if suspect else math.inf) as waiting:
+                    if not in_flight.retained:
+                        # The common case needs no timer of its own (the task scope bounds
+                        # it): a cancel scope per answer wait cost ~3% of the gateway's CPU.
                         answer = await answers.receive()
-                    if waiting.cancelled_caught:
-                        sent = self._publisher.publish(topic, payload, retain=True)
-                        if sent:
-                            self.republished += 1
-                        # Only suspect requests get here (after a reconnect or a restart).
-                        logger.info(
-                            "task %d of job %d on device %s: no answer after %g s, %s",
-                            task.id,
-                            job.id,
-                            device,
-                            resend_delay,
-                            "re-sent" if sent else "re-send deferred (broker disconnected)",
-                            extra=_ids(task, device, resend_delay=resend_delay, resent=sent),
-                        )
-                        resend_delay = min(resend_delay * 2, RESEND_MAX_DELAY)
-                        continue
+                    else:
+                        with trio.move_on_after(resend_delay) as waiting:
+                            answer = await answers.receive()
+                        if waiting.cancelled_caught:
+                            sent = self._publisher.publish(topic, payload, retain=True)
+                            if sent:
+                                self.republished += 1
+                            # Only suspect requests get here (after a reconnect or a restart).
+                            logger.info(
+                                "task %d of job %d on device %s: no answer after %g s, %s",
+                                task.id,
+                                job.id,
+                                device,
+                                resend_delay,
+                                "re-sent" if sent else "re-send deferred (broker disconnected)",
+                                extra=_ids(task, device, resend_delay=resend_delay, resent=sent),
+                            )
+                            resend_delay = min(resend_delay * 2, RESEND_MAX_DELAY)
+                            continue
                     if answer is None or answer.id != task.id:
                         continue  # None: a nudge to re-evaluate (the request became suspect)
                     if answer.code == PROGRESS_CODE:

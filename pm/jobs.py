@@ -197,6 +197,11 @@ class Job:
                 return
             if not task.final:  # a resumed job skips what was settled before the restart
                 await self._fleet.dispatch(task, self)
+                # dispatch() does not yield while the device's mailbox has room. Yielding
+                # here lets each device actor run before the next task is handed out, so
+                # requests are published in dispatch order (trio runs the tasks woken in one
+                # scheduler batch in either order); batching without it reordered them.
+                await trio.lowlevel.checkpoint()
 
     def _handle(self, message: JobMessage) -> None:
         record = self.record

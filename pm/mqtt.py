@@ -639,7 +639,8 @@ async def open_mqtt_client(
       keepalive: MQTT keepalive in seconds; a silent broker is declared lost after one to two
         keepalive periods (plus up to a second).
       reconnect_min_delay, reconnect_max_delay: Bounds of the jittered exponential backoff.
-      max_inflight: QoS 1 messages paho keeps unacknowledged before it queues locally.
+      max_inflight: QoS 1 messages paho keeps unacknowledged before it queues locally; 0
+        for no cap (paho then skips its O(outstanding) scan on every PUBACK).
       on_connect: Called as ``on_connect(generation)`` after every successful connection, once
         the subscriptions are restored (generation 1 is the first connection).
 

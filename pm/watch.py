@@ -44,6 +44,10 @@ class JobFeed:
         self.final_message: bytes | None = None
         self.watchers = 0
         self._changed = trio.Event()
+        # The encoded snapshot of job_version _snapshot_version: N watchers due a snapshot of
+        # the same version share one view and one encoding instead of building N.
+        self._snapshot_message = b""
+        self._snapshot_version = -1
 
     @property
     def first_sequence(self) -> int:
@@ -55,6 +59,13 @@ class JobFeed:
 
     def messages_from(self, sequence: int) -> Iterator[bytes]:
         return islice(self._log, sequence - self.first_sequence, None)
+
+    def snapshot_message(self) -> bytes:
+        """The current job snapshot, encoded; built at most once per ``job_version``."""
+        if self._snapshot_version != self.job_version:
+            self._snapshot_message = encode_job_message(self.snapshot())
+            self._snapshot_version = self.job_version
+        return self._snapshot_message
 
     def task_changed(self, view_of_task: Callable[[], TaskView]) -> None:
         """Record a task change; the view is built and encoded only if someone listens."""
@@ -149,4 +160,4 @@ class Watcher:
     def _snapshot(self, now: float) -> bytes:
         self._sent_job_version = self._feed.job_version
         self._next_snapshot_at = now + self._interval
-        return encode_job_message(self._feed.snapshot())
+        return self._feed.snapshot_message()
