@@ -179,7 +179,8 @@ class Fleet:
         """After a reconnect: send every in-flight request again, with the same task id.
 
         The broker may have lost them (a restarted embedded broker keeps no sessions), so
-        delivery is at least once; a device can drop a repeated id. They go out *retained*:
+        delivery is at least once; a device replays its answer to a repeated id
+        (docs/protocol.md). They go out *retained*:
         a device that reconnects and resubscribes after this moment still receives its
         request, from the broker, the moment it subscribes.
         """
