@@ -76,6 +76,8 @@ def amqtt_config(
     port: int,
     *,
     auth: dict[str, str] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> dict[str, Any]:
     """Build the amqtt broker configuration: one TCP listener, its auth plugins, nothing else.
 
@@ -86,12 +88,16 @@ def amqtt_config(
       port: port to bind; 0 lets the kernel choose.
       auth: ``None`` for anonymous access, else the keyword arguments of
         :func:`pm._amqtt_auth.plugin_config` (device identity and topic ACL).
+      certfile, keyfile: PEM certificate chain and private key; both given, the listener
+        speaks only TLS (amqtt's ``_create_ssl_context``: client certificates optional).
 
     Returns:
       A dictionary for ``amqtt.broker.Broker(config=...)``.
     """
     # max_connections 0 means no semaphore on accept (amqtt: > 0 enables one).
     listener: dict[str, Any] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}
+    if certfile and keyfile:
+        listener.update(ssl=True, certfile=certfile, keyfile=keyfile)
     if auth is None:
         plugins = dict(_PLUGINS)
     else:
@@ -196,6 +202,8 @@ async def serve(
     *,
     stock: bool = False,
     auth: dict[str, str] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> int:
     """Run the broker until SIGTERM/SIGINT; print the ready line once bound.
 
@@ -204,7 +212,7 @@ async def serve(
       port: port to bind, 0 for any.
       stock: run amqtt's own ``Broker`` instead of :class:`PuppetmasterBroker`; only the
         benchmarks use it, to measure what our fixes change.
-      auth: see :func:`amqtt_config`.
+      auth, certfile, keyfile: see :func:`amqtt_config`.
 
     Returns:
       The process exit status (:data:`EXIT_OK` or :data:`EXIT_START_FAILED`).
@@ -224,7 +232,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    config = amqtt_config(host, port, auth=auth)
+    config = amqtt_config(host, port, auth=auth, certfile=certfile, keyfile=keyfile)
     if stock:
         broker: Broker = Broker(config, loop=loop)
     else:
@@ -260,6 +268,8 @@ class _Arguments(NamedTuple):
     parent: int | None
     stock: bool
     auth: dict[str, str] | None
+    certfile: str | None
+    keyfile: str | None
 
 
 def _parse_arguments(argv: Sequence[str]) -> _Arguments:
@@ -283,7 +293,11 @@ def _parse_arguments(argv: Sequence[str]) -> _Arguments:
         help="JSON object: pm._amqtt_auth.plugin_config arguments (gateway password: "
         "environment variable PM_BROKER_GATEWAY_PASSWORD)",
     )
+    parser.add_argument("--certfile", help="PEM certificate chain: the listener speaks TLS")
+    parser.add_argument("--keyfile", help="PEM private key of --certfile")
     arguments = parser.parse_args(argv)
+    if (arguments.certfile is None) != (arguments.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
     host: str = arguments.host
     port: int = arguments.port
     if arguments.config is not None:
@@ -307,6 +321,8 @@ def _parse_arguments(argv: Sequence[str]) -> _Arguments:
         arguments.parent_pid,
         arguments.stock_amqtt,
         auth,
+        arguments.certfile,
+        arguments.keyfile,
     )
 
 
@@ -342,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.port,
             stock=arguments.stock,
             auth=arguments.auth,
+            certfile=arguments.certfile,
+            keyfile=arguments.keyfile,
         )
     )
 

@@ -153,6 +153,7 @@ class EmbeddedBroker:
     Attributes:
       host: the address clients connect to.
       engine: ``"amqtt"`` or ``"mosquitto"`` (``broker.engine``).
+      tls: ``(certfile, keyfile)`` when the listener speaks only TLS, else ``None``.
       port: the port bound by the first child (the actual one when configured as 0); every
         restart binds this same port so clients reconnect to the same address.
       pid: the current child's process id, ``None`` between children.
@@ -162,12 +163,19 @@ class EmbeddedBroker:
     """
 
     def __init__(
-        self, host: str, port: int, engine: str = "amqtt", auth: BrokerAuth | None = None
+        self,
+        host: str,
+        port: int,
+        engine: str = "amqtt",
+        auth: BrokerAuth | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.engine = engine
         self.auth = auth
+        # (certfile, keyfile), absolute, when the listener speaks only TLS.
+        self.tls = tls
         self.pid: int | None = None
         self.restarts = 0
         self.running = False
@@ -236,6 +244,26 @@ def _auth_arguments(auth: BrokerAuth | None) -> list[str]:
     return [] if auth is None else ["--auth", json.dumps(auth.plugin_arguments())]
 
 
+def _tls_files(config: BrokerConfig) -> tuple[str, str] | None:
+    """``(certfile, keyfile)`` made absolute (the child may not share our working directory).
+
+    Error handling: :class:`BrokerStartError` for TLS with the mosquitto engine.
+    """
+    if not config.tls:
+        return None
+    if config.engine != "amqtt":
+        raise BrokerStartError(
+            "broker.certfile/keyfile (TLS) are implemented for the amqtt engine only; with "
+            "mosquitto configure its listener's certfile/keyfile and run it as an external "
+            "broker (broker.embedded = false, mqtt.tls = true)"
+        )
+    return os.path.abspath(config.certfile), os.path.abspath(config.keyfile)
+
+
+def _tls_arguments(tls: tuple[str, str] | None) -> list[str]:
+    return [] if tls is None else ["--certfile", tls[0], "--keyfile", tls[1]]
+
+
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -278,7 +306,14 @@ class _LineReader:
 class _Child:
     """One broker child process: its Popen, its output pipes and a way to await its exit."""
 
-    def __init__(self, host: str, port: int, engine: str, auth: BrokerAuth | None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        engine: str,
+        auth: BrokerAuth | None,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         environment = None
         if auth is not None:
             environment = {**os.environ, GATEWAY_PASSWORD_ENV: auth.gateway_password}
@@ -287,7 +322,7 @@ class _Child:
         try:
             # Blocking fork on the trio thread, on purpose (see the module docstring).
             self.process = subprocess.Popen(
-                _child_command(host, port, engine) + _auth_arguments(auth),
+                _child_command(host, port, engine) + _auth_arguments(auth) + _tls_arguments(tls),
                 env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_write,
@@ -396,7 +431,7 @@ async def _run_child(
     Error handling: raises :class:`BrokerStartError` if it does not become ready; on
     cancellation the child is stopped (shielded) before ``Cancelled`` propagates.
     """
-    child = _Child(broker.host, port, broker.engine, broker.auth)
+    child = _Child(broker.host, port, broker.engine, broker.auth, broker.tls)
     broker._process = child.process
     broker.pid = child.pid
     try:
@@ -491,6 +526,7 @@ async def run_embedded_broker(
     Args:
       config: host and port to bind; port 0 picks a free port once, then keeps it.
       auth: device identity and topic ACL (:func:`broker_auth`); ``None``: anonymous access.
+        ``config.certfile``/``keyfile`` set: the listener speaks only TLS (amqtt only).
       start_timeout: seconds each child has to print its ready line.
       task_status: for ``nursery.start``.
 
@@ -506,7 +542,7 @@ async def run_embedded_broker(
             "broker.auth is implemented for the amqtt engine only; with mosquitto use its "
             "password_file and acl_file as an external broker (README, Security)"
         )
-    broker = EmbeddedBroker(config.host, config.port, config.engine, auth)
+    broker = EmbeddedBroker(config.host, config.port, config.engine, auth, _tls_files(config))
     backoff = RestartBackoff()
     handed_over = False
 

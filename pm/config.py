@@ -65,6 +65,18 @@ class BrokerConfig(_Section):
     auth: bool = False
     # Lines "device_id:salted hash", managed with `pm devices add|remove|list`.
     password_file: str = "./devices.passwd"
+    # PEM certificate chain and private key: both set = the listener speaks only MQTT over
+    # TLS, both empty = plain TCP. amqtt engine only.
+    certfile: str = ""
+    keyfile: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("broker.certfile and broker.keyfile must be set together (or neither)")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
 
 
 class MqttConfig(_Section):
@@ -77,6 +89,12 @@ class MqttConfig(_Section):
     keepalive: int = 30
     reconnect_min_delay: float = 0.1
     reconnect_max_delay: float = 5.0
+    # true: MQTT over TLS to the external broker. The embedded broker is reached over TLS
+    # whenever broker.certfile is set, whatever this says.
+    tls: bool = False
+    # PEM file of the certificates trusted for the broker's; empty = the system's defaults
+    # (for the embedded broker: broker.certfile itself, a self-signed certificate works).
+    ca_file: str = ""
 
 
 class TopicsConfig(_Section):
@@ -158,6 +176,18 @@ class Config(_Section):
         if self.broker.embedded:
             return self.broker.host, self.broker.port
         return self.mqtt.host, self.mqtt.port
+
+    @property
+    def mqtt_tls(self) -> bool:
+        """Whether the gateway's MQTT client speaks TLS to its broker."""
+        return self.broker.tls if self.broker.embedded else self.mqtt.tls
+
+    @property
+    def mqtt_ca_file(self) -> str:
+        """The gateway client's trust anchor; empty means the system's defaults."""
+        if self.mqtt.ca_file or not self.broker.embedded:
+            return self.mqtt.ca_file
+        return self.broker.certfile
 
 
 SECTIONS: dict[str, type[_Section]] = {

@@ -4,6 +4,7 @@ Layers, outermost first (shutdown goes the other way, inner layers first):
 
 1. the embedded broker (unless ``broker.embedded = false``), a supervised child process;
 2. the MQTT client, connected to it (or to the external broker) and subscribed to answers;
+   over TLS when ``broker.certfile`` is set (embedded) or ``mqtt.tls`` (external);
 3. the engine: job and device actors;
 4. the HTTP/WebSocket server (hypercorn serving the quart-trio app), over TLS when
    ``http.certfile`` and ``http.keyfile`` are set (``Gateway.http_url`` is then https://).
@@ -92,6 +93,7 @@ async def run_gateway(
     """
     gateway = Gateway(config)
     check_http_tls(config)
+    check_broker_tls(config)
     async with trio.open_nursery() as services:
         host, port = config.mqtt_endpoint
         username, password = config.mqtt.username, config.mqtt.password
@@ -119,6 +121,8 @@ async def run_gateway(
             max_inflight=0,
             on_message=gateway._on_message,
             on_connect=gateway._on_connect,
+            tls=config.mqtt_tls,
+            tls_ca_file=config.mqtt_ca_file if config.mqtt_tls else None,
         ) as mqtt:
             gateway.mqtt = mqtt
             # Subscribed before the engine starts: resuming jobs re-send requests at once,
@@ -187,6 +191,33 @@ def check_http_tls(config: Config) -> None:
             f"cannot use http.certfile = {config.http.certfile!r} with "
             f"http.keyfile = {config.http.keyfile!r}: {error}"
         ) from None
+
+
+def check_broker_tls(config: Config) -> None:
+    """Load ``broker.certfile``/``broker.keyfile`` and ``mqtt.ca_file`` before anything starts.
+
+    Without it a bad file would surface as the broker child's exit status 3, or as a client
+    retrying a handshake forever. Error handling: raises :class:`~pm.config.ConfigError`
+    naming the keys.
+    """
+    broker = config.broker
+    if broker.embedded and broker.tls:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                broker.certfile, broker.keyfile
+            )
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"cannot use broker.certfile = {broker.certfile!r} with "
+                f"broker.keyfile = {broker.keyfile!r}: {error}"
+            ) from None
+    if config.mqtt_tls and config.mqtt.ca_file:
+        try:
+            ssl.create_default_context(cafile=config.mqtt.ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"cannot use mqtt.ca_file = {config.mqtt.ca_file!r}: {error}"
+            ) from None
 
 
 async def serve_until_signalled(

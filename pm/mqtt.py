@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -85,6 +86,8 @@ class MqttClient:
         reconnect_min_delay: float,
         reconnect_max_delay: float,
         max_inflight: int,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
     ) -> None:
         if not 0 < reconnect_min_delay <= reconnect_max_delay:
             raise ValueError("need 0 < reconnect_min_delay <= reconnect_max_delay")
@@ -103,6 +106,10 @@ class MqttClient:
         self._min_delay = reconnect_min_delay
         self._max_delay = reconnect_max_delay
         self._max_inflight = max_inflight
+        # Made once: loading the CA file is blocking I/O, and a bad file fails here, at once.
+        self._ssl_context: ssl.SSLContext | None = None
+        if tls or tls_ca_file:
+            self._ssl_context = ssl.create_default_context(cafile=tls_ca_file or None)
         # Filters the broker granted, restored after every reconnect (dicts keep their order).
         self._subscriptions: dict[str, int] = {}
         self._connection: _Connection | None = None
@@ -264,9 +271,13 @@ class MqttClient:
         # paho's default of 20 in flight caps request throughput; 0 = no cap on queued messages.
         client.max_inflight_messages_set(self._max_inflight)
         client.max_queued_messages_set(0)
+        if self._ssl_context is not None:
+            # Verifies the certificate chain and the host name; ssl.SSLError (an OSError) from
+            # the handshake is a failed attempt like any other.
+            client.tls_set_context(self._ssl_context)
         try:
-            # The only blocking call: DNS + TCP handshake. Abandoning it on cancel leaves at most
-            # one half-open socket to a client object nobody references.
+            # The only blocking call: DNS + TCP (+ TLS) handshake. Abandoning it on cancel leaves
+            # at most one half-open socket to a client object nobody references.
             await trio.to_thread.run_sync(
                 client.connect, self._host, self._port, self._keepalive, abandon_on_cancel=True
             )
@@ -403,7 +414,12 @@ class _Connection:
     async def read_loop(self) -> None:
         while True:
             try:
-                await trio.lowlevel.wait_readable(self.sock)
+                if _has_decrypted_bytes(self.sock):
+                    # TLS: the last wake-up left whole records decrypted in the SSL object,
+                    # which the kernel does not know about: waiting for the socket would stall.
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.wait_readable(self.sock)
             except trio.ClosedResourceError:
                 self.mark_lost("socket closed")
                 return
@@ -597,10 +613,19 @@ def _refusal(
     return MqttSubscribeError("broker refused subscription: " + ", ".join(refused))
 
 
+def _has_decrypted_bytes(sock: socket.socket) -> bool:
+    """TLS: whether the SSL object holds decrypted bytes not yet read (never, for plain TCP)."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
 def _has_pending_bytes(sock: socket.socket) -> bool:
+    if _has_decrypted_bytes(sock):
+        return True
     try:
-        # b"" (EOF) counts as pending: loop_read() must see it to report the loss.
-        sock.recv(1, socket.MSG_PEEK)
+        # b"" (EOF) counts as pending: loop_read() must see it to report the loss. For TLS this
+        # peeks at the raw socket (SSLSocket.recv refuses flags): encrypted bytes, perhaps only
+        # part of a record, which loop_read() then reports as "nothing yet".
+        socket.socket.recv(sock, 1, socket.MSG_PEEK)
     except BlockingIOError:
         return False
     except OSError:
@@ -622,6 +647,8 @@ async def open_mqtt_client(
     reconnect_max_delay: float = 5.0,
     max_inflight: int = 1000,
     on_connect: Callable[[int], None] | None = None,
+    tls: bool = False,
+    tls_ca_file: str | None = None,
 ) -> AsyncIterator[MqttClient]:
     """Connect to an MQTT broker and keep the connection up until the block exits.
 
@@ -643,6 +670,9 @@ async def open_mqtt_client(
         for no cap (paho then skips its O(outstanding) scan on every PUBACK).
       on_connect: Called as ``on_connect(generation)`` after every successful connection, once
         the subscriptions are restored (generation 1 is the first connection).
+      tls: speak MQTT over TLS, verifying the broker's certificate and host name.
+      tls_ca_file: PEM file of the CA certificate(s) trusted for the broker's; ``None`` or
+        empty: the system's defaults. Giving one implies ``tls``.
 
     Returns:
       An async context manager yielding the :class:`MqttClient`.
@@ -651,7 +681,8 @@ async def open_mqtt_client(
     counted in ``client.callback_errors``, never propagated. Connection loss is handled
     internally (see the module docstring). A restored subscription refused after a reconnect
     raises :exc:`MqttSubscribeError` out of the ``async with`` (inside an ExceptionGroup, as
-    for any failure of a task in a trio nursery).
+    for any failure of a task in a trio nursery). An unreadable ``tls_ca_file`` raises
+    :exc:`OSError` (or :exc:`ssl.SSLError`) before any connection is tried.
     """
     client = MqttClient(
         host,
@@ -665,6 +696,8 @@ async def open_mqtt_client(
         reconnect_min_delay=reconnect_min_delay,
         reconnect_max_delay=reconnect_max_delay,
         max_inflight=max_inflight,
+        tls=tls,
+        tls_ca_file=tls_ca_file,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(client._run)

@@ -64,6 +64,10 @@ class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # --password P` for every simulated id); `connections`, `username` and `password` are
     # then ignored, since a broker ACL lets one login serve only one device.
     device_password: str = ""
+    # MQTT over TLS: ``tls_ca_file`` is the PEM file trusted for the broker's certificate
+    # (setting it implies ``tls``); ``tls`` alone trusts the system's defaults.
+    tls: bool = False
+    tls_ca_file: str = ""
 
 
 def generate_mac_ids(count: int, prefix: str = "02:00") -> list[str]:
@@ -303,6 +307,8 @@ async def _serve_devices(
                     username=devices[0] if settings.device_password else settings.username,
                     password=settings.device_password or settings.password,
                     on_message=on_message,
+                    tls=settings.tls,
+                    tls_ca_file=settings.tls_ca_file or None,
                 ) as client:
                     client_box.append(client)
                     simulator._clients.append(client)

@@ -69,6 +69,9 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
             "broker.auth is on: give --device-password (or $PM_DEVICE_PASSWORD), the password "
             "the simulated ids were added with (`pm devices add ID --password P`)"
         )
+    # The broker's TLS follows the gateway's config unless --tls/--tls-ca say otherwise; the
+    # embedded broker's own certificate is the natural trust anchor for a local simulation.
+    tls_ca_file = args.tls_ca or (config.mqtt_ca_file if config.mqtt_tls else "")
     return SimulatorSettings(
         host=host,
         port=port,
@@ -85,6 +88,8 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
         username=config.mqtt.username if external else "",
         password=config.mqtt.password if external else "",
         device_password=device_password,
+        tls=args.tls or bool(tls_ca_file) or config.mqtt_tls,
+        tls_ca_file=tls_ca_file,
     )
 
 
@@ -250,6 +255,19 @@ def add_parser(subparsers: Any) -> None:
         metavar="P",
         help="with broker.auth: every device logs in as its id with P, one connection each "
         f"(default: ${DEVICE_PASSWORD_ENV}, which keeps P out of `ps`)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with MQTT over TLS even if the gateway's config does not say so "
+        "(trusting --tls-ca, else the config's mqtt.ca_file or broker.certfile, else the "
+        "system's CAs)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="connect with MQTT over TLS, trusting the CA certificate(s) in FILE (PEM), e.g. "
+        "the embedded broker's broker.certfile (default: mqtt.ca_file, else broker.certfile)",
     )
     parser.add_argument(
         "--stats-interval",
