@@ -24,7 +24,6 @@ delivery (``Action.RECEIVE``; always allowed here, the subscription check alread
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pm.passwords import (
     GATEWAY_PASSWORD_ENV,
     PasswordFileError,
     read_password_file,
+    secret_digest,
     verify_password,
 )
 
@@ -93,7 +93,7 @@ class DevicePasswordFile:
         encoded = self._entries.get(device)
         if encoded is None:
             return False
-        fingerprint = hashlib.sha256(password.encode("utf-8")).digest()
+        fingerprint = secret_digest(password)
         cached = self._verified.get(device)
         if cached is not None and cached[0] == encoded:
             return hmac.compare_digest(cached[1], fingerprint)
@@ -118,7 +118,8 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         config: DeviceAuthPlugin.Config = self.context.config  # type: ignore[assignment]
         self._gateway_username = config.gateway_username
         self._gateway_client_id = config.gateway_client_id
-        self._gateway_password = os.environ.pop(GATEWAY_PASSWORD_ENV, "").encode("utf-8")
+        self._gateway_password = os.environ.pop(GATEWAY_PASSWORD_ENV, "")
+        self._gateway_password_digest = secret_digest(self._gateway_password)
         self._devices = DevicePasswordFile(config.password_file, self.context.logger)
 
     async def authenticate(self, *, session: Session) -> bool | None:
@@ -129,8 +130,7 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         if username == self._gateway_username:
             # Digests, so the comparison time does not depend on the password's length either.
             return bool(self._gateway_password) and hmac.compare_digest(
-                hashlib.sha256(password.encode("utf-8")).digest(),
-                hashlib.sha256(self._gateway_password).digest(),
+                secret_digest(password), self._gateway_password_digest
             )
         if self._gateway_client_id and session.client_id == self._gateway_client_id:
             self.context.logger.warning(

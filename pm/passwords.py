@@ -42,6 +42,12 @@ class PasswordFileError(Exception):
     """The password file is malformed; the message names the file and line."""
 
 
+def secret_digest(secret: str) -> bytes:
+    """SHA-256 of a secret (token, password): comparing digests with
+    :func:`hmac.compare_digest` takes the same time whatever the secret's length."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
 def _b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 

@@ -10,17 +10,14 @@ nothing about which one matched either. Tokens are never logged or put in error 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
+
+from ..passwords import secret_digest
 
 SCHEME = "bearer"
 # What a 401 answers in WWW-Authenticate (RFC 6750 section 3).
 CHALLENGE = 'Bearer realm="puppetmaster"'
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class BearerTokens:
@@ -32,7 +29,7 @@ class BearerTokens:
 
     def __init__(self, tokens: Iterable[str]) -> None:
         # Only digests are kept, so a token cannot leak through a repr or a traceback.
-        self._digests = [_digest(token) for token in tokens]
+        self._digests = [secret_digest(token) for token in tokens]
 
     @property
     def required(self) -> bool:
@@ -54,7 +51,7 @@ class BearerTokens:
         candidate = bearer_token(authorization) if authorization is not None else query_token
         if candidate is None:
             return False
-        presented = _digest(candidate)
+        presented = secret_digest(candidate)
         matched = False
         for digest in self._digests:
             # `|` rather than `or`: every token is compared, whichever one matches.
