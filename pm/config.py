@@ -110,8 +110,10 @@ class TasksConfig(_Section):
     device_mailbox: int = 1024
     # A device actor with nothing to do for this many seconds is retired.
     device_idle_retire: float = 60.0
-    # Jobs kept in memory after they end; oldest finished ones are forgotten first.
-    max_finished_jobs: int = 10_000
+    # Tasks of finished jobs kept in memory (whole jobs, oldest forgotten first); the store
+    # serves the others. Counted in tasks, not jobs: memory (and the garbage collector's
+    # work) grows with the tasks held, and one job may hold 100k of them.
+    max_finished_tasks: int = 100_000
 
 
 class WatchersConfig(_Section):

@@ -81,7 +81,9 @@ class Engine:
         )
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}
-        self._finished: deque[int] = deque()
+        # Finished jobs still in memory, oldest first, with their task counts.
+        self._finished: deque[tuple[int, int]] = deque()
+        self._finished_tasks = 0
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -269,10 +271,16 @@ class Engine:
     def _job_ended(self, job: Job) -> None:
         if job.id not in self._jobs:
             return
-        self._finished.append(job.id)
-        # Keep memory bounded: forget the oldest finished jobs beyond the configured number.
-        while len(self._finished) > self.config.tasks.max_finished_jobs:
-            self._jobs.pop(self._finished.popleft(), None)
+        tasks = len(job.record.tasks)
+        self._finished.append((job.id, tasks))
+        self._finished_tasks += tasks
+        # Keep memory bounded: forget the oldest finished jobs beyond the configured number
+        # of tasks (the store has them). A job deleted meanwhile still counts until popped:
+        # the bound errs on the side of holding less.
+        while self._finished_tasks > self.config.tasks.max_finished_tasks:
+            job_id, tasks = self._finished.popleft()
+            self._finished_tasks -= tasks
+            self._jobs.pop(job_id, None)
 
     def _on_job_failure(self, failure: Failure[Any]) -> Directive:
         # The supervisor logs the traceback; this line says what it means for the job.

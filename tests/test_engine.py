@@ -270,3 +270,24 @@ async def test_failing_device_actor_errors_only_its_tasks(
     assert statuses == [("bad", "error"), ("good", "resolved"), ("bad", "error")]
     assert "injected bug" in job.record.tasks[0].result["error"]
     assert other.record.status == "resolved" and other.record.error_count == 0
+
+
+async def test_finished_jobs_held_in_memory_are_bounded_by_tasks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    publisher = RecordingPublisher()
+    config = Config(tasks=TasksConfig(max_finished_tasks=10), store=StoreConfig(path=":memory:"))
+    async with open_engine(config, publisher) as engine:
+        publisher.on_publish = lambda topic, request: answer(engine, request)
+        ids = []
+        for size in (4, 4, 4, 1):
+            job = await engine.submit(job_request(entry([f"d{i}" for i in range(size)])))
+            await job.ended.wait()
+            ids.append(job.id)
+        # 13 finished tasks > 10: the oldest job (4 tasks) is forgotten, 9 stay in memory.
+        assert [engine.get(job_id) is not None for job_id in ids] == [False, True, True, True]
+        # The store still serves the forgotten one, whole.
+        stored = await engine.find(ids[0])
+        assert stored is not None
+        assert stored.record.status == "resolved"
+        assert len(stored.record.tasks) == 4
