@@ -436,7 +436,15 @@ class _Connection:
     async def write_loop(self) -> None:
         while True:
             if self.paho.want_write():
-                rc = self.paho.loop_write()
+                # paho sends each queued packet with its own send(): corked, the kernel packs
+                # them into full segments instead of pushing one loopback/TCP segment per
+                # packet through the stack (that was ~16% of the gateway's CPU in a 10k-task
+                # burst). Uncorking flushes at once, so a lone packet is not delayed.
+                _set_cork(self.sock, True)
+                try:
+                    rc = self.paho.loop_write()
+                finally:
+                    _set_cork(self.sock, False)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._lost_with(rc)
                     return
@@ -611,6 +619,13 @@ def _refusal(
     if not refused:
         return None
     return MqttSubscribeError("broker refused subscription: " + ", ".join(refused))
+
+
+def _set_cork(sock: socket.socket, corked: bool) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(corked))
+    except OSError:
+        pass  # the socket is closed or failed: loop_write() reports that itself
 
 
 def _has_decrypted_bytes(sock: socket.socket) -> bool:

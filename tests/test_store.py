@@ -564,9 +564,9 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: 
             job_request((["a", "b"], "/1"), ("a", "/2"), ("a", "/3"), (["a", "b"], "/4"))
         )
         await wait_until(lambda: len(publisher.published) == 2)
-        answer(engine, publisher.published[0][1])  # a /1 resolves, a /2 goes out
+        answer(engine, publisher.requests_to("/remote/a")[0])  # a /1 resolves, a /2 goes out
         await wait_until(lambda: len(publisher.published) == 3)
-        assert [r["resource"] for _, r in publisher.published] == ["/1", "/1", "/2"]
+        assert [r["resource"] for r in publisher.requests_to("/remote/a")] == ["/1", "/2"]
         await wait_until(lambda: job.record.tasks[2].status == "sent")
         state["job"] = job.id
         state["ids"] = {(t.device, t.resource): t.id for t in job.record.tasks}

@@ -16,6 +16,7 @@ from ..logs import LOG_FORMATS, configure_logging
 from ._arguments import HelpFormatter, host_port, log_level_option
 from ._console import stdout_console
 from ._errors import EXIT_OK, CliError
+from ._runtime import tune_garbage_collector
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     # client command's start by a few hundred milliseconds.
     from ..gateway import serve_until_signalled
 
+    tune_garbage_collector()
     console = stdout_console()
     try:
         trio.run(serve_until_signalled, config, partial(announce, console))

@@ -31,6 +31,7 @@ from ._arguments import (
 )
 from ._console import stdout_console
 from ._errors import EXIT_OK, CliError
+from ._runtime import tune_garbage_collector
 
 DEFAULT_DEVICES = 10
 # Ids printed at start, enough to copy one into `pm submit --to` without flooding the screen.
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     settings = settings_from(args)
+    tune_garbage_collector()
     console = stdout_console()
     trio.run(simulate, settings, console, args.stats_interval)
     console.print("simulator stopped")
