@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # Tasks a job hands to device actors between two yields to the scheduler.
 FEED_CHUNK = 64
+# Reports a job's aggregator applies between two yields to the scheduler.
+AGGREGATE_CHUNK = 256
 
 
 class TaskSent(msgspec.Struct, frozen=True, tag=True):
@@ -172,10 +174,7 @@ class Job:
                 self._nursery = nursery
                 nursery.start_soon(self._feed_devices, name=f"job:{self.id}:feeder")
                 with trio.move_on_at(deadline):
-                    async for message in inbox:
-                        self._handle(message)
-                        if self.final:
-                            break
+                    await self._aggregate(inbox)
                 if not self.final:
                     self._finish("timeout")
                 # Stops the feeder and any report still being delivered.
@@ -193,6 +192,29 @@ class Job:
             self.ended.set()
             if self.final:
                 self._log_finished()
+
+    async def _aggregate(self, inbox: trio.MemoryReceiveChannel[JobMessage]) -> None:
+        """Apply reports until the job is final or the mailbox closes.
+
+        Reports already queued are taken without a scheduler round trip each (trio's
+        receive() always yields, and the aggregator would fall behind its devices and
+        fill its mailbox); it yields every AGGREGATE_CHUNK reports so others still run.
+        """
+        handled = 0
+        while not self.final:
+            try:
+                message = inbox.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    message = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
+            self._handle(message)
+            handled += 1
+            if handled % AGGREGATE_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
 
     async def _feed_devices(self) -> None:
         handed_out = 0
