@@ -7,6 +7,8 @@ fast instead of blocking CI.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 from typing import TYPE_CHECKING
 
@@ -77,6 +79,44 @@ async def test_burst_of_1000_qos1_messages_all_arrive(mosquitto: MosquittoBroker
                 assert source.publish(f"burst/{n % 7}", str(n).encode())
             received = {int((await inbox.receive.receive())[1]) for _ in range(count)}
             assert received == set(range(count))
+
+
+async def test_burst_of_mixed_sizes_split_across_read_ahead_chunks(
+    mosquitto: MosquittoBroker,
+) -> None:
+    # The client reads the socket 64 KiB at a time and serves paho's per-packet reads from
+    # that: packets of 0-150 KB cut at every kind of boundary must all arrive intact.
+    host, port = mosquitto.host, mosquitto.port
+    inbox = Inbox()
+    sizes = [(n * 7919) % 150_000 for n in range(120)] + [0, 1, 2, 127, 128, 16_383, 16_384]
+    with trio.fail_after(_GUARD):
+        async with (
+            open_mqtt_client(host, port, client_id="sink", on_message=inbox) as sink,
+            open_mqtt_client(host, port, client_id="source", on_message=inbox) as source,
+        ):
+            await sink.subscribe("sizes/+")
+            for n, size in enumerate(sizes):
+                assert source.publish(f"sizes/{n}", bytes([n % 251]) * size)
+            received = dict([await inbox.receive.receive() for _ in sizes])
+    assert received == {f"sizes/{n}": bytes([n % 251]) * size for n, size in enumerate(sizes)}
+
+
+# sha256 (first 16 hex digits) of the paho 2.2.0 source of the methods pm.mqtt's
+# _ReadAheadClient overrides (_sock_recv) or relies on calling it per packet (_packet_read).
+# A mismatch means paho changed: re-read them, adapt the override, update the digests.
+_PINNED_PAHO_SOURCES = {"_sock_recv": "c3b9043a46dd81b7", "_packet_read": "bbe32d8af1e37955"}
+
+
+def test_the_paho_methods_the_read_ahead_relies_on_are_unchanged() -> None:
+    import paho.mqtt.client as paho
+
+    digests = {
+        name: hashlib.sha256(inspect.getsource(getattr(paho.Client, name)).encode()).hexdigest()[
+            :16
+        ]
+        for name in _PINNED_PAHO_SOURCES
+    }
+    assert digests == _PINNED_PAHO_SOURCES
 
 
 async def test_reconnects_after_broker_restart_and_restores_subscription(
