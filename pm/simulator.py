@@ -11,7 +11,8 @@ multiplexes the devices over K connections instead (for very large simulated fle
 The simulator also checks the gateway: a request that arrives at a device still working on
 another one is counted in ``overlaps`` (the gateway promises one command in flight per
 device); the same request arriving again while it is being worked on (at-least-once re-send)
-is counted in ``duplicates``. Every request is recorded per device, in arrival order.
+is counted in ``duplicates``. With ``record_requests``, every request is kept per device, in
+arrival order.
 
 Fault injection: :meth:`Simulator.disconnect` takes a device offline (its connection closes and
 the answers it was still working on are lost, as when a device loses power or network), and
@@ -68,6 +69,9 @@ class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # (setting it implies ``tls``); ``tls`` alone trusts the system's defaults.
     tls: bool = False
     tls_ca_file: str = ""
+    # Keep every request each device received (Simulator.received_by), for tests. Off by
+    # default: a load test sending millions of requests would hold them all in memory.
+    record_requests: bool = False
 
 
 def generate_mac_ids(count: int, prefix: str = "02:00") -> list[str]:
@@ -128,6 +132,12 @@ class Simulator:
         return sum(client.connected for client in self._clients)
 
     def received_by(self, device: str) -> list[dict[str, Any]]:
+        """The requests ``device`` received, in arrival order.
+
+        Error handling: :exc:`RuntimeError` unless ``record_requests`` is on.
+        """
+        if not self.settings.record_requests:
+            raise RuntimeError("requests are recorded only with record_requests=True")
         return self.requests.get(normalize_device_id(device), [])
 
     async def disconnect(self, device: str) -> None:
@@ -170,7 +180,8 @@ class Simulator:
             self.stats.malformed += 1
             return
         self.stats.received += 1
-        self.requests[device].append(msgspec.to_builtins(request))
+        if self.settings.record_requests:
+            self.requests[device].append(msgspec.to_builtins(request))
         # At-least-once delivery: a re-sent request is recognized by its id. One being
         # worked on is ignored (its answer will come); one already answered gets the same
         # answer again at once, without doing the work twice (docs/protocol.md).

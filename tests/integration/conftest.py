@@ -201,7 +201,10 @@ def start_simulator(nursery: trio.Nursery) -> SimulatorFactory:
             return await nursery.start(
                 run_simulator,
                 SimulatorSettings(
-                    host=gateway.mqtt_host, port=gateway.mqtt_port, devices=devices, **settings
+                    host=gateway.mqtt_host,
+                    port=gateway.mqtt_port,
+                    devices=devices,
+                    **{"record_requests": True, **settings},
                 ),
             )
 
