@@ -9,6 +9,7 @@ from ._ref import AskTimeout as AskTimeout
 from ._ref import MailboxFull as MailboxFull
 from ._ref import Reply as Reply
 from ._ref import open_mailbox as open_mailbox
+from ._registry import SWEEPS_PER_IDLE_TIMEOUT as SWEEPS_PER_IDLE_TIMEOUT
 from ._registry import IdleInbox as IdleInbox
 from ._registry import Registry as Registry
 from ._supervisor import ActorFunction as ActorFunction

@@ -2,12 +2,20 @@
 
 Meant for populations far larger than what should be alive at once (a million known
 devices, a few thousand busy ones): an actor exists while it has work, and ends by itself
-after ``idle_timeout`` seconds with an empty mailbox. The next message for its key spawns a
-fresh one.
+some ``idle_timeout`` seconds after its mailbox went empty. The next message for its key
+spawns a fresh one.
+
+Idle actors are found by one sweeper task per registry, not by a timer per actor: a timed
+cancel scope around every wait for the next message put two deadline-heap entries per
+message into trio's scheduler (entry and stale entry), which with 10,000 device actors
+cost more CPU than the work itself (``Deadlines.expire``/``_prune``). The price is
+precision: an actor retires between ``idle_timeout`` and ``idle_timeout * (1 +
+1/SWEEPS_PER_IDLE_TIMEOUT)`` seconds after its last message.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -19,66 +27,69 @@ from ._supervisor import Supervisor
 Key = TypeVar("Key", bound=Hashable)
 Message = TypeVar("Message")
 
-
-_NOTHING = object()  # "no message queued" (None may be a message)
+#: How many times per ``idle_timeout`` the sweeper looks for idle actors.
+SWEEPS_PER_IDLE_TIMEOUT = 4
 
 
 class IdleInbox(Generic[Message]):
-    """An inbox whose ``async for`` ends after ``idle_timeout`` seconds without messages.
+    """An actor's inbox whose ``async for`` ends when its registry retires it for idleness.
 
-    Ending is decided synchronously with deregistration (no checkpoint in between), so a
-    message is either delivered to this actor or finds the key free and spawns a new one.
+    Retirement is decided synchronously with deregistration, and only while the actor is
+    parked on an empty mailbox with no message on its way to it: a message is either
+    delivered to this actor or finds the key free and spawns a new one.
     """
 
-    def __init__(
-        self,
-        inbox: trio.MemoryReceiveChannel[Message],
-        idle_timeout: float,
-        on_idle: Callable[[], None],
-    ) -> None:
+    def __init__(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
         self._inbox = inbox
-        self._idle_timeout = idle_timeout
-        self._on_idle = on_idle
+        # trio time at which the actor parked on an empty mailbox; None while it works.
+        self._parked_since: float | None = None
 
     def __aiter__(self) -> IdleInbox[Message]:
         return self
 
     async def __anext__(self) -> Message:
-        # Fast path: a message already queued (always, for a freshly spawned actor) is taken
-        # without opening a timed cancel scope; scopes and trio's deadline heap upkeep
-        # (Deadlines._prune) were ~10% of the gateway's CPU in a 10k-task job.
-        queued = self._take_queued()
-        if queued is not _NOTHING:
-            return queued  # type: ignore[return-value]
-        with trio.move_on_after(self._idle_timeout):
-            try:
-                return await self._inbox.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise StopAsyncIteration from None
-        # Timed out. A sender may have run between the deadline firing and this task
-        # resuming, and queued a message: it is ours to handle.
-        queued = self._take_queued()
-        if queued is not _NOTHING:
-            return queued  # type: ignore[return-value]
-        # Nothing queued: leave the registry now, before any other task runs.
-        self._on_idle()
-        raise StopAsyncIteration
-
-    def _take_queued(self) -> Message | object:
-        """A queued message, or ``_NOTHING``; raises StopAsyncIteration once closed."""
         try:
             return self._inbox.receive_nowait()
         except trio.WouldBlock:
-            return _NOTHING
+            pass
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
+        self._parked_since = trio.current_time()
+        try:
+            message = await self._inbox.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            # ClosedResourceError: the registry retired this actor (see retire_if_idle).
+            raise StopAsyncIteration from None
+        self._parked_since = None
+        return message
 
     def receive_nowait(self) -> Message:
         return self._inbox.receive_nowait()
 
+    def idle_since_before(self, cutoff: float) -> bool:
+        """Parked on an empty mailbox since ``cutoff`` or earlier, with nothing handed to it
+        yet (trio hands a message to a parked receiver directly: it is then no longer
+        counted as waiting, even before it runs)."""
+        if self._parked_since is None or self._parked_since > cutoff:
+            return False
+        statistics = self._inbox.statistics()
+        return statistics.tasks_waiting_receive > 0 and statistics.current_buffer_used == 0
+
+    def retire(self) -> None:
+        """End the actor's ``async for`` (it wakes with the mailbox closed)."""
+        self._inbox.close()
+
 
 #: How a registry builds the actor for a key: ``actor(key, inbox)``.
 KeyedActor = Callable[[Any, IdleInbox[Any]], Awaitable[None]]
+
+
+class _Entry(Generic[Message]):
+    __slots__ = ("inbox", "ref")
+
+    def __init__(self, ref: ActorRef[Message]) -> None:
+        self.ref = ref
+        self.inbox: IdleInbox[Message] | None = None  # set when the actor starts
 
 
 class Registry(Generic[Key, Message]):
@@ -89,7 +100,8 @@ class Registry(Generic[Key, Message]):
       actor: ``actor(key, inbox)``; it should ``async for message in inbox`` and return when
         the loop ends.
       capacity: mailbox size of each actor.
-      idle_timeout: seconds without messages before an actor retires.
+      idle_timeout: seconds without messages before an actor retires (see the module
+        docstring for the precision).
       name: prefix of actor names in logs.
     """
 
@@ -102,12 +114,15 @@ class Registry(Generic[Key, Message]):
         idle_timeout: float,
         name: str = "actor",
     ) -> None:
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0, got {idle_timeout!r}")
         self._supervisor = supervisor
         self._actor = actor
         self._capacity = capacity
         self._idle_timeout = idle_timeout
         self._name = name
-        self._live: dict[Key, ActorRef[Message]] = {}
+        self._live: dict[Key, _Entry[Message]] = {}
+        self._sweeping = False
         self.spawned = 0
 
     def __len__(self) -> int:
@@ -121,43 +136,72 @@ class Registry(Generic[Key, Message]):
 
     def get(self, key: Key) -> ActorRef[Message] | None:
         """The live actor for ``key``, without spawning one."""
-        return self._live.get(key)
+        entry = self._live.get(key)
+        return None if entry is None else entry.ref
 
     def ref(self, key: Key) -> ActorRef[Message]:
         """The live actor for ``key``, spawned now if there is none."""
-        ref = self._live.get(key)
-        if ref is None:
-            ref = self._spawn(key)
-        return ref
+        entry = self._live.get(key)
+        if entry is None:
+            entry = self._spawn(key)
+        return entry.ref
 
     async def tell(self, key: Key, message: Message) -> None:
         """Deliver to ``key``'s actor, spawning it if needed; waits while its mailbox is full."""
         while True:
+            entry = self._live.get(key)
+            if entry is None:
+                entry = self._spawn(key)
             try:
-                await self.ref(key).tell(message)
+                await entry.ref.tell(message)
                 return
             except ActorStopped:
                 # It retired or was stopped between lookup and send: the key is free now.
-                self._forget(key, self._live.get(key))
+                self._forget(key, entry)
 
-    def _spawn(self, key: Key) -> ActorRef[Message]:
-        ref: ActorRef[Message] | None = None
+    def _spawn(self, key: Key) -> _Entry[Message]:
+        entry: _Entry[Message] | None = None
 
         def retire() -> None:
-            self._forget(key, ref)
+            self._forget(key, entry)
 
         async def run(inbox: trio.MemoryReceiveChannel[Message]) -> None:
-            await self._actor(key, IdleInbox(inbox, self._idle_timeout, retire))
+            idle_inbox = IdleInbox(inbox)
+            if entry is not None:
+                entry.inbox = idle_inbox
+            await self._actor(key, idle_inbox)
 
-        ref = self._supervisor.spawn(
-            f"{self._name}:{key}", run, capacity=self._capacity, on_exit=retire
+        entry = _Entry(
+            self._supervisor.spawn(
+                f"{self._name}:{key}", run, capacity=self._capacity, on_exit=retire
+            )
         )
-        self._live[key] = ref
+        self._live[key] = entry
         self.spawned += 1
-        return ref
+        if not self._sweeping and self._idle_timeout != math.inf:
+            self._sweeping = True
+            self._supervisor.start_helper(self._sweep, name=f"{self._name}:sweeper")
+        return entry
 
-    def _forget(self, key: Key, ref: ActorRef[Message] | None) -> None:
+    def _forget(self, key: Key, entry: _Entry[Message] | None) -> None:
         # Only the registration of *this* actor: a successor may already hold the key.
-        if ref is not None and self._live.get(key) is ref:
+        if entry is not None and self._live.get(key) is entry:
             del self._live[key]
-            ref.close()
+            entry.ref.close()
+
+    async def _sweep(self) -> None:
+        """Retire the actors idle for ``idle_timeout``; ends when no actor is left."""
+        try:
+            while self._live:
+                await trio.sleep(self._idle_timeout / SWEEPS_PER_IDLE_TIMEOUT)
+                cutoff = trio.current_time() - self._idle_timeout
+                idle = [
+                    (key, entry)
+                    for key, entry in self._live.items()
+                    if entry.inbox is not None and entry.inbox.idle_since_before(cutoff)
+                ]
+                for key, entry in idle:
+                    self._forget(key, entry)
+                    entry.inbox.retire()  # type: ignore[union-attr]
+        finally:
+            self._sweeping = False

@@ -116,6 +116,12 @@ class Supervisor:
         self._nursery.start_soon(self._supervise, name, actor, inbox, on_exit, name=name)
         return ref
 
+    def start_helper(self, task: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Run ``task()`` beside the actors: housekeeping that is not an actor (no mailbox,
+        no failure policy). If it raises, the error propagates and cancels the nursery,
+        like any bug in the code that owns this supervisor."""
+        self._nursery.start_soon(task, name=name)
+
     async def _supervise(
         self,
         name: str,

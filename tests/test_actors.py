@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from actors import (
+    SWEEPS_PER_IDLE_TIMEOUT,
     ActorRef,
     ActorStopped,
     AskTimeout,
@@ -453,10 +454,14 @@ async def test_on_exit_runs_before_the_mailbox_is_closed_to_senders() -> None:
 class KeyedLog:
     """A keyed actor that records (key, incarnation, message) and when each actor ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: float = 0.0) -> None:
         self.handled: list[tuple[str, int, Any]] = []
         self.incarnations: dict[str, int] = {}
         self.ended: list[tuple[str, int, float]] = []
+        # Seconds each message takes, and the most actors of one key ever working at once.
+        self.work = work
+        self._working: dict[str, int] = {}
+        self.most_working = 0
 
     async def __call__(self, key: str, inbox: IdleInbox[Any]) -> None:
         incarnation = self.incarnations.get(key, 0) + 1
@@ -465,10 +470,20 @@ class KeyedLog:
             if message == "boom":
                 raise Boom(key)
             self.handled.append((key, incarnation, message))
+            if self.work:
+                self._working[key] = self._working.get(key, 0) + 1
+                self.most_working = max(self.most_working, self._working[key])
+                await trio.sleep(self.work)
+                self._working[key] -= 1
         self.ended.append((key, incarnation, trio.current_time()))
 
 
-async def test_registry_spawns_on_first_tell_and_retires_after_exactly_idle_timeout(
+# An idle actor retires between idle_timeout and idle_timeout * (1 + 1/SWEEPS) seconds after
+# its mailbox went empty (one sweeper per registry, not a timer per actor).
+_LATEST_RETIREMENT = 1 + 1 / SWEEPS_PER_IDLE_TIMEOUT
+
+
+async def test_registry_spawns_on_first_tell_and_retires_after_idle_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log = KeyedLog()
@@ -485,9 +500,11 @@ async def test_registry_spawns_on_first_tell_and_retires_after_exactly_idle_time
         await registry.tell("a", 2)  # resets the idle timer
         while "a" in registry:
             await trio.testing.wait_all_tasks_blocked()
-            await trio.sleep(0.5)
+            await trio.sleep(0.25)
+        await trio.testing.wait_all_tasks_blocked()
         assert log.handled == [("a", 1, 1), ("a", 1, 2)]
-        assert log.ended == [("a", 1, t0 + 3.0 + 5.0)]
+        [(_, _, ended)] = log.ended
+        assert t0 + 3.0 + 5.0 <= ended <= t0 + 3.0 + 5.0 * _LATEST_RETIREMENT
         assert len(registry) == 0 and registry.spawned == 1
 
 
@@ -500,11 +517,37 @@ async def test_registry_idle_actor_is_still_there_just_before_idle_timeout(
             Supervisor(nursery), log, capacity=4, idle_timeout=5.0
         )
         await registry.tell("a", 1)
-        await trio.sleep(4.75)
+        await trio.sleep(4.99)
         assert "a" in registry and log.ended == []
-        await trio.sleep(0.25)
+        await trio.sleep(5.0 * _LATEST_RETIREMENT - 4.99)
         await trio.testing.wait_all_tasks_blocked()
         assert "a" not in registry and len(log.ended) == 1
+
+
+async def test_registry_sweeper_runs_only_while_actors_live(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = KeyedLog()
+    async with trio.open_nursery() as nursery:
+        registry: Registry[str, Any] = Registry(
+            Supervisor(nursery), log, capacity=4, idle_timeout=5.0, name="dev"
+        )
+
+        def sweepers() -> int:
+            return sum(child.name == "dev:sweeper" for child in nursery.child_tasks)
+
+        assert sweepers() == 0
+        await registry.tell("a", 1)
+        await registry.tell("b", 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sweepers() == 1
+        await trio.sleep(5.0 * _LATEST_RETIREMENT * 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(registry) == 0 and sweepers() == 0
+        await registry.tell("a", 2)  # a new actor, a new sweeper
+        await trio.testing.wait_all_tasks_blocked()
+        assert sweepers() == 1 and log.incarnations == {"a": 2, "b": 1}
+        nursery.cancel_scope.cancel()
 
 
 async def test_registry_tell_after_retirement_spawns_a_fresh_actor(
@@ -543,13 +586,16 @@ async def test_registry_keys_have_independent_actors(
         await registry.tell("b", 2)
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(registry) == ["a", "b"] and len(registry) == 2
-        await trio.sleep(3.0)
-        await trio.testing.wait_all_tasks_blocked()
-        assert list(registry) == ["b"]
-        await trio.sleep(2.0)
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(registry) == 0
-        assert [(key, end - t0) for key, _, end in log.ended] == [("a", 5.0), ("b", 7.0)]
+        while "a" in registry:
+            await trio.sleep(0.25)
+            await trio.testing.wait_all_tasks_blocked()
+        assert list(registry) == ["b"]  # a retired on its own schedule, b is still busy-recent
+        while len(registry):
+            await trio.sleep(0.25)
+            await trio.testing.wait_all_tasks_blocked()
+        ended = {key: end - t0 for key, _, end in log.ended}
+        assert 5.0 <= ended["a"] <= 5.0 * _LATEST_RETIREMENT
+        assert 2.0 + 5.0 <= ended["b"] <= 2.0 + 5.0 * _LATEST_RETIREMENT
 
 
 async def test_registry_two_concurrent_tells_for_a_new_key_spawn_one_actor(
@@ -624,30 +670,39 @@ async def test_registry_never_loses_a_message_sent_as_the_actor_goes_idle(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     # IdleInbox promises that a message is "either delivered to this actor or finds the key
-    # free and spawns a new one". The hard case: the idle deadline has fired (the actor is
-    # rescheduled with Cancelled) but the actor has not run yet, and a sender runs first.
-    # Deadlines just before and just after the actor's put one sender on each side of it
-    # in the same scheduling batch, whichever way trio orders that batch.
-    log = KeyedLog()
+    # free and spawns a new one", and never both: one actor per key works at a time. The
+    # hard case: the sweeper that retires the actor and a sender run in the same scheduling
+    # batch. Senders just before and just after the retirement put one on each side of the
+    # sweeper, whichever way trio orders that batch.
+    log = KeyedLog(work=1.0)
     idle = 5.0
     async with trio.open_nursery() as nursery:
         registry: Registry[str, Any] = Registry(
             Supervisor(nursery), log, capacity=4, idle_timeout=idle
         )
+        t0 = trio.current_time()
         await registry.tell("a", "start")
         await trio.testing.wait_all_tasks_blocked()
-        deadline = trio.current_time() + idle
+        mock_clock.jump(1.0)  # "start" is done: the actor parks at t0 + 1
+        await trio.testing.wait_all_tasks_blocked()
+        retirement = t0 + 1.0 + idle
 
         async def send_at(moment: float, message: str) -> None:
             await trio.sleep_until(moment)
             await registry.tell("a", message)
 
-        nursery.start_soon(send_at, deadline - 0.001, "before")
-        nursery.start_soon(send_at, deadline + 0.001, "after")
+        nursery.start_soon(send_at, retirement - 0.001, "before")
+        nursery.start_soon(send_at, retirement + 0.001, "after")
         await trio.testing.wait_all_tasks_blocked()
-        mock_clock.jump(idle + 0.001)  # all three deadlines expire in one step
+        # One step wakes both senders and the sweeper (its tick at t0 + 2.5, late), which
+        # then finds the actor idle since t0 + 1 <= now - idle.
+        mock_clock.jump(idle + 0.001)
+        for _ in range(4):  # let the work of "before" and "after" finish
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1.0)
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(message for _, _, message in log.handled) == ["after", "before", "start"]
+        assert log.most_working == 1
         nursery.cancel_scope.cancel()
 
 

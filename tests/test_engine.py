@@ -187,7 +187,8 @@ async def test_error_answers_and_garbage(
     engine, publisher = running
     job = await engine.submit(job_request(entry(["a", "b"], "/r")))
     await trio.testing.wait_all_tasks_blocked()
-    request_a, request_b = (r for _, r in publisher.published)
+    [request_a] = publisher.requests_to("/remote/a")
+    [request_b] = publisher.requests_to("/remote/b")
     for payload in (b"not json", b"{}", b'{"id": "1", "code": 200}', b"[1,2]"):
         engine.on_mqtt_message("/remote/a/response", payload)
     engine.on_mqtt_message("/elsewhere/a", b"{}")
