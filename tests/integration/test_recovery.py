@@ -67,13 +67,17 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
-async def wait_ready(client: httpx.AsyncClient) -> None:
+async def wait_ready(client: httpx.AsyncClient, gateway: GatewayProcess) -> None:
+    """Until the gateway answers /healthz; fails at once, with its log, if it exited."""
     while True:
         try:
             if (await client.get("/healthz")).status_code == 200:
                 return
         except httpx.TransportError:
             pass
+        if gateway.process is not None and gateway.process.poll() is not None:
+            log = gateway.log.read_text(errors="replace")[-3000:]
+            pytest.fail(f"pm serve exited with {gateway.process.returncode}:\n{log}")
         await trio.sleep(0.05)
 
 
@@ -90,7 +94,7 @@ async def test_sigkill_mid_job_then_restart_completes_every_task(
     with trio.fail_after(90):
         gateway_process.start()
         async with httpx.AsyncClient(base_url=gateway_process.url, timeout=10) as client:
-            await wait_ready(client)
+            await wait_ready(client, gateway_process)
             simulator = await nursery.start(
                 run_simulator,
                 SimulatorSettings(
@@ -112,7 +116,7 @@ async def test_sigkill_mid_job_then_restart_completes_every_task(
             assert answered_before_kill < 1000, "the job finished before the kill: no test"
 
             gateway_process.start()
-            await wait_ready(client)
+            await wait_ready(client, gateway_process)
             job = await wait_final(client, created["id"])
 
             assert job["status"] == "resolved"
@@ -128,7 +132,7 @@ async def test_sigkill_mid_job_then_restart_completes_every_task(
             # A finished job survives a clean restart unchanged, listed and readable.
             gateway_process.signal(signal.SIGTERM)
             gateway_process.start()
-            await wait_ready(client)
+            await wait_ready(client, gateway_process)
             assert await get_job(client, created["id"]) == job
             listed = await client.get("/jobs", params={"status": "resolved"})
             assert [listed_job["id"] for listed_job in listed.json()] == [created["id"]]
