@@ -102,9 +102,14 @@ async def test_burst_of_mixed_sizes_split_across_read_ahead_chunks(
 
 
 # sha256 (first 16 hex digits) of the paho 2.2.0 source of the methods pm.mqtt's
-# _ReadAheadClient overrides (_sock_recv) or relies on calling it per packet (_packet_read).
+# _ReadAheadClient overrides (_sock_recv, _handle_on_message) or relies on calling the
+# first per packet (_packet_read).
 # A mismatch means paho changed: re-read them, adapt the override, update the digests.
-_PINNED_PAHO_SOURCES = {"_sock_recv": "c3b9043a46dd81b7", "_packet_read": "bbe32d8af1e37955"}
+_PINNED_PAHO_SOURCES = {
+    "_sock_recv": "c3b9043a46dd81b7",
+    "_packet_read": "bbe32d8af1e37955",
+    "_handle_on_message": "8ccc46fdb090aead",
+}
 
 
 def test_the_paho_methods_the_read_ahead_relies_on_are_unchanged() -> None:
