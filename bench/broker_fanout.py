@@ -26,7 +26,14 @@ import time
 import trio
 
 from bench._load import raw_round_trips
-from bench._processes import fleet_ids, memory_kib, start_broker, start_fleet, workdir
+from bench._processes import (
+    cpu_seconds,
+    fleet_ids,
+    memory_kib,
+    start_broker,
+    start_fleet,
+    workdir,
+)
 from bench._report import Report
 
 
@@ -37,7 +44,13 @@ def _one(broker: str, connections: int, requests: int) -> dict[str, float]:
         return _measure_one(broker, connections, requests)
     except RuntimeError as error:
         print(f"{broker} with {connections} connections failed: {str(error)[:200]}")
-        return {"rt_per_second": 0.0, "kib_per_connection": float("nan"), "connect_seconds": -1}
+        return {
+            "rt_per_second": 0.0,
+            "kib_per_connection": float("nan"),
+            "connect_seconds": -1,
+            "broker_cpu_ms_per_rt": float("nan"),
+            "fleet_cpu_ms_per_rt": float("nan"),
+        }
 
 
 def _measure_one(broker: str, connections: int, requests: int) -> dict[str, float]:
@@ -55,9 +68,15 @@ def _measure_one(broker: str, connections: int, requests: int) -> dict[str, floa
                 after = memory_kib(server.pid)
                 devices = fleet_ids(connections)
                 sequence = list(itertools.islice(itertools.cycle(devices), requests))
+                # CPU per round trip of the broker and of the fleet process, apart: on a small
+                # machine the fleet's own per-connection upkeep competes with the broker for
+                # the cores, and this tells the two apart.
+                broker_cpu, fleet_cpu = cpu_seconds(server.pid), cpu_seconds(fleet.pid)
                 rate = trio.run(
                     lambda: raw_round_trips(int(server.info["port"]), sequence, window=1)
                 )
+                broker_cpu = cpu_seconds(server.pid) - broker_cpu
+                fleet_cpu = cpu_seconds(fleet.pid) - fleet_cpu
             finally:
                 fleet.stop()
         finally:
@@ -66,6 +85,8 @@ def _measure_one(broker: str, connections: int, requests: int) -> dict[str, floa
         "rt_per_second": rate,
         "kib_per_connection": (after - before) / connections,
         "connect_seconds": connect_seconds,
+        "broker_cpu_ms_per_rt": broker_cpu * 1000 / requests,
+        "fleet_cpu_ms_per_rt": fleet_cpu * 1000 / requests,
     }
 
 
@@ -96,6 +117,8 @@ def main(argv: list[str] | None = None) -> Report:
             "vs 1 connection",
             "KiB per idle connection",
             "fleet connect s",
+            "broker CPU ms/rt",
+            "fleet CPU ms/rt",
         ],
     )
     for broker in args.brokers:
@@ -106,7 +129,18 @@ def main(argv: list[str] | None = None) -> Report:
         others = {count: _one(broker, count, args.requests) for count in counts}
         last = _one(broker, 1, args.requests)
         baseline = (first["rt_per_second"] + last["rt_per_second"]) / 2
-        report.rows.append([broker, 1, baseline, 1.0, "", ""])
+        report.rows.append(
+            [
+                broker,
+                1,
+                baseline,
+                1.0,
+                "",
+                "",
+                (first["broker_cpu_ms_per_rt"] + last["broker_cpu_ms_per_rt"]) / 2,
+                (first["fleet_cpu_ms_per_rt"] + last["fleet_cpu_ms_per_rt"]) / 2,
+            ]
+        )
         report.raw[broker] = {"1_before": first, "1_after": last, **others}
         for count, figures in others.items():
             ratio = figures["rt_per_second"] / baseline
@@ -118,6 +152,8 @@ def main(argv: list[str] | None = None) -> Report:
                     ratio,
                     figures["kib_per_connection"],
                     figures["connect_seconds"],
+                    figures["broker_cpu_ms_per_rt"],
+                    figures["fleet_cpu_ms_per_rt"],
                 ]
             )
             if broker == "ours":

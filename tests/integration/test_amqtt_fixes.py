@@ -10,6 +10,7 @@ import re
 from importlib.metadata import version
 from typing import Any
 
+import pytest
 import trio
 
 from pm.broker import run_embedded_broker
@@ -93,6 +94,8 @@ _PINNED_SOURCES = {
     "_del_all_subscriptions": "615579810f47d1e0",
     "_publish_retained_messages_for_subscription": "d6ad257821ba29ef",
     "_matches": "c03b25d98f4c0a34",
+    # replaced by a scan run only when connections ended (without session expiry)
+    "_session_monitor": "5091fa20cdfdc203",
     # copied, with the authentication moved first, when broker.auth is on
     "_initialize_client_session": "5dd89158bbe46266",
 }
@@ -223,3 +226,79 @@ def test_puback_timeouts_are_counted_not_logged_one_by_one() -> None:
     summary = counter.summary()
     assert summary is not None and summary.startswith("1 PUBACK waits")
     assert counter.summary() is None
+
+
+def test_disconnected_sessions_are_dropped_when_connections_end_not_scanned_every_second() -> None:
+    asyncio.run(_check_session_monitor())
+
+
+async def _check_session_monitor() -> None:
+    from pm import _amqtt_broker
+    from pm._amqtt_broker import PuppetmasterBroker
+
+    broker = PuppetmasterBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}})
+    gone, kept = _session("gone"), _session("kept")
+    gone.clean_session = kept.clean_session = True
+    for session in (gone, kept):
+        session.transitions.connect()
+    broker._sessions.update(gone=(gone, None), kept=(kept, None))  # type: ignore[dict-item]
+    monitor = asyncio.create_task(broker._session_monitor())
+    try:
+        await asyncio.sleep(0.1)
+        gone.transitions.disconnect()
+        await asyncio.sleep(1.2)
+        # No connection ended through the message loop: the sessions are not even looked at.
+        assert set(broker._sessions) == {"gone", "kept"}
+        broker._connections_ended += 1
+        await asyncio.sleep(1.2)
+        assert set(broker._sessions) == {"kept"}
+    finally:
+        monitor.cancel()
+    # The periodic scan still finds a session whose connection ended unseen.
+    saved = _amqtt_broker.SESSION_SCAN_INTERVAL
+    _amqtt_broker.SESSION_SCAN_INTERVAL = 1
+    try:
+        kept.transitions.disconnect()
+        monitor = asyncio.create_task(broker._session_monitor())
+        await asyncio.sleep(2.3)
+        assert not broker._sessions
+    finally:
+        _amqtt_broker.SESSION_SCAN_INTERVAL = saved
+        monitor.cancel()
+
+
+def test_the_gc_pacer_freezes_survivors_and_unfreezes_after_closes_or_growth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from pm import _broker_process
+    from pm._broker_process import GcPacer
+
+    closed, opened, resident = [0], [10], [100 << 20]
+    monkeypatch.setattr(_broker_process, "_resident_bytes", lambda: resident[0])
+    pacer = GcPacer(lambda: closed[0], lambda: opened[0], min_closed=3)
+    stop = {"generation": 2, "collected": 0, "uncollectable": 0}
+    gc.unfreeze()
+    try:
+        pacer("stop", stop)  # the first full collection walked everything
+        assert gc.get_freeze_count() > 0 and pacer.full_walks == 1
+        pacer("stop", {**stop, "generation": 1})  # young collections are left alone
+        closed[0] = 3
+        pacer("stop", stop)
+        assert gc.get_freeze_count() > 0  # 3 closed connections: not yet
+        closed[0] = 6  # more than half of the 10 open at the last walk
+        pacer("stop", stop)
+        assert gc.get_freeze_count() == 0  # the next full collection walks everything
+        pacer("stop", stop)
+        assert pacer.full_walks == 2 and gc.get_freeze_count() > 0
+        # Memory that grows with the connections is live data; beyond that, garbage.
+        opened[0] += 2000
+        resident[0] += 2000 * GcPacer.CONNECTION_BYTES
+        pacer("stop", stop)
+        assert gc.get_freeze_count() > 0
+        resident[0] = 2 * (100 << 20) + 2 * 2000 * GcPacer.CONNECTION_BYTES + 1
+        pacer("stop", stop)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()

@@ -174,7 +174,7 @@ async def test_silent_broker_is_detected_by_keepalive(mosquitto: MosquittoBroker
         ) as client:
             mosquitto.pause()
             # The TCP connection stays up: only the missing PINGRESP can reveal the dead broker
-            # (after 1-2 keepalives, as loop_misc() runs once a second).
+            # (after 1-2 keepalives, as loop_misc() runs four times per keepalive).
             await _wait_until_disconnected(client)
             mosquitto.resume()
             await client.wait_connected()
