@@ -1,15 +1,26 @@
 """Scenario 6: WebSocket watchers on a job: do all get the final status, what do they cost.
 
-Rounds alternate a ``--tasks`` job with no watcher and the same job with ``--watchers``
-WebSocket clients (``GET /jobs/{id}/ws``, opened right after the POST, 50 handshakes at a
-time). Each watcher reads until its final ``{"type": "job"}`` message (then the server
-closes). The dispatch rate is tasks / (POST -> ``finishAt``); the figure is the ratio with /
-without, median over rounds. The watchers run in the benchmark process, which shares the
+Each round runs a ``--tasks`` job with no watcher and, per ``--modes`` entry, the same job
+with ``--watchers`` WebSocket clients (``GET /jobs/{id}/ws?tasks=MODE``, opened right after
+the POST, 50 handshakes at a time); the order alternates between rounds. The modes say what
+a watcher receives about tasks, besides the job snapshots:
+
+- ``each``: one ``{"type": "task"}`` message per task change (the default protocol);
+- ``batch``: ``{"type": "tasks"}`` messages, all the changes since the last, at most one
+  per coalesce interval (what ``pm watch`` asks for);
+- ``none``: job snapshots only (a progress bar).
+
+Each watcher reads until its final ``{"type": "job"}`` message (then the server closes). The
+dispatch rate is tasks / (POST -> ``finishAt``); the figure is the ratio with / without,
+median over rounds, per mode. The gateway's CPU seconds per job (POST to the last watcher's
+close) say what the watchers cost it, a figure less sensitive than rates to other load on
+the machine. The watchers run in the benchmark process, which shares the
 machine's two cores with the gateway, the broker and the fleet.
 
 Usage::
 
     .venv/bin/python -m bench.watchers [--tasks 10000] [--watchers 1000] [--rounds 2]
+        [--modes each,batch,none]
 """
 
 from __future__ import annotations
@@ -17,34 +28,44 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import Any
 
 import msgspec
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from bench._load import FINAL_STATUSES, http_client, job_body, parse_time, post_job, wait_final
-from bench._processes import fleet_ids, start_fleet, start_gateway, workdir
+from bench._processes import cpu_seconds, fleet_ids, start_fleet, start_gateway, workdir
 from bench._report import Report, median
 
 _decode = msgspec.json.Decoder().decode
 
 
-async def _watch(url: str, handshakes: trio.Semaphore, finals: list[str]) -> None:
+MODES = ("each", "batch", "none")
+
+
+async def _watch(
+    url: str, handshakes: trio.Semaphore, finals: list[str], messages: list[int]
+) -> None:
     await handshakes.acquire()  # released once connected: at most 50 handshakes at a time
     released = False
     try:
         async with open_websocket_url(url, connect_timeout=120) as connection:
             handshakes.release()
             released = True
+            received = 0
             while True:
                 message = await connection.get_message()
-                # Task messages are skipped without decoding: only job messages say "final".
-                if '"type":"job"' not in message:
+                received += 1
+                # Task messages are skipped without decoding: only job messages say "final",
+                # and the gateway writes the tag first.
+                if not message.startswith('{"type":"job"'):
                     continue
                 job = _decode(message)
                 status = job.get("job", job).get("status") if isinstance(job, dict) else None
                 if status in FINAL_STATUSES:
                     finals.append(status)
+                    messages.append(received)
                     return
     except ConnectionClosed:
         return
@@ -53,40 +74,56 @@ async def _watch(url: str, handshakes: trio.Semaphore, finals: list[str]) -> Non
             handshakes.release()
 
 
-async def _one_job(base: str, devices: list[str], watchers: int) -> tuple[float, int]:
+async def _one_job(
+    base: str, gateway_pid: int, devices: list[str], watchers: int, mode: str
+) -> tuple[float, int, float, float]:
+    """Returns the dispatch rate, the watchers that got the final "resolved" message, the
+    mean number of messages they received and the gateway's CPU seconds for the job."""
     finals: list[str] = []
+    messages: list[int] = []
+    cpu_before = cpu_seconds(gateway_pid)
     async with http_client(base) as client, trio.open_nursery() as nursery:
         job_id, sent = await post_job(client, job_body(devices))
         handshakes = trio.Semaphore(50)
-        ws_url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws"
+        ws_url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws?tasks={mode}"
         for _ in range(watchers):
-            nursery.start_soon(_watch, ws_url, handshakes, finals)
+            nursery.start_soon(_watch, ws_url, handshakes, finals, messages)
         job = await wait_final(client, job_id, poll=0.1)
     rate = job["totalCount"] / (parse_time(job["finishAt"]) - sent)
-    return rate, sum(status == "resolved" for status in finals)
+    cpu = cpu_seconds(gateway_pid) - cpu_before
+    mean_messages = sum(messages) / len(messages) if messages else 0.0
+    return rate, sum(status == "resolved" for status in finals), mean_messages, cpu
 
 
-async def _measure(base: str, devices: list[str], watchers: int, rounds: int) -> dict[str, list]:
+async def _measure(
+    base: str, gateway_pid: int, devices: list[str], watchers: int, rounds: int, modes: list[str]
+) -> dict[str, Any]:
     without: list[float] = []
-    with_watchers: list[float] = []
-    finals: list[int] = []
-    await _one_job(base, devices, 0)  # warm-up
-    for round_number in range(rounds):
-        order = (0, watchers) if round_number % 2 == 0 else (watchers, 0)
-        for count in order:
-            with trio.fail_after(600):
-                rate, resolved = await _one_job(base, devices, count)
-            if count:
-                with_watchers.append(rate)
-                finals.append(resolved)
-            else:
-                without.append(rate)
-    return {
-        "without": without,
-        "with": with_watchers,
-        "ratio": [w / o for w, o in zip(with_watchers, without, strict=True)],
-        "final_received": finals,
+    without_cpu: list[float] = []
+    by_mode: dict[str, dict[str, list[float]]] = {
+        mode: {"with": [], "ratio": [], "final_received": [], "messages": [], "cpu": []}
+        for mode in modes
     }
+    await _one_job(base, gateway_pid, devices, 0, "each")  # warm-up
+    for round_number in range(rounds):
+        runs = [None, *modes]
+        for mode in runs if round_number % 2 == 0 else reversed(runs):
+            with trio.fail_after(600):
+                rate, resolved, messages, cpu = await _one_job(
+                    base, gateway_pid, devices, watchers if mode else 0, mode or "each"
+                )
+            if mode is None:
+                without.append(rate)
+                without_cpu.append(cpu)
+            else:
+                figures = by_mode[mode]
+                figures["with"].append(rate)
+                figures["final_received"].append(resolved)
+                figures["messages"].append(messages)
+                figures["cpu"].append(cpu)
+    for figures in by_mode.values():
+        figures["ratio"] = [w / o for w, o in zip(figures["with"], without, strict=True)]
+    return {"without": without, "without_cpu": without_cpu, "modes": by_mode}
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -95,7 +132,15 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated ?tasks= modes to measure (each, batch, none)",
+    )
     args = parser.parse_args(argv)
+    modes = [mode for mode in args.modes.split(",") if mode]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
     with workdir() as directory:
         # The default limit (limits.max_watchers_per_job = 100) would refuse most of them.
         gateway = start_gateway(
@@ -106,9 +151,11 @@ def main(argv: list[str] | None = None) -> Report:
             figures = trio.run(
                 _measure,
                 str(gateway.info["url"]),
+                gateway.pid,
                 fleet_ids(args.tasks),
                 args.watchers,
                 args.rounds,
+                modes,
             )
         finally:
             fleet.stop()
@@ -118,25 +165,44 @@ def main(argv: list[str] | None = None) -> Report:
         title=f"Scenario 6: {args.watchers:,} WebSocket watchers on a {args.tasks:,}-task job",
         command="python -m bench.watchers " + shlex.join(sys.argv[1:] if argv is None else argv),
         parameters=vars(args),
-        columns=["tasks/s without", "tasks/s with", "with / without", "watchers with final"],
+        columns=[
+            "?tasks=",
+            "tasks/s without",
+            "tasks/s with",
+            "with / without",
+            "watchers with final",
+            "messages per watcher",
+            "gateway CPU s without",
+            "gateway CPU s with",
+        ],
     )
-    ratio = median(figures["ratio"])
-    all_final = min(figures["final_received"])
-    report.rows.append(
-        [
-            median(figures["without"]),
-            median(figures["with"]),
-            ratio,
-            f"{all_final}/{args.watchers} (worst round)",
-        ]
-    )
-    report.target(
-        "(6) all watchers get the final status",
-        all_final,
-        f"= {args.watchers}",
-        all_final == args.watchers,
-    )
-    report.target("(6) rate with / without watchers", ratio, ">= 0.90", ratio >= 0.9)
+    without = median(figures["without"])
+    without_cpu = median(figures["without_cpu"])
+    for mode in modes:
+        by_mode = figures["modes"][mode]
+        ratio = median(by_mode["ratio"])
+        all_final = min(by_mode["final_received"])
+        report.rows.append(
+            [
+                mode,
+                without,
+                median(by_mode["with"]),
+                ratio,
+                f"{all_final}/{args.watchers} (worst round)",
+                round(median(by_mode["messages"])),
+                round(without_cpu, 1),
+                round(median(by_mode["cpu"]), 1),
+            ]
+        )
+        report.target(
+            f"(6) all watchers get the final status, ?tasks={mode}",
+            all_final,
+            f"= {args.watchers}",
+            all_final == args.watchers,
+        )
+        report.target(
+            f"(6) rate with / without watchers, ?tasks={mode}", ratio, ">= 0.90", ratio >= 0.9
+        )
     report.raw = figures
     report.write()
     return report

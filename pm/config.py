@@ -121,6 +121,11 @@ class WatchersConfig(_Section):
     coalesce_interval: float = 0.1
     # Task messages buffered per watcher; beyond it a slow watcher misses task messages.
     queue_size: int = 1024
+    # Coalesced updates (a job snapshot, with its batch of task changes) one job sends to all
+    # its watchers together per second, at most: with more than this * coalesce_interval
+    # watchers, each gets them less often. Every message costs the gateway a socket write;
+    # this keeps a crowd of watchers from slowing the job. 0 = no such limit.
+    max_updates_per_second: float = 1000.0
 
 
 class StoreConfig(_Section):

@@ -194,6 +194,7 @@ class Engine:
             self.store,
             feed_capacity=self.config.watchers.queue_size,
             coalesce_interval=self.config.watchers.coalesce_interval,
+            max_updates_per_second=self.config.watchers.max_updates_per_second,
         )
 
         async def run(inbox: trio.MemoryReceiveChannel[Any]) -> None:
@@ -228,6 +229,7 @@ class Engine:
             self.store,
             feed_capacity=1,
             coalesce_interval=self.config.watchers.coalesce_interval,
+            max_updates_per_second=self.config.watchers.max_updates_per_second,
         )
         job.feed.close()  # watchers of a stored job get its final snapshot and the close
         job.ended.set()

@@ -28,7 +28,7 @@ from actors import ActorRef, ActorStopped, Reply
 
 from .schemas import JobView, TaskStatus
 from .state import JobRecord, TaskRecord
-from .watch import JobFeed, Watcher
+from .watch import JobFeed, TaskMode, Watcher
 
 if TYPE_CHECKING:
     from .devices import Fleet
@@ -81,7 +81,8 @@ class Job:
       record: the tasks and aggregate state (written only by this job's actor).
       fleet: where tasks go.
       recorder: told of every change (the store).
-      feed_capacity, coalesce_interval: watcher settings (see :mod:`pm.watch`).
+      feed_capacity, coalesce_interval, max_updates_per_second: watcher settings (see
+        :mod:`pm.watch`).
     """
 
     def __init__(
@@ -92,11 +93,13 @@ class Job:
         *,
         feed_capacity: int,
         coalesce_interval: float,
+        max_updates_per_second: float = 0.0,
     ) -> None:
         self.record = record
         self._fleet = fleet
         self._recorder = recorder
         self._coalesce_interval = coalesce_interval
+        self._max_updates_per_second = max_updates_per_second
         self.feed = JobFeed(lambda: record.view(collection=None), feed_capacity)
         self.ref: ActorRef[JobMessage] | None = None
         self._task_scopes: dict[int, trio.CancelScope] = {}
@@ -110,8 +113,9 @@ class Job:
     def final(self) -> bool:
         return self.record.final
 
-    def watch(self) -> Watcher:
-        return Watcher(self.feed, self._coalesce_interval)
+    def watch(self, tasks: TaskMode = "each") -> Watcher:
+        """A new watcher of this job; ``tasks`` says what it receives about tasks."""
+        return Watcher(self.feed, self._coalesce_interval, tasks, self._max_updates_per_second)
 
     # -- called by device actors ---------------------------------------------------------
 

@@ -138,7 +138,13 @@ class TaskMessage(msgspec.Struct, tag_field="type", tag="task"):
     task: TaskView
 
 
-WatchMessage = JobMessage | TaskMessage
+class TasksMessage(msgspec.Struct, tag_field="type", tag="tasks"):
+    """WebSocket (``?tasks=batch``): the task changes since the previous one, oldest first."""
+
+    tasks: list[TaskView]
+
+
+WatchMessage = JobMessage | TaskMessage | TasksMessage
 
 
 class ErrorBody(msgspec.Struct):

@@ -598,6 +598,9 @@ async def test_ws_client_that_never_reads_does_not_slow_the_job(gateway: Gateway
 
 
 class _BrokenWatcher:
+    def __init__(self, *args: object) -> None:
+        pass
+
     def __enter__(self) -> _BrokenWatcher:
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +12,17 @@ import pytest
 import trio
 import trio.testing
 
-from pm.schemas import BatchEntry, JobMessage, TaskMessage, TaskView, WatchMessage
+import pm.watch
+from pm.schemas import BatchEntry, JobMessage, TaskMessage, TasksMessage, TaskView, WatchMessage
 from pm.state import JobRecord, expand_batch
-from pm.watch import JobFeed, Watcher, encode_job_message
+from pm.watch import (
+    JobFeed,
+    Watcher,
+    encode_job_message,
+    parse_task_mode,
+    take_batch,
+    task_message,
+)
 
 INTERVAL = 0.25
 
@@ -39,7 +48,7 @@ def make_feed(devices: int = 3, capacity: int = 16) -> tuple[JobRecord, JobFeed]
     return job, JobFeed(lambda: job.view(None), capacity)
 
 
-def decode(message: bytes) -> JobMessage | TaskMessage:
+def decode(message: bytes) -> JobMessage | TaskMessage | TasksMessage:
     return msgspec.json.decode(message, type=WatchMessage)
 
 
@@ -53,6 +62,12 @@ def task_of(message: bytes) -> TaskView:
     decoded = decode(message)
     assert isinstance(decoded, TaskMessage), decoded
     return decoded.task
+
+
+def tasks_of(message: bytes) -> list[tuple[int, str]]:
+    decoded = decode(message)
+    assert isinstance(decoded, TasksMessage), decoded
+    return [(task.id, task.task.status) for task in decoded.tasks]
 
 
 def view_of(job: JobRecord, index: int) -> Callable[[], TaskView]:
@@ -289,4 +304,182 @@ def test_feed_log_keeps_only_the_last_capacity_messages(capacity: int) -> None:
         for _ in range(5):
             feed.task_changed(view_of(job, 0))
     assert (feed.first_sequence, feed.next_sequence) == (5 - capacity, 5)
-    assert len(list(feed.messages_from(feed.first_sequence))) == capacity
+    assert len(list(feed.views_from(feed.first_sequence))) == capacity
+
+
+# -- task modes: "each" above; "batch" and "none" below --------------------------------------
+
+
+def test_joined_messages_equal_msgspec_encodings() -> None:
+    job = make_job(3)
+    job.mark_sent(job.tasks[1])
+    views = [task.view() for task in job.tasks]
+    encoded = deque(msgspec.json.encode(view) for view in views)
+    assert task_message(encoded[1]) == msgspec.json.encode(TaskMessage(task=views[1]))
+    assert take_batch(encoded) == msgspec.json.encode(TasksMessage(tasks=views))
+    assert not encoded
+
+
+def test_batch_messages_are_split_near_max_batch_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = make_job(5)
+    encoded = deque(msgspec.json.encode(task.view()) for task in job.tasks)
+    # Two views fit, a third would not.
+    monkeypatch.setattr(pm.watch, "MAX_BATCH_BYTES", len(encoded[0]) * 2 + 2)
+    messages = []
+    while encoded:
+        messages.append(take_batch(encoded))
+    assert [[task_id for task_id, _ in tasks_of(m)] for m in messages] == [[1, 2], [3, 4], [5]]
+    # A view larger than the limit still goes, alone.
+    monkeypatch.setattr(pm.watch, "MAX_BATCH_BYTES", 1)
+    encoded.extend(msgspec.json.encode(task.view()) for task in job.tasks)
+    assert [len(tasks_of(take_batch(encoded))) for _ in range(5)] == [1] * 5
+
+
+def test_parse_task_mode() -> None:
+    assert [parse_task_mode(mode) for mode in ("each", "batch", "none")] == [
+        "each",
+        "batch",
+        "none",
+    ]
+    with pytest.raises(ValueError, match="each, batch, none"):
+        parse_task_mode("all")
+    job, feed = make_feed()
+    with pytest.raises(ValueError):
+        Watcher(feed, INTERVAL, "some")  # type: ignore[arg-type]
+    assert feed.watchers == 0
+
+
+async def test_batch_sends_the_changes_of_an_interval_in_one_message_then_the_snapshot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=4)
+    with Watcher(feed, INTERVAL, "batch") as watcher:
+        t0 = trio.current_time()
+        assert job_of(await watcher.__anext__())["status"] == "pending"
+        # Changes right after the first snapshot wait for the tick, in order, all of them.
+        for index in (2, 0):
+            job.mark_sent(job.tasks[index])
+            feed.task_changed(view_of(job, index))
+            feed.job_changed()
+        job.settle(job.tasks[2], "resolved", None, 1_000_000_001.0)
+        feed.task_changed(view_of(job, 2))
+        feed.job_changed()
+        assert tasks_of(await watcher.__anext__()) == [(3, "sent"), (1, "sent"), (3, "resolved")]
+        assert trio.current_time() - t0 == INTERVAL
+        assert job_of(await watcher.__anext__())["doneCount"] == 1
+        assert trio.current_time() - t0 == INTERVAL
+
+        # Idle, then a change: it goes out at once, and the next one a full interval later.
+        await trio.sleep(10.0)
+        t1 = trio.current_time()
+        job.mark_sent(job.tasks[1])
+        feed.task_changed(view_of(job, 1))
+        feed.job_changed()
+        assert tasks_of(await watcher.__anext__()) == [(2, "sent")]
+        assert job_of(await watcher.__anext__())["status"] == "dispatching"
+        assert trio.current_time() - t1 == 0
+        job.settle(job.tasks[1], "error", None, 1_000_000_001.0)
+        feed.task_changed(view_of(job, 1))
+        feed.job_changed()
+        assert tasks_of(await watcher.__anext__()) == [(2, "error")]
+        assert trio.current_time() - t1 == INTERVAL
+        assert job_of(await watcher.__anext__())["errorCount"] == 1
+
+
+async def test_batch_flushes_its_tasks_before_the_final_message_without_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=2)
+    with Watcher(feed, INTERVAL, "batch") as watcher:
+        t0 = trio.current_time()
+        await watcher.__anext__()
+        for index, task in enumerate(job.tasks):
+            job.settle(task, "resolved", None, 1_000_000_001.0)
+            feed.task_changed(view_of(job, index))
+            feed.job_changed()
+        feed.close()
+        rest = [message async for message in watcher]
+        assert trio.current_time() - t0 == 0
+    assert tasks_of(rest[0]) == [(1, "resolved"), (2, "resolved")]
+    assert rest[1:] == [feed.final_message]
+    assert feed.watchers == feed.task_watchers == 0
+
+
+async def test_a_slow_batch_watcher_misses_task_changes_but_gets_the_final_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=10, capacity=4)
+    with Watcher(feed, INTERVAL, "batch") as slow:
+        await slow.__anext__()
+        for index, task in enumerate(job.tasks):
+            job.settle(task, "resolved", None, 1_000_000_001.0)
+            feed.task_changed(view_of(job, index))
+            feed.job_changed()
+        feed.close()
+        messages = [message async for message in slow]
+    assert slow.missed == 6
+    assert [task_id for task_id, _ in tasks_of(messages[0])] == [7, 8, 9, 10]
+    assert messages[1:] == [feed.final_message]
+
+
+async def test_none_sends_only_coalesced_snapshots_and_builds_no_task_view(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=3)
+    built: list[int] = []
+
+    def view_of_first() -> TaskView:
+        built.append(1)
+        return job.tasks[0].view()
+
+    with Watcher(feed, INTERVAL, "none") as watcher:
+        assert (feed.watchers, feed.task_watchers) == (1, 0)
+        t0 = trio.current_time()
+        assert job_of(await watcher.__anext__())["doneCount"] == 0
+        received: list[tuple[int, float]] = []
+
+        async def read_all() -> None:
+            async for message in watcher:
+                received.append((job_of(message)["doneCount"], trio.current_time() - t0))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            for task in job.tasks:
+                await trio.sleep(0.1)
+                job.settle(task, "resolved", None, 1_000_000_001.0)
+                feed.task_changed(view_of_first)
+                feed.job_changed()
+            feed.close()
+    # Changes at 0.1, 0.2, 0.3: the tick at 0.25 sends the state of then; the next tick
+    # would be at 0.5, but the final message goes out at once (at 0.3).
+    assert received == [(2, INTERVAL), (3, pytest.approx(0.3))]
+    assert built == [] and feed.next_sequence == 0
+    assert feed.watchers == 0
+
+
+async def test_a_crowd_of_watchers_shares_the_jobs_update_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=2)
+    # Budget 10 updates/s for the job, 5 watchers: each gets one every 0.5 s at most (more
+    # than INTERVAL); alone, a watcher would get one every INTERVAL.
+    crowd = [Watcher(feed, INTERVAL, "none", max_updates_per_second=10) for _ in range(5)]
+    watcher = crowd[0]
+    t0 = trio.current_time()
+    await watcher.__anext__()
+    job.mark_sent(job.tasks[0])
+    feed.job_changed()
+    assert job_of(await watcher.__anext__())["status"] == "dispatching"
+    assert trio.current_time() - t0 == 0.5
+    for other in crowd[1:]:
+        other.close()
+    job.settle(job.tasks[0], "resolved", None, 1_000_000_001.0)
+    feed.job_changed()
+    # Interval decided when the last update went out (5 watchers then), the next one alone.
+    assert job_of(await watcher.__anext__())["doneCount"] == 1
+    assert trio.current_time() - t0 == 1.0
+    job.mark_sent(job.tasks[1])
+    feed.job_changed()
+    await watcher.__anext__()
+    assert trio.current_time() - t0 == 1.0 + INTERVAL
+    watcher.close()

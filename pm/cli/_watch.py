@@ -31,7 +31,15 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from ..schemas import FINAL_JOB_STATUSES, JobMessage, JobView, TaskMessage, TaskView, WatchMessage
+from ..schemas import (
+    FINAL_JOB_STATUSES,
+    JobMessage,
+    JobView,
+    TaskMessage,
+    TasksMessage,
+    TaskView,
+    WatchMessage,
+)
 from ._arguments import HelpFormatter, authorization, gateway_token, gateway_url, url_options
 from ._console import stdout_console
 from ._errors import EXIT_FAILED, EXIT_OK, CliError, unreachable
@@ -63,16 +71,21 @@ class JobProgress:
         self.job: JobView | None = None
         self.failed: dict[int, TaskView] = {}
 
-    def apply(self, message: JobMessage | TaskMessage) -> None:
+    def apply(self, message: JobMessage | TaskMessage | TasksMessage) -> None:
         match message:
             case JobMessage(job):
                 self.job = job
-            case TaskMessage(task) if task.task.status in FAILED_TASK_STATUSES:
-                self.failed[task.id] = task
-            case TaskMessage():
-                pass
+            case TaskMessage(task):
+                self._task_changed(task)
+            case TasksMessage(tasks):
+                for task in tasks:
+                    self._task_changed(task)
             case _:
                 raise AssertionError(f"unexpected watch message {message!r}")
+
+    def _task_changed(self, task: TaskView) -> None:
+        if task.task.status in FAILED_TASK_STATUSES:
+            self.failed[task.id] = task
 
     @property
     def final(self) -> bool:
@@ -207,13 +220,17 @@ class PlainDisplay:
 
 
 def websocket_url(url: str, job_id: int) -> str:
+    """The job's stream with task changes batched (``?tasks=batch``): one message per
+    interval instead of one per task change, cheaper for the gateway and for us. A gateway
+    that predates the parameter ignores it and sends ``{"type":"task"}`` messages, which
+    :meth:`JobProgress.apply` reads as well."""
     scheme, separator, rest = url.partition("://")
     if not separator:
         raise CliError(f"--url must start with http:// or https://, got {url!r}")
     ws_scheme = {"http": "ws", "https": "wss"}.get(scheme.lower())
     if ws_scheme is None:
         raise CliError(f"--url must start with http:// or https://, got {url!r}")
-    return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws"
+    return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws?tasks=batch"
 
 
 async def watch_job(url: str, job_id: int, console: Console, token: str | None = None) -> int:

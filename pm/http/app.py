@@ -32,6 +32,7 @@ from ..config import Config
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
 from ..jobs import Job
 from ..schemas import ErrorBody, Health, JobRequest
+from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
 from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
@@ -260,9 +261,13 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.websocket("/jobs/<int:job_id>/ws")
     async def watch_job(job_id: int) -> TrioResponse | None:
+        try:
+            tasks = parse_task_mode(websocket.args.get("tasks", "each"))
+        except ValueError as error:
+            # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
+            return error_response(400, str(error))
         job = await find_job(job_id)
         if job is None:
-            # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
             return error_response(404, f"no job {job_id}")
         with watcher_slots.claim(job_id) as claimed:
             if not claimed:
@@ -279,8 +284,10 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
                     nursery.start_soon(_discard_incoming)
                     # The watcher never buffers for us: while a send waits on a slow client
                     # it skips task messages, so the job and other watchers never wait.
-                    with job.watch() as watcher:
+                    with job.watch(tasks) as watcher:
                         async for payload in watcher:
+                            # A str makes a text frame (bytes would make a binary one, a
+                            # protocol change); the decode is a small part of a send.
                             await websocket.send(payload.decode())
                     nursery.cancel_scope.cancel()
             except Exception:

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from ..schemas import ErrorBody, Health, JobRequest, JobView, WatchMessage
+from ..watch import TASK_MODES
 from .queries import GetJobQuery, ListJobsQuery
 
 _REF_TEMPLATE = "#/components/schemas/{name}"
@@ -170,18 +171,37 @@ def build_openapi(
                     "operationId": "watchJob",
                     "summary": "WebSocket: the job's changes as JSON text messages",
                     "description": (
-                        'First {"type": "job"} (a snapshot without collection), then '
-                        '{"type": "task"} per task change and coalesced {"type": "job"} '
-                        "snapshots; the last message is the final job snapshot, after which "
-                        "the server closes with 1000. A slow client may miss task messages, "
-                        "never the final one. Close code 1011 means the server failed."
+                        'First {"type": "job"} (a snapshot without collection), then task '
+                        'changes and coalesced {"type": "job"} snapshots; the last message is '
+                        "the final job snapshot, after which the server closes with 1000. "
+                        'Task changes by ?tasks=: each (default) one {"type": "task"} per '
+                        'change, batch one {"type": "tasks"} per update with every change '
+                        "since the last, none no task messages. A slow client may miss task "
+                        "changes, never the final message. Close code 1011 means the server "
+                        "failed."
                     ),
+                    "parameters": [
+                        {
+                            "name": "tasks",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "enum": list(TASK_MODES),
+                                "default": "each",
+                            },
+                            "description": "what the watcher receives about tasks",
+                        }
+                    ],
                     "responses": {
                         "101": {
                             "description": "switching to WebSocket; each message is one of",
                             "content": _content(watch_message),
                         },
-                        "400": error("a plain HTTP request, not a WebSocket handshake"),
+                        "400": error(
+                            "a plain HTTP request, not a WebSocket handshake; or an unknown "
+                            "tasks value"
+                        ),
                         "404": error("no such job (the handshake is refused)"),
                         "429": {
                             **error("limits.max_watchers_per_job watchers are watching it"),

@@ -91,3 +91,53 @@ async def test_watch_unknown_job_is_refused(start_gateway: GatewayFactory) -> No
         except trio_websocket.HandshakeError as error:
             assert isinstance(error, trio_websocket.ConnectionRejected)
             assert error.status_code == 404
+
+
+async def test_watch_batched_tasks_and_snapshots_only(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        devices = [f"b{i}" for i in range(5)]
+        await start_simulator(gateway, devices, latency=0.2, progress_steps=1)
+        created = await post_job(http(gateway), entry(devices, "/a"), entry(devices, "/b"))
+        url = ws_url(gateway.http_url, created["id"])
+        async with (
+            trio_websocket.open_websocket_url(url + "?tasks=batch") as batched,
+            trio_websocket.open_websocket_url(url + "?tasks=none") as counts_only,
+        ):
+            batch_messages = await read_until_closed(batched)
+            count_messages = await read_until_closed(counts_only)
+            assert batched.closed is not None and batched.closed.code == 1000
+            assert counts_only.closed is not None and counts_only.closed.code == 1000
+        # batch: the same protocol, with task changes in {"type": "tasks"} messages.
+        assert batch_messages[0]["type"] == "job"
+        assert batch_messages[-1]["type"] == "job"
+        assert batch_messages[-1]["job"]["status"] == "resolved"
+        assert {m["type"] for m in batch_messages} == {"job", "tasks"}
+        tasks = [t for m in batch_messages if m["type"] == "tasks" for t in m["tasks"]]
+        assert {t["id"] for t in tasks if t["__task"]["status"] == "resolved"} == set(
+            created["collection"]
+        )
+        # Ten tasks, each sent, at 50 % and resolved: far fewer messages than changes.
+        assert sum(m["type"] == "tasks" for m in batch_messages) < len(tasks)
+        # none: job snapshots only, the final one last.
+        assert {m["type"] for m in count_messages} == {"job"}
+        assert count_messages[-1] == batch_messages[-1]
+
+
+async def test_watch_unknown_task_mode_is_refused(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
+) -> None:
+    with trio.fail_after(20):
+        gateway = await start_gateway()
+        await start_simulator(gateway, ["u0"])
+        created = await post_job(http(gateway), entry(["u0"], "/a"))
+        try:
+            async with trio_websocket.open_websocket_url(
+                ws_url(gateway.http_url, created["id"]) + "?tasks=all"
+            ):
+                raise AssertionError("the handshake should have been refused")
+        except trio_websocket.ConnectionRejected as error:
+            assert error.status_code == 400
+            assert b"each, batch, none" in (error.body or b"")
