@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> Report:
         default=",".join(MODES),
         help="comma-separated ?tasks= modes to measure (each, batch, none)",
     )
+    parser.add_argument("--scenario", default="watchers", help="result file name")
     args = parser.parse_args(argv)
     modes = [mode for mode in args.modes.split(",") if mode]
     if not modes or set(modes) - set(MODES):
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> Report:
             fleet.stop()
             gateway.stop()
     report = Report(
-        scenario="watchers",
+        scenario=args.scenario,
         title=f"Scenario 6: {args.watchers:,} WebSocket watchers on a {args.tasks:,}-task job",
         command="python -m bench.watchers " + shlex.join(sys.argv[1:] if argv is None else argv),
         parameters=vars(args),
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> Report:
     )
     without = median(figures["without"])
     without_cpu = median(figures["without_cpu"])
+    size = f"{args.watchers:,} watchers, {args.tasks:,} tasks"
     for mode in modes:
         by_mode = figures["modes"][mode]
         ratio = median(by_mode["ratio"])
@@ -195,13 +197,16 @@ def main(argv: list[str] | None = None) -> Report:
             ]
         )
         report.target(
-            f"(6) all watchers get the final status, ?tasks={mode}",
+            f"(6) all watchers get the final status, ?tasks={mode} ({size})",
             all_final,
             f"= {args.watchers}",
             all_final == args.watchers,
         )
         report.target(
-            f"(6) rate with / without watchers, ?tasks={mode}", ratio, ">= 0.90", ratio >= 0.9
+            f"(6) rate with / without watchers, ?tasks={mode} ({size})",
+            ratio,
+            ">= 0.90",
+            ratio >= 0.9,
         )
     report.raw = figures
     report.write()
