@@ -108,7 +108,7 @@ class TasksConfig(_Section):
     default_timeout: float = 3600.0
     # Tasks queued per device before a job feeding it waits (back-pressure).
     device_mailbox: int = 1024
-    # A device actor with nothing to do for this many seconds is retired.
+    # A device actor with nothing to do for this many seconds (up to a quarter more) is retired.
     device_idle_retire: float = 60.0
     # Tasks of finished jobs kept in memory (whole jobs, oldest forgotten first); the store
     # serves the others. Counted in tasks, not jobs: memory (and the garbage collector's
