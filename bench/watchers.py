@@ -26,8 +26,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shlex
 import sys
+import time
 from typing import Any
 
 import msgspec
@@ -35,7 +38,14 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from bench._load import FINAL_STATUSES, http_client, job_body, parse_time, post_job, wait_final
-from bench._processes import cpu_seconds, fleet_ids, start_fleet, start_gateway, workdir
+from bench._processes import (
+    children_of,
+    cpu_seconds,
+    fleet_ids,
+    start_fleet,
+    start_gateway,
+    workdir,
+)
 from bench._report import Report, median
 
 _decode = msgspec.json.Decoder().decode
@@ -74,14 +84,24 @@ async def _watch(
             handshakes.release()
 
 
+def _cpu_by_process(processes: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process, and of this one (the watchers' clients)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {name: cpu_seconds(pid) for name, pid in processes.items()} | {
+        "bench": own.ru_utime + own.ru_stime
+    }
+
+
 async def _one_job(
-    base: str, gateway_pid: int, devices: list[str], watchers: int, mode: str
-) -> tuple[float, int, float, float]:
+    base: str, processes: dict[str, int], devices: list[str], watchers: int, mode: str
+) -> tuple[float, int, float, dict[str, float]]:
     """Returns the dispatch rate, the watchers that got the final "resolved" message, the
-    mean number of messages they received and the gateway's CPU seconds for the job."""
+    mean number of messages they received and the CPU seconds each process spent on the job
+    (``processes`` by name, plus ``bench``: this process) and its ``wall`` seconds."""
     finals: list[str] = []
     messages: list[int] = []
-    cpu_before = cpu_seconds(gateway_pid)
+    cpu_before = _cpu_by_process(processes)
+    started = time.monotonic()
     async with http_client(base) as client, trio.open_nursery() as nursery:
         job_id, sent = await post_job(client, job_body(devices))
         handshakes = trio.Semaphore(50)
@@ -90,27 +110,34 @@ async def _one_job(
             nursery.start_soon(_watch, ws_url, handshakes, finals, messages)
         job = await wait_final(client, job_id, poll=0.1)
     rate = job["totalCount"] / (parse_time(job["finishAt"]) - sent)
-    cpu = cpu_seconds(gateway_pid) - cpu_before
+    cpu_after = _cpu_by_process(processes)
+    cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    cpu["wall"] = time.monotonic() - started
     mean_messages = sum(messages) / len(messages) if messages else 0.0
     return rate, sum(status == "resolved" for status in finals), mean_messages, cpu
 
 
 async def _measure(
-    base: str, gateway_pid: int, devices: list[str], watchers: int, rounds: int, modes: list[str]
+    base: str,
+    processes: dict[str, int],
+    devices: list[str],
+    watchers: int,
+    rounds: int,
+    modes: list[str],
 ) -> dict[str, Any]:
     without: list[float] = []
-    without_cpu: list[float] = []
-    by_mode: dict[str, dict[str, list[float]]] = {
+    without_cpu: list[dict[str, float]] = []
+    by_mode: dict[str, dict[str, list[Any]]] = {
         mode: {"with": [], "ratio": [], "final_received": [], "messages": [], "cpu": []}
         for mode in modes
     }
-    await _one_job(base, gateway_pid, devices, 0, "each")  # warm-up
+    await _one_job(base, processes, devices, 0, "each")  # warm-up
     for round_number in range(rounds):
         runs = [None, *modes]
         for mode in runs if round_number % 2 == 0 else reversed(runs):
             with trio.fail_after(600):
                 rate, resolved, messages, cpu = await _one_job(
-                    base, gateway_pid, devices, watchers if mode else 0, mode or "each"
+                    base, processes, devices, watchers if mode else 0, mode or "each"
                 )
             if mode is None:
                 without.append(rate)
@@ -124,6 +151,18 @@ async def _measure(
     for figures in by_mode.values():
         figures["ratio"] = [w / o for w, o in zip(figures["with"], without, strict=True)]
     return {"without": without, "without_cpu": without_cpu, "modes": by_mode}
+
+
+def _cpu_note(label: str, runs: list[dict[str, float]]) -> str:
+    """One line: median CPU seconds per process over ``runs``, against what 2 cores offer."""
+    medians = {name: median([run[name] for run in runs]) for name in runs[0]}
+    spent = sum(value for name, value in medians.items() if name != "wall")
+    parts = ", ".join(f"{name} {value:.2f}" for name, value in medians.items() if name != "wall")
+    cores = os.cpu_count() or 1
+    return (
+        f"CPU s per job, {label} (median): {parts}; together {spent:.1f} of the "
+        f"{cores * medians['wall']:.1f} that {cores} cores offer in its {medians['wall']:.1f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -149,10 +188,15 @@ def main(argv: list[str] | None = None) -> Report:
         )
         fleet = start_fleet(directory, int(gateway.info["mqtt_port"]), args.tasks, args.connections)
         try:
+            processes = {
+                "gateway": gateway.pid,
+                "broker": children_of(gateway.pid)[0],
+                "fleet": fleet.pid,
+            }
             figures = trio.run(
                 _measure,
                 str(gateway.info["url"]),
-                gateway.pid,
+                processes,
                 fleet_ids(args.tasks),
                 args.watchers,
                 args.rounds,
@@ -178,10 +222,12 @@ def main(argv: list[str] | None = None) -> Report:
         ],
     )
     without = median(figures["without"])
-    without_cpu = median(figures["without_cpu"])
+    without_cpu = median([run["gateway"] for run in figures["without_cpu"]])
+    report.notes.append(_cpu_note("without watchers", figures["without_cpu"]))
     size = f"{args.watchers:,} watchers, {args.tasks:,} tasks"
     for mode in modes:
         by_mode = figures["modes"][mode]
+        report.notes.append(_cpu_note(f"{args.watchers:,} watchers, ?tasks={mode}", by_mode["cpu"]))
         ratio = median(by_mode["ratio"])
         all_final = min(by_mode["final_received"])
         report.rows.append(
@@ -193,7 +239,7 @@ def main(argv: list[str] | None = None) -> Report:
                 f"{all_final}/{args.watchers} (worst round)",
                 round(median(by_mode["messages"])),
                 round(without_cpu, 1),
-                round(median(by_mode["cpu"]), 1),
+                round(median([run["gateway"] for run in by_mode["cpu"]]), 1),
             ]
         )
         report.target(
