@@ -101,9 +101,9 @@ async def test_burst_of_mixed_sizes_split_across_read_ahead_chunks(
     assert received == {f"sizes/{n}": bytes([n % 251]) * size for n, size in enumerate(sizes)}
 
 
-# sha256 (first 16 hex digits) of the paho 2.2.0 source of the methods pm.mqtt's
-# _ReadAheadClient overrides (_sock_recv, _handle_on_message) or relies on calling the
-# first per packet (_packet_read).
+# sha256 (first 16 hex digits) of the paho 2.2.0 source of the methods that ReadAheadClient
+# (pm/mqtt/_paho.py) overrides (_sock_recv, _handle_on_message) or relies on calling the first
+# per packet (_packet_read).
 # A mismatch means paho changed: re-read them, adapt the override, update the digests.
 _PINNED_PAHO_SOURCES = {
     "_sock_recv": "c3b9043a46dd81b7",

@@ -1,0 +1,23 @@
+"""An MQTT 3.1.1 client for trio: paho-mqtt driven by trio's I/O waits, no threads at steady state.
+
+paho does the protocol (packet codec, QoS 1 bookkeeping, keepalive); this module does the I/O.
+Once connected, one task calls ``loop_read()`` whenever the socket is readable, another calls
+``loop_write()`` whenever paho has queued bytes (paho tells us through its
+``on_socket_register_write`` callback), and the supervising task calls ``loop_misc()`` four
+times per keepalive period. paho's callbacks therefore run on the trio thread, between checkpoints,
+which is what lets :meth:`MqttClient.publish` be a plain synchronous call. Only the blocking TCP
+connect runs in a worker thread.
+
+Restart policy: every connection uses a fresh paho client with a clean session. When the
+connection is lost (socket error, broker gone, keepalive timeout) the client logs it once,
+reconnects forever with exponential backoff and jitter, re-subscribes to every filter that
+:meth:`MqttClient.subscribe` ever granted, and only then reports itself connected and calls
+``on_connect(generation)``. QoS 1 messages that were in flight when the connection dropped are
+*not* resent by this module: republishing them is the caller's decision (the gateway does it
+from ``on_connect``), which avoids a second, hidden copy.
+"""
+
+from ._client import MqttClient, open_mqtt_client
+from ._connection import MqttError, MqttSubscribeError
+
+__all__ = ["MqttClient", "MqttError", "MqttSubscribeError", "open_mqtt_client"]

@@ -1,0 +1,331 @@
+"""One MQTT connection: a paho client, its socket, and the trio tasks that drive them."""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as paho
+import trio
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ._paho import ReadAheadClient
+
+if TYPE_CHECKING:
+    from ._client import MqttClient
+
+
+# paho's keepalive bookkeeping only advances when loop_misc() is called. Four calls per
+# keepalive period send each PINGREQ at most 1.25 periods after the last packet out (brokers
+# allow 1.5) and notice a missing PINGRESP at most a quarter period late. (A fixed 1 s period
+# woke a simulated fleet of 10,000 connections 10,000 times a second: ~0.6 of a core.)
+_MISC_CALLS_PER_KEEPALIVE = 4
+# With keepalive off (0) loop_misc() has nothing to time.
+_MISC_INTERVAL_WITHOUT_KEEPALIVE = 60.0
+# A burst of small packets arrives in one TCP segment: read up to this many per readiness
+# wake-up instead of paying a scheduler round trip each, but yield eventually so one busy client
+# cannot starve the other clients living in the same trio process.
+_MAX_PACKETS_PER_WAKEUP = 256
+
+
+class MqttError(Exception):
+    """paho refused an operation for a reason other than "not connected"."""
+
+
+class MqttSubscribeError(MqttError):
+    """The broker refused a subscription, or granted a lower QoS than asked for."""
+
+
+class ConnectionLost(Exception):
+    """Internal: the connection an operation was using went away; try again on the next one."""
+
+
+class SubackWaiter:
+    __slots__ = ("done", "reason_codes")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        # None once done means the connection was lost before the SUBACK came.
+        self.reason_codes: list[ReasonCode] | None = None
+
+
+class Connection:
+    """One TCP connection: a fresh paho client, its socket, and the loops that drive them.
+
+    Callbacks are bound to this object rather than to :class:`MqttClient`, so a late callback
+    from a dead connection can never disturb the next one.
+    """
+
+    def __init__(self, owner: MqttClient, client: ReadAheadClient, sock: socket.socket) -> None:
+        self.owner = owner
+        self.paho = client
+        self.sock = sock
+        self.scope: trio.CancelScope | None = None
+        self.write_wanted = trio.Event()
+        self.connack_received = trio.Event()
+        self.connack: ReasonCode | None = None
+        self.lost = trio.Event()
+        self.closed = trio.Event()
+        self.lost_reason = "socket closed"
+        # Set once CONNACK is accepted and the subscriptions are restored (or failed to be).
+        self.established = trio.Event()
+        self.restore_error: MqttSubscribeError | None = None
+        # (mid, filters) of the SUBSCRIBE that restores the subscriptions, until its SUBACK.
+        self.restoring: tuple[int, list[tuple[str, int]]] | None = None
+        self.suback_waiters: dict[int, SubackWaiter] = {}
+        client.on_connect = self._on_connack
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_suback
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_close = self._on_socket_close
+
+    # -- I/O loops (run in the connection's nursery) ----------------------------------------
+
+    async def read_loop(self) -> None:
+        while True:
+            try:
+                if self.paho.read_ahead_pending or _has_decrypted_bytes(self.sock):
+                    # The last wake-up left bytes read ahead, or (TLS) whole records decrypted
+                    # in the SSL object, which the kernel does not know about: waiting for the
+                    # socket would stall.
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.wait_readable(self.sock)
+            except trio.ClosedResourceError:
+                self.mark_lost("socket closed")
+                return
+            for _ in range(_MAX_PACKETS_PER_WAKEUP):
+                # loop_read() reads one packet when nothing is in flight, and its return code
+                # cannot tell "read a packet" from "nothing left": peek to know whether to go on.
+                rc = self.paho.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._lost_with(rc)
+                    return
+                if not self.paho.read_ahead_pending and not _has_pending_bytes(self.sock):
+                    break
+
+    async def write_loop(self) -> None:
+        while True:
+            if self.paho.want_write():
+                # paho sends each queued packet with its own send(): corked, the kernel packs
+                # them into full segments instead of pushing one loopback/TCP segment per
+                # packet through the stack (that was ~16% of the gateway's CPU in a 10k-task
+                # burst). Uncorking flushes at once, so a lone packet is not delayed.
+                _set_cork(self.sock, True)
+                try:
+                    rc = self.paho.loop_write()
+                finally:
+                    _set_cork(self.sock, False)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._lost_with(rc)
+                    return
+                if self.paho.want_write():
+                    # Kernel send buffer full: wait for it to drain, then write the rest.
+                    try:
+                        await trio.lowlevel.wait_writable(self.sock)
+                    except trio.ClosedResourceError:
+                        self.mark_lost("socket closed")
+                        return
+                    continue
+            # Nothing pending. No checkpoint since want_write() was checked, so a packet queued
+            # from now on fires on_socket_register_write and sets this new Event.
+            self.write_wanted = trio.Event()
+            await self.write_wanted.wait()
+
+    async def misc_loop(self) -> None:
+        keepalive = self.owner._keepalive
+        interval = (
+            keepalive / _MISC_CALLS_PER_KEEPALIVE
+            if keepalive > 0
+            else _MISC_INTERVAL_WITHOUT_KEEPALIVE
+        )
+        # Spread the calls of many connections opened together over the interval.
+        await trio.sleep(random.uniform(0, interval))
+        while True:
+            if self.paho.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # The one failure loop_misc() reports: no PINGRESP within the keepalive.
+                self._lost_with(MQTTErrorCode.MQTT_ERR_KEEPALIVE)
+                return
+            await trio.sleep(interval)
+
+    async def subscribe(self, filters: list[tuple[str, int]]) -> None:
+        """Send one SUBSCRIBE for ``filters`` and check the SUBACK.
+
+        Error handling: :exc:`ConnectionLost` if the connection dies first;
+        :exc:`MqttSubscribeError` naming each refused or downgraded filter.
+        """
+        mid = self._send_subscribe(filters)
+        if mid is None:
+            raise ConnectionLost
+        waiter = SubackWaiter()
+        self.suback_waiters[mid] = waiter
+        try:
+            await waiter.done.wait()
+        finally:
+            del self.suback_waiters[mid]
+        if waiter.reason_codes is None:
+            raise ConnectionLost
+        error = _refusal(filters, waiter.reason_codes)
+        if error is not None:
+            raise error
+
+    def _send_subscribe(self, filters: list[tuple[str, int]]) -> int | None:
+        """Queue a SUBSCRIBE; its message id, or None if the connection is gone."""
+        rc, mid = self.paho.subscribe(filters)
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN or mid is None:
+            return None
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttError(f"subscribe failed: {paho.error_string(rc)}")
+        return mid
+
+    def mark_lost(self, reason: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_reason = reason
+        self.lost.set()
+        self.owner._connection_lost(self)
+        for waiter in self.suback_waiters.values():
+            waiter.done.set()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def _lost_with(self, rc: MQTTErrorCode) -> None:
+        # Usually paho has called on_disconnect already and this changes nothing.
+        self.mark_lost(paho.error_string(rc))
+
+    async def send_disconnect(self) -> None:
+        """Send DISCONNECT after whatever paho still has queued; paho then closes the socket.
+
+        Call only once this connection's tasks are cancelled: it writes on its own, and trio
+        allows one task at a time to wait for the socket to be writable.
+        """
+        self.paho.disconnect()
+        while self.paho.socket() is not None and self.paho.want_write():
+            if self.paho.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if self.paho.socket() is not None and self.paho.want_write():
+                try:
+                    await trio.lowlevel.wait_writable(self.sock)
+                except trio.ClosedResourceError:
+                    return
+
+    def close(self) -> None:
+        """Close the socket if paho has not already; idempotent."""
+        self.mark_lost(self.lost_reason)
+        sock = self.paho.socket()
+        if sock is not None:
+            # paho keeps its reference to the socket and closes it again from Client.__del__,
+            # possibly outside trio: detach the callback that calls into trio first.
+            self.paho.on_socket_close = None
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        self.closed.set()
+
+    # -- paho callbacks (run synchronously inside loop_read/loop_write/loop_misc) -----------
+
+    def _on_connack(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            # The broker closes the socket next; the reason is what the log line needs.
+            self.mark_lost(f"broker refused the connection: {reason}")
+            return
+        subscriptions = list(self.owner._subscriptions.items())
+        if not subscriptions:
+            self._establish()
+            return
+        # Restore the subscriptions from here, synchronously, and announce from the SUBACK
+        # callback: a PUBLISH right behind the SUBACK in the same read must find the client
+        # connected, or an on_message that answers at once would see publish() return False.
+        mid = self._send_subscribe(subscriptions)
+        if mid is not None:
+            self.restoring = (mid, subscriptions)
+
+    def _establish(self) -> None:
+        self.owner._announce(self)
+        self.established.set()
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        # For MQTT 3.1.1 paho reports most losses as "Unspecified error"; say it plainly.
+        self.mark_lost("connection lost" if str(reason) == "Unspecified error" else str(reason))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.owner._dispatch(message.topic, message.payload)
+
+    def _on_suback(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        if self.restoring is not None and self.restoring[0] == mid:
+            filters = self.restoring[1]
+            self.restoring = None
+            self.restore_error = _refusal(filters, reason_codes)
+            if self.restore_error is not None:
+                self.established.set()  # _handshake raises it
+            else:
+                self._establish()
+            return
+        waiter = self.suback_waiters.get(mid)
+        if waiter is not None:
+            waiter.reason_codes = reason_codes
+            waiter.done.set()
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self.write_wanted.set()
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # Our read/write tasks may be parked on this fd in trio's epoll: tell trio before the fd
+        # is closed (and possibly reused by the next connection), which wakes them with
+        # ClosedResourceError.
+        trio.lowlevel.notify_closing(sock)
+
+
+def _refusal(
+    filters: list[tuple[str, int]], reason_codes: list[ReasonCode]
+) -> MqttSubscribeError | None:
+    """The error to raise if the SUBACK refused or downgraded any filter, else None."""
+    refused = [
+        f"{topic_filter!r} (asked QoS {qos}, got {code})"
+        for (topic_filter, qos), code in zip(filters, reason_codes, strict=True)
+        if code.is_failure or code.value < qos
+    ]
+    if not refused:
+        return None
+    return MqttSubscribeError("broker refused subscription: " + ", ".join(refused))
+
+
+def _set_cork(sock: socket.socket, corked: bool) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(corked))
+    except OSError:
+        pass  # the socket is closed or failed: loop_write() reports that itself
+
+
+def _has_decrypted_bytes(sock: socket.socket) -> bool:
+    """TLS: whether the SSL object holds decrypted bytes not yet read (never, for plain TCP)."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def _has_pending_bytes(sock: socket.socket) -> bool:
+    if _has_decrypted_bytes(sock):
+        return True
+    try:
+        # b"" (EOF) counts as pending: loop_read() must see it to report the loss. For TLS this
+        # peeks at the raw socket (SSLSocket.recv refuses flags): encrypted bytes, perhaps only
+        # part of a record, which loop_read() then reports as "nothing yet".
+        socket.socket.recv(sock, 1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
