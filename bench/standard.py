@@ -33,17 +33,7 @@ STANDARD: list[tuple[Callable[[list[str]], Report], list[str]]] = [
         ["--connections", "1000", "10000", "--stock-connections", "1000"]
         + ["--brokers", "ours", "stock"],
     ),
-    # ?tasks=each sends every task change to every watcher: ~20 million messages at this size,
-    # hours here; it is measured at a tenth of the size beside it.
-    (
-        watchers.main,
-        ["--tasks", "10000", "--watchers", "1000", "--rounds", "2", "--modes", "none,batch"],
-    ),
-    (
-        watchers.main,
-        ["--tasks", "1000", "--watchers", "100", "--rounds", "2", "--modes", "each"]
-        + ["--scenario", "watchers-each"],
-    ),
+    (watchers.main, ["--tasks", "10000", "--watchers", "1000", "--rounds", "2"]),
     (api_load.main, ["--tasks", "10000"]),
     (scale.main, ["--tasks", "100000", "--small", "10000", "--devices", "10000"]),
 ]
@@ -64,7 +54,6 @@ ORDER = [
     "latency-mosquitto",
     "broker_fanout",
     "watchers",
-    "watchers-each",
     "api_load",
     "scale",
 ]

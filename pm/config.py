@@ -126,6 +126,12 @@ class WatchersConfig(_Section):
     # watchers, each gets them less often. Every message costs the gateway a socket write;
     # this keeps a crowd of watchers from slowing the job. 0 = no such limit.
     max_updates_per_second: float = 1000.0
+    # {"type":"task"} messages (?tasks=each, one per task change) one job sends to all its
+    # such watchers together per second, at most, shared evenly: beyond their share they are
+    # slow watchers (they lag, then miss task messages; never the final job message). A job
+    # of 10k tasks makes ~20k changes; sending each to 100 watchers took most of a core. 0 =
+    # no such limit.
+    max_task_messages_per_second: float = 5000.0
 
 
 class StoreConfig(_Section):

@@ -192,9 +192,7 @@ class Engine:
             record,
             self.fleet,
             self.store,
-            feed_capacity=self.config.watchers.queue_size,
-            coalesce_interval=self.config.watchers.coalesce_interval,
-            max_updates_per_second=self.config.watchers.max_updates_per_second,
+            watchers=self.config.watchers,
         )
 
         async def run(inbox: trio.MemoryReceiveChannel[Any]) -> None:
@@ -227,9 +225,8 @@ class Engine:
             record,
             self.fleet,
             self.store,
+            watchers=self.config.watchers,
             feed_capacity=1,
-            coalesce_interval=self.config.watchers.coalesce_interval,
-            max_updates_per_second=self.config.watchers.max_updates_per_second,
         )
         job.feed.close()  # watchers of a stored job get its final snapshot and the close
         job.ended.set()

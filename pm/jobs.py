@@ -26,6 +26,7 @@ import trio
 
 from actors import ActorRef, ActorStopped, Reply
 
+from .config import WatchersConfig
 from .schemas import JobView, TaskStatus
 from .state import JobRecord, TaskRecord
 from .watch import JobFeed, TaskMode, Watcher
@@ -81,8 +82,9 @@ class Job:
       record: the tasks and aggregate state (written only by this job's actor).
       fleet: where tasks go.
       recorder: told of every change (the store).
-      feed_capacity, coalesce_interval, max_updates_per_second: watcher settings (see
-        :mod:`pm.watch`).
+      watchers: the ``[watchers]`` settings (see :mod:`pm.watch`).
+      feed_capacity: task changes its feed keeps for lagging watchers (default
+        ``watchers.queue_size``).
     """
 
     def __init__(
@@ -91,16 +93,15 @@ class Job:
         fleet: Fleet,
         recorder: ChangeRecorder,
         *,
-        feed_capacity: int,
-        coalesce_interval: float,
-        max_updates_per_second: float = 0.0,
+        watchers: WatchersConfig,
+        feed_capacity: int | None = None,
     ) -> None:
         self.record = record
         self._fleet = fleet
         self._recorder = recorder
-        self._coalesce_interval = coalesce_interval
-        self._max_updates_per_second = max_updates_per_second
-        self.feed = JobFeed(lambda: record.view(collection=None), feed_capacity)
+        self._watchers = watchers
+        capacity = watchers.queue_size if feed_capacity is None else feed_capacity
+        self.feed = JobFeed(lambda: record.view(collection=None), capacity)
         self.ref: ActorRef[JobMessage] | None = None
         self._task_scopes: dict[int, trio.CancelScope] = {}
         self.ended = trio.Event()
@@ -115,7 +116,14 @@ class Job:
 
     def watch(self, tasks: TaskMode = "each") -> Watcher:
         """A new watcher of this job; ``tasks`` says what it receives about tasks."""
-        return Watcher(self.feed, self._coalesce_interval, tasks, self._max_updates_per_second)
+        settings = self._watchers
+        return Watcher(
+            self.feed,
+            settings.coalesce_interval,
+            tasks,
+            settings.max_updates_per_second,
+            max_task_messages_per_second=settings.max_task_messages_per_second,
+        )
 
     # -- called by device actors ---------------------------------------------------------
 

@@ -100,6 +100,8 @@ class JobFeed:
         self.watchers = 0
         # Watchers whose mode is not "none": without them task changes are not even encoded.
         self.task_watchers = 0
+        # Watchers in "each" mode: they share max_task_messages_per_second.
+        self.each_watchers = 0
         self._changed = trio.Event()
         self._closed = trio.Event()
         # The encoded snapshot of job_version _snapshot_version: N watchers due a snapshot of
@@ -171,6 +173,10 @@ class Watcher:
       max_updates_per_second: the job's budget of coalesced updates for all its watchers
         together: with N watchers, each waits at least N / budget seconds between two
         (0: no budget). Task messages of ``each`` mode are not coalesced, so not counted.
+      max_task_messages_per_second: the job's budget of ``each`` task messages, shared
+        evenly by its ``each`` watchers and counted per ``coalesce_interval``: beyond its
+        share a watcher waits (and lags, then misses task changes as any slow watcher);
+        at the final message it drops what it still holds (0: no budget).
     """
 
     def __init__(
@@ -179,10 +185,16 @@ class Watcher:
         coalesce_interval: float,
         tasks: TaskMode = "each",
         max_updates_per_second: float = 0.0,
+        *,
+        max_task_messages_per_second: float = 0.0,
     ) -> None:
         self._feed = feed
         self._coalesce_interval = coalesce_interval
         self._max_updates_per_second = max_updates_per_second
+        self._max_task_messages_per_second = max_task_messages_per_second
+        # "each": task messages still allowed until _share_window_end.
+        self._share_left = 0
+        self._share_window_end = -float("inf")
         self._tasks = parse_task_mode(tasks)
         self._cursor = feed.next_sequence
         # Task views taken from the feed, not sent yet: references to the feed's bytes, each
@@ -198,6 +210,8 @@ class Watcher:
         feed.watchers += 1
         if self._tasks != "none":
             feed.task_watchers += 1
+        if self._tasks == "each":
+            feed.each_watchers += 1
 
     def close(self) -> None:
         if not self._done:
@@ -205,6 +219,8 @@ class Watcher:
             self._feed.watchers -= 1
             if self._tasks != "none":
                 self._feed.task_watchers -= 1
+            if self._tasks == "each":
+                self._feed.each_watchers -= 1
 
     def __enter__(self) -> Watcher:
         return self
@@ -226,7 +242,22 @@ class Watcher:
         each = self._tasks == "each"
         while not self._done:
             if self._pending:
-                return task_message(self._pending.popleft()) if each else take_batch(self._pending)
+                if not each:
+                    return take_batch(self._pending)
+                now = trio.current_time()
+                if self._within_share(now):
+                    return task_message(self._pending.popleft())
+                # Over its share of the job's task-message budget: a slow watcher.
+                if feed.final_message is not None:
+                    # Nothing holds the final message back: what is left is missed.
+                    self.missed += len(self._pending)
+                    self._pending.clear()
+                    continue
+                if self._sent_job_version != feed.job_version and now >= self._next_at:
+                    return self._snapshot(now)  # the counts stay current meanwhile
+                with trio.move_on_at(self._share_window_end):
+                    await feed.wait_closed()
+                continue
             if self._pending_snapshot is not None:
                 snapshot, self._pending_snapshot = self._pending_snapshot, None
                 return snapshot
@@ -280,6 +311,21 @@ class Watcher:
             # After the tasks: the snapshot counts them all.
             self._pending_snapshot = self._snapshot(now)
         self._next_at = now + self._interval()
+
+    def _within_share(self, now: float) -> bool:
+        """``each``: whether one more task message fits this watcher's share of the job's
+        budget in the current window (one ``coalesce_interval``); counts it if so."""
+        budget = self._max_task_messages_per_second
+        if budget <= 0:
+            return True
+        if now >= self._share_window_end:
+            share = budget / max(1, self._feed.each_watchers) * self._coalesce_interval
+            self._share_left = max(1, int(share))
+            self._share_window_end = now + self._coalesce_interval
+        if self._share_left <= 0:
+            return False
+        self._share_left -= 1
+        return True
 
     def _take_tasks(self) -> None:
         feed = self._feed

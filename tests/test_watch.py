@@ -483,3 +483,52 @@ async def test_a_crowd_of_watchers_shares_the_jobs_update_budget(
     await watcher.__anext__()
     assert trio.current_time() - t0 == 1.0 + INTERVAL
     watcher.close()
+
+
+async def test_each_watchers_share_the_jobs_task_message_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=40, capacity=64)
+    # Budget 40 task messages/s, 2 "each" watchers: 20/s each, counted per INTERVAL (0.25 s),
+    # so 5 per window; a "none" watcher takes no share.
+    watchers = [Watcher(feed, INTERVAL, "each", max_task_messages_per_second=40) for _ in range(2)]
+    bystander = Watcher(feed, INTERVAL, "none", max_task_messages_per_second=40)
+    watcher = watchers[0]
+    t0 = trio.current_time()
+    await watcher.__anext__()
+    for index in range(12):
+        job.mark_sent(job.tasks[index])
+        feed.task_changed(view_of(job, index))
+    arrivals = []
+    while len(arrivals) < 12:
+        message = await watcher.__anext__()
+        if isinstance(decode(message), TaskMessage):  # job snapshots come between them
+            arrivals.append((task_of(message).id, trio.current_time() - t0))
+    # In order, none lost, five per window.
+    assert [task_id for task_id, _ in arrivals] == list(range(1, 13))
+    assert [at for _, at in arrivals] == [0.0] * 5 + [INTERVAL] * 5 + [2 * INTERVAL] * 2
+    assert watcher.missed == 0
+    for other in (*watchers, bystander):
+        other.close()
+
+
+async def test_an_each_watcher_over_its_share_drops_the_rest_for_the_final_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job, feed = make_feed(devices=20, capacity=64)
+    with Watcher(feed, INTERVAL, "each", max_task_messages_per_second=4) as watcher:
+        await watcher.__anext__()
+        for index in range(20):
+            job.mark_sent(job.tasks[index])
+            feed.task_changed(view_of(job, index))
+        # One message per 0.25 s window: the first goes out at once.
+        assert task_of(await watcher.__anext__()).id == 1
+        t0 = trio.current_time()
+        job.finish("cancelled", 1_000_000_001.0)
+        feed.close()
+        # The final message does not wait for the 19 others: they are missed.
+        assert job_of(await watcher.__anext__())["status"] == "cancelled"
+        assert trio.current_time() - t0 == 0
+        assert watcher.missed == 19
+        with pytest.raises(StopAsyncIteration):
+            await watcher.__anext__()
