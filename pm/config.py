@@ -150,6 +150,14 @@ class RecoveryConfig(_Section):
     # On start, tasks that were in flight when the gateway stopped are sent again with the
     # same task id (at-least-once). false: they end "error" saying the gateway restarted.
     resend_inflight: bool = True
+    # Seconds after a broker reconnect or a gateway start during which devices are assumed to
+    # be reconnecting themselves: requests published then are "suspect", sent retained and
+    # re-sent until answered (docs/protocol.md).
+    devices_return_grace: Annotated[float, msgspec.Meta(ge=0)] = 15.0
+    # A suspect request is re-sent after this many seconds without an answer, then at doubling
+    # intervals up to resend_max_delay.
+    resend_first_delay: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    resend_max_delay: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class ApiConfig(_Section):

@@ -43,13 +43,20 @@ logger = logging.getLogger(__name__)
 
 # Answers buffered for the one in-flight task; a device flooding beyond this is dropped.
 ANSWER_BUFFER = 16
-# A request that may have been lost (re-sent after a reconnect or a gateway restart) is sent
-# again after this many seconds without an answer, then at doubling intervals up to the max.
-RESEND_FIRST_DELAY = 1.0
-RESEND_MAX_DELAY = 30.0
-# Seconds after a broker restart or a gateway restart during which devices are assumed to be
-# reconnecting (their own backoff): requests published then are treated as possibly lost.
-DEVICES_RETURN_GRACE = 15.0
+
+
+class ResendSchedule(msgspec.Struct, frozen=True):
+    """When requests that may have been lost are re-sent (``[recovery]`` keys).
+
+    ``devices_return_grace``: seconds after a broker reconnect or a gateway restart during
+    which devices are assumed to be reconnecting (their own backoff), so requests published
+    then are suspect. A suspect request is sent again ``first_delay`` seconds without an
+    answer later, then at doubling intervals up to ``max_delay``.
+    """
+
+    devices_return_grace: float = 15.0
+    first_delay: float = 1.0
+    max_delay: float = 30.0
 
 
 class Publisher(Protocol):
@@ -101,6 +108,7 @@ class Fleet:
       mailbox_size: tasks queued per device before senders wait.
       idle_timeout: seconds before an idle device actor retires.
       max_answer_bytes: larger messages on answer topics are dropped unread ("oversized").
+      resend: when suspect requests are re-sent.
     """
 
     def __init__(
@@ -112,8 +120,10 @@ class Fleet:
         mailbox_size: int,
         idle_timeout: float,
         max_answer_bytes: int = 256 * 1024,
+        resend: ResendSchedule = ResendSchedule(),  # noqa: B008 (frozen, shared safely)
     ) -> None:
         self._publisher = publisher
+        self._resend = resend
         self._max_answer_bytes = max_answer_bytes
         self._topics = topics
         self._registry: Registry[str, Dispatch] = Registry(
@@ -170,10 +180,13 @@ class Fleet:
         except trio.WouldBlock:
             self.dropped["answer_overflow"] += 1
 
-    def expect_devices_to_return(self, seconds: float = DEVICES_RETURN_GRACE) -> None:
-        """Devices are reconnecting (the broker or the gateway restarted): for ``seconds``,
-        requests are published as suspect (retained, re-sent until answered)."""
-        self._devices_return_until = max(self._devices_return_until, trio.current_time() + seconds)
+    def expect_devices_to_return(self) -> None:
+        """Devices are reconnecting (the broker or the gateway restarted): for the schedule's
+        grace, requests are published as suspect (retained, re-sent until answered)."""
+        self._devices_return_until = max(
+            self._devices_return_until,
+            trio.current_time() + self._resend.devices_return_grace,
+        )
 
     def republish_in_flight(self) -> None:
         """After a reconnect: send every in-flight request again, with the same task id.
@@ -271,7 +284,7 @@ class Fleet:
                 )
             with timer:
                 await job.report_sent(task)
-                resend_delay = RESEND_FIRST_DELAY
+                resend_delay = self._resend.first_delay
                 while True:
                     # A request that may have been lost (re-sent after a reconnect or a
                     # restart) is sent again until answered, at growing intervals: a broker
@@ -298,7 +311,7 @@ class Fleet:
                                 "re-sent" if sent else "re-send deferred (broker disconnected)",
                                 extra=_ids(task, device, resend_delay=resend_delay, resent=sent),
                             )
-                            resend_delay = min(resend_delay * 2, RESEND_MAX_DELAY)
+                            resend_delay = min(resend_delay * 2, self._resend.max_delay)
                             continue
                     if answer is None or answer.id != task.id:
                         continue  # None: a nudge to re-evaluate (the request became suspect)

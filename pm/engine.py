@@ -29,7 +29,7 @@ import trio
 from actors import Directive, Failure, Supervisor
 
 from .config import Config
-from .devices import Fleet, Publisher
+from .devices import Fleet, Publisher, ResendSchedule
 from .jobs import Job
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
@@ -78,6 +78,11 @@ class Engine:
             mailbox_size=config.tasks.device_mailbox,
             idle_timeout=config.tasks.device_idle_retire,
             max_answer_bytes=config.limits.max_answer_bytes,
+            resend=ResendSchedule(
+                devices_return_grace=config.recovery.devices_return_grace,
+                first_delay=config.recovery.resend_first_delay,
+                max_delay=config.recovery.resend_max_delay,
+            ),
         )
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}

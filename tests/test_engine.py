@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from pm.config import Config, StoreConfig, TasksConfig
+from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.schemas import JobRequest
 from tests.fakes import RecordingPublisher
@@ -294,3 +294,35 @@ async def test_finished_jobs_held_in_memory_are_bounded_by_tasks(
         assert stored is not None
         assert stored.record.status == "resolved"
         assert len(stored.record.tasks) == 4
+
+
+async def test_suspect_requests_follow_the_configured_resend_schedule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    publisher = RecordingPublisher()
+    config = Config(
+        tasks=TasksConfig(default_timeout=100.0),
+        store=StoreConfig(path=":memory:"),
+        recovery=RecoveryConfig(
+            devices_return_grace=3.0, resend_first_delay=2.0, resend_max_delay=5.0
+        ),
+    )
+    async with open_engine(config, publisher) as engine:
+        start = trio.current_time()
+        engine.on_mqtt_connect(2)  # a reconnect: requests of the next 3 s are suspect
+        sent_at: list[float] = []
+        publisher.on_publish = lambda topic, request: sent_at.append(trio.current_time() - start)
+        job = await engine.submit(job_request(entry("dev")))
+        await trio.sleep(20)
+        # Published, then re-sent after 2 s, then every 4, 5, 5... s (doubling, capped at 5).
+        assert sent_at == [0, 2, 6, 11, 16]
+        assert set(publisher.retained) == {"/remote/dev"}
+        answer(engine, publisher.requests_to("/remote/dev")[-1])
+        await job.ended.wait()
+        # A request published after the grace is not suspect: sent once, not retained.
+        sent_at.clear()
+        later = await engine.submit(job_request(entry("dev")))
+        await trio.sleep(20)
+        assert len(sent_at) == 1
+        answer(engine, publisher.requests_to("/remote/dev")[-1])
+        await later.ended.wait()
