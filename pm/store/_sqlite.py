@@ -22,13 +22,29 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 import trio
 
 from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView
-from ..state import JobRecord, TaskRecord, iso_timestamp
+from ..state import JobRecord, TaskRecord
+from ._rows import (
+    DELETE_JOBS,
+    INSERT_ENTRIES,
+    INSERT_JOBS,
+    INSERT_TASKS,
+    JOB_COLUMNS,
+    UPDATE_JOBS,
+    UPDATE_TASKS,
+    UPSERT_COUNTERS,
+    job_row,
+    job_update,
+    job_view,
+    load_records,
+    task_row,
+    task_update,
+)
 from ._schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -189,15 +205,15 @@ class Store:
         deleted, self._deleted = self._deleted, set()
         counters, self._counters = self._counters, {}
         # Rows are built here, on the trio thread, so no row mixes two states of a record.
-        job_rows = [_job_row(record) for record, _ in created.values()]
+        job_rows = [job_row(record) for record, _ in created.values()]
         entry_rows = [
             (record.id, position, entry.method, entry.resource, _json_encode(entry.data).decode())
             for record, batch in created.values()
             for position, entry in enumerate(batch)
         ]
-        task_rows = [_task_row(task) for record, _ in created.values() for task in record.tasks]
-        job_updates = [_job_update(record) for record in dirty_jobs.values()]
-        task_updates = [_task_update(task) for task in dirty_tasks.values()]
+        task_rows = [task_row(task) for record, _ in created.values() for task in record.tasks]
+        job_updates = [job_update(record) for record in dirty_jobs.values()]
+        task_updates = [task_update(task) for task in dirty_tasks.values()]
         counter_rows = list(counters.items())
         deletions = [[job_id] for job_id in deleted]
 
@@ -209,13 +225,13 @@ class Store:
         statements = [
             (sql, _json_encode(rows).decode())
             for sql, rows in (
-                (_UPSERT_COUNTERS, counter_rows),
-                (_INSERT_JOBS, job_rows),
-                (_INSERT_ENTRIES, entry_rows),
-                (_INSERT_TASKS, task_rows),
-                (_UPDATE_JOBS, job_updates),
-                (_UPDATE_TASKS, task_updates),
-                *((sql, deletions) for sql in _DELETE_JOBS),
+                (UPSERT_COUNTERS, counter_rows),
+                (INSERT_JOBS, job_rows),
+                (INSERT_ENTRIES, entry_rows),
+                (INSERT_TASKS, task_rows),
+                (UPDATE_JOBS, job_updates),
+                (UPDATE_TASKS, task_updates),
+                *((sql, deletions) for sql in DELETE_JOBS),
             )
             if rows
         ]
@@ -270,7 +286,7 @@ class Store:
             where, parameters = ("WHERE status = ?", (status,)) if status else ("", ())
             total = connection.execute(f"SELECT count(*) FROM jobs {where}", parameters)
             rows = connection.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
                 (*parameters, limit, offset),
             ).fetchall()
             views = []
@@ -281,14 +297,14 @@ class Store:
                         "SELECT id FROM tasks WHERE job_id = ? ORDER BY id", (row[0],)
                     )
                 ]
-                views.append(_job_view(row, task_ids))
+                views.append(job_view(row, task_ids))
             return views, int(total.fetchone()[0])
 
         return await self._in_thread(read)
 
     async def load_job(self, job_id: int, tunnel_for: Callable[[str], str]) -> JobRecord | None:
         def read(connection: sqlite3.Connection) -> JobRecord | None:
-            records = _load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
+            records = load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
             return records[0] if records else None
 
         return await self._in_thread(read)
@@ -296,7 +312,7 @@ class Store:
     def load_unfinished(self, tunnel_for: Callable[[str], str]) -> list[JobRecord]:
         """Jobs not final, oldest first, with all their tasks (called once, at start)."""
         placeholders = ",".join("?" * len(FINAL_JOB_STATUSES))
-        return _load_records(
+        return load_records(
             self._connection,
             f"WHERE status NOT IN ({placeholders})",
             tuple(sorted(FINAL_JOB_STATUSES)),
@@ -317,7 +333,7 @@ class Store:
                     )
                 ]
                 doomed_json = _json_encode([[job_id] for job_id in doomed]).decode()
-                for statement in _DELETE_JOBS:
+                for statement in DELETE_JOBS:
                     connection.execute(statement, (doomed_json,))
                 connection.execute("COMMIT")
             except BaseException:
@@ -329,171 +345,6 @@ class Store:
 
     def close(self) -> None:
         self._connection.close()
-
-
-def _columns(count: int) -> str:
-    """``json_extract(value, '$[0]'), ...``: the columns of one row of a JSON array of rows."""
-    return ", ".join(f"json_extract(value, '$[{index}]')" for index in range(count))
-
-
-# Every write statement takes ``?`` = a JSON array of rows (see Store._commit).
-_UPSERT_COUNTERS = (
-    f"INSERT INTO counters (name, value) SELECT {_columns(2)} FROM json_each(?) WHERE true"
-    " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
-)
-_INSERT_JOBS = (
-    "INSERT INTO jobs (id, created_at, finish_at, timeout, status, total_count, finish_count,"
-    f" error_count, progress) SELECT {_columns(9)} FROM json_each(?)"
-)
-_INSERT_ENTRIES = (
-    "INSERT INTO entries (job_id, position, method, resource, data)"
-    f" SELECT {_columns(5)} FROM json_each(?)"
-)
-_INSERT_TASKS = (
-    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at)"
-    f" SELECT {_columns(9)} FROM json_each(?)"
-)
-# Updates join through a CTE of plain columns so SQLite looks each row up by primary key.
-_UPDATE_JOBS = (
-    f"WITH u (id, finish_at, status, finish_count, error_count, progress) AS"
-    f" (SELECT {_columns(6)} FROM json_each(?))"
-    " UPDATE jobs SET finish_at = u.finish_at, status = u.status,"
-    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress"
-    " FROM u WHERE jobs.id = u.id"
-)
-_UPDATE_TASKS = (
-    f"WITH u (id, status, progress, result, finish_at) AS (SELECT {_columns(5)} FROM json_each(?))"
-    " UPDATE tasks SET status = u.status, progress = u.progress, result = u.result,"
-    " finish_at = u.finish_at FROM u WHERE tasks.id = u.id"
-)
-_DELETE_JOBS = tuple(
-    f"DELETE FROM {table} WHERE {column} IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
-    for table, column in (("tasks", "job_id"), ("entries", "job_id"), ("jobs", "id"))
-)
-
-_JOB_COLUMNS = (
-    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress"
-)
-
-
-def _job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
-    job_id, created_at, finish_at, timeout, status, total, finished, errors, progress = row
-    return JobView(
-        id=job_id,
-        created_at=iso_timestamp(created_at),
-        finish_at=None if finish_at is None else iso_timestamp(finish_at),
-        timeout=timeout,
-        status=status,
-        progress=progress,
-        total_count=total,
-        done_count=finished + errors,
-        finish_count=finished,
-        error_count=errors,
-        collection=task_ids,
-    )
-
-
-def _job_row(record: JobRecord) -> tuple[Any, ...]:
-    return (
-        record.id,
-        record.created_at,
-        record.finish_at,
-        record.timeout,
-        record.status,
-        len(record.tasks),
-        record.finish_count,
-        record.error_count,
-        record.progress,
-    )
-
-
-def _job_update(record: JobRecord) -> tuple[Any, ...]:
-    return (
-        record.id,
-        record.finish_at,
-        record.status,
-        record.finish_count,
-        record.error_count,
-        record.progress,
-    )
-
-
-def _task_row(task: TaskRecord) -> tuple[Any, ...]:
-    return (
-        task.id,
-        task.job_id,
-        task.entry,
-        task.device,
-        task.timeout,
-        task.status,
-        task.progress,
-        _result_text(task.result),
-        task.finish_at,
-    )
-
-
-def _task_update(task: TaskRecord) -> tuple[Any, ...]:
-    return (task.id, task.status, task.progress, _result_text(task.result), task.finish_at)
-
-
-def _result_text(result: Any) -> str | None:
-    """A result as JSON text (TEXT column, readable by any SQLite tool), or NULL."""
-    return None if result is None else _json_encode(result).decode()
-
-
-def _load_records(
-    connection: sqlite3.Connection,
-    where: str,
-    parameters: tuple[Any, ...],
-    tunnel_for: Callable[[str], str],
-) -> list[JobRecord]:
-    records = []
-    for job in connection.execute(
-        f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", parameters
-    ).fetchall():
-        job_id, created_at, finish_at, timeout, status = job[:5]
-        entries = {
-            position: (method, resource, _json_decode(data))
-            for position, method, resource, data in connection.execute(
-                "SELECT position, method, resource, data FROM entries WHERE job_id = ?",
-                (job_id,),
-            )
-        }
-        tasks = []
-        for (
-            task_id,
-            entry,
-            device,
-            task_timeout,
-            task_status,
-            progress,
-            result,
-            done_at,
-        ) in connection.execute(
-            "SELECT id, entry, device, timeout, status, progress, result, finish_at"
-            " FROM tasks WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        ):
-            method, resource, data = entries[entry]
-            task = TaskRecord(
-                task_id=task_id,
-                job_id=job_id,
-                entry=entry,
-                device=device,
-                method=method,
-                resource=resource,
-                data=data,
-                tunnel=tunnel_for(device),
-                timeout=task_timeout,
-                created_at=created_at,
-            )
-            task.status = task_status
-            task.progress = progress
-            task.result = None if result is None else _json_decode(result)
-            task.finish_at = done_at
-            tasks.append(task)
-        records.append(JobRecord.restore(job_id, tasks, timeout, created_at, status, finish_at))
-    return records
 
 
 async def open_store(path: str | Path, *, commit_interval: float) -> Store:

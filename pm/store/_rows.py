@@ -1,0 +1,180 @@
+"""The store's SQL statements and the mapping between rows and records."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ..schemas import JobView
+from ..state import JobRecord, TaskRecord, iso_timestamp
+
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+
+def columns(count: int) -> str:
+    """``json_extract(value, '$[0]'), ...``: the columns of one row of a JSON array of rows."""
+    return ", ".join(f"json_extract(value, '$[{index}]')" for index in range(count))
+
+
+# Every write statement takes ``?`` = a JSON array of rows (see Store._commit).
+UPSERT_COUNTERS = (
+    f"INSERT INTO counters (name, value) SELECT {columns(2)} FROM json_each(?) WHERE true"
+    " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
+)
+INSERT_JOBS = (
+    "INSERT INTO jobs (id, created_at, finish_at, timeout, status, total_count, finish_count,"
+    f" error_count, progress) SELECT {columns(9)} FROM json_each(?)"
+)
+INSERT_ENTRIES = (
+    "INSERT INTO entries (job_id, position, method, resource, data)"
+    f" SELECT {columns(5)} FROM json_each(?)"
+)
+INSERT_TASKS = (
+    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at)"
+    f" SELECT {columns(9)} FROM json_each(?)"
+)
+# Updates join through a CTE of plain columns so SQLite looks each row up by primary key.
+UPDATE_JOBS = (
+    f"WITH u (id, finish_at, status, finish_count, error_count, progress) AS"
+    f" (SELECT {columns(6)} FROM json_each(?))"
+    " UPDATE jobs SET finish_at = u.finish_at, status = u.status,"
+    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress"
+    " FROM u WHERE jobs.id = u.id"
+)
+UPDATE_TASKS = (
+    f"WITH u (id, status, progress, result, finish_at) AS (SELECT {columns(5)} FROM json_each(?))"
+    " UPDATE tasks SET status = u.status, progress = u.progress, result = u.result,"
+    " finish_at = u.finish_at FROM u WHERE tasks.id = u.id"
+)
+DELETE_JOBS = tuple(
+    f"DELETE FROM {table} WHERE {column} IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
+    for table, column in (("tasks", "job_id"), ("entries", "job_id"), ("jobs", "id"))
+)
+
+JOB_COLUMNS = (
+    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress"
+)
+
+
+def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
+    job_id, created_at, finish_at, timeout, status, total, finished, errors, progress = row
+    return JobView(
+        id=job_id,
+        created_at=iso_timestamp(created_at),
+        finish_at=None if finish_at is None else iso_timestamp(finish_at),
+        timeout=timeout,
+        status=status,
+        progress=progress,
+        total_count=total,
+        done_count=finished + errors,
+        finish_count=finished,
+        error_count=errors,
+        collection=task_ids,
+    )
+
+
+def job_row(record: JobRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.created_at,
+        record.finish_at,
+        record.timeout,
+        record.status,
+        len(record.tasks),
+        record.finish_count,
+        record.error_count,
+        record.progress,
+    )
+
+
+def job_update(record: JobRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.finish_at,
+        record.status,
+        record.finish_count,
+        record.error_count,
+        record.progress,
+    )
+
+
+def task_row(task: TaskRecord) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.job_id,
+        task.entry,
+        task.device,
+        task.timeout,
+        task.status,
+        task.progress,
+        result_text(task.result),
+        task.finish_at,
+    )
+
+
+def task_update(task: TaskRecord) -> tuple[Any, ...]:
+    return (task.id, task.status, task.progress, result_text(task.result), task.finish_at)
+
+
+def result_text(result: Any) -> str | None:
+    """A result as JSON text (TEXT column, readable by any SQLite tool), or NULL."""
+    return None if result is None else _json_encode(result).decode()
+
+
+def load_records(
+    connection: sqlite3.Connection,
+    where: str,
+    parameters: tuple[Any, ...],
+    tunnel_for: Callable[[str], str],
+) -> list[JobRecord]:
+    records = []
+    for job in connection.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id", parameters
+    ).fetchall():
+        job_id, created_at, finish_at, timeout, status = job[:5]
+        entries = {
+            position: (method, resource, _json_decode(data))
+            for position, method, resource, data in connection.execute(
+                "SELECT position, method, resource, data FROM entries WHERE job_id = ?",
+                (job_id,),
+            )
+        }
+        tasks = []
+        for (
+            task_id,
+            entry,
+            device,
+            task_timeout,
+            task_status,
+            progress,
+            result,
+            done_at,
+        ) in connection.execute(
+            "SELECT id, entry, device, timeout, status, progress, result, finish_at"
+            " FROM tasks WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        ):
+            method, resource, data = entries[entry]
+            task = TaskRecord(
+                task_id=task_id,
+                job_id=job_id,
+                entry=entry,
+                device=device,
+                method=method,
+                resource=resource,
+                data=data,
+                tunnel=tunnel_for(device),
+                timeout=task_timeout,
+                created_at=created_at,
+            )
+            task.status = task_status
+            task.progress = progress
+            task.result = None if result is None else _json_decode(result)
+            task.finish_at = done_at
+            tasks.append(task)
+        records.append(JobRecord.restore(job_id, tasks, timeout, created_at, status, finish_at))
+    return records
