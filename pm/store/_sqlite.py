@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 _json_encode = msgspec.json.encode
-_json_decode = msgspec.json.decode
 
 # Ids reserved per persisted step. A restart skips what was reserved but unused: gaps, never reuse.
 JOB_ID_BLOCK = 10_000
