@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
+
+from ._errors import CliError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENVIRONMENT_VARIABLE = "PM_URL"
 TOKEN_ENVIRONMENT_VARIABLE = "PM_TOKEN"
+CA_FILE_ENVIRONMENT_VARIABLE = "PM_CA_FILE"
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -74,7 +78,30 @@ def url_options() -> argparse.ArgumentParser:
             " is visible to other users)"
         ),
     )
+    parent.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help=(
+            "PEM certificates to trust for an https:// gateway, e.g. its self-signed "
+            f"http.certfile (default: ${CA_FILE_ENVIRONMENT_VARIABLE}, else the system's)"
+        ),
+    )
     return parent
+
+
+def gateway_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """What to trust for an https:// gateway: ``--ca-file``, else ``$PM_CA_FILE``, else
+    ``None`` (the system's certificates).
+
+    Error handling: a file that cannot be read as PEM certificates is a :class:`CliError`.
+    """
+    path = args.ca_file or os.environ.get(CA_FILE_ENVIRONMENT_VARIABLE) or None
+    if path is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as error:
+        raise CliError(f"cannot use --ca-file {path}: {error}") from None
 
 
 def gateway_token(args: argparse.Namespace) -> str | None:

@@ -7,6 +7,7 @@ command ever shows a traceback for a refused or unreachable gateway.
 
 from __future__ import annotations
 
+import ssl
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
@@ -35,11 +36,20 @@ class GatewayClient:
     """``with GatewayClient(url) as gateway: gateway.request("GET", "/jobs")``."""
 
     def __init__(
-        self, url: str, timeout: float = REQUEST_TIMEOUT, token: str | None = None
+        self,
+        url: str,
+        timeout: float = REQUEST_TIMEOUT,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self._timeout = timeout
-        self._client = httpx.Client(base_url=url, timeout=timeout, headers=authorization(token))
+        self._client = httpx.Client(
+            base_url=url,
+            timeout=timeout,
+            headers=authorization(token),
+            verify=ssl_context if ssl_context is not None else True,
+        )
 
     def __enter__(self) -> GatewayClient:
         return self

@@ -12,7 +12,14 @@ from rich import box
 from rich.table import Table
 
 from ..schemas import JOB_STATUSES
-from ._arguments import HelpFormatter, gateway_token, gateway_url, positive_int, url_options
+from ._arguments import (
+    HelpFormatter,
+    gateway_ssl_context,
+    gateway_token,
+    gateway_url,
+    positive_int,
+    url_options,
+)
 from ._console import stdout_console
 from ._errors import EXIT_OK
 from ._gateway_client import GatewayClient
@@ -67,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     params: dict[str, str | int] = {"limit": args.limit}
     if args.status is not None:
         params["status"] = args.status
-    with GatewayClient(gateway_url(args), token=gateway_token(args)) as gateway:
+    with GatewayClient(
+        gateway_url(args), token=gateway_token(args), ssl_context=gateway_ssl_context(args)
+    ) as gateway:
         response = gateway.request("GET", "/jobs", params=params)
     jobs = response.json()
     if args.json:

@@ -12,7 +12,14 @@ import trio
 
 from ..protocol import InvalidDeviceId
 from ..simulator import read_device_ids
-from ._arguments import HelpFormatter, gateway_token, gateway_url, positive_float, url_options
+from ._arguments import (
+    HelpFormatter,
+    gateway_ssl_context,
+    gateway_token,
+    gateway_url,
+    positive_float,
+    url_options,
+)
 from ._console import stdout_console
 from ._errors import EXIT_OK, CliError
 from ._gateway_client import GatewayClient
@@ -76,7 +83,8 @@ def job_request(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     url = gateway_url(args)
     body = job_request(args)
-    with GatewayClient(url, token=gateway_token(args)) as gateway:
+    ssl_context = gateway_ssl_context(args)
+    with GatewayClient(url, token=gateway_token(args), ssl_context=ssl_context) as gateway:
         job = gateway.request("POST", "/jobs", json=body).json()
     console = stdout_console()
     if args.json:
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if args.watch:
-        return trio.run(watch_job, url, job["id"], console, gateway_token(args))
+        return trio.run(watch_job, url, job["id"], console, gateway_token(args), ssl_context)
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -40,7 +41,14 @@ from ..schemas import (
     TaskView,
     WatchMessage,
 )
-from ._arguments import HelpFormatter, authorization, gateway_token, gateway_url, url_options
+from ._arguments import (
+    HelpFormatter,
+    authorization,
+    gateway_ssl_context,
+    gateway_token,
+    gateway_url,
+    url_options,
+)
 from ._console import stdout_console
 from ._errors import EXIT_FAILED, EXIT_OK, CliError, unreachable
 from ._gateway_client import REQUEST_TIMEOUT
@@ -233,7 +241,13 @@ def websocket_url(url: str, job_id: int) -> str:
     return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws?tasks=batch"
 
 
-async def watch_job(url: str, job_id: int, console: Console, token: str | None = None) -> int:
+async def watch_job(
+    url: str,
+    job_id: int,
+    console: Console,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
     """Follow job ``job_id`` until its final message; print the summary; return the status.
 
     Error handling: see the module docstring.
@@ -241,7 +255,9 @@ async def watch_job(url: str, job_id: int, console: Console, token: str | None =
     progress = JobProgress(job_id)
     try:
         async with open_websocket_url(
-            websocket_url(url, job_id), extra_headers=list(authorization(token).items())
+            websocket_url(url, job_id),
+            ssl_context=ssl_context,
+            extra_headers=list(authorization(token).items()),
         ) as connection:
             display: Display = (
                 LiveDisplay(console, job_id) if console.is_terminal else PlainDisplay(console)
@@ -269,13 +285,18 @@ async def watch_job(url: str, job_id: int, console: Console, token: str | None =
             f"(code {close_code}{': ' + close_reason if close_reason else ''}); "
             f"`pm watch {job_id}` resumes"
         )
-    await fetch_unseen_failures(url, progress)
+    await fetch_unseen_failures(url, progress, token, ssl_context)
     for line in summary(progress):
         console.print(line)
     return progress.exit_status
 
 
-async def fetch_unseen_failures(url: str, progress: JobProgress) -> None:
+async def fetch_unseen_failures(
+    url: str,
+    progress: JobProgress,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """Complete ``progress.failed`` from ``GET /jobs/{id}?collection=true`` when task messages
     were missed (a job that ended before the watcher connected sends none at all).
 
@@ -286,7 +307,12 @@ async def fetch_unseen_failures(url: str, progress: JobProgress) -> None:
     if job.error_count <= len(progress.failed) or job.total_count > MAX_TASKS_FETCHED:
         return
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT) as client:
+        async with httpx.AsyncClient(
+            base_url=url,
+            timeout=REQUEST_TIMEOUT,
+            headers=authorization(token),
+            verify=ssl_context if ssl_context is not None else True,
+        ) as client:
             response = await client.get(f"/jobs/{job.id}", params={"collection": "true"})
             response.raise_for_status()
         full = _decode_job(response.content)
@@ -318,7 +344,14 @@ async def _follow(
 
 
 def run(args: argparse.Namespace) -> int:
-    return trio.run(watch_job, gateway_url(args), args.job, stdout_console(), gateway_token(args))
+    return trio.run(
+        watch_job,
+        gateway_url(args),
+        args.job,
+        stdout_console(),
+        gateway_token(args),
+        gateway_ssl_context(args),
+    )
 
 
 def add_parser(subparsers: Any) -> None:

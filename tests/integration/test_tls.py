@@ -90,3 +90,30 @@ def test_an_unusable_certificate_stops_the_gateway_naming_the_keys(
 def test_a_certificate_without_a_key_is_a_config_error(certificate: tuple[Path, Path]) -> None:
     with pytest.raises(ConfigError, match="set together"):
         load_config(environ={"PM_HTTP_CERTFILE": str(certificate[0])})
+
+
+async def test_the_cli_trusts_a_self_signed_gateway_given_its_certificate(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    certificate: tuple[Path, Path],
+) -> None:
+    from .test_cli import pm
+
+    certfile, keyfile = certificate
+    with trio.fail_after(60):
+        gateway = await start_gateway(http={"certfile": str(certfile), "keyfile": str(keyfile)})
+        await start_simulator(gateway, ["cli-tls"])
+        url = ["--url", gateway.http_url]
+        refused = await pm("jobs", *url)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        # --ca-file, or $PM_CA_FILE: submit, follow over wss://, list.
+        submitted = await pm(
+            "submit", "--resource", "/x", "--to", "cli-tls", "--watch", *url,
+            "--ca-file", str(certfile),
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        listed = await pm("jobs", *url, env={"PM_CA_FILE": str(certfile)})
+        assert listed.returncode == 0, listed.stderr
+        assert submitted.stdout.split()[0] in listed.stdout
+        unreadable = await pm("jobs", *url, "--ca-file", str(certfile.parent / "missing.pem"))
+        assert unreadable.returncode != 0 and "--ca-file" in unreadable.stderr
