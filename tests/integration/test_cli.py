@@ -301,3 +301,17 @@ async def test_token_from_the_environment_reaches_every_client_command(
         listed = await pm("jobs", "--url", gateway.http_url, env=environment)
         assert listed.returncode == 0
         assert token not in submitted.stdout + submitted.stderr + listed.stdout + listed.stderr
+        # Watching a job that already failed: no task message comes, so `pm watch` reads
+        # the failures with GET /jobs/{id}, with the token too.
+        await start_simulator(gateway, ["tok-err"], error_rate=1.0, error_code=503)
+        failed = await pm(
+            "submit", "--url", gateway.http_url, "--resource", "/b", "--to", "tok-err",
+            env=environment,
+        )  # fmt: skip
+        job_id = failed.stdout.split()[0]
+        job = gateway.engine.get(int(job_id))
+        assert job is not None
+        await job.ended.wait()
+        watched = await pm("watch", job_id, "--url", gateway.http_url, env=environment)
+        assert watched.returncode == 1
+        assert "tok-err: error" in watched.stdout and "not shown" not in watched.stdout
