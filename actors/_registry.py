@@ -58,7 +58,7 @@ class IdleInbox(Generic[Message]):
         try:
             message = await self._inbox.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            # ClosedResourceError: the registry retired this actor (see retire_if_idle).
+            # ClosedResourceError: the registry retired this actor (see retire).
             raise StopAsyncIteration from None
         self._parked_since = None
         return message
@@ -196,12 +196,12 @@ class Registry(Generic[Key, Message]):
                 await trio.sleep(self._idle_timeout / SWEEPS_PER_IDLE_TIMEOUT)
                 cutoff = trio.current_time() - self._idle_timeout
                 idle = [
-                    (key, entry)
+                    (key, entry, entry.inbox)
                     for key, entry in self._live.items()
                     if entry.inbox is not None and entry.inbox.idle_since_before(cutoff)
                 ]
-                for key, entry in idle:
+                for key, entry, inbox in idle:
                     self._forget(key, entry)
-                    entry.inbox.retire()  # type: ignore[union-attr]
+                    inbox.retire()
         finally:
             self._sweeping = False

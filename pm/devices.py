@@ -59,6 +59,9 @@ class ResendSchedule(msgspec.Struct, frozen=True):
     max_delay: float = 30.0
 
 
+DEFAULT_RESEND = ResendSchedule()
+
+
 class Publisher(Protocol):
     """What the fleet needs of the MQTT client."""
 
@@ -120,7 +123,7 @@ class Fleet:
         mailbox_size: int,
         idle_timeout: float,
         max_answer_bytes: int = 256 * 1024,
-        resend: ResendSchedule = ResendSchedule(),  # noqa: B008 (frozen, shared safely)
+        resend: ResendSchedule = DEFAULT_RESEND,
     ) -> None:
         self._publisher = publisher
         self._resend = resend
