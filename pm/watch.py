@@ -39,6 +39,9 @@ TASK_MODES: tuple[TaskMode, ...] = get_args(TaskMode)
 # follows in further messages at once. Many clients refuse messages over 1 MiB (trio-
 # websocket by default), and each watcher blocked on a slow client holds one such message.
 MAX_BATCH_BYTES = 64 * 1024
+# Seconds over which an "each" watcher's share of max_task_messages_per_second is counted
+# when coalesce_interval is shorter.
+MIN_SHARE_WINDOW = 0.01
 
 _encoder = msgspec.json.Encoder()
 # The messages around already-encoded task views: joining bytes is all a watcher does per
@@ -319,9 +322,11 @@ class Watcher:
         if budget <= 0:
             return True
         if now >= self._share_window_end:
-            share = budget / max(1, self._feed.each_watchers) * self._coalesce_interval
+            # Without coalescing (interval 0) the budget still needs a window to count in.
+            window = max(self._coalesce_interval, MIN_SHARE_WINDOW)
+            share = budget / max(1, self._feed.each_watchers) * window
             self._share_left = max(1, int(share))
-            self._share_window_end = now + self._coalesce_interval
+            self._share_window_end = now + window
         if self._share_left <= 0:
             return False
         self._share_left -= 1
