@@ -328,6 +328,11 @@ class _Child:
                 stdout=stdout_write,
                 stderr=stderr_write,
                 close_fds=True,
+                # Its own process group: a Ctrl-C in the gateway's terminal (SIGINT to the
+                # foreground group) must reach only the gateway, which then closes its MQTT
+                # client before stopping the broker; the child dies with its parent anyway
+                # (PR_SET_PDEATHSIG).
+                process_group=0,
             )
         except BaseException:
             for fd in (stdout_read, stdout_write, stderr_read, stderr_write):

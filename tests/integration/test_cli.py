@@ -266,6 +266,39 @@ async def test_serve_prints_its_addresses_serves_and_stops_on_sigterm(tmp_path: 
         assert "gateway stopped" in output.decode()
 
 
+async def test_serve_stops_cleanly_on_ctrl_c_in_its_terminal(tmp_path: Path) -> None:
+    # Ctrl-C sends SIGINT to the terminal's whole foreground process group: the gateway and,
+    # unless it has a group of its own, the broker child, which then died before the gateway
+    # closed its MQTT client ("connection lost; reconnecting" on every Ctrl-C).
+    http_port, broker_port = free_port(), free_port()
+    command = serve_command(("127.0.0.1", http_port), ("127.0.0.1", broker_port), "info")
+    with trio.fail_after(30), (tmp_path / "serve.log").open("wb") as log:
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    check=False,
+                    cwd=tmp_path,
+                    env=cli_environment(),
+                    start_new_session=True,  # a group of its own, as a terminal gives it
+                )
+            )
+            assert process.stdout is not None
+            output = await read_until(process.stdout, b"stop with Ctrl-C")
+            os.killpg(process.pid, signal.SIGINT)
+            with trio.fail_after(10):
+                while chunk := await process.stdout.receive_some():
+                    output += chunk
+                returncode = await process.wait()
+    logged = (tmp_path / "serve.log").read_text()
+    assert returncode == 0, (output, logged)
+    assert "gateway stopped" in output.decode()
+    assert "received SIGINT" in logged and "connection to" not in logged, logged
+
+
 async def test_serve_with_an_unknown_config_key_exits_2_naming_it(tmp_path: Path) -> None:
     config = tmp_path / "pm.toml"
     config.write_text("[http]\nport = 0\nbogus_key = 1\n")
