@@ -188,6 +188,34 @@ async def read_until(stream: trio.abc.ReceiveStream, marker: bytes, output: byte
     return output
 
 
+async def start_long_running(
+    nursery: trio.Nursery, command: list[str], cwd: Path, **options: Any
+) -> trio.Process:
+    """Start a ``pm serve``/``pm simulate`` subprocess whose stdout the test reads."""
+    process: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            command,
+            stdout=subprocess.PIPE,
+            check=False,
+            cwd=cwd,
+            env=cli_environment(),
+            **options,
+        )
+    )
+    assert process.stdout is not None
+    return process
+
+
+async def read_to_exit(process: trio.Process, output: bytes) -> tuple[bytes, int]:
+    """After a stop signal: the rest of stdout and the exit status, within 10 s."""
+    assert process.stdout is not None
+    with trio.fail_after(10):
+        while chunk := await process.stdout.receive_some():
+            output += chunk
+        return output, await process.wait()
+
+
 async def test_simulate_answers_jobs_reports_stats_and_stops_on_sigint(
     start_gateway: GatewayFactory, http: Any, tmp_path: Path
 ) -> None:
@@ -198,16 +226,7 @@ async def test_simulate_answers_jobs_reports_stats_and_stops_on_sigint(
             *("--mqtt", f"{gateway.mqtt_host}:{gateway.mqtt_port}", "--stats-interval", "0.1"),
         ]
         async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    command,
-                    stdout=subprocess.PIPE,
-                    check=False,
-                    cwd=tmp_path,
-                    env=cli_environment(),
-                )
-            )
+            process = await start_long_running(nursery, command, tmp_path)
             assert process.stdout is not None
             output = await read_until(process.stdout, b"stop with Ctrl-C")
             text = output.decode()
@@ -225,10 +244,7 @@ async def test_simulate_answers_jobs_reports_stats_and_stops_on_sigint(
             assert response.status_code == 200, response.text
             output = await read_until(process.stdout, b"answered 1 ", output)
             process.send_signal(signal.SIGINT)
-            with trio.fail_after(10):
-                while chunk := await process.stdout.receive_some():
-                    output += chunk
-                returncode = await process.wait()
+            output, returncode = await read_to_exit(process, output)
         assert returncode == 0, output
         assert b"simulator stopped" in output
 
@@ -238,17 +254,7 @@ async def test_serve_prints_its_addresses_serves_and_stops_on_sigterm(tmp_path: 
     command = serve_command(("127.0.0.1", http_port), ("127.0.0.1", broker_port))
     with trio.fail_after(30), (tmp_path / "serve.log").open("wb") as log:
         async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    command,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    check=False,
-                    cwd=tmp_path,
-                    env=cli_environment(),
-                )
-            )
+            process = await start_long_running(nursery, command, tmp_path, stderr=log)
             assert process.stdout is not None
             output = await read_until(process.stdout, b"stop with Ctrl-C")
             text = output.decode()
@@ -258,10 +264,7 @@ async def test_serve_prints_its_addresses_serves_and_stops_on_sigterm(tmp_path: 
                 health = (await client.get("/healthz")).json()
             assert health["brokerConnected"] is True
             process.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):
-                while chunk := await process.stdout.receive_some():
-                    output += chunk
-                returncode = await process.wait()
+            output, returncode = await read_to_exit(process, output)
         assert returncode == 0, (output, (tmp_path / "serve.log").read_text())
         assert "gateway stopped" in output.decode()
 
@@ -274,25 +277,14 @@ async def test_serve_stops_cleanly_on_ctrl_c_in_its_terminal(tmp_path: Path) -> 
     command = serve_command(("127.0.0.1", http_port), ("127.0.0.1", broker_port), "info")
     with trio.fail_after(30), (tmp_path / "serve.log").open("wb") as log:
         async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    command,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    check=False,
-                    cwd=tmp_path,
-                    env=cli_environment(),
-                    start_new_session=True,  # a group of its own, as a terminal gives it
-                )
+            # A process group of its own, as a terminal gives it.
+            process = await start_long_running(
+                nursery, command, tmp_path, stderr=log, start_new_session=True
             )
             assert process.stdout is not None
             output = await read_until(process.stdout, b"stop with Ctrl-C")
             os.killpg(process.pid, signal.SIGINT)
-            with trio.fail_after(10):
-                while chunk := await process.stdout.receive_some():
-                    output += chunk
-                returncode = await process.wait()
+            output, returncode = await read_to_exit(process, output)
     logged = (tmp_path / "serve.log").read_text()
     assert returncode == 0, (output, logged)
     assert "gateway stopped" in output.decode()
