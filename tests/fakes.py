@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from pm.engine import Engine
+
 
 class RecordingPublisher:
     """Stands in for the MQTT client: records requests; ``connected`` can be toggled."""
@@ -31,3 +33,36 @@ class RecordingPublisher:
 
     def requests_to(self, topic: str) -> list[dict[str, Any]]:
         return [request for t, request in self.published if t == topic]
+
+
+class FakeDevices:
+    """Answers published requests as devices would: at once, or when the test says so."""
+
+    def __init__(self, publisher: RecordingPublisher) -> None:
+        self.publisher = publisher
+        self.engine: Engine | None = None
+        self.auto_answer = True
+        # Bytes of filler in each answer, to make task messages heavy.
+        self.result_padding = 0
+        publisher.on_publish = self._on_publish
+
+    def _on_publish(self, topic: str, request: dict[str, Any]) -> None:
+        if self.auto_answer:
+            self.answer(request)
+
+    def answer(self, request: dict[str, Any], code: int = 200) -> None:
+        assert self.engine is not None
+        data: dict[str, Any] = {"echo": request["resource"]}
+        if self.result_padding:
+            data["padding"] = "x" * self.result_padding
+        payload = {"id": request["id"], "code": code, "data": data}
+        # Sanji: a DIRECT message's tunnel is the topic its answer goes to.
+        self.engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
+
+    def answer_all(self) -> None:
+        for _, request in self.publisher.published:
+            self.answer(request)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return [request for _, request in self.publisher.published]

@@ -1,186 +1,32 @@
 """The HTTP API through a real hypercorn server on a free localhost port.
 
-The engine is real; only MQTT is replaced, by :class:`~tests.fakes.RecordingPublisher`, which
+The engine is real; only MQTT is replaced, by :class:`~tests.fakes.FakeDevices`, which
 either answers every request at once (``auto_answer``) or holds them until the test answers,
 so a job can be caught while it runs. The same API over the real broker is covered in
-``tests/integration/``. Every test runs under an absolute hang guard.
+``tests/integration/``. Every test runs under an absolute hang guard. The harness is
+``tests/served_app.py``; the ``gateway`` fixture is in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-import hypercorn
-import hypercorn.trio
 import msgspec
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionRejected, open_websocket_url
 
-from pm.config import Config
-from pm.engine import Engine, open_engine
-from pm.http import create_app
-from pm.jobs import Job
 from pm.schemas import Health
-from tests.fakes import RecordingPublisher
-
-# Hang guard per test; each normally takes well under a second.
-GUARD = 10.0
-# Small, so the 413 tests need only a few KiB of body; big enough for 1000 destinations.
-MAX_BODY = 64 * 1024
-# Task messages a watcher may lag behind before it misses some (production: 1024).
-WATCHER_QUEUE = 64
-
-
-class Gateway:
-    """A running app: its URL, an HTTP client, the engine behind it and the fake devices."""
-
-    def __init__(
-        self, base_url: str, client: httpx.AsyncClient, engine: Engine, devices: FakeDevices
-    ) -> None:
-        self.base_url = base_url
-        self.ws_url = base_url.replace("http://", "ws://", 1)
-        self.client = client
-        self.engine = engine
-        self.devices = devices
-
-    async def submit(self, *entries: dict[str, Any], **body: Any) -> dict[str, Any]:
-        response = await self.client.post("/jobs", json={"batch": list(entries), **body})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def job(self, job_id: int) -> Job:
-        job = self.engine.get(job_id)
-        assert job is not None
-        return job
-
-
-class FakeDevices:
-    """Answers published requests as devices would: at once, or when the test says so."""
-
-    def __init__(self, publisher: RecordingPublisher) -> None:
-        self.publisher = publisher
-        self.engine: Engine | None = None
-        self.auto_answer = True
-        # Bytes of filler in each answer, to make task messages heavy.
-        self.result_padding = 0
-        publisher.on_publish = self._on_publish
-
-    def _on_publish(self, topic: str, request: dict[str, Any]) -> None:
-        if self.auto_answer:
-            self.answer(request)
-
-    def answer(self, request: dict[str, Any], code: int = 200) -> None:
-        assert self.engine is not None
-        data: dict[str, Any] = {"echo": request["resource"]}
-        if self.result_padding:
-            data["padding"] = "x" * self.result_padding
-        payload = {"id": request["id"], "code": code, "data": data}
-        # Sanji: a DIRECT message's tunnel is the topic its answer goes to.
-        self.engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
-
-    def answer_all(self) -> None:
-        for _, request in self.publisher.published:
-            self.answer(request)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        return [request for _, request in self.publisher.published]
-
-
-def entry(devices: str | list[str] = "dev-1", **fields: Any) -> dict[str, Any]:
-    return {"method": "get", "resource": "/system/status", "__destination": devices, **fields}
-
-
-def health_of(engine: Engine) -> Health:
-    return Health(
-        status="ok",
-        broker_connected=True,
-        broker_reconnects=0,
-        embedded_broker_restarts=None,
-        jobs=len(engine),
-        jobs_running=engine.jobs_running,
-        device_actors=engine.fleet.live_actors,
-        dropped_messages=dict(engine.fleet.dropped),
-    )
-
-
-def app_config(**sections: dict[str, Any]) -> Config:
-    """This module's configuration, with ``sections`` merged over it."""
-    base: dict[str, dict[str, Any]] = {
-        "http": {"max_body_bytes": MAX_BODY},
-        "tasks": {"default_timeout": 30.0},
-        "watchers": {"queue_size": WATCHER_QUEUE},
-        "store": {"path": ":memory:"},
-    }
-    for section, values in sections.items():
-        base.setdefault(section, {}).update(values)
-    return msgspec.convert(base, Config)
-
-
-@asynccontextmanager
-async def serve_app(config: Config) -> AsyncIterator[Gateway]:
-    """The app over a real engine with fake devices, served by hypercorn on a free port."""
-    publisher = RecordingPublisher()
-    devices = FakeDevices(publisher)
-    server_config = hypercorn.Config()
-    server_config.bind = ["127.0.0.1:0"]
-    server_config.accesslog = None
-    # Tests close their WebSockets; a leftover one must not hold teardown for long.
-    server_config.graceful_timeout = 1.0
-    stop = trio.Event()
-    async with open_engine(config, publisher) as engine:
-        devices.engine = engine
-        app = create_app(engine, config, partial(health_of, engine))
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=stop.wait)
-            )
-            base_url = binds[0]
-            async with httpx.AsyncClient(base_url=base_url) as client:
-                yield Gateway(base_url, client, engine, devices)
-            stop.set()
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
-    async with serve_app(app_config()) as served:
-        yield served
-
-
-async def receive_all(ws: Any) -> tuple[list[dict[str, Any]], int]:
-    """Every message until the server closes, and the close code."""
-    messages = []
-    while True:
-        try:
-            messages.append(json.loads(await ws.get_message()))
-        except ConnectionClosed as closed:
-            return messages, closed.reason.code
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    # The server runs in this trio run: yielding lets it progress; the hang guard bounds it.
-    while not condition():  # noqa: ASYNC110
-        await trio.sleep(0.005)
-
-
-def assert_json_error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert list(body) == ["message"] and isinstance(body["message"], str)
-    return body["message"]
-
+from tests.job_api import INVALID_BODIES, assert_json_error, entry
+from tests.served_app import GUARD, MAX_BODY, ServedGateway, receive_all
+from tests.waiting import poll_until
 
 # -- POST /jobs ---------------------------------------------------------------------------
 
 
-async def test_submit_answers_job_with_task_ids_and_location(gateway: Gateway) -> None:
+async def test_submit_answers_job_with_task_ids_and_location(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         gateway.devices.auto_answer = False
         response = await gateway.client.post(
@@ -209,7 +55,7 @@ async def test_submit_answers_job_with_task_ids_and_location(gateway: Gateway) -
         assert len(job["collection"]) == 3 and all(isinstance(i, int) for i in job["collection"])
 
         gateway.devices.auto_answer = True
-        await wait_until(lambda: len(gateway.devices.requests) == 3)
+        await poll_until(lambda: len(gateway.devices.requests) == 3)
         gateway.devices.answer_all()
         await gateway.job(job["id"]).ended.wait()
         done = (await gateway.client.get(f"/jobs/{job['id']}")).json()
@@ -217,7 +63,7 @@ async def test_submit_answers_job_with_task_ids_and_location(gateway: Gateway) -
         assert done["collection"] == job["collection"]
 
 
-async def test_method_case_and_mac_spellings_are_normalized(gateway: Gateway) -> None:
+async def test_method_case_and_mac_spellings_are_normalized(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         job = await gateway.submit(
             entry(["00-0C-29-1C-E8-01", "000C291CE802", "plain.id_1"], method="PoSt")
@@ -234,44 +80,9 @@ async def test_method_case_and_mac_spellings_are_normalized(gateway: Gateway) ->
         assert {request["method"] for request in gateway.devices.requests} == {"post"}
 
 
-def _body(**overrides: Any) -> dict[str, Any]:
-    return {"batch": [entry(**overrides)]}
-
-
-# (body, a substring the message must contain: msgspec names the field)
-INVALID_BODIES: list[tuple[Any, str]] = [
-    ({}, "missing required field `batch`"),
-    ({"batch": []}, "length >= 1 - at `$.batch`"),
-    ({"batch": {}}, "at `$.batch`"),
-    ([], "Expected `object`, got `array`"),
-    (_body(method="patch"), "at `$.batch[0].method`"),
-    ({"batch": [{"resource": "/a", "__destination": "d"}]}, "missing required field `method`"),
-    (_body(resource="system/status"), "at `$.batch[0].resource`"),
-    (_body(resource=7), "at `$.batch[0].resource`"),
-    (_body(data=[1, 2]), "at `$.batch[0].data`"),
-    (_body(data="x"), "at `$.batch[0].data`"),
-    ({"batch": [{"method": "get", "resource": "/a"}]}, "missing required field `__destination`"),
-    (_body(devices=""), "at `$.batch[0].__destination`"),
-    (_body(devices=[]), "at `$.batch[0].__destination`"),
-    (_body(devices=["ok", ""]), "at `$.batch[0].__destination[1]`"),
-    (_body(devices=["a b"]), "invalid device id 'a b'"),
-    (_body(devices=["x/y"]), "invalid device id 'x/y'"),
-    (_body(devices=["d", "d"]), "listed more than once"),
-    (_body(devices=["00-0C-29-1C-E8-01", "000c291ce801"]), "listed more than once"),
-    (_body(devices=[3]), "at `$.batch[0].__destination"),
-    (_body(timeout=0), "at `$.batch[0].timeout`"),
-    (_body(timeout=-1.5), "at `$.batch[0].timeout`"),
-    (_body(timeout="soon"), "at `$.batch[0].timeout`"),
-    ({"batch": [entry()], "timeout": 0}, "> 0.0 - at `$.timeout`"),
-    ({"batch": [entry()], "timeout": -3}, "at `$.timeout`"),
-    ({"batch": [entry()], "priority": 1}, "unknown field `priority`"),
-    (_body(colour="red"), "unknown field `colour` - at `$.batch[0]`"),
-]
-
-
 @pytest.mark.parametrize(("body", "expected"), INVALID_BODIES)
 async def test_invalid_body_is_400_naming_the_field(
-    gateway: Gateway, body: Any, expected: str
+    gateway: ServedGateway, body: Any, expected: str
 ) -> None:
     with trio.fail_after(GUARD):
         message = assert_json_error(await gateway.client.post("/jobs", json=body), 400)
@@ -280,7 +91,7 @@ async def test_invalid_body_is_400_naming_the_field(
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b'{"batch": [}', b"\xff\xfe", b"null x"])
-async def test_malformed_json_is_400(gateway: Gateway, raw: bytes) -> None:
+async def test_malformed_json_is_400(gateway: ServedGateway, raw: bytes) -> None:
     with trio.fail_after(GUARD):
         response = await gateway.client.post(
             "/jobs", content=raw, headers={"content-type": "application/json"}
@@ -289,7 +100,7 @@ async def test_malformed_json_is_400(gateway: Gateway, raw: bytes) -> None:
         assert message.startswith("malformed JSON") or "Expected" in message
 
 
-async def test_body_at_the_limit_is_accepted(gateway: Gateway) -> None:
+async def test_body_at_the_limit_is_accepted(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         raw = json.dumps({"batch": [entry()]}).encode()
         raw += b" " * (MAX_BODY - len(raw))  # trailing whitespace is valid JSON
@@ -298,7 +109,7 @@ async def test_body_at_the_limit_is_accepted(gateway: Gateway) -> None:
         assert response.status_code == 200, response.text
 
 
-async def test_body_over_the_limit_is_413(gateway: Gateway) -> None:
+async def test_body_over_the_limit_is_413(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         raw = json.dumps({"batch": [entry(data={"pad": "x" * MAX_BODY})]}).encode()
         message = assert_json_error(await gateway.client.post("/jobs", content=raw), 413)
@@ -306,7 +117,7 @@ async def test_body_over_the_limit_is_413(gateway: Gateway) -> None:
         assert len(gateway.engine) == 0
 
 
-async def test_chunked_body_over_the_limit_is_413(gateway: Gateway) -> None:
+async def test_chunked_body_over_the_limit_is_413(gateway: ServedGateway) -> None:
     # No Content-Length to check up front: the cap must hold while the body arrives.
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"batch": [{"method": "get", "resource": "/a", "__destination": "d", "data": '
@@ -322,7 +133,7 @@ async def test_chunked_body_over_the_limit_is_413(gateway: Gateway) -> None:
 # -- GET /jobs ----------------------------------------------------------------------------
 
 
-async def test_list_is_newest_first_with_paging_and_total(gateway: Gateway) -> None:
+async def test_list_is_newest_first_with_paging_and_total(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         ids = [(await gateway.submit(entry(f"d{n}")))["id"] for n in range(5)]
         response = await gateway.client.get("/jobs")
@@ -339,13 +150,13 @@ async def test_list_is_newest_first_with_paging_and_total(gateway: Gateway) -> N
         assert past_the_end.json() == [] and past_the_end.headers["x-total-count"] == "5"
 
 
-async def test_list_filters_by_status(gateway: Gateway) -> None:
+async def test_list_filters_by_status(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         resolved = await gateway.submit(entry("fast"))
         await gateway.job(resolved["id"]).ended.wait()
         gateway.devices.auto_answer = False
         running = await gateway.submit(entry("slow"))
-        await wait_until(lambda: gateway.job(running["id"]).record.status == "dispatching")
+        await poll_until(lambda: gateway.job(running["id"]).record.status == "dispatching")
 
         by_status = {}
         for status in ("resolved", "dispatching", "timeout"):
@@ -376,14 +187,14 @@ async def test_list_filters_by_status(gateway: Gateway) -> None:
     ],
 )
 async def test_list_bad_query_is_400(
-    gateway: Gateway, params: dict[str, str], expected: str
+    gateway: ServedGateway, params: dict[str, str], expected: str
 ) -> None:
     with trio.fail_after(GUARD):
         message = assert_json_error(await gateway.client.get("/jobs", params=params), 400)
         assert expected in message
 
 
-async def test_job_ids_beyond_sqlite_integers_are_404(gateway: Gateway) -> None:
+async def test_job_ids_beyond_sqlite_integers_are_404(gateway: ServedGateway) -> None:
     # Found by schemathesis: the store's query overflowed (500).
     huge = 2**63
     with trio.fail_after(GUARD):
@@ -400,7 +211,7 @@ async def test_job_ids_beyond_sqlite_integers_are_404(gateway: Gateway) -> None:
         assert response.status_code == 200 and response.json() == []
 
 
-async def test_list_limit_bounds_are_inclusive(gateway: Gateway) -> None:
+async def test_list_limit_bounds_are_inclusive(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         for limit in ("1", "1000"):
             response = await gateway.client.get("/jobs", params={"limit": limit})
@@ -410,7 +221,7 @@ async def test_list_limit_bounds_are_inclusive(gateway: Gateway) -> None:
 # -- GET /jobs/{id} -----------------------------------------------------------------------
 
 
-async def test_get_with_collection_embeds_tasks(gateway: Gateway) -> None:
+async def test_get_with_collection_embeds_tasks(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         job = await gateway.submit(
             entry(["a", "b"], method="PUT", resource="/x", data={"k": 1}, timeout=5)
@@ -451,14 +262,14 @@ async def test_get_with_collection_embeds_tasks(gateway: Gateway) -> None:
         assert first["__task"]["result"] == {"echo": "/x"}
 
 
-async def test_get_bad_collection_value_is_400(gateway: Gateway) -> None:
+async def test_get_bad_collection_value_is_400(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         job = await gateway.submit(entry())
         response = await gateway.client.get(f"/jobs/{job['id']}", params={"collection": "maybe"})
         assert "at `$.collection`" in assert_json_error(response, 400)
 
 
-async def test_unknown_job_is_404(gateway: Gateway) -> None:
+async def test_unknown_job_is_404(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         assert "no job 99" in assert_json_error(await gateway.client.get("/jobs/99"), 404)
         assert_json_error(await gateway.client.delete("/jobs/99"), 404)
@@ -470,12 +281,12 @@ async def test_unknown_job_is_404(gateway: Gateway) -> None:
 # -- DELETE /jobs/{id} --------------------------------------------------------------------
 
 
-async def test_delete_running_job_cancels_and_forgets_it(gateway: Gateway) -> None:
+async def test_delete_running_job_cancels_and_forgets_it(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         gateway.devices.auto_answer = False
         # Both tasks go to one device: the second waits in its mailbox behind the first.
         job = await gateway.submit(entry("dev"), entry("dev", resource="/second"))
-        await wait_until(lambda: len(gateway.devices.requests) == 1)
+        await poll_until(lambda: len(gateway.devices.requests) == 1)
 
         response = await gateway.client.delete(f"/jobs/{job['id']}")
         assert response.status_code == 200
@@ -489,11 +300,11 @@ async def test_delete_running_job_cancels_and_forgets_it(gateway: Gateway) -> No
         listed = await gateway.client.get("/jobs")
         assert listed.json() == [] and listed.headers["x-total-count"] == "0"
         # The queued task never reached the device, even once the device is free again.
-        await wait_until(lambda: gateway.engine.fleet.in_flight == 0)
+        await poll_until(lambda: gateway.engine.fleet.in_flight == 0)
         assert [request["resource"] for request in gateway.devices.requests] == ["/system/status"]
 
 
-async def test_delete_finished_job_returns_its_final_state(gateway: Gateway) -> None:
+async def test_delete_finished_job_returns_its_final_state(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         job = await gateway.submit(entry())
         await gateway.job(job["id"]).ended.wait()
@@ -506,7 +317,7 @@ async def test_delete_finished_job_returns_its_final_state(gateway: Gateway) -> 
 
 
 async def test_ws_streams_snapshot_tasks_then_final_job_and_closes_1000(
-    gateway: Gateway,
+    gateway: ServedGateway,
 ) -> None:
     with trio.fail_after(GUARD):
         gateway.devices.auto_answer = False
@@ -516,7 +327,7 @@ async def test_ws_streams_snapshot_tasks_then_final_job_and_closes_1000(
             assert first["type"] == "job"
             assert first["job"]["id"] == job["id"] and "collection" not in first["job"]
             assert first["job"]["status"] in ("pending", "dispatching")
-            await wait_until(lambda: len(gateway.devices.requests) == 2)
+            await poll_until(lambda: len(gateway.devices.requests) == 2)
             gateway.devices.answer_all()
             rest, code = await receive_all(ws)
         assert code == 1000
@@ -535,7 +346,7 @@ async def test_ws_streams_snapshot_tasks_then_final_job_and_closes_1000(
         assert all(m["job"]["finishAt"] is None for m in messages[:-1] if m["type"] == "job")
 
 
-async def test_ws_on_final_job_sends_one_snapshot_and_closes(gateway: Gateway) -> None:
+async def test_ws_on_final_job_sends_one_snapshot_and_closes(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         job = await gateway.submit(entry())
         await gateway.job(job["id"]).ended.wait()
@@ -546,7 +357,7 @@ async def test_ws_on_final_job_sends_one_snapshot_and_closes(gateway: Gateway) -
         assert messages[0]["type"] == "job" and messages[0]["job"]["status"] == "resolved"
 
 
-async def test_ws_unknown_job_rejects_handshake_with_404(gateway: Gateway) -> None:
+async def test_ws_unknown_job_rejects_handshake_with_404(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         with pytest.raises(ConnectionRejected) as rejected:
             async with open_websocket_url(f"{gateway.ws_url}/jobs/42/ws"):
@@ -556,7 +367,7 @@ async def test_ws_unknown_job_rejects_handshake_with_404(gateway: Gateway) -> No
         assert json.loads(rejected.value.body) == {"message": "no job 42"}
 
 
-async def test_ws_client_disconnect_releases_the_watcher(gateway: Gateway) -> None:
+async def test_ws_client_disconnect_releases_the_watcher(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         gateway.devices.auto_answer = False
         job = await gateway.submit(entry())
@@ -567,11 +378,11 @@ async def test_ws_client_disconnect_releases_the_watcher(gateway: Gateway) -> No
             for _ in range(50):
                 await ws.send_message("hello?")
             assert feed.watchers == 1
-        await wait_until(lambda: feed.watchers == 0)
+        await poll_until(lambda: feed.watchers == 0)
         assert not gateway.job(job["id"]).final  # the job does not care
 
 
-async def test_ws_client_that_never_reads_does_not_slow_the_job(gateway: Gateway) -> None:
+async def test_ws_client_that_never_reads_does_not_slow_the_job(gateway: ServedGateway) -> None:
     tasks = 1000
     with trio.fail_after(GUARD):
         gateway.devices.auto_answer = False
@@ -583,7 +394,7 @@ async def test_ws_client_that_never_reads_does_not_slow_the_job(gateway: Gateway
             f"{gateway.ws_url}/jobs/{job['id']}/ws",
             message_queue_size=1,
         ) as ws:
-            await wait_until(lambda: len(gateway.devices.requests) == tasks)
+            await poll_until(lambda: len(gateway.devices.requests) == tasks)
             gateway.devices.answer_all()
             # The job ends while this client has read nothing.
             await gateway.job(job["id"]).ended.wait()
@@ -615,7 +426,7 @@ class _BrokenWatcher:
 
 
 async def test_ws_handler_failure_closes_1011(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    gateway: ServedGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(GUARD):
         job = await gateway.submit(entry())
@@ -629,7 +440,7 @@ async def test_ws_handler_failure_closes_1011(
 # -- errors, health, OpenAPI --------------------------------------------------------------
 
 
-async def test_unknown_path_and_wrong_method_are_json(gateway: Gateway) -> None:
+async def test_unknown_path_and_wrong_method_are_json(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         assert "/nowhere" in assert_json_error(await gateway.client.get("/nowhere"), 404)
         assert_json_error(await gateway.client.post("/jobs/1/nothing"), 404)
@@ -653,7 +464,7 @@ async def test_unknown_path_and_wrong_method_are_json(gateway: Gateway) -> None:
 
 
 async def test_unexpected_error_is_a_json_500(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    gateway: ServedGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(**_: Any) -> Any:
         raise RuntimeError("engine bug")
@@ -665,7 +476,7 @@ async def test_unexpected_error_is_a_json_500(
         assert "engine bug" in caplog.text
 
 
-async def test_healthz(gateway: Gateway) -> None:
+async def test_healthz(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         await gateway.submit(entry())
         response = await gateway.client.get("/healthz")
@@ -676,7 +487,7 @@ async def test_healthz(gateway: Gateway) -> None:
         assert "brokerConnected" in response.json()
 
 
-async def test_openapi_documents_every_route_from_the_schemas(gateway: Gateway) -> None:
+async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         response = await gateway.client.get("/openapi.json")
         assert response.status_code == 200

@@ -18,16 +18,9 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pm.config import ConfigError, load_config
 from pm.http.auth import BearerTokens, bearer_token
-from tests.test_http_app import (
-    GUARD,
-    Gateway,
-    app_config,
-    assert_json_error,
-    entry,
-    receive_all,
-    serve_app,
-    wait_until,
-)
+from tests.job_api import assert_json_error, entry
+from tests.served_app import GUARD, ServedGateway, app_config, receive_all, serve_app
+from tests.waiting import poll_until
 
 TOKEN = "test-token-0123456789abcdef"
 OTHER_TOKEN = "another.token_ABCDEFGHIJ~+/=="
@@ -39,7 +32,7 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 
 @pytest.fixture
-async def secured() -> AsyncIterator[Gateway]:
+async def secured() -> AsyncIterator[ServedGateway]:
     async with serve_app(app_config(api={"tokens": [TOKEN, OTHER_TOKEN]})) as served:
         yield served
 
@@ -53,7 +46,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def scrape(gateway: Gateway, **headers: str) -> dict[Any, float]:
+async def scrape(gateway: ServedGateway, **headers: str) -> dict[Any, float]:
     response = await gateway.client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -125,7 +118,7 @@ def test_a_weak_or_malformed_token_stops_the_gateway_without_showing_it(token: s
         ("GET", "/no/such/path"),  # says nothing about which paths exist
     ],
 )
-async def test_every_endpoint_needs_a_token(secured: Gateway, method: str, path: str) -> None:
+async def test_every_endpoint_needs_a_token(secured: ServedGateway, method: str, path: str) -> None:
     with trio.fail_after(GUARD):
         for headers in ({}, bearer(WRONG_TOKEN), {"Authorization": f"Basic {TOKEN}"}):
             response = await secured.client.request(method, path, headers=headers, json={})
@@ -135,7 +128,7 @@ async def test_every_endpoint_needs_a_token(secured: Gateway, method: str, path:
             assert TOKEN not in response.text
 
 
-async def test_a_valid_token_opens_every_endpoint(secured: Gateway) -> None:
+async def test_a_valid_token_opens_every_endpoint(secured: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         for token in (TOKEN, OTHER_TOKEN):
             response = await secured.client.post(
@@ -150,14 +143,14 @@ async def test_a_valid_token_opens_every_endpoint(secured: Gateway) -> None:
             assert_json_error(response, 404)
 
 
-async def test_healthz_stays_open(secured: Gateway) -> None:
+async def test_healthz_stays_open(secured: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         response = await secured.client.get("/healthz")
         assert response.status_code == 200
         assert response.json()["status"] == "ok"
 
 
-async def test_the_openapi_document_says_a_token_is_required(secured: Gateway) -> None:
+async def test_the_openapi_document_says_a_token_is_required(secured: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         document = (await secured.client.get("/openapi.json", headers=bearer())).json()
         assert document["security"] == [{"bearerToken": []}]
@@ -167,7 +160,7 @@ async def test_the_openapi_document_says_a_token_is_required(secured: Gateway) -
         assert "401" not in document["paths"]["/healthz"]["get"]["responses"]
 
 
-async def test_websocket_needs_a_token_in_the_header_or_the_query(secured: Gateway) -> None:
+async def test_websocket_needs_a_token_in_the_header_or_the_query(secured: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         job_id = (
             await secured.client.post("/jobs", json={"batch": [entry()]}, headers=bearer())
@@ -196,7 +189,9 @@ async def test_websocket_needs_a_token_in_the_header_or_the_query(secured: Gatew
             assert code == 1000 and messages[-1]["job"]["status"] == "resolved"
 
 
-async def test_tokens_are_never_logged(secured: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+async def test_tokens_are_never_logged(
+    secured: ServedGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with trio.fail_after(GUARD):
         for headers in (bearer(), bearer(WRONG_TOKEN), bearer(OTHER_TOKEN)):
@@ -258,7 +253,7 @@ async def test_too_many_running_jobs_is_429_until_one_ends() -> None:
             assert len(gateway.engine) == 2
             # One ends: there is room again.
             gateway.devices.answer_all()
-            await wait_until(lambda: gateway.engine.jobs_running < 2)
+            await poll_until(lambda: gateway.engine.jobs_running < 2)
             await gateway.submit(entry("c"))
             assert (await scrape(gateway))[
                 ("pm_http_limit_refusals_total", (("limit", "max_jobs_running"),))
@@ -290,7 +285,7 @@ async def test_watchers_per_job_are_limited_at_the_handshake() -> None:
             # Closed watchers free their slots.
             async with open_websocket_url(url) as again:
                 await again.get_message()
-            await wait_until(lambda: gateway.job(first["id"]).feed.watchers == 0)
+            await poll_until(lambda: gateway.job(first["id"]).feed.watchers == 0)
             metrics = await scrape(gateway)
             assert metrics[("pm_websocket_watchers", ())] == 0
             assert metrics[("pm_http_limit_refusals_total", (("limit", "max_watchers_per_job"),))]
@@ -301,7 +296,7 @@ async def test_an_oversized_answer_is_dropped_and_counted() -> None:
         with trio.fail_after(GUARD):
             gateway.devices.auto_answer = False
             job = await gateway.submit(entry("a"))
-            await wait_until(lambda: len(gateway.devices.requests) == 1)
+            await poll_until(lambda: len(gateway.devices.requests) == 1)
             request = gateway.devices.requests[0]
             big = {"id": request["id"], "code": 200, "data": {"pad": "x" * 300}}
             gateway.engine.on_mqtt_message(request["tunnel"], json.dumps(big).encode())
@@ -318,11 +313,11 @@ async def test_an_oversized_answer_is_dropped_and_counted() -> None:
 # -- metrics -----------------------------------------------------------------------------------
 
 
-async def test_metrics_reflect_jobs_tasks_and_drops(gateway: Gateway) -> None:
+async def test_metrics_reflect_jobs_tasks_and_drops(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         gateway.devices.auto_answer = False
         running = await gateway.submit(entry(["a", "b", "c"]))
-        await wait_until(lambda: len(gateway.devices.requests) == 3)
+        await poll_until(lambda: len(gateway.devices.requests) == 3)
         first, second, _ = gateway.devices.requests
         gateway.devices.answer(first)
         gateway.devices.answer(second, code=500)
@@ -330,7 +325,7 @@ async def test_metrics_reflect_jobs_tasks_and_drops(gateway: Gateway) -> None:
         gateway.engine.on_mqtt_message(first["tunnel"], b"\xff not json")
         gateway.engine.on_mqtt_message(first["tunnel"], b'{"id": 999999, "code": 200}')
         job = gateway.job(running["id"])
-        await wait_until(lambda: job.record.done_count == 2)
+        await poll_until(lambda: job.record.done_count == 2)
         gateway.devices.auto_answer = True
         done = await gateway.submit(entry("d"))
         await gateway.job(done["id"]).ended.wait()
@@ -369,7 +364,7 @@ async def test_metrics_reflect_jobs_tasks_and_drops(gateway: Gateway) -> None:
         assert after[("pm_tasks", (("status", "resolved"),))] == 1
 
 
-async def test_metrics_need_the_token_and_count_refusals(secured: Gateway) -> None:
+async def test_metrics_need_the_token_and_count_refusals(secured: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         assert (await secured.client.get("/metrics")).status_code == 401
         metrics = await scrape(secured, Authorization=f"Bearer {TOKEN}")
@@ -385,7 +380,7 @@ async def test_each_app_has_its_own_registry() -> None:
             assert (first[key], second[key]) == (1, 0)
 
 
-async def test_healthz_and_metrics_agree_on_drops(gateway: Gateway) -> None:
+async def test_healthz_and_metrics_agree_on_drops(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         for _ in range(3):
             gateway.engine.on_mqtt_message("/remote/x/response", b"[]")
@@ -393,9 +388,3 @@ async def test_healthz_and_metrics_agree_on_drops(gateway: Gateway) -> None:
         metrics = await scrape(gateway)
         assert health["droppedMessages"] == {"malformed": 3}
         assert metrics[("pm_dropped_messages_total", (("reason", "malformed"),))] == 3
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
-    async with serve_app(app_config()) as served:
-        yield served

@@ -16,8 +16,7 @@ import trio
 from pm.broker import run_embedded_broker
 from pm.config import BrokerConfig
 from pm.mqtt import open_mqtt_client
-
-from .conftest import poll_until
+from tests.waiting import poll_until
 
 
 def test_the_amqtt_internals_we_override_are_still_there() -> None:

@@ -8,18 +8,8 @@ from typing import Any
 
 import trio
 
-from tests.test_http_app import INVALID_BODIES
-
-from .conftest import GatewayFactory, SimulatorFactory
-from .test_dispatch import entry, post_job, wait_final
-
-
-def assert_error(response: Any, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    message = response.json()["message"]
-    assert isinstance(message, str) and message
-    return message
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.job_api import INVALID_BODIES, assert_json_error, entry, post_job, wait_final
 
 
 async def test_every_invalid_body_is_a_400_naming_the_field(
@@ -29,12 +19,12 @@ async def test_every_invalid_body_is_a_400_naming_the_field(
         gateway = await start_gateway(http={"max_body_bytes": 4096})
         client = http(gateway)
         for body, expected in INVALID_BODIES:
-            message = assert_error(await client.post("/jobs", json=body), 400)
+            message = assert_json_error(await client.post("/jobs", json=body), 400)
             assert expected in message, (body, message)
         for raw in (b"", b"{", b"\xff\xfe"):
-            assert_error(await client.post("/jobs", content=raw), 400)
+            assert_json_error(await client.post("/jobs", content=raw), 400)
         big = {"batch": [entry("d", data={"blob": "x" * 5000})]}
-        assert_error(await client.post("/jobs", json=big), 413)
+        assert_json_error(await client.post("/jobs", json=big), 413)
         listed = await client.get("/jobs")
         assert listed.json() == [] and listed.headers["X-Total-Count"] == "0"
 
@@ -60,22 +50,22 @@ async def test_endpoints_and_status_codes(
         resolved = await client.get("/jobs", params={"status": "resolved"})
         assert resolved.headers["X-Total-Count"] == "4"
         assert (await client.get("/jobs", params={"status": "pending"})).json() == []
-        assert_error(await client.get("/jobs", params={"status": "nope"}), 400)
-        assert_error(await client.get("/jobs", params={"limit": 1001}), 400)
-        assert_error(await client.get("/jobs", params={"offset": -1}), 400)
+        assert_json_error(await client.get("/jobs", params={"status": "nope"}), 400)
+        assert_json_error(await client.get("/jobs", params={"limit": 1001}), 400)
+        assert_json_error(await client.get("/jobs", params={"offset": -1}), 400)
 
         one = (await client.get(f"/jobs/{created[0]['id']}")).json()
         assert one["collection"] == created[0]["collection"]
         full = await client.get(f"/jobs/{created[0]['id']}", params={"collection": "true"})
         assert [task["id"] for task in full.json()["collection"]] == created[0]["collection"]
-        assert_error(await client.get("/jobs/999999"), 404)
-        assert_error(await client.delete("/jobs/999999"), 404)
-        assert_error(await client.get("/nowhere"), 404)
-        assert_error(await client.put("/jobs"), 405)
+        assert_json_error(await client.get("/jobs/999999"), 404)
+        assert_json_error(await client.delete("/jobs/999999"), 404)
+        assert_json_error(await client.get("/nowhere"), 404)
+        assert_json_error(await client.put("/jobs"), 405)
 
         deleted = await client.delete(f"/jobs/{created[0]['id']}")
         assert deleted.status_code == 200 and deleted.json()["status"] == "resolved"
-        assert_error(await client.get(f"/jobs/{created[0]['id']}"), 404)
+        assert_json_error(await client.get(f"/jobs/{created[0]['id']}"), 404)
         assert (await client.get("/jobs")).headers["X-Total-Count"] == "3"
 
         health = (await client.get("/healthz")).json()

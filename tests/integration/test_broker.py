@@ -8,62 +8,19 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import socket
 import sys
-import threading
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 import trio
 
 from pm import broker as broker_module
 from pm.broker import BrokerStartError, EmbeddedBroker, RestartBackoff, run_embedded_broker
 from pm.config import BrokerConfig
+from tests.integration.brokers import HANG_GUARD, process_exists, round_trip
 
-HANG_GUARD = 20.0
 ANY_PORT = BrokerConfig(host="127.0.0.1", port=0)
-
-
-def _qos1_round_trip(host: str, port: int, payload: bytes) -> bytes:
-    """Subscribe, publish QoS 1 to the same topic, return what came back (blocking, paho)."""
-    topic = f"test/broker/{uuid.uuid4().hex}"
-    received: queue.Queue[bytes] = queue.Queue()
-    subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex}")
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = lambda _client, _userdata, message: received.put(message.payload)
-    client.connect(host, port, keepalive=10)
-    # Without TCP_NODELAY a QoS 1 round trip waits on Nagle + delayed ACK (FACTS.md).
-    sock = client.socket()
-    assert isinstance(sock, socket.socket)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    client.loop_start()
-    try:
-        client.subscribe(topic, qos=1)
-        assert subscribed.wait(5), "no SUBACK within 5 s"
-        info = client.publish(topic, payload, qos=1)
-        assert info.rc == mqtt.MQTT_ERR_SUCCESS
-        info.wait_for_publish(timeout=5)
-        assert info.is_published(), "no PUBACK within 5 s"
-        return received.get(timeout=5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-async def round_trip(broker: EmbeddedBroker, payload: bytes) -> bytes:
-    return await trio.to_thread.run_sync(_qos1_round_trip, broker.host, broker.port, payload)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_restart_backoff_doubles_caps_and_resets_after_healthy_uptime() -> None:

@@ -12,9 +12,8 @@ import trio
 from pm._mosquitto import find_mosquitto, mosquitto_config
 from pm.broker import EmbeddedBroker, run_embedded_broker
 from pm.config import BrokerConfig, load_config
-
-from .conftest import poll_until
-from .test_broker import HANG_GUARD, process_exists, round_trip
+from tests.integration.brokers import HANG_GUARD, process_exists, round_trip
+from tests.waiting import poll_until
 
 MOSQUITTO = BrokerConfig(host="127.0.0.1", port=0, engine="mosquitto")
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,46 +20,13 @@ import httpx
 import trio
 
 from pm.cli import serve_command
-
-from .conftest import GatewayFactory, SimulatorFactory
-
-# Seconds one CLI run may take (a Python start plus a few requests).
-CLI_TIMEOUT = 15
-REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a ``pm`` subprocess.
-
-    Subprocesses run in a temporary directory so a ``pm serve`` leaves its default store
-    (``./puppetmaster.db``) there, not in the repository; PYTHONPATH keeps ``pm`` importable.
-    Inherited ``PM_*`` variables are dropped: a developer's PM_URL must not redirect a test.
-    """
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("PM_")}
-    environment["PYTHONPATH"] = str(REPOSITORY)
-    return {**environment, **(extra or {})}
-
-
-async def pm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m pm.cli ARGS`` to completion; stdout and stderr captured as text."""
-    with trio.fail_after(CLI_TIMEOUT), tempfile.TemporaryDirectory() as directory:
-        done = await trio.run_process(
-            [sys.executable, "-m", "pm.cli", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            cwd=directory,
-            env=cli_environment(env),
-        )
-    return subprocess.CompletedProcess(
-        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.integration.brokers import free_port
+from tests.integration.gateways import (
+    GatewayFactory,
+    SimulatorFactory,
+    cli_environment,
+    pm,
+)
 
 
 async def test_submit_watch_resolves_and_prints_the_summary(

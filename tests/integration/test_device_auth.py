@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -16,13 +15,9 @@ import trio
 
 from pm.mqtt import MqttSubscribeError, open_mqtt_client
 from pm.passwords import hash_password, write_password_file
-
-from .conftest import GatewayFactory, SimulatorFactory
-from .test_dispatch import entry, post_job, wait_final
-from .test_mqtt import Inbox
-
-if TYPE_CHECKING:
-    from conftest import MosquittoBroker
+from tests.integration.brokers import Inbox, MosquittoBroker
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.job_api import entry, post_job, wait_final
 
 SECRET = "fleet-test-secret"
 GATEWAY = {"username": "gw", "password": "gateway-secret"}

@@ -9,41 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import trio
 
 from pm.gateway import Gateway
 from pm.mqtt import open_mqtt_client
-
-from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
-
-
-def entry(devices: str | list[str], resource: str = "/system/status", **extra: Any) -> dict:
-    return {"method": "get", "resource": resource, "__destination": devices, **extra}
-
-
-async def post_job(client: httpx.AsyncClient, *entries: dict, **body: Any) -> dict[str, Any]:
-    response = await client.post("/jobs", json={"batch": list(entries), **body})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def wait_final(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
-    """Poll until the job is final; returns it with full tasks."""
-    while True:
-        response = await client.get(f"/jobs/{job_id}", params={"collection": "true"})
-        job = response.json()
-        if job["finishAt"] is not None:
-            return job
-        await trio.sleep(0.02)
-
-
-def assert_consistent(job: dict[str, Any]) -> None:
-    statuses = [task["__task"]["status"] for task in job["collection"]]
-    assert all(s in {"resolved", "error", "timeout", "cancelled"} for s in statuses), statuses
-    assert job["finishCount"] == statuses.count("resolved")
-    assert job["errorCount"] == len(statuses) - statuses.count("resolved")
-    assert job["doneCount"] == job["totalCount"] == len(statuses)
+from tests.integration.brokers import MosquittoBroker
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.job_api import assert_consistent, entry, post_job, wait_final
+from tests.waiting import poll_until
 
 
 async def test_job_resolves_through_the_embedded_broker(

@@ -17,9 +17,10 @@ import pytest
 import trio
 
 from pm.devices import Dispatch, Fleet
-
-from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
-from .test_dispatch import assert_consistent, entry, post_job, wait_final
+from tests.integration.brokers import MosquittoBroker
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.job_api import assert_consistent, entry, post_job, wait_final
+from tests.waiting import poll_until
 
 
 def log_records(caplog: pytest.LogCaptureFixture, **fields: Any) -> list[logging.LogRecord]:

@@ -21,8 +21,10 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
-from .test_dispatch import assert_consistent, entry, post_job, wait_final
+from tests.integration.brokers import MosquittoBroker
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.job_api import assert_consistent, entry, post_job, wait_final
+from tests.waiting import poll_until
 
 FLOOD_THROUGH_MOSQUITTO = int(os.environ.get("PM_FLOOD_MESSAGES", "100000"))
 FLOOD_THROUGH_AMQTT = int(os.environ.get("PM_FLOOD_MESSAGES", "5000"))

@@ -17,10 +17,8 @@ from pm.broker import BrokerStartError, run_embedded_broker
 from pm.config import BrokerConfig, ConfigError, load_config
 from pm.gateway import check_broker_tls
 from pm.mqtt import open_mqtt_client
-
-from .conftest import GatewayFactory, SimulatorFactory, gateway_config
-from .test_dispatch import entry, post_job, wait_final
-from .test_tls import certificate  # noqa: F401 - the fixture
+from tests.integration.gateways import GatewayFactory, SimulatorFactory, gateway_config
+from tests.job_api import entry, post_job, wait_final
 
 DEVICES = [f"tls-{number:02d}" for number in range(20)]
 TASKS_PER_DEVICE = 10  # 200 tasks: many answers per TLS read, the SSL-pending path
@@ -46,7 +44,7 @@ def _plain_tcp_gets_no_connack(host: str, port: int) -> bytes:
 async def test_devices_and_gateway_speak_mqtt_over_tls(
     start_gateway: GatewayFactory,
     start_simulator: SimulatorFactory,
-    certificate: tuple[Path, Path],  # noqa: F811 - the fixture
+    certificate: tuple[Path, Path],
 ) -> None:
     certfile, keyfile = certificate
     with trio.fail_after(15):
@@ -84,7 +82,7 @@ async def test_devices_and_gateway_speak_mqtt_over_tls(
 
 
 def test_broker_tls_config_is_checked_at_start(
-    certificate: tuple[Path, Path],  # noqa: F811 - the fixture
+    certificate: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
     certfile, keyfile = certificate
@@ -107,7 +105,7 @@ def test_broker_tls_config_is_checked_at_start(
 
 
 async def test_mosquitto_engine_with_tls_is_refused_at_start(
-    certificate: tuple[Path, Path],  # noqa: F811 - the fixture
+    certificate: tuple[Path, Path],
 ) -> None:
     certfile, keyfile = certificate
     config = BrokerConfig(
@@ -126,7 +124,7 @@ def _publish_qos0(topic: str, payload: bytes) -> bytes:
 
 
 async def test_packets_left_decrypted_in_the_ssl_object_are_read(
-    certificate: tuple[Path, Path],  # noqa: F811 - the fixture
+    certificate: tuple[Path, Path],
 ) -> None:
     """A TLS record holding many MQTT packets: paho reads the first, the rest sits decrypted
     in the SSL object while the socket has nothing left to read. Waiting for the socket would
@@ -168,14 +166,3 @@ async def test_packets_left_decrypted_in_the_ssl_object_are_read(
                     await all_received.wait()
                 assert received == [str(number).encode() for number in range(count)]
             nursery.cancel_scope.cancel()
-
-
-def test_ssl_module_refuses_peek_on_tls_sockets() -> None:
-    """Why pm.mqtt peeks through socket.socket.recv: SSLSocket.recv refuses flags."""
-    context = ssl.create_default_context()
-    left, right = socket.socketpair()
-    with left, right:
-        wrapped = context.wrap_socket(left, server_hostname="x", do_handshake_on_connect=False)
-        with pytest.raises(ValueError):
-            wrapped.recv(1, socket.MSG_PEEK)
-        wrapped.close()

@@ -18,17 +18,17 @@ import trio
 
 from pm.cli import serve_command
 from pm.simulator import SimulatorSettings, run_simulator
-
-from .conftest import _free_port, poll_until
-from .test_dispatch import assert_consistent, entry, wait_final
+from tests.integration.brokers import free_port
+from tests.job_api import assert_consistent, entry, wait_final
+from tests.waiting import poll_until
 
 
 class GatewayProcess:
     """`python -m pm.cli serve` on fixed ports and a database file, restartable."""
 
     def __init__(self, directory: Path) -> None:
-        self.http_port = _free_port()
-        self.mqtt_port = _free_port()
+        self.http_port = free_port()
+        self.mqtt_port = free_port()
         self.database = directory / "puppetmaster.db"
         self.log = directory / "gateway.log"
         self.url = f"http://127.0.0.1:{self.http_port}"

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from pm.engine import open_engine
 from pm.http import create_app
 from tests.fakes import RecordingPublisher
-from tests.test_http_app import app_config, health_of
+from tests.served_app import app_config, health_of
 
 TOKEN = "schemathesis-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

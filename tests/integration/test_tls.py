@@ -4,9 +4,7 @@ served over TLS only. A self-signed certificate is made per test with ``openssl`
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -16,29 +14,8 @@ import trio_websocket
 
 from pm.config import ConfigError, load_config
 from pm.gateway import check_http_tls
-
-from .conftest import GatewayFactory, SimulatorFactory, gateway_config
-from .test_dispatch import entry, post_job, wait_final
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl not found on PATH: it makes the test certificate")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    # An EC key: generated in milliseconds, where RSA takes a noticeable moment.
-    arguments = (
-        "req -x509 -nodes -days 1 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:localhost"
-    ).split()
-    subprocess.run(
-        [openssl, *arguments, "-keyout", str(keyfile), "-out", str(certfile)],
-        check=True,
-        capture_output=True,
-    )
-    return certfile, keyfile
+from tests.integration.gateways import GatewayFactory, SimulatorFactory, gateway_config, pm
+from tests.job_api import entry, post_job, wait_final
 
 
 async def test_the_api_is_served_over_https(
@@ -97,8 +74,6 @@ async def test_the_cli_trusts_a_self_signed_gateway_given_its_certificate(
     start_simulator: SimulatorFactory,
     certificate: tuple[Path, Path],
 ) -> None:
-    from .test_cli import pm
-
     certfile, keyfile = certificate
     with trio.fail_after(60):
         gateway = await start_gateway(http={"certfile": str(certfile), "keyfile": str(keyfile)})

@@ -8,8 +8,8 @@ from typing import Any
 import trio
 import trio_websocket
 
-from .conftest import GatewayFactory, SimulatorFactory
-from .test_dispatch import entry, post_job, wait_final
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.job_api import entry, post_job, wait_final
 
 
 def ws_url(http_url: str, job_id: int) -> str:

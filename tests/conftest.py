@@ -1,0 +1,56 @@
+"""Fixtures shared by every test module; plain helpers live in importable modules beside it.
+
+Why helper modules and not this file: pytest loads a conftest itself and does not mean it to be
+imported (``from conftest import`` breaks under ``--import-mode=importlib`` and can load the
+file twice), while a helper module is ordinary Python. Test modules import helpers from those
+modules and never from one another. pytest rewrites ``assert`` only in test modules and
+conftests, so the helper modules that assert are registered for rewriting here, before anything
+imports them: their failures then show the compared values too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite(
+    "tests.fakes",
+    "tests.job_api",
+    "tests.served_app",
+    "tests.integration.brokers",
+    "tests.integration.gateways",
+)
+
+from tests.served_app import ServedGateway, app_config, serve_app  # noqa: E402 - after the above
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[ServedGateway]:
+    """The HTTP app on a free localhost port over a real engine with fake devices that answer
+    every request at once (``gateway.devices.auto_answer = False`` holds them)."""
+    async with serve_app(app_config()) as served:
+        yield served
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl not found on PATH: it makes the test certificate")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    # An EC key: generated in milliseconds, where RSA takes a noticeable moment.
+    arguments = (
+        "req -x509 -nodes -days 1 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:localhost"
+    ).split()
+    subprocess.run(
+        [openssl, *arguments, "-keyout", str(keyfile), "-out", str(certfile)],
+        check=True,
+        capture_output=True,
+    )
+    return certfile, keyfile

@@ -1,0 +1,87 @@
+"""Jobs through the REST API, shared by the app tests (fake devices) and the integration
+tests (the whole gateway): batch entries, invalid bodies with the field each must name, and
+posting a job and reading it back until it is final."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import trio
+
+
+def entry(
+    devices: str | list[str] = "dev-1", resource: str = "/system/status", **fields: Any
+) -> dict[str, Any]:
+    """One batch entry: a GET of ``resource`` on ``devices``, ``fields`` merged over it."""
+    return {"method": "get", "resource": resource, "__destination": devices, **fields}
+
+
+def _body(**overrides: Any) -> dict[str, Any]:
+    return {"batch": [entry(**overrides)]}
+
+
+# (body, a substring the message must contain: msgspec names the field)
+INVALID_BODIES: list[tuple[Any, str]] = [
+    ({}, "missing required field `batch`"),
+    ({"batch": []}, "length >= 1 - at `$.batch`"),
+    ({"batch": {}}, "at `$.batch`"),
+    ([], "Expected `object`, got `array`"),
+    (_body(method="patch"), "at `$.batch[0].method`"),
+    ({"batch": [{"resource": "/a", "__destination": "d"}]}, "missing required field `method`"),
+    (_body(resource="system/status"), "at `$.batch[0].resource`"),
+    (_body(resource=7), "at `$.batch[0].resource`"),
+    (_body(data=[1, 2]), "at `$.batch[0].data`"),
+    (_body(data="x"), "at `$.batch[0].data`"),
+    ({"batch": [{"method": "get", "resource": "/a"}]}, "missing required field `__destination`"),
+    (_body(devices=""), "at `$.batch[0].__destination`"),
+    (_body(devices=[]), "at `$.batch[0].__destination`"),
+    (_body(devices=["ok", ""]), "at `$.batch[0].__destination[1]`"),
+    (_body(devices=["a b"]), "invalid device id 'a b'"),
+    (_body(devices=["x/y"]), "invalid device id 'x/y'"),
+    (_body(devices=["d", "d"]), "listed more than once"),
+    (_body(devices=["00-0C-29-1C-E8-01", "000c291ce801"]), "listed more than once"),
+    (_body(devices=[3]), "at `$.batch[0].__destination"),
+    (_body(timeout=0), "at `$.batch[0].timeout`"),
+    (_body(timeout=-1.5), "at `$.batch[0].timeout`"),
+    (_body(timeout="soon"), "at `$.batch[0].timeout`"),
+    ({"batch": [entry()], "timeout": 0}, "> 0.0 - at `$.timeout`"),
+    ({"batch": [entry()], "timeout": -3}, "at `$.timeout`"),
+    ({"batch": [entry()], "priority": 1}, "unknown field `priority`"),
+    (_body(colour="red"), "unknown field `colour` - at `$.batch[0]`"),
+]
+
+
+def assert_json_error(response: httpx.Response, status: int) -> str:
+    """Check ``response`` is our JSON error body with ``status``; return its message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["message"] and isinstance(body["message"], str) and body["message"]
+    return body["message"]
+
+
+async def post_job(client: httpx.AsyncClient, *entries: dict, **body: Any) -> dict[str, Any]:
+    response = await client.post("/jobs", json={"batch": list(entries), **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def wait_final(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
+    """Poll until the job is final; returns it with full tasks. Callers bound it with their
+    test's hang guard."""
+    while True:
+        response = await client.get(f"/jobs/{job_id}", params={"collection": "true"})
+        job = response.json()
+        if job["finishAt"] is not None:
+            return job
+        await trio.sleep(0.02)
+
+
+def assert_consistent(job: dict[str, Any]) -> None:
+    """Every task of a final job is final, and the job's counters add up to its tasks."""
+    statuses = [task["__task"]["status"] for task in job["collection"]]
+    assert all(s in {"resolved", "error", "timeout", "cancelled"} for s in statuses), statuses
+    assert job["finishCount"] == statuses.count("resolved")
+    assert job["errorCount"] == len(statuses) - statuses.count("resolved")
+    assert job["doneCount"] == job["totalCount"] == len(statuses)

@@ -1,0 +1,116 @@
+"""The HTTP app served by a real hypercorn on a free localhost port, over a real engine whose
+MQTT side is :class:`~tests.fakes.FakeDevices`: the harness of ``test_http_app.py`` and
+``test_security.py`` (its ``gateway`` fixture is in ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+import hypercorn
+import hypercorn.trio
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed
+
+from pm.config import Config
+from pm.engine import Engine, open_engine
+from pm.http import create_app
+from pm.jobs import Job
+from pm.schemas import Health
+from tests.fakes import FakeDevices, RecordingPublisher
+
+# Hang guard per test; each normally takes well under a second.
+GUARD = 10.0
+# Small, so the 413 tests need only a few KiB of body; big enough for 1000 destinations.
+MAX_BODY = 64 * 1024
+# Task messages a watcher may lag behind before it misses some (production: 1024).
+WATCHER_QUEUE = 64
+
+
+class ServedGateway:
+    """A running app: its URL, an HTTP client, the engine behind it and the fake devices."""
+
+    def __init__(
+        self, base_url: str, client: httpx.AsyncClient, engine: Engine, devices: FakeDevices
+    ) -> None:
+        self.base_url = base_url
+        self.ws_url = base_url.replace("http://", "ws://", 1)
+        self.client = client
+        self.engine = engine
+        self.devices = devices
+
+    async def submit(self, *entries: dict[str, Any], **body: Any) -> dict[str, Any]:
+        response = await self.client.post("/jobs", json={"batch": list(entries), **body})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def job(self, job_id: int) -> Job:
+        job = self.engine.get(job_id)
+        assert job is not None
+        return job
+
+
+def health_of(engine: Engine) -> Health:
+    """What ``/healthz`` reports for an engine with no broker behind it."""
+    return Health(
+        status="ok",
+        broker_connected=True,
+        broker_reconnects=0,
+        embedded_broker_restarts=None,
+        jobs=len(engine),
+        jobs_running=engine.jobs_running,
+        device_actors=engine.fleet.live_actors,
+        dropped_messages=dict(engine.fleet.dropped),
+    )
+
+
+def app_config(**sections: dict[str, Any]) -> Config:
+    """The served app's configuration, with ``sections`` merged over it."""
+    base: dict[str, dict[str, Any]] = {
+        "http": {"max_body_bytes": MAX_BODY},
+        "tasks": {"default_timeout": 30.0},
+        "watchers": {"queue_size": WATCHER_QUEUE},
+        "store": {"path": ":memory:"},
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return msgspec.convert(base, Config)
+
+
+@asynccontextmanager
+async def serve_app(config: Config) -> AsyncIterator[ServedGateway]:
+    """The app over a real engine with fake devices, served by hypercorn on a free port."""
+    publisher = RecordingPublisher()
+    devices = FakeDevices(publisher)
+    server_config = hypercorn.Config()
+    server_config.bind = ["127.0.0.1:0"]
+    server_config.accesslog = None
+    # Tests close their WebSockets; a leftover one must not hold teardown for long.
+    server_config.graceful_timeout = 1.0
+    stop = trio.Event()
+    async with open_engine(config, publisher) as engine:
+        devices.engine = engine
+        app = create_app(engine, config, partial(health_of, engine))
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=stop.wait)
+            )
+            base_url = binds[0]
+            async with httpx.AsyncClient(base_url=base_url) as client:
+                yield ServedGateway(base_url, client, engine, devices)
+            stop.set()
+
+
+async def receive_all(ws: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every message until the server closes, and the close code."""
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await ws.get_message()))
+        except ConnectionClosed as closed:
+            return messages, closed.reason.code
