@@ -182,6 +182,11 @@ def test_a_non_table_section_with_an_environment_override_is_a_config_error(
         load_config(write(tmp_path, "http = 5\n"), environ={"PM_HTTP_PORT": "9000"})
 
 
+def test_a_certificate_without_a_key_is_a_config_error(certificate: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="set together"):
+        load_config(environ={"PM_HTTP_CERTFILE": str(certificate[0])})
+
+
 # -- config.example.toml -------------------------------------------------------------------
 
 

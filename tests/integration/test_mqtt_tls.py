@@ -14,10 +14,9 @@ import pytest
 import trio
 
 from pm.broker import BrokerStartError, run_embedded_broker
-from pm.config import BrokerConfig, ConfigError, load_config
-from pm.gateway import check_broker_tls
+from pm.config import BrokerConfig
 from pm.mqtt import open_mqtt_client
-from tests.integration.gateways import GatewayFactory, SimulatorFactory, gateway_config
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
 from tests.job_api import entry, post_job, wait_final
 
 DEVICES = [f"tls-{number:02d}" for number in range(20)]
@@ -79,29 +78,6 @@ async def test_devices_and_gateway_speak_mqtt_over_tls(
             ):
                 pytest.fail("connected without trusting the broker's certificate")
         assert untrusted.cancelled_caught
-
-
-def test_broker_tls_config_is_checked_at_start(
-    certificate: tuple[Path, Path],
-    tmp_path: Path,
-) -> None:
-    certfile, keyfile = certificate
-    with pytest.raises(ConfigError, match="set together"):
-        load_config(environ={"PM_BROKER_KEYFILE": str(keyfile)})
-    good = {"certfile": str(certfile), "keyfile": str(keyfile)}
-    check_broker_tls(gateway_config(broker=good))
-    config = gateway_config(broker=good)
-    assert config.mqtt_tls and config.mqtt_ca_file == str(certfile)
-    with pytest.raises(ConfigError, match="broker.certfile") as caught:
-        check_broker_tls(gateway_config(broker={**good, "certfile": str(tmp_path / "none.pem")}))
-    assert "broker.keyfile" in str(caught.value)
-    with pytest.raises(ConfigError, match="mqtt.ca_file"):
-        check_broker_tls(
-            gateway_config(broker=good, mqtt={"ca_file": str(tmp_path / "missing-ca.pem")})
-        )
-    external = gateway_config(broker={"embedded": False}, mqtt={"tls": True})
-    assert external.mqtt_tls and external.mqtt_ca_file == ""
-    assert not gateway_config().mqtt_tls
 
 
 async def test_mosquitto_engine_with_tls_is_refused_at_start(

@@ -12,9 +12,7 @@ import pytest
 import trio
 import trio_websocket
 
-from pm.config import ConfigError, load_config
-from pm.gateway import check_http_tls
-from tests.integration.gateways import GatewayFactory, SimulatorFactory, gateway_config, pm
+from tests.integration.gateways import GatewayFactory, SimulatorFactory, pm
 from tests.job_api import entry, post_job, wait_final
 
 
@@ -47,26 +45,6 @@ async def test_the_api_is_served_over_https(
         async with httpx.AsyncClient(base_url=f"http://{host_port}") as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get("/healthz")
-
-
-def test_an_unusable_certificate_stops_the_gateway_naming_the_keys(
-    certificate: tuple[Path, Path], tmp_path: Path
-) -> None:
-    certfile, keyfile = certificate
-    check_http_tls(gateway_config())  # plain HTTP: nothing to check
-    check_http_tls(gateway_config(http={"certfile": str(certfile), "keyfile": str(keyfile)}))
-    for broken in (
-        {"certfile": str(tmp_path / "missing.pem"), "keyfile": str(keyfile)},
-        {"certfile": str(keyfile), "keyfile": str(certfile)},  # swapped
-    ):
-        with pytest.raises(ConfigError, match="http.certfile") as caught:
-            check_http_tls(gateway_config(http=broken))
-        assert "http.keyfile" in str(caught.value)
-
-
-def test_a_certificate_without_a_key_is_a_config_error(certificate: tuple[Path, Path]) -> None:
-    with pytest.raises(ConfigError, match="set together"):
-        load_config(environ={"PM_HTTP_CERTFILE": str(certificate[0])})
 
 
 async def test_the_cli_trusts_a_self_signed_gateway_given_its_certificate(
