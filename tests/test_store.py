@@ -35,6 +35,7 @@ from pm.state import JobRecord, expand_batch
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
 from pm.store._sqlite import TASK_ID_BLOCK
 from tests.fakes import RecordingPublisher
+from tests.waiting import poll_until
 
 # Hang guard for every file-store test (real time): generous, each test needs far less.
 GUARD = 5.0
@@ -534,11 +535,6 @@ def answer(engine: Engine, request: dict[str, Any], code: int = 200) -> None:
     engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    while not predicate():  # noqa: ASYNC110 (polls state no event reports)
-        await trio.sleep(0.002)
-
-
 @asynccontextmanager
 async def engine_on(config: Config, publisher: RecordingPublisher) -> AsyncIterator[Engine]:
     """An engine that is stopped like a shutdown: its scope is cancelled on exit."""
@@ -563,11 +559,11 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: 
         job = await engine.submit(
             job_request((["a", "b"], "/1"), ("a", "/2"), ("a", "/3"), (["a", "b"], "/4"))
         )
-        await wait_until(lambda: len(publisher.published) == 2)
+        await poll_until(lambda: len(publisher.published) == 2)
         answer(engine, publisher.requests_to("/remote/a")[0])  # a /1 resolves, a /2 goes out
-        await wait_until(lambda: len(publisher.published) == 3)
+        await poll_until(lambda: len(publisher.published) == 3)
         assert [r["resource"] for r in publisher.requests_to("/remote/a")] == ["/1", "/2"]
-        await wait_until(lambda: job.record.tasks[2].status == "sent")
+        await poll_until(lambda: job.record.tasks[2].status == "sent")
         state["job"] = job.id
         state["ids"] = {(t.device, t.resource): t.id for t in job.record.tasks}
 
@@ -581,14 +577,14 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: 
                 "resolved", "sent", "sent", "pending", "pending", "pending",
             ]  # fmt: skip
             # The in-flight tasks go out again first, with their ids, retained.
-            await wait_until(lambda: len(publisher.published) == 2)
+            await poll_until(lambda: len(publisher.published) == 2)
             resent = {topic: request for topic, request in publisher.published}
             assert resent["/remote/a"]["id"] == state["ids"][("a", "/2")]
             assert resent["/remote/b"]["id"] == state["ids"][("b", "/1")]
             assert set(publisher.retained) == {"/remote/a", "/remote/b"}
             # Pending tasks follow in their original order, one in flight per device.
             while not job.final:
-                await wait_until(lambda: engine.fleet.in_flight > 0 or job.final)
+                await poll_until(lambda: engine.fleet.in_flight > 0 or job.final)
                 for device in ("a", "b"):
                     requests = publisher.requests_to(f"/remote/{device}")
                     in_flight = engine.fleet._in_flight.get(device)
@@ -616,7 +612,7 @@ async def test_restart_without_resend_fails_in_flight_tasks(tmp_path: Path) -> N
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
         job = await engine.submit(job_request(("a", "/1"), ("a", "/2"), ("b", "/1")))
-        await wait_until(lambda: all(job.record.tasks[i].status == "sent" for i in (0, 2)))
+        await poll_until(lambda: all(job.record.tasks[i].status == "sent" for i in (0, 2)))
         state["job"] = job.id
 
     with trio.fail_after(GUARD):
@@ -631,7 +627,7 @@ async def test_restart_without_resend_fails_in_flight_tasks(tmp_path: Path) -> N
                 assert "restarted" in json.dumps(task.result)
                 assert task.result == {"error": RESTARTED_IN_FLIGHT}
             # The pending task still goes out, and it alone: nothing is re-sent.
-            await wait_until(lambda: len(publisher.published) == 1)
+            await poll_until(lambda: len(publisher.published) == 1)
             ((topic, request),) = publisher.published
             assert (topic, request["id"]) == ("/remote/a", a2.id)
             # Published right after a restart, while devices may still be reconnecting: it
@@ -660,7 +656,7 @@ async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
         job = await engine.submit(job_request(("a", "/1"), ("a", "/2"), timeout=0.3))
         long = await engine.submit(job_request(("b", "/1"), timeout=60))
-        await wait_until(lambda: len(publisher.published) == 2)
+        await poll_until(lambda: len(publisher.published) == 2)
         state["job"], state["long"] = job.id, long.id
         state["created"] = job.record.created_at
 
@@ -678,7 +674,7 @@ async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
             assert (job.record.error_count, job.record.progress) == (2, 100)
             long = engine.get(state["long"])
             assert long is not None and not long.final
-            await wait_until(lambda: len(publisher.published) == 1)
+            await poll_until(lambda: len(publisher.published) == 1)
             assert publisher.published[0][0] == "/remote/b"
             views, _ = await engine.list(status="timeout")
             assert [v.id for v in views] == [state["job"]]
@@ -690,7 +686,7 @@ async def test_a_job_timeout_keeps_counting_from_created_at(tmp_path: Path) -> N
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
         job = await engine.submit(job_request(("a", "/1"), timeout=0.6))
-        await wait_until(lambda: len(publisher.published) == 1)
+        await poll_until(lambda: len(publisher.published) == 1)
         state["job"], state["created"] = job.id, job.record.created_at
 
     with trio.fail_after(GUARD):
@@ -775,7 +771,7 @@ async def test_retention_deletes_old_finished_jobs(tmp_path: Path) -> None:
             await finished.ended.wait()
             _, total = await engine.list()
             assert total == 2
-            await wait_until(lambda: engine.get(finished.id) is None)
+            await poll_until(lambda: engine.get(finished.id) is None)
             # Gone from memory and from the store; the unfinished job is untouched.
             assert await engine.find(finished.id) is None
             views, total = await engine.list()

@@ -75,7 +75,12 @@ async def _start_auth_gateway(start_gateway: GatewayFactory, password_file: Path
     return gateway, gateway.mqtt_host, gateway.mqtt_port
 
 
-async def test_logins_are_checked(start_gateway: GatewayFactory, password_file: Path) -> None:
+async def test_logins_are_checked(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    password_file: Path,
+    http: object,
+) -> None:
     with trio.fail_after(_GUARD):
         gateway, host, port = await _start_auth_gateway(start_gateway, password_file)
         assert gateway.mqtt is not None and gateway.mqtt.connected
@@ -90,7 +95,12 @@ async def test_logins_are_checked(start_gateway: GatewayFactory, password_file: 
         gateway_id = gateway.config.mqtt.client_id
         assert await _connack_code(host, port, gateway_id, "dev-a", SECRET) == 5
         assert await _connack_code(host, port, gateway_id, None, None) == 5
-        await trio.sleep(0.2)
+        # A job's round trip goes through the gateway's connection after those refusals: a
+        # takeover would have dropped it first.
+        await start_simulator(gateway, ["dev-a"], device_password=SECRET)
+        client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
+        job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
+        assert job["status"] == "resolved" and job["finishCount"] == 1
         assert gateway.mqtt.connected and gateway.mqtt.reconnects == 0
 
 
@@ -130,17 +140,20 @@ async def test_a_device_only_reaches_its_own_topics(
                 await a.subscribe("/remote/+/response", qos=1)
             await b.subscribe("/remote/dev-b", qos=1)
             # Forged by dev-a: an answer for dev-b, and a request to dev-b. amqtt drops both
-            # silently (still PUBACKs them), so nothing may arrive.
+            # silently (still PUBACKs them), so nothing may arrive. The broker takes dev-a's
+            # messages in order and delivers through one queue: a forged message it let
+            # through would reach its subscribers before dev-a's own answer that follows.
             await a.publish_when_connected("/remote/dev-b/response", b'{"forged": 1}')
             await a.publish_when_connected("/remote/dev-b", b'{"forged": 2}')
-            await trio.sleep(0.3)
-            # dev-b's own answer passes; it is the only message the watcher sees.
-            await b.publish_when_connected("/remote/dev-b/response", b'{"genuine": 1}')
-            topic, payload = await spy.receive.receive()
-            assert (topic, payload) == ("/remote/dev-b/response", b'{"genuine": 1}')
-            await trio.sleep(0.3)
+            await a.publish_when_connected("/remote/dev-a/response", b'{"genuine": "a"}')
+            assert await spy.receive.receive() == ("/remote/dev-a/response", b'{"genuine": "a"}')
+            # dev-b's own answer passes; the watcher sees nothing else.
+            await b.publish_when_connected("/remote/dev-b/response", b'{"genuine": "b"}')
+            assert await spy.receive.receive() == ("/remote/dev-b/response", b'{"genuine": "b"}')
             assert spy.receive.statistics().current_buffer_used == 0
-            assert device_b.receive.statistics().current_buffer_used == 0
+            # A request from the gateway's login is the first message dev-b gets.
+            await watcher.publish_when_connected("/remote/dev-b", b'{"request": 1}')
+            assert await device_b.receive.receive() == ("/remote/dev-b", b'{"request": 1}')
 
 
 async def test_a_job_reaches_authenticated_devices(
@@ -241,7 +254,12 @@ async def test_mosquitto_password_and_acl_files(
         ) as intruder:
             await intruder.subscribe("/remote/dev-b", qos=1)
             await intruder.subscribe("/remote/+/response", qos=1)
+            await intruder.subscribe("/remote/dev-a", qos=1)
             job = await wait_final(client, (await post_job(client, entry("dev-b")))["id"])
             assert job["status"] == "resolved"
-            await trio.sleep(0.3)
-            assert nosy.receive.statistics().current_buffer_used == 0
+            # A later request to dev-a itself is the first message it gets: mosquitto would
+            # have delivered dev-b's request and answer before it.
+            job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
+            assert job["status"] == "resolved"
+            topic, _ = await nosy.receive.receive()
+            assert topic == "/remote/dev-a"
