@@ -19,8 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import trio
 
-from pm import broker as broker_module
-from pm.broker import BrokerStartError, EmbeddedBroker, RestartBackoff, run_embedded_broker
+from pm.broker import BrokerStartError, EmbeddedBroker, _supervisor, run_embedded_broker
 from pm.config import BrokerConfig
 
 HANG_GUARD = 20.0
@@ -36,7 +35,7 @@ def _qos1_round_trip(host: str, port: int, payload: bytes) -> bytes:
     client.on_subscribe = lambda *_: subscribed.set()
     client.on_message = lambda _client, _userdata, message: received.put(message.payload)
     client.connect(host, port, keepalive=10)
-    # Without TCP_NODELAY a QoS 1 round trip waits on Nagle + delayed ACK (FACTS.md).
+    # Without TCP_NODELAY a QoS 1 round trip waits on Nagle + delayed ACK (docs/broker.md).
     sock = client.socket()
     assert isinstance(sock, socket.socket)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -64,14 +63,6 @@ def process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def test_restart_backoff_doubles_caps_and_resets_after_healthy_uptime() -> None:
-    backoff = RestartBackoff(min_delay=0.1, max_delay=5.0, healthy_uptime=60.0)
-    delays = [backoff.next_delay(uptime=1.0) for _ in range(9)]
-    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
-    assert backoff.next_delay(uptime=60.0) == pytest.approx(0.1)
-    assert backoff.next_delay(uptime=0.0) == pytest.approx(0.2)
 
 
 async def test_round_trip_then_kill_restarts_on_same_port() -> None:
@@ -155,9 +146,7 @@ async def test_silent_child_hits_start_timeout_and_is_killed(
         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     )
     monkeypatch.setattr(
-        broker_module,
-        "_child_command",
-        lambda host, port, engine="amqtt": [sys.executable, "-c", silent],
+        _supervisor, "child_command", lambda *arguments: [sys.executable, "-c", silent]
     )
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:
