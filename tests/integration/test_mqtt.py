@@ -7,8 +7,6 @@ fast instead of blocking CI.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import math
 from typing import TYPE_CHECKING
 
@@ -99,29 +97,6 @@ async def test_burst_of_mixed_sizes_split_across_read_ahead_chunks(
                 assert source.publish(f"sizes/{n}", bytes([n % 251]) * size)
             received = dict([await inbox.receive.receive() for _ in sizes])
     assert received == {f"sizes/{n}": bytes([n % 251]) * size for n, size in enumerate(sizes)}
-
-
-# sha256 (first 16 hex digits) of the paho 2.2.0 source of the methods that ReadAheadClient
-# (pm/mqtt/_paho.py) overrides (_sock_recv, _handle_on_message) or relies on calling the first
-# per packet (_packet_read).
-# A mismatch means paho changed: re-read them, adapt the override, update the digests.
-_PINNED_PAHO_SOURCES = {
-    "_sock_recv": "c3b9043a46dd81b7",
-    "_packet_read": "bbe32d8af1e37955",
-    "_handle_on_message": "8ccc46fdb090aead",
-}
-
-
-def test_the_paho_methods_the_read_ahead_relies_on_are_unchanged() -> None:
-    import paho.mqtt.client as paho
-
-    digests = {
-        name: hashlib.sha256(inspect.getsource(getattr(paho.Client, name)).encode()).hexdigest()[
-            :16
-        ]
-        for name in _PINNED_PAHO_SOURCES
-    }
-    assert digests == _PINNED_PAHO_SOURCES
 
 
 async def test_reconnects_after_broker_restart_and_restores_subscription(

@@ -18,9 +18,9 @@ def is_wildcard(topic_filter: str) -> bool:
 class SubscriptionIndex(dict[str, Holders]):
     """amqtt's ``{filter: [(session, qos), ...]}`` with the wildcard filters kept apart.
 
-    amqtt only ever sets, deletes, reads and clears keys of ``Broker._subscriptions`` (pinned
-    by the tests); those are the operations that keep :attr:`wildcards` in step. The holder
-    lists themselves are still mutated in place by amqtt.
+    amqtt only ever sets, deletes, reads and clears keys of ``Broker._subscriptions`` (its
+    source is pinned by tests/test_private_names.py); those are the operations that keep
+    :attr:`wildcards` in step. The holder lists themselves are still mutated in place by amqtt.
     """
 
     def __init__(self) -> None:
