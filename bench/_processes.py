@@ -137,7 +137,7 @@ def start_broker(engine: str, directory: Path, *, stock: bool = False) -> Servic
         service = _start("mosquitto", [mosquitto_path(), "-c", str(conf)], "", None, directory)
         _wait_listening(port)
     else:
-        command = [sys.executable, "-m", "pm._broker_process", "--port", str(port)]
+        command = [sys.executable, "-m", "pm.broker.amqtt", "--port", str(port)]
         if stock:
             command.append("--stock-amqtt")
         service = _start("amqtt", command, "pm-broker-ready", None, directory)

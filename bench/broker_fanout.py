@@ -2,7 +2,7 @@
 its memory per idle device connection; our amqtt subclass beside stock amqtt 0.12.1.
 
 For each broker and each connection count C, a bare broker process (``python -m
-pm._broker_process``, ``--stock-amqtt`` for amqtt's own Broker) and a fleet of C devices, one
+pm.broker.amqtt``, ``--stock-amqtt`` for amqtt's own Broker) and a fleet of C devices, one
 MQTT connection and one subscription each (``pm simulate --devices C``), are started; the
 benchmark's client then makes ``--requests`` sequential QoS 1 Sanji round trips, cycling
 over the C devices. The ratio is rt/s with C connections over rt/s with 1, where the

@@ -22,7 +22,7 @@ from pathlib import Path
 
 # scrypt cost: ~85 ms and 16 MiB per verification on the development machine. Device
 # passwords that ``pm devices add`` generates carry 192 bits, so the cost only matters for
-# passwords chosen by hand; the broker caches successful verifications (see _amqtt_auth).
+# passwords chosen by hand; the broker caches successful verifications (see pm.broker.amqtt._auth).
 SCRYPT_LOG2_N = 14
 SCRYPT_R = 8
 SCRYPT_P = 1

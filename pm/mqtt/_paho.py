@@ -17,7 +17,7 @@ class ReadAheadClient(paho.Client):
     Three or four syscalls per packet (with our pending-bytes peek) were ~8% of the
     gateway's CPU under load; one read now serves every packet of a burst. Overrides paho's
     private ``_sock_recv`` and ``_handle_on_message`` (paho is pinned;
-    tests/integration/test_mqtt.py checks the source of what this relies on).
+    tests/test_private_names.py pins the source of what this relies on).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from pm._mosquitto import find_mosquitto
+from pm.broker.mosquitto._config import find_mosquitto
 from pm.gateway import Gateway, run_gateway
 from pm.simulator import Simulator, SimulatorSettings, run_simulator
 from tests.integration.brokers import MosquittoBroker

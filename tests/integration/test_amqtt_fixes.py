@@ -1,13 +1,12 @@
-"""The embedded broker's amqtt fixes (pm/_amqtt_broker.py): pinned internals, and behaviour
-through a real broker child."""
+"""The embedded broker's amqtt fixes (pm/broker/amqtt/): behaviour through a real broker child,
+and the index, filters and pacers they rely on (their amqtt internals are pinned by
+tests/test_private_names.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import re
-from importlib.metadata import version
 from typing import Any
 
 import pytest
@@ -17,22 +16,6 @@ from pm.broker import run_embedded_broker
 from pm.config import BrokerConfig
 from pm.mqtt import open_mqtt_client
 from tests.waiting import poll_until
-
-
-def test_the_amqtt_internals_we_override_are_still_there() -> None:
-    # Fails when amqtt moves: then re-read Broker and re-check pm/_amqtt_broker.py.
-    from amqtt.broker import Broker
-
-    from pm._amqtt_broker import PuppetmasterBroker
-
-    assert version("amqtt") == "0.12.1"
-    overridden = Broker._publish_retained_messages_for_subscription
-    assert list(inspect.signature(overridden).parameters) == ["self", "subscription", "session"]
-    connect_path = inspect.getsource(Broker._handle_client_session)
-    assert "for topic in self._subscriptions:" in connect_path
-    assert "self._publish_retained_messages_for_subscription((topic, QOS_0)" in connect_path
-    assert "self._subscriptions" in inspect.getsource(Broker.add_subscription)
-    assert PuppetmasterBroker._publish_retained_messages_for_subscription is not overridden
 
 
 async def test_a_connecting_client_gets_no_retained_message_of_other_filters() -> None:
@@ -81,35 +64,6 @@ async def test_a_connecting_client_gets_no_retained_message_of_other_filters() -
             nursery.cancel_scope.cancel()
 
 
-# sha256 (first 16 hex digits) of the amqtt 0.12.1 source of every Broker method that
-# pm/_amqtt_broker.py copies, wraps or relies on. A mismatch means amqtt changed: re-read the
-# method, carry the change into PuppetmasterBroker (or drop the override), update the digest.
-_PINNED_SOURCES = {
-    "__init__": "5158ff3ca6493baf",
-    "_run_broadcast": "e852128b3e38e04a",
-    "_handle_client_session": "8b1b52a03df9daf5",
-    "add_subscription": "07757b63113c395e",
-    "_del_subscription": "415f349273b0552d",
-    "_del_all_subscriptions": "615579810f47d1e0",
-    "_publish_retained_messages_for_subscription": "d6ad257821ba29ef",
-    "_matches": "c03b25d98f4c0a34",
-    # replaced by a scan run only when connections ended (without session expiry)
-    "_session_monitor": "5091fa20cdfdc203",
-    # copied, with the authentication moved first, when broker.auth is on
-    "_initialize_client_session": "5dd89158bbe46266",
-}
-
-
-def test_the_amqtt_methods_we_copy_or_wrap_are_unchanged() -> None:
-    from amqtt.broker import Broker
-
-    digests = {
-        name: hashlib.sha256(inspect.getsource(getattr(Broker, name)).encode()).hexdigest()[:16]
-        for name in _PINNED_SOURCES
-    }
-    assert digests == _PINNED_SOURCES
-
-
 def test_amqtt_touches_subscriptions_only_through_operations_the_index_tracks() -> None:
     # SubscriptionIndex keeps its wildcard set in step through __setitem__, __delitem__ and
     # clear; a new kind of write in amqtt (setdefault, pop, update) would bypass it.
@@ -139,7 +93,8 @@ def test_the_index_routes_exact_and_wildcard_filters_like_amqtt_matches() -> Non
 async def _check_index_routing() -> None:
     from amqtt.broker import Broker
 
-    from pm._amqtt_broker import PuppetmasterBroker, SubscriptionIndex
+    from pm.broker.amqtt._broker import PuppetmasterBroker
+    from pm.broker.amqtt._subscriptions import SubscriptionIndex
 
     broker = PuppetmasterBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}})
     assert isinstance(broker._subscriptions, SubscriptionIndex)
@@ -209,7 +164,7 @@ async def test_many_devices_each_get_only_their_own_requests_through_the_index()
 def test_puback_timeouts_are_counted_not_logged_one_by_one() -> None:
     import logging
 
-    from pm._broker_process import PubackTimeoutFilter
+    from pm.broker.amqtt._logs import PubackTimeoutFilter
 
     counter = PubackTimeoutFilter()
 
@@ -232,8 +187,8 @@ def test_disconnected_sessions_are_dropped_when_connections_end_not_scanned_ever
 
 
 async def _check_session_monitor() -> None:
-    from pm import _amqtt_broker
-    from pm._amqtt_broker import PuppetmasterBroker
+    from pm.broker.amqtt import _broker as _amqtt_broker
+    from pm.broker.amqtt._broker import PuppetmasterBroker
 
     broker = PuppetmasterBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}})
     gone, kept = _session("gone"), _session("kept")
@@ -271,11 +226,11 @@ def test_the_gc_pacer_freezes_survivors_and_unfreezes_after_closes_or_growth(
 ) -> None:
     import gc
 
-    from pm import _broker_process
-    from pm._broker_process import GcPacer
+    from pm.broker.amqtt import _gc
+    from pm.broker.amqtt._gc import GcPacer
 
     closed, opened, resident = [0], [10], [100 << 20]
-    monkeypatch.setattr(_broker_process, "_resident_bytes", lambda: resident[0])
+    monkeypatch.setattr(_gc, "_resident_bytes", lambda: resident[0])
     pacer = GcPacer(lambda: closed[0], lambda: opened[0], min_closed=3)
     stop = {"generation": 2, "collected": 0, "uncollectable": 0}
     gc.unfreeze()

@@ -15,20 +15,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from pm import broker as broker_module
-from pm.broker import BrokerStartError, EmbeddedBroker, RestartBackoff, run_embedded_broker
+from pm.broker import BrokerStartError, EmbeddedBroker, _supervisor, run_embedded_broker
 from pm.config import BrokerConfig
 from tests.integration.brokers import HANG_GUARD, process_exists, round_trip
 
 ANY_PORT = BrokerConfig(host="127.0.0.1", port=0)
 
 
-def test_restart_backoff_doubles_caps_and_resets_after_healthy_uptime() -> None:
-    backoff = RestartBackoff(min_delay=0.1, max_delay=5.0, healthy_uptime=60.0)
-    delays = [backoff.next_delay(uptime=1.0) for _ in range(9)]
-    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
-    assert backoff.next_delay(uptime=60.0) == pytest.approx(0.1)
-    assert backoff.next_delay(uptime=0.0) == pytest.approx(0.2)
 
 
 async def test_round_trip_then_kill_restarts_on_same_port() -> None:
@@ -112,9 +105,7 @@ async def test_silent_child_hits_start_timeout_and_is_killed(
         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     )
     monkeypatch.setattr(
-        broker_module,
-        "_child_command",
-        lambda host, port, engine="amqtt": [sys.executable, "-c", silent],
+        _supervisor, "child_command", lambda *arguments: [sys.executable, "-c", silent]
     )
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:

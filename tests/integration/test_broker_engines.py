@@ -1,4 +1,4 @@
-"""``broker.engine = "mosquitto"``: the embedded broker supervised like amqtt (pm/_mosquitto.py).
+"""``broker.engine = "mosquitto"``: the embedded broker supervised like amqtt (pm/broker/mosquitto).
 
 Rules as in test_broker.py: 127.0.0.1 and port 0 only, an absolute hang guard per test.
 """
@@ -9,8 +9,8 @@ import os
 
 import trio
 
-from pm._mosquitto import find_mosquitto, mosquitto_config
 from pm.broker import EmbeddedBroker, run_embedded_broker
+from pm.broker.mosquitto._config import find_mosquitto, mosquitto_config
 from pm.config import BrokerConfig, load_config
 from tests.integration.brokers import HANG_GUARD, process_exists, round_trip
 from tests.waiting import poll_until

@@ -1,9 +1,9 @@
 """Child-process entry point of the embedded broker when ``broker.engine = "mosquitto"``.
 
-Run as ``python -m pm._mosquitto --host 127.0.0.1 --port 1883``. It speaks the same tiny
-protocol to :mod:`pm.broker` as :mod:`pm._broker_process` (one ready line on stdout, SIGTERM
-for a clean stop, exit status 3 when the broker cannot start), so the gateway starts,
-restarts and stops mosquitto exactly like amqtt.
+Run as ``python -m pm.broker.mosquitto --host 127.0.0.1 --port 1883``. It speaks the same tiny
+protocol to :mod:`pm.broker` as the amqtt child (:mod:`pm.broker._protocol`: one ready line on
+stdout, SIGTERM for a clean stop, exit status 3 when the broker cannot start), so the gateway
+starts, restarts and stops mosquitto exactly like amqtt.
 
 Why a Python wrapper around the mosquitto binary: mosquitto prints nothing we could take as
 "ready" and would need the port known in advance; the wrapper writes mosquitto's config in a
@@ -15,10 +15,7 @@ wrapper, which kills mosquitto). The wrapper costs ~10 MB and no CPU while mosqu
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,58 +25,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pm._broker_process import (
+from pm.broker._protocol import (
     EXIT_ORPHANED,
     EXIT_START_FAILED,
-    READY_PREFIX,
+    format_ready_line,
     set_parent_death_signal,
+    tie_to_parent,
 )
 
+from ._config import find_mosquitto, mosquitto_config
+
 START_TIMEOUT = 5.0  # mosquitto listens within ~10 ms here
-_SEARCH_PATH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def find_mosquitto() -> str | None:
-    """The mosquitto binary: on ``PATH`` or where Debian puts it (``/usr/sbin``)."""
-    found = shutil.which("mosquitto")
-    if found is not None:
-        return found
-    return next((path for path in _SEARCH_PATH if Path(path).exists()), None)
-
-
-def _user_name() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return "root" if os.getuid() == 0 else str(os.getuid())
-
-
-def mosquitto_config(host: str, port: int) -> str:
-    """mosquitto.conf for the embedded broker: what the gateway needs, nothing persisted.
-
-    Args:
-      host: address to bind.
-      port: port to bind (not 0: mosquitto cannot report the port it picked).
-    """
-    return (
-        f"listener {port} {host}\n"
-        "allow_anonymous true\n"
-        # Without it QoS 1 request/response waits on Nagle + delayed ACK (FACTS.md: ~22 rt/s).
-        "set_tcp_nodelay true\n"
-        # The default 1000 per client drops the tail of a burst: the gateway's connection
-        # receives one answer per device at once.
-        "max_queued_messages 1000000\n"
-        # The gateway keeps its own in-flight window; mosquitto's default of 20 throttles it.
-        "max_inflight_messages 0\n"
-        # Sessions are clean and retained re-sends are the gateway's to redo after a restart.
-        "persistence false\n"
-        # Run as root, mosquitto switches to user "mosquitto"; changing credentials clears
-        # PR_SET_PDEATHSIG, and an orphan would keep the port. Staying our user keeps it.
-        f"user {_user_name()}\n"
-        "log_dest stderr\n"
-        "log_type error\n"
-        "log_type warning\n"
-    )
 
 
 def _free_port(host: str) -> int:
@@ -157,27 +113,18 @@ def run(host: str, port: int) -> int:
                 )
                 return EXIT_START_FAILED
             time.sleep(0.005)
-        ready = {"host": host, "port": port, "pid": os.getpid()}
-        sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
+        sys.stdout.write(format_ready_line(host, port, os.getpid()))
         sys.stdout.flush()
         status = process.wait()
     return 0 if stop_requested else status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pm._mosquitto")
+    parser = argparse.ArgumentParser(prog="python -m pm.broker.mosquitto")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--parent-pid", type=int, default=None)
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        set_parent_death_signal(signal.SIGKILL)
-    except OSError as error:
-        print(f"broker: warning: no parent-death signal: {error}", file=sys.stderr)
-    if arguments.parent_pid is not None and os.getppid() != arguments.parent_pid:
+    if not tie_to_parent(arguments.parent_pid, lambda line: print(line, file=sys.stderr)):
         return EXIT_ORPHANED
     return run(arguments.host, arguments.port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

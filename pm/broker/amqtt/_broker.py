@@ -1,9 +1,9 @@
 """Our amqtt broker: ``amqtt.broker.Broker`` with fixes the gateway depends on.
 
-Imported only in the broker child process (:mod:`pm._broker_process`). It relies on amqtt
-internals, so amqtt is pinned exactly (``amqtt==0.12.1``) and
-``tests/integration/test_amqtt_fixes.py`` fails if the internals it overrides move (it pins
-the source of every method copied or wrapped here).
+Imported only in the broker child process (:mod:`pm.broker.amqtt._main`). It relies on amqtt
+internals, so amqtt is pinned exactly (``amqtt==0.12.1``) and ``tests/test_private_names.py``
+fails if any amqtt private name used here changes (it derives them from this source and pins
+amqtt's source of each).
 
 Fix 1, retained messages on connect: amqtt 0.12.1 (``Broker._handle_client_session``) loops
 over *every* subscription filter of *every* client and publishes the matching retained
@@ -15,8 +15,8 @@ but never served. Only retained messages for filters the session itself holds ar
 
 Fix 2, a subscription index: amqtt routes each message by scanning every subscription
 filter (``Broker._run_broadcast``) and builds debug f-strings per miss, so with one filter per
-device the broker's cost per message grows with the fleet (FACTS.md: ~0.8 ms per round trip
-with 1 connection, 2.6-4.7 ms with 1,000). :class:`SubscriptionIndex` replaces the
+device the broker's cost per message grows with the fleet (docs/broker.md: ~0.8 ms per round
+trip with 1 connection, 2.6-4.7 ms with 1,000). :class:`SubscriptionIndex` replaces the
 ``_subscriptions`` dict: exact filters are found by one dict lookup, wildcard filters are kept
 apart and matched one by one (a gateway has a handful: ``/remote/+/response``). It also
 records which filters each client holds, so a disconnect or a clean-session connect removes a
@@ -34,14 +34,13 @@ its answer subscription. Here a refused CONNECT gets CONNACK 5 and is closed bef
 
 Fix 4, no per-second scan of every session: amqtt's ``Broker._session_monitor`` reads the state
 machine of every session each second; here it scans only after connections ended (speed only).
-The process-wide garbage-collection pacing for large fleets is :class:`pm._broker_process.GcPacer`.
+The process-wide garbage-collection pacing for large fleets is :class:`pm.broker.amqtt._gc.GcPacer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,7 +54,7 @@ from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
-Holders = list[tuple[Session, int]]
+from ._subscriptions import Holders, SubscriptionIndex
 
 # Seconds between scans for disconnected sessions when no connection was seen ending.
 SESSION_SCAN_INTERVAL = 60
@@ -64,65 +63,12 @@ SESSION_SCAN_INTERVAL = 60
 _REFUSED = 0x80
 
 
-def is_wildcard(topic_filter: str) -> bool:
-    return "+" in topic_filter or "#" in topic_filter
-
-
-class SubscriptionIndex(dict[str, Holders]):
-    """amqtt's ``{filter: [(session, qos), ...]}`` with the wildcard filters kept apart.
-
-    amqtt only ever sets, deletes, reads and clears keys of ``Broker._subscriptions`` (pinned
-    by the tests); those are the operations that keep :attr:`wildcards` in step. The holder
-    lists themselves are still mutated in place by amqtt.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # An ordered set: wildcard filters in subscription order, like amqtt's scan.
-        self.wildcards: dict[str, None] = {}
-        # client id -> filters it holds, maintained by PuppetmasterBroker's add/delete hooks.
-        self.filters_of_client: defaultdict[str, set[str]] = defaultdict(set)
-
-    def __setitem__(self, topic_filter: str, holders: Holders) -> None:
-        super().__setitem__(topic_filter, holders)
-        if is_wildcard(topic_filter):
-            self.wildcards[topic_filter] = None
-
-    def __delitem__(self, topic_filter: str) -> None:
-        super().__delitem__(topic_filter)
-        self.wildcards.pop(topic_filter, None)
-
-    def clear(self) -> None:
-        super().clear()
-        self.wildcards.clear()
-        self.filters_of_client.clear()
-
-    def setdefault(self, topic_filter: str, default: Any = None) -> Any:  # noqa: ANN401
-        raise AssertionError("amqtt 0.12.1 never calls setdefault on _subscriptions")
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("amqtt 0.12.1 never calls update on _subscriptions")
-
-    def pop(self, *args: Any) -> Any:  # noqa: ANN401
-        raise AssertionError("amqtt 0.12.1 never calls pop on _subscriptions")
-
-    def __repr__(self) -> str:
-        # amqtt evaluates repr(self._subscriptions) per SUBSCRIBE even at WARNING level.
-        return f"<SubscriptionIndex {len(self)} filters, {len(self.wildcards)} wildcard>"
-
-    def exact_holders(self, topic: str) -> Holders | None:
-        """Holders of the filter spelled exactly ``topic`` if it has no wildcard."""
-        if topic in self.wildcards:
-            return None  # a (malformed) topic with '+': the wildcard scan handles that filter
-        return dict.get(self, topic)
-
-
 class PuppetmasterBroker(Broker):
     def __init__(self, *args: Any, authenticate_first: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subscriptions: SubscriptionIndex = SubscriptionIndex()
         self.authenticate_first = authenticate_first
-        # Connections that reached / left the message loop; pm._broker_process.GcPacer reads
+        # Connections that reached / left the message loop; pm.broker.amqtt._gc.GcPacer reads
         # them to know when closed sessions may have left cyclic garbage.
         self._connections_started = 0
         self._connections_ended = 0
@@ -172,7 +118,7 @@ class PuppetmasterBroker(Broker):
             # _client_connected logs this at WARNING and releases the connection.
             raise AMQTTError(f"{peer} not authorized (user {client_session.username!r})")
         # Authenticated once here; _handle_client_session asks the plugins again (a cache hit
-        # in pm._amqtt_auth, no second scrypt).
+        # in pm.broker.amqtt._auth, no second scrypt).
 
         if client_session.clean_session:
             if client_session.client_id is not None and client_session.client_id != "":

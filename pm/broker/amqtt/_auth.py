@@ -1,6 +1,6 @@
 """Device identity on the embedded amqtt broker: an auth plugin and a topic-ACL plugin.
 
-Loaded by the broker child (:mod:`pm._broker_process`) when ``broker.auth`` is on, through
+Loaded by the broker child (:mod:`pm.broker.amqtt._main`) when ``broker.auth`` is on, through
 amqtt 0.12.1's ``plugins`` config section (``PluginManager._load_str_plugins``: each class is
 built with a context whose ``config`` is its ``Config`` dataclass, filled by dacite).
 

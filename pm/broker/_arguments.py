@@ -1,0 +1,125 @@
+"""Config to child arguments: the command line and environment of a broker child.
+
+Pure functions of the configuration (no I/O): what :mod:`pm.broker._supervisor` forks with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import msgspec
+
+from pm.config import BrokerConfig, Config
+from pm.passwords import DEFAULT_GATEWAY_USERNAME, GATEWAY_PASSWORD_ENV, generate_password
+
+from ._state import BrokerStartError
+
+# The child-process entry point of each engine; both speak the protocol of pm.broker._protocol.
+ENGINE_MODULES = {"amqtt": "pm.broker.amqtt", "mosquitto": "pm.broker.mosquitto"}
+
+
+class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
+    """Device identity on the embedded broker (``broker.auth``): what the child enforces.
+
+    ``gateway_password`` reaches the child through its environment, never its command line,
+    and is left out of ``repr`` so no log line carries it.
+    """
+
+    password_file: str
+    gateway_username: str
+    gateway_password: str = msgspec.field(default="")
+    gateway_client_id: str
+    request_topic: str
+    response_topic: str
+
+    def __repr__(self) -> str:
+        return f"<BrokerAuth file={self.password_file!r} gateway={self.gateway_username!r}>"
+
+    def plugin_arguments(self) -> dict[str, str]:
+        """The JSON the child passes to ``pm.broker.amqtt._auth.plugin_config`` (no password)."""
+        return {
+            "password_file": os.path.abspath(self.password_file),
+            "gateway_username": self.gateway_username,
+            "gateway_client_id": self.gateway_client_id,
+            "request_topic": self.request_topic,
+            "response_topic": self.response_topic,
+        }
+
+
+def broker_auth(config: Config) -> BrokerAuth | None:
+    """The embedded broker's auth settings, or ``None`` when ``broker.auth`` is off.
+
+    The gateway logs in as ``mqtt.username`` (default ``$puppetmaster``) with
+    ``mqtt.password``; an empty password is replaced by a random one made now, known only to
+    this gateway process and its broker child, and never logged.
+    """
+    if not (config.broker.embedded and config.broker.auth):
+        return None
+    return BrokerAuth(
+        password_file=config.broker.password_file,
+        gateway_username=config.mqtt.username or DEFAULT_GATEWAY_USERNAME,
+        gateway_password=config.mqtt.password or generate_password(),
+        gateway_client_id=config.mqtt.client_id,
+        request_topic=config.topics.request,
+        response_topic=config.topics.response,
+    )
+
+
+def tls_files(config: BrokerConfig) -> tuple[str, str] | None:
+    """``(certfile, keyfile)`` made absolute (the child may not share our working directory).
+
+    Error handling: :class:`BrokerStartError` for TLS with the mosquitto engine.
+    """
+    if not config.tls:
+        return None
+    if config.engine != "amqtt":
+        raise BrokerStartError(
+            "broker.certfile/keyfile (TLS) are implemented for the amqtt engine only; with "
+            "mosquitto configure its listener's certfile/keyfile and run it as an external "
+            "broker (broker.embedded = false, mqtt.tls = true)"
+        )
+    return os.path.abspath(config.certfile), os.path.abspath(config.keyfile)
+
+
+def child_command(
+    host: str,
+    port: int,
+    engine: str = "amqtt",
+    auth: BrokerAuth | None = None,
+    tls: tuple[str, str] | None = None,
+) -> list[str]:
+    """The command line of one broker child.
+
+    Args:
+      host, port: the address to bind (port 0: any; the ready line says which).
+      engine: ``"amqtt"`` or ``"mosquitto"``.
+      auth: device identity for the amqtt child, without the gateway password.
+      tls: ``(certfile, keyfile)``: the amqtt listener speaks only TLS.
+    """
+    # --parent-pid lets the child notice a parent that died before it armed PDEATHSIG.
+    command = [
+        sys.executable,
+        "-m",
+        ENGINE_MODULES[engine],
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    if auth is not None:
+        # No password here: a command line is visible to every user in `ps`.
+        command += ["--auth", json.dumps(auth.plugin_arguments())]
+    if tls is not None:
+        command += ["--certfile", tls[0], "--keyfile", tls[1]]
+    return command
+
+
+def child_environment(auth: BrokerAuth | None) -> dict[str, str] | None:
+    """The child's environment: ours plus the gateway password, or ``None`` to inherit ours."""
+    if auth is None:
+        return None
+    return {**os.environ, GATEWAY_PASSWORD_ENV: auth.gateway_password}
