@@ -22,8 +22,6 @@ from tests.integration.brokers import HANG_GUARD, process_exists, round_trip
 ANY_PORT = BrokerConfig(host="127.0.0.1", port=0)
 
 
-
-
 async def test_round_trip_then_kill_restarts_on_same_port() -> None:
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:
