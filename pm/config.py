@@ -89,6 +89,11 @@ class MqttConfig(_Section):
     keepalive: int = 30
     reconnect_min_delay: float = 0.1
     reconnect_max_delay: float = 5.0
+    # The gateway publishes a probe on its own answer topic pattern every answer_probe_interval
+    # seconds and expects it back within answer_probe_timeout; a lost probe means the broker
+    # dropped the gateway's subscription: re-subscribe, then reconnect (pm.mqtt._probe).
+    answer_probe_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    answer_probe_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # true: MQTT over TLS to the external broker. The embedded broker is reached over TLS
     # whenever broker.certfile is set, whatever this says.
     tls: bool = False

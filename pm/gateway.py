@@ -11,7 +11,11 @@ Layers, outermost first (shutdown goes the other way, inner layers first):
 
 Restart policy: the broker child is restarted by :func:`pm.broker.run_embedded_broker`; the
 MQTT client reconnects by itself and restores its subscription, after which the engine
-re-publishes every in-flight request (same task id: at-least-once delivery). Failures of job
+re-publishes every in-flight request (same task id: at-least-once delivery). A subscription
+the broker drops while the connection stays up is found by the answer-path probe
+(:func:`pm.mqtt.open_answer_path_probe`, on the reserved pseudo device
+:data:`pm.protocol.PROBE_DEVICE_ID`'s answer topic), which re-subscribes (the engine then
+re-publishes what is in flight, as after a reconnect) or else reconnects. Failures of job
 or device actors stay inside the engine. Anything else that raises ends the gateway, which
 is the right thing for a process a supervisor (systemd, a container runtime) restarts.
 """
@@ -31,9 +35,9 @@ from .broker import EmbeddedBroker, broker_auth, run_embedded_broker
 from .config import Config, ConfigError
 from .engine import Engine, open_engine
 from .http import create_app
-from .mqtt import MqttClient, open_mqtt_client
-from .protocol import TopicTemplates
-from .schemas import Health
+from .mqtt import AnswerPathProbe, MqttClient, open_answer_path_probe, open_mqtt_client
+from .protocol import PROBE_DEVICE_ID, TopicTemplates
+from .schemas import AnswerPathHealth, Health
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +53,17 @@ class Gateway:
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttClient | None = None
         self.engine: Engine | None = None
+        self.answer_probe: AnswerPathProbe | None = None
         self.http_url = ""
         self.mqtt_host = ""
         self.mqtt_port = 0
 
     def health(self) -> Health:
-        engine, mqtt = self.engine, self.mqtt
+        engine, mqtt, probe = self.engine, self.mqtt, self.answer_probe
         connected = mqtt is not None and mqtt.connected
+        hearing = probe is None or probe.ok
         return Health(
-            status="ok" if connected else "degraded",
+            status="ok" if connected and hearing else "degraded",
             broker_connected=connected,
             broker_reconnects=0 if mqtt is None else mqtt.reconnects,
             embedded_broker_restarts=None if self.broker is None else self.broker.restarts,
@@ -65,6 +71,7 @@ class Gateway:
             jobs_running=0 if engine is None else engine.jobs_running,
             device_actors=0 if engine is None else engine.fleet.live_actors,
             dropped_messages={} if engine is None else dict(engine.fleet.dropped),
+            answer_path=None if probe is None else _answer_path_health(probe),
         )
 
     # The MQTT client is opened before the engine exists; these forward to it once it does.
@@ -75,6 +82,28 @@ class Gateway:
     def _on_connect(self, generation: int) -> None:
         if self.engine is not None:
             self.engine.on_mqtt_connect(generation)
+
+    def _on_resubscribed(self) -> None:
+        # The probe re-subscribed after the broker had dropped the answer subscription: answers
+        # sent meanwhile are lost, so in-flight requests go out again as after a reconnect.
+        if self.engine is not None:
+            logger.info(
+                "answer subscription restored: re-sending %d in-flight requests",
+                self.engine.fleet.in_flight,
+            )
+            self.engine.fleet.republish_in_flight()
+
+
+def _answer_path_health(probe: AnswerPathProbe) -> AnswerPathHealth:
+    round_trip = probe.last_round_trip
+    return AnswerPathHealth(
+        ok=probe.ok,
+        last_round_trip_ms=None if round_trip is None else round(round_trip * 1000, 3),
+        probes_sent=probe.probes_sent,
+        probes_lost=probe.probes_lost,
+        resubscribes=probe.resubscribes,
+        reconnects=probe.reconnects,
+    )
 
 
 async def run_gateway(
@@ -125,13 +154,21 @@ async def run_gateway(
             tls_ca_file=config.mqtt_ca_file if config.mqtt_tls else None,
         ) as mqtt:
             gateway.mqtt = mqtt
+            topics = TopicTemplates(config.topics.request, config.topics.response)
             # Subscribed before the engine starts: resuming jobs re-send requests at once,
             # and a fast device's answer must find the subscription already in place.
-            await mqtt.subscribe(
-                TopicTemplates(config.topics.request, config.topics.response).response_filter,
-                qos=1,
-            )
-            async with open_engine(config, mqtt) as engine:
+            await mqtt.subscribe(topics.response_filter, qos=1)
+            async with (
+                open_answer_path_probe(
+                    mqtt,
+                    topics.response_topic(PROBE_DEVICE_ID),
+                    interval=config.mqtt.answer_probe_interval,
+                    round_trip_timeout=config.mqtt.answer_probe_timeout,
+                    on_resubscribed=gateway._on_resubscribed,
+                ) as answer_probe,
+                open_engine(config, mqtt) as engine,
+            ):
+                gateway.answer_probe = answer_probe
                 # No checkpoint between the engine's start and this line: nothing it
                 # publishes can be answered before the gateway routes answers to it.
                 gateway.engine = engine

@@ -20,6 +20,12 @@ _OTHER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Sanji's interim answer: the device is still working and reports data.progress.
 PROGRESS_CODE = 206
 
+# The pseudo device whose answer topic carries the gateway's own answer-path probe
+# (pm.mqtt.AnswerPathProbe). "~" is outside every device id's alphabet, so no device, job
+# destination or password-file entry can ever be this id; it does not start the topic level
+# with "$", which MQTT wildcards would not match.
+PROBE_DEVICE_ID = "~puppetmaster-probe"
+
 
 class InvalidDeviceId(ValueError):
     """A destination that is neither MAC-shaped nor a plain id of the allowed characters."""

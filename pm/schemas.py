@@ -151,7 +151,22 @@ class ErrorBody(msgspec.Struct):
     message: str
 
 
+class AnswerPathHealth(msgspec.Struct, kw_only=True):
+    """The gateway's probe of its own answer subscription (pm.mqtt.AnswerPathProbe)."""
+
+    # False from a probe that did not come back until one does again.
+    ok: bool
+    # The last probe's round trip through the broker, in milliseconds; null before the first.
+    last_round_trip_ms: float | None = msgspec.field(name="lastRoundTripMs")
+    probes_sent: int = msgspec.field(name="probesSent")
+    probes_lost: int = msgspec.field(name="probesLost")
+    # Repairs made because probes were lost: re-subscribing, then reconnecting.
+    resubscribes: int
+    reconnects: int
+
+
 class Health(msgspec.Struct, kw_only=True):
+    # "degraded" while the broker connection is down or the answer path is lost.
     status: Literal["ok", "degraded"]
     broker_connected: bool = msgspec.field(name="brokerConnected")
     broker_reconnects: int = msgspec.field(name="brokerReconnects")
@@ -160,3 +175,5 @@ class Health(msgspec.Struct, kw_only=True):
     jobs_running: int = msgspec.field(name="jobsRunning")
     device_actors: int = msgspec.field(name="deviceActors")
     dropped_messages: dict[str, int] = msgspec.field(name="droppedMessages")
+    # null until the gateway's MQTT client is subscribed and probing.
+    answer_path: AnswerPathHealth | None = msgspec.field(default=None, name="answerPath")

@@ -17,7 +17,17 @@ reconnects forever with exponential backoff and jitter, re-subscribes to every f
 from ``on_connect``), which avoids a second, hidden copy.
 """
 
-from ._client import MqttClient, open_mqtt_client
+from ._client import Acknowledgement, MqttClient
 from ._connection import MqttError, MqttSubscribeError
+from ._open_client import open_mqtt_client
+from ._probe import AnswerPathProbe, open_answer_path_probe
 
-__all__ = ["MqttClient", "MqttError", "MqttSubscribeError", "open_mqtt_client"]
+__all__ = [
+    "Acknowledgement",
+    "AnswerPathProbe",
+    "MqttClient",
+    "MqttError",
+    "MqttSubscribeError",
+    "open_answer_path_probe",
+    "open_mqtt_client",
+]

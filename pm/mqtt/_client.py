@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from typing import Protocol
 
 import paho.mqtt.client as paho
 import trio
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
-from ._connection import Connection, ConnectionLost, MqttError
-from ._paho import ReadAheadClient
+from ._connection import Connection, ConnectionLost, MqttError, open_connection
 
 # One logger for the package: "pm.mqtt" is what log configurations name.
 log = logging.getLogger("pm.mqtt")
@@ -24,6 +22,12 @@ log = logging.getLogger("pm.mqtt")
 _HANDSHAKE_TIMEOUT = 10.0
 # On exit, how long we wait for our DISCONNECT to leave before closing the socket regardless.
 _DISCONNECT_TIMEOUT = 1.0
+
+
+class Acknowledgement(Protocol):
+    """What :meth:`MqttClient.publish_tracked` returns (paho's ``MQTTMessageInfo``)."""
+
+    def is_published(self) -> bool: ...
 
 
 class MqttClient:
@@ -37,6 +41,8 @@ class MqttClient:
         reconnect loop).
       callback_errors: How many exceptions ``on_message`` and ``on_connect`` raised (logged and
         otherwise ignored).
+      messages_received: How many PUBLISH messages the broker delivered, on every connection
+        (the answer-path probe takes any of them as proof that the subscriptions deliver).
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class MqttClient:
         self.generation = 0
         self.reconnects = 0
         self.callback_errors = 0
+        self.messages_received = 0
         self._host = host
         self._port = port
         self._client_id = client_id
@@ -79,6 +86,8 @@ class MqttClient:
             self._ssl_context = ssl.create_default_context(cafile=tls_ca_file or None)
         # Filters the broker granted, restored after every reconnect (dicts keep their order).
         self._subscriptions: dict[str, int] = {}
+        # Exact topics whose messages go to their own handler instead of on_message.
+        self._diverted: dict[str, Callable[[bytes], None]] = {}
         self._connection: Connection | None = None
         # Replaced by a fresh Event each time the connection is lost.
         self._connected_event = trio.Event()
@@ -123,6 +132,47 @@ class MqttClient:
             self._subscriptions[topic_filter] = qos
             return
 
+    async def resubscribe(self) -> bool:
+        """Send SUBSCRIBE again, on the live connection, for every filter granted so far.
+
+        The repair for a broker that silently dropped our subscriptions while the connection
+        stayed up (amqtt 0.12.1 does when another client connects with our client id).
+
+        Returns:
+          True once the broker granted them all again; False if there was no live connection
+          or it was lost meanwhile (the next connection restores them anyway).
+
+        Error handling: raises :exc:`MqttSubscribeError` if the broker now refuses a filter.
+        """
+        connection = self._connection
+        if not self.connected or connection is None:
+            return False
+        try:
+            await connection.subscribe(list(self._subscriptions.items()))
+        except ConnectionLost:
+            return False
+        return True
+
+    def drop_connection(self, reason: str) -> None:
+        """Close the live connection (sending DISCONNECT) and reconnect as after any loss.
+
+        Counted in ``reconnects`` and logged with ``reason``; a no-op while disconnected.
+        """
+        connection = self._connection
+        if connection is not None:
+            connection.mark_lost(reason)
+
+    def divert(self, topic: str, handler: Callable[[bytes], None] | None) -> None:
+        """Hand messages on exactly ``topic`` to ``handler(payload)`` instead of ``on_message``.
+
+        ``None`` removes the diversion. Errors of ``handler`` are logged and counted in
+        ``callback_errors`` like those of ``on_message``.
+        """
+        if handler is None:
+            self._diverted.pop(topic, None)
+        else:
+            self._diverted[topic] = handler
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False) -> bool:
         """Hand a message to paho and wake the writer task; never blocks.
 
@@ -152,6 +202,25 @@ class MqttClient:
             return False
         raise MqttError(f"publish to {topic!r} failed: {paho.error_string(rc)}")
 
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Acknowledgement | None:
+        """:meth:`publish`, telling afterwards whether the broker acknowledged the message.
+
+        Returns:
+          None where :meth:`publish` returns False; otherwise an object whose
+          ``is_published()`` turns True when the broker's PUBACK arrives (QoS 1).
+
+        Error handling: as :meth:`publish`.
+        """
+        connection = self._connection
+        if not self.connected or connection is None:
+            return None
+        info = connection.paho.publish(topic, payload, qos)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return info
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return None
+        raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+
     async def publish_when_connected(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Wait until connected, then :meth:`publish`.
 
@@ -175,7 +244,7 @@ class MqttClient:
         failures = 0
         started = False
         while not self._closing:
-            connection = await self._connect_socket()
+            connection = await open_connection(self)
             if connection is not None:
                 was_established = False
                 try:
@@ -224,39 +293,6 @@ class MqttClient:
                 failures,
             )
             await trio.sleep(self._backoff_delay(failures))
-
-    async def _connect_socket(self) -> Connection | None:
-        """Open the TCP connection and send CONNECT; None (reason in _connect_error) on failure."""
-        client = ReadAheadClient(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            clean_session=True,
-            protocol=paho.MQTTv311,
-        )
-        if self._username:
-            client.username_pw_set(self._username, self._password)
-        # paho's default of 20 in flight caps request throughput; 0 = no cap on queued messages.
-        client.max_inflight_messages_set(self._max_inflight)
-        client.max_queued_messages_set(0)
-        if self._ssl_context is not None:
-            # Verifies the certificate chain and the host name; ssl.SSLError (an OSError) from
-            # the handshake is a failed attempt like any other.
-            client.tls_set_context(self._ssl_context)
-        try:
-            # The only blocking call: DNS + TCP (+ TLS) handshake. Abandoning it on cancel leaves
-            # at most one half-open socket to a client object nobody references.
-            await trio.to_thread.run_sync(
-                client.connect, self._host, self._port, self._keepalive, abandon_on_cancel=True
-            )
-        except OSError as exc:
-            self._connect_error = f"{type(exc).__name__}: {exc}"
-            return None
-        sock = client.socket()
-        assert isinstance(sock, socket.socket)
-        # Without it, Nagle + delayed ACK hold each small packet ~40 ms: QoS 1 request/response
-        # drops to ~22 round trips/s.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Connection(self, client, sock)
 
     async def _handshake(self, connection: Connection) -> bool:
         """Wait until the connection is established (see Connection._on_connack); False if not.
@@ -309,8 +345,13 @@ class MqttClient:
         return random.uniform(self._min_delay, ceiling)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
+        self.messages_received += 1
         try:
-            self._on_message(topic, payload)
+            diverted = self._diverted.get(topic)
+            if diverted is None:
+                self._on_message(topic, payload)
+            else:
+                diverted(payload)
         except Exception:
             # A bug in one handler must not cost every device its connection.
             self.callback_errors += 1
@@ -334,78 +375,3 @@ class MqttClient:
         # Shielded: the body of `async with` may have been cancelled, and this wait is bounded.
         with trio.move_on_after(_DISCONNECT_TIMEOUT * 2, shield=True):
             await connection.closed.wait()
-
-
-@asynccontextmanager
-async def open_mqtt_client(
-    host: str,
-    port: int,
-    *,
-    client_id: str,
-    on_message: Callable[[str, bytes], None],
-    username: str = "",
-    password: str = "",
-    keepalive: int = 30,
-    reconnect_min_delay: float = 0.1,
-    reconnect_max_delay: float = 5.0,
-    max_inflight: int = 1000,
-    on_connect: Callable[[int], None] | None = None,
-    tls: bool = False,
-    tls_ca_file: str | None = None,
-) -> AsyncIterator[MqttClient]:
-    """Connect to an MQTT broker and keep the connection up until the block exits.
-
-    Yields once the first connection is established; until then it retries with backoff
-    forever, so bound it with :func:`trio.fail_after` if the broker may be absent. On exit it
-    sends DISCONNECT (waiting at most a second for it to leave) and closes the socket.
-
-    Args:
-      host, port: The broker's address.
-      client_id: MQTT client identifier; must be unique on the broker (a duplicate makes the
-        broker drop the older connection).
-      on_message: Called as ``on_message(topic, payload)`` on the trio thread for every incoming
-        message. Keep it short and non-blocking (hand work to a channel with ``send_nowait``).
-      username, password: Credentials; empty username sends none.
-      keepalive: MQTT keepalive in seconds; a silent broker is declared lost after one to two
-        keepalive periods (plus up to a quarter of one).
-      reconnect_min_delay, reconnect_max_delay: Bounds of the jittered exponential backoff.
-      max_inflight: QoS 1 messages paho keeps unacknowledged before it queues locally; 0
-        for no cap (paho then skips its O(outstanding) scan on every PUBACK).
-      on_connect: Called as ``on_connect(generation)`` after every successful connection, once
-        the subscriptions are restored (generation 1 is the first connection).
-      tls: speak MQTT over TLS, verifying the broker's certificate and host name.
-      tls_ca_file: PEM file of the CA certificate(s) trusted for the broker's; ``None`` or
-        empty: the system's defaults. Giving one implies ``tls``.
-
-    Returns:
-      An async context manager yielding the :class:`MqttClient`.
-
-    Error handling: exceptions raised by ``on_message`` or ``on_connect`` are logged and
-    counted in ``client.callback_errors``, never propagated. Connection loss is handled
-    internally (see the module docstring). A restored subscription refused after a reconnect
-    raises :exc:`MqttSubscribeError` out of the ``async with`` (inside an ExceptionGroup, as
-    for any failure of a task in a trio nursery). An unreadable ``tls_ca_file`` raises
-    :exc:`OSError` (or :exc:`ssl.SSLError`) before any connection is tried.
-    """
-    client = MqttClient(
-        host,
-        port,
-        client_id=client_id,
-        on_message=on_message,
-        on_connect=on_connect,
-        username=username,
-        password=password,
-        keepalive=keepalive,
-        reconnect_min_delay=reconnect_min_delay,
-        reconnect_max_delay=reconnect_max_delay,
-        max_inflight=max_inflight,
-        tls=tls,
-        tls_ca_file=tls_ca_file,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client._run)
-        try:
-            yield client
-        finally:
-            await client._aclose()
-            nursery.cancel_scope.cancel()
