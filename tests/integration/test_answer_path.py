@@ -6,13 +6,18 @@ Real sockets, so real time: short probe intervals with wide margins, a hang guar
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from pm.mqtt import open_mqtt_client
+from pm.gateway import Gateway
+from pm.mqtt import AnswerPathProbe, open_mqtt_client
+from pm.passwords import hash_password, write_password_file
 
 from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
+from .test_device_auth import GATEWAY, write_mosquitto_files
 from .test_dispatch import entry, post_job, wait_final
 
 # Fast probing, so that a lost subscription is found within a second; generous task timeout,
@@ -51,3 +56,62 @@ async def test_a_client_taking_the_gateway_client_id_once_does_not_deafen_it(
         assert answer_path["ok"] and health["status"] == "ok", health
         # Probe echoes are the gateway's own: no device answer handling saw them.
         assert health["droppedMessages"] == {}, health
+
+
+async def _probe_round_trips(gateway: Gateway, probes: int = 3) -> AnswerPathProbe:
+    """Wait until ``probes`` probes came back; returns the probe (bounded by the caller)."""
+    probe = gateway.answer_probe
+    assert probe is not None
+    await poll_until(lambda: probe.probes_sent >= probes and probe.last_round_trip is not None)
+    return probe
+
+
+async def test_the_probe_round_trips_through_an_external_mosquitto(
+    start_gateway: GatewayFactory, http: Any, mosquitto: MosquittoBroker
+) -> None:
+    with trio.fail_after(20):
+        gateway = await start_gateway(
+            broker={"embedded": False},
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, **_FAST_PROBE},
+        )
+        probe = await _probe_round_trips(gateway)
+        assert probe.ok and probe.probes_lost == 0 and probe.reconnects == 0
+        health = (await http(gateway).get("/healthz")).json()
+        assert health["answerPath"]["ok"] and health["answerPath"]["lastRoundTripMs"] > 0
+        assert health["droppedMessages"] == {}
+
+
+async def test_the_probe_round_trips_with_broker_auth(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    # The embedded broker's ACL lets the gateway's own user publish anywhere.
+    password_file = tmp_path / "devices.passwd"
+    write_password_file(password_file, {"dev-a": hash_password("fleet-test-secret")})
+    with trio.fail_after(20):
+        gateway = await start_gateway(
+            broker={"auth": True, "password_file": str(password_file)}, mqtt=_FAST_PROBE
+        )
+        probe = await _probe_round_trips(gateway)
+        assert probe.ok and probe.probes_lost == 0
+
+
+async def test_the_probe_round_trips_under_the_documented_mosquitto_acl(
+    start_gateway: GatewayFactory, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    # README's acl_file grants the gateway's user the probe's topic; without that line
+    # mosquitto drops the probe silently and the gateway would report a deaf answer path.
+    passwords, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
+    await trio.to_thread.run_sync(write_mosquitto_files, passwords, acl)
+    await trio.to_thread.run_sync(mosquitto.stop)
+    stay_root = "user root\n" if os.geteuid() == 0 else ""
+    mosquitto.configure(
+        f"password_file {passwords}\nacl_file {acl}\nallow_anonymous false\n{stay_root}"
+    )
+    await trio.to_thread.run_sync(mosquitto.start)
+    with trio.fail_after(20):
+        gateway = await start_gateway(
+            broker={"embedded": False},
+            mqtt={**GATEWAY, "host": mosquitto.host, "port": mosquitto.port, **_FAST_PROBE},
+        )
+        probe = await _probe_round_trips(gateway)
+        assert probe.ok and probe.probes_lost == 0

@@ -191,13 +191,14 @@ def mosquitto_acl(gateway_user: str) -> str:
         f"user {gateway_user}\n"
         "topic write /remote/+\n"
         "topic read /remote/+/response\n"
+        "topic write /remote/~puppetmaster-probe/response\n"
         "\n"
         "pattern read /remote/%u\n"
         "pattern write /remote/%u/response\n"
     )
 
 
-def _write_mosquitto_files(passwords: Path, acl: Path) -> None:
+def write_mosquitto_files(passwords: Path, acl: Path) -> None:
     """The password file (made by mosquitto_passwd) and the acl_file of README's example."""
     mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not Path(mosquitto_passwd).exists():
@@ -221,7 +222,7 @@ async def test_mosquitto_password_and_acl_files(
     tmp_path: Path,
 ) -> None:
     passwords, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
-    await trio.to_thread.run_sync(_write_mosquitto_files, passwords, acl)
+    await trio.to_thread.run_sync(write_mosquitto_files, passwords, acl)
     await trio.to_thread.run_sync(mosquitto.stop)
     # configure() writes "allow_anonymous true" first; mosquitto keeps the last value. Run as
     # root (CI containers), mosquitto would switch to user "mosquitto", which cannot read the
