@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..schemas import JOB_STATUSES, Health, TaskStatus
+from ..schemas import JOB_STATUSES, AnswerPathHealth, Health, TaskStatus
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -130,6 +130,7 @@ class GatewayCollector(Collector):
                 "Restarts of the embedded broker's process",
                 value=health.embedded_broker_restarts,
             )
+        yield from _answer_path_metrics(health.answer_path)
         http = self._http
         yield GaugeMetricFamily(
             "pm_websocket_watchers", "Open WebSocket watchers", value=http.watchers
@@ -156,6 +157,41 @@ class GatewayCollector(Collector):
                 task.status for task in job.record.tasks
             )
         return counts
+
+
+def _answer_path_metrics(answer_path: AnswerPathHealth | None) -> Iterator[Metric]:
+    """The answer-path probe's series; none without a probe (an app with no MQTT client)."""
+    if answer_path is None:
+        return
+    yield GaugeMetricFamily(
+        "pm_answer_path_ok",
+        "1 unless the last answer-path probe was lost (the broker stopped delivering answers)",
+        value=int(answer_path.ok),
+    )
+    if answer_path.last_round_trip_ms is not None:
+        yield GaugeMetricFamily(
+            "pm_answer_probe_round_trip_seconds",
+            "Round trip of the last answer-path probe that came back",
+            value=answer_path.last_round_trip_ms / 1000,
+        )
+    yield CounterMetricFamily(
+        "pm_answer_probes", "Answer-path probes published", value=answer_path.probes_sent
+    )
+    yield CounterMetricFamily(
+        "pm_answer_probes_lost",
+        "Answer-path probes that did not come back",
+        value=answer_path.probes_lost,
+    )
+    yield CounterMetricFamily(
+        "pm_answer_path_resubscribes",
+        "Re-subscriptions made because an answer-path probe was lost",
+        value=answer_path.resubscribes,
+    )
+    yield CounterMetricFamily(
+        "pm_answer_path_reconnects",
+        "Reconnects made because answer-path probes were lost after re-subscribing",
+        value=answer_path.reconnects,
+    )
 
 
 Family = TypeVar("Family", GaugeMetricFamily, CounterMetricFamily)
