@@ -59,7 +59,7 @@ class FakeClient:
         self.echo_delay = ECHO_DELAY
         self.resubscribe_calls = 0
         self.drops: list[str] = []
-        self.diverted: dict[str, Callable[[bytes], None]] = {}
+        self.diverted: dict[str, Callable[[str, bytes], None]] = {}
         self._nursery = nursery
         self._connected_event = trio.Event()
         self._connected_event.set()
@@ -86,7 +86,7 @@ class FakeClient:
 
     def deliver(self, topic: str, payload: bytes) -> None:
         self.messages_received += 1
-        self.diverted[topic](payload)
+        self.diverted[topic](topic, payload)
 
     async def resubscribe(self) -> bool:
         self.resubscribe_calls += 1
@@ -107,7 +107,7 @@ class FakeClient:
         self.connected = True
         self._connected_event.set()
 
-    def divert(self, topic: str, handler: Callable[[bytes], None] | None) -> None:
+    def divert(self, topic: str, handler: Callable[[str, bytes], None] | None) -> None:
         if handler is None:
             del self.diverted[topic]
         else:

@@ -87,7 +87,7 @@ class MqttClient:
         # Filters the broker granted, restored after every reconnect (dicts keep their order).
         self._subscriptions: dict[str, int] = {}
         # Exact topics whose messages go to their own handler instead of on_message.
-        self._diverted: dict[str, Callable[[bytes], None]] = {}
+        self._diverted: dict[str, Callable[[str, bytes], None]] = {}
         self._connection: Connection | None = None
         # Replaced by a fresh Event each time the connection is lost.
         self._connected_event = trio.Event()
@@ -162,8 +162,8 @@ class MqttClient:
         if connection is not None:
             connection.mark_lost(reason)
 
-    def divert(self, topic: str, handler: Callable[[bytes], None] | None) -> None:
-        """Hand messages on exactly ``topic`` to ``handler(payload)`` instead of ``on_message``.
+    def divert(self, topic: str, handler: Callable[[str, bytes], None] | None) -> None:
+        """Hand messages on exactly ``topic`` to ``handler(topic, payload)``, not ``on_message``.
 
         ``None`` removes the diversion. Errors of ``handler`` are logged and counted in
         ``callback_errors`` like those of ``on_message``.
@@ -347,11 +347,7 @@ class MqttClient:
     def _dispatch(self, topic: str, payload: bytes) -> None:
         self.messages_received += 1
         try:
-            diverted = self._diverted.get(topic)
-            if diverted is None:
-                self._on_message(topic, payload)
-            else:
-                diverted(payload)
+            self._diverted.get(topic, self._on_message)(topic, payload)
         except Exception:
             # A bug in one handler must not cost every device its connection.
             self.callback_errors += 1

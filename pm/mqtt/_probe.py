@@ -112,7 +112,7 @@ class ProbedClient(Protocol):
 
     def drop_connection(self, reason: str) -> None: ...
 
-    def divert(self, topic: str, handler: Callable[[bytes], None] | None) -> None: ...
+    def divert(self, topic: str, handler: Callable[[str, bytes], None] | None) -> None: ...
 
 
 class _Outcome(enum.Enum):
@@ -163,7 +163,7 @@ class AnswerPathProbe:
         self._expected: bytes | None = None
         self._echoed = trio.Event()
 
-    def on_echo(self, payload: bytes) -> None:
+    def on_echo(self, topic: str, payload: bytes) -> None:
         """A message on the probe topic (the client diverts them here)."""
         if payload == self._expected:
             self._expected = None
