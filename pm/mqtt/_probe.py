@@ -18,6 +18,11 @@ ACL that drops the probe...): the probe keeps probing and reporting ``ok = False
 the ladder again only after a pause that doubles each time (one minute up to half an hour),
 so it never reconnects in a loop. Any probe that comes back resets the ladder. One WARNING is
 logged when the path is found lost, one INFO when it is back.
+
+On amqtt 0.12.1 the re-subscribe cannot help: it delivers through the handler registered
+under the client id (``Broker._get_handler``), which is the other client's by then; only the
+reconnect repairs (tests/integration/test_answer_path.py shows both steps taken). It is kept
+first because it is cheap and enough for a broker that dropped only the subscription.
 """
 
 from __future__ import annotations
