@@ -18,7 +18,9 @@ import trio
 
 from pm.config import Config
 from pm.gateway import Gateway
+from pm.mqtt import AnswerPathProbe
 from pm.simulator import Simulator
+from tests.waiting import poll_until
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 SimulatorFactory = Callable[..., Awaitable[Simulator]]
@@ -39,6 +41,16 @@ def gateway_config(**sections: dict[str, Any]) -> Config:
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
     return msgspec.convert(base, Config)
+
+
+async def probe_came_back(gateway: Gateway) -> AnswerPathProbe:
+    """Wait until the gateway's answer-path probe has come back once (the probe publishes its
+    first at once); callers bound it with their hang guard, and a probe the broker drops
+    (an ACL) never comes back."""
+    probe = gateway.answer_probe
+    assert probe is not None
+    await poll_until(lambda: probe.last_round_trip is not None)
+    return probe
 
 
 def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:

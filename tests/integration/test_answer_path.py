@@ -6,20 +6,18 @@ Real sockets, so real time: short probe intervals with wide margins, a hang guar
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from pm.gateway import Gateway
-from pm.mqtt import AnswerPathProbe, open_mqtt_client
-from pm.passwords import hash_password, write_password_file
-
-from .conftest import GatewayFactory, MosquittoBroker, SimulatorFactory, poll_until
-from .test_device_auth import GATEWAY, write_mosquitto_files
-from .test_dispatch import entry, post_job, wait_final
+from pm.mqtt import open_mqtt_client
+from tests.integration.brokers import MosquittoBroker
+from tests.integration.gateways import GatewayFactory, SimulatorFactory, probe_came_back
+from tests.job_api import entry, post_job, wait_final
+from tests.waiting import poll_until
 
 # Fast probing, so that a lost subscription is found within about a second; a generous task
 # timeout, so that a job sent into the deaf gateway has time to be repaired and answered.
@@ -76,14 +74,6 @@ async def test_a_client_taking_the_gateway_client_id_once_does_not_deafen_it(
         assert metrics[("pm_answer_probe_round_trip_seconds", ())] > 0
 
 
-async def _probe_round_trips(gateway: Gateway, probes: int = 3) -> AnswerPathProbe:
-    """Wait until ``probes`` probes came back; returns the probe (bounded by the caller)."""
-    probe = gateway.answer_probe
-    assert probe is not None
-    await poll_until(lambda: probe.probes_sent >= probes and probe.last_round_trip is not None)
-    return probe
-
-
 async def test_the_probe_round_trips_through_an_external_mosquitto(
     start_gateway: GatewayFactory, http: Any, mosquitto: MosquittoBroker
 ) -> None:
@@ -92,44 +82,52 @@ async def test_the_probe_round_trips_through_an_external_mosquitto(
             broker={"embedded": False},
             mqtt={"host": mosquitto.host, "port": mosquitto.port, **_PATIENT_PROBE},
         )
-        probe = await _probe_round_trips(gateway)
+        probe = await probe_came_back(gateway)
+        await poll_until(lambda: probe.probes_sent >= 3)
         assert probe.ok and probe.probes_lost == 0 and probe.reconnects == 0
         health = (await http(gateway).get("/healthz")).json()
         assert health["answerPath"]["ok"] and health["answerPath"]["lastRoundTripMs"] > 0
         assert health["droppedMessages"] == {}
 
 
-async def test_the_probe_round_trips_with_broker_auth(
-    start_gateway: GatewayFactory, tmp_path: Path
+async def _deafen_and_expect_repair(
+    gateway: Gateway, start_simulator: SimulatorFactory, client: httpx.AsyncClient
 ) -> None:
-    # The embedded broker's ACL lets the gateway's own user publish anywhere.
-    password_file = tmp_path / "devices.passwd"
-    write_password_file(password_file, {"dev-a": hash_password("fleet-test-secret")})
-    with trio.fail_after(20):
-        gateway = await start_gateway(
-            broker={"auth": True, "password_file": str(password_file)}, mqtt=_PATIENT_PROBE
-        )
-        probe = await _probe_round_trips(gateway)
-        assert probe.ok and probe.probes_lost == 0
+    """The broker forgets the gateway's subscription while the connection stays up; a job's
+    answer sent meanwhile is lost, and the repair (a re-subscribe) must ask for it again."""
+    await start_simulator(gateway, ["d2"], latency=0.3)
+    probe = await probe_came_back(gateway)
+    # An UNSUBSCRIBE on the gateway's own connection, behind its client's back: nothing in the
+    # gateway knows, as when amqtt deletes the subscription. Sent before the job's request on
+    # the same connection, and the device answers 0.3 s after receiving it.
+    assert gateway.mqtt is not None and gateway.mqtt._connection is not None
+    gateway.mqtt._connection.paho.unsubscribe("/remote/+/response")
+    created = await post_job(client, entry("d2", "/while/deaf"))
+    job = await wait_final(client, created["id"])
+    assert job["finishCount"] == 1, job["collection"][0]["__task"]
+    assert probe.probes_lost >= 1 and probe.resubscribes >= 1 and probe.reconnects == 0
+    # The answer sent while deaf was lost: the device answered the re-sent request.
+    assert gateway.engine is not None and gateway.engine.fleet.republished >= 1
 
 
-async def test_the_probe_round_trips_under_the_documented_mosquitto_acl(
-    start_gateway: GatewayFactory, mosquitto: MosquittoBroker, tmp_path: Path
+async def test_a_dropped_subscription_is_repaired_on_the_embedded_broker(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
 ) -> None:
-    # README's acl_file grants the gateway's user the probe's topic; without that line
-    # mosquitto drops the probe silently and the gateway would report a deaf answer path.
-    passwords, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
-    await trio.to_thread.run_sync(write_mosquitto_files, passwords, acl)
-    await trio.to_thread.run_sync(mosquitto.stop)
-    stay_root = "user root\n" if os.geteuid() == 0 else ""
-    mosquitto.configure(
-        f"password_file {passwords}\nacl_file {acl}\nallow_anonymous false\n{stay_root}"
-    )
-    await trio.to_thread.run_sync(mosquitto.start)
-    with trio.fail_after(20):
+    with trio.fail_after(40):
+        gateway = await start_gateway(mqtt=_FAST_PROBE, tasks={"default_timeout": _TASK_TIMEOUT})
+        await _deafen_and_expect_repair(gateway, start_simulator, http(gateway))
+
+
+async def test_a_dropped_subscription_is_repaired_on_mosquitto(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: Any,
+    mosquitto: MosquittoBroker,
+) -> None:
+    with trio.fail_after(40):
         gateway = await start_gateway(
             broker={"embedded": False},
-            mqtt={**GATEWAY, "host": mosquitto.host, "port": mosquitto.port, **_PATIENT_PROBE},
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, **_FAST_PROBE},
+            tasks={"default_timeout": _TASK_TIMEOUT},
         )
-        probe = await _probe_round_trips(gateway)
-        assert probe.ok and probe.probes_lost == 0
+        await _deafen_and_expect_repair(gateway, start_simulator, http(gateway))

@@ -16,7 +16,7 @@ import trio
 from pm.mqtt import MqttSubscribeError, open_mqtt_client
 from pm.passwords import hash_password, write_password_file
 from tests.integration.brokers import Inbox, MosquittoBroker
-from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.integration.gateways import GatewayFactory, SimulatorFactory, probe_came_back
 from tests.job_api import entry, post_job, wait_final
 
 SECRET = "fleet-test-secret"
@@ -170,6 +170,9 @@ async def test_a_job_reaches_authenticated_devices(
         job = await wait_final(client, created["id"])
         assert job["status"] == "resolved"
         assert job["doneCount"] == 2 and job["errorCount"] == 0
+        # The ACL lets the gateway's own user publish its answer-path probe.
+        probe = await probe_came_back(gateway)
+        assert probe.ok and probe.probes_lost == 0
 
 
 async def test_the_gateway_generates_its_own_broker_password(
@@ -198,7 +201,7 @@ def mosquitto_acl(gateway_user: str) -> str:
     )
 
 
-def write_mosquitto_files(passwords: Path, acl: Path) -> None:
+def _write_mosquitto_files(passwords: Path, acl: Path) -> None:
     """The password file (made by mosquitto_passwd) and the acl_file of README's example."""
     mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not Path(mosquitto_passwd).exists():
@@ -222,7 +225,7 @@ async def test_mosquitto_password_and_acl_files(
     tmp_path: Path,
 ) -> None:
     passwords, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
-    await trio.to_thread.run_sync(write_mosquitto_files, passwords, acl)
+    await trio.to_thread.run_sync(_write_mosquitto_files, passwords, acl)
     await trio.to_thread.run_sync(mosquitto.stop)
     # configure() writes "allow_anonymous true" first; mosquitto keeps the last value. Run as
     # root (CI containers), mosquitto would switch to user "mosquitto", which cannot read the
@@ -246,6 +249,10 @@ async def test_mosquitto_password_and_acl_files(
         client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
         job = await wait_final(client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"])
         assert job["status"] == "resolved" and job["doneCount"] == 2
+        # The acl_file grants the probe's topic: without that line mosquitto drops the probe
+        # silently, and the gateway would report its answer path lost.
+        probe = await probe_came_back(gateway)
+        assert probe.ok and probe.probes_lost == 0
 
         # dev-a asks for dev-b's requests: mosquitto 2.0.11 grants the SUBSCRIBE (MQTT 3.1.1)
         # but must deliver nothing; dev-b (the simulator) still gets and answers them.
