@@ -219,3 +219,10 @@ def test_example_file_values_are_the_defaults() -> None:
                 defaults[section][key],
                 type(defaults[section][key]),
             ), f"{section}.{key}"
+
+
+@pytest.mark.parametrize("key", ["answer_probe_interval", "answer_probe_timeout"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_the_answer_probe_timing_must_be_positive(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"Expected `float` > 0.* - at `\$\.mqtt\.{key}`"):
+        load_config(environ={f"PM_MQTT_{key.upper()}": value})
