@@ -39,14 +39,18 @@ async def test_a_client_taking_the_gateway_client_id_once_does_not_deafen_it(
         client = http(gateway)
         # Anyone (broker.auth is off by default) connects once with the gateway's client id,
         # clean session, and leaves a second later: amqtt 0.12.1 drops the gateway's
-        # subscription and never closes the gateway's connection.
-        async with open_mqtt_client(
-            gateway.mqtt_host,
-            gateway.mqtt_port,
-            client_id="puppetmaster",
-            on_message=lambda topic, payload: None,
-        ):
-            await trio.sleep(1.0)
+        # subscription and never closes the gateway's connection. (A broker that refuses the
+        # reserved id lets it retry for that second instead.)
+        intruder_connected = False
+        with trio.move_on_after(1.0):
+            async with open_mqtt_client(
+                gateway.mqtt_host,
+                gateway.mqtt_port,
+                client_id="puppetmaster",
+                on_message=lambda topic, payload: None,
+            ):
+                intruder_connected = True
+                await trio.sleep_forever()
         created = await post_job(client, entry("d1", "/after/intruder"))
         job = await wait_final(client, created["id"])
         # Before the fix the task ended `timeout`: the device answered, nobody heard it.
@@ -58,8 +62,12 @@ async def test_a_client_taking_the_gateway_client_id_once_does_not_deafen_it(
         await poll_until(lambda: probe.ok)
         health = (await client.get("/healthz")).json()
         answer_path = health["answerPath"]
-        assert answer_path["probesLost"] >= 1 and answer_path["resubscribes"] >= 1, answer_path
         assert answer_path["ok"] and health["status"] == "ok", health
+        if intruder_connected:
+            # The gateway was deaf: the probe found it and repaired it (on amqtt 0.12.1 the
+            # re-subscribe does not help, the reconnect does: docs/broker.md).
+            assert answer_path["probesLost"] >= 1, answer_path
+            assert answer_path["resubscribes"] + answer_path["reconnects"] >= 1, answer_path
         # Probe echoes are the gateway's own: no device answer handling saw them.
         assert health["droppedMessages"] == {}, health
         metrics = {
