@@ -15,6 +15,11 @@ reconnects forever with exponential backoff and jitter, re-subscribes to every f
 ``on_connect(generation)``. QoS 1 messages that were in flight when the connection dropped are
 *not* resent by this module: republishing them is the caller's decision (the gateway does it
 from ``on_connect``), which avoids a second, hidden copy.
+
+A broker can also stop delivering a subscription while the connection stays up (keepalive
+cannot see that): :func:`open_answer_path_probe` publishes a probe through the client's own
+subscription and repairs a lost one, re-subscribing (:meth:`MqttClient.resubscribe`), then
+reconnecting (:meth:`MqttClient.drop_connection`); see :mod:`pm.mqtt._probe`.
 """
 
 from ._client import Acknowledgement, MqttClient

@@ -147,6 +147,8 @@ class MqttClient:
         connection = self._connection
         if not self.connected or connection is None:
             return False
+        if not self._subscriptions:
+            return True
         try:
             await connection.subscribe(list(self._subscriptions.items()))
         except ConnectionLost:

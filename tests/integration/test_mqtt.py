@@ -220,3 +220,43 @@ async def test_exit_disconnects_and_wakes_waiters(mosquitto: MosquittoBroker) ->
             pass
         else:
             raise AssertionError("wait_connected() returned on a closed client")
+
+
+async def test_diverted_topic_tracked_publish_resubscribe_and_forced_reconnect(
+    mosquitto: MosquittoBroker,
+) -> None:
+    # What the answer-path probe uses: one exact topic goes to its own handler, every message
+    # is counted, a tracked publish learns of its PUBACK, and a re-subscribe on the live
+    # connection restores a subscription the broker forgot (here: unsubscribed behind the
+    # client's back).
+    host, port = mosquitto.host, mosquitto.port
+    inbox, diverted = Inbox(), Inbox()
+    with trio.fail_after(_GUARD):
+        async with open_mqtt_client(host, port, client_id="prober", on_message=inbox) as client:
+            await client.subscribe("probe/+")
+            client.divert("probe/self", diverted)
+            acknowledgement = client.publish_tracked("probe/self", b"1")
+            assert acknowledgement is not None
+            assert client.publish("probe/other", b"2")
+            assert await diverted.receive.receive() == ("probe/self", b"1")
+            assert await inbox.receive.receive() == ("probe/other", b"2")
+            assert acknowledgement.is_published() and client.messages_received == 2
+
+            assert client._connection is not None
+            client._connection.paho.unsubscribe("probe/+")
+            assert client.publish("probe/lost", b"3")
+            assert await client.resubscribe()
+            assert client.publish("probe/found", b"4")
+            # In order on one connection: the message sent while unsubscribed never comes.
+            assert await inbox.receive.receive() == ("probe/found", b"4")
+            client.divert("probe/self", None)
+            assert client.publish("probe/self", b"5")
+            assert await inbox.receive.receive() == ("probe/self", b"5")
+            assert client.generation == 1 and client.reconnects == 0
+            # The last resort: a fresh connection, whose subscriptions are restored.
+            client.drop_connection("test: forced")
+            assert not client.connected
+            await client.wait_connected()
+            assert client.generation == 2 and client.reconnects == 1
+            assert client.publish("probe/again", b"6")
+            assert await inbox.receive.receive() == ("probe/again", b"6")
