@@ -48,8 +48,8 @@ async def test_a_connecting_client_gets_no_retained_message_of_other_filters() -
                 ) as device_b:
                     await device_b.subscribe("/remote/b")
                     assert gateway.publish("/remote/b", b'{"id": 2}')
-                    await poll_until(lambda: bool(seen_by_b))
-                    await trio.sleep(0.2)
+                    # A retained copy handed over at connect would have arrived before this.
+                    await poll_until(lambda: "/remote/b" in seen_by_b)
                 assert seen_by_b == ["/remote/b"]
                 # The legitimate path still works: subscribing gets the filter's retained copy.
                 async with open_mqtt_client(
@@ -155,7 +155,15 @@ async def test_many_devices_each_get_only_their_own_requests_through_the_index()
                     assert gateway.publish(f"/remote/d{n}", str(n).encode())
                     assert devices.publish(f"/remote/d{n}/response", str(n).encode())
                 await poll_until(lambda: len(seen) == 100)
-                await trio.sleep(0.1)
+                # Each client's last message: a duplicate or a misrouted copy of the ones
+                # before would have reached its subscriber ahead of it.
+                assert gateway.publish("/remote/d0", b"last")
+                assert devices.publish("/remote/d0/response", b"last")
+                await poll_until(
+                    lambda: seen["/remote/d0"][-1] == seen["gw:/remote/d0/response"][-1] == b"last"
+                )
+            assert seen["/remote/d0"].pop() == seen["gw:/remote/d0/response"].pop() == b"last"
+            assert len(seen) == 100
             assert all(seen[f"/remote/d{n}"] == [str(n).encode()] for n in range(50))
             assert all(seen[f"gw:/remote/d{n}/response"] == [str(n).encode()] for n in range(50))
             nursery.cancel_scope.cancel()
