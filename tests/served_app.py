@@ -82,16 +82,22 @@ def app_config(**sections: dict[str, Any]) -> Config:
     return msgspec.convert(base, Config)
 
 
-@asynccontextmanager
-async def serve_app(config: Config) -> AsyncIterator[ServedGateway]:
-    """The app over a real engine with fake devices, served by hypercorn on a free port."""
-    publisher = RecordingPublisher()
-    devices = FakeDevices(publisher)
+def local_server_config() -> hypercorn.Config:
+    """hypercorn on a free 127.0.0.1 port, without an access log."""
     server_config = hypercorn.Config()
     server_config.bind = ["127.0.0.1:0"]
     server_config.accesslog = None
     # Tests close their WebSockets; a leftover one must not hold teardown for long.
     server_config.graceful_timeout = 1.0
+    return server_config
+
+
+@asynccontextmanager
+async def serve_app(config: Config) -> AsyncIterator[ServedGateway]:
+    """The app over a real engine with fake devices, served by hypercorn on a free port."""
+    publisher = RecordingPublisher()
+    devices = FakeDevices(publisher)
+    server_config = local_server_config()
     stop = trio.Event()
     async with open_engine(config, publisher) as engine:
         devices.engine = engine

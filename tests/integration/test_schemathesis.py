@@ -9,15 +9,12 @@ requests reach them. Examples are bounded (``PM_FUZZ_EXAMPLES`` raises them for 
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
 
-import hypercorn
 import hypercorn.trio
 import pytest
 import schemathesis
@@ -26,8 +23,8 @@ from hypothesis import HealthCheck, settings
 
 from pm.engine import open_engine
 from pm.http import create_app
-from tests.fakes import RecordingPublisher
-from tests.served_app import app_config, health_of
+from tests.fakes import FakeDevices, RecordingPublisher
+from tests.served_app import app_config, health_of, local_server_config
 
 TOKEN = "schemathesis-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,21 +40,13 @@ async def _serve(ready: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Eve
         tasks={"default_timeout": 5.0},
     )
     publisher = RecordingPublisher()
+    # Devices that answer at once: generated jobs end instead of piling up.
+    devices = FakeDevices(publisher)
     stop = trio.Event()
     async with open_engine(config, publisher) as engine:
-
-        def answer(topic: str, request: dict[str, Any]) -> None:
-            # Devices that answer at once: generated jobs end instead of piling up.
-            engine.on_mqtt_message(
-                request["tunnel"], json.dumps({"id": request["id"], "code": 200}).encode()
-            )
-
-        publisher.on_publish = answer
+        devices.engine = engine
         app = create_app(engine, config, partial(health_of, engine))
-        server_config = hypercorn.Config()
-        server_config.bind = ["127.0.0.1:0"]
-        server_config.accesslog = None
-        server_config.graceful_timeout = 1.0
+        server_config = local_server_config()
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=stop.wait)
