@@ -25,7 +25,13 @@ pytest.register_assert_rewrite(
     "tests.integration.gateways",
 )
 
-from tests.served_app import ServedGateway, app_config, serve_app  # noqa: E402 - after the above
+from tests.served_app import (  # noqa: E402 - after the above
+    OTHER_TOKEN,
+    TOKEN,
+    ServedGateway,
+    app_config,
+    serve_app,
+)
 
 
 @pytest.fixture
@@ -33,6 +39,13 @@ async def gateway() -> AsyncIterator[ServedGateway]:
     """The HTTP app on a free localhost port over a real engine with fake devices that answer
     every request at once (``gateway.devices.auto_answer = False`` holds them)."""
     async with serve_app(app_config()) as served:
+        yield served
+
+
+@pytest.fixture
+async def secured() -> AsyncIterator[ServedGateway]:
+    """As ``gateway``, with API tokens: ``TOKEN`` and ``OTHER_TOKEN`` of tests/served_app.py."""
+    async with serve_app(app_config(api={"tokens": [TOKEN, OTHER_TOKEN]})) as served:
         yield served
 
 

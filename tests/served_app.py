@@ -1,6 +1,7 @@
 """The HTTP app served by a real hypercorn on a free localhost port, over a real engine whose
-MQTT side is :class:`~tests.fakes.FakeDevices`: the harness of ``test_http_app.py`` and
-``test_security.py`` (its ``gateway`` fixture is in ``tests/conftest.py``)."""
+MQTT side is :class:`~tests.fakes.FakeDevices`: the harness of ``test_http_*.py`` (its
+``gateway`` and ``secured`` fixtures are in ``tests/conftest.py``), with the API tokens and a
+reader of ``/metrics``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import hypercorn
 import hypercorn.trio
 import msgspec
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
 from pm.config import Config
@@ -30,6 +32,10 @@ GUARD = 10.0
 MAX_BODY = 64 * 1024
 # Task messages a watcher may lag behind before it misses some (production: 1024).
 WATCHER_QUEUE = 64
+# The API tokens of the ``secured`` app (tests/conftest.py), and one it does not know.
+TOKEN = "test-token-0123456789abcdef"
+OTHER_TOKEN = "another.token_ABCDEFGHIJ~+/=="
+WRONG_TOKEN = "wrong-token-0123456789abcdef"
 
 
 class ServedGateway:
@@ -120,3 +126,24 @@ async def receive_all(ws: Any) -> tuple[list[dict[str, Any]], int]:
             messages.append(json.loads(await ws.get_message()))
         except ConnectionClosed as closed:
             return messages, closed.reason.code
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(gateway: ServedGateway, **headers: str) -> dict[Any, float]:
+    """``GET /metrics`` as :func:`samples`."""
+    response = await gateway.client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return samples(response.text)
