@@ -1,6 +1,6 @@
 """Unit tests of the embedded broker's pure parts: restart policy, config to child arguments,
-the ready-line protocol, and the direction of the package's imports (no processes, no sockets;
-tests/integration/test_broker.py runs real children)."""
+the ready-line protocol, the generated mosquitto config, and the direction of the package's
+imports (no processes, no sockets; tests/integration/test_broker.py runs real children)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from pm.broker._protocol import (
 )
 from pm.broker._restart import RestartBackoff
 from pm.broker._state import BrokerStartError
-from pm.config import BrokerConfig, Config, MqttConfig
+from pm.broker.mosquitto._config import mosquitto_config
+from pm.config import BrokerConfig, Config, MqttConfig, load_config
 from pm.passwords import GATEWAY_PASSWORD_ENV
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pm" / "broker"
@@ -159,3 +160,17 @@ def test_a_child_entry_point_loads_neither_trio_nor_the_parent() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_engine_is_configurable_and_the_generated_config_has_what_the_gateway_needs() -> None:
+    assert load_config(environ={}).broker.engine == "amqtt"
+    assert load_config(environ={"PM_BROKER_ENGINE": "mosquitto"}).broker.engine == "mosquitto"
+    config = mosquitto_config("127.0.0.1", 1884)
+    for line in (
+        "listener 1884 127.0.0.1",
+        "allow_anonymous true",
+        "set_tcp_nodelay true",
+        "persistence false",
+        "max_queued_messages 1000000",
+    ):
+        assert line in config.splitlines()

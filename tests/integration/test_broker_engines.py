@@ -10,8 +10,8 @@ import os
 import trio
 
 from pm.broker import EmbeddedBroker, run_embedded_broker
-from pm.broker.mosquitto._config import find_mosquitto, mosquitto_config
-from pm.config import BrokerConfig, load_config
+from pm.broker.mosquitto._config import find_mosquitto
+from pm.config import BrokerConfig
 from tests.integration.brokers import HANG_GUARD, process_exists, round_trip
 from tests.waiting import poll_until
 
@@ -31,20 +31,6 @@ def _children(pid: int) -> list[int]:
     path = f"/proc/{pid}/task/{pid}/children"
     with open(path) as listing:
         return [int(child) for child in listing.read().split()]
-
-
-def test_engine_is_configurable_and_the_generated_config_has_what_the_gateway_needs() -> None:
-    assert load_config(environ={}).broker.engine == "amqtt"
-    assert load_config(environ={"PM_BROKER_ENGINE": "mosquitto"}).broker.engine == "mosquitto"
-    config = mosquitto_config("127.0.0.1", 1884)
-    for line in (
-        "listener 1884 127.0.0.1",
-        "allow_anonymous true",
-        "set_tcp_nodelay true",
-        "persistence false",
-        "max_queued_messages 1000000",
-    ):
-        assert line in config.splitlines()
 
 
 async def test_mosquitto_engine_round_trips_restarts_on_same_port_and_stops_clean() -> None:
