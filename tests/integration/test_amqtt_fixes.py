@@ -190,12 +190,47 @@ def test_puback_timeouts_are_counted_not_logged_one_by_one() -> None:
     assert counter.summary() is None
 
 
-def test_disconnected_sessions_are_dropped_when_connections_end_not_scanned_every_second() -> None:
-    asyncio.run(_check_session_monitor())
+class _MonitorSeconds:
+    """Stands in for ``asyncio`` in the broker module: its ``sleep`` waits until the test lets a
+    second pass, so the session monitor runs on a clock the test advances."""
+
+    def __init__(self) -> None:
+        self._passed: asyncio.Queue[None] = asyncio.Queue()
+        self._asleep = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the rest of asyncio
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds == 1
+        self._asleep.set()
+        await self._passed.get()
+
+    async def until_asleep(self) -> None:
+        await self._asleep.wait()
+        self._asleep.clear()
+
+    async def advance(self, seconds: int) -> None:
+        """Let ``seconds`` pass, returning once the monitor has run each and sleeps again."""
+        for _ in range(seconds):
+            self._passed.put_nowait(None)
+            await self.until_asleep()
 
 
-async def _check_session_monitor() -> None:
+def test_disconnected_sessions_are_dropped_when_connections_end_not_scanned_every_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pm.broker.amqtt import _broker as _amqtt_broker
+
+    async def check() -> None:
+        seconds = _MonitorSeconds()
+        monkeypatch.setattr(_amqtt_broker, "asyncio", seconds)
+        await _check_session_monitor(seconds, _amqtt_broker.SESSION_SCAN_INTERVAL)
+
+    asyncio.run(check())
+
+
+async def _check_session_monitor(seconds: _MonitorSeconds, scan_interval: int) -> None:
     from pm.broker.amqtt._broker import PuppetmasterBroker
 
     broker = PuppetmasterBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}})
@@ -206,26 +241,22 @@ async def _check_session_monitor() -> None:
     broker._sessions.update(gone=(gone, None), kept=(kept, None))  # type: ignore[dict-item]
     monitor = asyncio.create_task(broker._session_monitor())
     try:
-        await asyncio.sleep(0.1)
+        await seconds.until_asleep()  # the first scan, at start
         gone.transitions.disconnect()
-        await asyncio.sleep(1.2)
+        await seconds.advance(scan_interval // 2)
         # No connection ended through the message loop: the sessions are not even looked at.
         assert set(broker._sessions) == {"gone", "kept"}
         broker._connections_ended += 1
-        await asyncio.sleep(1.2)
+        await seconds.advance(1)
         assert set(broker._sessions) == {"kept"}
-    finally:
-        monitor.cancel()
-    # The periodic scan still finds a session whose connection ended unseen.
-    saved = _amqtt_broker.SESSION_SCAN_INTERVAL
-    _amqtt_broker.SESSION_SCAN_INTERVAL = 1
-    try:
+        # The periodic scan still finds a session whose connection ended unseen: one interval
+        # after the last scan, not a second earlier.
         kept.transitions.disconnect()
-        monitor = asyncio.create_task(broker._session_monitor())
-        await asyncio.sleep(2.3)
+        await seconds.advance(scan_interval - 1)
+        assert set(broker._sessions) == {"kept"}
+        await seconds.advance(1)
         assert not broker._sessions
     finally:
-        _amqtt_broker.SESSION_SCAN_INTERVAL = saved
         monitor.cancel()
 
 
