@@ -507,13 +507,21 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs/{id}", "delete"),
             ("/jobs/{id}/ws", "get"),
             ("/healthz", "get"),
+            ("/readyz", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
         }
         schemas = document["components"]["schemas"]
-        assert {"JobRequest", "BatchEntry", "JobView", "TaskView", "ErrorBody", "Health"} <= set(
-            schemas
-        )
+        assert {
+            "JobRequest",
+            "BatchEntry",
+            "JobView",
+            "TaskView",
+            "ErrorBody",
+            "Health",
+            "Readiness",
+        } <= set(schemas)
+        assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
         assert "__destination" in schemas["BatchEntry"]["properties"]
         list_parameters = {p["name"]: p for p in paths["/jobs"]["get"]["parameters"]}
         assert set(list_parameters) == {"status", "limit", "offset"}
@@ -522,7 +530,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
         assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobRequest"
         }
-        assert {"200", "400", "413", "429"} <= set(paths["/jobs"]["post"]["responses"])
+        assert {"200", "400", "413", "429", "503"} <= set(paths["/jobs"]["post"]["responses"])
         # An open API documents no security.
         assert "security" not in document and "401" not in paths["/jobs"]["get"]["responses"]
 
