@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from ._errors import StoreOpenError
+from ._errors import StoreOpenError, is_storage_fault
 from ._schema import SchemaTooNew, migrate
 from ._sqlite import Store
 
@@ -51,10 +51,8 @@ async def open_store(path: str | Path, *, commit_interval: float) -> Store:
             ) from None
         except (OSError, sqlite3.Error) as error:
             _close(connection)
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise StoreOpenError(
-                f"cannot use the database {str(path)!r} (store.path): {reason}"
-                + ("" if in_memory else _HINT)
+                f"cannot use the database {str(path)!r} (store.path): {_reason(error)}"
             ) from error
         except BaseException:
             _close(connection)
@@ -64,8 +62,18 @@ async def open_store(path: str | Path, *, commit_interval: float) -> Store:
     return await trio.to_thread.run_sync(connect)
 
 
-# SQLite's own message for most of these is "unable to open database file".
-_HINT = " (its directory must be writable: SQLite also creates the -wal and -shm files there)"
+def _reason(error: OSError | sqlite3.Error) -> str:
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        return f"{error.filename} is not a directory"
+    if isinstance(error, OSError):
+        return f"{error.strerror}: {error.filename}" if error.filename else str(error)
+    if is_storage_fault(error):
+        # SQLite's own message for most of these is "unable to open database file".
+        return (
+            f"{error}; its directory must be writable (SQLite also creates the -wal and -shm "
+            "files there) and its filesystem not read-only"
+        )
+    return str(error)
 
 
 def _close(connection: sqlite3.Connection | None) -> None:
