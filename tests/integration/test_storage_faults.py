@@ -88,9 +88,12 @@ async def test_a_full_disk_mid_job_refuses_new_jobs_keeps_reads_and_loses_no_res
         assert health.status_code == 200 and health.json()["brokerConnected"] is True
         # Still full: nothing of what the job settled after the fault is on disk yet.
         assert store.fault is not None and store.failed_commits >= 1
+        metrics = (await client.get("/metrics")).text
+        assert "\npm_store_writable 0.0\n" in metrics
 
         disk.free()
         assert await wait_for_readiness(client, 200) == {"ready": True, "reasons": []}
+        assert "\npm_store_writable 1.0\n" in (await client.get("/metrics")).text
         again = await post_job(client, entry(devices[0], "/after"))
         assert again["id"] == created["id"] + 1
         await wait_final(client, again["id"])
