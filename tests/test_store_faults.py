@@ -7,33 +7,16 @@ Real files, real threads, so real time: short commit windows and a hang guard on
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import trio
 
 from pm.store import Store, StoreUnavailable
 from pm.store._sqlite import FAULT_RETRY_DELAY, JOB_ID_BLOCK
-
-from .small_filesystem import SmallFilesystem, small_filesystem
-from .test_store import batch, create_job, running_store
+from tests.small_filesystem import SmallFilesystem
+from tests.stores import batch, create_job, read, running_store
 
 # Hang guard: a fault, a retry or two (FAULT_RETRY_DELAY each) and the recovery.
 GUARD = 10 + 4 * FAULT_RETRY_DELAY
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallFilesystem]:
-    with small_filesystem(tmp_path / "disk") as mounted:
-        yield mounted
-
-
-def read(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """What another process reads from the file right now."""
-    with sqlite3.connect(path) as connection:
-        return connection.execute(sql).fetchall()
 
 
 async def recovered(store: Store) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 
 import trio
 
-from .conftest import GatewayFactory, MosquittoBroker
-from .test_storage_faults import readiness, wait_for_readiness
+from tests.integration.brokers import MosquittoBroker
+from tests.integration.gateways import GatewayFactory
+from tests.integration.readiness import readiness, wait_for_readiness
 
 
 async def test_readyz_follows_the_broker_connection(

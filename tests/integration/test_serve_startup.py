@@ -15,9 +15,8 @@ import pytest
 import trio
 
 from pm.store import SCHEMA_VERSION, open_store
-
-from ..small_filesystem import small_filesystem
-from .test_cli import pm
+from tests.integration.gateways import pm
+from tests.small_filesystem import SmallFilesystem
 
 # Free ports for both listeners: a failure must come from what the test set up, nothing else.
 ANY_PORTS = ("--http", "127.0.0.1:0", "--broker", "127.0.0.1:0")
@@ -109,8 +108,8 @@ async def test_a_database_from_a_newer_release(tmp_path: Path) -> None:
         ]
 
 
-async def test_a_database_on_a_read_only_filesystem(tmp_path: Path) -> None:
-    with small_filesystem(tmp_path / "disk") as disk, trio.fail_after(30):
+async def test_a_database_on_a_read_only_filesystem(disk: SmallFilesystem) -> None:
+    with trio.fail_after(30):
         (await open_store(disk.path / "pm.db", commit_interval=0.05)).close()
         await trio.run_process(["mount", "-o", "remount,ro", str(disk.path)], capture_stderr=True)
         result = await pm("serve", *ANY_PORTS, env={"PM_STORE_PATH": str(disk.path / "pm.db")})

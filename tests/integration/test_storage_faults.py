@@ -7,42 +7,20 @@ Real sockets and files, so real time: a hang guard, and waits on what the gatewa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
-import pytest
 import trio
 
-from ..small_filesystem import SmallFilesystem, small_filesystem
-from .conftest import GatewayFactory, SimulatorFactory, poll_until
-from .test_dispatch import assert_consistent, entry, post_job, wait_final
+from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.integration.readiness import readiness, wait_for_readiness
+from tests.job_api import assert_consistent, entry, post_job, wait_final
+from tests.small_filesystem import SmallFilesystem
+from tests.waiting import poll_until
 
 # Each device answers after this many seconds, one task at a time: with ENTRIES tasks per
 # device the job lasts ENTRIES * LATENCY at the very least, so the disk fills mid-job.
 LATENCY = 0.2
 ENTRIES = 6
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallFilesystem]:
-    # Requested before the gateway: unmounted only after the gateway has stopped.
-    with small_filesystem(tmp_path / "disk") as mounted:
-        yield mounted
-
-
-async def readiness(client: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
-    response = await client.get("/readyz")
-    return response.status_code, response.json()
-
-
-async def wait_for_readiness(client: httpx.AsyncClient, status: int) -> dict[str, Any]:
-    while True:
-        code, body = await readiness(client)
-        if code == status:
-            return body
-        await trio.sleep(0.05)
 
 
 async def test_a_full_disk_mid_job_refuses_new_jobs_keeps_reads_and_loses_no_result(
