@@ -62,13 +62,21 @@ async def test_a_config_value_out_of_range(variable: str, value: str, expected: 
     assert_one_line(result, "invalid configuration", expected)
 
 
-async def test_an_unreadable_tls_certificate(tmp_path: Path) -> None:
-    missing = str(tmp_path / "absent.pem")
+@pytest.mark.parametrize("section", ["http", "broker"])
+@pytest.mark.parametrize("content", [None, "not a PEM file\n"], ids=["missing", "garbage"])
+async def test_an_unusable_tls_certificate(
+    tmp_path: Path, section: str, content: str | None
+) -> None:
+    path = tmp_path / "cert.pem"
+    if content is not None:
+        path.write_text(content)
+    files = {
+        f"PM_{section.upper()}_CERTFILE": str(path),
+        f"PM_{section.upper()}_KEYFILE": str(path),
+    }
     with trio.fail_after(30):
-        result = await pm(
-            "serve", *ANY_PORTS, env={"PM_HTTP_CERTFILE": missing, "PM_HTTP_KEYFILE": missing}
-        )
-    assert_one_line(result, f"cannot use http.certfile = {missing!r}", "No such file")
+        result = await pm("serve", *ANY_PORTS, env=files)
+    assert_one_line(result, f"cannot use {section}.certfile = {str(path)!r}")
 
 
 async def test_a_database_directory_that_cannot_be_created(tmp_path: Path) -> None:
