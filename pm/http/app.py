@@ -9,9 +9,9 @@ answers a 500 JSON error. A WebSocket handler that fails after the handshake clo
 1011, because quart would otherwise log the error and close with a normal 1000.
 
 Health: ``/healthz`` is liveness (200 whenever the process answers, with what is degraded in
-the body); ``/readyz`` is readiness (503 while the broker is disconnected or the job store
-cannot commit, with the reasons). A store that cannot commit makes ``POST /jobs`` a 503
-(:class:`~pm.store.StoreUnavailable`) while reads go on.
+the body); ``/readyz`` is readiness (503 while the broker is disconnected, the answer path is
+lost or the job store cannot commit, with the reasons). A store that cannot commit makes
+``POST /jobs`` a 503 (:class:`~pm.store.StoreUnavailable`) while reads go on.
 
 Security: with ``api.tokens`` set, every route but ``/healthz`` and ``/readyz`` needs a
 bearer token (401 before anything else is looked at, so an unknown path says nothing
@@ -319,10 +319,16 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     @app.get("/readyz")
     async def readyz() -> TrioResponse:
         reasons = []
-        if not health().broker_connected:
+        current = health()
+        if not current.broker_connected:
             reasons.append(
                 "broker: the gateway is not connected to its MQTT broker; "
                 "requests cannot reach devices"
+            )
+        elif current.answer_path is not None and not current.answer_path.ok:
+            reasons.append(
+                "answer path: the gateway's probe through the broker did not come back; "
+                "device answers may not reach it (it is repairing the subscription)"
             )
         if engine.store.fault is not None:
             reasons.append(
