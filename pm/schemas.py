@@ -184,5 +184,5 @@ class Readiness(msgspec.Struct, kw_only=True):
 
     ready: bool
     # One sentence per problem, each starting with what it concerns ("broker: ...",
-    # "store: ..."); empty when ready.
+    # "answer path: ...", "store: ..."); empty when ready.
     reasons: list[str]

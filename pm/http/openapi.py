@@ -228,8 +228,8 @@ def build_openapi(
             "/readyz": {
                 "get": {
                     "operationId": "readiness",
-                    "summary": "Readiness: 503 while the broker is disconnected or the job "
-                    "store cannot commit, 200 otherwise",
+                    "summary": "Readiness: 503 while the broker is disconnected, the answer "
+                    "path is lost or the job store cannot commit, 200 otherwise",
                     "responses": {
                         "200": {"description": "ready", "content": _content(readiness)},
                         "503": {
