@@ -4,7 +4,10 @@ Every key lives in a msgspec Struct with its default, so the defaults are writte
 ``config.example.toml`` documents the same keys for people; ``tests/test_config.py`` checks the
 two agree.
 
-Error handling: an unknown key, a wrong type or an unreadable file raises
+Every number is range-checked (msgspec ``Meta`` constraints on its type, a ``__post_init__``
+for keys that depend on each other): a port of 70000 or a timeout of -1 stops the start.
+
+Error handling: an unknown key, a wrong type, a value out of range or an unreadable file raises
 :class:`ConfigError` whose message names the key (``$.http.port``) so ``pm serve`` can print it
 and exit instead of starting half-configured.
 """
@@ -24,6 +27,24 @@ ENV_PREFIX = "PM_"
 
 BearerToken = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._~+/-]{16,}=*$")]
 
+# Range-checked value kinds: msgspec checks them while converting, so a value out of range is
+# refused at start with a message naming its key ("Expected `int` <= 65535 - at
+# `$.http.port`") instead of failing later, deep in a server, or running with every task
+# timing out at once.
+# A TCP port to listen on; 0 lets the system choose a free one (tests).
+ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+# A TCP port to connect to.
+RemotePort = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+# A host name or address: empty would mean different things to different libraries.
+Host = Annotated[str, msgspec.Meta(min_length=1)]
+# A count or size that must allow at least one of its things.
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+# Seconds that must pass before something happens (a timeout, a delay): 0 or less would
+# make it happen at once, every time. inf is allowed where it means "never".
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# A rate or count where 0 is documented as "no limit" or "none".
+ZeroOrMore = Annotated[float, msgspec.Meta(ge=0)]
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which key and why."""
@@ -34,10 +55,10 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 
 
 class HttpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: Host = "127.0.0.1"
+    port: ListenPort = 8080
     # Bodies above this many bytes are refused with 413 before they are parsed.
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: AtLeastOne = 1024 * 1024
     # PEM certificate chain and private key: both set = HTTPS (and wss://), both empty = plain.
     certfile: str = ""
     keyfile: str = ""
@@ -55,8 +76,8 @@ class HttpConfig(_Section):
 class BrokerConfig(_Section):
     # true: the gateway starts and supervises its own broker; false: use [mqtt] host/port.
     embedded: bool = True
-    host: str = "127.0.0.1"
-    port: int = 1883
+    host: Host = "127.0.0.1"
+    port: ListenPort = 1883
     # Which broker the gateway embeds: "amqtt" (Python, always there) or "mosquitto" (the
     # binary must be installed; the gateway writes its config and supervises it).
     engine: typing.Literal["amqtt", "mosquitto"] = "amqtt"
@@ -81,19 +102,21 @@ class BrokerConfig(_Section):
 
 class MqttConfig(_Section):
     # Used only when broker.embedded = false (an external broker such as mosquitto).
-    host: str = "127.0.0.1"
-    port: int = 1883
+    host: Host = "127.0.0.1"
+    port: RemotePort = 1883
     username: str = ""
     password: str = ""
-    client_id: str = "puppetmaster"
-    keepalive: int = 30
-    reconnect_min_delay: float = 0.1
-    reconnect_max_delay: float = 5.0
+    client_id: Annotated[str, msgspec.Meta(min_length=1)] = "puppetmaster"
+    # Seconds; MQTT's keepalive is 16 bits. 0 (no keepalive) is refused: the gateway would
+    # never notice a broker that went silent.
+    keepalive: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 30
+    reconnect_min_delay: Seconds = 0.1
+    reconnect_max_delay: Seconds = 5.0
     # The gateway publishes a probe on its own answer topic pattern every answer_probe_interval
     # seconds and expects it back within answer_probe_timeout; a lost probe means the broker
     # dropped the gateway's subscription: re-subscribe, then reconnect (pm.mqtt._probe).
-    answer_probe_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    answer_probe_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    answer_probe_interval: Seconds = 5.0
+    answer_probe_timeout: Seconds = 5.0
     # true: MQTT over TLS to the external broker. The embedded broker is reached over TLS
     # whenever broker.certfile is set, whatever this says.
     tls: bool = False
@@ -101,54 +124,73 @@ class MqttConfig(_Section):
     # (for the embedded broker: broker.certfile itself, a self-signed certificate works).
     ca_file: str = ""
 
+    def __post_init__(self) -> None:
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError(
+                f"mqtt.reconnect_min_delay ({self.reconnect_min_delay:g}) must not exceed "
+                f"mqtt.reconnect_max_delay ({self.reconnect_max_delay:g})"
+            )
+
 
 class TopicsConfig(_Section):
     # "{device}" is replaced by the normalized device id.
     request: str = "/remote/{device}"
     response: str = "/remote/{device}/response"
 
+    def __post_init__(self) -> None:
+        # Checked here, not only where the topics are used: a bad template must stop `pm
+        # serve` with one line naming the key, before the broker starts.
+        for name, template in (("request", self.request), ("response", self.response)):
+            if template.count("{device}") != 1:
+                raise ValueError(f"topics.{name} must contain {{device}} exactly once")
+            if "+" in template or "#" in template:
+                raise ValueError(f"topics.{name} must not contain the MQTT wildcards + or #")
+
 
 class TasksConfig(_Section):
     # Seconds a task may wait for its final answer, counted from publication.
-    default_timeout: float = 3600.0
+    default_timeout: Seconds = 3600.0
     # Tasks queued per device before a job feeding it waits (back-pressure).
-    device_mailbox: int = 1024
+    device_mailbox: AtLeastOne = 1024
     # A device actor with nothing to do for this many seconds (up to a quarter more) is retired.
-    device_idle_retire: float = 60.0
+    device_idle_retire: Seconds = 60.0
     # Tasks of finished jobs kept in memory (whole jobs, oldest forgotten first); the store
     # serves the others. Counted in tasks, not jobs: memory (and the garbage collector's
     # work) grows with the tasks held, and one job may hold 100k of them.
-    max_finished_tasks: int = 100_000
+    # 0 = none: every finished job is read back from the store.
+    max_finished_tasks: Annotated[int, msgspec.Meta(ge=0)] = 100_000
 
 
 class WatchersConfig(_Section):
     # Minimum seconds between two coalesced job snapshots sent to one watcher.
-    coalesce_interval: float = 0.1
+    # 0 = every change is sent as it happens.
+    coalesce_interval: ZeroOrMore = 0.1
     # Task messages buffered per watcher; beyond it a slow watcher misses task messages.
-    queue_size: int = 1024
+    queue_size: AtLeastOne = 1024
     # Coalesced updates (a job snapshot, with its batch of task changes) one job sends to all
     # its watchers together per second, at most: with more than this * coalesce_interval
     # watchers, each gets them less often. Every message costs the gateway a socket write;
     # this keeps a crowd of watchers from slowing the job. 0 = no such limit.
-    max_updates_per_second: float = 1000.0
+    max_updates_per_second: ZeroOrMore = 1000.0
     # {"type":"task"} messages (?tasks=each, one per task change) one job sends to all its
     # such watchers together per second, at most, shared evenly: beyond their share they are
     # slow watchers (they lag, then miss task messages; never the final job message). A job
     # of 10k tasks makes ~20k changes; sending each to 100 watchers took most of a core. 0 =
     # no such limit.
-    max_task_messages_per_second: float = 5000.0
+    max_task_messages_per_second: ZeroOrMore = 5000.0
 
 
 class StoreConfig(_Section):
     # SQLite database file; ":memory:" keeps everything in memory (tests, benchmarks).
-    path: str = "./puppetmaster.db"
+    path: Annotated[str, msgspec.Meta(min_length=1)] = "./puppetmaster.db"
     # Group-commit window in seconds: changes are written at most this often, in one
     # transaction. A crash loses at most the changes of the last window.
-    commit_interval: float = 0.05
+    # 0 = commit as soon as anything changes; at most 60 s, a crash's loss must stay small.
+    commit_interval: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.05
     # Finished jobs older than this many seconds are deleted (default 30 days).
-    retention: float = 30 * 24 * 3600.0
+    retention: Seconds = 30 * 24 * 3600.0
     # Seconds between two retention sweeps.
-    retention_interval: float = 3600.0
+    retention_interval: Seconds = 3600.0
 
 
 class RecoveryConfig(_Section):
@@ -158,11 +200,18 @@ class RecoveryConfig(_Section):
     # Seconds after a broker reconnect or a gateway start during which devices are assumed to
     # be reconnecting themselves: requests published then are "suspect", sent retained and
     # re-sent until answered (docs/protocol.md).
-    devices_return_grace: Annotated[float, msgspec.Meta(ge=0)] = 15.0
+    devices_return_grace: ZeroOrMore = 15.0
     # A suspect request is re-sent after this many seconds without an answer, then at doubling
     # intervals up to resend_max_delay.
-    resend_first_delay: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    resend_max_delay: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    resend_first_delay: Seconds = 1.0
+    resend_max_delay: Seconds = 30.0
+
+    def __post_init__(self) -> None:
+        if self.resend_first_delay > self.resend_max_delay:
+            raise ValueError(
+                f"recovery.resend_first_delay ({self.resend_first_delay:g}) must not exceed "
+                f"recovery.resend_max_delay ({self.resend_max_delay:g})"
+            )
 
 
 class ApiConfig(_Section):
@@ -173,15 +222,15 @@ class ApiConfig(_Section):
 
 class LimitsConfig(_Section):
     # Tasks one job may have (batch entries x destinations); more is refused with 413.
-    max_tasks_per_job: int = 100_000
+    max_tasks_per_job: AtLeastOne = 100_000
     # Bytes of a batch entry's "data", JSON-encoded; more is refused with 400.
-    max_data_bytes: int = 64 * 1024
+    max_data_bytes: AtLeastOne = 64 * 1024
     # Jobs running at once; a new job beyond it is refused with 429 until one ends.
-    max_jobs_running: int = 1000
+    max_jobs_running: AtLeastOne = 1000
     # WebSocket watchers of one job at once; more are refused with 429 at the handshake.
-    max_watchers_per_job: int = 100
+    max_watchers_per_job: AtLeastOne = 100
     # Bytes of one MQTT message on an answer topic; larger ones are dropped ("oversized").
-    max_answer_bytes: int = 256 * 1024
+    max_answer_bytes: AtLeastOne = 256 * 1024
 
 
 class Config(_Section):
@@ -265,8 +314,9 @@ def load_config(
     Returns:
       The validated :class:`Config`.
 
-    Error handling: raises :class:`ConfigError` naming the key for unknown keys, wrong types
-    and unreadable files.
+    Error handling: raises :class:`ConfigError` naming the key (and the environment variable
+    that set it, if one did) for unknown keys, wrong types, values out of range and
+    unreadable files.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -278,7 +328,8 @@ def load_config(
             raise ConfigError(f"config file {path} is not UTF-8 text: {error}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    for layer in (_environment_overrides(os.environ if environ is None else environ), overrides):
+    environment = _environment_overrides(os.environ if environ is None else environ)
+    for layer in (environment, overrides):
         for section, values in (layer or {}).items():
             target = raw.setdefault(section, {})
             if not isinstance(target, dict):
@@ -288,4 +339,15 @@ def load_config(
         # strict=False lets environment strings like "9000" or "false" become ints and bools.
         return msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as error:
-        raise ConfigError(f"invalid configuration: {error}") from None
+        raise ConfigError(f"invalid configuration: {error}{_source(error, environment)}") from None
+
+
+def _source(error: msgspec.ValidationError, environment: Mapping[str, Mapping[str, Any]]) -> str:
+    """`` (from PM_HTTP_PORT)`` when the refused key came from the environment: the message
+    then names what the operator actually wrote."""
+    path = str(error).rpartition("at `$.")[2].rstrip("`")
+    section, _, key = path.partition(".")
+    key = key.partition("[")[0]
+    if key in environment.get(section, {}):
+        return f" (from {ENV_PREFIX}{section.upper()}_{key.upper()})"
+    return ""

@@ -34,7 +34,7 @@ from .jobs import Job
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
 from .state import JobRecord, expand_batch
-from .store import Store, open_store
+from .store import Store, StoreUnavailable, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,15 @@ class Engine:
         Waits only in the rare case the store must reserve a new block of ids.
 
         Error handling: raises a :class:`JobRefused` subclass, before anything is created,
-        when the request exceeds one of ``config.limits``.
+        when the request exceeds one of ``config.limits``, and
+        :class:`~pm.store.StoreUnavailable` while the store cannot commit (a job it could
+        not persist would be lost by a restart, and its results with it).
         """
+        if self.store.fault is not None:
+            raise StoreUnavailable(
+                f"new jobs are refused while the job store cannot write ({self.store.fault}); "
+                "running jobs go on and reads still work; retry when GET /readyz answers 200"
+            )
         total = self._check_limits(request)
         job_id, first_task_id = await self.store.allocate_ids(1, total)
         now = time.time()
@@ -222,7 +229,7 @@ class Engine:
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        await self.store.sync()
+        await self.store.sync_for_reading()
         record = await self.store.load_job(job_id, self.topics.response_topic)
         if record is None:
             return None
@@ -240,9 +247,19 @@ class Engine:
     async def list(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> tuple[list[JobView], int]:
-        """Jobs newest first, optionally of one status; returns a page and the total."""
-        await self.store.sync()
-        return await self.store.list_jobs(status=status, limit=limit, offset=offset)
+        """Jobs newest first, optionally of one status; returns a page and the total.
+
+        While the store cannot commit, the page comes from what it last committed, with the
+        jobs still held in memory shown as they are now.
+        """
+        await self.store.sync_for_reading()
+        views, total = await self.store.list_jobs(status=status, limit=limit, offset=offset)
+        if self.store.fault is not None:
+            views = [
+                self._jobs[view.id].record.view() if view.id in self._jobs else view
+                for view in views
+            ]
+        return views, total
 
     async def delete(self, job_id: int) -> JobView | None:
         """Cancel the job if it runs, forget it (store included), return its final snapshot."""
@@ -255,10 +272,19 @@ class Engine:
         return view
 
     async def run_retention(self) -> None:
-        """The retention actor: delete finished jobs older than ``store.retention``."""
+        """The retention actor: delete finished jobs older than ``store.retention``.
+
+        Error handling: a sweep the store cannot run (a storage fault) is skipped, not fatal.
+        """
         while True:
             cutoff = time.time() - self.config.store.retention
-            deleted = await self.store.delete_finished_before(cutoff)
+            try:
+                deleted = await self.store.delete_finished_before(cutoff)
+            except StoreUnavailable as error:
+                # The store retries its own commits; the sweep waits for its next turn.
+                logger.warning("retention skipped: %s", error)
+                await trio.sleep(self.config.store.retention_interval)
+                continue
             for job_id in [i for i, job in self._jobs.items() if _finished_before(job, cutoff)]:
                 del self._jobs[job_id]
             if deleted:

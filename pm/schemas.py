@@ -177,3 +177,12 @@ class Health(msgspec.Struct, kw_only=True):
     dropped_messages: dict[str, int] = msgspec.field(name="droppedMessages")
     # null until the gateway's MQTT client is subscribed and probing.
     answer_path: AnswerPathHealth | None = msgspec.field(default=None, name="answerPath")
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    """``GET /readyz``: whether the gateway can take new work; ``reasons`` says why not."""
+
+    ready: bool
+    # One sentence per problem, each starting with what it concerns ("broker: ...",
+    # "answer path: ...", "store: ..."); empty when ready.
+    reasons: list[str]

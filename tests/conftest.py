@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,8 @@ pytest.register_assert_rewrite(
     "tests.fakes",
     "tests.job_api",
     "tests.served_app",
+    "tests.small_filesystem",
+    "tests.stores",
     "tests.integration.brokers",
     "tests.integration.gateways",
 )
@@ -32,6 +34,7 @@ from tests.served_app import (  # noqa: E402 - after the above
     app_config,
     serve_app,
 )
+from tests.small_filesystem import SmallFilesystem, small_filesystem  # noqa: E402
 
 
 @pytest.fixture
@@ -67,3 +70,12 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return certfile, keyfile
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SmallFilesystem]:
+    """A 4 MiB tmpfs mounted for the test (``disk.fill()`` makes it a full disk); the test is
+    skipped, with the reason, where mounting is not allowed. A test requests it before any
+    gateway fixture so it is unmounted only after the gateway stopped."""
+    with small_filesystem(tmp_path / "disk") as mounted:
+        yield mounted

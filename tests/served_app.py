@@ -6,7 +6,7 @@ reader of ``/metrics``."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -99,15 +99,18 @@ def local_server_config() -> hypercorn.Config:
 
 
 @asynccontextmanager
-async def serve_app(config: Config) -> AsyncIterator[ServedGateway]:
-    """The app over a real engine with fake devices, served by hypercorn on a free port."""
+async def serve_app(
+    config: Config, health: Callable[[Engine], Health] = health_of
+) -> AsyncIterator[ServedGateway]:
+    """The app over a real engine with fake devices, served by hypercorn on a free port;
+    ``health`` stands in for the gateway's (``/healthz``, ``/readyz``, ``/metrics``)."""
     publisher = RecordingPublisher()
     devices = FakeDevices(publisher)
     server_config = local_server_config()
     stop = trio.Event()
     async with open_engine(config, publisher) as engine:
         devices.engine = engine
-        app = create_app(engine, config, partial(health_of, engine))
+        app = create_app(engine, config, partial(health, engine))
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=stop.wait)

@@ -4,6 +4,7 @@ file that documents every key (checked here so the documentation cannot drift)."
 from __future__ import annotations
 
 import tomllib
+import typing
 from pathlib import Path
 
 import msgspec
@@ -163,6 +164,101 @@ def test_an_unknown_environment_key_is_refused_by_name() -> None:
 def test_a_wrong_environment_value_names_the_key(name: str, value: str, where: str) -> None:
     with pytest.raises(ConfigError, match=where):
         load_config(environ={name: value})
+
+
+# -- ranges --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        # ports: 0 (any free port) is fine to listen on, 65536 is no port at all
+        ("PM_HTTP_PORT", "70000", r"Expected `int` <= 65535 - at `\$\.http\.port`"),
+        ("PM_BROKER_PORT", "-1", r"Expected `int` >= 0 - at `\$\.broker\.port`"),
+        ("PM_MQTT_PORT", "0", r"Expected `int` >= 1 - at `\$\.mqtt\.port`"),
+        # timeouts and intervals: 0 or less would fire at once, every time
+        ("PM_TASKS_DEFAULT_TIMEOUT", "-1", r"> 0\.0 - at `\$\.tasks\.default_timeout`"),
+        ("PM_TASKS_DEVICE_IDLE_RETIRE", "0", r"> 0\.0 - at `\$\.tasks\.device_idle_retire`"),
+        ("PM_STORE_RETENTION_INTERVAL", "0", r"> 0\.0 - at `\$\.store\.retention_interval`"),
+        ("PM_STORE_COMMIT_INTERVAL", "61", r"<= 60\.0 - at `\$\.store\.commit_interval`"),
+        ("PM_MQTT_KEEPALIVE", "0", r">= 1 - at `\$\.mqtt\.keepalive`"),
+        ("PM_TASKS_DEFAULT_TIMEOUT", "nan", r"\$\.tasks\.default_timeout"),
+        # sizes and limits: at least one of their things
+        ("PM_LIMITS_MAX_JOBS_RUNNING", "0", r">= 1 - at `\$\.limits\.max_jobs_running`"),
+        ("PM_HTTP_MAX_BODY_BYTES", "0", r">= 1 - at `\$\.http\.max_body_bytes`"),
+        ("PM_WATCHERS_QUEUE_SIZE", "-5", r">= 1 - at `\$\.watchers\.queue_size`"),
+        # rates where 0 means "no limit": negative only is refused
+        ("PM_WATCHERS_MAX_UPDATES_PER_SECOND", "-1", r">= 0\.0 - at `\$\.watchers\."),
+        # strings that must not be empty
+        ("PM_HTTP_HOST", "", r"length >= 1 - at `\$\.http\.host`"),
+        ("PM_MQTT_CLIENT_ID", "", r"length >= 1 - at `\$\.mqtt\.client_id`"),
+        # keys checked together or by their shape
+        ("PM_MQTT_RECONNECT_MIN_DELAY", "10", r"mqtt\.reconnect_min_delay \(10\) must not exceed"),
+        ("PM_RECOVERY_RESEND_FIRST_DELAY", "60", r"recovery\.resend_first_delay \(60\) must not"),
+        ("PM_TOPICS_REQUEST", "/remote/all", r"topics\.request must contain \{device\} exactly"),
+        ("PM_TOPICS_RESPONSE", "/r/{device}/#", r"topics\.response must not contain the MQTT"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_naming_the_key(
+    name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ={name: value})
+
+
+def test_the_message_names_the_environment_variable_that_set_the_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as from_environment:
+        load_config(environ={"PM_HTTP_PORT": "70000"})
+    assert str(from_environment.value).endswith("`$.http.port` (from PM_HTTP_PORT)")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(write(tmp_path, "[http]\nport = 70000\n"), environ={"PM_HTTP_HOST": "::1"})
+    assert str(from_file.value).endswith("`$.http.port`")
+
+
+def _numeric_keys() -> list[tuple[str, str]]:
+    return [
+        (section, field.encode_name)
+        for section, struct in SECTIONS.items()
+        for field in msgspec.structs.fields(struct)
+        if typing.get_origin(field.type) is typing.Annotated
+        and typing.get_args(field.type)[0] in (int, float)
+        or field.type in (int, float)
+    ]
+
+
+def test_every_numeric_key_refuses_a_negative_value() -> None:
+    # Catches a key added later without a range: none of them means anything below 0.
+    keys = _numeric_keys()
+    assert len(keys) >= 25, keys
+    unchecked = []
+    for section, key in keys:
+        try:
+            load_config(environ={}, overrides={section: {key: -1}})
+        except ConfigError:
+            continue
+        unchecked.append(f"{section}.{key}")
+    assert unchecked == []
+
+
+def test_the_boundaries_themselves_are_accepted() -> None:
+    config = load_config(
+        environ={
+            "PM_HTTP_PORT": "0",
+            "PM_BROKER_PORT": "65535",
+            "PM_WATCHERS_COALESCE_INTERVAL": "0",
+            "PM_WATCHERS_MAX_UPDATES_PER_SECOND": "0",
+            "PM_TASKS_MAX_FINISHED_TASKS": "0",
+            "PM_STORE_COMMIT_INTERVAL": "0",
+            "PM_RECOVERY_DEVICES_RETURN_GRACE": "0",
+            "PM_LIMITS_MAX_JOBS_RUNNING": "1",
+            "PM_TASKS_DEFAULT_TIMEOUT": "inf",
+        }
+    )
+    assert (config.http.port, config.broker.port, config.tasks.default_timeout) == (
+        0,
+        65535,
+        float("inf"),
+    )
 
 
 def test_explicit_overrides_win_over_file_and_environment(tmp_path: Path) -> None:

@@ -18,9 +18,18 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from pm.schemas import Health
+from pm.engine import Engine
+from pm.schemas import AnswerPathHealth, Health
 from tests.job_api import INVALID_BODIES, assert_json_error, entry
-from tests.served_app import GUARD, MAX_BODY, ServedGateway, receive_all
+from tests.served_app import (
+    GUARD,
+    MAX_BODY,
+    ServedGateway,
+    app_config,
+    health_of,
+    receive_all,
+    serve_app,
+)
 from tests.waiting import poll_until
 
 # -- POST /jobs ---------------------------------------------------------------------------
@@ -507,13 +516,21 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs/{id}", "delete"),
             ("/jobs/{id}/ws", "get"),
             ("/healthz", "get"),
+            ("/readyz", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
         }
         schemas = document["components"]["schemas"]
-        assert {"JobRequest", "BatchEntry", "JobView", "TaskView", "ErrorBody", "Health"} <= set(
-            schemas
-        )
+        assert {
+            "JobRequest",
+            "BatchEntry",
+            "JobView",
+            "TaskView",
+            "ErrorBody",
+            "Health",
+            "Readiness",
+        } <= set(schemas)
+        assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
         assert "__destination" in schemas["BatchEntry"]["properties"]
         list_parameters = {p["name"]: p for p in paths["/jobs"]["get"]["parameters"]}
         assert set(list_parameters) == {"status", "limit", "offset"}
@@ -522,7 +539,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
         assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobRequest"
         }
-        assert {"200", "400", "413", "429"} <= set(paths["/jobs"]["post"]["responses"])
+        assert {"200", "400", "413", "429", "503"} <= set(paths["/jobs"]["post"]["responses"])
         # An open API documents no security.
         assert "security" not in document and "401" not in paths["/jobs"]["get"]["responses"]
 
@@ -537,3 +554,37 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
 
         for ref in references(document):
             assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+async def test_readyz_answers_503_with_a_reason_per_problem_while_healthz_stays_200() -> None:
+    # The gateway's health as the test sets it; the real broker and store faults are in
+    # tests/integration/test_readiness.py and test_storage_faults.py.
+    state = {"connected": True, "hearing": True}
+
+    def health(engine: Engine) -> Health:
+        answer_path = AnswerPathHealth(
+            ok=state["hearing"],
+            last_round_trip_ms=None,
+            probes_sent=1,
+            probes_lost=0 if state["hearing"] else 1,
+            resubscribes=0,
+            reconnects=0,
+        )
+        return msgspec.structs.replace(
+            health_of(engine), broker_connected=state["connected"], answer_path=answer_path
+        )
+
+    async with serve_app(app_config(), health) as gateway:
+        with trio.fail_after(GUARD):
+            ready = await gateway.client.get("/readyz")
+            assert (ready.status_code, ready.json()) == (200, {"ready": True, "reasons": []})
+            state["hearing"] = False
+            lost = await gateway.client.get("/readyz")
+            assert lost.status_code == 503
+            assert [r.split(":")[0] for r in lost.json()["reasons"]] == ["answer path"]
+            state["connected"] = False
+            down = await gateway.client.get("/readyz")
+            assert down.status_code == 503
+            # Disconnected says it all: no second reason about the probe it implies.
+            assert [r.split(":")[0] for r in down.json()["reasons"]] == ["broker"]
+            assert (await gateway.client.get("/healthz")).status_code == 200

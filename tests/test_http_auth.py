@@ -121,6 +121,13 @@ async def test_healthz_stays_open(secured: ServedGateway) -> None:
         assert response.json()["status"] == "ok"
 
 
+async def test_readyz_stays_open(secured: ServedGateway) -> None:
+    with trio.fail_after(GUARD):
+        response = await secured.client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json() == {"ready": True, "reasons": []}
+
+
 async def test_the_openapi_document_says_a_token_is_required(secured: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         document = (await secured.client.get("/openapi.json", headers=bearer())).json()
@@ -129,6 +136,7 @@ async def test_the_openapi_document_says_a_token_is_required(secured: ServedGate
         assert document["paths"]["/healthz"]["get"]["security"] == []
         assert "401" in document["paths"]["/jobs"]["post"]["responses"]
         assert "401" not in document["paths"]["/healthz"]["get"]["responses"]
+        assert document["paths"]["/readyz"]["get"]["security"] == []
 
 
 async def test_websocket_needs_a_token_in_the_header_or_the_query(secured: ServedGateway) -> None:

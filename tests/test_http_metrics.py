@@ -60,6 +60,8 @@ async def test_metrics_reflect_jobs_tasks_and_drops(gateway: ServedGateway) -> N
         assert value("pm_dropped_messages_total", reason="oversized") == 0
         assert value("pm_broker_connected") == 1
         assert value("pm_broker_reconnects_total") == 0
+        assert value("pm_store_writable") == 1
+        assert value("pm_store_failed_commits_total") == 0
         assert value("pm_websocket_watchers") == 0
         # No embedded broker behind this app: no restart series rather than a fake 0.
         assert not any(name == "pm_embedded_broker_restarts_total" for name, _ in metrics)

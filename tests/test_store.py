@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,61 +30,25 @@ import trio.testing
 
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import RESTARTED_IN_FLIGHT, Engine, open_engine
-from pm.schemas import BatchEntry, JobRequest
-from pm.state import JobRecord, expand_batch
+from pm.schemas import JobRequest
+from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
 from pm.store._sqlite import TASK_ID_BLOCK
 from tests.fakes import RecordingPublisher
+from tests.stores import (
+    CREATED,
+    FAST_WINDOW,
+    batch,
+    create_job,
+    make_job,
+    read,
+    running_store,
+    tunnel_for,
+)
 from tests.waiting import poll_until
 
 # Hang guard for every file-store test (real time): generous, each test needs far less.
 GUARD = 5.0
-# A short window keeps file-store tests fast; memory-store tests use a long one and sync().
-FAST_WINDOW = 0.01
-CREATED = 1_700_000_000.0
-
-
-def tunnel_for(device: str) -> str:
-    return f"/remote/{device}/response"
-
-
-def batch(*entries: tuple[str | list[str], str]) -> list[BatchEntry]:
-    return [
-        msgspec.convert(
-            {"method": "get", "resource": resource, "__destination": devices, "data": {"n": i}},
-            BatchEntry,
-        )
-        for i, (devices, resource) in enumerate(entries)
-    ]
-
-
-def make_job(
-    job_id: int,
-    first_task_id: int,
-    entries: Sequence[BatchEntry],
-    *,
-    created_at: float = CREATED,
-    timeout: float | None = None,
-) -> JobRecord:
-    task_ids = iter(range(first_task_id, first_task_id + 1_000_000))
-    tasks = expand_batch(
-        job_id,
-        list(entries),
-        next_task_id=task_ids.__next__,
-        tunnel_for=tunnel_for,
-        default_timeout=30.0,
-        now=created_at,
-    )
-    return JobRecord(job_id, tasks, timeout, created_at)
-
-
-async def create_job(store: Store, entries: Sequence[BatchEntry], **kwargs: Any) -> JobRecord:
-    """Allocate ids through the store, like the engine does, and record the job."""
-    total = sum(len(entry.devices) for entry in entries)
-    job_id, first_task_id = await store.allocate_ids(1, total)
-    record = make_job(job_id, first_task_id, entries, **kwargs)
-    store.job_created(record, entries)
-    return record
 
 
 def assert_counts_agree(record: JobRecord) -> None:
@@ -92,19 +56,6 @@ def assert_counts_agree(record: JobRecord) -> None:
     failed = sum(task.final and task.status != "resolved" for task in record.tasks)
     assert (record.finish_count, record.error_count) == (resolved, failed)
     assert record.progress == sum(task.progress for task in record.tasks) // len(record.tasks)
-
-
-@asynccontextmanager
-async def running_store(path: str | Path, window: float = FAST_WINDOW) -> AsyncIterator[Store]:
-    """An open store whose actor runs; on exit the actor makes its last commit, then closes."""
-    store = await open_store(path, commit_interval=window)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-            yield store
-            nursery.cancel_scope.cancel()
-    finally:
-        store.close()
 
 
 @asynccontextmanager
@@ -118,12 +69,6 @@ async def crashing_store(path: str | Path, window: float = FAST_WINDOW) -> Async
         await store.sync()
         # Cancelled with nothing dirty: the actor's final commit has nothing to write.
         nursery.cancel_scope.cancel()
-
-
-def read(path: Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """What another process would read from the file right now."""
-    with sqlite3.connect(path) as connection:
-        return connection.execute(sql, parameters).fetchall()
 
 
 # -- migrations -------------------------------------------------------------------------------

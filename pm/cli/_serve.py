@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import socket
 import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -63,24 +64,41 @@ def announce(console: Console, gateway: Gateway) -> None:
     console.print("stop with Ctrl-C (or SIGTERM)")
 
 
-def startup_failure(failure: BaseException) -> CliError | None:
-    """The start-up failures people hit all the time, as messages saying which flag fixes
-    them; ``None`` for anything else (a bug, which keeps its traceback)."""
+def startup_failure(failure: BaseException, config: Config) -> CliError | None:
+    """The start-up failures people hit, as one line saying what is wrong and, where a flag
+    fixes it, which; ``None`` for anything else (a bug, which keeps its traceback)."""
     from ..broker import BrokerStartError
+    from ..store import StoreOpenError
 
     for error in _leaves(failure):
-        if isinstance(error, ConfigError):
-            return CliError(str(error))  # a key checked only at start (http.certfile)
-        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        if isinstance(error, (ConfigError, StoreOpenError)):
+            # A key checked only at start (http.certfile), or a database it cannot use.
+            return CliError(str(error))
+        if isinstance(error, socket.gaierror):
             return CliError(
-                f"cannot listen for HTTP: {error.strerror} "
-                "(another `pm serve` running? choose another port with --http)"
+                f"cannot listen for HTTP on {config.http.host}: {error.strerror} "
+                "(check --http or http.host)"
+            )
+        if isinstance(error, OSError) and error.errno in _LISTEN_ERRORS:
+            address = f"{config.http.host}:{config.http.port}"
+            return CliError(
+                f"cannot listen for HTTP on {address}: {error.strerror}"
+                + _LISTEN_ERRORS[error.errno]
             )
         if isinstance(error, BrokerStartError):
             # The first line says why; the rest is the child's stderr, already logged.
             reason = str(error).splitlines()[0].removesuffix("; stderr:")
             return CliError(f"{reason}; choose another port with --broker")
     return None
+
+
+# The errors binding the HTTP socket can give, with what to do about each. The broker's own
+# listener fails in its child process and arrives as a BrokerStartError instead.
+_LISTEN_ERRORS = {
+    errno.EADDRINUSE: " (another `pm serve` running? choose another port with --http)",
+    errno.EADDRNOTAVAIL: " (no interface has this address; check --http or http.host)",
+    errno.EACCES: " (ports below 1024 need privileges; choose another port with --http)",
+}
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
@@ -108,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         trio.run(serve_until_signalled, config, partial(announce, console))
     except Exception as error:
-        failure = startup_failure(error)
+        failure = startup_failure(error, config)
         if failure is None:
             raise
         raise failure from None

@@ -8,9 +8,15 @@ field); quart's HTML error pages are replaced by JSON; anything unexpected is lo
 answers a 500 JSON error. A WebSocket handler that fails after the handshake closes with
 1011, because quart would otherwise log the error and close with a normal 1000.
 
-Security: with ``api.tokens`` set, every route but ``/healthz`` needs a bearer token (401
-before anything else is looked at, so an unknown path says nothing either); ``[limits]``
-refuse what would cost the gateway too much (413, 400, 429), each naming its limit.
+Health: ``/healthz`` is liveness (200 whenever the process answers, with what is degraded in
+the body); ``/readyz`` is readiness (503 while the broker is disconnected, the answer path is
+lost or the job store cannot commit, with the reasons). A store that cannot commit makes
+``POST /jobs`` a 503 (:class:`~pm.store.StoreUnavailable`) while reads go on.
+
+Security: with ``api.tokens`` set, every route but ``/healthz`` and ``/readyz`` needs a
+bearer token (401 before anything else is looked at, so an unknown path says nothing
+either); ``[limits]`` refuse what would cost the gateway too much (413, 400, 429), each
+naming its limit.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from werkzeug.routing import WebsocketMismatch
 from ..config import Config
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
 from ..jobs import Job
-from ..schemas import ErrorBody, Health, JobRequest
+from ..schemas import ErrorBody, Health, JobRequest, Readiness
+from ..store import StoreUnavailable
 from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
 from .metrics import HttpCounters, open_registry
@@ -49,8 +56,8 @@ DELETE_GRACE = 30.0
 # Job ids are SQLite integers: no job has a larger one, and asking the store for one would
 # overflow its query (a 500 instead of a 404).
 MAX_JOB_ID = 2**63 - 1
-# Paths that answer without a token: a load balancer's or supervisor's liveness probe.
-OPEN_PATHS = frozenset({"/healthz"})
+# Paths that answer without a token: a load balancer's or orchestrator's probes.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # Seconds a client refused by limits.max_jobs_running is told to wait (Retry-After).
 RETRY_AFTER = 1
 # Status and limit name (for /metrics) of each refusal the engine can raise.
@@ -198,6 +205,11 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     async def invalid_query(error: InvalidQuery) -> TrioResponse:
         return error_response(400, str(error))
 
+    @app.errorhandler(StoreUnavailable)
+    async def store_unavailable(error: StoreUnavailable) -> TrioResponse:
+        # The disk is full or the database read-only: a condition of the host, not a bug.
+        return error_response(503, str(error), {"Retry-After": str(RETRY_AFTER)})
+
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> TrioResponse:
         # Only bugs get here (bad input is answered above): log it, keep the details private.
@@ -301,7 +313,28 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.get("/healthz")
     async def healthz() -> TrioResponse:
+        # Liveness: answering at all is the signal; the body tells a person what is degraded.
         return json_response(health())
+
+    @app.get("/readyz")
+    async def readyz() -> TrioResponse:
+        reasons = []
+        current = health()
+        if not current.broker_connected:
+            reasons.append(
+                "broker: the gateway is not connected to its MQTT broker; "
+                "requests cannot reach devices"
+            )
+        elif current.answer_path is not None and not current.answer_path.ok:
+            reasons.append(
+                "answer path: the gateway's probe through the broker did not come back; "
+                "device answers may not reach it (it is repairing the subscription)"
+            )
+        if engine.store.fault is not None:
+            reasons.append(
+                f"store: the job store cannot commit ({engine.store.fault}); new jobs are refused"
+            )
+        return json_response(Readiness(ready=not reasons, reasons=reasons), 503 if reasons else 200)
 
     @app.get("/metrics")
     async def metrics() -> TrioResponse:

@@ -106,6 +106,16 @@ class GatewayCollector(Collector):
             "Requests published again after a reconnect or restart",
             value=fleet.republished,
         )
+        yield GaugeMetricFamily(
+            "pm_store_writable",
+            "1 while the job store's commits work, 0 while the storage refuses writes",
+            value=int(engine.store.fault is None),
+        )
+        yield CounterMetricFamily(
+            "pm_store_failed_commits",
+            "Store commits the storage refused (disk full, read-only...), each retried",
+            value=engine.store.failed_commits,
+        )
         dropped = health.dropped_messages
         yield _by_label(
             CounterMetricFamily(

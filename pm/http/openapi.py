@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ..schemas import ErrorBody, Health, JobRequest, JobView, WatchMessage
+from ..schemas import ErrorBody, Health, JobRequest, JobView, Readiness, WatchMessage
 from ..watch import TASK_MODES
 from .queries import GetJobQuery, ListJobsQuery
 
@@ -63,13 +63,13 @@ def build_openapi(
 
     Args:
       bearer_auth: the API requires a bearer token (``api.tokens`` is set): every operation
-        but ``/healthz`` then documents it and its 401.
+        but ``/healthz`` and ``/readyz`` then documents it and its 401.
     """
     (
-        (job_request, job_view, job_list, error_body, health, watch_message),
+        (job_request, job_view, job_list, error_body, health, readiness, watch_message),
         components,
     ) = msgspec.json.schema_components(
-        [JobRequest, JobView, list[JobView], ErrorBody, Health, WatchMessage],
+        [JobRequest, JobView, list[JobView], ErrorBody, Health, Readiness, WatchMessage],
         ref_template=_REF_TEMPLATE,
     )
     # The query Structs are inlined as parameters, not published as components.
@@ -124,6 +124,13 @@ def build_openapi(
                         ),
                         "429": {
                             **error("limits.max_jobs_running jobs are running already"),
+                            "headers": retry_after,
+                        },
+                        "503": {
+                            **error(
+                                "the job store cannot write (disk full, read-only database): "
+                                "nothing was created; GET /readyz says when it can again"
+                            ),
                             "headers": retry_after,
                         },
                     },
@@ -213,8 +220,23 @@ def build_openapi(
             "/healthz": {
                 "get": {
                     "operationId": "health",
-                    "summary": "Broker connection state and actor counts",
+                    "summary": "Liveness: 200 while the process serves, even degraded; "
+                    "broker connection state and actor counts",
                     "responses": {"200": {"description": "health", "content": _content(health)}},
+                },
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readiness",
+                    "summary": "Readiness: 503 while the broker is disconnected, the answer "
+                    "path is lost or the job store cannot commit, 200 otherwise",
+                    "responses": {
+                        "200": {"description": "ready", "content": _content(readiness)},
+                        "503": {
+                            "description": "not ready; reasons says why",
+                            "content": _content(readiness),
+                        },
+                    },
                 },
             },
             "/metrics": {
@@ -253,7 +275,7 @@ def _require_bearer_token(document: dict[str, Any], unauthorized: dict[str, Any]
         for method, operation in item.items():
             if method == "parameters":
                 continue
-            if path == "/healthz":
-                operation["security"] = []  # open: liveness probes carry no token
+            if path in ("/healthz", "/readyz"):
+                operation["security"] = []  # open: orchestrators' probes carry no token
             else:
                 operation["responses"]["401"] = unauthorized

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from ._errors import StoreOpenError
+
 MIGRATIONS: tuple[str, ...] = (
     # 0 -> 1: the first release.
     """
@@ -59,7 +61,7 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(Exception):
+class SchemaTooNew(StoreOpenError):
     """The database was written by a newer puppetmaster; refusing to touch it."""
 
 

@@ -18,10 +18,10 @@ ahead of use (:meth:`Store.allocate_job_ids`); after a restart allocation resume
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import msgspec
@@ -29,29 +29,24 @@ import trio
 
 from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView
 from ..state import JobRecord, TaskRecord
+from ._errors import StoreUnavailable, is_storage_fault
+from ._pending import PendingChanges
 from ._rows import (
     DELETE_JOBS,
-    INSERT_ENTRIES,
-    INSERT_JOBS,
-    INSERT_TASKS,
     JOB_COLUMNS,
-    UPDATE_JOBS,
-    UPDATE_TASKS,
-    UPSERT_COUNTERS,
-    job_row,
-    job_update,
     job_view,
     load_records,
-    task_row,
-    task_update,
 )
-from ._schema import migrate
 
 logger = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 
 _json_encode = msgspec.json.encode
+
+# Seconds between two attempts to commit while the storage refuses writes: short enough that
+# the gateway is ready again soon after space returns, long enough not to spin on a full disk.
+FAULT_RETRY_DELAY = 1.0
 
 # Ids reserved per persisted step. A restart skips what was reserved but unused: gaps, never reuse.
 JOB_ID_BLOCK = 10_000
@@ -77,25 +72,27 @@ class Store:
         self._commit_interval = commit_interval
         # One connection, used from one worker thread at a time.
         self._limiter = trio.CapacityLimiter(1)
-        self._created: dict[int, tuple[JobRecord, Sequence[BatchEntry]]] = {}
-        self._dirty_jobs: dict[int, JobRecord] = {}
-        self._dirty_tasks: dict[int, TaskRecord] = {}
-        self._deleted: set[int] = set()
-        self._counters: dict[str, int] = {}
+        self._pending = PendingChanges()
         self._dirty = trio.Event()
         self._flush_now = trio.Event()
         self._commits_started = 0
         self._commits_done = 0
         self._committed = trio.Event()
+        # The number of the last commit that reached the disk: sync() compares with it.
+        self._last_good_commit = 0
         self.commits = 0
         self.rows_written = 0
+        # Why the storage refuses writes (disk full, read-only...), None while commits work.
+        self.fault: str | None = None
+        # Commits that failed on a storage fault (each retried), for /metrics and tests.
+        self.failed_commits = 0
         self._next_ids = {"job": 1, "task": 1}
         self._reserving = trio.Lock()
         self._reserved = {"job": 0, "task": 0}
 
     # -- ids ---------------------------------------------------------------------------------
 
-    def _load_counters(self) -> None:
+    def load_counters(self) -> None:
         rows = dict(self._connection.execute("SELECT name, value FROM counters").fetchall())
         for kind in ("job", "task"):
             # Resume above everything ever reserved: ids handed out before a crash stay unique.
@@ -126,7 +123,7 @@ class Store:
             async with self._reserving:
                 wanted = self._reservations_needed(jobs, tasks)
                 if wanted:
-                    self._counters.update(wanted)
+                    self._pending.counters.update(wanted)
                     self._mark_dirty()
                     await self.sync()
                     for kind, high_water in wanted.items():
@@ -143,23 +140,19 @@ class Store:
     # -- recording changes (synchronous, never waits) ----------------------------------------
 
     def job_created(self, record: JobRecord, batch: Sequence[BatchEntry]) -> None:
-        self._created[record.id] = (record, batch)
+        self._pending.job_created(record, batch)
         self._mark_dirty()
 
     def job_changed(self, record: JobRecord) -> None:
-        if record.id not in self._created:
-            self._dirty_jobs[record.id] = record
+        if self._pending.job_changed(record):
             self._mark_dirty()
 
     def task_changed(self, task: TaskRecord) -> None:
-        if task.job_id not in self._created:
-            self._dirty_tasks[task.id] = task
+        if self._pending.task_changed(task):
             self._mark_dirty()
 
     def job_deleted(self, job_id: int) -> None:
-        if self._created.pop(job_id, None) is None:
-            self._deleted.add(job_id)
-        self._dirty_jobs.pop(job_id, None)
+        self._pending.job_deleted(job_id)
         self._mark_dirty()
 
     def _mark_dirty(self) -> None:
@@ -172,77 +165,64 @@ class Store:
     # -- the store actor ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit dirty rows in groups until cancelled; a final commit runs shielded."""
+        """Commit dirty rows in groups until cancelled; a final commit runs shielded.
+
+        Error handling: a commit the storage refuses (disk full, read-only file or
+        filesystem, I/O error: :func:`is_storage_fault`) keeps its changes pending, sets
+        :attr:`fault` and is retried every ``FAULT_RETRY_DELAY`` seconds until one succeeds,
+        which clears it; the gateway goes on meanwhile (reads work, new jobs are refused).
+        Any other database error is a bug and ends the actor. A stop during a fault loses
+        the changes still pending, and logs how many.
+        """
         task_status.started()
         try:
             while True:
                 await self._dirty.wait()
                 with trio.move_on_after(self._commit_interval):
                     await self._flush_now.wait()
-                await self._commit()
+                if not await self._commit():
+                    await trio.sleep(FAULT_RETRY_DELAY)
         finally:
             with trio.CancelScope(shield=True):
-                if self._dirty.is_set():
-                    await self._commit()
+                if self._dirty.is_set() and not await self._commit():
+                    logger.error(
+                        "store: stopping with changes the database did not take (%s): "
+                        "they are lost",
+                        self.fault,
+                        extra={"fault": self.fault},
+                    )
 
     async def sync(self) -> None:
-        """Return once every change recorded before this call is committed."""
+        """Return once every change recorded before this call is committed.
+
+        Error handling: raises :class:`~pm.store.StoreUnavailable` if the commit that should
+        have taken them failed (the changes stay pending and are retried).
+        """
         if not self._dirty.is_set() and self._commits_started == self._commits_done:
             return
         target = self._commits_started + (1 if self._dirty.is_set() else 0)
         self._flush_now.set()
         while self._commits_done < target:
             await self._committed.wait()
+        if self._last_good_commit < target:
+            raise StoreUnavailable(f"the job store cannot write: {self.fault}")
 
-    async def _commit(self) -> None:
+    async def sync_for_reading(self) -> None:
+        """:meth:`sync` when the storage takes writes; during a fault return at once, so
+        reads answer from what is committed instead of waiting for the disk."""
+        if self.fault is None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.sync()
+
+    async def _commit(self) -> bool:
+        """One group commit; returns False if the storage refused it (see :meth:`run`)."""
         self._commits_started += 1
+        this_commit = self._commits_started
         self._dirty = trio.Event()
         self._flush_now = trio.Event()
-        created, self._created = self._created, {}
-        dirty_jobs, self._dirty_jobs = self._dirty_jobs, {}
-        dirty_tasks, self._dirty_tasks = self._dirty_tasks, {}
-        deleted, self._deleted = self._deleted, set()
-        counters, self._counters = self._counters, {}
+        window, self._pending = self._pending, PendingChanges()
         # Rows are built here, on the trio thread, so no row mixes two states of a record.
-        job_rows = [job_row(record) for record, _ in created.values()]
-        entry_rows = [
-            (record.id, position, entry.method, entry.resource, _json_encode(entry.data).decode())
-            for record, batch in created.values()
-            for position, entry in enumerate(batch)
-        ]
-        task_rows = [task_row(task) for record, _ in created.values() for task in record.tasks]
-        job_updates = [job_update(record) for record in dirty_jobs.values()]
-        task_updates = [task_update(task) for task in dirty_tasks.values()]
-        counter_rows = list(counters.items())
-        deletions = [[job_id] for job_id in deleted]
-
-        # Only statements with something to write, each taking all its rows as one JSON
-        # array: the sqlite3 module releases and retakes the GIL per statement step, and
-        # against a busy trio thread each hand-off can wait out the 5 ms switch interval.
-        # Measured: 200 entries through executemany took 0.9-1.7 s under load, stretching
-        # the window a crash can lose; one JSON statement takes milliseconds.
-        statements = [
-            (sql, _json_encode(rows).decode())
-            for sql, rows in (
-                (UPSERT_COUNTERS, counter_rows),
-                (INSERT_JOBS, job_rows),
-                (INSERT_ENTRIES, entry_rows),
-                (INSERT_TASKS, task_rows),
-                (UPDATE_JOBS, job_updates),
-                (UPDATE_TASKS, task_updates),
-                *((sql, deletions) for sql in DELETE_JOBS),
-            )
-            if rows
-        ]
-        rows = (
-            len(job_rows)
-            + len(entry_rows)
-            + len(task_rows)
-            + len(job_updates)
-            + len(task_updates)
-            + len(counter_rows)
-            + len(deletions)
-        )
+        statements, rows = window.statements()
 
         def write(connection: sqlite3.Connection) -> int:
             connection.execute("BEGIN")
@@ -251,27 +231,66 @@ class Store:
                     connection.execute(sql, (rows_json,))
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                _roll_back(connection)
                 raise
             return rows
 
         try:
             with trio.CancelScope(shield=True):
                 # Shielded: a commit that started finishes, so a clean stop loses nothing.
-                self.rows_written += await self._in_thread(write)
+                self.rows_written += await self._in_thread(write, translate=False)
+        except sqlite3.Error as error:
+            if not is_storage_fault(error):
+                raise
+            self._pending.give_back(window)
+            self._mark_dirty()
+            self._fault_seen(error)
+            return False
+        else:
             self.commits += 1
+            self._last_good_commit = this_commit
+            if self.fault is not None:
+                logger.warning(
+                    "store: commits work again after %d failed; nothing was lost",
+                    self.failed_commits,
+                )
+                self.fault = None
+            return True
         finally:
             self._commits_done += 1
             committed, self._committed = self._committed, trio.Event()
             committed.set()
 
+    def _fault_seen(self, error: sqlite3.Error) -> None:
+        self.failed_commits += 1
+        reason = f"{error} ({error.sqlite_errorname})"
+        if self.fault is None:
+            # Once per fault, not per retry: a full disk must not also fill the log.
+            logger.error(
+                "store: the database refuses writes: %s; new jobs are refused, changes are "
+                "kept in memory and retried every %g s",
+                reason,
+                FAULT_RETRY_DELAY,
+                extra={"fault": reason},
+            )
+        self.fault = reason
+
     # -- reads -------------------------------------------------------------------------------
 
-    async def _in_thread(self, work: Callable[[sqlite3.Connection], Result]) -> Result:
-        if self._inline:
-            await trio.lowlevel.checkpoint()
-            return work(self._connection)
-        return await trio.to_thread.run_sync(work, self._connection, limiter=self._limiter)
+    async def _in_thread(
+        self, work: Callable[[sqlite3.Connection], Result], *, translate: bool = True
+    ) -> Result:
+        """Run ``work`` on the connection. Error handling: with ``translate``, a storage
+        fault becomes :class:`~pm.store.StoreUnavailable` (the API answers it with 503)."""
+        try:
+            if self._inline:
+                await trio.lowlevel.checkpoint()
+                return work(self._connection)
+            return await trio.to_thread.run_sync(work, self._connection, limiter=self._limiter)
+        except sqlite3.Error as error:
+            if translate and is_storage_fault(error):
+                raise StoreUnavailable(f"the job store cannot be used: {error}") from error
+            raise
 
     async def list_jobs(
         self, *, status: str | None, limit: int, offset: int
@@ -336,7 +355,7 @@ class Store:
                     connection.execute(statement, (doomed_json,))
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                _roll_back(connection)
                 raise
             return len(doomed)
 
@@ -346,29 +365,9 @@ class Store:
         self._connection.close()
 
 
-async def open_store(path: str | Path, *, commit_interval: float) -> Store:
-    """Open (creating and migrating as needed) the database at ``path`` (``":memory:"`` ok).
-
-    Error handling: ``sqlite3.Error`` and :class:`~pm.store.SchemaTooNew` propagate; the
-    gateway refuses to start on a database it cannot use.
-    """
-
-    def connect() -> Store:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: the store issues BEGIN/COMMIT itself (group commit).
-        connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is on disk when it returns. Group commit keeps that to a few per second.
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        try:
-            migrate(connection)
-            store = Store(connection, commit_interval, in_memory=str(path) == ":memory:")
-            store._load_counters()
-        except BaseException:
-            connection.close()
-            raise
-        return store
-
-    return await trio.to_thread.run_sync(connect)
+def _roll_back(connection: sqlite3.Connection) -> None:
+    # SQLite may already have rolled back (a full disk during COMMIT): a second ROLLBACK
+    # would raise "no transaction is active" and hide the error that matters.
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")

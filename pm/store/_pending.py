@@ -1,0 +1,127 @@
+"""The changes recorded since the last commit, and how a failed commit gives them back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from ..schemas import BatchEntry
+from ..state import JobRecord, TaskRecord
+from ._rows import (
+    DELETE_JOBS,
+    INSERT_ENTRIES,
+    INSERT_JOBS,
+    INSERT_TASKS,
+    UPDATE_JOBS,
+    UPDATE_TASKS,
+    UPSERT_COUNTERS,
+    job_row,
+    job_update,
+    task_row,
+    task_update,
+)
+
+_json_encode = msgspec.json.encode
+
+
+class PendingChanges:
+    """Rows to write at the next commit. Records are held by reference: a commit writes
+    each one as it is when the commit starts, however often it changed before."""
+
+    def __init__(self) -> None:
+        self.created: dict[int, tuple[JobRecord, Sequence[BatchEntry]]] = {}
+        self.jobs: dict[int, JobRecord] = {}
+        self.tasks: dict[int, TaskRecord] = {}
+        self.deleted: set[int] = set()
+        self.counters: dict[str, int] = {}
+
+    def job_created(self, record: JobRecord, batch: Sequence[BatchEntry]) -> None:
+        self.created[record.id] = (record, batch)
+
+    def job_changed(self, record: JobRecord) -> bool:
+        """Returns whether there is something new to write (a created job is written whole)."""
+        if record.id in self.created:
+            return False
+        self.jobs[record.id] = record
+        return True
+
+    def task_changed(self, task: TaskRecord) -> bool:
+        if task.job_id in self.created:
+            return False
+        self.tasks[task.id] = task
+        return True
+
+    def job_deleted(self, job_id: int) -> None:
+        # Created and deleted before any commit: the database never hears of it.
+        if self.created.pop(job_id, None) is None:
+            self.deleted.add(job_id)
+        self.jobs.pop(job_id, None)
+
+    def give_back(self, failed: PendingChanges) -> None:
+        """Take back the changes of a commit that failed, under the ones recorded since.
+
+        Nothing is lost and nothing goes backwards: records are shared, so a row written
+        later carries its newest state; a job deleted meanwhile stays deleted; counters only
+        rise.
+        """
+        for job_id, created in failed.created.items():
+            if job_id in self.deleted:
+                # Deleted while its first commit was failing: it never reaches the database.
+                self.deleted.discard(job_id)
+                self.jobs.pop(job_id, None)
+                continue
+            self.created[job_id] = created
+        for job_id, record in failed.jobs.items():
+            if job_id not in self.deleted and job_id not in self.created:
+                self.jobs.setdefault(job_id, record)
+        for task_id, task in failed.tasks.items():
+            if task.job_id not in self.created:
+                self.tasks.setdefault(task_id, task)
+        self.deleted |= failed.deleted
+        for kind, high_water in failed.counters.items():
+            self.counters[kind] = max(high_water, self.counters.get(kind, 0))
+
+    def statements(self) -> tuple[list[tuple[str, str]], int]:
+        """The SQL statements that write these changes, each with its JSON array of rows,
+        and how many rows that is."""
+        job_rows = [job_row(record) for record, _ in self.created.values()]
+        entry_rows = [
+            (record.id, position, entry.method, entry.resource, _json_encode(entry.data).decode())
+            for record, batch in self.created.values()
+            for position, entry in enumerate(batch)
+        ]
+        task_rows = [task_row(task) for record, _ in self.created.values() for task in record.tasks]
+        job_updates = [job_update(record) for record in self.jobs.values()]
+        task_updates = [task_update(task) for task in self.tasks.values()]
+        counter_rows = list(self.counters.items())
+        deletions = [[job_id] for job_id in self.deleted]
+
+        # Only statements with something to write, each taking all its rows as one JSON
+        # array: the sqlite3 module releases and retakes the GIL per statement step, and
+        # against a busy trio thread each hand-off can wait out the 5 ms switch interval.
+        # Measured: 200 entries through executemany took 0.9-1.7 s under load, stretching
+        # the window a crash can lose; one JSON statement takes milliseconds.
+        statements = [
+            (sql, _json_encode(rows).decode())
+            for sql, rows in (
+                (UPSERT_COUNTERS, counter_rows),
+                (INSERT_JOBS, job_rows),
+                (INSERT_ENTRIES, entry_rows),
+                (INSERT_TASKS, task_rows),
+                (UPDATE_JOBS, job_updates),
+                (UPDATE_TASKS, task_updates),
+                *((sql, deletions) for sql in DELETE_JOBS),
+            )
+            if rows
+        ]
+        rows = (
+            len(job_rows)
+            + len(entry_rows)
+            + len(task_rows)
+            + len(job_updates)
+            + len(task_updates)
+            + len(counter_rows)
+            + len(deletions)
+        )
+        return statements, rows

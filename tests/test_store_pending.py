@@ -1,0 +1,79 @@
+"""What a failed commit gives back (pure logic, no database): the changes of the failed
+window return under the ones recorded since, nothing lost and nothing going backwards."""
+
+from __future__ import annotations
+
+import json
+
+from pm.store import _rows
+from pm.store._pending import PendingChanges
+from tests.stores import batch, make_job
+
+_STATEMENT_NAMES = {
+    getattr(_rows, name): name for name in dir(_rows) if name.isupper() and name != "JOB_COLUMNS"
+}
+
+
+def rows(pending: PendingChanges) -> dict[str, list[list[object]]]:
+    """The rows each statement would write, by the statement's name in ``pm.store._rows``."""
+    statements, _ = pending.statements()
+    return {_STATEMENT_NAMES.get(sql, sql): json.loads(rows_json) for sql, rows_json in statements}
+
+
+def test_a_failed_window_comes_back_whole() -> None:
+    record = make_job(1, 1, batch((["a", "b"], "/x")))
+    failed = PendingChanges()
+    failed.job_created(record, batch((["a", "b"], "/x")))
+    failed.counters["job"] = 10_001
+    current = PendingChanges()
+    current.give_back(failed)
+    assert rows(current) == rows(failed)
+    assert current.counters == {"job": 10_001}
+
+
+def test_the_newest_state_of_a_record_wins() -> None:
+    record = make_job(1, 1, batch(("a", "/x")))
+    task = record.tasks[0]
+    failed = PendingChanges()
+    record.settle(task, "resolved", {"v": 1}, 1.0)
+    failed.task_changed(task)
+    failed.job_changed(record)
+    current = PendingChanges()
+    task.result = {"v": 2}  # changed again after the failed commit took it
+    current.task_changed(task)
+    current.give_back(failed)
+    (task_row,) = rows(current)["UPDATE_TASKS"]
+    assert task_row[3] == '{"v":2}'
+    assert list(current.tasks) == [task.id] and list(current.jobs) == [record.id]
+
+
+def test_a_job_deleted_while_its_creation_was_failing_is_never_written() -> None:
+    record = make_job(7, 1, batch(("a", "/x")))
+    failed = PendingChanges()
+    failed.job_created(record, batch(("a", "/x")))
+    current = PendingChanges()
+    current.job_deleted(7)  # not pending here: recorded as a delete of a stored job
+    current.give_back(failed)
+    assert current.created == {} and current.deleted == set()
+    assert rows(current) == {}
+
+
+def test_deletes_of_the_failed_window_are_kept_and_its_updates_dropped_for_them() -> None:
+    record = make_job(3, 1, batch(("a", "/x")))
+    failed = PendingChanges()
+    failed.job_deleted(9)
+    failed.job_changed(record)
+    current = PendingChanges()
+    current.job_deleted(3)
+    current.give_back(failed)
+    assert current.deleted == {3, 9}
+    assert current.jobs == {}
+
+
+def test_counters_only_rise() -> None:
+    failed = PendingChanges()
+    failed.counters.update({"job": 20_001, "task": 1_000_001})
+    current = PendingChanges()
+    current.counters["job"] = 30_001
+    current.give_back(failed)
+    assert current.counters == {"job": 30_001, "task": 1_000_001}
