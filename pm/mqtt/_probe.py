@@ -202,18 +202,27 @@ class AnswerPathProbe:
         self.probes_sent += 1
         deadline = sent_at + self._timeout
         give_up_unacknowledged = sent_at + self._timeout * _UNACKNOWLEDGED_WAIT_FACTOR
+        # Whether an earlier check found the probe not yet taken by the broker: once it is,
+        # the echo gets one whole timeout from that check (the broker may have taken it at
+        # the very instant of this check).
+        was_unacknowledged = False
         while True:
             with trio.move_on_at(deadline):
                 await self._echoed.wait()
                 return trio.current_time() - sent_at
             if client.generation != generation or not client.connected:
                 return _Outcome.INTERRUPTED
-            if client.messages_received != heard or (
-                not acknowledgement.is_published() and deadline < give_up_unacknowledged
+            acknowledged = acknowledgement.is_published()
+            if (
+                client.messages_received != heard
+                or (not acknowledged and deadline < give_up_unacknowledged)
+                or (acknowledged and was_unacknowledged)
             ):
                 # Answers are arriving (the path works, the probe is queued behind them), or
-                # the broker has not taken the probe yet: not a verdict on the subscription.
+                # the broker has not taken the probe yet (or only just): not a verdict on
+                # the subscription.
                 heard = client.messages_received
+                was_unacknowledged = not acknowledged
                 deadline += self._timeout
                 continue
             self._expected = None
