@@ -83,9 +83,14 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker._sessions": "db6e28ea4e6fa327",
         "amqtt.broker:Broker._subscriptions": "0b3afa84871aa708",
         "amqtt.broker:Broker._topic_filtering": "9259ae5e1dd3e20d",
+        "amqtt.broker:Broker.add_subscription": "07757b63113c395e",
         "amqtt.broker:Broker.start": "bd1c165101f6fcbb",
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_read_timeout": "ffd79f12457f41e1",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_qos1_message_flow": "944e6a8130c70daf",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._reader_loop": "93f3b8e4483040d0",
         "amqtt.mqtt.protocol.handler:ProtocolHandler.handle_puback": "7d8487deb2d589ee",
+        "amqtt.plugins.base:BaseAuthPlugin.authenticate": "474dbca3f34cfbdd",
+        "amqtt.plugins.base:BaseTopicPlugin.topic_filtering": "001653f7e521a4b7",
         "amqtt.plugins.manager:PluginManager._is_topic_filtering_enabled": "4db198cf0eca0772",
     },
     "paho.mqtt": {
@@ -96,6 +101,8 @@ PINNED: dict[str, dict[str, str]] = {
         "paho.mqtt.client:Client._packet_read": "bbe32d8af1e37955",
         "paho.mqtt.client:Client._sock_recv": "c3b9043a46dd81b7",
         "paho.mqtt.client:Client._userdata": "a36c5f7a9e657c40",
+        "paho.mqtt.client:Client.message_callback_add": "ccabe4ba3af0ef9d",
+        "paho.mqtt.client:Client.topic_callback": "18523735ce3d9af1",
     },
 }
 
@@ -357,8 +364,10 @@ def derive_uses(library: Library) -> list[Use]:
         in_class: set[int] = set()
         for cls_node, mro in library_derived.items():
             for item in cls_node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_private(
-                    item.name
+                # Any override counts, public ones too: it replaces library code that the
+                # library's own call sites still expect (handle_read_timeout, authenticate).
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not (
+                    item.name.startswith("__") and item.name.endswith("__")
                 ):
                     pins = _name_pins(mro, item.name, override=True)
                     if pins:

@@ -21,49 +21,66 @@ ENGINE_MODULES = {"amqtt": "pm.broker.amqtt", "mosquitto": "pm.broker.mosquitto"
 
 
 class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
-    """Device identity on the embedded broker (``broker.auth``): what the child enforces.
+    """Who may use the embedded amqtt broker: what the child enforces.
 
-    ``gateway_password`` reaches the child through its environment, never its command line,
-    and is left out of ``repr`` so no log line carries it.
+    Always the gateway's reserved identity (its username, per-run password and client id: no
+    other client can take its session over); with ``password_file`` (``broker.auth``) also
+    device identity and the per-device topic ACL. ``gateway_password`` reaches the child
+    through its environment, never its command line, and is left out of ``repr`` so no log
+    line carries it.
     """
 
-    password_file: str
     gateway_username: str
     gateway_password: str = msgspec.field(default="")
     gateway_client_id: str
-    request_topic: str
-    response_topic: str
+    # Empty: no device identity (``broker.auth = false``), anyone but the gateway's id may use
+    # the broker.
+    password_file: str = ""
+    request_topic: str = ""
+    response_topic: str = ""
 
     def __repr__(self) -> str:
         return f"<BrokerAuth file={self.password_file!r} gateway={self.gateway_username!r}>"
 
     def plugin_arguments(self) -> dict[str, str]:
         """The JSON the child passes to ``pm.broker.amqtt._auth.plugin_config`` (no password)."""
-        return {
-            "password_file": os.path.abspath(self.password_file),
+        arguments = {
             "gateway_username": self.gateway_username,
             "gateway_client_id": self.gateway_client_id,
-            "request_topic": self.request_topic,
-            "response_topic": self.response_topic,
         }
+        if self.password_file:
+            arguments.update(
+                password_file=os.path.abspath(self.password_file),
+                request_topic=self.request_topic,
+                response_topic=self.response_topic,
+            )
+        return arguments
 
 
 def broker_auth(config: Config) -> BrokerAuth | None:
-    """The embedded broker's auth settings, or ``None`` when ``broker.auth`` is off.
+    """The embedded broker's auth settings; ``None`` for an external broker, or for the
+    mosquitto engine without ``broker.auth`` (mosquitto cannot reserve a client id for
+    anonymous clients: docs/broker.md).
 
     The gateway logs in as ``mqtt.username`` (default ``$puppetmaster``) with
     ``mqtt.password``; an empty password is replaced by a random one made now, known only to
     this gateway process and its broker child, and never logged.
     """
-    if not (config.broker.embedded and config.broker.auth):
+    broker = config.broker
+    if not broker.embedded or (broker.engine != "amqtt" and not broker.auth):
         return None
+    devices = {}
+    if broker.auth:
+        devices = {
+            "password_file": broker.password_file,
+            "request_topic": config.topics.request,
+            "response_topic": config.topics.response,
+        }
     return BrokerAuth(
-        password_file=config.broker.password_file,
         gateway_username=config.mqtt.username or DEFAULT_GATEWAY_USERNAME,
         gateway_password=config.mqtt.password or generate_password(),
         gateway_client_id=config.mqtt.client_id,
-        request_topic=config.topics.request,
-        response_topic=config.topics.response,
+        **devices,
     )
 
 

@@ -141,7 +141,9 @@ async def run_embedded_broker(
 
     Args:
       config: host and port to bind; port 0 picks a free port once, then keeps it.
-      auth: device identity and topic ACL (:func:`broker_auth`); ``None``: anonymous access.
+      auth: who may connect (:func:`pm.broker.broker_auth`): the gateway's reserved identity,
+        with ``broker.auth`` also device identity and topic ACL; ``None``: anyone (tests and
+        benchmarks of the bare broker).
         ``config.certfile``/``keyfile`` set: the listener speaks only TLS (amqtt only).
       start_timeout: seconds each child has to print its ready line.
       task_status: for ``nursery.start``.

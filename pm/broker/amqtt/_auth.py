@@ -1,8 +1,8 @@
-"""Device identity on the embedded amqtt broker: an auth plugin and a topic-ACL plugin.
+"""Identity on the embedded amqtt broker: auth plugins and a topic-ACL plugin.
 
-Loaded by the broker child (:mod:`pm.broker.amqtt._main`) when ``broker.auth`` is on, through
-amqtt 0.12.1's ``plugins`` config section (``PluginManager._load_str_plugins``: each class is
-built with a context whose ``config`` is its ``Config`` dataclass, filled by dacite).
+Loaded by the broker child (:mod:`pm.broker.amqtt._main`) through amqtt 0.12.1's ``plugins``
+config section (``PluginManager._load_str_plugins``: each class is built with a context whose
+``config`` is its ``Config`` dataclass, filled by dacite).
 
 Who is who:
 
@@ -14,6 +14,9 @@ Who is who:
   requests. The gateway's MQTT client id is reserved for the gateway user, so a device cannot
   take over the gateway's session.
 * anyone else (anonymous, unknown, wrong password) gets CONNACK 5 (not authorized).
+
+Without ``broker.auth`` only :class:`GatewayIdentityPlugin` is loaded: every client is accepted
+except one that poses as the gateway (its username without its password, or its client id).
 
 amqtt calls ``authenticate`` once per CONNECT (all auth plugins must return True) and
 ``topic_filtering`` per SUBSCRIBE filter (a False gives SUBACK return code 0x80), per PUBLISH
@@ -104,40 +107,67 @@ class DevicePasswordFile:
         return True
 
 
-class DeviceAuthPlugin(BaseAuthPlugin):
-    """Refuses anonymous clients; accepts the gateway and devices of the password file."""
+class GatewayIdentityPlugin(BaseAuthPlugin):
+    """Reserves the gateway's identity; accepts every other client (no ``broker.auth``).
+
+    A client that names the gateway's username must give the gateway's per-run password, and
+    a client that uses the gateway's client id must be the gateway: anyone else could take the
+    gateway's session over (amqtt deletes a session's subscriptions when a clean-session
+    CONNECT reuses its client id) and silently cut it off from every answer.
+    """
 
     @dataclass
     class Config:
-        password_file: str = "./devices.passwd"
         gateway_username: str = ""
         gateway_client_id: str = ""
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
-        config: DeviceAuthPlugin.Config = self.context.config  # type: ignore[assignment]
+        config: GatewayIdentityPlugin.Config = self.context.config  # type: ignore[assignment]
         self._gateway_username = config.gateway_username
         self._gateway_client_id = config.gateway_client_id
         self._gateway_password = os.environ.pop(GATEWAY_PASSWORD_ENV, "")
         self._gateway_password_digest = secret_digest(self._gateway_password)
-        self._devices = DevicePasswordFile(config.password_file, self.context.logger)
 
-    async def authenticate(self, *, session: Session) -> bool | None:
+    def gateway_verdict(self, session: Session) -> bool | None:
+        """True: the gateway itself; False: a client posing as it; None: somebody else."""
         username = _text(session.username)
-        password = _text(session.password)
-        if not username:
-            return False
-        if username == self._gateway_username:
+        if username and username == self._gateway_username:
             # Digests, so the comparison time does not depend on the password's length either.
             return bool(self._gateway_password) and hmac.compare_digest(
-                secret_digest(password), self._gateway_password_digest
+                secret_digest(_text(session.password)), self._gateway_password_digest
             )
         if self._gateway_client_id and session.client_id == self._gateway_client_id:
             self.context.logger.warning(
                 "refused %r: the gateway's client id is reserved for the gateway", username
             )
             return False
-        return await self._devices.verify(username, password)
+        return None
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        return self.gateway_verdict(session) is not False
+
+
+class DeviceAuthPlugin(GatewayIdentityPlugin):
+    """Refuses anonymous clients; accepts the gateway and devices of the password file."""
+
+    @dataclass
+    class Config(GatewayIdentityPlugin.Config):
+        password_file: str = "./devices.passwd"
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        config: DeviceAuthPlugin.Config = self.context.config  # type: ignore[assignment]
+        self._devices = DevicePasswordFile(config.password_file, self.context.logger)
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        username = _text(session.username)
+        if not username:
+            return False
+        verdict = self.gateway_verdict(session)
+        if verdict is not None:
+            return verdict
+        return await self._devices.verify(username, _text(session.password))
 
 
 class DeviceTopicPlugin(BaseTopicPlugin):
@@ -179,19 +209,19 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 
 def plugin_config(
     *,
-    password_file: str,
     gateway_username: str,
     gateway_client_id: str,
-    request_topic: str,
-    response_topic: str,
+    password_file: str = "",
+    request_topic: str = "",
+    response_topic: str = "",
 ) -> dict[str, dict[str, str]]:
-    """The amqtt ``plugins`` entries that turn device identity on."""
+    """The amqtt ``plugins`` entries: device identity and topic ACL with a ``password_file``
+    (``broker.auth``), else only the gateway's reserved identity."""
+    gateway = {"gateway_username": gateway_username, "gateway_client_id": gateway_client_id}
+    if not password_file:
+        return {f"{__name__}.GatewayIdentityPlugin": gateway}
     return {
-        f"{__name__}.DeviceAuthPlugin": {
-            "password_file": password_file,
-            "gateway_username": gateway_username,
-            "gateway_client_id": gateway_client_id,
-        },
+        f"{__name__}.DeviceAuthPlugin": {**gateway, "password_file": password_file},
         f"{__name__}.DeviceTopicPlugin": {
             "gateway_username": gateway_username,
             "request_topic": request_topic,

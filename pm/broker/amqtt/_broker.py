@@ -24,22 +24,34 @@ client's subscriptions without scanning all of them, and its ``repr`` is short b
 logs ``repr(self._subscriptions)`` (built even when debug logging is off) on every SUBSCRIBE,
 which made connecting N devices cost O(N^2).
 
-Fix 3, authenticate before touching sessions (only with ``authenticate_first``, i.e.
-``broker.auth``): amqtt 0.12.1 (``Broker._initialize_client_session``) acts on a CONNECT
-*before* authenticating it: a clean-session CONNECT deletes the existing session of that
-client id (its subscriptions), a persistent one copies its username and password onto the
-live session, and ``_handle_client_session`` then takes the old connection over. An
-unauthenticated client reusing the gateway's client id would silently strip the gateway of
-its answer subscription. Here a refused CONNECT gets CONNACK 5 and is closed before any of it.
+Fix 3, authenticate before touching sessions: amqtt 0.12.1
+(``Broker._initialize_client_session``) acts on a CONNECT *before* authenticating it: a
+clean-session CONNECT deletes the existing session of that client id (its subscriptions), a
+persistent one copies its username and password onto the live session, and
+``_handle_client_session`` then takes the old connection over. An unauthenticated client
+reusing the gateway's client id would silently strip the gateway of its answer subscription.
+Here a refused CONNECT gets CONNACK 5 and is closed before any of it; an auth plugin is always
+loaded (:mod:`pm.broker.amqtt._auth`), so even without ``broker.auth`` the gateway's client id
+is reserved for the gateway's per-run password.
 
 Fix 4, no per-second scan of every session: amqtt's ``Broker._session_monitor`` reads the state
 machine of every session each second; here it scans only after connections ended (speed only).
 The process-wide garbage-collection pacing for large fleets is :class:`pm.broker.amqtt._gc.GcPacer`.
+
+Fix 5, takeover closes the old connection (MQTT 3.1.1 3.1.4-2): amqtt 0.12.1 closes it only
+when a persistent session is resumed; a clean-session CONNECT deleted the old session and left
+its connection open and deaf. Here any authenticated CONNECT of a connected client id closes the
+previous connection first.
+
+Fix 6, keepalive enforced (MQTT 3.1.1 3.1.2.10): amqtt 0.12.1 noticed a silent client but did
+nothing; :class:`pm.broker.amqtt._keepalive.KeepaliveHandler` closes a connection silent for 1.5
+times its keepalive (0: none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -54,6 +66,7 @@ from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
+from ._keepalive import KEEPALIVE_GRACE, KeepaliveHandler
 from ._subscriptions import Holders, SubscriptionIndex
 
 # Seconds between scans for disconnected sessions when no connection was seen ending.
@@ -62,16 +75,27 @@ SESSION_SCAN_INTERVAL = 60
 # add_subscription's return value for a refused filter (MQTT SUBACK failure code).
 _REFUSED = 0x80
 
+# Seconds a takeover waits for the old connection's disconnect handling (milliseconds normally).
+TAKEOVER_TIMEOUT = 5.0
+
 
 class PuppetmasterBroker(Broker):
-    def __init__(self, *args: Any, authenticate_first: bool = False, **kwargs: Any) -> None:
+    """amqtt's broker with the fixes of this module.
+
+    Restart policy: none inside the child; the gateway's supervisor restarts the whole process.
+    Error handling: a failing connection is logged and closed by amqtt's own handlers; nothing
+    a client sends stops the broker.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subscriptions: SubscriptionIndex = SubscriptionIndex()
-        self.authenticate_first = authenticate_first
         # Connections that reached / left the message loop; pm.broker.amqtt._gc.GcPacer reads
         # them to know when closed sessions may have left cyclic garbage.
         self._connections_started = 0
         self._connections_ended = 0
+        # Set when a connection's message loop has ended: a takeover waits for it (fix 5).
+        self._message_loop_ended: dict[BrokerProtocolHandler, asyncio.Event] = {}
 
     def connections_closed(self) -> int:
         return self._connections_ended
@@ -79,7 +103,7 @@ class PuppetmasterBroker(Broker):
     def connections_open(self) -> int:
         return self._connections_started - self._connections_ended
 
-    # -- fix 3 --------------------------------------------------------------------------------
+    # -- fixes 3, 5 and 6: the CONNECT path ---------------------------------------------------
 
     async def _initialize_client_session(
         self,
@@ -88,15 +112,13 @@ class PuppetmasterBroker(Broker):
         remote_address: str,
         remote_port: int,
     ) -> tuple[BrokerProtocolHandler, Session]:
-        if not self.authenticate_first:
-            return await super()._initialize_client_session(
-                reader, writer, remote_address, remote_port
-            )
         # amqtt 0.12.1's Broker._initialize_client_session with the authentication (and a
-        # refusal) moved between reading the CONNECT and acting on it; warnings shortened.
+        # refusal) moved between reading the CONNECT and acting on it (fix 3), the old
+        # connection of a taken-over client id closed (fix 5) and the keepalive made 1.5 times
+        # the client's (fix 6); warnings shortened.
         peer = format_client_message(address=remote_address, port=remote_port)
         try:
-            handler, client_session = await BrokerProtocolHandler.init_from_connect(
+            handler, client_session = await KeepaliveHandler.init_from_connect(
                 reader, writer, self.plugins_manager
             )
         except AMQTTError as exc:
@@ -120,6 +142,9 @@ class PuppetmasterBroker(Broker):
         # Authenticated once here; _handle_client_session asks the plugins again (a cache hit
         # in pm.broker.amqtt._auth, no second scrypt).
 
+        if client_session.client_id:
+            await self._close_connection_of(client_session.client_id)
+
         if client_session.clean_session:
             if client_session.client_id is not None and client_session.client_id != "":
                 await self._delete_session(client_session.client_id)
@@ -142,8 +167,32 @@ class PuppetmasterBroker(Broker):
 
         timeout_disconnect_delay = self.config.get("timeout-disconnect-delay", 0)
         if client_session.keep_alive > 0 and isinstance(timeout_disconnect_delay, int):
-            client_session.keep_alive += timeout_disconnect_delay
+            # MQTT 3.1.1 section 3.1.2.10: silent for 1.5 keepalive periods, the client is
+            # gone. amqtt reads each packet header with this as its timeout.
+            client_session.keep_alive = (
+                client_session.keep_alive * KEEPALIVE_GRACE + timeout_disconnect_delay
+            )
         return handler, client_session
+
+    async def _close_connection_of(self, client_id: str) -> None:
+        """Close the connection that holds ``client_id`` now, if any (MQTT 3.1.1 3.1.4-2).
+
+        amqtt 0.12.1 closes it only for a persistent session; a clean-session CONNECT deleted
+        the old session's subscriptions and left its connection open, alive and deaf. Waits
+        (at most :data:`TAKEOVER_TIMEOUT`) until the old message loop has run amqtt's
+        disconnect handling (will message, session marked disconnected), so that handling
+        cannot later mark the session the new connection reuses as disconnected.
+        """
+        session, old_handler = self._sessions.get(client_id, (None, None))
+        if session is None or old_handler is None or not session.transitions.is_connected():
+            return
+        self.logger.warning(f"Client {client_id} connected again: closing its previous connection")
+        ended = self._message_loop_ended.get(old_handler)
+        await old_handler.handle_connection_closed()
+        await old_handler.stop()
+        if ended is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), TAKEOVER_TIMEOUT)
 
     # -- fix 4: no per-second scan of every session -------------------------------------------
 
@@ -342,7 +391,10 @@ class PuppetmasterBroker(Broker):
                 )
 
         self._connections_started += 1
+        ended = self._message_loop_ended[handler] = asyncio.Event()
         try:
             await self._client_message_loop(client_session, handler)
         finally:
             self._connections_ended += 1
+            del self._message_loop_ended[handler]
+            ended.set()

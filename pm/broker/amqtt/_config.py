@@ -27,8 +27,9 @@ def amqtt_config(
         ``Broker._split_bindaddr_port`` keeps the brackets, which ``getaddrinfo`` rejects, while
         its ``rsplit(":", 1)`` handles ``::1:1883`` correctly.
       port: port to bind; 0 lets the kernel choose.
-      auth: ``None`` for anonymous access, else the keyword arguments of
-        :func:`pm.broker.amqtt._auth.plugin_config` (device identity and topic ACL).
+      auth: ``None`` for anonymous access (benchmarks of the bare broker), else the keyword
+        arguments of :func:`pm.broker.amqtt._auth.plugin_config` (the gateway's reserved
+        identity, and with a password file device identity and topic ACL).
       certfile, keyfile: PEM certificate chain and private key; both given, the listener
         speaks only TLS (amqtt's ``_create_ssl_context``: client certificates optional).
 

@@ -72,13 +72,13 @@ async def serve(
     if stock:
         broker: Broker = Broker(config, loop=loop)
     else:
-        broker = PuppetmasterBroker(config, loop=loop, authenticate_first=auth is not None)
+        broker = PuppetmasterBroker(config, loop=loop)
         GcPacer(broker.connections_closed, broker.connections_open).install()
-    if auth is None:
+    if not (auth or {}).get("password_file"):
         # amqtt's string-configured plugin loading (PluginManager._load_str_plugins) forces
         # topic filtering on even with no topic plugin, costing a coroutine call per publish
-        # and per delivery; there is no config key for it, so switch it off here. With auth
-        # the topic ACL plugin needs it.
+        # and per delivery; there is no config key for it, so switch it off here. With device
+        # identity (a password file) the topic ACL plugin needs it.
         broker.plugins_manager._is_topic_filtering_enabled = False
     try:
         await broker.start()
