@@ -174,3 +174,19 @@ def test_engine_is_configurable_and_the_generated_config_has_what_the_gateway_ne
         "max_queued_messages 1000000",
     ):
         assert line in config.splitlines()
+
+
+def test_the_embedded_amqtt_broker_always_reserves_the_gateways_identity() -> None:
+    plain = broker_auth(Config())
+    assert plain is not None and plain.gateway_client_id == "puppetmaster"
+    assert plain.gateway_username == "$puppetmaster" and len(plain.gateway_password) >= 16
+    # Without broker.auth the child loads only the gateway-identity plugin: no password file.
+    assert plain.plugin_arguments() == {
+        "gateway_username": "$puppetmaster",
+        "gateway_client_id": "puppetmaster",
+    }
+    assert broker_auth(Config()).gateway_password != plain.gateway_password  # per run
+    # mosquitto cannot reserve a client id for anonymous clients; an external broker is
+    # configured by its owner.
+    assert broker_auth(Config(broker=BrokerConfig(engine="mosquitto"))) is None
+    assert broker_auth(Config(broker=BrokerConfig(embedded=False))) is None

@@ -5,9 +5,10 @@ exact version because our code overrides, calls and reads their private names. T
 not trust a hand-written list of those names: it reads our source (``ast``) and derives them:
 
 * a private name imported from the library (``from amqtt.x import _y``);
-* in a class deriving from a library class: every private method we define that a library
-  base also defines (an override), and every private name read or written on ``self``,
-  ``cls`` or ``super()`` that a library base defines;
+* in a class deriving from a library class: every method we define that a library base also
+  defines (an override, public or private: it replaces library code the library's own call
+  sites still rely on), and every private name read or written on ``self``, ``cls`` or
+  ``super()`` that a library base defines;
 * any other ``<expression>._name`` that our own code does not define but the library does
   (``broker._servers``, ``plugins_manager._is_topic_filtering_enabled``);
 * a string our code matches library output against (``.startswith("...")``, ``.endswith``)
