@@ -81,6 +81,8 @@ class BrokerConfig(_Section):
     # Which broker the gateway embeds: "amqtt" (Python, always there) or "mosquitto" (the
     # binary must be installed; the gateway writes its config and supervises it).
     engine: typing.Literal["amqtt", "mosquitto"] = "amqtt"
+    # engine = "mosquitto": the binary to run; empty = `mosquitto` on PATH, else /usr/sbin.
+    mosquitto_binary: str = ""
     # true: devices must log in (id + password from password_file) and may use only their own
     # topics; anonymous clients are refused. amqtt engine only (README, Security).
     auth: bool = False

@@ -5,6 +5,7 @@ imports (no processes, no sockets; tests/integration/test_broker.py runs real ch
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import os
 import signal
@@ -24,10 +25,14 @@ from pm.broker._arguments import (
 )
 from pm.broker._protocol import (
     EXIT_START_FAILED,
+    FAILED_PREFIX,
     READY_PREFIX,
     ReadyLine,
+    cannot_listen,
     describe_exit,
+    format_failure_line,
     format_ready_line,
+    parse_failure_line,
     parse_ready_line,
 )
 from pm.broker._restart import RestartBackoff
@@ -70,6 +75,16 @@ def test_a_malformed_ready_line_names_its_problem(body: str, problem: str) -> No
         parse_ready_line(READY_PREFIX + body)
 
 
+def test_a_failure_line_carries_one_line_of_reason() -> None:
+    line = format_failure_line("cannot listen on h:1:\n  Address already in use")
+    assert line == FAILED_PREFIX + "cannot listen on h:1: Address already in use\n"
+    assert parse_failure_line(line.rstrip("\n")) == "cannot listen on h:1: Address already in use"
+    assert parse_failure_line(FAILED_PREFIX) == "no reason given"
+    assert parse_failure_line(format_ready_line("h", 1, 2)) is None
+    in_use = OSError(errno.EADDRINUSE, "error while attempting to bind on address")
+    assert cannot_listen("::1", 1883, in_use) == "cannot listen on ::1:1883: Address already in use"
+
+
 def test_exit_statuses_are_described_in_words() -> None:
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(-200) == "killed by signal 200"
@@ -97,6 +112,11 @@ def test_the_child_command_runs_the_engine_module_and_never_carries_the_password
     assert environment is not None
     assert environment[GATEWAY_PASSWORD_ENV] == "s3cret-gateway-password"
     assert child_command("h", 1, "mosquitto")[2] == "pm.broker.mosquitto"
+    assert child_command("h", 1, "mosquitto", mosquitto_binary="/opt/m")[-2:] == [
+        "--binary",
+        "/opt/m",
+    ]
+    assert "--binary" not in child_command("h", 1, "amqtt", mosquitto_binary="/opt/m")
 
 
 def test_tls_is_refused_for_the_mosquitto_engine_and_made_absolute_for_amqtt() -> None:

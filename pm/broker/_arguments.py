@@ -106,6 +106,7 @@ def child_command(
     engine: str = "amqtt",
     auth: BrokerAuth | None = None,
     tls: tuple[str, str] | None = None,
+    mosquitto_binary: str = "",
 ) -> list[str]:
     """The command line of one broker child.
 
@@ -114,6 +115,7 @@ def child_command(
       engine: ``"amqtt"`` or ``"mosquitto"``.
       auth: device identity for the amqtt child, without the gateway password.
       tls: ``(certfile, keyfile)``: the amqtt listener speaks only TLS.
+      mosquitto_binary: ``broker.mosquitto_binary`` (empty: the child searches).
     """
     # --parent-pid lets the child notice a parent that died before it armed PDEATHSIG.
     command = [
@@ -132,6 +134,8 @@ def child_command(
         command += ["--auth", json.dumps(auth.plugin_arguments())]
     if tls is not None:
         command += ["--certfile", tls[0], "--keyfile", tls[1]]
+    if engine == "mosquitto" and mosquitto_binary:
+        command += ["--binary", mosquitto_binary]
     return command
 
 

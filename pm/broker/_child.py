@@ -19,7 +19,7 @@ import subprocess
 
 import trio
 
-from ._protocol import ReadyLine, parse_ready_line
+from ._protocol import ReadyLine, parse_failure_line, parse_ready_line
 from ._state import BrokerStartError
 
 logger = logging.getLogger("pm.broker")
@@ -96,6 +96,9 @@ class Child:
         self.stderr = LineReader(self._stderr_stream)
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self.stderr_closed = trio.Event()
+        self.ready = False
+        # Why the child could not start, from its failure line (pm.broker._protocol).
+        self.failure_reason: str | None = None
 
     @property
     def pid(self) -> int:
@@ -150,12 +153,24 @@ class Child:
             await self._stderr_stream.aclose()
 
     async def log_stderr(self) -> None:
-        """Log every stderr line of the child; keep the last few for error messages."""
+        """Log every stderr line of the child; keep the last few for error messages.
+
+        Lines written before the child is ready are held (the last few) and logged once it is
+        ready: a child that cannot start says why in its start error instead, so a port in
+        use is one line for the operator, not the library's traceback.
+        """
         while (line := await self.stderr.next_line()) is not None:
             text = line.decode("utf-8", "replace").rstrip()
             self.stderr_tail.append(text)
-            logger.warning("broker[%d]: %s", self.pid, text)
+            if self.ready:
+                logger.warning("broker[%d]: %s", self.pid, text)
         self.stderr_closed.set()
+
+    def mark_ready(self) -> None:
+        """The child printed its ready line: log the stderr lines held until now."""
+        self.ready = True
+        for text in self.stderr_tail:
+            logger.warning("broker[%d]: %s", self.pid, text)
 
     async def read_ready(self) -> ReadyLine | None:
         """Return the ready line, or ``None`` if stdout closed (the child died) first.
@@ -170,6 +185,10 @@ class Child:
                 raise BrokerStartError(f"malformed ready line {text!r}: {error}") from None
             if ready is not None:
                 return ready
+            reason = parse_failure_line(text)
+            if reason is not None:
+                self.failure_reason = reason
+                continue
             logger.info("broker[%d] stdout: %s", self.pid, text)
         return None
 

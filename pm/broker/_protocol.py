@@ -6,7 +6,9 @@ each other or on the parent. It imports neither trio nor amqtt, so a child start
 
 * stdout carries exactly one line, :data:`READY_PREFIX` followed by a JSON object
   ``{"host": ..., "port": ..., "pid": ...}``, printed once the listener is bound. ``port`` is
-  the port actually bound, so ``--port 0`` works.
+  the port actually bound, so ``--port 0`` works. A child that cannot start prints instead
+  :data:`FAILED_PREFIX` and one line saying why, in words for the operator ("cannot listen on
+  127.0.0.1:1883: Address already in use"), then exits :data:`EXIT_START_FAILED`.
 * stderr carries warnings and errors, which the parent logs line by line.
 * SIGTERM or SIGINT stop the broker cleanly and the process exits :data:`EXIT_OK`.
 * The child asks the kernel for SIGKILL when its parent thread dies
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 READY_PREFIX = "pm-broker-ready "
+FAILED_PREFIX = "pm-broker-failed "
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -74,6 +77,25 @@ def parse_ready_line(text: str) -> ReadyLine | None:
     return ReadyLine(host, port, pid)  # type: ignore[arg-type]
 
 
+def format_failure_line(reason: str) -> str:
+    """The line a child prints on stdout when it cannot start, newline included."""
+    return FAILED_PREFIX + " ".join(reason.split()) + "\n"
+
+
+def parse_failure_line(text: str) -> str | None:
+    """The reason of a failure line, or ``None`` if ``text`` is not one."""
+    if not text.startswith(FAILED_PREFIX):
+        return None
+    return text[len(FAILED_PREFIX) :].strip() or "no reason given"
+
+
+def cannot_listen(host: str, port: int, error: OSError) -> str:
+    """The failure reason for a listener that could not bind, e.g. ``cannot listen on
+    127.0.0.1:1883: Address already in use``."""
+    why = os.strerror(error.errno) if error.errno else str(error)
+    return f"cannot listen on {host}:{port}: {why}"
+
+
 def describe_exit(returncode: int) -> str:
     """A child's exit status in words, for log lines and start errors."""
     if returncode < 0:
@@ -82,7 +104,7 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     if returncode == EXIT_START_FAILED:
-        return "exit status 3 (broker could not start: port in use or bad host?)"
+        return "exit status 3: could not start"
     return f"exit status {returncode}"
 
 

@@ -13,7 +13,16 @@ if TYPE_CHECKING:
 
 
 class BrokerStartError(Exception):
-    """The broker child did not become ready; the message says why (exit status, stderr)."""
+    """The broker child did not become ready; the message says why (exit status, stderr).
+
+    Attributes:
+      reason: the child's own one-line reason (``cannot listen on 127.0.0.1:1883: Address
+        already in use``, ``mosquitto not found: ...``), ``None`` if it gave none.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class EmbeddedBroker:

@@ -38,6 +38,7 @@ async def _run_child(
     port: int,
     start_timeout: float,
     on_ready: Callable[[ReadyLine], None],
+    mosquitto_binary: str = "",
 ) -> int:
     """Start one child, call ``on_ready`` once it is ready, return its status when it exits.
 
@@ -45,7 +46,7 @@ async def _run_child(
     cancellation the child is stopped (shielded) before ``Cancelled`` propagates.
     """
     child = Child(
-        child_command(broker.host, port, broker.engine, broker.auth, broker.tls),
+        child_command(broker.host, port, broker.engine, broker.auth, broker.tls, mosquitto_binary),
         child_environment(broker.auth),
     )
     broker._process = child.process
@@ -68,6 +69,7 @@ async def _run_child(
                     child, broker.host, port, start_timeout, exited=not timeout.cancelled_caught
                 )
             if ready is not None:
+                child.mark_ready()
                 broker.running = True
                 on_ready(ready)
                 broker._notify()
@@ -102,13 +104,20 @@ async def _start_failure(
     # The stderr reader may still hold the child's last words (a traceback): let it finish.
     with trio.move_on_after(0.5):
         await child.stderr_closed.wait()
+    # The last lines say why (the child's own summary comes last); they were held, not logged.
+    tail = "\n".join(child.stderr_tail) or "(no stderr output)"
+    if child.failure_reason is not None:
+        # The child said why in words: that is the first line, the one `pm serve` prints.
+        return BrokerStartError(
+            f"embedded broker on {host}:{port} could not start: {child.failure_reason} "
+            f"({describe_exit(status)}); stderr:\n{tail}",
+            reason=child.failure_reason,
+        )
     why = (
         "exited before it was ready"
         if exited
         else (f"printed no ready line within {start_timeout:g} s")
     )
-    # The last lines say why (the child's own summary comes last); all of them were logged.
-    tail = "\n".join(child.stderr_tail) or "(no stderr output)"
     return BrokerStartError(
         f"embedded broker on {host}:{port} {why} ({describe_exit(status)}); stderr:\n{tail}"
     )
@@ -177,7 +186,9 @@ async def run_embedded_broker(
                 task_status.started(broker)
 
         try:
-            status = await _run_child(broker, broker.port, start_timeout, on_ready)
+            status = await _run_child(
+                broker, broker.port, start_timeout, on_ready, config.mosquitto_binary
+            )
             reason = describe_exit(status)
         except BrokerStartError as error:
             if not handed_over:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import socket
 import sys
 from functools import partial
@@ -86,9 +87,11 @@ def startup_failure(failure: BaseException, config: Config) -> CliError | None:
                 + _LISTEN_ERRORS[error.errno]
             )
         if isinstance(error, BrokerStartError):
-            # The first line says why; the rest is the child's stderr, already logged.
+            # The first line says why; the rest is the child's stderr (in the log at debug).
             reason = str(error).splitlines()[0].removesuffix("; stderr:")
-            return CliError(f"{reason}; choose another port with --broker")
+            if error.reason is None or os.strerror(errno.EADDRINUSE) in error.reason:
+                reason += "; choose another port with --broker"
+            return CliError(reason)
     return None
 
 

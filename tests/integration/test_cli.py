@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -305,3 +306,32 @@ async def test_token_from_the_environment_reaches_every_client_command(
         watched = await pm("watch", job_id, "--url", gateway.http_url, env=environment)
         assert watched.returncode == 1
         assert "tok-err: error" in watched.stdout and "not shown" not in watched.stdout
+
+
+async def test_serve_with_the_mqtt_port_in_use_says_so_in_one_line_and_exits_2() -> None:
+    with trio.fail_after(30), socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = await pm("serve", "--http", "127.0.0.1:0", "--broker", f"127.0.0.1:{port}")
+    assert result.returncode == 2, result
+    # Not amqtt's traceback (18 lines) nor the child's log lines: one line saying why.
+    assert result.stderr.splitlines() == [
+        f"pm serve: embedded broker on 127.0.0.1:{port} could not start: cannot listen on "
+        f"127.0.0.1:{port}: Address already in use (exit status 3: could not start); "
+        "choose another port with --broker"
+    ], result.stderr
+
+
+async def test_serve_without_the_mosquitto_binary_says_so_in_one_line_and_exits_2() -> None:
+    environment = {
+        "PM_BROKER_ENGINE": "mosquitto",
+        "PM_BROKER_MOSQUITTO_BINARY": "/nonexistent/mosquitto",
+    }
+    with trio.fail_after(30):
+        result = await pm(
+            "serve", "--http", "127.0.0.1:0", "--broker", "127.0.0.1:0", env=environment
+        )
+    assert result.returncode == 2, result
+    [line] = result.stderr.splitlines()
+    assert "mosquitto not found (/nonexistent/mosquitto)" in line and "apt-get" in line, line

@@ -75,3 +75,10 @@ def quiet_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("amqtt.broker", "amqtt.mqtt.protocol.handler"):
         logging.getLogger(name).addFilter(_puback_timeouts)
+    logging.getLogger("amqtt.broker").addFilter(drop_start_traceback)
+
+
+def drop_start_traceback(record: logging.LogRecord) -> bool:
+    """Drops amqtt's 18-line traceback for a broker that cannot start (a port in use): the
+    child reports the cause in one line (:func:`pm.broker._protocol.cannot_listen`)."""
+    return not (isinstance(record.msg, str) and record.msg.startswith("Broker startup failed"))

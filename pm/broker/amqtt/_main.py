@@ -23,6 +23,8 @@ from pm.broker._protocol import (
     EXIT_OK,
     EXIT_ORPHANED,
     EXIT_START_FAILED,
+    cannot_listen,
+    format_failure_line,
     format_ready_line,
     tie_to_parent,
 )
@@ -85,6 +87,13 @@ async def serve(
     except BrokerError as error:
         cause = error.__cause__ or error
         logging.getLogger("pm.broker.child").error("cannot start broker: %s", cause)
+        reason = (
+            cannot_listen(host, port, cause)
+            if isinstance(cause, OSError)
+            else f"cannot start: {cause}"
+        )
+        sys.stdout.write(format_failure_line(reason))
+        sys.stdout.flush()
         return EXIT_START_FAILED
 
     bound_host, bound_port = bound_endpoint(broker)

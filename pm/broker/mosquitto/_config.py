@@ -10,8 +10,11 @@ from pathlib import Path
 _SEARCH_PATH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
-def find_mosquitto() -> str | None:
-    """The mosquitto binary: on ``PATH`` or where Debian puts it (``/usr/sbin``)."""
+def find_mosquitto(configured: str = "") -> str | None:
+    """The mosquitto binary: ``configured`` (``broker.mosquitto_binary``) if given and
+    executable, else on ``PATH`` or where Debian puts it (``/usr/sbin``); ``None`` if missing."""
+    if configured:
+        return shutil.which(configured)
     found = shutil.which("mosquitto")
     if found is not None:
         return found

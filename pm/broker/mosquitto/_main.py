@@ -28,6 +28,8 @@ from pathlib import Path
 from pm.broker._protocol import (
     EXIT_ORPHANED,
     EXIT_START_FAILED,
+    cannot_listen,
+    format_failure_line,
     format_ready_line,
     set_parent_death_signal,
     tie_to_parent,
@@ -44,16 +46,28 @@ def _free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _port_taken(host: str, port: int) -> bool:
-    # Checked before starting mosquitto: polling for a listener below would otherwise take a
-    # stale broker on the same port for ours.
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound now, or ``None`` if it can.
+
+    Checked before starting mosquitto: polling for a listener below would otherwise take a
+    stale broker on the same port for ours.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
-            return True
-    return False
+        except OSError as error:
+            return error
+    return None
+
+
+def _fail(reason: str) -> int:
+    """Report a start failure (:mod:`pm.broker._protocol`): the reason on stdout for the
+    gateway, on stderr for the log; returns the exit status."""
+    sys.stdout.write(format_failure_line(reason))
+    sys.stdout.flush()
+    print(reason, file=sys.stderr)
+    return EXIT_START_FAILED
 
 
 def _listening(host: str, port: int) -> bool:
@@ -64,24 +78,26 @@ def _listening(host: str, port: int) -> bool:
     return True
 
 
-def run(host: str, port: int) -> int:
+def run(host: str, port: int, binary: str = "") -> int:
     """Start mosquitto, print the ready line once it listens, stop it on SIGTERM/SIGINT.
 
     Returns:
       0 after a requested stop; :data:`EXIT_START_FAILED` if mosquitto is missing or does not
       listen; mosquitto's own status (negative: a signal) if it dies on its own.
     """
-    executable = find_mosquitto()
+    executable = find_mosquitto(binary)
     if executable is None:
-        print("mosquitto not found: install it (apt-get install -y mosquitto)", file=sys.stderr)
-        return EXIT_START_FAILED
+        where = binary or "on PATH or in /usr/sbin"
+        return _fail(
+            f"mosquitto not found ({where}): install it (apt-get install -y mosquitto), set "
+            'broker.mosquitto_binary, or use broker.engine = "amqtt"'
+        )
     if port == 0:
         # Small race (the port could be taken before mosquitto binds): then mosquitto exits
         # and the start fails with status 3 like any port clash.
         port = _free_port(host)
-    elif _port_taken(host, port):
-        print(f"cannot start mosquitto: {host}:{port}: address already in use", file=sys.stderr)
-        return EXIT_START_FAILED
+    elif (error := _bind_error(host, port)) is not None:
+        return _fail(cannot_listen(host, port, error))
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -108,10 +124,7 @@ def run(host: str, port: int) -> int:
                 if process.poll() is None:
                     process.kill()
                 status = process.wait()
-                print(
-                    f"mosquitto did not listen on {host}:{port} (status {status})", file=sys.stderr
-                )
-                return EXIT_START_FAILED
+                return _fail(f"mosquitto did not listen on {host}:{port} (status {status})")
             time.sleep(0.005)
         sys.stdout.write(format_ready_line(host, port, os.getpid()))
         sys.stdout.flush()
@@ -124,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--binary", default="", help="the mosquitto binary (default: search)")
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not tie_to_parent(arguments.parent_pid, lambda line: print(line, file=sys.stderr)):
         return EXIT_ORPHANED
-    return run(arguments.host, arguments.port)
+    return run(arguments.host, arguments.port, arguments.binary)
