@@ -19,6 +19,7 @@ from pm.broker import BrokerAuth, EmbeddedBroker, run_embedded_broker
 from pm.config import BrokerConfig
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
 from tests.job_api import entry, post_job, wait_final
+from tests.waiting import poll_until
 
 ANY_PORT = BrokerConfig(host="127.0.0.1", port=0)
 HANG_GUARD = 20.0
@@ -230,4 +231,30 @@ async def test_a_client_using_the_gateways_id_once_does_not_deafen_the_gateway(
         client = http(gateway)
         job = await wait_final(client, (await post_job(client, entry("aa", "/x")))["id"])
         # Before the fix the task ended "timeout" (the job itself still ends "resolved").
+        assert [task["__task"]["status"] for task in job["collection"]] == ["resolved"], job
+
+
+async def test_with_mosquitto_a_client_using_the_gateways_id_only_interrupts_the_gateway(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
+) -> None:
+    # mosquitto cannot reserve a client id for anonymous clients (docs/broker.md): the
+    # intruder takes the id over, but mosquitto closes the gateway's connection when it does
+    # (MQTT 3.1.4-2), so the gateway notices, reconnects with a clean session and subscribes
+    # again; later jobs resolve.
+    with trio.fail_after(40):
+        gateway = await start_gateway(
+            broker={"engine": "mosquitto"},
+            mqtt={"client_id": "puppetmaster"},
+            tasks={"default_timeout": 5},
+        )
+        await start_simulator(gateway, ["aa"])
+        reason = await trio.to_thread.run_sync(
+            _connect_and_leave, gateway.mqtt_host, gateway.mqtt_port, "puppetmaster", 1.0
+        )
+        assert reason == "Success"  # let in: the limit this test documents
+        mqtt = gateway.mqtt
+        assert mqtt is not None
+        await poll_until(lambda: mqtt.connected and mqtt.reconnects >= 1)
+        client = http(gateway)
+        job = await wait_final(client, (await post_job(client, entry("aa", "/x")))["id"])
         assert [task["__task"]["status"] for task in job["collection"]] == ["resolved"], job
