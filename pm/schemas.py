@@ -18,6 +18,9 @@ JobStatus = Literal["pending", "dispatching", "resolved", "timeout", "cancelled"
 FINAL_TASK_STATUSES: frozenset[str] = frozenset({"resolved", "error", "timeout", "cancelled"})
 FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled"})
 JOB_STATUSES: tuple[str, ...] = ("pending", "dispatching", "resolved", "timeout", "cancelled")
+# Job ids and list offsets are SQLite integers (signed 64-bit): no job has a larger id, and a
+# larger value would overflow the store's query (a 500 instead of a 404 or a 400).
+MAX_SQLITE_INTEGER = 2**63 - 1
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, description="seconds, > 0")]
 MethodName = Annotated[

@@ -37,7 +37,7 @@ from werkzeug.routing import WebsocketMismatch
 from ..config import Config
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
 from ..jobs import Job
-from ..schemas import ErrorBody, Health, JobRequest, Readiness
+from ..schemas import MAX_SQLITE_INTEGER, ErrorBody, Health, JobRequest, Readiness
 from ..store import StoreUnavailable
 from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
@@ -53,9 +53,6 @@ CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
 # How long a DELETE may take to cancel its job once the client has gone (see delete_job).
 DELETE_GRACE = 30.0
-# Job ids are SQLite integers: no job has a larger one, and asking the store for one would
-# overflow its query (a 500 instead of a 404).
-MAX_JOB_ID = 2**63 - 1
 # Paths that answer without a token: a load balancer's or orchestrator's probes.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # Seconds a client refused by limits.max_jobs_running is told to wait (Retry-After).
@@ -219,7 +216,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     # -- jobs -----------------------------------------------------------------------------
 
     async def find_job(job_id: int) -> Job | None:
-        return await engine.find(job_id) if job_id <= MAX_JOB_ID else None
+        return await engine.find(job_id) if job_id <= MAX_SQLITE_INTEGER else None
 
     @app.post("/jobs")
     async def submit_job() -> TrioResponse:
@@ -265,7 +262,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         # still removes its job instead of leaving it cancelled but listed. Bounded, so a
         # stuck job cannot hold server shutdown forever.
         with trio.move_on_after(DELETE_GRACE, shield=True):
-            view = await engine.delete(job_id) if job_id <= MAX_JOB_ID else None
+            view = await engine.delete(job_id) if job_id <= MAX_SQLITE_INTEGER else None
             if view is None:
                 return error_response(404, f"no job {job_id}")
             return json_response(view)

@@ -12,7 +12,15 @@ from typing import Any
 
 import msgspec
 
-from ..schemas import ErrorBody, Health, JobRequest, JobView, Readiness, WatchMessage
+from ..schemas import (
+    MAX_SQLITE_INTEGER,
+    ErrorBody,
+    Health,
+    JobRequest,
+    JobView,
+    Readiness,
+    WatchMessage,
+)
 from ..watch import TASK_MODES
 from .queries import GetJobQuery, ListJobsQuery
 
@@ -85,7 +93,7 @@ def build_openapi(
         "in": "path",
         "required": True,
         "description": "job id",
-        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SQLITE_INTEGER},
     }
     job_response = {"description": "the job", "content": _content(job_view)}
     retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}

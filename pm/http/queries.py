@@ -11,12 +11,11 @@ from typing import Annotated, TypeVar
 import msgspec
 from werkzeug.datastructures import MultiDict
 
-from ..schemas import JobStatus
+from ..schemas import MAX_SQLITE_INTEGER, JobStatus
 
 PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="jobs per page, 1-1000")]
-# Bounded by SQLite's integer: a larger offset would overflow the store's query (a 500).
 PageOffset = Annotated[
-    int, msgspec.Meta(ge=0, le=2**63 - 1, description="jobs to skip, newest first")
+    int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="jobs to skip, newest first")
 ]
 
 
