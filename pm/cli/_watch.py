@@ -5,9 +5,10 @@ status change and at most one a second while counts move, so logs stay short and
 Either way a summary follows the final job message, listing the failed tasks (fetched from
 ``GET /jobs/{id}?collection=true`` when their messages were missed).
 
-Error handling: an unknown job (HTTP 404 on the handshake, or close code 4404), an
-unreachable gateway, or a connection that closes before the job ends is a :class:`CliError`
-(exit 2). The exit status is 0 only for a job that resolved with no errors, else 1.
+Error handling: an unknown job (HTTP 404 on the handshake), an unreachable gateway, or a
+connection that closes before the job ends is a :class:`CliError` (exit 2). A job deleted
+while watched ends with its final ``cancelled`` message (exit 1). The exit status is 0 only
+for a job that resolved with no errors, else 1.
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ from ._console import stdout_console
 from ._errors import EXIT_FAILED, EXIT_OK, CliError, unreachable
 from ._gateway_client import REQUEST_TIMEOUT
 
-# The gateway closes with this code when the job does not exist (or vanished meanwhile).
-CLOSE_UNKNOWN_JOB = 4404
 # Plain-line mode: least seconds between two progress lines while only counts change.
 PLAIN_LINE_INTERVAL = 1.0
 # Failed tasks listed in the summary; the rest are only counted.
@@ -278,8 +277,8 @@ async def watch_job(
             raise unreachable(url) from None
         raise CliError(f"cannot open the job stream at {url}: {error!r}") from None
     if not progress.final:
-        if close_code == CLOSE_UNKNOWN_JOB:
-            raise CliError(f"no job {job_id} at {url} (it may have been deleted)")
+        # A job deleted while watched is not a special case: the gateway cancels it first, so
+        # the stream ends with its final `cancelled` message like any other job.
         raise CliError(
             f"the gateway closed the stream of job {job_id} before the job ended "
             f"(code {close_code}{': ' + close_reason if close_reason else ''}); "

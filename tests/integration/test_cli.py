@@ -7,6 +7,7 @@ devices are fast (no latency) so each test takes about a second.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -19,8 +20,11 @@ from typing import Any
 
 import httpx
 import trio
+from rich.console import Console
 
 from pm.cli import serve_command
+from pm.cli._errors import EXIT_FAILED
+from pm.cli._watch import watch_job
 from tests.integration.brokers import free_port
 from tests.integration.gateways import (
     GatewayFactory,
@@ -28,6 +32,7 @@ from tests.integration.gateways import (
     cli_environment,
     pm,
 )
+from tests.waiting import poll_until
 
 
 async def test_submit_watch_resolves_and_prints_the_summary(
@@ -116,6 +121,38 @@ async def test_watch_unknown_job_exits_2(start_gateway: GatewayFactory) -> None:
         assert result.returncode == 2, result
         assert "no job 4242" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+async def test_watch_of_a_job_deleted_meanwhile_ends_with_its_cancelled_status(
+    start_gateway: GatewayFactory,
+) -> None:
+    # The gateway has no special close code for a job that vanishes: DELETE cancels the job,
+    # so its watchers get the final `cancelled` message and a normal close. `pm watch` (in
+    # process, to know when it is connected) must report that, not a broken stream.
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        assert gateway.engine is not None
+        async with httpx.AsyncClient(base_url=gateway.http_url, timeout=10) as client:
+            created = await client.post(
+                "/jobs",
+                json={"batch": [{"method": "get", "resource": "/x", "__destination": "absent"}]},
+            )
+            job_id = created.json()["id"]
+            output = io.StringIO()
+            exit_status: list[int] = []
+
+            async def watch() -> None:
+                exit_status.append(await watch_job(gateway.http_url, job_id, Console(file=output)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                job = gateway.engine.get(job_id)
+                assert job is not None
+                await poll_until(lambda: job.feed.watchers == 1)
+                deleted = await client.delete(f"/jobs/{job_id}")
+                assert deleted.status_code == 200, deleted.text
+        assert exit_status == [EXIT_FAILED]
+        assert f"job {job_id} cancelled" in output.getvalue()
 
 
 async def test_server_400_prints_its_message_and_exits_2(start_gateway: GatewayFactory) -> None:
