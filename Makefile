@@ -55,9 +55,10 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 bench: $(BENCH_STAMP) mosquitto
 	$(BIN)/python -m bench.standard $(ARGS)
 
-## bench-mqtt: sequential QoS 1 round trips through the gateway's own MQTT client
+## bench-mqtt: sequential QoS 1 round trips between two of the gateway's MQTT clients through the
+## embedded broker (a few seconds; ARGS="--help" for the other modes, docs/mqtt-client.md)
 bench-mqtt: $(STAMP)
-	$(BIN)/python bench/gateway_roundtrip.py $(ARGS)
+	$(BIN)/python -m bench.mqtt_roundtrip --embedded $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
