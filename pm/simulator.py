@@ -11,7 +11,10 @@ multiplexes the devices over K connections instead (for very large simulated fle
 The simulator also checks the gateway: a request that arrives at a device still working on
 another one is counted in ``overlaps`` (the gateway promises one command in flight per
 device); the same request arriving again while it is being worked on (at-least-once re-send)
-is counted in ``duplicates``. With ``record_requests``, every request is kept per device, in
+is counted in ``duplicates``. With ``track_request_ids`` every id a device ever received is
+kept, and a request whose id the device received before is counted in ``redelivered``
+(whether or not the device recognized it as a duplicate: ``redelivered - duplicates`` is
+work a device did twice). With ``record_requests``, every request is kept per device, in
 arrival order.
 
 Fault injection: :meth:`Simulator.disconnect` takes a device offline (its connection closes and
@@ -72,6 +75,9 @@ class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # Keep every request each device received (Simulator.received_by), for tests. Off by
     # default: a load test sending millions of requests would hold them all in memory.
     record_requests: bool = False
+    # Keep every request id each device received, to count redeliveries (a chaos soak). Off
+    # by default for the same reason: memory grows with every request.
+    track_request_ids: bool = False
 
 
 def generate_mac_ids(count: int, prefix: str = "02:00") -> list[str]:
@@ -101,6 +107,7 @@ class DeviceStats(msgspec.Struct):
     progress_messages: int = 0
     overlaps: int = 0
     duplicates: int = 0
+    redelivered: int = 0
     malformed: int = 0
 
 
@@ -118,6 +125,8 @@ class Simulator:
         self._busy: dict[str, int] = {}
         # Device -> (id, answer) of the last request it answered, replayed for a re-send.
         self._last_answer: dict[str, tuple[int, bytes]] = {}
+        # Device -> every request id it received (track_request_ids only).
+        self._ids_received: dict[str, set[int]] = defaultdict(set)
         self._random = random.Random(settings.seed)
         self._nursery = nursery
         self._device_of_topic = {self.topics.request_topic(d): d for d in self.devices}
@@ -182,6 +191,12 @@ class Simulator:
         self.stats.received += 1
         if self.settings.record_requests:
             self.requests[device].append(msgspec.to_builtins(request))
+        if self.settings.track_request_ids:
+            received = self._ids_received[device]
+            if request.id in received:
+                self.stats.redelivered += 1
+            else:
+                received.add(request.id)
         # At-least-once delivery: a re-sent request is recognized by its id. One being
         # worked on is ignored (its answer will come); one already answered gets the same
         # answer again at once, without doing the work twice (docs/protocol.md).

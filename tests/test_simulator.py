@@ -33,3 +33,16 @@ async def test_requests_are_kept_only_when_recording(record: bool) -> None:
             assert simulator.requests == {}
             with pytest.raises(RuntimeError, match="record_requests"):
                 simulator.received_by("aa")
+
+
+@pytest.mark.parametrize("track", [False, True])
+async def test_redeliveries_are_counted_when_request_ids_are_tracked(track: bool) -> None:
+    async with trio.open_nursery() as nursery:
+        settings = SimulatorSettings(devices=["aa"], track_request_ids=track)
+        simulator = Simulator(settings, nursery)
+        # 2 is the last answered (replayed: a duplicate), 1 an older one (done again).
+        for request_id in (1, 2, 2, 1, 3):
+            simulator._on_request(_NoClient(), "/remote/aa", _request(request_id), nursery)  # type: ignore[arg-type]
+        assert simulator.stats.received == 5
+        assert simulator.stats.duplicates == 1
+        assert simulator.stats.redelivered == (2 if track else 0)

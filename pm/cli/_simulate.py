@@ -91,6 +91,7 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
         device_password=device_password,
         tls=args.tls or bool(tls_ca_file) or config.mqtt_tls,
         tls_ca_file=tls_ca_file,
+        track_request_ids=args.track_redeliveries,
     )
 
 
@@ -99,6 +100,7 @@ def stats_line(simulator: Simulator) -> str:
     return (
         f"received {stats.received} · answered {stats.answered} · errors {stats.errors} · "
         f"silent {stats.silent} · overlaps {stats.overlaps} · "
+        f"duplicates {stats.duplicates} · redelivered {stats.redelivered} · "
         f"connections up {simulator.connected}"
     )
 
@@ -130,13 +132,17 @@ async def simulate(settings: SimulatorSettings, console: Console, stats_interval
             )
             console.print("stop with Ctrl-C")
             last = ""
-            while True:
-                await trio.sleep(stats_interval)
-                # Only changes are printed: an idle fleet should not scroll the terminal away.
-                line = stats_line(simulator)
-                if line != last:
-                    console.print(line)
-                    last = line
+            try:
+                while True:
+                    await trio.sleep(stats_interval)
+                    # Only changes are printed: an idle fleet should not scroll the terminal away.
+                    line = stats_line(simulator)
+                    if line != last:
+                        console.print(line)
+                        last = line
+            finally:
+                # The final figures, also when stopped between two checks (soak tests read it).
+                console.print(f"at stop: {stats_line(simulator)}")
 
 
 async def _warn_while_connecting(console: Console, address: str, scope: trio.CancelScope) -> None:
@@ -270,6 +276,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="connect with MQTT over TLS, trusting the CA certificate(s) in FILE (PEM), e.g. "
         "the embedded broker's broker.certfile (default: mqtt.ca_file, else broker.certfile)",
+    )
+    parser.add_argument(
+        "--track-redeliveries",
+        action="store_true",
+        help="remember every request id each device received and count those received again "
+        "(memory grows with every request; for soak tests)",
     )
     parser.add_argument(
         "--stats-interval",
