@@ -126,10 +126,12 @@ def mosquitto_path() -> str:
     return found
 
 
-def start_broker(engine: str, directory: Path, *, stock: bool = False) -> Service:
-    """A bare broker on a free port: ``amqtt`` (our child process entry point; ``stock``
-    uses amqtt's Broker without our subscription index) or ``mosquitto``."""
-    port = free_port()
+def start_broker(
+    engine: str, directory: Path, *, stock: bool = False, port: int | None = None
+) -> Service:
+    """A bare broker on ``port`` (default: a free one): ``amqtt`` (our child process entry
+    point; ``stock`` uses amqtt's Broker without our subscription index) or ``mosquitto``."""
+    port = free_port() if port is None else port
     if engine == "mosquitto":
         conf = directory / "mosquitto.conf"
         conf.write_text(MOSQUITTO_CONF.format(port=port))
@@ -162,14 +164,19 @@ def start_gateway(
     engine: str = "amqtt",
     external_port: int | None = None,
     extra_env: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
+    name: str = "gateway",
 ) -> Service:
     """``python -m pm.cli serve`` with an in-memory store on free ports.
 
     Args:
       engine: the embedded broker's engine (``amqtt`` or ``mosquitto``).
       external_port: connect to this broker instead of embedding one.
+      extra_env: environment on top (``PM_STORE_PATH`` for a store that survives a restart).
+      ports: (HTTP, embedded broker) ports, to restart a gateway where it was; default free.
+      name: of the process and its log file (``<name>.log`` in ``directory``).
     """
-    http_port, broker_port = free_port(), free_port()
+    http_port, broker_port = (free_port(), free_port()) if ports is None else ports
     env = {
         "PM_STORE_PATH": ":memory:",
         # A 100k-task job body is ~2 MB of destinations.
@@ -200,16 +207,28 @@ def start_gateway(
         "--log-level",
         "warning",
     ]
-    service = _start("gateway", command, "gateway ready", env, directory)
-    service.info = {"url": f"http://127.0.0.1:{http_port}", "mqtt_port": mqtt_port}
+    service = _start(name, command, "gateway ready", env, directory)
+    service.info = {
+        "url": f"http://127.0.0.1:{http_port}",
+        "mqtt_port": mqtt_port,
+        "http_port": http_port,
+        "broker_port": broker_port,
+    }
     return service
 
 
 def start_fleet(
-    directory: Path, mqtt_port: int, devices: int, connections: int | None, *, name: str = "fleet"
+    directory: Path,
+    mqtt_port: int,
+    devices: int,
+    connections: int | None,
+    *,
+    name: str = "fleet",
+    options: tuple[str, ...] = (),
 ) -> Service:
-    """``python -m pm.cli simulate``: ``devices`` ids from :func:`fleet_ids`, answering at once,
-    over ``connections`` MQTT connections (one per device if ``None``)."""
+    """``python -m pm.cli simulate``: ``devices`` ids from :func:`fleet_ids`, answering at once
+    (unless ``options`` say otherwise, e.g. ``--latency``), over ``connections`` MQTT
+    connections (one per device if ``None``)."""
     command = [
         sys.executable,
         "-m",
@@ -226,6 +245,7 @@ def start_fleet(
     ]
     if connections is not None:
         command += ["--connections", str(connections)]
+    command += options
     return _start(name, command, "devices connected", None, directory)
 
 
