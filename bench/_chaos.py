@@ -50,8 +50,10 @@ class ChaosSettings:
     broker: str = "embedded"  # or "mosquitto": external, killed and restarted by this driver
     kill_broker_every: float = 5.0  # seconds of broker uptime between kills; 0: never
     broker_down: float = 0.5  # external mosquitto: seconds between its kill and its restart
-    kill_gateway_at: float | None = 15.0  # seconds after the POST; None: never
-    latency: float = 0.05  # each device's answer; > 0, or overlaps cannot be seen
+    kill_gateway_at: float | None = 10.0  # seconds after the POST; None: never
+    # Each device's answer: > 0, or overlaps cannot be seen; long enough for the job to last
+    # past the faults (10 sequential tasks per device: at least 10 x latency).
+    latency: float = 0.5
     task_timeout: float = 600.0  # long: a task that times out was lost, not slow
     deadline: float = 1800.0  # the whole run; beyond it the run fails as a hang
     soak_seconds: float = 0.0  # > 0: memory mode
@@ -293,6 +295,7 @@ def run(settings: ChaosSettings, directory: Path) -> ChaosOutcome:
     finally:
         chaos.stop()
     check_fleet(chaos.outcome)
+    check_faults(settings, chaos.outcome)
     return chaos.outcome
 
 
@@ -328,6 +331,24 @@ def check_job(job: dict[str, Any], tasks: int, outcome: ChaosOutcome) -> None:
     for name, value in expected_counts.items():
         if job[name] != value:
             problems.append(f"{label}: {name} {job[name]}, its tasks say {value}")
+
+
+def check_faults(settings: ChaosSettings, outcome: ChaosOutcome) -> None:
+    """A fault that came after the job ended tested nothing: that run proves nothing."""
+    if settings.soak_seconds > 0:
+        return
+    if settings.kill_gateway_at is not None and (
+        outcome.gateway_restarts == 0 or outcome.job_final_before_gateway_kill
+    ):
+        outcome.problems.append(
+            "the job ended before the gateway was killed: lower --kill-gateway-at or raise "
+            "--latency"
+        )
+    if settings.kill_broker_every > 0 and outcome.broker_kills == 0:
+        outcome.problems.append(
+            "the job ended before the broker was killed: lower --kill-broker-every or raise "
+            "--latency"
+        )
 
 
 def check_fleet(outcome: ChaosOutcome) -> None:
