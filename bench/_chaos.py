@@ -59,6 +59,9 @@ class ChaosSettings:
     soak_seconds: float = 0.0  # > 0: memory mode
     warmup: float = 120.0
     sample_every: float = 5.0
+    # More of the gateway's environment (``PM_<SECTION>_<KEY>``), e.g. a lower
+    # ``PM_TASKS_MAX_FINISHED_TASKS`` to reach steady memory sooner.
+    gateway_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class ChaosRun:
         self.gateway_env = {
             "PM_STORE_PATH": str(directory / "chaos.db"),
             "PM_TASKS_DEFAULT_TIMEOUT": str(settings.task_timeout),
+            **settings.gateway_env,
         }
 
     def say(self, event: str) -> None:
