@@ -110,6 +110,7 @@ class ChaosRun:
         self.mosquitto: Service | None = None
         self.mosquitto_port = 0
         self.mosquitto_restart_at: float | None = None
+        self.last_killed: int | None = None
         self.gateway: Service | None = None
         self.fleet: Service | None = None
         self.gateway_env = {
@@ -163,8 +164,10 @@ class ChaosRun:
 
     def kill_broker(self) -> None:
         pid = self.broker_pid()
-        if pid is None:
-            return  # down already (the gateway is restarting it): this tick is skipped
+        if pid is None or pid == self.last_killed:
+            # Down already: being restarted, or killed and not yet reaped by the gateway.
+            return
+        self.last_killed = pid
         if self.mosquitto is not None:
             self.mosquitto.process.kill()
             self.mosquitto.process.wait()
