@@ -49,6 +49,7 @@ class ChaosSettings:
     entries: int = 10
     broker: str = "embedded"  # or "mosquitto": external, killed and restarted by this driver
     kill_broker_every: float = 5.0  # seconds of broker uptime between kills; 0: never
+    max_broker_kills: int | None = None  # then the broker is left alone (None: no limit)
     broker_down: float = 0.5  # external mosquitto: seconds between its kill and its restart
     kill_gateway_at: float | None = 10.0  # seconds after the POST; None: never
     # Each device's answer: > 0, or overlaps cannot be seen; long enough for the job to last
@@ -177,6 +178,10 @@ class ChaosRun:
         self.outcome.broker_kills += 1
         self.say(f"broker (pid {pid}) SIGKILLed")
 
+    def done_killing(self) -> bool:
+        limit = self.settings.max_broker_kills
+        return limit is not None and self.outcome.broker_kills >= limit
+
     def restart_mosquitto_if_due(self, *, now: bool = False) -> None:
         due = self.mosquitto_restart_at
         if due is None or (not now and time.monotonic() < due):
@@ -264,7 +269,7 @@ class ChaosRun:
                 pid = self.broker_pid()
                 if pid != broker_seen[0]:
                     broker_seen = (pid, now)
-                elif pid is not None and now - broker_seen[1] >= every:
+                elif pid is not None and now - broker_seen[1] >= every and not self.done_killing():
                     self.kill_broker()
             job = _get_job(client, job_id)
             if gateway_kill is not None and now >= gateway_kill:

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="seconds between broker SIGKILLs, 0 for none (default: 5, none with --soak-seconds)",
     )
+    parser.add_argument(
+        "--max-broker-kills", type=int, help="leave the broker alone after this many kills"
+    )
     parser.add_argument("--broker-down", type=float, default=defaults.broker_down)
     parser.add_argument(
         "--kill-gateway-at",
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         entries=args.entries,
         broker=args.broker,
         kill_broker_every=kill_every,
+        max_broker_kills=args.max_broker_kills,
         broker_down=args.broker_down,
         kill_gateway_at=None if args.kill_gateway_at < 0 else args.kill_gateway_at,
         latency=args.latency,
