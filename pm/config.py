@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from .json_nesting import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING
+
 ENV_PREFIX = "PM_"
 
 BearerToken = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._~+/-]{16,}=*$")]
@@ -233,6 +235,11 @@ class LimitsConfig(_Section):
     max_watchers_per_job: AtLeastOne = 100
     # Bytes of one MQTT message on an answer topic; larger ones are dropped ("oversized").
     max_answer_bytes: AtLeastOne = 256 * 1024
+    # Levels of nested arrays and objects in a request body or a device answer; deeper ones
+    # are refused with 400 or dropped ("malformed"). At most MAX_JSON_DEPTH_CEILING.
+    max_json_depth: Annotated[int, msgspec.Meta(ge=1, le=MAX_JSON_DEPTH_CEILING)] = (
+        DEFAULT_MAX_JSON_DEPTH
+    )
 
 
 class Config(_Section):

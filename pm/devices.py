@@ -22,6 +22,7 @@ import trio
 
 from actors import ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .json_nesting import DEFAULT_MAX_JSON_DEPTH
 from .protocol import (
     PROGRESS_CODE,
     MalformedAnswer,
@@ -111,6 +112,7 @@ class Fleet:
       mailbox_size: tasks queued per device before senders wait.
       idle_timeout: seconds before an idle device actor retires.
       max_answer_bytes: larger messages on answer topics are dropped unread ("oversized").
+      max_answer_depth: answers nested deeper are dropped unparsed ("malformed").
       resend: when suspect requests are re-sent.
     """
 
@@ -123,11 +125,13 @@ class Fleet:
         mailbox_size: int,
         idle_timeout: float,
         max_answer_bytes: int = 256 * 1024,
+        max_answer_depth: int = DEFAULT_MAX_JSON_DEPTH,
         resend: ResendSchedule = DEFAULT_RESEND,
     ) -> None:
         self._publisher = publisher
         self._resend = resend
         self._max_answer_bytes = max_answer_bytes
+        self._max_answer_depth = max_answer_depth
         self._topics = topics
         self._registry: Registry[str, Dispatch] = Registry(
             Supervisor(nursery, self.on_device_failure),
@@ -169,7 +173,7 @@ class Fleet:
             self.dropped["oversized"] += 1
             return
         try:
-            answer = decode_answer(payload)
+            answer = decode_answer(payload, self._max_answer_depth)
         except MalformedAnswer:
             self.dropped["malformed"] += 1
             return

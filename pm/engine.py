@@ -78,6 +78,7 @@ class Engine:
             mailbox_size=config.tasks.device_mailbox,
             idle_timeout=config.tasks.device_idle_retire,
             max_answer_bytes=config.limits.max_answer_bytes,
+            max_answer_depth=config.limits.max_json_depth,
             resend=ResendSchedule(
                 devices_return_grace=config.recovery.devices_return_grace,
                 first_delay=config.recovery.resend_first_delay,

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .json_nesting import DEFAULT_MAX_JSON_DEPTH, nesting_exceeds
+
 Method = Literal["get", "post", "put", "delete"]
 
 _MAC_SEPARATED = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
@@ -123,16 +125,28 @@ class MalformedAnswer(ValueError):
     """A payload on an answer topic that is not a Sanji answer; ignored and counted."""
 
 
-def decode_answer(payload: bytes) -> SanjiAnswer:
+def decode_answer(payload: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> SanjiAnswer:
     """Parse a device answer.
 
+    Args:
+      payload: the MQTT message as received.
+      max_depth: levels of nested arrays and objects allowed (``limits.max_json_depth``),
+        checked on the raw bytes before parsing.
+
     Error handling: raises :class:`MalformedAnswer` for anything that is not a JSON object
-    with an integer ``id`` and ``code``; callers count it and drop it.
+    with an integer ``id`` and ``code``, that nests deeper than ``max_depth``, or that is not
+    valid UTF-8; callers count it and drop it.
     """
+    if nesting_exceeds(payload, max_depth):
+        raise MalformedAnswer(f"nested deeper than {max_depth} levels")
     try:
         return _answer_decoder.decode(payload)
     except msgspec.DecodeError as error:
         raise MalformedAnswer(str(error)) from None
+    except UnicodeDecodeError as error:
+        # msgspec passes invalid UTF-8 inside a string through Python's codec, whose error
+        # is not a DecodeError.
+        raise MalformedAnswer(f"invalid UTF-8: {error}") from None
 
 
 def answer_progress(answer: SanjiAnswer) -> int | None:

@@ -183,11 +183,31 @@ def test_decode_answer_needs_only_id_and_code() -> None:
         b'{"id": 1, "code": 200, "sign": "x"}',
         b'{"id": 1, "code": 200, "method": 5}',
         b"\xff\xfe",
+        # Found by trying: invalid UTF-8 inside a string raised UnicodeDecodeError.
+        b'{"id": 1, "code": 200, "data": "\xed\xa0\x80"}',
+        b'{"id": 1, "code": 200, "resource": "\xff"}',
     ],
 )
 def test_malformed_answers_are_refused(payload: bytes) -> None:
     with pytest.raises(MalformedAnswer):
         decode_answer(payload)
+
+
+@pytest.mark.parametrize("levels", [65, 1_500, 100_000])
+def test_an_answer_nested_deeper_than_the_limit_is_malformed(levels: int) -> None:
+    # Found by trying: ~1,500 levels (3 KB) raised RecursionError out of the decoder.
+    data = b"[" * (levels - 1) + b"]" * (levels - 1)
+    payload = b'{"id": 1, "code": 200, "data": ' + data + b"}"
+    with pytest.raises(MalformedAnswer, match="nested deeper than 64 levels"):
+        decode_answer(payload)
+
+
+def test_an_answer_at_the_depth_limit_decodes() -> None:
+    data = b"[" * 63 + b"]" * 63
+    answer = decode_answer(b'{"id": 1, "code": 200, "data": ' + data + b"}")
+    assert answer.code == 200
+    with pytest.raises(MalformedAnswer, match="nested deeper than 10 levels"):
+        decode_answer(b'{"id": 1, "code": 200, "data": ' + data + b"}", max_depth=10)
 
 
 @pytest.mark.parametrize(
