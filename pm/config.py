@@ -28,6 +28,8 @@ from .json_nesting import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING
 ENV_PREFIX = "PM_"
 
 BearerToken = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._~+/-]{16,}=*$")]
+# A browser origin: scheme, host and optional port, nothing after them.
+BrowserOrigin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")]
 
 # Range-checked value kinds: msgspec checks them while converting, so a value out of range is
 # refused at start with a message naming its key ("Expected `int` <= 65535 - at
@@ -64,6 +66,9 @@ class HttpConfig(_Section):
     # PEM certificate chain and private key: both set = HTTPS (and wss://), both empty = plain.
     certfile: str = ""
     keyfile: str = ""
+    # Browser origins besides the gateway's own that may use the API (a dashboard served
+    # elsewhere), e.g. "https://dashboard.example.com"; requests from other origins get 403.
+    allowed_origins: list[BrowserOrigin] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Half a TLS setup would silently serve plain HTTP: refuse it at start instead.

@@ -262,12 +262,15 @@ class Engine:
             ]
         return views, total
 
-    async def delete(self, job_id: int) -> JobView | None:
-        """Cancel the job if it runs, forget it (store included), return its final snapshot."""
+    async def delete(self, job_id: int, *, with_tasks: bool = False) -> JobView | None:
+        """Cancel the job if it runs, forget it (store included), return its final snapshot:
+        its collection holds task ids, or the final tasks with ``with_tasks``."""
         job = await self.find(job_id)
         if job is None:
             return None
         view = await job.cancel()
+        if with_tasks:
+            view = job.record.view(collection="tasks")
         self._jobs.pop(job_id, None)
         self.store.job_deleted(job_id)
         return view

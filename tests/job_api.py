@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 import trio
 
+# What a raw body must declare (httpx sets it itself for json=; the API refuses others: 415).
+JSON_BODY = {"content-type": "application/json"}
+
 
 def entry(
     devices: str | list[str] = "dev-1", resource: str = "/system/status", **fields: Any

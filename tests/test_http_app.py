@@ -20,7 +20,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pm.engine import Engine
 from pm.schemas import AnswerPathHealth, Health
-from tests.job_api import INVALID_BODIES, assert_json_error, entry
+from tests.job_api import INVALID_BODIES, JSON_BODY, assert_json_error, entry
 from tests.served_app import (
     GUARD,
     MAX_BODY,
@@ -102,9 +102,7 @@ async def test_invalid_body_is_400_naming_the_field(
 @pytest.mark.parametrize("raw", [b"", b"{", b'{"batch": [}', b"\xff\xfe", b"null x"])
 async def test_malformed_json_is_400(gateway: ServedGateway, raw: bytes) -> None:
     with trio.fail_after(GUARD):
-        response = await gateway.client.post(
-            "/jobs", content=raw, headers={"content-type": "application/json"}
-        )
+        response = await gateway.client.post("/jobs", content=raw, headers=JSON_BODY)
         message = assert_json_error(response, 400)
         assert message.startswith("malformed JSON") or "Expected" in message
 
@@ -114,14 +112,15 @@ async def test_body_at_the_limit_is_accepted(gateway: ServedGateway) -> None:
         raw = json.dumps({"batch": [entry()]}).encode()
         raw += b" " * (MAX_BODY - len(raw))  # trailing whitespace is valid JSON
         assert len(raw) == MAX_BODY
-        response = await gateway.client.post("/jobs", content=raw)
+        response = await gateway.client.post("/jobs", content=raw, headers=JSON_BODY)
         assert response.status_code == 200, response.text
 
 
 async def test_body_over_the_limit_is_413(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         raw = json.dumps({"batch": [entry(data={"pad": "x" * MAX_BODY})]}).encode()
-        message = assert_json_error(await gateway.client.post("/jobs", content=raw), 413)
+        response = await gateway.client.post("/jobs", content=raw, headers=JSON_BODY)
+        message = assert_json_error(response, 413)
         assert str(MAX_BODY) in message
         assert len(gateway.engine) == 0
 
@@ -133,7 +132,7 @@ async def test_chunked_body_over_the_limit_is_413(gateway: ServedGateway) -> Non
         yield b'{"pad": "' + b"x" * MAX_BODY + b'"}}]}'
 
     with trio.fail_after(GUARD):
-        response = await gateway.client.post("/jobs", content=chunks())
+        response = await gateway.client.post("/jobs", content=chunks(), headers=JSON_BODY)
         assert "content-length" not in response.request.headers
         assert_json_error(response, 413)
         assert len(gateway.engine) == 0

@@ -13,10 +13,14 @@ the body); ``/readyz`` is readiness (503 while the broker is disconnected, the a
 lost or the job store cannot commit, with the reasons). A store that cannot commit makes
 ``POST /jobs`` a 503 (:class:`~pm.store.StoreUnavailable`) while reads go on.
 
-Security: with ``api.tokens`` set, every route but ``/healthz`` and ``/readyz`` needs a
-bearer token (401 before anything else is looked at, so an unknown path says nothing
-either); ``[limits]`` refuse what would cost the gateway too much (413, 400, 429), each
-naming its limit.
+Security, in the order checked: a browser request (WebSocket handshakes included) from a
+site that is neither the gateway itself nor in ``http.allowed_origins`` is refused with 403
+(:mod:`pm.http.origins`); with ``api.tokens`` set, every route but ``/healthz`` and
+``/readyz`` needs a bearer token (401 before the path is looked at, so an unknown path says
+nothing either); unknown query parameters are refused with 400 on every endpoint; a body
+(POST, or any other method that sends one) must be ``application/json`` (415); ``[limits]``
+refuse what would cost the gateway too much (413, 400, 429), each naming its limit and
+counted in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from contextlib import contextmanager
 import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from quart import has_request_context, has_websocket_context, request, websocket
+from quart import g, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -37,13 +41,21 @@ from werkzeug.routing import WebsocketMismatch
 from ..config import Config
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
 from ..jobs import Job
-from ..schemas import MAX_SQLITE_INTEGER, ErrorBody, Health, JobRequest, Readiness
+from ..schemas import MAX_SQLITE_INTEGER, ErrorBody, Health, Readiness
 from ..store import StoreUnavailable
 from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
+from .bodies import BodyRefused, check_json_media_type, decode_job_request
 from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
-from .queries import GetJobQuery, InvalidQuery, ListJobsQuery, parse_query
+from .origins import AllowedOrigins, cors_headers, preflight_headers
+from .queries import (
+    InvalidQuery,
+    JobQuery,
+    ListJobsQuery,
+    WatchJobQuery,
+    parse_endpoint_query,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +76,10 @@ _REFUSALS: dict[type[JobRefused], tuple[int, str]] = {
     DataTooLarge: (400, "max_data_bytes"),
 }
 
+# Methods whose body, if they send one, must be JSON; a POST must always send one.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
 _encoder = msgspec.json.Encoder()
-_job_request_decoder = msgspec.json.Decoder(JobRequest)
 
 
 def json_response(
@@ -128,6 +142,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     Args:
       engine: where jobs are submitted, listed, watched and deleted.
       config: ``config.http.max_body_bytes`` bounds request bodies (413 beyond it),
+        ``config.http.allowed_origins`` are the other sites whose pages may use the API,
         ``config.api.tokens`` are the accepted bearer tokens, ``config.limits`` the limits.
       health: returns the current :class:`~pm.schemas.Health` for ``GET /healthz`` (and the
         broker figures of ``GET /metrics``).
@@ -140,14 +155,23 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     max_body = config.http.max_body_bytes
     # Quart enforces this while the body arrives (chunked bodies have no Content-Length).
     app.config["MAX_CONTENT_LENGTH"] = max_body
+    max_depth = config.limits.max_json_depth
     tokens = BearerTokens(config.api.tokens)
+    origins = AllowedOrigins(config.http.allowed_origins)
     counters = HttpCounters()
     watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
     metrics_registry = open_registry(engine, health, counters)
     # Built once: the schemas cannot change while the process runs.
     openapi_document = _encoder.encode(build_openapi(bearer_auth=tokens.required))
 
-    # -- authentication -------------------------------------------------------------------
+    # -- origin, authentication, query string, content type ---------------------------------
+
+    def cross_origin_refused(origin: str) -> TrioResponse:
+        return error_response(
+            403,
+            f"cross-origin request from {origin!r} refused: only the gateway's own pages and "
+            "the origins in http.allowed_origins may use the API from a browser",
+        )
 
     def unauthorized() -> TrioResponse:
         counters.unauthorized += 1
@@ -159,18 +183,47 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         )
 
     @app.before_request
-    async def authenticate_request() -> TrioResponse | None:
-        if request.path in OPEN_PATHS or tokens.allows(request.headers.get("Authorization")):
-            return None
-        return unauthorized()
+    async def guard_request() -> TrioResponse | None:
+        origin = request.headers.get("Origin")
+        if not origins.allows(origin, request.headers.get("Host")):
+            return cross_origin_refused(origin or "")
+        if origin is not None and request.method == "OPTIONS":
+            # A CORS preflight (only allowed origins get here) carries no token: answered
+            # before authentication.
+            if "Access-Control-Request-Method" in request.headers:
+                return TrioResponse(b"", 204, preflight_headers(origin))
+        if request.path not in OPEN_PATHS and not tokens.allows(
+            request.headers.get("Authorization")
+        ):
+            return unauthorized()
+        if request.url_rule is None or request.endpoint is None:
+            return None  # no route: routing answers 404 or 405
+        g.query = parse_endpoint_query(request.endpoint, request.args)
+        if request.method == "POST" or (request.method in _BODY_METHODS and _has_body()):
+            check_json_media_type(request.mimetype, request.mimetype_params.get("charset"))
+        return None
+
+    @app.after_request
+    async def allow_listed_origin(response: TrioResponse) -> TrioResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and origins.listed(origin):
+            response.headers.update(cors_headers(origin))
+        return response
 
     @app.before_websocket
-    async def authenticate_websocket() -> TrioResponse | None:
+    async def guard_websocket() -> TrioResponse | None:
+        # Responses returned here come before accept(): hypercorn sends them as the
+        # handshake's HTTP answer. Browsers apply no same-origin rule to WebSockets: this
+        # Origin check is the only thing keeping another site's page out.
+        origin = websocket.headers.get("Origin")
+        if not origins.allows(origin, websocket.headers.get("Host")):
+            return cross_origin_refused(origin or "")
         # Browsers cannot set headers on a WebSocket handshake: ?token= stands in for them.
-        if tokens.allows(websocket.headers.get("Authorization"), websocket.args.get("token")):
-            return None
-        # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
-        return unauthorized()
+        if not tokens.allows(websocket.headers.get("Authorization"), websocket.args.get("token")):
+            return unauthorized()
+        if websocket.url_rule is not None and websocket.endpoint is not None:
+            g.query = parse_endpoint_query(websocket.endpoint, websocket.args)
+        return None
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -179,7 +232,8 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         status = error.code or 500
         headers: dict[str, str] = {}
         if isinstance(error, RequestEntityTooLarge):
-            message = f"request body is larger than {max_body} bytes"
+            counters.refused["max_body_bytes"] += 1
+            message = f"request body is larger than {max_body} bytes (http.max_body_bytes)"
             # The rest of the body is never read, so this connection cannot carry another
             # request; saying so lets the client stop sending instead of hitting a reset.
             headers["Connection"] = "close"
@@ -207,6 +261,12 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         # The disk is full or the database read-only: a condition of the host, not a bug.
         return error_response(503, str(error), {"Retry-After": str(RETRY_AFTER)})
 
+    @app.errorhandler(BodyRefused)
+    async def body_refused(error: BodyRefused) -> TrioResponse:
+        if error.limit is not None:
+            counters.refused[error.limit] += 1
+        return error_response(error.status, str(error))
+
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> TrioResponse:
         # Only bugs get here (bad input is answered above): log it, keep the details private.
@@ -226,12 +286,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
             raise RequestEntityTooLarge()
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)  # get_data(as_text=False) returns bytes
-        try:
-            job_request = _job_request_decoder.decode(body)
-        except msgspec.ValidationError as error:
-            return error_response(400, str(error))
-        except msgspec.DecodeError as error:
-            return error_response(400, f"malformed JSON: {error}")
+        job_request = decode_job_request(body, max_depth)
         try:
             job = await engine.submit(job_request)
         except JobRefused as refusal:
@@ -243,14 +298,16 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.get("/jobs")
     async def list_jobs() -> TrioResponse:
-        query = parse_query(request.args, ListJobsQuery)
+        query = g.query
+        assert isinstance(query, ListJobsQuery)
         status = None if query.status is msgspec.UNSET else query.status
         views, total = await engine.list(status=status, limit=query.limit, offset=query.offset)
         return json_response(views, headers={"X-Total-Count": str(total)})
 
     @app.get("/jobs/<int:job_id>")
     async def get_job(job_id: int) -> TrioResponse:
-        query = parse_query(request.args, GetJobQuery)
+        query = g.query
+        assert isinstance(query, JobQuery)
         job = await find_job(job_id)
         if job is None:
             return error_response(404, f"no job {job_id}")
@@ -258,11 +315,17 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.delete("/jobs/<int:job_id>")
     async def delete_job(job_id: int) -> TrioResponse:
+        query = g.query
+        assert isinstance(query, JobQuery)
         # A client that hangs up cancels this handler; shielded, a DELETE that has begun
         # still removes its job instead of leaving it cancelled but listed. Bounded, so a
         # stuck job cannot hold server shutdown forever.
         with trio.move_on_after(DELETE_GRACE, shield=True):
-            view = await engine.delete(job_id) if job_id <= MAX_SQLITE_INTEGER else None
+            view = (
+                await engine.delete(job_id, with_tasks=query.collection)
+                if job_id <= MAX_SQLITE_INTEGER
+                else None
+            )
             if view is None:
                 return error_response(404, f"no job {job_id}")
             return json_response(view)
@@ -270,8 +333,10 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
 
     @app.websocket("/jobs/<int:job_id>/ws")
     async def watch_job(job_id: int) -> TrioResponse | None:
+        query = g.query
+        assert isinstance(query, WatchJobQuery)
         try:
-            tasks = parse_task_mode(websocket.args.get("tasks", "each"))
+            tasks = parse_task_mode(query.tasks)
         except ValueError as error:
             # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
             return error_response(400, str(error))
@@ -346,6 +411,13 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         return TrioResponse(openapi_document, 200, content_type=JSON)
 
     return app
+
+
+def _has_body() -> bool:
+    """Whether the request being handled sends a body (announced, or chunked)."""
+    if request.content_length is not None:
+        return request.content_length > 0
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
 
 
 async def _discard_incoming() -> None:

@@ -22,7 +22,7 @@ from ..schemas import (
     WatchMessage,
 )
 from ..watch import TASK_MODES
-from .queries import GetJobQuery, ListJobsQuery
+from .queries import JobQuery, ListJobsQuery
 
 _REF_TEMPLATE = "#/components/schemas/{name}"
 _JSON = "application/json"
@@ -82,7 +82,7 @@ def build_openapi(
     )
     # The query Structs are inlined as parameters, not published as components.
     (_, _), query_components = msgspec.json.schema_components(
-        [ListJobsQuery, GetJobQuery], ref_template=_REF_TEMPLATE
+        [ListJobsQuery, JobQuery], ref_template=_REF_TEMPLATE
     )
 
     def error(description: str) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def build_openapi(
                 "get": {
                     "operationId": "getJob",
                     "summary": "One job",
-                    "parameters": _query_parameters(query_components["GetJobQuery"]),
+                    "parameters": _query_parameters(query_components["JobQuery"]),
                     "responses": {
                         "200": job_response,
                         "400": error("an invalid or unknown query parameter"),

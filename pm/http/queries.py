@@ -12,6 +12,7 @@ import msgspec
 from werkzeug.datastructures import MultiDict
 
 from ..schemas import MAX_SQLITE_INTEGER, JobStatus
+from ..watch import TASK_MODES
 
 PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="jobs per page, 1-1000")]
 PageOffset = Annotated[
@@ -38,12 +39,48 @@ class ListJobsQuery(_Query):
     offset: PageOffset = 0
 
 
-class GetJobQuery(_Query):
-    """``GET /jobs/{id}``."""
+class JobQuery(_Query):
+    """``GET /jobs/{id}`` and ``DELETE /jobs/{id}``."""
 
     collection: Annotated[
         bool, msgspec.Meta(description="true: embed full task objects instead of task ids")
     ] = False
+
+
+class WatchJobQuery(_Query):
+    """``GET /jobs/{id}/ws`` (the WebSocket handshake)."""
+
+    # A plain str checked by parse_task_mode, whose message lists the modes.
+    tasks: Annotated[
+        str,
+        msgspec.Meta(
+            description="what the watcher receives about tasks",
+            extra_json_schema={"enum": list(TASK_MODES)},
+        ),
+    ] = "each"
+    token: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="a bearer token, for browsers, which cannot set headers on a "
+                "WebSocket; the Authorization header wins when both are sent"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+class NoQuery(_Query):
+    """Every other endpoint: no query parameter at all."""
+
+
+# Each endpoint's query Struct, by the name of its handler in pm.http.app; NoQuery otherwise.
+ENDPOINT_QUERIES: dict[str, type[_Query]] = {
+    "list_jobs": ListJobsQuery,
+    "get_job": JobQuery,
+    "delete_job": JobQuery,
+    "watch_job": WatchJobQuery,
+}
 
 
 class InvalidQuery(ValueError):
@@ -51,6 +88,14 @@ class InvalidQuery(ValueError):
 
 
 QueryT = TypeVar("QueryT", bound=_Query)
+
+
+def parse_endpoint_query(endpoint: str, args: MultiDict[str, str]) -> _Query:
+    """The query string of a request to ``endpoint`` (a handler name), validated.
+
+    Error handling: as :func:`parse_query`; every endpoint refuses unknown parameters.
+    """
+    return parse_query(args, ENDPOINT_QUERIES.get(endpoint, NoQuery))
 
 
 def parse_query(args: MultiDict[str, str], query_type: type[QueryT]) -> QueryT:

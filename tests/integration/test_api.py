@@ -9,7 +9,14 @@ from typing import Any
 import trio
 
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
-from tests.job_api import INVALID_BODIES, assert_json_error, entry, post_job, wait_final
+from tests.job_api import (
+    INVALID_BODIES,
+    JSON_BODY,
+    assert_json_error,
+    entry,
+    post_job,
+    wait_final,
+)
 
 
 async def test_every_invalid_body_is_a_400_naming_the_field(
@@ -22,7 +29,8 @@ async def test_every_invalid_body_is_a_400_naming_the_field(
             message = assert_json_error(await client.post("/jobs", json=body), 400)
             assert expected in message, (body, message)
         for raw in (b"", b"{", b"\xff\xfe"):
-            assert_json_error(await client.post("/jobs", content=raw), 400)
+            response = await client.post("/jobs", content=raw, headers=JSON_BODY)
+            assert_json_error(response, 400)
         big = {"batch": [entry("d", data={"blob": "x" * 5000})]}
         assert_json_error(await client.post("/jobs", json=big), 413)
         listed = await client.get("/jobs")
