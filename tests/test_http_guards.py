@@ -355,3 +355,22 @@ async def test_delete_with_collection_embeds_the_final_tasks(gateway: ServedGate
         await gateway.job(done["id"]).ended.wait()
         ids_only = await gateway.client.delete(f"/jobs/{done['id']}?collection=false")
         assert ids_only.json()["collection"] == done["collection"]
+
+
+async def test_openapi_documents_the_refusals(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        paths = (await gateway.client.get("/openapi.json")).json()["paths"]
+        operations = [
+            operation
+            for item in paths.values()
+            for method, operation in item.items()
+            if method != "parameters"
+        ]
+        assert all({"400", "403"} <= set(operation["responses"]) for operation in operations)
+        assert "415" in paths["/jobs"]["post"]["responses"]
+        assert "415" in paths["/jobs/{id}"]["delete"]["responses"]
+        delete_parameters = [p["name"] for p in paths["/jobs/{id}"]["delete"]["parameters"]]
+        assert delete_parameters == ["collection"]
+        watch_parameters = {p["name"]: p for p in paths["/jobs/{id}/ws"]["get"]["parameters"]}
+        assert set(watch_parameters) == {"tasks", "token"}
+        assert watch_parameters["tasks"]["schema"]["enum"] == ["each", "batch", "none"]

@@ -21,8 +21,7 @@ from ..schemas import (
     Readiness,
     WatchMessage,
 )
-from ..watch import TASK_MODES
-from .queries import JobQuery, ListJobsQuery
+from .queries import JobQuery, ListJobsQuery, WatchJobQuery
 
 _REF_TEMPLATE = "#/components/schemas/{name}"
 _JSON = "application/json"
@@ -81,8 +80,8 @@ def build_openapi(
         ref_template=_REF_TEMPLATE,
     )
     # The query Structs are inlined as parameters, not published as components.
-    (_, _), query_components = msgspec.json.schema_components(
-        [ListJobsQuery, JobQuery], ref_template=_REF_TEMPLATE
+    (_, _, _), query_components = msgspec.json.schema_components(
+        [ListJobsQuery, JobQuery, WatchJobQuery], ref_template=_REF_TEMPLATE
     )
 
     def error(description: str) -> dict[str, Any]:
@@ -123,12 +122,16 @@ def build_openapi(
                             "content": _content(job_view),
                         },
                         "400": error(
-                            "malformed JSON, a field that does not validate, or a batch "
-                            "entry's data larger than limits.max_data_bytes"
+                            "malformed JSON or UTF-8, a field that does not validate, nesting "
+                            "deeper than limits.max_json_depth, a batch entry's data larger "
+                            "than limits.max_data_bytes, or an unknown query parameter"
                         ),
                         "413": error(
                             "body larger than http.max_body_bytes, or more tasks than "
                             "limits.max_tasks_per_job"
+                        ),
+                        "415": error(
+                            "the body is not declared `Content-Type: application/json` (UTF-8)"
                         ),
                         "429": {
                             **error("limits.max_jobs_running jobs are running already"),
@@ -177,7 +180,16 @@ def build_openapi(
                 "delete": {
                     "operationId": "deleteJob",
                     "summary": "Cancel the job if it runs, forget it, return its final state",
-                    "responses": {"200": job_response, "404": error("no such job")},
+                    "parameters": _query_parameters(query_components["JobQuery"]),
+                    "responses": {
+                        "200": job_response,
+                        "400": error("an invalid or unknown query parameter"),
+                        "404": error("no such job"),
+                        "415": error(
+                            "a body that is not declared `Content-Type: application/json` "
+                            "(none is needed)"
+                        ),
+                    },
                 },
             },
             "/jobs/{id}/ws": {
@@ -195,27 +207,15 @@ def build_openapi(
                         "changes, never the final message. Close code 1011 means the server "
                         "failed."
                     ),
-                    "parameters": [
-                        {
-                            "name": "tasks",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "string",
-                                "enum": list(TASK_MODES),
-                                "default": "each",
-                            },
-                            "description": "what the watcher receives about tasks",
-                        }
-                    ],
+                    "parameters": _query_parameters(query_components["WatchJobQuery"]),
                     "responses": {
                         "101": {
                             "description": "switching to WebSocket; each message is one of",
                             "content": _content(watch_message),
                         },
                         "400": error(
-                            "a plain HTTP request, not a WebSocket handshake; or an unknown "
-                            "tasks value"
+                            "a plain HTTP request, not a WebSocket handshake; an unknown "
+                            "tasks value or query parameter"
                         ),
                         "404": error("no such job (the handshake is refused)"),
                         "429": {
@@ -269,6 +269,18 @@ def build_openapi(
         },
         "components": {"schemas": components},
     }
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            # Every endpoint refuses unknown query parameters and other sites' pages.
+            operation["responses"].setdefault(
+                "400", error("an unknown query parameter (this endpoint takes none)")
+            )
+            operation["responses"]["403"] = error(
+                "a browser request (Origin header) from a site that is neither the gateway "
+                "itself nor in http.allowed_origins"
+            )
     if bearer_auth:
         _require_bearer_token(document, error("missing or invalid bearer token"))
     return document

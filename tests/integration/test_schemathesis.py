@@ -19,7 +19,8 @@ import hypercorn.trio
 import pytest
 import schemathesis
 import trio
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
+from hypothesis import strategies as st
 
 from pm.engine import open_engine
 from pm.http import create_app
@@ -117,3 +118,55 @@ def test_the_api_keeps_its_documented_contract(case: schemathesis.Case, server_u
         # refused, the token enforced) applies.
         excluded_checks=[schemathesis.checks.positive_data_acceptance],
     )
+
+
+def nested(levels: int) -> Any:
+    """Arrays and objects nested ``levels`` deep."""
+    value: Any = 0
+    for level in range(levels):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+# Deep and wide `data`, on both sides of limits.max_json_depth (64) and of http.max_body_bytes.
+# Built as Python values that schemathesis serializes itself: up to a few hundred levels,
+# well under the serializer's own recursion limit (deeper raw bytes: tests/test_http_guards.py).
+deep_or_wide_data = st.one_of(
+    st.integers(1, 400).map(lambda levels: {"deep": nested(levels)}),
+    st.integers(0, 20_000).map(lambda width: {"wide": list(range(width))}),
+    st.integers(0, 5_000).map(lambda width: {f"k{n}": None for n in range(width)}),
+    st.tuples(st.integers(1, 80), st.integers(1, 300)).map(
+        lambda shape: {"both": [nested(shape[0])] * shape[1]}
+    ),
+)
+
+
+@schema.include(path="/jobs", method="POST").parametrize()
+@schema.given(data=deep_or_wide_data)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_deep_and_wide_data_is_accepted_or_refused_as_documented(
+    case: schemathesis.Case, data: dict[str, Any], server_url: str
+) -> None:
+    body = case.body
+    assume(isinstance(body, dict) and isinstance(body.get("batch"), list) and body["batch"])
+    assume(isinstance(body["batch"][0], dict))
+    body["batch"][0]["data"] = data
+    response = case.call(base_url=server_url, headers=AUTH, timeout=10)
+    assert response.status_code in (200, 400, 413), response.text
+    if _depth(data) + 3 > 64:  # data sits 3 levels down in the body
+        assert response.status_code in (400, 413), response.text
+    # Every other documented promise: the status is documented, the body has its schema.
+    case.validate_response(response, excluded_checks=[schemathesis.checks.positive_data_acceptance])
