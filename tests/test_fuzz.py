@@ -1,4 +1,6 @@
-"""Property-based tests of what devices control: answer payloads, answer topics, device ids.
+"""Property-based tests of what devices and clients control: answer payloads, answer topics,
+device ids, and ``POST /jobs`` bodies, including structures far deeper and wider than any
+real one.
 
 The examples per property are bounded so the suite stays fast; set ``PM_FUZZ_EXAMPLES`` for a
 longer run (``PM_FUZZ_EXAMPLES=20000 .venv/bin/pytest tests/test_fuzz.py``).
@@ -18,6 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pm.devices import Fleet
+from pm.http.bodies import BodyRefused, decode_job_request
+from pm.json_nesting import DEFAULT_MAX_JSON_DEPTH
 from pm.protocol import (
     InvalidDeviceId,
     MalformedAnswer,
@@ -64,10 +68,40 @@ answer_like = st.fixed_dictionaries(
         "extra": json_values,
     },
 )
+
+
+@st.composite
+def deep_json(draw: st.DrawFn) -> bytes:
+    """Raw JSON nested 1-5,000 levels (too deep to build as Python values): a repeated
+    pattern of arrays and objects, with brackets inside strings to mislead a scanner."""
+    levels = draw(st.integers(1, 5_000))
+    pattern = draw(
+        st.lists(st.sampled_from([b"[", b'{"k":', b'["]",', b'{"[{":']), min_size=1, max_size=4)
+    )
+    openers = [pattern[level % len(pattern)] for level in range(levels)]
+    closers = [b"]" if opener.startswith(b"[") else b"}" for opener in reversed(openers)]
+    leaf = msgspec.json.encode(draw(json_values))
+    return b"".join(openers) + leaf + b"".join(closers)
+
+
+# Wide: many siblings, shallow (up to ~200 KB).
+wide_json = st.one_of(
+    st.integers(0, 20_000).map(lambda width: msgspec.json.encode(list(range(width)))),
+    st.integers(0, 10_000).map(
+        lambda width: msgspec.json.encode({f"k{n}": [n] for n in range(width)})
+    ),
+)
+hostile_json = st.one_of(deep_json(), wide_json)
 payloads = st.one_of(
     st.binary(max_size=256),
     json_values.map(msgspec.json.encode),
     answer_like.map(msgspec.json.encode),
+    # An answer of the right shape whose data is deep or wide.
+    hostile_json.map(lambda data: b'{"id": 1, "code": 200, "data": ' + data + b"}"),
+    # Invalid UTF-8 inside a string.
+    st.binary(min_size=1, max_size=4).map(
+        lambda raw: b'{"id": 1, "code": 200, "data": "' + raw + b'"}'
+    ),
 )
 
 
@@ -81,6 +115,8 @@ payloads = st.one_of(
 @example(b'{"id": 99999999999999999999999, "code": 200}')
 @example(b'{"id": 1, "code": 200, "data": "\\ud800"}')  # a lone surrogate
 @example(b"\xef\xbb\xbf{}")
+@example(b'{"id": 1, "code": 200, "data": ' + b"[" * 1_500 + b"]" * 1_500 + b"}")
+@example(b'{"id": 1, "code": 200, "data": "\xed\xa0\x80"}')
 def test_decode_answer_returns_an_answer_or_raises_malformed(payload: bytes) -> None:
     try:
         answer = decode_answer(payload)
@@ -88,6 +124,40 @@ def test_decode_answer_returns_an_answer_or_raises_malformed(payload: bytes) -> 
         return
     assert isinstance(answer, SanjiAnswer)
     assert isinstance(answer.id, int) and isinstance(answer.code, int)
+    # What was accepted can be encoded again inside a bigger document (a stored result).
+    msgspec.json.encode({"tasks": [{"result": answer.data}]})
+
+
+# -- POST /jobs bodies -------------------------------------------------------------------------
+
+
+def _job_body(data: bytes) -> bytes:
+    return (
+        b'{"batch": [{"method": "get", "resource": "/a", "__destination": "d", "data": {"x": '
+        + data
+        + b"}}]}"
+    )
+
+
+@fuzz
+@given(
+    st.one_of(
+        st.binary(max_size=256),
+        json_values.map(msgspec.json.encode),
+        hostile_json,
+        hostile_json.map(_job_body),
+        st.binary(min_size=1, max_size=4).map(lambda raw: _job_body(b'"' + raw + b'"')),
+    )
+)
+@example(_job_body(b"[" * 1_000 + b"]" * 1_000))
+def test_a_job_body_decodes_or_is_refused_with_a_400(body: bytes) -> None:
+    try:
+        job_request = decode_job_request(body, DEFAULT_MAX_JSON_DEPTH)
+    except BodyRefused as refused:
+        assert refused.status == 400 and str(refused)
+        return
+    # What was accepted can be encoded again inside a bigger document (a job view's tasks).
+    msgspec.json.encode({"collection": [{"data": entry.data} for entry in job_request.batch]})
 
 
 @fuzz
