@@ -71,10 +71,10 @@ answer_like = st.fixed_dictionaries(
 
 
 @st.composite
-def deep_json(draw: st.DrawFn) -> bytes:
-    """Raw JSON nested 1-5,000 levels (too deep to build as Python values): a repeated
-    pattern of arrays and objects, with brackets inside strings to mislead a scanner."""
-    levels = draw(st.integers(1, 5_000))
+def deep_json(draw: st.DrawFn, min_levels: int = 1) -> bytes:
+    """Raw JSON nested ``min_levels``-5,000 levels (too deep to build as Python values): a
+    repeated pattern of arrays and objects, with brackets inside strings to mislead a scanner."""
+    levels = draw(st.integers(min_levels, 5_000))
     pattern = draw(
         st.lists(st.sampled_from([b"[", b'{"k":', b'["]",', b'{"[{":']), min_size=1, max_size=4)
     )
