@@ -374,3 +374,37 @@ async def test_openapi_documents_the_refusals(gateway: Gateway) -> None:
         watch_parameters = {p["name"]: p for p in paths["/jobs/{id}/ws"]["get"]["parameters"]}
         assert set(watch_parameters) == {"tasks", "token"}
         assert watch_parameters["tasks"]["schema"]["enum"] == ["each", "batch", "none"]
+
+
+async def test_hostile_query_strings_are_400_naming_the_parameter(gateway: Gateway) -> None:
+    with trio.fail_after(GUARD):
+        for query, named in (
+            ("limit=1e400", "$.limit"),
+            ("status=%ff", "$.status"),
+            ("status=resolved%00", "$.status"),
+            ("offset=99999999999999999999999", "$.offset"),
+            ("limit=%EF%BC%91", "$.limit"),  # a fullwidth digit
+            ("x" * 5000 + "=1", "unknown field"),
+            ("limit=1&limit=2", "`limit` is given more than once"),
+        ):
+            response = await gateway.client.get(f"/jobs?{query}")
+            assert named in assert_json_error(response, 400), query
+
+
+async def test_whatever_a_watcher_sends_is_ignored(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Frames from clients are read and dropped unparsed: deep JSON, binary, large frames
+    # neither reach a parser nor disturb the stream.
+    with trio.fail_after(GUARD):
+        gateway.devices.auto_answer = False
+        job = await gateway.submit(entry())
+        async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws") as ws:
+            await ws.get_message()
+            await ws.send_message(nested_list(100_000).decode())
+            await ws.send_message(b"\xff\xfe" * 1000)
+            await ws.send_message("x" * 100_000)
+            gateway.devices.answer_all()
+            messages, code = await receive_all(ws)
+        assert code == 1000 and messages[-1]["job"]["status"] == "resolved"
+    assert_no_error_logged(caplog)
