@@ -357,7 +357,7 @@ async def test_delete_with_collection_embeds_the_final_tasks(gateway: ServedGate
         assert ids_only.json()["collection"] == done["collection"]
 
 
-async def test_openapi_documents_the_refusals(gateway: Gateway) -> None:
+async def test_openapi_documents_the_refusals(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         paths = (await gateway.client.get("/openapi.json")).json()["paths"]
         operations = [
@@ -376,7 +376,7 @@ async def test_openapi_documents_the_refusals(gateway: Gateway) -> None:
         assert watch_parameters["tasks"]["schema"]["enum"] == ["each", "batch", "none"]
 
 
-async def test_hostile_query_strings_are_400_naming_the_parameter(gateway: Gateway) -> None:
+async def test_hostile_query_strings_are_400_naming_the_parameter(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         for query, named in (
             ("limit=1e400", "$.limit"),
@@ -392,7 +392,7 @@ async def test_hostile_query_strings_are_400_naming_the_parameter(gateway: Gatew
 
 
 async def test_whatever_a_watcher_sends_is_ignored(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
+    gateway: ServedGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Frames from clients are read and dropped unparsed: deep JSON, binary, large frames
     # neither reach a parser nor disturb the stream.

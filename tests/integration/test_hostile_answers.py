@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pm.mqtt import open_mqtt_client
-from tests.test_fuzz import deep_json, json_values, wide_json
-
-from .conftest import GatewayFactory
+from tests.hostile_json import deep_json, json_values, wide_json
+from tests.integration.gateways import GatewayFactory
 
 EXAMPLES = int(os.environ.get("PM_FUZZ_EXAMPLES", "150"))
 DEVICE = "fuzz-device"

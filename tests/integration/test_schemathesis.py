@@ -165,6 +165,10 @@ def test_deep_and_wide_data_is_accepted_or_refused_as_documented(
     assume(isinstance(body["batch"][0], dict))
     body["batch"][0]["data"] = data
     response = case.call(base_url=server_url, headers=AUTH, timeout=10)
+    if response.status_code == 401 and "Authorization" not in response.request.headers:
+        # A case generated to check that a missing token is refused: schemathesis then sends
+        # none, whatever is passed here (the main test checks those).
+        return
     assert response.status_code in (200, 400, 413), response.text
     if _depth(data) + 3 > 64:  # data sits 3 levels down in the body
         assert response.status_code in (400, 413), response.text
