@@ -408,3 +408,13 @@ async def test_whatever_a_watcher_sends_is_ignored(
             messages, code = await receive_all(ws)
         assert code == 1000 and messages[-1]["job"]["status"] == "resolved"
     assert_no_error_logged(caplog)
+
+
+def test_allowed_origins_come_from_the_environment_and_are_checked_at_start() -> None:
+    config = load_config(
+        environ={"PM_HTTP_ALLOWED_ORIGINS": "https://a.example, http://b.example:8080"}
+    )
+    assert config.http.allowed_origins == ["https://a.example", "http://b.example:8080"]
+    for bad in ("a.example", "https://a.example/", "ftp://a.example", "*"):
+        with pytest.raises(ConfigError, match=r"http\.allowed_origins"):
+            load_config(environ={"PM_HTTP_ALLOWED_ORIGINS": bad})
