@@ -26,8 +26,7 @@ counted in ``/metrics``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 
 import msgspec
 import trio
@@ -56,6 +55,7 @@ from .queries import (
     WatchJobQuery,
     parse_endpoint_query,
 )
+from .watcher_slots import WatcherSlots
 
 logger = logging.getLogger(__name__)
 
@@ -101,39 +101,6 @@ def _current_target() -> str:
     if has_websocket_context():
         return f"WebSocket {websocket.path}"
     return "this request"
-
-
-class WatcherSlots:
-    """Open WebSocket watchers per job, bounded by ``limits.max_watchers_per_job``.
-
-    Kept here rather than on the job: a finished job read back from the store is a fresh
-    object per request, and its watchers must count against the same job id.
-    """
-
-    def __init__(self, per_job: int, counters: HttpCounters) -> None:
-        self._per_job = per_job
-        self._counters = counters
-        self._by_job: dict[int, int] = {}
-
-    @contextmanager
-    def claim(self, job_id: int) -> Iterator[bool]:
-        """Yields whether a slot was free; a claimed slot is released on exit."""
-        held = self._by_job.get(job_id, 0)
-        if held >= self._per_job:
-            yield False
-            return
-        self._by_job[job_id] = held + 1
-        self._counters.watchers += 1
-        try:
-            yield True
-        finally:
-            self._counters.watchers -= 1
-            remaining = self._by_job[job_id] - 1
-            # Deleted at zero: the table holds only jobs being watched, never every job ever.
-            if remaining:
-                self._by_job[job_id] = remaining
-            else:
-                del self._by_job[job_id]
 
 
 def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> QuartTrio:

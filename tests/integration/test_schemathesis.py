@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import hypercorn.trio
 import pytest
