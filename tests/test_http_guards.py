@@ -309,6 +309,7 @@ async def test_unknown_query_parameters_are_400_on_every_endpoint(gateway: Serve
             # Found by trying: DELETE took ?foo=1 that GET /jobs refused.
             ("DELETE", f"/jobs/{job_id}"),
             ("GET", "/healthz"),
+            ("GET", "/readyz"),
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
         ):
