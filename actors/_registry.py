@@ -173,7 +173,7 @@ class Registry(Generic[Key, Message]):
 
         entry = _Entry(
             self._supervisor.spawn(
-                f"{self._name}:{key}", run, capacity=self._capacity, on_exit=retire
+                f"{self._name}:{key}", run, capacity=self._capacity, key=key, on_exit=retire
             )
         )
         self._live[key] = entry

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -44,10 +44,23 @@ class Directive(enum.Enum):
 
 
 class Failure(Generic[Message]):
-    """What a failure handler is told: the actor's name and the exception it raised."""
+    """What a failure handler is told: which actor failed and the exception it raised.
 
-    def __init__(self, name: str, error: Exception, inbox: trio.MemoryReceiveChannel[Message]):
+    ``key`` is what the actor was spawned with (a :class:`~actors.Registry` passes the
+    actor's key; ``None`` if none was given): a policy looks the actor up by it, never by
+    parsing ``name``, which is only for logs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        error: Exception,
+        inbox: trio.MemoryReceiveChannel[Message],
+        *,
+        key: Hashable = None,
+    ) -> None:
         self.name = name
+        self.key = key
         self.error = error
         self._inbox = inbox
 
@@ -99,6 +112,7 @@ class Supervisor:
         actor: ActorFunction,
         *,
         capacity: int | float,
+        key: Hashable = None,
         on_exit: Callable[[], None] | None = None,
     ) -> ActorRef[Any]:
         """Open a mailbox of ``capacity`` and start ``actor(inbox)`` soon.
@@ -108,12 +122,13 @@ class Supervisor:
         spawning the same actor twice.
 
         Args:
+          key: handed to the failure policy in :attr:`Failure.key` (which actor failed).
           on_exit: called once when the actor is over for good (returned, stopped or
             escalated), before its mailbox is closed to senders.
         """
         ref, inbox = open_mailbox(name, capacity if capacity == math.inf else int(capacity))
         self.running += 1
-        self._nursery.start_soon(self._supervise, name, actor, inbox, on_exit, name=name)
+        self._nursery.start_soon(self._supervise, name, key, actor, inbox, on_exit, name=name)
         return ref
 
     def start_helper(self, task: Callable[[], Awaitable[None]], *, name: str) -> None:
@@ -125,6 +140,7 @@ class Supervisor:
     async def _supervise(
         self,
         name: str,
+        key: Hashable,
         actor: ActorFunction,
         inbox: trio.MemoryReceiveChannel[Any],
         on_exit: Callable[[], None] | None,
@@ -142,7 +158,7 @@ class Supervisor:
                         raise
                     except Exception as error:
                         self.failures += 1
-                        directive = self._on_failure(Failure(name, error, inbox))
+                        directive = self._on_failure(Failure(name, error, inbox, key=key))
                         if directive is Directive.RESTART:
                             now = trio.current_time()
                             restarts = [t for t in restarts if now - t < self._restart_window]

@@ -241,10 +241,12 @@ class PolicyLog:
         self.directive = directive
         self.drain = drain
         self.failures: list[tuple[str, Exception]] = []
+        self.keys: list[object] = []
         self.drained: list[list[Any]] = []
 
     def __call__(self, failure: Failure[Any]) -> Directive:
         self.failures.append((failure.name, failure.error))
+        self.keys.append(failure.key)
         if self.drain:
             self.drained.append(failure.drain())
         return self.directive
@@ -266,7 +268,11 @@ async def test_a_failing_actor_is_reported_by_name_and_its_siblings_keep_running
     sibling_handled: list[Any] = []
     async with open_supervisor(policy) as supervisor:
         failing = supervisor.spawn(
-            "failing", recording_actor([]), capacity=4, on_exit=lambda: exits.append("failing")
+            "failing",
+            recording_actor([]),
+            capacity=4,
+            key=("job", 7),
+            on_exit=lambda: exits.append("failing"),
         )
         sibling = supervisor.spawn(
             "sibling",
@@ -280,6 +286,7 @@ async def test_a_failing_actor_is_reported_by_name_and_its_siblings_keep_running
         assert [(name, type(error), str(error)) for name, error in policy.failures] == [
             ("failing", Boom, "cannot handle boom")
         ]
+        assert policy.keys == [("job", 7)]  # what it was spawned with, for the policy
         assert exits == ["failing"]
         assert (supervisor.running, supervisor.failures) == (1, 1)
         with pytest.raises(ActorStopped):
@@ -659,6 +666,7 @@ async def test_registry_stopped_actor_is_forgotten_and_the_next_tell_respawns(
         await registry.tell("a", "boom")
         await trio.testing.wait_all_tasks_blocked()
         assert [name for name, _ in policy.failures] == ["dev:a"]
+        assert policy.keys == ["a"]  # the registry key itself, not parsed from the name
         assert "a" not in registry
         await registry.tell("a", "again")
         await trio.testing.wait_all_tasks_blocked()
