@@ -5,6 +5,13 @@ retired after ``tasks.device_idle_retire`` idle seconds) and routes incoming ans
 actor whose task is in flight. Everything that arrives and fits no in-flight task is dropped
 and counted by reason in :attr:`Fleet.dropped`; nothing a device sends can raise here.
 
+The contract with jobs is narrow: a device actor receives a :class:`Dispatch` (the task and
+a reference to its job's mailbox), reports with :mod:`pm.task_machine`'s messages only, and
+owns the cancel scope of its task; a job that ends early calls :meth:`Fleet.abandon`, which
+cancels the scopes of that job's tasks from here. What to do with each answer and when to
+re-send is decided by the pure :class:`~pm.task_machine.TaskMachine`; this module does the
+I/O around it.
+
 Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
 and every task still queued for it end ``error`` with a result naming the failure. Other
 devices and jobs are untouched; the next task for that device spawns a fresh actor.
@@ -15,52 +22,36 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
-from actors import ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
+from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
 from .protocol import (
-    PROGRESS_CODE,
     MalformedAnswer,
     SanjiAnswer,
     SanjiRequest,
     TopicTemplates,
-    answer_progress,
     decode_answer,
     encode_request,
-    error_result,
-    is_success,
 )
 from .state import TaskRecord
-
-if TYPE_CHECKING:
-    from .jobs import Job
+from .task_machine import (
+    DEFAULT_RESEND,
+    ResendSchedule,
+    TaskMachine,
+    TaskReport,
+    TaskSent,
+    TaskSettled,
+)
 
 logger = logging.getLogger(__name__)
 
 # Answers buffered for the one in-flight task; a device flooding beyond this is dropped.
 ANSWER_BUFFER = 16
-
-
-class ResendSchedule(msgspec.Struct, frozen=True):
-    """When requests that may have been lost are re-sent (``[recovery]`` keys).
-
-    ``devices_return_grace``: seconds after a broker reconnect or a gateway restart during
-    which devices are assumed to be reconnecting (their own backoff), so requests published
-    then are suspect. A suspect request is sent again ``first_delay`` seconds without an
-    answer later, then at doubling intervals up to ``max_delay``.
-    """
-
-    devices_return_grace: float = 15.0
-    first_delay: float = 1.0
-    max_delay: float = 30.0
-
-
-DEFAULT_RESEND = ResendSchedule()
 
 
 class Publisher(Protocol):
@@ -72,34 +63,43 @@ class Publisher(Protocol):
 
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
-    """Run ``task`` (of ``job``) on this device when its turn comes."""
+    """Run ``task`` on this device when its turn comes; tell ``reports`` (the mailbox of the
+    task's job) what became of it. The device actor reads ``task``, never writes it."""
 
     task: TaskRecord
-    job: Job
+    reports: ActorRef[TaskReport]
 
 
 class InFlight:
-    """The one task a device is working on, as the answer router sees it.
+    """The one task a device is working on: its state machine, and what the answer router
+    and :meth:`Fleet.abandon` need to reach the device actor.
 
-    ``retained`` is set once its request was (re)published with the retain flag, so that a
-    device subscribing late still gets it; the retained copy is cleared when the task ends.
+    ``scope`` is the device actor's own cancel scope for the task (its deadline is the task
+    timeout); only code in this module cancels it, and sets ``abandoned`` first.
     """
 
-    __slots__ = ("answers", "payload", "retained", "task_id", "topic")
+    __slots__ = ("abandoned", "answers", "job_id", "machine", "payload", "scope", "topic")
 
     def __init__(
         self,
-        task_id: int,
+        machine: TaskMachine,
+        job_id: int,
         topic: str,
         payload: bytes,
         answers: trio.MemorySendChannel[SanjiAnswer | None],
-        retained: bool,
+        scope: trio.CancelScope,
     ) -> None:
-        self.task_id = task_id
+        self.machine = machine
+        self.job_id = job_id
         self.topic = topic
         self.payload = payload
         self.answers = answers
-        self.retained = retained
+        self.scope = scope
+        self.abandoned = False
+
+    @property
+    def task_id(self) -> int:
+        return self.machine.task_id
 
 
 class Fleet:
@@ -128,6 +128,7 @@ class Fleet:
         max_answer_depth: int = DEFAULT_MAX_JSON_DEPTH,
         resend: ResendSchedule = DEFAULT_RESEND,
     ) -> None:
+        self._nursery = nursery
         self._publisher = publisher
         self._resend = resend
         self._max_answer_bytes = max_answer_bytes
@@ -156,9 +157,25 @@ class Fleet:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def dispatch(self, task: TaskRecord, job: Job) -> None:
-        """Queue ``task`` on its device; waits while that device's mailbox is full."""
-        await self._registry.tell(task.device, Dispatch(task, job))
+    async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
+        """Queue ``task`` on its device; waits while that device's mailbox is full. What
+        becomes of it is told to ``reports``; a task that is final by the time its turn
+        comes (its job ended) never reaches the device."""
+        await self._registry.tell(task.device, Dispatch(task, reports))
+
+    def abandon(self, job_id: int) -> int:
+        """The job ended early: its tasks in flight stop waiting for answers (their devices
+        move on; a late answer is dropped as unexpected). Returns how many were in flight.
+
+        Walks every in-flight task: called once per job that ends by timeout or cancel,
+        never per task."""
+        abandoned = 0
+        for in_flight in self._in_flight.values():
+            if in_flight.job_id == job_id and not in_flight.abandoned:
+                in_flight.abandoned = True
+                in_flight.scope.cancel()
+                abandoned += 1
+        return abandoned
 
     # -- answers, called by the MQTT client on the trio thread ---------------------------
 
@@ -178,7 +195,7 @@ class Fleet:
             self.dropped["malformed"] += 1
             return
         in_flight = self._in_flight.get(device)
-        if in_flight is None or in_flight.task_id != answer.id:
+        if in_flight is None or in_flight.machine.task_id != answer.id:
             # Unknown id, another device's task, or a task already settled or abandoned.
             self.dropped["unexpected_id"] += 1
             return
@@ -210,14 +227,14 @@ class Fleet:
                 self.republished += 1
             # One line per device in flight: DEBUG (the engine logs the count at INFO).
             if logger.isEnabledFor(logging.DEBUG):
+                task_id = in_flight.machine.task_id
                 logger.debug(
                     "task %d on device %s: re-sent after reconnect",
-                    in_flight.task_id,
+                    task_id,
                     device,
-                    extra={"task_id": in_flight.task_id, "device": device},
+                    extra={"task_id": task_id, "device": device},
                 )
-            if not in_flight.retained:
-                in_flight.retained = True
+            if in_flight.machine.on_suspect():
                 try:
                     in_flight.answers.send_nowait(None)  # the actor starts its re-send timer
                 except trio.WouldBlock:
@@ -245,10 +262,11 @@ class Fleet:
         answers_send: trio.MemorySendChannel[SanjiAnswer | None],
         answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
     ) -> None:
-        task, job = dispatch.task, dispatch.job
-        if job.final or task.final:
+        """Publish one task's request and feed its machine until it settles or is
+        abandoned: the I/O around :class:`~pm.task_machine.TaskMachine`."""
+        task, reports = dispatch.task, dispatch.reports
+        if task.final:
             return  # its job ended while it was queued: it never reaches the device
-        # A resumed job's task may already be "sent": it goes out again with the same id.
         # Answers to an earlier task that slipped in just before it settled are stale now.
         while True:
             try:
@@ -265,107 +283,126 @@ class Fleet:
                 tunnel=task.tunnel,
             )
         )
-        # A task already "sent" belongs to a job resumed after a restart, and any request
-        # published soon after a restart or reconnect may reach a broker its device has not
-        # resubscribed to yet: such requests are "suspect", published retained and re-sent
-        # until answered (see republish_in_flight).
-        resend = task.status == "sent" or trio.current_time() < self._devices_return_until
-        in_flight = InFlight(task.id, topic, payload, answers_send, retained=resend)
+        now = trio.current_time()
+        # A resumed job's task may already be "sent": it goes out again with the same id.
+        machine = TaskMachine(
+            task.id,
+            self._resend,
+            suspect=TaskMachine.is_suspect(
+                already_sent=task.status == "sent",
+                now=now,
+                devices_return_until=self._devices_return_until,
+            ),
+        )
+        # The task timeout counts from publication; Fleet.abandon cancels it early.
+        scope = trio.CancelScope(deadline=now + task.timeout)
+        in_flight = InFlight(machine, task.job_id, topic, payload, answers_send, scope)
         self._in_flight[device] = in_flight
-        # The task timeout counts from publication; the job cancels this scope to abandon.
-        timer = job.open_task_scope(task.id, trio.current_time() + task.timeout)
         try:
             # If the connection is down, publish returns False and the request goes out
-            # with the other in-flight ones when it is back (republish_in_flight).
-            self._publisher.publish(topic, payload, retain=resend)
+            # with the other in-flight ones when it is back (republish_in_flight). A
+            # suspect request goes out retained (see republish_in_flight).
+            self._publisher.publish(topic, payload, retain=machine.suspect)
             self.published += 1
             # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "task %d of job %d sent to device %s%s",
                     task.id,
-                    job.id,
+                    task.job_id,
                     device,
-                    " (retained, re-sent until answered)" if resend else "",
-                    extra=_ids(task, device, retained=resend),
+                    " (retained, re-sent until answered)" if machine.suspect else "",
+                    extra=_ids(task, device, retained=machine.suspect),
                 )
-            with timer:
-                await job.report_sent(task)
-                resend_delay = self._resend.first_delay
-                while True:
-                    # A request that may have been lost (re-sent after a reconnect or a
-                    # restart) is sent again until answered, at growing intervals: a broker
-                    # can lose the re-send too (amqtt races a retained publish against a
-                    # concurrent subscribe), and devices replay answers to repeated ids.
-                    if not in_flight.retained:
-                        # The common case needs no timer of its own (the task scope bounds
-                        # it): a cancel scope per answer wait cost ~3% of the gateway's CPU.
-                        answer = await answers.receive()
-                    else:
-                        with trio.move_on_after(resend_delay) as waiting:
-                            answer = await answers.receive()
-                        if waiting.cancelled_caught:
-                            sent = self._publisher.publish(topic, payload, retain=True)
-                            if sent:
-                                self.republished += 1
-                            # Only suspect requests get here (after a reconnect or a restart).
-                            logger.info(
-                                "task %d of job %d on device %s: no answer after %g s, %s",
-                                task.id,
-                                job.id,
-                                device,
-                                resend_delay,
-                                "re-sent" if sent else "re-send deferred (broker disconnected)",
-                                extra=_ids(task, device, resend_delay=resend_delay, resent=sent),
-                            )
-                            resend_delay = min(resend_delay * 2, self._resend.max_delay)
-                            continue
-                    if answer is None or answer.id != task.id:
-                        continue  # None: a nudge to re-evaluate (the request became suspect)
-                    if answer.code == PROGRESS_CODE:
-                        progress = answer_progress(answer)
-                        if progress is not None:
-                            await job.report_progress(task, progress)
-                        continue
-                    self.answered += 1
-                    if is_success(answer.code):
-                        await job.report_settled(task, "resolved", answer.data)
-                    else:
-                        await job.report_settled(task, "error", error_result(answer))
-                    return
-            if timer.cancelled_caught and not job.final:
+            with scope:
+                await reports.tell(TaskSent(task.id))
+                report = await self._await_final_answer(device, task, reports, in_flight, answers)
+                self.answered += 1
+                await reports.tell(report)
+                return
+            if in_flight.abandoned:
+                logger.info(
+                    "task %d of job %d on device %s: abandoned, its job ended %s",
+                    task.id,
+                    task.job_id,
+                    device,
+                    task.status,
+                    extra=_ids(task, device, status=task.status, abandoned=True),
+                )
+            else:
                 logger.info(
                     "task %d of job %d on device %s: timeout after %g s without a final answer",
                     task.id,
-                    job.id,
+                    task.job_id,
                     device,
                     task.timeout,
                     extra=_ids(task, device, status="timeout", timeout=task.timeout),
                 )
-                await job.report_settled(task, "timeout", None)
-            elif timer.cancelled_caught:
-                logger.info(
-                    "task %d of job %d on device %s: abandoned, its job ended %s",
-                    task.id,
-                    job.id,
-                    device,
-                    job.record.status,
-                    extra=_ids(task, device, status=job.record.status, abandoned=True),
-                )
+                await reports.tell(machine.on_timeout())
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
             del self._in_flight[device]
-            job.close_task_scope(task.id)
-            if in_flight.retained:
+            if machine.suspect:
                 # Clear the retained copy so no later subscriber gets a settled request.
                 self._publisher.publish(topic, b"", retain=True)
+
+    async def _await_final_answer(
+        self,
+        device: str,
+        task: TaskRecord,
+        reports: ActorRef[TaskReport],
+        in_flight: InFlight,
+        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
+    ) -> TaskSettled:
+        """Wait for the answer that settles the task, reporting progress on the way and
+        re-sending a suspect request when its machine's wait runs out."""
+        machine = in_flight.machine
+        while True:
+            if not machine.suspect:
+                # The common case needs no timer of its own (the task scope bounds it): a
+                # cancel scope per answer wait cost ~3% of the gateway's CPU.
+                answer = await answers.receive()
+            else:
+                # A request that may have been lost is sent again until answered, at
+                # growing intervals: a broker can lose the re-send too (amqtt races a
+                # retained publish against a concurrent subscribe), and devices replay
+                # answers to repeated ids.
+                with trio.move_on_after(machine.resend_delay) as waiting:
+                    answer = await answers.receive()
+                if waiting.cancelled_caught:
+                    self._resend_now(device, task, in_flight, machine.on_resend_due())
+                    continue
+            if answer is None:
+                continue  # a nudge: the request became suspect, its re-send wait starts
+            report = machine.on_answer(answer)
+            if isinstance(report, TaskSettled):
+                return report
+            if report is not None:
+                await reports.tell(report)
+
+    def _resend_now(
+        self, device: str, task: TaskRecord, in_flight: InFlight, waited: float
+    ) -> None:
+        sent = self._publisher.publish(in_flight.topic, in_flight.payload, retain=True)
+        if sent:
+            self.republished += 1
+        # Only suspect requests get here (after a reconnect or a restart).
+        logger.info(
+            "task %d of job %d on device %s: no answer after %g s, %s",
+            task.id,
+            task.job_id,
+            device,
+            waited,
+            "re-sent" if sent else "re-send deferred (broker disconnected)",
+            extra=_ids(task, device, resend_delay=waited, resent=sent),
+        )
 
     # -- supervision ---------------------------------------------------------------------
 
     def on_device_failure(self, failure: Failure[Any]) -> Directive:
         """Policy for device actors: stop the actor and fail its tasks, in flight and queued."""
-        device = failure.name.partition(":")[2]
+        device: str = failure.key
         reason = {"error": f"device actor failed: {failure.error!r}"}
         doomed = [m for m in failure.drain() if isinstance(m, Dispatch)]
         current = self._current.pop(device, None)
@@ -381,16 +418,28 @@ class Fleet:
         )
         for dispatch in doomed:
             task = dispatch.task
-            if not dispatch.job.final:  # an ended job's tasks keep the status it gave them
-                logger.warning(
-                    "task %d of job %d on device %s: error, the device actor failed",
-                    task.id,
-                    task.job_id,
-                    device,
-                    extra=_ids(task, device, status="error", error=repr(failure.error)),
-                )
-            dispatch.job.report_settled_soon(task, "error", reason)
+            if task.final:
+                continue  # its job ended: the task keeps the status the job gave it
+            logger.warning(
+                "task %d of job %d on device %s: error, the device actor failed",
+                task.id,
+                task.job_id,
+                device,
+                extra=_ids(task, device, status="error", error=repr(failure.error)),
+            )
+            # A policy is synchronous: the report goes out from a task of its own, which
+            # waits if the job's mailbox is full (never lost) and gives up if the job ended.
+            self._nursery.start_soon(
+                _report_quietly, dispatch.reports, TaskSettled(task.id, "error", reason)
+            )
         return Directive.STOP
+
+
+async def _report_quietly(reports: ActorRef[TaskReport], report: TaskReport) -> None:
+    try:
+        await reports.tell(report)
+    except ActorStopped:
+        pass  # the job ended meanwhile; its final state already covers this task
 
 
 def _ids(task: TaskRecord, device: str, **fields: Any) -> dict[str, Any]:

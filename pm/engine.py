@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,12 +29,13 @@ import trio
 from actors import Directive, Failure, Supervisor
 
 from .config import Config
-from .devices import Fleet, Publisher, ResendSchedule
+from .devices import Fleet, Publisher
 from .jobs import Job
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
 from .state import JobRecord, expand_batch
 from .store import Store, StoreUnavailable, open_store
+from .task_machine import ResendSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,25 @@ class TooManyJobsRunning(JobRefused):
 
 
 class Engine:
-    """Jobs by id, and the fleet they dispatch to. Create with :func:`open_engine`."""
+    """Jobs by id, and the fleet they dispatch to. Create with :func:`open_engine`.
+
+    ``wall_clock`` gives epoch seconds (``createdAt``, ``finishAt``, job timeouts across a
+    restart, retention); timeouts while running are on trio's clock. Tests pass a wall clock
+    that follows trio's virtual one.
+    """
 
     def __init__(
-        self, config: Config, nursery: trio.Nursery, publisher: Publisher, store: Store
+        self,
+        config: Config,
+        nursery: trio.Nursery,
+        publisher: Publisher,
+        store: Store,
+        *,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
+        self.wall_clock = wall_clock
         self.topics = TopicTemplates(config.topics.request, config.topics.response)
         self.fleet = Fleet(
             nursery,
@@ -79,11 +92,7 @@ class Engine:
             idle_timeout=config.tasks.device_idle_retire,
             max_answer_bytes=config.limits.max_answer_bytes,
             max_answer_depth=config.limits.max_json_depth,
-            resend=ResendSchedule(
-                devices_return_grace=config.recovery.devices_return_grace,
-                first_delay=config.recovery.resend_first_delay,
-                max_delay=config.recovery.resend_max_delay,
-            ),
+            resend=ResendSchedule.from_config(config.recovery),
         )
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}
@@ -110,7 +119,7 @@ class Engine:
             )
         total = self._check_limits(request)
         job_id, first_task_id = await self.store.allocate_ids(1, total)
-        now = time.time()
+        now = self.wall_clock()
         tasks = expand_batch(
             job_id,
             request.batch,
@@ -167,7 +176,7 @@ class Engine:
         """
         resumed = 0
         for record in self.store.load_unfinished(self.topics.response_topic):
-            now = time.time()
+            now = self.wall_clock()
             if record.timeout is not None and record.created_at + record.timeout <= now:
                 for task in record.finish("timeout", now):
                     self.store.task_changed(task)
@@ -206,13 +215,18 @@ class Engine:
             self.fleet,
             self.store,
             watchers=self.config.watchers,
+            wall_clock=self.wall_clock,
         )
 
         async def run(inbox: trio.MemoryReceiveChannel[Any]) -> None:
             await job.run(inbox, deadline)
 
         job.ref = self._job_supervisor.spawn(
-            f"job:{record.id}", run, capacity=JOB_MAILBOX, on_exit=lambda: self._job_ended(job)
+            f"job:{record.id}",
+            run,
+            capacity=JOB_MAILBOX,
+            key=record.id,
+            on_exit=lambda: self._job_ended(job),
         )
         self._jobs[record.id] = job
         return job
@@ -240,6 +254,7 @@ class Engine:
             self.store,
             watchers=self.config.watchers,
             feed_capacity=1,
+            wall_clock=self.wall_clock,
         )
         job.feed.close()  # watchers of a stored job get its final snapshot and the close
         job.ended.set()
@@ -281,7 +296,7 @@ class Engine:
         Error handling: a sweep the store cannot run (a storage fault) is skipped, not fatal.
         """
         while True:
-            cutoff = time.time() - self.config.store.retention
+            cutoff = self.wall_clock() - self.config.store.retention
             try:
                 deleted = await self.store.delete_finished_before(cutoff)
             except StoreUnavailable as error:
@@ -318,7 +333,7 @@ class Engine:
 
     def _on_job_failure(self, failure: Failure[Any]) -> Directive:
         # The supervisor logs the traceback; this line says what it means for the job.
-        job_id = int(failure.name.partition(":")[2])
+        job_id: int = failure.key
         logger.error(
             "job %d: its actor failed (%r); the job ends cancelled",
             job_id,
@@ -351,13 +366,18 @@ def _finished_before(job: Job, cutoff: float) -> bool:
 
 @asynccontextmanager
 async def open_engine(
-    config: Config, publisher: Publisher, store: Store | None = None
+    config: Config,
+    publisher: Publisher,
+    store: Store | None = None,
+    *,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Engine]:
     """Run an engine until the block exits; its jobs and device actors stop with it.
 
     Args:
       store: an open store whose actor (``store.run``) the caller runs and outlives the
         engine; ``None`` opens and runs one here from ``config.store``.
+      wall_clock: epoch seconds (see :class:`Engine`).
 
     Unfinished jobs in the store are resumed before the engine is handed out.
     """
@@ -369,7 +389,7 @@ async def open_engine(
             if own_store:
                 await outer.start(store.run)
             async with trio.open_nursery() as nursery:
-                engine = Engine(config, nursery, publisher, store)
+                engine = Engine(config, nursery, publisher, store, wall_clock=wall_clock)
                 engine.recover()
                 nursery.start_soon(engine.run_retention, name="retention")
                 try:

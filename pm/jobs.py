@@ -10,8 +10,13 @@ A job actor runs two tasks in its own nursery:
 They are separate so that a feeder blocked on a full device mailbox can never stop the
 aggregator from draining reports, which is what that device is waiting on (no deadlock).
 The job timeout is a deadline on the aggregator; cancelling or timing out a job cancels the
-feeder (queued tasks never reach devices) and the cancel scopes of in-flight tasks (their
-devices move on; a late answer is dropped as unexpected).
+feeder (queued tasks never reach devices) and tells the device side to abandon its tasks in
+flight (:meth:`TaskDispatcher.abandon`: their devices move on; a late answer is dropped as
+unexpected).
+
+The contract with device actors is narrow and one-way: a task goes out with a reference to
+this job's mailbox, and reports come back as :mod:`pm.task_machine` messages. This module
+never imports :mod:`pm.devices`; it names what it needs of it in :class:`TaskDispatcher`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 import trio
@@ -27,12 +33,10 @@ import trio
 from actors import ActorRef, ActorStopped, Reply
 
 from .config import WatchersConfig
-from .schemas import JobView, TaskStatus
+from .schemas import JobView
 from .state import JobRecord, TaskRecord
+from .task_machine import TaskProgress, TaskReport, TaskSent, TaskSettled
 from .watch import JobFeed, TaskMode, Watcher
-
-if TYPE_CHECKING:
-    from .devices import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +46,26 @@ FEED_CHUNK = 64
 AGGREGATE_CHUNK = 256
 
 
-class TaskSent(msgspec.Struct, frozen=True, tag=True):
-    task_id: int
-
-
-class TaskProgress(msgspec.Struct, frozen=True, tag=True):
-    task_id: int
-    progress: int
-
-
-class TaskSettled(msgspec.Struct, frozen=True, tag=True):
-    task_id: int
-    status: TaskStatus
-    result: Any
-
-
 class CancelJob(msgspec.Struct, frozen=True, tag=True):
+    """From the API: end the job now, answer its final snapshot."""
+
     reply: Reply[JobView]
 
 
-JobMessage = TaskSent | TaskProgress | TaskSettled | CancelJob
+#: What a job actor's mailbox accepts: reports from device actors, and cancel requests.
+JobActorMessage = TaskReport | CancelJob
+
+
+class TaskDispatcher(Protocol):
+    """What a job needs of the device actors (:class:`pm.devices.Fleet`)."""
+
+    async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
+        """Queue ``task`` on its device (may wait: back-pressure); reports go to ``reports``."""
+        ...
+
+    def abandon(self, job_id: int) -> int:
+        """Stop waiting on the job's tasks in flight; returns how many there were."""
+        ...
 
 
 class ChangeRecorder(Protocol):
@@ -80,30 +84,32 @@ class Job:
 
     Args:
       record: the tasks and aggregate state (written only by this job's actor).
-      fleet: where tasks go.
+      devices: where tasks go.
       recorder: told of every change (the store).
       watchers: the ``[watchers]`` settings (see :mod:`pm.watch`).
       feed_capacity: task changes its feed keeps for lagging watchers (default
         ``watchers.queue_size``).
+      wall_clock: epoch seconds for ``finishAt`` timestamps (tests pass a fake).
     """
 
     def __init__(
         self,
         record: JobRecord,
-        fleet: Fleet,
+        devices: TaskDispatcher,
         recorder: ChangeRecorder,
         *,
         watchers: WatchersConfig,
         feed_capacity: int | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.record = record
-        self._fleet = fleet
+        self._devices = devices
         self._recorder = recorder
+        self._wall_clock = wall_clock
         self._watchers = watchers
         capacity = watchers.queue_size if feed_capacity is None else feed_capacity
         self.feed = JobFeed(lambda: record.view(collection=None), capacity)
-        self.ref: ActorRef[JobMessage] | None = None
-        self._task_scopes: dict[int, trio.CancelScope] = {}
+        self.ref: ActorRef[JobActorMessage] | None = None
         self.ended = trio.Event()
 
     @property
@@ -125,41 +131,6 @@ class Job:
             max_task_messages_per_second=settings.max_task_messages_per_second,
         )
 
-    # -- called by device actors ---------------------------------------------------------
-
-    def open_task_scope(self, task_id: int, deadline: float) -> trio.CancelScope:
-        scope = trio.CancelScope(deadline=deadline)
-        self._task_scopes[task_id] = scope
-        return scope
-
-    def close_task_scope(self, task_id: int) -> None:
-        self._task_scopes.pop(task_id, None)
-
-    async def report_sent(self, task: TaskRecord) -> None:
-        await self._tell(TaskSent(task.id))
-
-    async def report_progress(self, task: TaskRecord, progress: int) -> None:
-        await self._tell(TaskProgress(task.id, progress))
-
-    async def report_settled(self, task: TaskRecord, status: TaskStatus, result: Any) -> None:
-        await self._tell(TaskSettled(task.id, status, result))
-
-    def report_settled_soon(self, task: TaskRecord, status: TaskStatus, result: Any) -> None:
-        """For synchronous callers (a failure policy): never waits, never loses the report."""
-        if self.ref is not None and not self.final:
-            self._nursery.start_soon(self._tell_if_running, TaskSettled(task.id, status, result))
-
-    async def _tell_if_running(self, message: JobMessage) -> None:
-        try:
-            await self._tell(message)
-        except ActorStopped:
-            pass  # the job ended meanwhile; its final state already covers this task
-
-    async def _tell(self, message: JobMessage) -> None:
-        if self.ref is None:
-            raise ActorStopped(f"job:{self.id}")
-        await self.ref.tell(message)
-
     # -- called by the API ---------------------------------------------------------------
 
     async def cancel(self) -> JobView:
@@ -175,7 +146,7 @@ class Job:
     # -- the actor -----------------------------------------------------------------------
 
     async def run(
-        self, inbox: trio.MemoryReceiveChannel[JobMessage], deadline: float = math.inf
+        self, inbox: trio.MemoryReceiveChannel[JobActorMessage], deadline: float = math.inf
     ) -> None:
         """The job actor. ``deadline`` is on trio's clock (job timeout, or none).
 
@@ -183,7 +154,6 @@ class Job:
         """
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 nursery.start_soon(self._feed_devices, name=f"job:{self.id}:feeder")
                 with trio.move_on_at(deadline):
                     await self._aggregate(inbox)
@@ -198,14 +168,14 @@ class Job:
             raise
         finally:
             # Also reached on shutdown (trio.Cancelled): the job is then left unfinished, as
-            # stored, and resumes when the gateway starts again.
-            self._abandon_in_flight()
+            # stored, and resumes when the gateway starts again (its device actors are
+            # cancelled with it: they run in the same engine).
             self.feed.close()
             self.ended.set()
             if self.final:
                 self._log_finished()
 
-    async def _aggregate(self, inbox: trio.MemoryReceiveChannel[JobMessage]) -> None:
+    async def _aggregate(self, inbox: trio.MemoryReceiveChannel[JobActorMessage]) -> None:
         """Apply reports until the job is final or the mailbox closes.
 
         Reports already queued are taken without a scheduler round trip each (trio's
@@ -229,12 +199,15 @@ class Job:
                 await trio.lowlevel.checkpoint()
 
     async def _feed_devices(self) -> None:
+        reports = self.ref
+        if reports is None:
+            raise AssertionError(f"job {self.id} runs without a mailbox reference")
         handed_out = 0
         for task in self.record.tasks:
             if self.final:
                 return
             if not task.final:  # a resumed job skips what was settled before the restart
-                await self._fleet.dispatch(task, self)
+                await self._devices.dispatch(task, reports)
                 handed_out += 1
                 # dispatch() does not yield while the device's mailbox has room: yield every
                 # FEED_CHUNK tasks so the devices (and everyone else) get to run. The devices
@@ -245,7 +218,7 @@ class Job:
                 if handed_out % FEED_CHUNK == 0:
                     await trio.lowlevel.checkpoint()
 
-    def _handle(self, message: JobMessage) -> None:
+    def _handle(self, message: JobActorMessage) -> None:
         record = self.record
         match message:
             case TaskSent(task_id):
@@ -258,7 +231,7 @@ class Job:
                     self._task_changed(task)
             case TaskSettled(task_id, status, result):
                 task = record.task(task_id)
-                if task is not None and record.settle(task, status, result, time.time()):
+                if task is not None and record.settle(task, status, result, self._wall_clock()):
                     self._task_changed(task)
                     # The per-task path: DEBUG only, and no extra dict built unless enabled.
                     if logger.isEnabledFor(logging.DEBUG):
@@ -288,7 +261,9 @@ class Job:
         self._recorder.job_changed(self.record)
 
     def _finish(self, status: str) -> None:
-        settled = self.record.finish(status, time.time())  # type: ignore[arg-type]
+        settled = self.record.finish(status, self._wall_clock())  # type: ignore[arg-type]
+        # Device actors stop waiting on this job's tasks in flight (now final).
+        abandoned = self._devices.abandon(self.id)
         if settled:
             # One line per job, not per task: a job timeout can settle 100k tasks at once.
             logger.info(
@@ -297,12 +272,12 @@ class Job:
                 status,
                 len(settled),
                 status,
-                len(self._task_scopes),
+                abandoned,
                 extra={
                     "job_id": self.id,
                     "status": status,
                     "settled": len(settled),
-                    "abandoned": len(self._task_scopes),
+                    "abandoned": abandoned,
                 },
             )
         for task in settled:
@@ -310,11 +285,6 @@ class Job:
             self._recorder.task_changed(task)
         self.feed.job_changed()
         self._recorder.job_changed(self.record)
-        self._abandon_in_flight()
-
-    def _abandon_in_flight(self) -> None:
-        for scope in self._task_scopes.values():
-            scope.cancel()
 
     def _log_finished(self) -> None:
         record = self.record

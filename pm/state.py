@@ -11,7 +11,6 @@ here and checked by ``tests/test_state.py``:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -258,15 +257,16 @@ def expand_batch(
     next_task_id: Callable[[], int],
     tunnel_for: Callable[[str], str],
     default_timeout: float,
-    now: float | None = None,
+    now: float,
 ) -> list[TaskRecord]:
     """One task per entry x destination, in entry order then destination order.
 
     Args:
       next_task_id: returns a fresh task id per call.
       tunnel_for: the answer topic of a device.
+      now: ``createdAt`` of every task, epoch seconds (the caller's wall clock).
     """
-    created_at = time.time() if now is None else now
+    created_at = now
     tasks = []
     for position, entry in enumerate(batch):
         timeout = default_timeout if entry.timeout is None else entry.timeout
