@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ import trio.testing
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.schemas import JobRequest
+from pm.store import Store, open_store
 from tests.fakes import RecordingPublisher
 
 
@@ -326,3 +328,112 @@ async def test_suspect_requests_follow_the_configured_resend_schedule(
         assert len(sent_at) == 1
         answer(engine, publisher.requests_to("/remote/dev")[-1])
         await later.ended.wait()
+
+
+# -- restarts, on the virtual clock ----------------------------------------------------------
+#
+# The engine reads wall time only through the clock it is given: here one that follows trio's
+# virtual clock, so "the gateway was down for 40 s" is a virtual sleep. Both engines share one
+# in-memory store (inline, no worker thread: a thread would let the virtual clock jump).
+
+EPOCH = 1_800_000_000.0
+GUARD = 3600.0  # virtual seconds: far beyond every timeout below
+
+
+def virtual_wall_clock() -> float:
+    return EPOCH + trio.current_time()
+
+
+@asynccontextmanager
+async def shared_store() -> AsyncIterator[Store]:
+    store = await open_store(":memory:", commit_interval=0.05)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            yield store
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+def restartable(
+    store: Store, publisher: RecordingPublisher, store_config: StoreConfig | None = None
+) -> Any:
+    """An engine on ``store`` with the virtual wall clock; leaving it is a shutdown."""
+    settings = Config(
+        tasks=TasksConfig(default_timeout=30.0, device_idle_retire=5.0),
+        store=store_config or StoreConfig(path=":memory:"),
+    )
+    return open_engine(settings, publisher, store, wall_clock=virtual_wall_clock)
+
+
+async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with shared_store() as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                short = await engine.submit(job_request(entry(["a"]), entry("a"), timeout=30))
+                long = await engine.submit(job_request(entry("b"), timeout=600))
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 2
+            await trio.sleep(40)  # down for longer than the short job's timeout
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                # Decided before the engine is handed out, without dispatching anything of it.
+                assert engine.get(short.id) is None
+                stored = await engine.find(short.id)
+                assert stored is not None and stored.record.status == "timeout"
+                assert [t.status for t in stored.record.tasks] == ["timeout", "timeout"]
+                assert stored.record.finish_at == EPOCH + 40
+                resumed = engine.get(long.id)
+                assert resumed is not None and not resumed.final
+                await trio.testing.wait_all_tasks_blocked()
+                assert [topic for topic, _ in publisher.published] == ["/remote/b"]
+
+
+async def test_a_job_timeout_keeps_counting_from_created_at(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with shared_store() as store:
+        with trio.fail_after(GUARD):
+            created = trio.current_time()
+            async with restartable(store, RecordingPublisher()) as engine:
+                job = await engine.submit(job_request(entry("a"), timeout=60))
+                await trio.sleep(10)
+            await trio.sleep(20)
+            async with restartable(store, RecordingPublisher()) as engine:
+                resumed = engine.get(job.id)
+                assert resumed is not None and not resumed.final
+                await resumed.ended.wait()
+                # 60 s after it was created, not 60 s after the restart.
+                assert trio.current_time() - created == 60
+                assert resumed.record.status == "timeout"
+                assert resumed.record.finish_at == resumed.record.created_at + 60
+
+
+async def test_retention_deletes_old_finished_jobs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with shared_store() as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            retention = StoreConfig(path=":memory:", retention=100.0, retention_interval=10.0)
+            async with restartable(store, publisher, retention) as engine:
+                publisher.on_publish = lambda topic, request: (
+                    answer(engine, request) if request["resource"] == "/done" else None
+                )
+                finished = await engine.submit(job_request(entry("a", "/done")))
+                running = await engine.submit(job_request(entry("b", "/never", timeout=1000)))
+                await finished.ended.wait()
+                assert (await engine.list())[1] == 2
+                await trio.sleep(95)
+                assert engine.get(finished.id) is finished  # not old enough yet
+                await trio.sleep(20)
+                # Gone from memory and from the store; the unfinished job is untouched.
+                assert engine.get(finished.id) is None
+                assert await engine.find(finished.id) is None
+                views, total = await engine.list()
+                assert (total, [v.id for v in views]) == (1, [running.id])
+                assert engine.get(running.id) is running and not running.final

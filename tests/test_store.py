@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -592,60 +591,6 @@ async def test_restart_without_resend_fails_in_flight_tasks(tmp_path: Path) -> N
     assert [t.status for t in stored.tasks] == ["error", "resolved", "error"]
 
 
-async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
-    tmp_path: Path,
-) -> None:
-    config = engine_config(tmp_path / "pm.db")
-    state: dict[str, Any] = {}
-
-    async def before(engine: Engine, publisher: RecordingPublisher) -> None:
-        job = await engine.submit(job_request(("a", "/1"), ("a", "/2"), timeout=0.3))
-        long = await engine.submit(job_request(("b", "/1"), timeout=60))
-        await poll_until(lambda: len(publisher.published) == 2)
-        state["job"], state["long"] = job.id, long.id
-        state["created"] = job.record.created_at
-
-    with trio.fail_after(GUARD):
-        await run_until_stopped(config, before)
-        await trio.sleep(max(0.0, state["created"] + 0.3 - time.time()) + 0.05)
-        publisher = RecordingPublisher()
-        async with engine_on(config, publisher) as engine:
-            # Decided before the engine is handed out, without dispatching anything of it.
-            assert engine.get(state["job"]) is None
-            job = await engine.find(state["job"])
-            assert job is not None
-            assert job.record.status == "timeout"
-            assert [t.status for t in job.record.tasks] == ["timeout", "timeout"]
-            assert (job.record.error_count, job.record.progress) == (2, 100)
-            long = engine.get(state["long"])
-            assert long is not None and not long.final
-            await poll_until(lambda: len(publisher.published) == 1)
-            assert publisher.published[0][0] == "/remote/b"
-            views, _ = await engine.list(status="timeout")
-            assert [v.id for v in views] == [state["job"]]
-
-
-async def test_a_job_timeout_keeps_counting_from_created_at(tmp_path: Path) -> None:
-    config = engine_config(tmp_path / "pm.db")
-    state: dict[str, Any] = {}
-
-    async def before(engine: Engine, publisher: RecordingPublisher) -> None:
-        job = await engine.submit(job_request(("a", "/1"), timeout=0.6))
-        await poll_until(lambda: len(publisher.published) == 1)
-        state["job"], state["created"] = job.id, job.record.created_at
-
-    with trio.fail_after(GUARD):
-        await run_until_stopped(config, before)
-        async with engine_on(config, RecordingPublisher()) as engine:
-            job = engine.get(state["job"])
-            assert job is not None and not job.final
-            await job.ended.wait()
-            ended = time.time()
-    assert job.record.status == "timeout"
-    # It ended 0.6 s after it was created, not 0.6 s after the restart.
-    assert ended - state["created"] == pytest.approx(0.6, abs=0.15)
-
-
 async def test_a_finished_job_is_readable_after_a_restart(tmp_path: Path) -> None:
     config = engine_config(tmp_path / "pm.db")
     state: dict[str, Any] = {}
@@ -697,28 +642,3 @@ async def test_delete_removes_a_stored_job_for_good(tmp_path: Path) -> None:
         async with engine_on(config, RecordingPublisher()) as engine:
             assert await engine.find(state["job"]) is None
             assert await engine.list() == ([], 0)
-
-
-async def test_retention_deletes_old_finished_jobs(tmp_path: Path) -> None:
-    config = engine_config(tmp_path / "pm.db")
-    config = msgspec.structs.replace(
-        config,
-        store=msgspec.structs.replace(config.store, retention=0.2, retention_interval=0.02),
-    )
-    with trio.fail_after(GUARD):
-        publisher = RecordingPublisher()
-        async with engine_on(config, publisher) as engine:
-            publisher.on_publish = lambda topic, request: (
-                answer(engine, request) if request["resource"] == "/done" else None
-            )
-            finished = await engine.submit(job_request(("a", "/done")))
-            running = await engine.submit(job_request(("b", "/never")))
-            await finished.ended.wait()
-            _, total = await engine.list()
-            assert total == 2
-            await poll_until(lambda: engine.get(finished.id) is None)
-            # Gone from memory and from the store; the unfinished job is untouched.
-            assert await engine.find(finished.id) is None
-            views, total = await engine.list()
-            assert (total, [v.id for v in views]) == (1, [running.id])
-            assert engine.get(running.id) is running and not running.final
