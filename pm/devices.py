@@ -2,15 +2,16 @@
 
 A :class:`Fleet` owns a registry of device actors (spawned on the first task for a device,
 retired after ``tasks.device_idle_retire`` idle seconds) and routes incoming answers to the
-actor whose task is in flight. Everything that arrives and fits no in-flight task is dropped
-and counted by reason in :attr:`Fleet.dropped`; nothing a device sends can raise here.
+actor whose task is in flight (:mod:`pm.in_flight`). Everything that arrives and fits no
+in-flight task is dropped and counted by reason in :attr:`Fleet.dropped`; nothing a device
+sends can raise here.
 
 The contract with jobs is narrow: a device actor receives a :class:`Dispatch` (the task and
 a reference to its job's mailbox), reports with :mod:`pm.task_machine`'s messages only, and
-owns the cancel scope of its task; a job that ends early calls :meth:`Fleet.abandon`, which
-cancels the scopes of that job's tasks from here. What to do with each answer and when to
-re-send is decided by the pure :class:`~pm.task_machine.TaskMachine`; this module does the
-I/O around it.
+owns the cancel scope of its task; a job that ends early calls :meth:`Fleet.abandon`, and
+the device side cancels its own scopes of that job's tasks. What to do with each answer and
+when to re-send is decided by the pure :class:`~pm.task_machine.TaskMachine`; the actor
+here is the thin adapter doing the I/O and the waiting around it.
 
 Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
 and every task still queued for it end ``error`` with a result naming the failure. Other
@@ -20,46 +21,23 @@ devices and jobs are untouched; the next task for that device spawns a fresh act
 from __future__ import annotations
 
 import logging
-import math
-from collections import Counter
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import trio
 
 from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .in_flight import InFlight, InFlightRequests, Publisher
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
-from .protocol import (
-    MalformedAnswer,
-    SanjiAnswer,
-    SanjiRequest,
-    TopicTemplates,
-    decode_answer,
-    encode_request,
-)
+from .protocol import SanjiAnswer, TopicTemplates
 from .state import TaskRecord
-from .task_machine import (
-    DEFAULT_RESEND,
-    ResendSchedule,
-    TaskMachine,
-    TaskReport,
-    TaskSent,
-    TaskSettled,
-)
+from .task_machine import DEFAULT_RESEND, ResendSchedule, TaskReport, TaskSent, TaskSettled
 
 logger = logging.getLogger(__name__)
 
 # Answers buffered for the one in-flight task; a device flooding beyond this is dropped.
 ANSWER_BUFFER = 16
-
-
-class Publisher(Protocol):
-    """What the fleet needs of the MQTT client."""
-
-    def publish(
-        self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False
-    ) -> bool: ...
 
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
@@ -68,38 +46,6 @@ class Dispatch(msgspec.Struct, frozen=True, tag=True):
 
     task: TaskRecord
     reports: ActorRef[TaskReport]
-
-
-class InFlight:
-    """The one task a device is working on: its state machine, and what the answer router
-    and :meth:`Fleet.abandon` need to reach the device actor.
-
-    ``scope`` is the device actor's own cancel scope for the task (its deadline is the task
-    timeout); only code in this module cancels it, and sets ``abandoned`` first.
-    """
-
-    __slots__ = ("abandoned", "answers", "job_id", "machine", "payload", "scope", "topic")
-
-    def __init__(
-        self,
-        machine: TaskMachine,
-        job_id: int,
-        topic: str,
-        payload: bytes,
-        answers: trio.MemorySendChannel[SanjiAnswer | None],
-        scope: trio.CancelScope,
-    ) -> None:
-        self.machine = machine
-        self.job_id = job_id
-        self.topic = topic
-        self.payload = payload
-        self.answers = answers
-        self.scope = scope
-        self.abandoned = False
-
-    @property
-    def task_id(self) -> int:
-        return self.machine.task_id
 
 
 class Fleet:
@@ -129,11 +75,13 @@ class Fleet:
         resend: ResendSchedule = DEFAULT_RESEND,
     ) -> None:
         self._nursery = nursery
-        self._publisher = publisher
-        self._resend = resend
-        self._max_answer_bytes = max_answer_bytes
-        self._max_answer_depth = max_answer_depth
-        self._topics = topics
+        self._requests = InFlightRequests(
+            publisher,
+            topics,
+            max_answer_bytes=max_answer_bytes,
+            max_answer_depth=max_answer_depth,
+            resend=resend,
+        )
         self._registry: Registry[str, Dispatch] = Registry(
             Supervisor(nursery, self.on_device_failure),
             self._run_device,
@@ -141,13 +89,10 @@ class Fleet:
             idle_timeout=idle_timeout,
             name="device",
         )
-        self._in_flight: dict[str, InFlight] = {}
         self._current: dict[str, Dispatch] = {}
-        self._devices_return_until = -math.inf
-        self.dropped: Counter[str] = Counter()
+        self.dropped = self._requests.dropped
         self.published = 0
         self.answered = 0
-        self.republished = 0
 
     @property
     def live_actors(self) -> int:
@@ -155,7 +100,16 @@ class Fleet:
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self._requests)
+
+    def task_in_flight(self, device: str) -> int | None:
+        """The id of the task ``device`` is working on, if any."""
+        in_flight = self._requests.get(device)
+        return None if in_flight is None else in_flight.task_id
+
+    @property
+    def republished(self) -> int:
+        return self._requests.republished
 
     async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
         """Queue ``task`` on its device; waits while that device's mailbox is full. What
@@ -165,80 +119,30 @@ class Fleet:
 
     def abandon(self, job_id: int) -> int:
         """The job ended early: its tasks in flight stop waiting for answers (their devices
-        move on; a late answer is dropped as unexpected). Returns how many were in flight.
+        move on; a late answer is dropped as unexpected). Returns how many were in flight."""
+        return self._requests.abandon(job_id)
 
-        Walks every in-flight task: called once per job that ends by timeout or cancel,
-        never per task."""
-        abandoned = 0
-        for in_flight in self._in_flight.values():
-            if in_flight.job_id == job_id and not in_flight.abandoned:
-                in_flight.abandoned = True
-                in_flight.scope.cancel()
-                abandoned += 1
-        return abandoned
-
-    # -- answers, called by the MQTT client on the trio thread ---------------------------
+    # -- called by the MQTT client on the trio thread ------------------------------------
 
     def on_answer(self, topic: str, payload: bytes) -> None:
         """Route one message from an answer topic. Never raises for what devices send."""
-        device = self._topics.device_of_response(topic)
-        if device is None:
-            self.dropped["foreign_topic"] += 1
-            return
-        # Refused before decoding: parsing a huge payload would cost more than dropping it.
-        if len(payload) > self._max_answer_bytes:
-            self.dropped["oversized"] += 1
-            return
-        try:
-            answer = decode_answer(payload, self._max_answer_depth)
-        except MalformedAnswer:
-            self.dropped["malformed"] += 1
-            return
-        in_flight = self._in_flight.get(device)
-        if in_flight is None or in_flight.machine.task_id != answer.id:
-            # Unknown id, another device's task, or a task already settled or abandoned.
-            self.dropped["unexpected_id"] += 1
-            return
-        try:
-            in_flight.answers.send_nowait(answer)
-        except trio.WouldBlock:
-            self.dropped["answer_overflow"] += 1
+        self._requests.route(topic, payload)
 
     def expect_devices_to_return(self) -> None:
         """Devices are reconnecting (the broker or the gateway restarted): for the schedule's
         grace, requests are published as suspect (retained, re-sent until answered)."""
-        self._devices_return_until = max(
-            self._devices_return_until,
-            trio.current_time() + self._resend.devices_return_grace,
-        )
+        self._requests.expect_devices_to_return(trio.current_time())
 
     def republish_in_flight(self) -> None:
         """After a reconnect: send every in-flight request again, with the same task id.
 
         The broker may have lost them (a restarted embedded broker keeps no sessions), so
         delivery is at least once; a device replays its answer to a repeated id
-        (docs/protocol.md). They go out *retained*:
-        a device that reconnects and resubscribes after this moment still receives its
-        request, from the broker, the moment it subscribes.
+        (docs/protocol.md). They go out *retained*: a device that reconnects and
+        resubscribes after this moment still receives its request, from the broker, the
+        moment it subscribes.
         """
-        self.expect_devices_to_return()
-        for device, in_flight in self._in_flight.items():
-            if self._publisher.publish(in_flight.topic, in_flight.payload, retain=True):
-                self.republished += 1
-            # One line per device in flight: DEBUG (the engine logs the count at INFO).
-            if logger.isEnabledFor(logging.DEBUG):
-                task_id = in_flight.machine.task_id
-                logger.debug(
-                    "task %d on device %s: re-sent after reconnect",
-                    task_id,
-                    device,
-                    extra={"task_id": task_id, "device": device},
-                )
-            if in_flight.machine.on_suspect():
-                try:
-                    in_flight.answers.send_nowait(None)  # the actor starts its re-send timer
-                except trio.WouldBlock:
-                    pass  # answers are queued: the actor wakes anyway
+        self._requests.republish_all(trio.current_time())
 
     # -- the actor -----------------------------------------------------------------------
 
@@ -273,36 +177,10 @@ class Fleet:
                 answers.receive_nowait()
             except trio.WouldBlock:
                 break
-        topic = self._topics.request_topic(device)
-        payload = encode_request(
-            SanjiRequest(
-                id=task.id,
-                method=task.method,  # type: ignore[arg-type]
-                resource=task.resource,
-                data=task.data,
-                tunnel=task.tunnel,
-            )
-        )
-        now = trio.current_time()
         # A resumed job's task may already be "sent": it goes out again with the same id.
-        machine = TaskMachine(
-            task.id,
-            self._resend,
-            suspect=TaskMachine.is_suspect(
-                already_sent=task.status == "sent",
-                now=now,
-                devices_return_until=self._devices_return_until,
-            ),
-        )
-        # The task timeout counts from publication; Fleet.abandon cancels it early.
-        scope = trio.CancelScope(deadline=now + task.timeout)
-        in_flight = InFlight(machine, task.job_id, topic, payload, answers_send, scope)
-        self._in_flight[device] = in_flight
+        in_flight = self._requests.publish(device, task, answers_send, trio.current_time())
+        machine = in_flight.machine
         try:
-            # If the connection is down, publish returns False and the request goes out
-            # with the other in-flight ones when it is back (republish_in_flight). A
-            # suspect request goes out retained (see republish_in_flight).
-            self._publisher.publish(topic, payload, retain=machine.suspect)
             self.published += 1
             # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
             if logger.isEnabledFor(logging.DEBUG):
@@ -314,7 +192,8 @@ class Fleet:
                     " (retained, re-sent until answered)" if machine.suspect else "",
                     extra=_ids(task, device, retained=machine.suspect),
                 )
-            with scope:
+            # The task timeout (the scope's deadline) counts from publication.
+            with in_flight.scope:
                 await reports.tell(TaskSent(task.id))
                 report = await self._await_final_answer(device, task, reports, in_flight, answers)
                 self.answered += 1
@@ -342,10 +221,7 @@ class Fleet:
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
-            del self._in_flight[device]
-            if machine.suspect:
-                # Clear the retained copy so no later subscriber gets a settled request.
-                self._publisher.publish(topic, b"", retain=True)
+            self._requests.remove(device, in_flight)
 
     async def _await_final_answer(
         self,
@@ -384,9 +260,7 @@ class Fleet:
     def _resend_now(
         self, device: str, task: TaskRecord, in_flight: InFlight, waited: float
     ) -> None:
-        sent = self._publisher.publish(in_flight.topic, in_flight.payload, retain=True)
-        if sent:
-            self.republished += 1
+        sent = self._requests.resend(in_flight)
         # Only suspect requests get here (after a reconnect or a restart).
         logger.info(
             "task %d of job %d on device %s: no answer after %g s, %s",

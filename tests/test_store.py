@@ -531,8 +531,7 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: 
                 await poll_until(lambda: engine.fleet.in_flight > 0 or job.final)
                 for device in ("a", "b"):
                     requests = publisher.requests_to(f"/remote/{device}")
-                    in_flight = engine.fleet._in_flight.get(device)
-                    if in_flight is not None and requests[-1]["id"] == in_flight.task_id:
+                    if requests[-1]["id"] == engine.fleet.task_in_flight(device):
                         answer(engine, requests[-1])
                 await trio.sleep(0.005)
             order = [(topic, r["resource"], r["id"]) for topic, r in publisher.published]
