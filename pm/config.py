@@ -214,6 +214,10 @@ class RecoveryConfig(_Section):
     # intervals up to resend_max_delay.
     resend_first_delay: Seconds = 1.0
     resend_max_delay: Seconds = 30.0
+    # On stop (SIGTERM/SIGINT) no new request leaves at once; answers to the requests in flight
+    # are awaited up to this many seconds and stored, so the next start re-sends only what was
+    # still unanswered.
+    stop_grace: ZeroOrMore = 2.0
 
     def __post_init__(self) -> None:
         if self.resend_first_delay > self.resend_max_delay:

@@ -90,6 +90,9 @@ class Fleet:
             name="device",
         )
         self._current: dict[str, Dispatch] = {}
+        # Set by stop_publishing(): shutdown has begun, no request leaves any more.
+        self._stopping = False
+        self._nothing_in_flight = trio.Event()
         self.dropped = self._requests.dropped
         self.published = 0
         self.answered = 0
@@ -122,6 +125,19 @@ class Fleet:
         move on; a late answer is dropped as unexpected). Returns how many were in flight."""
         return self._requests.abandon(job_id)
 
+    def stop_publishing(self) -> None:
+        """Shutdown begins: no request leaves from now on (no new task, no re-send); tasks
+        not yet sent stay as they are stored and go out at the next start. Answers to the
+        requests in flight are still taken (see :meth:`wait_nothing_in_flight`)."""
+        self._stopping = True
+        if not len(self._requests):
+            self._nothing_in_flight.set()
+
+    async def wait_nothing_in_flight(self) -> None:
+        """After :meth:`stop_publishing`: returns once every request in flight has been
+        answered, timed out or abandoned (and reported to its job)."""
+        await self._nothing_in_flight.wait()
+
     # -- called by the MQTT client on the trio thread ------------------------------------
 
     def on_answer(self, topic: str, payload: bytes) -> None:
@@ -142,7 +158,8 @@ class Fleet:
         resubscribes after this moment still receives its request, from the broker, the
         moment it subscribes.
         """
-        self._requests.republish_all(trio.current_time())
+        if not self._stopping:
+            self._requests.republish_all(trio.current_time())
 
     # -- the actor -----------------------------------------------------------------------
 
@@ -177,6 +194,8 @@ class Fleet:
                 answers.receive_nowait()
             except trio.WouldBlock:
                 break
+        if self._stopping:
+            await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
         # A resumed job's task may already be "sent": it goes out again with the same id.
         in_flight = self._requests.publish(device, task, answers_send, trio.current_time())
         machine = in_flight.machine
@@ -222,6 +241,8 @@ class Fleet:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
             self._requests.remove(device, in_flight)
+            if self._stopping and not len(self._requests):
+                self._nothing_in_flight.set()
 
     async def _await_final_answer(
         self,
@@ -247,7 +268,8 @@ class Fleet:
                 with trio.move_on_after(machine.resend_delay) as waiting:
                     answer = await answers.receive()
                 if waiting.cancelled_caught:
-                    self._resend_now(device, task, in_flight, machine.on_resend_due())
+                    if not self._stopping:
+                        self._resend_now(device, task, in_flight, machine.on_resend_due())
                     continue
             if answer is None:
                 continue  # a nudge: the request became suspect, its re-send wait starts

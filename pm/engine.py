@@ -342,6 +342,31 @@ class Engine:
         )
         return Directive.STOP
 
+    # -- shutdown --------------------------------------------------------------------------
+
+    def stop_dispatching(self) -> None:
+        """Shutdown begins: no request leaves for a device from now on. Jobs keep taking
+        answers to what is in flight until :meth:`settle` returns."""
+        self.fleet.stop_publishing()
+
+    async def settle(self, grace: float) -> int:
+        """After :meth:`stop_dispatching`: wait up to ``grace`` seconds for the requests in
+        flight to be answered, then until every running job has applied the reports it was
+        sent, so the store's last commit holds every answer that arrived. Returns how many
+        requests were still unanswered (they are re-sent at the next start)."""
+        with trio.move_on_after(grace):
+            await self.fleet.wait_nothing_in_flight()
+        unanswered = self.fleet.in_flight
+        for job in list(self._jobs.values()):
+            await job.apply_reports(timeout=max(grace, 1.0))
+        logger.info(
+            "dispatch stopped: %d requests in flight left unanswered after %g s",
+            unanswered,
+            grace,
+            extra={"in_flight": unanswered, "grace": grace},
+        )
+        return unanswered
+
     # -- MQTT hooks ----------------------------------------------------------------------
 
     def on_mqtt_message(self, topic: str, payload: bytes) -> None:

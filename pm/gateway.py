@@ -204,8 +204,10 @@ async def run_gateway(
                     await trio.sleep_forever()
                 await shutdown_trigger()
                 logger.info("gateway stopping")
+                engine.stop_dispatching()  # at once: not after the HTTP server's grace
                 stop_http.set()
                 await http_stopped.wait()
+                await engine.settle(config.recovery.stop_grace)
         services.cancel_scope.cancel()
 
 

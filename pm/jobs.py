@@ -30,7 +30,7 @@ from typing import Protocol
 import msgspec
 import trio
 
-from actors import ActorRef, ActorStopped, Reply
+from actors import ActorRef, ActorStopped, AskTimeout, Reply
 
 from .config import WatchersConfig
 from .schemas import JobView
@@ -52,8 +52,15 @@ class CancelJob(msgspec.Struct, frozen=True, tag=True):
     reply: Reply[JobView]
 
 
-#: What a job actor's mailbox accepts: reports from device actors, and cancel requests.
-JobActorMessage = TaskReport | CancelJob
+class ReportsApplied(msgspec.Struct, frozen=True, tag=True):
+    """Answered once every message queued before it has been applied (shutdown uses it to
+    store what settled before the job actor stops)."""
+
+    reply: Reply[None]
+
+
+#: What a job actor's mailbox accepts: reports from device actors, and requests.
+JobActorMessage = TaskReport | CancelJob | ReportsApplied
 
 
 class TaskDispatcher(Protocol):
@@ -142,6 +149,16 @@ class Job:
                 pass
         await self.ended.wait()
         return self.record.view()
+
+    async def apply_reports(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Return once the reports already in the job's mailbox are applied (and recorded),
+        or after ``timeout`` seconds. A job that has ended has nothing left to apply."""
+        if self.ref is None or self.final:
+            return
+        try:
+            await self.ref.ask(ReportsApplied, timeout=timeout)
+        except (ActorStopped, AskTimeout):
+            pass  # it ended meanwhile (its final state is recorded), or it is stuck: stop anyway
 
     # -- the actor -----------------------------------------------------------------------
 
@@ -251,6 +268,8 @@ class Job:
             case CancelJob(reply):
                 self._finish("cancelled")
                 reply.send(record.view())
+            case ReportsApplied(reply):
+                reply.send(None)
             case _:
                 raise AssertionError(f"unexpected job message {message!r}")
 

@@ -437,3 +437,55 @@ async def test_retention_deletes_old_finished_jobs(
                 views, total = await engine.list()
                 assert (total, [v.id for v in views]) == (1, [running.id])
                 assert engine.get(running.id) is running and not running.final
+
+
+async def test_a_stop_sends_nothing_new_and_stores_the_answers_that_arrive_within_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with shared_store() as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(
+                    job_request(entry(["a", "b", "c"], "/1"), entry(["a", "b"], "/2"))
+                )
+                await trio.testing.wait_all_tasks_blocked()
+                first = {topic: request for topic, request in publisher.published}
+                assert sorted(first) == ["/remote/a", "/remote/b", "/remote/c"]
+                answer(engine, first["/remote/c"])  # before the stop: c has nothing queued
+                await trio.testing.wait_all_tasks_blocked()
+                engine.stop_dispatching()
+                answer(engine, first["/remote/a"])  # on its way when the stop began
+                await trio.testing.wait_all_tasks_blocked()
+                # a's next task stays unsent; b never answers.
+                assert len(publisher.published) == 3
+                start = trio.current_time()
+                assert await engine.settle(grace=2.0) == 1
+                assert trio.current_time() - start == 2.0
+                assert len(publisher.published) == 3
+                statuses = [(t.device, t.resource, t.status) for t in job.record.tasks]
+                assert statuses == [
+                    ("a", "/1", "resolved"),
+                    ("b", "/1", "sent"),
+                    ("c", "/1", "resolved"),
+                    ("a", "/2", "pending"),
+                    ("b", "/2", "pending"),
+                ]
+            # What settled was stored: the next start re-sends only b's unanswered request.
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                await trio.testing.wait_all_tasks_blocked()
+                assert sorted((t, r["resource"]) for t, r in publisher.published) == [
+                    ("/remote/a", "/2"),
+                    ("/remote/b", "/1"),
+                ]
+
+
+async def test_a_stop_with_nothing_in_flight_settles_at_once(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    engine, _ = running
+    engine.stop_dispatching()
+    start = trio.current_time()
+    assert await engine.settle(grace=5.0) == 0
+    assert trio.current_time() == start

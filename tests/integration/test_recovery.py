@@ -141,3 +141,61 @@ async def test_sigkill_mid_job_then_restart_completes_every_task(
             again = await client.post("/jobs", json={"batch": [entry(devices[0], "/again")]})
             assert again.json()["id"] > created["id"]
             assert min(again.json()["collection"]) > max(created["collection"])
+
+
+async def test_sigterm_sends_nothing_new_and_a_restart_resends_nothing_answered(
+    gateway_process: GatewayProcess, nursery: trio.Nursery
+) -> None:
+    devices = [f"t{i:02d}" for i in range(20)]
+    with trio.fail_after(90):
+        gateway_process.start()
+        # The client keeps its connection open (keep-alive) across the stop, as a dashboard
+        # or a polling client would: the HTTP server then takes its full grace to stop.
+        async with httpx.AsyncClient(base_url=gateway_process.url, timeout=10) as client:
+            await wait_ready(client, gateway_process)
+            simulator = await nursery.start(
+                run_simulator,
+                SimulatorSettings(
+                    host="127.0.0.1",
+                    port=gateway_process.mqtt_port,
+                    devices=devices,
+                    latency=0.1,
+                    record_requests=True,
+                ),
+            )
+
+            def received() -> set[int]:
+                return {r["id"] for d in devices for r in simulator.received_by(d)}
+
+            batch = [entry(devices, f"/step/{step}") for step in range(40)]
+            response = await client.post("/jobs", json={"batch": batch})
+            assert response.status_code == 200
+            created = response.json()
+            await poll_until(lambda: simulator.stats.answered >= 100)
+
+            assert gateway_process.process is not None
+            gateway_process.process.send_signal(signal.SIGTERM)
+            # Wide margin for the gateway to see the signal; 20 devices answering every 0.1 s
+            # would receive ~100 new requests in the next 0.5 s if dispatch went on.
+            await trio.sleep(0.5)
+            sent_by_then = received()
+            await poll_until(lambda: gateway_process.process.poll() is not None)  # type: ignore[union-attr]
+            assert gateway_process.process.returncode == 0
+            received_before_restart = received()
+            assert received_before_restart - sent_by_then == set()
+            assert len(received_before_restart) < 800, "the job finished before the stop: no test"
+
+            gateway_process.start()
+            await wait_ready(client, gateway_process)
+            job = await wait_final(client, created["id"])
+            assert job["status"] == "resolved" and job["finishCount"] == 800
+            # Every request in flight at the stop was answered within the grace and stored:
+            # the restart sends only what had never been sent. (Requests sent after the
+            # restart may be re-sent while devices reconnect: not counted here.)
+            sent_before = [
+                r["id"]
+                for d in devices
+                for r in simulator.received_by(d)
+                if r["id"] in received_before_restart
+            ]
+            assert len(sent_before) == len(received_before_restart), "a request was sent again"
