@@ -206,9 +206,10 @@ class RecoveryConfig(_Section):
     # On start, tasks that were in flight when the gateway stopped are sent again with the
     # same task id (at-least-once). false: they end "error" saying the gateway restarted.
     resend_inflight: bool = True
-    # Seconds after a broker reconnect or a gateway start during which devices are assumed to
-    # be reconnecting themselves: requests published then are "suspect", sent retained and
-    # re-sent until answered (docs/protocol.md).
+    # Seconds after a broker reconnect, or after a start that resumed unfinished jobs, during
+    # which devices are assumed to be reconnecting themselves: requests published then are
+    # "suspect", sent retained and re-sent until answered (docs/protocol.md). A start with
+    # nothing to resume owes no device anything: its requests go out once, not retained.
     devices_return_grace: ZeroOrMore = 15.0
     # A suspect request is re-sent after this many seconds without an answer, then at doubling
     # intervals up to resend_max_delay.

@@ -489,3 +489,16 @@ async def test_a_stop_with_nothing_in_flight_settles_at_once(
     start = trio.current_time()
     assert await engine.settle(grace=5.0) == 0
     assert trio.current_time() == start
+
+
+async def test_a_start_with_nothing_to_resume_sends_requests_once_not_retained(
+    running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    # The documented rule (docs/protocol.md): only a reconnect or a start that resumed jobs
+    # makes requests suspect; a fresh start owes no device anything.
+    engine, publisher = running
+    job = await engine.submit(job_request(entry("dev")))
+    await trio.sleep(20)
+    assert len(publisher.published) == 1 and publisher.retained == {}
+    answer(engine, publisher.published[0][1])
+    await job.ended.wait()
