@@ -21,7 +21,7 @@ devices and jobs are untouched; the next task for that device spawns a fresh act
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import trio
@@ -298,7 +298,7 @@ class Fleet:
 
     def on_device_failure(self, failure: Failure[Any]) -> Directive:
         """Policy for device actors: stop the actor and fail its tasks, in flight and queued."""
-        device: str = failure.key
+        device = cast(str, failure.key)  # the registry's key: the device id
         reason = {"error": f"device actor failed: {failure.error!r}"}
         doomed = [m for m in failure.drain() if isinstance(m, Dispatch)]
         current = self._current.pop(device, None)

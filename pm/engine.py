@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import trio
@@ -333,7 +333,7 @@ class Engine:
 
     def _on_job_failure(self, failure: Failure[Any]) -> Directive:
         # The supervisor logs the traceback; this line says what it means for the job.
-        job_id: int = failure.key
+        job_id = cast(int, failure.key)  # spawned with key=record.id
         logger.error(
             "job %d: its actor failed (%r); the job ends cancelled",
             job_id,

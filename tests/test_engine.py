@@ -20,6 +20,7 @@ import trio.testing
 
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
+from pm.jobs import Job
 from pm.schemas import JobRequest
 from pm.store import Store, open_store
 from tests.fakes import RecordingPublisher
@@ -502,3 +503,33 @@ async def test_a_start_with_nothing_to_resume_sends_requests_once_not_retained(
     assert len(publisher.published) == 1 and publisher.retained == {}
     answer(engine, publisher.published[0][1])
     await job.ended.wait()
+
+
+async def test_a_failing_job_actor_ends_only_its_job_cancelled(
+    running: tuple[Engine, RecordingPublisher],
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, publisher = running
+    handle = Job._handle
+    doomed_ids: set[int] = set()
+
+    def buggy_handle(self: Job, message: Any) -> None:
+        if self.id in doomed_ids:
+            raise RuntimeError("injected bug")
+        handle(self, message)
+
+    monkeypatch.setattr(Job, "_handle", buggy_handle)
+    doomed = await engine.submit(job_request(entry(["a", "b"])))
+    doomed_ids.add(doomed.id)
+    other = await engine.submit(job_request(entry("c")))
+    await doomed.ended.wait()
+    assert doomed.record.status == "cancelled"
+    assert [t.status for t in doomed.record.tasks] == ["cancelled", "cancelled"]
+    # The policy named the job by its actor's key.
+    [line] = [r for r in caplog.records if "its actor failed" in r.getMessage()]
+    assert getattr(line, "job_id", None) == doomed.id
+    answer(engine, publisher.requests_to("/remote/c")[0])
+    await other.ended.wait()
+    assert other.record.status == "resolved"
