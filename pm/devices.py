@@ -16,6 +16,10 @@ here is the thin adapter doing the I/O and the waiting around it.
 Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
 and every task still queued for it end ``error`` with a result naming the failure. Other
 devices and jobs are untouched; the next task for that device spawns a fresh actor.
+
+Shutdown: after :meth:`Fleet.stop_publishing` no request leaves (a device actor whose next
+task comes up parks until it is cancelled; suspect requests are no longer re-sent), while
+answers to the requests in flight are still routed and reported.
 """
 
 from __future__ import annotations

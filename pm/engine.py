@@ -9,7 +9,9 @@ resumes the jobs the store holds unfinished (:meth:`Engine.recover`).
 Restart policy: a job actor that raises is stopped and its job ends ``cancelled`` (logged
 with the error); a device actor that raises is handled by :class:`~pm.devices.Fleet`.
 Neither touches other jobs or devices. When the engine's scope is cancelled (shutdown),
-running jobs stop where they are, unfinished in the store, and resume at the next start.
+running jobs stop where they are, unfinished in the store, and resume at the next start. A
+graceful stop first calls :meth:`Engine.stop_dispatching` (nothing new is sent) and
+:meth:`Engine.settle` (answers on their way are applied), so what devices answered is stored.
 """
 
 from __future__ import annotations
