@@ -25,13 +25,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-import msgspec
 import trio
 
 from actors import Directive, Failure, Supervisor
 
 from .config import Config
 from .devices import Fleet, Publisher
+from .job_limits import DataTooLarge as DataTooLarge
+from .job_limits import JobRefused as JobRefused
+from .job_limits import TooManyJobsRunning as TooManyJobsRunning
+from .job_limits import TooManyTasks as TooManyTasks
+from .job_limits import check_limits
 from .jobs import Job
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
@@ -44,25 +48,6 @@ logger = logging.getLogger(__name__)
 # Reports a job buffers from its devices before they wait for it.
 JOB_MAILBOX = 4096
 RESTARTED_IN_FLIGHT = "the gateway restarted while this task was in flight"
-
-_data_encoder = msgspec.json.Encoder()
-
-
-class JobRefused(Exception):
-    """A valid request that a configured limit (``[limits]``) refuses; the message names the
-    limit. Nothing was created. The subclass says which kind, for the API's status code."""
-
-
-class TooManyTasks(JobRefused):
-    """The job would have more than ``limits.max_tasks_per_job`` tasks."""
-
-
-class DataTooLarge(JobRefused):
-    """A batch entry's ``data`` encodes to more than ``limits.max_data_bytes``."""
-
-
-class TooManyJobsRunning(JobRefused):
-    """``limits.max_jobs_running`` jobs are running already; try again when one ends."""
 
 
 class Engine:
@@ -119,7 +104,7 @@ class Engine:
                 f"new jobs are refused while the job store cannot write ({self.store.fault}); "
                 "running jobs go on and reads still work; retry when GET /readyz answers 200"
             )
-        total = self._check_limits(request)
+        total = check_limits(request, self.config.limits, self.jobs_running)
         job_id, first_task_id = await self.store.allocate_ids(1, total)
         now = self.wall_clock()
         tasks = expand_batch(
@@ -142,31 +127,6 @@ class Engine:
             extra={"job_id": job_id, "total_count": total, "timeout": request.timeout},
         )
         return self._start(record, deadline)
-
-    def _check_limits(self, request: JobRequest) -> int:
-        """The job's task count, once the request is known to fit ``config.limits``."""
-        limits = self.config.limits
-        # Checked before the other limits: it is the one a client can only wait out.
-        if self.jobs_running >= limits.max_jobs_running:
-            raise TooManyJobsRunning(
-                f"{self.jobs_running} jobs are running, the most allowed at once "
-                f"(limits.max_jobs_running = {limits.max_jobs_running}); retry when one ends"
-            )
-        total = sum(len(entry.devices) for entry in request.batch)
-        if total > limits.max_tasks_per_job:
-            raise TooManyTasks(
-                f"the job would have {total} tasks, more than limits.max_tasks_per_job = "
-                f"{limits.max_tasks_per_job}: split it into several jobs"
-            )
-        for position, entry in enumerate(request.batch):
-            # Encoded once more here: the size that matters is what goes to each device.
-            size = len(_data_encoder.encode(entry.data))
-            if size > limits.max_data_bytes:
-                raise DataTooLarge(
-                    f"`$.batch[{position}].data` is {size} bytes of JSON, more than "
-                    f"limits.max_data_bytes = {limits.max_data_bytes}"
-                )
-        return total
 
     def recover(self) -> int:
         """Resume the jobs the store holds unfinished; returns how many were resumed.
