@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
-from pm.broker import _protocol
+from pm.broker import _protocol, _supervisor, run_embedded_broker
 from pm.broker._arguments import (
     ENGINE_MODULES,
     broker_auth,
@@ -125,6 +126,20 @@ def test_tls_is_refused_for_the_mosquitto_engine_and_made_absolute_for_amqtt() -
     assert tls_files(BrokerConfig()) is None
     with pytest.raises(BrokerStartError, match="amqtt engine only"):
         tls_files(BrokerConfig(engine="mosquitto", certfile="c.pem", keyfile="k.pem"))
+
+
+async def test_the_supervisor_refuses_tls_with_the_mosquitto_engine_before_starting_a_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_child(*args: object) -> int:
+        pytest.fail("a child was started for a configuration that must be refused")
+
+    monkeypatch.setattr(_supervisor, "_run_child", no_child)
+    config = BrokerConfig(port=0, engine="mosquitto", certfile="c.pem", keyfile="k.pem")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(BrokerStartError, match="amqtt engine only"):
+                await nursery.start(run_embedded_broker, config)
 
 
 def _imports(path: Path) -> set[str]:

@@ -13,8 +13,6 @@ import httpx
 import pytest
 import trio
 
-from pm.broker import BrokerStartError, run_embedded_broker
-from pm.config import BrokerConfig
 from pm.mqtt import open_mqtt_client
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
 from tests.job_api import entry, post_job, wait_final
@@ -93,19 +91,6 @@ async def test_devices_and_gateway_speak_mqtt_over_tls(
             nursery.start_soon(connect_untrusting)
             await poll_until(refused_on_the_certificate)
             nursery.cancel_scope.cancel()
-
-
-async def test_mosquitto_engine_with_tls_is_refused_at_start(
-    certificate: tuple[Path, Path],
-) -> None:
-    certfile, keyfile = certificate
-    config = BrokerConfig(
-        host="127.0.0.1", port=0, engine="mosquitto", certfile=str(certfile), keyfile=str(keyfile)
-    )
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            with pytest.raises(BrokerStartError, match="amqtt engine only"):
-                await nursery.start(run_embedded_broker, config)
 
 
 def _publish_qos0(topic: str, payload: bytes) -> bytes:
