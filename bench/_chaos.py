@@ -45,7 +45,7 @@ _FLEET_FIGURE = re.compile(
 
 @dataclass
 class ChaosSettings:
-    """What a run does; the defaults are issue 14's soak (a 20,000-task job, 2,000 devices)."""
+    """What a run does; the defaults are the full soak (a 20,000-task job, 2,000 devices)."""
 
     devices: int = 2000
     entries: int = 10

@@ -1,4 +1,4 @@
-"""The standard benchmark set (``make bench``): every scenario at issue 5's sizes, then one
+"""The standard benchmark set (``make bench``): every scenario at its standard sizes, then one
 summary of all targets in ``bench/results/summary.md``.
 
 Usage::
@@ -76,7 +76,7 @@ def write_summary(seconds: float, quick: bool, reports: list[Report]) -> None:
         f"Python {info['python']}, Linux {info['kernel']}. Each scenario's run time is in its "
         "JSON (`when`).",
         "",
-        "## Targets (issue 5)",
+        "## Targets",
         "",
         "| target | figure | goal | |",
         "|---|---|---|---|",

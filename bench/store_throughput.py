@@ -1,4 +1,4 @@
-"""End-to-end tasks/s of the engine with the file store vs ``:memory:`` (issue 4: file >= 80%).
+"""End-to-end tasks/s of the engine with the file store vs ``:memory:`` (the target: file >= 80%).
 
 Each round runs the same workload twice, once per store, alternating which goes first: ``jobs``
 jobs submitted at once, each ``entries`` x ``devices`` tasks; the figure is the tasks settled
@@ -207,7 +207,7 @@ async def main(arguments: argparse.Namespace) -> None:
         f" {medians[3]:>12,.0f} {medians[4]:>12,.0f} {medians[5]:>9.1%}"
     )
     print(
-        "ratios are medians of per-round ratios (issue 4 requires file/mem >= 80%);"
+        "ratios are medians of per-round ratios (the target is file/mem >= 80%);"
         " 'durable' counts until store.sync() returns after the last job ended;"
         " 'max gap' is the longest time without a commit during the run (what a crash could"
         " lose)"

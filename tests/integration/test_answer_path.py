@@ -1,5 +1,5 @@
 """The gateway hears its own answer path: a probe through its answer subscription finds a lost
-subscription and repairs it (issue 14 item 4), through the real embedded broker and mosquitto.
+subscription and repairs it, through the real embedded broker and mosquitto.
 
 Real sockets, so real time: short probe intervals with wide margins, a hang guard per test.
 """
