@@ -61,4 +61,4 @@ bench-mqtt: $(STAMP)
 	$(BIN)/python -m bench.mqtt_roundtrip --embedded $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
