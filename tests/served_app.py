@@ -19,8 +19,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
-from pm.config import Config
+from pm.config import Config, HttpConfig
 from pm.engine import Engine, open_engine
+from pm.gateway import http_server_config
 from pm.http import create_app
 from pm.jobs import Job
 from pm.schemas import Health
@@ -89,10 +90,9 @@ def app_config(**sections: dict[str, Any]) -> Config:
 
 
 def local_server_config() -> hypercorn.Config:
-    """hypercorn on a free 127.0.0.1 port, without an access log."""
-    server_config = hypercorn.Config()
-    server_config.bind = ["127.0.0.1:0"]
-    server_config.accesslog = None
+    """The gateway's hypercorn settings (``pm serve``'s logging among them), on a free
+    127.0.0.1 port."""
+    server_config = http_server_config(HttpConfig(host="127.0.0.1", port=0))
     # Tests close their WebSockets; a leftover one must not hold teardown for long.
     server_config.graceful_timeout = 1.0
     return server_config
