@@ -18,6 +18,7 @@ import trio
 from pm.broker import BrokerAuth, EmbeddedBroker, run_embedded_broker
 from pm.config import BrokerConfig
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.integration.mqtt_packets import connect_packet
 from tests.job_api import entry, post_job, wait_final
 from tests.waiting import poll_until
 
@@ -27,41 +28,6 @@ NOT_AUTHORIZED = 5  # CONNACK return code
 
 PINGREQ = b"\xc0\x00"
 PINGRESP = b"\xd0\x00"
-
-
-def _text(value: str) -> bytes:
-    encoded = value.encode()
-    return len(encoded).to_bytes(2, "big") + encoded
-
-
-def _remaining_length(length: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        encoded.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(encoded)
-
-
-def connect_packet(
-    client_id: str,
-    *,
-    keepalive: int = 60,
-    clean: bool = True,
-    username: str | None = None,
-    password: str | None = None,
-) -> bytes:
-    flags = 0x02 if clean else 0
-    payload = _text(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _text(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _text(password)
-    variable = _text("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
-    body = variable + payload
-    return b"\x10" + _remaining_length(len(body)) + body
 
 
 class RawClient:

@@ -18,6 +18,7 @@ from pm.passwords import hash_password, write_password_file
 from pm.protocol import PROBE_DEVICE_ID
 from tests.integration.brokers import Inbox, MosquittoBroker
 from tests.integration.gateways import GatewayFactory, SimulatorFactory, probe_came_back
+from tests.integration.mqtt_packets import connect_packet
 from tests.job_api import entry, post_job, wait_final
 
 SECRET = "fleet-test-secret"
@@ -25,32 +26,14 @@ GATEWAY = {"username": "gw", "password": "gateway-secret"}
 _GUARD = 20.0
 
 
-def _connect_packet(client_id: str, username: str | None, password: str | None) -> bytes:
-    """An MQTT 3.1.1 CONNECT, built by hand so a refusal is observed as raw bytes."""
-
-    def string(text: str) -> bytes:
-        data = text.encode()
-        return len(data).to_bytes(2, "big") + data
-
-    flags = 0x02  # clean session
-    payload = string(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += string(username)
-    if password is not None:
-        flags |= 0x40
-        payload += string(password)
-    body = string("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big") + payload
-    assert len(body) < 128
-    return bytes([0x10, len(body)]) + body
-
-
 async def _connack_code(
     host: str, port: int, client_id: str, username: str | None, password: str | None
 ) -> int:
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
-        await stream.send_all(_connect_packet(client_id, username, password))
+        await stream.send_all(
+            connect_packet(client_id, keepalive=30, username=username, password=password)
+        )
         connack = b""
         while len(connack) < 4:
             chunk = await stream.receive_some(4 - len(connack))

@@ -15,14 +15,14 @@ import trio
 
 from pm.mqtt import open_mqtt_client
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
+from tests.integration.mqtt_packets import connect_packet, publish_qos0_packet
 from tests.job_api import entry, post_job, wait_final
 from tests.waiting import poll_until
 
 DEVICES = [f"tls-{number:02d}" for number in range(20)]
 TASKS_PER_DEVICE = 10  # 200 tasks: many answers per TLS read, the SSL-pending path
 
-# An MQTT 3.1.1 CONNECT, client id "plain", clean session, keepalive 30.
-_PLAIN_CONNECT = bytes([0x10, 17, 0, 4, *b"MQTT", 4, 2, 0, 30, 0, 5, *b"plain"])
+_PLAIN_CONNECT = connect_packet("plain", keepalive=30)
 
 
 def _plain_tcp_gets_no_connack(host: str, port: int) -> bytes:
@@ -93,12 +93,6 @@ async def test_devices_and_gateway_speak_mqtt_over_tls(
             nursery.cancel_scope.cancel()
 
 
-def _publish_qos0(topic: str, payload: bytes) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic.encode() + payload
-    assert len(body) < 128  # one-byte remaining length
-    return bytes([0x30, len(body)]) + body
-
-
 async def test_packets_left_decrypted_in_the_ssl_object_are_read(
     certificate: tuple[Path, Path],
 ) -> None:
@@ -111,7 +105,7 @@ async def test_packets_left_decrypted_in_the_ssl_object_are_read(
     count = 50
     # CONNACK (session present 0, accepted), then the PUBLISHes: one write, one TLS record.
     burst = bytes([0x20, 2, 0, 0]) + b"".join(
-        _publish_qos0("burst", str(number).encode()) for number in range(count)
+        publish_qos0_packet("burst", str(number).encode()) for number in range(count)
     )
     received: list[bytes] = []
     all_received = trio.Event()

@@ -1,0 +1,47 @@
+"""MQTT 3.1.1 packets built by hand, for tests that speak to a broker byte by byte (so that no
+client library reconnects, pings or retries behind the test's back)."""
+
+from __future__ import annotations
+
+
+def mqtt_string(value: str) -> bytes:
+    """A UTF-8 string with its two-byte length prefix (MQTT 3.1.1, 1.5.3)."""
+    encoded = value.encode()
+    return len(encoded).to_bytes(2, "big") + encoded
+
+
+def remaining_length(length: int) -> bytes:
+    """The fixed header's variable-length "remaining length" (MQTT 3.1.1, 2.2.3)."""
+    encoded = bytearray()
+    while True:
+        length, digit = divmod(length, 128)
+        encoded.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes(encoded)
+
+
+def connect_packet(
+    client_id: str,
+    *,
+    keepalive: int = 60,
+    clean: bool = True,
+    username: str | None = None,
+    password: str | None = None,
+) -> bytes:
+    """A CONNECT (protocol level 4), with a username and a password when given."""
+    flags = 0x02 if clean else 0
+    payload = mqtt_string(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += mqtt_string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += mqtt_string(password)
+    body = mqtt_string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + payload
+    return b"\x10" + remaining_length(len(body)) + body
+
+
+def publish_qos0_packet(topic: str, payload: bytes) -> bytes:
+    """A QoS 0 PUBLISH (no packet id)."""
+    body = mqtt_string(topic) + payload
+    return b"\x30" + remaining_length(len(body)) + body
