@@ -1,6 +1,8 @@
 """Unit tests of the embedded broker's pure parts: restart policy, config to child arguments,
 the ready-line protocol, the generated mosquitto config, and the direction of the package's
-imports (no processes, no sockets; tests/integration/test_broker.py runs real children)."""
+imports (no broker process and no socket: one test imports the children's entry points in a fresh
+interpreter; tests/integration/test_broker.py runs real children, tests/test_broker_amqtt.py
+the amqtt child's fixes)."""
 
 from __future__ import annotations
 
