@@ -4,8 +4,12 @@ WebSocket through a real hypercorn server over a real engine with fake devices
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 import trio
@@ -13,6 +17,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pm.config import ConfigError, load_config
 from pm.http.auth import BearerTokens, bearer_token
+from pm.logs import LOG_FORMATS, LogFormat, configure_logging
 from tests.job_api import assert_json_error, entry
 from tests.served_app import (
     GUARD,
@@ -168,22 +173,65 @@ async def test_websocket_needs_a_token_in_the_header_or_the_query(secured: Serve
             assert code == 1000 and messages[-1]["job"]["status"] == "resolved"
 
 
+# Loggers of the test's own clients (trio-websocket logs the URL it connects to): not the
+# gateway's output.
+CLIENT_LOGGERS = ("httpx", "httpcore", "trio-websocket")
+
+
+@contextmanager
+def pm_serve_log(log_format: LogFormat) -> Iterator[io.StringIO]:
+    """What ``pm serve --log-level debug --log-format <log_format>`` prints, collected: its own
+    handler and formatter on the root logger, at debug (the most it ever logs)."""
+    root = logging.getLogger()
+    level = root.level
+    output = io.StringIO()
+    handler = configure_logging("debug", log_format)
+    handler.setStream(output)
+    handler.addFilter(lambda record: not record.name.startswith(CLIENT_LOGGERS))
+    try:
+        yield output
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _engine_bug(*args: object, **kwargs: object) -> NoReturn:
+    raise RuntimeError("engine bug")
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
 async def test_tokens_are_never_logged(
-    secured: ServedGateway, caplog: pytest.LogCaptureFixture
+    secured: ServedGateway, monkeypatch: pytest.MonkeyPatch, log_format: LogFormat
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    with trio.fail_after(GUARD):
+    # The app is served with the gateway's hypercorn settings (tests/served_app.py) and logs
+    # through pm serve's handler. A token could reach that output through an access line (the
+    # gateway keeps none; one whose format had the query string would show ?token=), through
+    # the line an unexpected error logs about its request (a WebSocket's URL carries ?token=),
+    # or through a traceback or a JSON field of that line.
+    with pm_serve_log(log_format) as output, trio.fail_after(GUARD):
+        created = await secured.client.post("/jobs", json={"batch": [entry()]}, headers=bearer())
+        job_id = created.json()["id"]
+        await secured.job(job_id).ended.wait()
         for headers in (bearer(), bearer(WRONG_TOKEN), bearer(OTHER_TOKEN)):
             await secured.client.get("/jobs", headers=headers)
             await secured.client.post("/jobs", content=b"{oops", headers=headers)
+        watch_url = f"{secured.ws_url}/jobs/{job_id}/ws"
         with pytest.raises(ConnectionRejected):
-            async with open_websocket_url(f"{secured.ws_url}/jobs/1/ws?token={WRONG_TOKEN}"):
+            async with open_websocket_url(f"{watch_url}?token={WRONG_TOKEN}"):
                 pass
-    # What the test's own clients log (trio-websocket logs the URL it connects to) is not the
-    # gateway's doing.
-    clients = ("httpx", "httpcore", "trio-websocket")
-    logged = "\n".join(
-        record.getMessage() for record in caplog.records if not record.name.startswith(clients)
-    )
+        async with open_websocket_url(f"{watch_url}?token={TOKEN}") as ws:
+            assert (await receive_all(ws))[1] == 1000
+        # Unexpected errors, logged with the request they happened in.
+        monkeypatch.setattr(secured.engine, "list", _engine_bug)
+        assert_json_error(await secured.client.get("/jobs", headers=bearer(OTHER_TOKEN)), 500)
+        monkeypatch.setattr(secured.engine, "find", _engine_bug)
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(f"{watch_url}?token={TOKEN}"):
+                pass
+        assert rejected.value.status_code == 500
+    logged = output.getvalue()
+    # Both errors are in this output, naming the request: the paths that could leak were taken.
+    assert "RuntimeError: engine bug" in logged and "GET /jobs failed" in logged, logged
+    assert f"WebSocket /jobs/{job_id}/ws failed" in logged, logged
     for token in (TOKEN, OTHER_TOKEN, WRONG_TOKEN):
-        assert token not in logged
+        assert token not in logged, logged

@@ -95,7 +95,10 @@ def error_response(
 
 
 def _current_target() -> str:
-    """``GET /path`` of the request or WebSocket being handled, for error messages."""
+    """``GET /path`` of the request or WebSocket being handled, for error messages and logs.
+
+    The path only, never the query string: a WebSocket's ``?token=`` would land in the log.
+    """
     if has_request_context():
         return f"{request.method} {request.path}"
     if has_websocket_context():
