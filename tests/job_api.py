@@ -20,6 +20,15 @@ def entry(
     return {"method": "get", "resource": resource, "__destination": devices, **fields}
 
 
+def job_body_with_data(data: bytes) -> bytes:
+    """A raw one-task job body whose data is ``{"x": data}``: data sits 4 levels deep."""
+    return (
+        b'{"batch": [{"method": "get", "resource": "/a", "__destination": "d", "data": {"x": '
+        + data
+        + b"}}]}"
+    )
+
+
 def _body(**overrides: Any) -> dict[str, Any]:
     return {"batch": [entry(**overrides)]}
 

@@ -32,6 +32,7 @@ from pm.protocol import (
 )
 from tests.fakes import RecordingPublisher
 from tests.hostile_json import deep_json, json_values, wide_json
+from tests.job_api import job_body_with_data
 
 EXAMPLES = int(os.environ.get("PM_FUZZ_EXAMPLES", "300"))
 fuzz = settings(
@@ -100,25 +101,17 @@ def test_decode_answer_returns_an_answer_or_raises_malformed(payload: bytes) -> 
 # -- POST /jobs bodies -------------------------------------------------------------------------
 
 
-def _job_body(data: bytes) -> bytes:
-    return (
-        b'{"batch": [{"method": "get", "resource": "/a", "__destination": "d", "data": {"x": '
-        + data
-        + b"}}]}"
-    )
-
-
 @fuzz
 @given(
     st.one_of(
         st.binary(max_size=256),
         json_values.map(msgspec.json.encode),
         hostile_json,
-        hostile_json.map(_job_body),
-        st.binary(min_size=1, max_size=4).map(lambda raw: _job_body(b'"' + raw + b'"')),
+        hostile_json.map(job_body_with_data),
+        st.binary(min_size=1, max_size=4).map(lambda raw: job_body_with_data(b'"' + raw + b'"')),
     )
 )
-@example(_job_body(b"[" * 1_000 + b"]" * 1_000))
+@example(job_body_with_data(b"[" * 1_000 + b"]" * 1_000))
 def test_a_job_body_decodes_or_is_refused_with_a_400(body: bytes) -> None:
     try:
         job_request = decode_job_request(body, DEFAULT_MAX_JSON_DEPTH)

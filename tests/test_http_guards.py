@@ -18,7 +18,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pm.config import ConfigError, load_config
 from pm.http.origins import AllowedOrigins
-from tests.job_api import JSON_BODY, assert_json_error, entry
+from tests.job_api import JSON_BODY, assert_json_error, entry, job_body_with_data
 from tests.served_app import (
     GUARD,
     MAX_BODY,
@@ -40,15 +40,6 @@ async def gateway() -> AsyncIterator[ServedGateway]:
 
 def nested_list(levels: int) -> bytes:
     return b"[" * levels + b"]" * levels
-
-
-def job_body_with_data(data: bytes) -> bytes:
-    """A one-task job whose data is ``{"x": data}``: data sits 4 levels deep."""
-    return (
-        b'{"batch": [{"method": "get", "resource": "/a", "__destination": "d", "data": {"x": '
-        + data
-        + b"}}]}"
-    )
 
 
 def assert_no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
