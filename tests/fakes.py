@@ -35,6 +35,14 @@ class RecordingPublisher:
         return [request for t, request in self.published if t == topic]
 
 
+def answer(engine: Engine, request: dict[str, Any], code: int = 200, data: Any = None) -> None:
+    """Hand ``engine`` the answer a device would send to ``request``: ``code`` and ``data``
+    (``{}`` when not given)."""
+    payload = {"id": request["id"], "code": code, "data": {} if data is None else data}
+    # Sanji: a DIRECT message's tunnel is the topic its answer goes to.
+    engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
+
+
 class FakeDevices:
     """Answers published requests as devices would: at once, or when the test says so."""
 
@@ -55,9 +63,7 @@ class FakeDevices:
         data: dict[str, Any] = {"echo": request["resource"]}
         if self.result_padding:
             data["padding"] = "x" * self.result_padding
-        payload = {"id": request["id"], "code": code, "data": data}
-        # Sanji: a DIRECT message's tunnel is the topic its answer goes to.
-        self.engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
+        answer(self.engine, request, code, data)
 
     def answer_all(self) -> None:
         for _, request in self.publisher.published:

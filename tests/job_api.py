@@ -1,13 +1,17 @@
-"""Jobs through the REST API, shared by the app tests (fake devices) and the integration
-tests (the whole gateway): batch entries, invalid bodies with the field each must name, and
-posting a job and reading it back until it is final."""
+"""Jobs through the REST API, shared by the engine and app tests (fake devices) and the
+integration tests (the whole gateway): batch entries, a job's decoded request, raw and invalid
+bodies with the field each must name, and posting a job and reading it back until it is
+final."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+import msgspec
 import trio
+
+from pm.schemas import JobRequest
 
 # What a raw body must declare (httpx sets it itself for json=; the API refuses others: 415).
 JSON_BODY = {"content-type": "application/json"}
@@ -18,6 +22,14 @@ def entry(
 ) -> dict[str, Any]:
     """One batch entry: a GET of ``resource`` on ``devices``, ``fields`` merged over it."""
     return {"method": "get", "resource": resource, "__destination": devices, **fields}
+
+
+def job_request(*entries: dict[str, Any], timeout: float | None = None) -> JobRequest:
+    """The decoded body of a job with these batch entries, as the engine receives it."""
+    body: dict[str, Any] = {"batch": list(entries)}
+    if timeout is not None:
+        body["timeout"] = timeout
+    return msgspec.convert(body, JobRequest)
 
 
 def job_body_with_data(data: bytes) -> bytes:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
 import trio
 import trio.testing
@@ -21,25 +20,9 @@ import trio.testing
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.jobs import Job
-from pm.schemas import JobRequest
 from pm.store import Store, open_store
-from tests.fakes import RecordingPublisher
-
-
-def job_request(*entries: dict[str, Any], timeout: float | None = None) -> JobRequest:
-    body: dict[str, Any] = {"batch": list(entries)}
-    if timeout is not None:
-        body["timeout"] = timeout
-    return msgspec.convert(body, JobRequest)
-
-
-def entry(devices: str | list[str], resource: str = "/system/status", **extra: Any) -> dict:
-    return {"method": "get", "resource": resource, "__destination": devices, **extra}
-
-
-def answer(engine: Engine, request: dict[str, Any], code: int = 200, data: Any = None) -> None:
-    payload = {"id": request["id"], "code": code, "data": data or {}}
-    engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
+from tests.fakes import RecordingPublisher, answer
+from tests.job_api import entry, job_request
 
 
 @pytest.fixture

@@ -29,11 +29,11 @@ import trio.testing
 
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import RESTARTED_IN_FLIGHT, Engine, open_engine
-from pm.schemas import JobRequest
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
 from pm.store._sqlite import TASK_ID_BLOCK
-from tests.fakes import RecordingPublisher
+from tests.fakes import RecordingPublisher, answer
+from tests.job_api import entry, job_request
 from tests.stores import (
     CREATED,
     FAST_WINDOW,
@@ -462,23 +462,6 @@ def engine_config(path: Path, **sections: Any) -> Config:
     )
 
 
-def job_request(*entries: tuple[str | list[str], str], timeout: float | None = None) -> JobRequest:
-    body: dict[str, Any] = {
-        "batch": [
-            {"method": "get", "resource": resource, "__destination": devices}
-            for devices, resource in entries
-        ]
-    }
-    if timeout is not None:
-        body["timeout"] = timeout
-    return msgspec.convert(body, JobRequest)
-
-
-def answer(engine: Engine, request: dict[str, Any], code: int = 200) -> None:
-    payload = {"id": request["id"], "code": code, "data": {"echo": request["resource"]}}
-    engine.on_mqtt_message(request["tunnel"], json.dumps(payload).encode())
-
-
 @asynccontextmanager
 async def engine_on(config: Config, publisher: RecordingPublisher) -> AsyncIterator[Engine]:
     """An engine that is stopped like a shutdown: its scope is cancelled on exit."""
@@ -501,7 +484,12 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: 
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
         job = await engine.submit(
-            job_request((["a", "b"], "/1"), ("a", "/2"), ("a", "/3"), (["a", "b"], "/4"))
+            job_request(
+                entry(["a", "b"], "/1"),
+                entry("a", "/2"),
+                entry("a", "/3"),
+                entry(["a", "b"], "/4"),
+            )
         )
         await poll_until(lambda: len(publisher.published) == 2)
         answer(engine, publisher.requests_to("/remote/a")[0])  # a /1 resolves, a /2 goes out
@@ -554,7 +542,7 @@ async def test_restart_without_resend_fails_in_flight_tasks(tmp_path: Path) -> N
     state: dict[str, Any] = {}
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
-        job = await engine.submit(job_request(("a", "/1"), ("a", "/2"), ("b", "/1")))
+        job = await engine.submit(job_request(entry("a", "/1"), entry("a", "/2"), entry("b", "/1")))
         await poll_until(lambda: all(job.record.tasks[i].status == "sent" for i in (0, 2)))
         state["job"] = job.id
 
@@ -595,8 +583,10 @@ async def test_a_finished_job_is_readable_after_a_restart(tmp_path: Path) -> Non
     state: dict[str, Any] = {}
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
-        publisher.on_publish = lambda topic, request: answer(engine, request)
-        job = await engine.submit(job_request((["a", "b"], "/1"), ("a", "/2")))
+        publisher.on_publish = lambda topic, request: answer(
+            engine, request, data={"echo": request["resource"]}
+        )
+        job = await engine.submit(job_request(entry(["a", "b"], "/1"), entry("a", "/2")))
         await job.ended.wait()
         state["job"] = job.id
         state["view"] = msgspec.to_builtins(job.record.view("tasks"))
@@ -628,7 +618,7 @@ async def test_delete_removes_a_stored_job_for_good(tmp_path: Path) -> None:
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
         publisher.on_publish = lambda topic, request: answer(engine, request)
-        job = await engine.submit(job_request(("a", "/1")))
+        job = await engine.submit(job_request(entry("a", "/1")))
         await job.ended.wait()
         state["job"] = job.id
 
