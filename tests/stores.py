@@ -1,5 +1,6 @@
-"""Jobs in a real store for the store tests: batches, job records with ids from the store,
-a store whose actor runs, and reading the database file as another process would."""
+"""Job records and a real store for the tests: batches, job records (alone, or with ids from
+the store), a store whose actor runs, and reading the database file as another process
+would."""
 
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def make_job(
         now=created_at,
     )
     return JobRecord(job_id, tasks, timeout, created_at)
+
+
+def job_on_devices(
+    devices: int, *, created_at: float = CREATED, timeout: float | None = None
+) -> JobRecord:
+    """Job 1: one GET of ``/r`` on devices ``d0`` .. ``d<devices - 1>``, task ids from 1."""
+    entries = batch(([f"d{n}" for n in range(devices)], "/r"))
+    return make_job(1, 1, entries, created_at=created_at, timeout=timeout)
 
 
 async def create_job(store: Store, entries: Sequence[BatchEntry], **kwargs: Any) -> JobRecord:

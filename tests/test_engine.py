@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -20,9 +19,10 @@ import trio.testing
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.jobs import Job
-from pm.store import Store, open_store
+from pm.store import Store
 from tests.fakes import RecordingPublisher, answer
 from tests.job_api import entry, job_request
+from tests.stores import running_store
 
 
 @pytest.fixture
@@ -328,18 +328,6 @@ def virtual_wall_clock() -> float:
     return EPOCH + trio.current_time()
 
 
-@asynccontextmanager
-async def shared_store() -> AsyncIterator[Store]:
-    store = await open_store(":memory:", commit_interval=0.05)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-            yield store
-            nursery.cancel_scope.cancel()
-    finally:
-        store.close()
-
-
 def restartable(
     store: Store, publisher: RecordingPublisher, store_config: StoreConfig | None = None
 ) -> Any:
@@ -354,7 +342,7 @@ def restartable(
 async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with shared_store() as store:
+    async with running_store(":memory:", window=0.05) as store:
         with trio.fail_after(GUARD):
             publisher = RecordingPublisher()
             async with restartable(store, publisher) as engine:
@@ -380,7 +368,7 @@ async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
 async def test_a_job_timeout_keeps_counting_from_created_at(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with shared_store() as store:
+    async with running_store(":memory:", window=0.05) as store:
         with trio.fail_after(GUARD):
             created = trio.current_time()
             async with restartable(store, RecordingPublisher()) as engine:
@@ -400,7 +388,7 @@ async def test_a_job_timeout_keeps_counting_from_created_at(
 async def test_retention_deletes_old_finished_jobs(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with shared_store() as store:
+    async with running_store(":memory:", window=0.05) as store:
         with trio.fail_after(GUARD):
             publisher = RecordingPublisher()
             retention = StoreConfig(path=":memory:", retention=100.0, retention_interval=10.0)
@@ -426,7 +414,7 @@ async def test_retention_deletes_old_finished_jobs(
 async def test_a_stop_sends_nothing_new_and_stores_the_answers_that_arrive_within_the_grace(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with shared_store() as store:
+    async with running_store(":memory:", window=0.05) as store:
         with trio.fail_after(GUARD):
             publisher = RecordingPublisher()
             async with restartable(store, publisher) as engine:

@@ -8,21 +8,19 @@ device actors are in tests/test_engine.py and tests/integration/.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import msgspec
 import trio
 import trio.testing
 
 from actors import ActorRef, open_mailbox
 from pm.config import WatchersConfig
 from pm.jobs import FEED_CHUNK, Job, JobActorMessage
-from pm.schemas import BatchEntry
-from pm.state import JobRecord, TaskRecord, expand_batch
+from pm.state import JobRecord, TaskRecord
 from pm.task_machine import TaskProgress, TaskReport, TaskSent, TaskSettled
+from tests.stores import job_on_devices
 
 EPOCH = 1_800_000_000.0
 
@@ -57,19 +55,7 @@ class RecordingStore:
 
 
 def record(devices: int, timeout: float | None = None) -> JobRecord:
-    entry = msgspec.convert(
-        {"method": "get", "resource": "/r", "__destination": [f"d{i}" for i in range(devices)]},
-        BatchEntry,
-    )
-    tasks = expand_batch(
-        1,
-        [entry],
-        next_task_id=itertools.count(1).__next__,
-        tunnel_for=lambda device: f"/remote/{device}/response",
-        default_timeout=30.0,
-        now=EPOCH,
-    )
-    return JobRecord(1, tasks, timeout, EPOCH)
+    return job_on_devices(devices, created_at=EPOCH, timeout=timeout)
 
 
 def virtual_wall_clock() -> Callable[[], float]:

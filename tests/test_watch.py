@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +12,8 @@ import trio
 import trio.testing
 
 import pm.watch
-from pm.schemas import BatchEntry, JobMessage, TaskMessage, TasksMessage, TaskView, WatchMessage
-from pm.state import JobRecord, expand_batch
+from pm.schemas import JobMessage, TaskMessage, TasksMessage, TaskView, WatchMessage
+from pm.state import JobRecord
 from pm.watch import (
     JobFeed,
     Watcher,
@@ -23,28 +22,13 @@ from pm.watch import (
     take_batch,
     task_message,
 )
+from tests.stores import job_on_devices
 
 INTERVAL = 0.25
 
 
-def make_job(devices: int) -> JobRecord:
-    entry = msgspec.convert(
-        {"method": "get", "resource": "/r", "__destination": [f"d{n}" for n in range(devices)]},
-        BatchEntry,
-    )
-    tasks = expand_batch(
-        1,
-        [entry],
-        next_task_id=itertools.count(1).__next__,
-        tunnel_for=lambda device: f"/remote/{device}/response",
-        default_timeout=30.0,
-        now=1_000_000_000.0,
-    )
-    return JobRecord(1, tasks, None, 1_000_000_000.0)
-
-
 def make_feed(devices: int = 3, capacity: int = 16) -> tuple[JobRecord, JobFeed]:
-    job = make_job(devices)
+    job = job_on_devices(devices)
     return job, JobFeed(lambda: job.view(None), capacity)
 
 
@@ -311,7 +295,7 @@ def test_feed_log_keeps_only_the_last_capacity_messages(capacity: int) -> None:
 
 
 def test_joined_messages_equal_msgspec_encodings() -> None:
-    job = make_job(3)
+    job = job_on_devices(3)
     job.mark_sent(job.tasks[1])
     views = [task.view() for task in job.tasks]
     encoded = deque(msgspec.json.encode(view) for view in views)
@@ -321,7 +305,7 @@ def test_joined_messages_equal_msgspec_encodings() -> None:
 
 
 def test_batch_messages_are_split_near_max_batch_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    job = make_job(5)
+    job = job_on_devices(5)
     encoded = deque(msgspec.json.encode(task.view()) for task in job.tasks)
     # Two views fit, a third would not.
     monkeypatch.setattr(pm.watch, "MAX_BATCH_BYTES", len(encoded[0]) * 2 + 2)
