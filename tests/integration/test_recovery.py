@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from pm.cli import serve_command
-from pm.simulator import SimulatorSettings, run_simulator
+from pm.simulator import Simulator, SimulatorSettings, run_simulator
 from tests.integration.brokers import free_port
 from tests.job_api import assert_consistent, entry, wait_final
 from tests.waiting import poll_until
@@ -34,6 +34,15 @@ class GatewayProcess:
         self.log_level = "warning"
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.process: subprocess.Popen[bytes] | None = None
+
+    async def start_devices(
+        self, nursery: trio.Nursery, devices: list[str], **settings: Any
+    ) -> Simulator:
+        """Simulated devices on this gateway's MQTT port; they reconnect across its restarts."""
+        return await nursery.start(
+            run_simulator,
+            SimulatorSettings(host="127.0.0.1", port=self.mqtt_port, devices=devices, **settings),
+        )
 
     def start(self) -> None:
         environment = {
@@ -100,15 +109,8 @@ async def test_sigkill_mid_job_then_restart_completes_every_task(
         gateway_process.start()
         async with httpx.AsyncClient(base_url=gateway_process.url, timeout=10) as client:
             await wait_ready(client, gateway_process)
-            simulator = await nursery.start(
-                run_simulator,
-                SimulatorSettings(
-                    host="127.0.0.1",
-                    port=gateway_process.mqtt_port,
-                    devices=devices,
-                    latency=0.05,
-                    connections=10,
-                ),
+            simulator = await gateway_process.start_devices(
+                nursery, devices, latency=0.05, connections=10
             )
             batch = [entry(devices, f"/step/{step}") for step in range(10)]
             response = await client.post("/jobs", json={"batch": batch})
@@ -159,15 +161,8 @@ async def test_sigterm_sends_nothing_new_and_a_restart_resends_nothing_answered(
         # or a polling client would: the HTTP server then takes its full grace to stop.
         async with httpx.AsyncClient(base_url=gateway_process.url, timeout=10) as client:
             await wait_ready(client, gateway_process)
-            simulator = await nursery.start(
-                run_simulator,
-                SimulatorSettings(
-                    host="127.0.0.1",
-                    port=gateway_process.mqtt_port,
-                    devices=devices,
-                    latency=0.1,
-                    record_requests=True,
-                ),
+            simulator = await gateway_process.start_devices(
+                nursery, devices, latency=0.1, record_requests=True
             )
 
             def received() -> set[int]:
