@@ -182,7 +182,7 @@ def _connect_and_leave(host: str, port: int, client_id: str, stay: float) -> str
 async def test_a_client_using_the_gateways_id_once_does_not_deafen_the_gateway(
     start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
 ) -> None:
-    # The issue: one client that connected once as "puppetmaster" and left after a second cut
+    # The bug: one client that connected once as "puppetmaster" and left after a second cut
     # the gateway off every answer for good (amqtt deleted the gateway's subscriptions), and
     # every later task ended "timeout".
     with trio.fail_after(40):
