@@ -63,6 +63,16 @@ class HttpConfig(_Section):
     port: ListenPort = 8080
     # Bodies above this many bytes are refused with 413 before they are parsed.
     max_body_bytes: AtLeastOne = 1024 * 1024
+    # Seconds a connection may go without a complete request: a keep-alive connection left
+    # idle, or one whose request line and headers are still arriving (a slow-loris client),
+    # is closed after it.
+    idle_timeout: Seconds = 5.0
+    # Seconds a client may take to accept 64 KiB of a response or of WebSocket messages; one
+    # that stops reading (a watcher that never reads) is disconnected after it.
+    send_timeout: Seconds = 30.0
+    # Bytes of one message a WebSocket client may send (watchers need to send nothing); a
+    # larger one closes its connection with 1009 before it is buffered whole.
+    max_websocket_message_bytes: AtLeastOne = 64 * 1024
     # PEM certificate chain and private key: both set = HTTPS (and wss://), both empty = plain.
     certfile: str = ""
     keyfile: str = ""

@@ -28,13 +28,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from .broker import EmbeddedBroker, broker_auth, run_embedded_broker
 from .config import Config, ConfigError, HttpConfig
 from .engine import Engine, open_engine
-from .http import create_app
+from .http import HttpCounters, create_app, serve
 from .mqtt import AnswerPathProbe, MqttClient, open_answer_path_probe, open_mqtt_client
 from .protocol import PROBE_DEVICE_ID, TopicTemplates
 from .schemas import AnswerPathHealth, Health
@@ -174,14 +173,16 @@ async def run_gateway(
                 gateway.engine = engine
                 http_stopped = trio.Event()
                 stop_http = trio.Event()
-                hypercorn_config = http_server_config(config.http)
-                app = create_app(engine, config, gateway.health)
+                http_counters = HttpCounters()
+                app = create_app(engine, config, gateway.health, http_counters)
 
                 async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
-                        await hypercorn.trio.serve(
+                        await serve(
                             app,
-                            hypercorn_config,
+                            http_server_config(config.http),
+                            send_timeout=config.http.send_timeout,
+                            on_send_timeout=http_counters.count_send_timeout,
                             shutdown_trigger=stop_http.wait,
                             task_status=task_status,
                         )
@@ -216,6 +217,11 @@ def http_server_config(http: HttpConfig) -> hypercorn.config.Config:
     server_config = hypercorn.config.Config()
     server_config.bind = [f"{http.host}:{http.port}"]
     server_config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+    # Hostile clients (pm/http/server.py): a slow-loris request is closed by hypercorn's idle
+    # timer, which runs until a request's line and headers are complete; a client's message
+    # over the limit closes its WebSocket with 1009.
+    server_config.keep_alive_timeout = http.idle_timeout
+    server_config.websocket_max_message_size = http.max_websocket_message_bytes
     server_config.accesslog = None
     # A Logger (not a path) is used as is: no second handler printing each line twice.
     server_config.errorlog = logging.getLogger("hypercorn.error")

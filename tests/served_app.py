@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed
 from pm.config import Config, HttpConfig
 from pm.engine import Engine, open_engine
 from pm.gateway import http_server_config
-from pm.http import create_app
+from pm.http import HttpCounters, create_app, serve
 from pm.jobs import Job
 from pm.schemas import Health
 from tests.fakes import FakeDevices, RecordingPublisher
@@ -106,14 +106,27 @@ async def serve_app(
     ``health`` stands in for the gateway's (``/healthz``, ``/readyz``, ``/metrics``)."""
     publisher = RecordingPublisher()
     devices = FakeDevices(publisher)
-    server_config = local_server_config()
+    # The gateway's own server (pm.http.serve) and settings, on a free port; a leftover
+    # WebSocket must not hold teardown for long.
+    server_config = http_server_config(
+        msgspec.structs.replace(config.http, host="127.0.0.1", port=0)
+    )
+    server_config.graceful_timeout = 1.0
     stop = trio.Event()
+    counters = HttpCounters()
     async with open_engine(config, publisher) as engine:
         devices.engine = engine
-        app = create_app(engine, config, partial(health, engine))
+        app = create_app(engine, config, partial(health, engine), counters)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
-                partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=stop.wait)
+                partial(
+                    serve,
+                    app,
+                    server_config,
+                    send_timeout=config.http.send_timeout,
+                    on_send_timeout=counters.count_send_timeout,
+                    shutdown_trigger=stop.wait,
+                )
             )
             base_url = binds[0]
             async with httpx.AsyncClient(base_url=base_url) as client:

@@ -1,6 +1,8 @@
 """The gateway's HTTP API (REST + WebSocket), served by hypercorn's trio worker."""
 
 from .app import create_app as create_app
+from .metrics import HttpCounters as HttpCounters
 from .openapi import build_openapi as build_openapi
+from .server import serve as serve
 
-__all__ = ["build_openapi", "create_app"]
+__all__ = ["HttpCounters", "build_openapi", "create_app", "serve"]

@@ -106,7 +106,12 @@ def _current_target() -> str:
     return "this request"
 
 
-def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> QuartTrio:
+def create_app(
+    engine: Engine,
+    config: Config,
+    health: Callable[[], Health],
+    counters: HttpCounters | None = None,
+) -> QuartTrio:
     """The HTTP API over ``engine``.
 
     Args:
@@ -116,6 +121,8 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
         ``config.api.tokens`` are the accepted bearer tokens, ``config.limits`` the limits.
       health: returns the current :class:`~pm.schemas.Health` for ``GET /healthz`` (and the
         broker figures of ``GET /metrics``).
+      counters: what ``GET /metrics`` reports of the HTTP layer; shared with the server
+        (:func:`pm.http.serve` counts send timeouts in it). Default: the app's own.
 
     Returns:
       The app, to be served by hypercorn's trio worker in the engine's process.
@@ -128,7 +135,7 @@ def create_app(engine: Engine, config: Config, health: Callable[[], Health]) -> 
     max_depth = config.limits.max_json_depth
     tokens = BearerTokens(config.api.tokens)
     origins = AllowedOrigins(config.http.allowed_origins)
-    counters = HttpCounters()
+    counters = HttpCounters() if counters is None else counters
     watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
     metrics_registry = open_registry(engine, health, counters)
     # Built once: the schemas cannot change while the process runs.

@@ -47,6 +47,11 @@ class HttpCounters:
         self.unauthorized = 0
         # Refusals by the limit that refused them (``max_jobs_running``...).
         self.refused: Counter[str] = Counter()
+        # Clients disconnected for not reading (http.send_timeout; pm.http.server).
+        self.send_timeouts = 0
+
+    def count_send_timeout(self) -> None:
+        self.send_timeouts += 1
 
 
 class GatewayCollector(Collector):
@@ -147,6 +152,11 @@ class GatewayCollector(Collector):
         )
         yield CounterMetricFamily(
             "pm_http_unauthorized", "Requests refused with 401", value=http.unauthorized
+        )
+        yield CounterMetricFamily(
+            "pm_http_send_timeouts",
+            "Clients disconnected for accepting nothing within http.send_timeout",
+            value=http.send_timeouts,
         )
         yield _by_label(
             CounterMetricFamily(

@@ -1,0 +1,191 @@
+"""Serving the app: hypercorn's trio worker, with a deadline on every write to a client.
+
+hypercorn writes to a client's socket inside a *shielded* cancel scope, with no deadline: a
+client that stops reading (a WebSocket watcher that never calls ``recv``, a download left
+paused) blocks that write forever once the kernel's buffers are full. Nothing can cancel
+it, so the handler, its connection, the watcher slot and the job it watches stay in memory
+for good, and the server's graceful stop waits on it forever. hypercorn has no setting for
+this, so :func:`serve` runs hypercorn's own worker parts (its ``TCPServer`` per connection,
+its lifespan and graceful stop, as ``hypercorn.trio.serve`` does) over listeners whose
+streams give each 64 KiB of a write ``http.send_timeout`` seconds. A write that misses its
+deadline closes the socket and raises :class:`trio.BrokenResourceError`, which hypercorn
+treats as the client having gone: the handler is told of the disconnect and ends.
+
+The other hostile-client settings are hypercorn's own (``pm.gateway.http_server_config``):
+``http.idle_timeout`` is its ``keep_alive_timeout``, which also bounds the time a client may
+take to send a request's line and headers (the idle timer only stops at a complete request),
+and ``http.max_websocket_message_bytes`` its ``websocket_max_message_size`` (1009 beyond it).
+
+Error handling: accept errors are trio's ``serve_listeners``' (it waits and retries when out
+of file descriptors); a connection's errors end that connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import hypercorn.config
+import trio
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, Framework, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+logger = logging.getLogger(__name__)
+
+# Bytes of a write that must get through within one send_timeout: a client reading at least
+# this much per send_timeout (2 KiB/s with the default 30 s) is slow, not stalled.
+SEND_CHUNK = 64 * 1024
+
+
+class SendDeadlineStream(trio.abc.HalfCloseableStream):
+    """A client's TCP stream whose writes fail once 64 KiB of one takes ``send_timeout``.
+
+    On a missed deadline the socket is closed (a half-written frame cannot be finished) and
+    ``on_timeout`` is called once.
+    """
+
+    def __init__(
+        self, transport: trio.SocketStream, send_timeout: float, on_timeout: Callable[[], None]
+    ) -> None:
+        self.transport = transport
+        # hypercorn reads the peer's and its own address from it.
+        self.socket = transport.socket
+        self._send_timeout = send_timeout
+        self._on_timeout = on_timeout
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as view:
+            for start in range(0, max(len(view), 1), SEND_CHUNK):
+                with trio.move_on_after(self._send_timeout) as deadline:
+                    await self.transport.send_all(view[start : start + SEND_CHUNK])
+                if deadline.cancelled_caught:
+                    self._on_timeout()
+                    await trio.aclose_forcefully(self.transport)
+                    raise trio.BrokenResourceError(
+                        f"the client accepted less than {SEND_CHUNK} bytes in "
+                        f"{self._send_timeout:g} s (http.send_timeout)"
+                    )
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.transport.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+class SendDeadlineListener(trio.abc.Listener[SendDeadlineStream]):
+    """Accepts from a socket listener and wraps each stream in :class:`SendDeadlineStream`."""
+
+    def __init__(
+        self, inner: trio.SocketListener, send_timeout: float, on_timeout: Callable[[], None]
+    ) -> None:
+        self.inner = inner
+        self._send_timeout = send_timeout
+        self._on_timeout = on_timeout
+
+    async def accept(self) -> SendDeadlineStream:
+        stream = await self.inner.accept()
+        return SendDeadlineStream(stream, self._send_timeout, self._on_timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def serve(
+    app: Framework,
+    server_config: hypercorn.config.Config,
+    *,
+    send_timeout: float,
+    on_send_timeout: Callable[[], None] = lambda: None,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` as ``hypercorn.trio.serve`` does, with a deadline on every client write.
+
+    Args:
+      app: the ASGI app.
+      server_config: hypercorn's settings (``pm.gateway.http_server_config``).
+      send_timeout: seconds 64 KiB of a write may take before the client is disconnected.
+      on_send_timeout: called for each client disconnected so (a counter).
+      shutdown_trigger: returns when the server should stop; open requests and WebSockets
+        then get ``server_config.graceful_timeout`` seconds, and are cancelled after it.
+      task_status: started with the URLs served (``http://127.0.0.1:8080``).
+
+    Error handling: as ``hypercorn.trio.serve``: a failure of the app's lifespan or of the
+    listeners ends this function with it; a connection's failure ends that connection.
+    """
+    server_config.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, server_config.wsgi_max_body_size, None)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, server_config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            listeners, binds = _listeners(server_config, send_timeout, on_send_timeout)
+            task_status.started(binds)
+            handle_connection = partial(
+                TCPServer, wrapped, server_config, context, ConnectionState(lifespan_state.copy())
+            )
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            handle_connection,
+                            listeners,
+                            handler_nursery=server_nursery,
+                        )
+                    )
+            except BaseExceptionGroup as group:
+                _, others = group.split(ShutdownError)
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = (
+                    trio.current_time() + server_config.graceful_timeout
+                )
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+def _listeners(
+    server_config: hypercorn.config.Config,
+    send_timeout: float,
+    on_send_timeout: Callable[[], None],
+) -> tuple[list[trio.abc.Listener[trio.abc.Stream]], list[str]]:
+    """Listening sockets bound as ``server_config`` says, and their URLs."""
+    sockets = server_config.create_sockets()
+    ssl_context = server_config.create_ssl_context()
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+    binds = []
+    for secure, group in ((True, sockets.secure_sockets), (False, sockets.insecure_sockets)):
+        for sock in group:
+            sock.listen(server_config.backlog)
+            listener: trio.abc.Listener[trio.abc.Stream] = SendDeadlineListener(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                send_timeout,
+                on_send_timeout,
+            )
+            if secure:
+                # The deadline is on the TCP stream under TLS: what stalls is the socket.
+                listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
+            listeners.append(listener)
+            scheme = "https" if secure else "http"
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+    return listeners, binds
