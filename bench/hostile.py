@@ -13,8 +13,8 @@ order alternates between rounds):
   reading (``pm_http_send_timeouts_total``).
 - ``loris``: ``--loris`` slow-loris HTTP clients, connected before the POST, each sending a
   request line and headers one byte every ``--loris-interval`` seconds and never finishing;
-  each reconnects at once when the gateway closes it. Reported: seconds each connection was
-  left open, and how it ended.
+  each reconnects at once when the gateway closes it; they go on after the job until the
+  gateway closed each once. Reported: seconds each connection was left open, how it ended.
 - ``frames``: ``--frame-clients`` WebSocket clients on the job, half sending one message of
   ``--frame-bytes`` (over ``http.max_websocket_message_bytes``) and waiting for the close,
   half sending garbage (not JSON, 10,000-deep JSON, binary, 8 KiB text) every
@@ -146,6 +146,11 @@ async def _phase(
                         attackers.start_soon(oversized_sender, ws_url, args.frame_bytes, fate)
             job = await wait_final(client, job_id, poll=0.1)
             job_ended = time.monotonic()
+            if load == "loris":
+                # Until the gateway closed each at least once, to see what it does to them.
+                with trio.move_on_after(args.loris_interval * 2 + RELEASE_MARGIN):
+                    while len(fate.closed_after) < args.loris:  # noqa: ASYNC110 - a tally
+                        await trio.sleep(0.1)
             if load != "watchers":
                 attackers.cancel_scope.cancel()
         if load == "watchers":
@@ -184,7 +189,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=100, help="the fleet's MQTT ones")
     parser.add_argument("--watchers", type=int, default=1000)
-    parser.add_argument("--watch-mode", default="each", choices=("each", "batch", "none"))
+    parser.add_argument(
+        "--watch-mode",
+        default="batch",
+        choices=("each", "batch", "none"),
+        help="batch: the most bytes per watcher, so the buffers of never-reading ones fill",
+    )
     parser.add_argument("--loris", type=int, default=500)
     parser.add_argument("--loris-interval", type=float, default=2.0, help="s between bytes")
     parser.add_argument("--frame-clients", type=int, default=50)

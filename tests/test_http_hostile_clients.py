@@ -10,8 +10,13 @@ are made short here (fractions of a second) and the assertions leave wide margin
 
 from __future__ import annotations
 
+import array
+import fcntl
 import socket
+import struct
+import termios
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from urllib.parse import urlsplit
@@ -219,3 +224,38 @@ async def test_oversized_client_message_closes_that_websocket_with_1009_only() -
                     messages, code = await receive_all(watcher)
                     assert code == 1000
                     assert messages[-1]["job"]["status"] == "resolved"
+
+
+async def test_client_going_on_after_1009_is_not_buffered() -> None:
+    limit = 1024
+    streamed = 32 * 1024 * 1024
+    config = app_config(http={"max_websocket_message_bytes": limit})
+    with trio.fail_after(GUARD):
+        async with serve_app(config) as gateway:
+            gateway.devices.auto_answer = False
+            job = await gateway.submit(entry(["a"]))
+            async with never_reading_watcher(gateway, f"/jobs/{job['id']}/ws") as hostile:
+                # One text frame announcing 1 TiB, masked (as clients must), then its bytes:
+                # the server refuses it with 1009 after `limit`, the client ignores that.
+                header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 1 << 40) + bytes(4)
+                tracemalloc.start()
+                try:
+                    await hostile.send_all(header)
+                    chunk = b"a" * (1 << 20)
+                    for _ in range(streamed // len(chunk)):
+                        await hostile.send_all(chunk)
+                    # Until the server has read it all (nothing left in our send queue).
+                    await poll_until(lambda: _unread_by_peer(hostile) == 0)
+                    _, peak = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+                # hypercorn alone stored the whole 32 MiB message (its buffer stored each
+                # piece before checking the limit, and kept storing after refusing).
+                assert peak < streamed / 4, f"{peak / 2**20:.1f} MiB traced for one client"
+
+
+def _unread_by_peer(stream: trio.SocketStream) -> int:
+    """Bytes sent on ``stream`` that the peer has not read yet (Linux ``SIOCOUTQ``)."""
+    unsent = array.array("i", [0])
+    fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, unsent)
+    return unsent[0]

@@ -14,7 +14,8 @@ treats as the client having gone: the handler is told of the disconnect and ends
 The other hostile-client settings are hypercorn's own (``pm.gateway.http_server_config``):
 ``http.idle_timeout`` is its ``keep_alive_timeout``, which also bounds the time a client may
 take to send a request's line and headers (the idle timer only stops at a complete request),
-and ``http.max_websocket_message_bytes`` its ``websocket_max_message_size`` (1009 beyond it).
+and ``http.max_websocket_message_bytes`` its ``websocket_max_message_size`` (1009 beyond it;
+:class:`BoundedWebsocketBuffer` keeps that bound when the client goes on sending).
 
 Error handling: accept errors are trio's ``serve_listeners``' (it waits and retries when out
 of file descriptors); a connection's errors end that connection only.
@@ -28,6 +29,7 @@ from functools import partial
 
 import hypercorn.config
 import trio
+from hypercorn.protocol import ws_stream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -40,6 +42,34 @@ logger = logging.getLogger(__name__)
 # Bytes of a write that must get through within one send_timeout: a client reading at least
 # this much per send_timeout (2 KiB/s with the default 30 s) is slow, not stalled.
 SEND_CHUNK = 64 * 1024
+
+
+class BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
+    """A client's WebSocket message being received, refused *before* a piece over the limit
+    is stored, and kept refused.
+
+    hypercorn's own buffer stores each piece, then checks the length, and is not cleared
+    when it refuses: every later piece of the same message is stored too. A client that
+    ignores the 1009 close and goes on sending one endless message grew the gateway's memory
+    by all it sent (measured: 200 MiB sent, RSS +200 MiB). Here what was kept is freed at
+    the refusal and every later piece is dropped unstored.
+    """
+
+    def extend(self, event: ws_stream.Message) -> None:
+        if self.length + len(event.data) > self.max_length:
+            self.length = self.max_length + 1  # stays over until hypercorn clears it
+            self.value = None
+            raise ws_stream.FrameTooLargeError()
+        super().extend(event)
+
+
+def use_bounded_websocket_buffer() -> None:
+    """Make hypercorn buffer clients' WebSocket messages in :class:`BoundedWebsocketBuffer`.
+
+    hypercorn (0.18.0) offers no setting for it: its ``WSStream`` looks the buffer class up
+    in its module at each connection, so the name is replaced there, once per process.
+    """
+    ws_stream.WebsocketBuffer = BoundedWebsocketBuffer  # type: ignore[misc]
 
 
 class SendDeadlineStream(trio.abc.HalfCloseableStream):
@@ -125,6 +155,7 @@ async def serve(
     Error handling: as ``hypercorn.trio.serve``: a failure of the app's lifespan or of the
     listeners ends this function with it; a connection's failure ends that connection.
     """
+    use_bounded_websocket_buffer()
     server_config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, server_config.wsgi_max_body_size, None)
     lifespan_state: LifespanState = {}
