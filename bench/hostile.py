@@ -15,11 +15,13 @@ order alternates between rounds):
   request line and headers one byte every ``--loris-interval`` seconds and never finishing;
   each reconnects at once when the gateway closes it; they go on after the job until the
   gateway closed each once. Reported: seconds each connection was left open, how it ended.
-- ``frames``: ``--frame-clients`` WebSocket clients on the job, half sending one message of
-  ``--frame-bytes`` (over ``http.max_websocket_message_bytes``) and waiting for the close,
-  half sending garbage (not JSON, 10,000-deep JSON, binary, 8 KiB text) every
-  ``--garbage-interval`` seconds; all reconnect when closed. Reported: how their
-  connections ended (close codes) and after how long.
+- ``oversized``: ``--frame-clients`` WebSocket clients on the job, each sending one message
+  of ``--frame-bytes`` (over ``http.max_websocket_message_bytes``) and waiting for the
+  close, then again on a new connection. Reported: how their connections ended (close
+  codes) and after how long.
+- ``garbage``: ``--frame-clients`` WebSocket clients on the job sending garbage (not JSON,
+  10,000-deep JSON, binary, 8 KiB of text) every ``--garbage-interval`` seconds while
+  reading what they are sent; they reconnect when closed.
 
 Figures per load: the job's rate (tasks / (POST -> ``finishAt``)) and its ratio to the
 median clean rate; the gateway's peak RSS during the phase (VmRSS sampled every 0.1 s) and
@@ -32,7 +34,7 @@ and the fleet.
 Usage::
 
     .venv/bin/python -m bench.hostile [--tasks 10000] [--watchers 1000] [--loris 500]
-        [--frame-clients 50] [--rounds 1] [--loads watchers,loris,frames]
+        [--frame-clients 50] [--rounds 1] [--loads watchers,loris,oversized,garbage]
         [--send-timeout S]
 """
 
@@ -58,7 +60,7 @@ from bench._load import http_client, job_body, parse_time, post_job, wait_final
 from bench._processes import cpu_seconds, fleet_ids, memory_kib, start_fleet, start_gateway, workdir
 from bench._report import Report, median
 
-LOADS = ("watchers", "loris", "frames")
+LOADS = ("watchers", "loris", "oversized", "garbage")
 # Longest wait for the gateway to let go of never-reading watchers after the job ended,
 # beyond its send timeout.
 RELEASE_MARGIN = 30.0
@@ -138,12 +140,12 @@ async def _phase(
             if load == "watchers":
                 path = f"{ws_path}?tasks={args.watch_mode}"
                 attackers.start_soon(_open_stalled, base, path, args.watchers, stalled, fate)
-            elif load == "frames":
-                for n in range(args.frame_clients):
-                    if n % 2:
-                        attackers.start_soon(garbage_sender, ws_url, args.garbage_interval, fate)
-                    else:
-                        attackers.start_soon(oversized_sender, ws_url, args.frame_bytes, fate)
+            elif load == "oversized":
+                for _ in range(args.frame_clients):
+                    attackers.start_soon(oversized_sender, ws_url, args.frame_bytes, fate)
+            elif load == "garbage":
+                for _ in range(args.frame_clients):
+                    attackers.start_soon(garbage_sender, ws_url, args.garbage_interval, fate)
             job = await wait_final(client, job_id, poll=0.1)
             job_ended = time.monotonic()
             if load == "loris":
@@ -197,7 +199,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--loris", type=int, default=500)
     parser.add_argument("--loris-interval", type=float, default=2.0, help="s between bytes")
-    parser.add_argument("--frame-clients", type=int, default=50)
+    parser.add_argument("--frame-clients", type=int, default=25, help="per frame load")
     parser.add_argument("--frame-bytes", type=int, default=1024 * 1024)
     parser.add_argument("--garbage-interval", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=1)
@@ -258,7 +260,10 @@ def _report(
         "clean": "no hostile client",
         "watchers": f"{args.watchers} never-reading watchers (?tasks={args.watch_mode})",
         "loris": f"{args.loris} slow-loris clients, 1 byte / {args.loris_interval:g} s",
-        "frames": f"{args.frame_clients} clients: {args.frame_bytes:,}-byte messages, garbage",
+        "oversized": f"{args.frame_clients} WebSocket clients sending {args.frame_bytes:,}-byte "
+        "messages",
+        "garbage": f"{args.frame_clients} WebSocket clients sending garbage every "
+        f"{args.garbage_interval:g} s",
     }
     for load in ["clean", *args.loads]:
         runs = [phase for phase in phases if phase["load"] == load]
