@@ -183,9 +183,16 @@ def test_a_wrong_environment_value_names_the_key(name: str, value: str, where: s
         ("PM_STORE_COMMIT_INTERVAL", "61", r"<= 60\.0 - at `\$\.store\.commit_interval`"),
         ("PM_MQTT_KEEPALIVE", "0", r">= 1 - at `\$\.mqtt\.keepalive`"),
         ("PM_TASKS_DEFAULT_TIMEOUT", "nan", r"\$\.tasks\.default_timeout"),
+        ("PM_HTTP_IDLE_TIMEOUT", "0", r"> 0\.0 - at `\$\.http\.idle_timeout`"),
+        ("PM_HTTP_SEND_TIMEOUT", "-1", r"> 0\.0 - at `\$\.http\.send_timeout`"),
         # sizes and limits: at least one of their things
         ("PM_LIMITS_MAX_JOBS_RUNNING", "0", r">= 1 - at `\$\.limits\.max_jobs_running`"),
         ("PM_HTTP_MAX_BODY_BYTES", "0", r">= 1 - at `\$\.http\.max_body_bytes`"),
+        (
+            "PM_HTTP_MAX_WEBSOCKET_MESSAGE_BYTES",
+            "0",
+            r">= 1 - at `\$\.http\.max_websocket_message_bytes`",
+        ),
         ("PM_WATCHERS_QUEUE_SIZE", "-5", r">= 1 - at `\$\.watchers\.queue_size`"),
         # rates where 0 means "no limit": negative only is refused
         ("PM_WATCHERS_MAX_UPDATES_PER_SECOND", "-1", r">= 0\.0 - at `\$\.watchers\."),
