@@ -70,6 +70,9 @@ class HttpConfig(_Section):
     # Seconds a client may take to accept 64 KiB of a response or of WebSocket messages; one
     # that stops reading (a watcher that never reads) is disconnected after it.
     send_timeout: Seconds = 30.0
+    # Bytes of each client connection's kernel send buffer (Linux doubles it for its own
+    # bookkeeping); otherwise autotuned up to 4 MiB, kernel memory held per stalled client.
+    send_buffer_bytes: AtLeastOne = 256 * 1024
     # Bytes of one message a WebSocket client may send (watchers need to send nothing); a
     # larger one closes its connection with 1009 before it is buffered whole.
     max_websocket_message_bytes: AtLeastOne = 64 * 1024

@@ -182,6 +182,7 @@ async def run_gateway(
                             app,
                             http_server_config(config.http),
                             send_timeout=config.http.send_timeout,
+                            send_buffer_bytes=config.http.send_buffer_bytes,
                             on_send_timeout=http_counters.count_send_timeout,
                             shutdown_trigger=stop_http.wait,
                             task_status=task_status,

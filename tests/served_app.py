@@ -124,6 +124,7 @@ async def serve_app(
                     app,
                     server_config,
                     send_timeout=config.http.send_timeout,
+                    send_buffer_bytes=config.http.send_buffer_bytes,
                     on_send_timeout=counters.count_send_timeout,
                     shutdown_trigger=stop.wait,
                 )

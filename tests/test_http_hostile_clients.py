@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from pm.http.server import SendDeadlineListener
 from tests.job_api import entry
 from tests.served_app import ServedGateway, app_config, receive_all, scrape, serve_app
 from tests.waiting import poll_until
@@ -259,3 +260,18 @@ def _unread_by_peer(stream: trio.SocketStream) -> int:
     unsent = array.array("i", [0])
     fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, unsent)
     return unsent[0]
+
+
+async def test_client_connections_get_the_configured_kernel_send_buffer() -> None:
+    send_buffer = 96 * 1024
+    with trio.fail_after(GUARD):
+        (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listener = SendDeadlineListener(
+            inner, send_timeout=1.0, on_timeout=lambda: None, send_buffer_bytes=send_buffer
+        )
+        async with listener, await trio.open_tcp_stream(*inner.socket.getsockname()):
+            async with await listener.accept() as accepted:
+                # Linux reserves twice what was asked for its bookkeeping, and then never
+                # autotunes it (up to 4 MiB per connection here).
+                size = accepted.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                assert size == 2 * send_buffer

@@ -7,7 +7,8 @@ it, so the handler, its connection, the watcher slot and the job it watches stay
 for good, and the server's graceful stop waits on it forever. hypercorn has no setting for
 this, so :func:`serve` runs hypercorn's own worker parts (its ``TCPServer`` per connection,
 its lifespan and graceful stop, as ``hypercorn.trio.serve`` does) over listeners whose
-streams give each 64 KiB of a write ``http.send_timeout`` seconds. A write that misses its
+streams give each 64 KiB of a write ``http.send_timeout`` seconds (and whose kernel send
+buffer is ``http.send_buffer_bytes``, not autotuned up to 4 MiB). A write that misses its
 deadline closes the socket and raises :class:`trio.BrokenResourceError`, which hypercorn
 treats as the client having gone: the handler is told of the disconnect and ends.
 
@@ -24,6 +25,7 @@ of file descriptors); a connection's errors end that connection only.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -115,17 +117,27 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
 
 
 class SendDeadlineListener(trio.abc.Listener[SendDeadlineStream]):
-    """Accepts from a socket listener and wraps each stream in :class:`SendDeadlineStream`."""
+    """Accepts from a socket listener and wraps each stream in :class:`SendDeadlineStream`,
+    its kernel send buffer set to ``send_buffer_bytes`` (None: the system's autotuning)."""
 
     def __init__(
-        self, inner: trio.SocketListener, send_timeout: float, on_timeout: Callable[[], None]
+        self,
+        inner: trio.SocketListener,
+        send_timeout: float,
+        on_timeout: Callable[[], None],
+        send_buffer_bytes: int | None = None,
     ) -> None:
         self.inner = inner
         self._send_timeout = send_timeout
         self._on_timeout = on_timeout
+        self._send_buffer_bytes = send_buffer_bytes
 
     async def accept(self) -> SendDeadlineStream:
         stream = await self.inner.accept()
+        if self._send_buffer_bytes is not None:
+            # Linux autotunes it up to net.ipv4.tcp_wmem's maximum (4 MiB): that much kernel
+            # memory per client that stopped reading, outside the gateway's RSS.
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer_bytes)
         return SendDeadlineStream(stream, self._send_timeout, self._on_timeout)
 
     async def aclose(self) -> None:
@@ -137,6 +149,7 @@ async def serve(
     server_config: hypercorn.config.Config,
     *,
     send_timeout: float,
+    send_buffer_bytes: int | None = None,
     on_send_timeout: Callable[[], None] = lambda: None,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -147,6 +160,7 @@ async def serve(
       app: the ASGI app.
       server_config: hypercorn's settings (``pm.gateway.http_server_config``).
       send_timeout: seconds 64 KiB of a write may take before the client is disconnected.
+      send_buffer_bytes: each client connection's kernel send buffer (None: autotuned).
       on_send_timeout: called for each client disconnected so (a counter).
       shutdown_trigger: returns when the server should stop; open requests and WebSockets
         then get ``server_config.graceful_timeout`` seconds, and are cancelled after it.
@@ -165,7 +179,15 @@ async def serve(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
-            listeners, binds = _listeners(server_config, send_timeout, on_send_timeout)
+            listeners, binds = _listeners(
+                server_config,
+                partial(
+                    SendDeadlineListener,
+                    send_timeout=send_timeout,
+                    on_timeout=on_send_timeout,
+                    send_buffer_bytes=send_buffer_bytes,
+                ),
+            )
             task_status.started(binds)
             handle_connection = partial(
                 TCPServer, wrapped, server_config, context, ConnectionState(lifespan_state.copy())
@@ -197,8 +219,7 @@ async def serve(
 
 def _listeners(
     server_config: hypercorn.config.Config,
-    send_timeout: float,
-    on_send_timeout: Callable[[], None],
+    wrap: Callable[[trio.SocketListener], SendDeadlineListener],
 ) -> tuple[list[trio.abc.Listener[trio.abc.Stream]], list[str]]:
     """Listening sockets bound as ``server_config`` says, and their URLs."""
     sockets = server_config.create_sockets()
@@ -208,10 +229,8 @@ def _listeners(
     for secure, group in ((True, sockets.secure_sockets), (False, sockets.insecure_sockets)):
         for sock in group:
             sock.listen(server_config.backlog)
-            listener: trio.abc.Listener[trio.abc.Stream] = SendDeadlineListener(
-                trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
-                send_timeout,
-                on_send_timeout,
+            listener: trio.abc.Listener[trio.abc.Stream] = wrap(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             )
             if secure:
                 # The deadline is on the TCP stream under TLS: what stalls is the socket.
