@@ -153,21 +153,29 @@ async def garbage_sender(url: str, interval: float, fate: Fate) -> None:
         opened = time.monotonic()
         fate.connections += 1
         try:
-            async with open_websocket_url(url) as connection, trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, connection)
-                while True:
-                    for garbage in GARBAGE:
-                        await connection.send_message(garbage)
-                        fate.messages_sent += 1
-                    await trio.sleep(interval)
-        except ConnectionClosed as closed:
-            fate.closed(opened, f"close {closed.reason.code}")
+            async with open_websocket_url(url) as connection:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_drain, connection, nursery.cancel_scope)
+                    try:
+                        while True:
+                            for garbage in GARBAGE:
+                                await connection.send_message(garbage)
+                                fate.messages_sent += 1
+                            await trio.sleep(interval)
+                    except ConnectionClosed:
+                        nursery.cancel_scope.cancel()
+                reason = connection.closed
+            fate.closed(opened, f"close {reason.code}" if reason else "closed")
             await trio.sleep(0.1)  # the job ended (close 1000): do not spin
         except HandshakeError as refused:
             fate.closed(opened, f"handshake {type(refused).__name__}")
             await trio.sleep(0.1)
 
 
-async def _drain(connection: WebSocketConnection) -> None:
-    while True:
-        await connection.get_message()
+async def _drain(connection: WebSocketConnection, scope: trio.CancelScope) -> None:
+    """Reads until the gateway closes, then ends the sender's scope."""
+    try:
+        while True:
+            await connection.get_message()
+    except ConnectionClosed:
+        scope.cancel()
