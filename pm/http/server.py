@@ -24,7 +24,6 @@ of file descriptors); a connection's errors end that connection only.
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -39,8 +38,6 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, Framework, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
-logger = logging.getLogger(__name__)
-
 # Bytes of a write that must get through within one send_timeout: a client reading at least
 # this much per send_timeout (2 KiB/s with the default 30 s) is slow, not stalled.
 SEND_CHUNK = 64 * 1024
@@ -53,8 +50,9 @@ class BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
     hypercorn's own buffer stores each piece, then checks the length, and is not cleared
     when it refuses: every later piece of the same message is stored too. A client that
     ignores the 1009 close and goes on sending one endless message grew the gateway's memory
-    by all it sent (measured: 200 MiB sent, RSS +200 MiB). Here what was kept is freed at
-    the refusal and every later piece is dropped unstored.
+    by all it sent (``test_client_going_on_after_1009_is_not_buffered`` in
+    tests/test_http_hostile_clients.py: 32 MiB streamed, 33 MiB traced without this class).
+    Here what was kept is freed at the refusal and every later piece is dropped unstored.
     """
 
     def extend(self, event: ws_stream.Message) -> None:
