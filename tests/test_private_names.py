@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib
+import inspect
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -481,3 +482,35 @@ def test_only_one_directory_of_ours_imports_each_library(library: Library) -> No
             assert not any(module.split(".")[0] == top for module in modules), (
                 f"{path.relative_to(ROOT)}:{node.lineno} imports {top} outside {library.ours}"
             )
+
+
+# -- hypercorn: what pm/http/server.py mirrors or replaces ----------------------------------
+#
+# hypercorn is pinned exactly (0.18.0). pm/http/server.py uses no private name of it, so the
+# derivation above does not apply; instead it mirrors ``hypercorn.trio.serve`` (with a
+# deadline on client writes) and replaces ``ws_stream.WebsocketBuffer`` by a subclass that
+# ``WSStream.__init__`` picks up by name. These pins fail when that source changes: re-read it,
+# carry the change into pm/http/server.py, then update the digest.
+HYPERCORN_PINS = {
+    "hypercorn.trio:serve": "9b117d42d6cfa7ef",
+    "hypercorn.protocol.ws_stream:WebsocketBuffer": "31c9b1345f308f4c",
+    "hypercorn.protocol.ws_stream:WSStream.__init__": "3534d3ebe8f7a1a4",
+}
+
+
+def _source_of(key: str) -> str:
+    module_name, _, qualified = key.partition(":")
+    target: object = importlib.import_module(module_name)
+    for part in qualified.split("."):
+        target = getattr(target, part)
+    return inspect.getsource(target)  # type: ignore[arg-type]
+
+
+def test_the_hypercorn_sources_pm_http_server_mirrors_are_unchanged() -> None:
+    assert version("hypercorn") == "0.18.0"
+    changed = {
+        key: _digest(_source_of(key))
+        for key, digest in HYPERCORN_PINS.items()
+        if _digest(_source_of(key)) != digest
+    }
+    assert not changed, f"hypercorn source changed (re-read it, adapt pm/http/server.py): {changed}"
