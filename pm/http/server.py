@@ -18,6 +18,9 @@ take to send a request's line and headers (the idle timer only stops at a comple
 and ``http.max_websocket_message_bytes`` its ``websocket_max_message_size`` (1009 beyond it;
 :class:`BoundedWebsocketBuffer` keeps that bound when the client goes on sending).
 
+hypercorn is pinned exactly: ``tests/test_private_names.py`` pins the sources this module
+mirrors (``hypercorn.trio.serve``) and replaces (``WebsocketBuffer``).
+
 Error handling: accept errors are trio's ``serve_listeners``' (it waits and retries when out
 of file descriptors); a connection's errors end that connection only.
 """
