@@ -492,18 +492,30 @@ def test_only_one_directory_of_ours_imports_each_library(library: Library) -> No
 # ``WSStream.__init__`` picks up by name. These pins fail when that source changes: re-read it,
 # carry the change into pm/http/server.py, then update the digest.
 HYPERCORN_PINS = {
-    "hypercorn.trio:serve": "9b117d42d6cfa7ef",
-    "hypercorn.protocol.ws_stream:WebsocketBuffer": "31c9b1345f308f4c",
-    "hypercorn.protocol.ws_stream:WSStream.__init__": "3534d3ebe8f7a1a4",
+    "hypercorn.trio:serve": "0f4d3d1d28054eff",
+    "hypercorn.protocol.ws_stream:WebsocketBuffer": "34c9f5fc79b24bfe",
+    "hypercorn.protocol.ws_stream:WSStream.__init__": "8b52d1b30aa2acf9",
 }
 
 
 def _source_of(key: str) -> str:
+    """The source text of ``module:Qualified.name`` as the module's file has it (not the live
+    object: pm/http/server.py replaces ``WebsocketBuffer`` in its module at run time)."""
     module_name, _, qualified = key.partition(":")
-    target: object = importlib.import_module(module_name)
+    source = inspect.getsource(importlib.import_module(module_name))
+    body: list[ast.stmt] = ast.parse(source).body
+    node: ast.stmt | None = None
     for part in qualified.split("."):
-        target = getattr(target, part)
-    return inspect.getsource(target)  # type: ignore[arg-type]
+        node = next(
+            child
+            for child in body
+            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and child.name == part
+        )
+        body = node.body
+    segment = ast.get_source_segment(source, node) if node is not None else None
+    assert segment is not None, key
+    return segment
 
 
 def test_the_hypercorn_sources_pm_http_server_mirrors_are_unchanged() -> None:
