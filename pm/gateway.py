@@ -153,7 +153,9 @@ async def run_gateway(
             tls_ca_file=config.mqtt_ca_file if config.mqtt_tls else None,
         ) as mqtt:
             gateway.mqtt = mqtt
-            topics = TopicTemplates(config.topics.request, config.topics.response)
+            topics = TopicTemplates(
+                config.topics.request, config.topics.response, config.topics.status
+            )
             # Subscribed before the engine starts: resuming jobs re-send requests at once,
             # and a fast device's answer must find the subscription already in place.
             await mqtt.subscribe(topics.response_filter, qos=1)
@@ -171,6 +173,9 @@ async def run_gateway(
                 # No checkpoint between the engine's start and this line: nothing it
                 # publishes can be answered before the gateway routes answers to it.
                 gateway.engine = engine
+                # Presence (protocol v1.1; the embedded amqtt broker publishes there too). Only
+                # now: the retained births and wills arrive at once and need the engine.
+                await mqtt.subscribe(topics.status_filter, qos=1)
                 http_stopped = trio.Event()
                 stop_http = trio.Event()
                 http_counters = HttpCounters()
