@@ -130,7 +130,12 @@ async def run_gateway(
             if auth is not None:
                 username, password = auth.gateway_username, auth.gateway_password
             gateway.broker = await services.start(
-                partial(run_embedded_broker, config.broker, auth=auth)
+                partial(
+                    run_embedded_broker,
+                    config.broker,
+                    auth=auth,
+                    presence=(config.topics.request, config.topics.status),
+                )
             )
             host, port = gateway.broker.host, gateway.broker.port
         gateway.mqtt_host, gateway.mqtt_port = host, port

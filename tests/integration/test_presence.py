@@ -1,0 +1,118 @@
+"""Device presence end to end: from the embedded amqtt broker itself (v1 devices), from the
+status topic through an external mosquitto (v1.1 birth and last will), bad status payloads,
+and presence across a gateway restart."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import trio
+
+from pm.gateway import Gateway, run_gateway
+from pm.presence import Presence
+from tests.integration.brokers import HANG_GUARD, MosquittoBroker
+from tests.integration.gateways import GatewayFactory, SimulatorFactory, gateway_config
+from tests.waiting import poll_until
+
+MAC = "02:00:00:00:00:01"
+
+
+def _presence(gateway: Gateway, device: str) -> Presence:
+    assert gateway.engine is not None
+    return gateway.engine.presence.presence(device)
+
+
+async def test_the_embedded_amqtt_broker_reports_v1_devices_online_and_offline(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    with trio.fail_after(HANG_GUARD):
+        gateway = await start_gateway()
+        assert _presence(gateway, MAC) is Presence.UNKNOWN
+        # The simulator's devices speak protocol v1: they never publish a status themselves.
+        simulator = await start_simulator(gateway, [MAC, "dev-b"])
+        await poll_until(lambda: _presence(gateway, MAC) is Presence.ONLINE)
+        await poll_until(lambda: _presence(gateway, "dev-b") is Presence.ONLINE)
+        await simulator.disconnect(MAC)
+        await poll_until(lambda: _presence(gateway, MAC) is Presence.OFFLINE)
+        assert _presence(gateway, "dev-b") is Presence.ONLINE
+        await simulator.reconnect(MAC)
+        await poll_until(lambda: _presence(gateway, MAC) is Presence.ONLINE)
+    assert gateway.engine is not None
+    record = gateway.engine.presence.record(MAC)
+    assert record is not None and record.disconnected_at is not None
+    assert record.connected_at is not None and record.connected_at >= record.disconnected_at
+
+
+def _v11_device(broker: MosquittoBroker, device: str) -> paho.Client:
+    """A protocol v1.1 device on a paho thread: last will ``offline``, retained ``online``."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"device-{device}")
+    status = f"/remote/{device}/status"
+    client.will_set(status, b"offline", qos=1, retain=True)
+    client.connect(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    client.publish(status, b"online", qos=1, retain=True).wait_for_publish(5)
+    return client
+
+
+async def test_status_topic_birth_and_last_will_through_an_external_mosquitto(
+    start_gateway: GatewayFactory, mosquitto: MosquittoBroker
+) -> None:
+    with trio.fail_after(HANG_GUARD):
+        # Born before the gateway starts: the retained birth is read at its subscription.
+        early = await trio.to_thread.run_sync(_v11_device, mosquitto, "early")
+        gateway = await start_gateway(
+            broker={"embedded": False}, mqtt={"host": mosquitto.host, "port": mosquitto.port}
+        )
+        await poll_until(lambda: _presence(gateway, "early") is Presence.ONLINE)
+        late = await trio.to_thread.run_sync(_v11_device, mosquitto, "00-0C-29-1C-E8-01")
+        await poll_until(lambda: _presence(gateway, "00:0c:29:1c:e8:01") is Presence.ONLINE)
+
+        def vanish() -> None:
+            # No DISCONNECT: the broker publishes the last will.
+            early.loop_stop()
+            sock = early.socket()
+            assert sock is not None
+            sock.close()
+
+        await trio.to_thread.run_sync(vanish)
+        await poll_until(lambda: _presence(gateway, "early") is Presence.OFFLINE)
+        assert _presence(gateway, "00:0c:29:1c:e8:01") is Presence.ONLINE
+        late.disconnect()
+        late.loop_stop()
+
+
+async def test_bad_status_payloads_are_ignored_and_counted(start_gateway: GatewayFactory) -> None:
+    with trio.fail_after(HANG_GUARD):
+        gateway = await start_gateway()
+        assert gateway.mqtt is not None and gateway.engine is not None
+        for payload in (b"maybe", b"\xff", b'{"online": true}'):
+            gateway.mqtt.publish("/remote/dev-x/status", payload)
+        gateway.mqtt.publish("/remote/dev-y/status", b"online")
+        await poll_until(lambda: _presence(gateway, "dev-y") is Presence.ONLINE)
+    assert gateway.health().dropped_messages.get("bad_status") == 3
+    assert _presence(gateway, "dev-x") is Presence.UNKNOWN
+
+
+async def test_presence_survives_a_gateway_restart(
+    tmp_path: Path, start_simulator: SimulatorFactory
+) -> None:
+    config = gateway_config(store={"path": str(tmp_path / "pm.db")})
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as first:
+            gateway = await first.start(partial(run_gateway, config))
+            simulator = await start_simulator(gateway, ["dev-a"])
+            await poll_until(lambda: _presence(gateway, "dev-a") is Presence.ONLINE)
+            await simulator.disconnect("dev-a")
+            await poll_until(lambda: _presence(gateway, "dev-a") is Presence.OFFLINE)
+            assert gateway.engine is not None
+            before = gateway.engine.presence.record("dev-a")
+            first.cancel_scope.cancel()
+        async with trio.open_nursery() as second:
+            restarted = await second.start(partial(run_gateway, config))
+            assert restarted.engine is not None
+            after = restarted.engine.presence.record("dev-a")
+            second.cancel_scope.cancel()
+    assert before is not None and before.presence is Presence.OFFLINE
+    assert after == before
