@@ -38,6 +38,7 @@ class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
     password_file: str = ""
     request_topic: str = ""
     response_topic: str = ""
+    status_topic: str = ""
 
     def __repr__(self) -> str:
         return f"<BrokerAuth file={self.password_file!r} gateway={self.gateway_username!r}>"
@@ -53,6 +54,7 @@ class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
                 password_file=os.path.abspath(self.password_file),
                 request_topic=self.request_topic,
                 response_topic=self.response_topic,
+                status_topic=self.status_topic,
             )
         return arguments
 
@@ -75,6 +77,7 @@ def broker_auth(config: Config) -> BrokerAuth | None:
             "password_file": broker.password_file,
             "request_topic": config.topics.request,
             "response_topic": config.topics.response,
+            "status_topic": config.topics.status,
         }
     return BrokerAuth(
         gateway_username=config.mqtt.username or DEFAULT_GATEWAY_USERNAME,
