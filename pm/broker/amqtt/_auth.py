@@ -10,9 +10,9 @@ Who is who:
   the environment (never on the command line, where ``ps`` shows it). It may do anything.
 * a **device** connects with its id as username and the password whose hash is in the password
   file (:mod:`pm.passwords`). It may subscribe to exactly its own request topic and publish to
-  exactly its own answer and status topics, nothing else; in particular nobody but the gateway publishes
-  requests. The gateway's MQTT client id is reserved for the gateway user, so a device cannot
-  take over the gateway's session.
+  exactly its own answer and status topics, nothing else; in particular nobody but the gateway
+  publishes requests. The gateway's MQTT client id is reserved for the gateway user, so a
+  device cannot take over the gateway's session.
 * anyone else (anonymous, unknown, wrong password) gets CONNACK 5 (not authorized).
 
 Without ``broker.auth`` only :class:`GatewayIdentityPlugin` is loaded: every client is accepted
