@@ -31,7 +31,7 @@ async def test_the_embedded_amqtt_broker_reports_v1_devices_online_and_offline(
         gateway = await start_gateway()
         assert _presence(gateway, MAC) is Presence.UNKNOWN
         # The simulator's devices speak protocol v1: they never publish a status themselves.
-        simulator = await start_simulator(gateway, [MAC, "dev-b"])
+        simulator = await start_simulator(gateway, [MAC, "dev-b"], status=False)
         await poll_until(lambda: _presence(gateway, MAC) is Presence.ONLINE)
         await poll_until(lambda: _presence(gateway, "dev-b") is Presence.ONLINE)
         await simulator.disconnect(MAC)
@@ -102,7 +102,7 @@ async def test_presence_survives_a_gateway_restart(
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as first:
             gateway = await first.start(partial(run_gateway, config))
-            simulator = await start_simulator(gateway, ["dev-a"])
+            simulator = await start_simulator(gateway, ["dev-a"], status=False)
             await poll_until(lambda: _presence(gateway, "dev-a") is Presence.ONLINE)
             await simulator.disconnect("dev-a")
             await poll_until(lambda: _presence(gateway, "dev-a") is Presence.OFFLINE)
@@ -116,3 +116,50 @@ async def test_presence_survives_a_gateway_restart(
             second.cancel_scope.cancel()
     assert before is not None and before.presence is Presence.OFFLINE
     assert after == before
+
+
+async def test_simulated_v11_devices_announce_themselves_and_flap(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory, mosquitto: MosquittoBroker
+) -> None:
+    devices = [f"flap-{index}" for index in range(6)]
+    with trio.fail_after(HANG_GUARD):
+        # mosquitto publishes nothing on a device's behalf: what the gateway learns here comes
+        # from the simulated devices' births, offline messages and last wills.
+        gateway = await start_gateway(
+            broker={"embedded": False}, mqtt={"host": mosquitto.host, "port": mosquitto.port}
+        )
+        simulator = await start_simulator(gateway, devices, offline_rate=0.5)
+        assert simulator.connected == 3
+
+        def presences() -> list[Presence]:
+            return [_presence(gateway, device) for device in devices]
+
+        await poll_until(
+            lambda: sorted(presences()) == sorted([Presence.ONLINE] * 3 + [Presence.OFFLINE] * 3)
+        )
+        online = [d for d in devices if _presence(gateway, d) is Presence.ONLINE]
+        await simulator.disconnect(online[0])
+        await poll_until(lambda: _presence(gateway, online[0]) is Presence.OFFLINE)
+        await simulator.reconnect(online[0])
+        await poll_until(lambda: _presence(gateway, online[0]) is Presence.ONLINE)
+
+
+async def test_flapping_devices_go_offline_and_come_back(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    devices = [f"flap-{index}" for index in range(4)]
+    with trio.fail_after(HANG_GUARD):
+        gateway = await start_gateway()
+        assert gateway.engine is not None
+        book = gateway.engine.presence
+        await start_simulator(gateway, devices, offline_rate=0.5, flap_interval=0.05)
+
+        def came_back(device: str) -> bool:
+            record = book.record(device)
+            return (
+                record is not None
+                and record.presence is Presence.ONLINE
+                and record.disconnected_at is not None
+            )
+
+        await poll_until(lambda: any(came_back(device) for device in devices))
