@@ -217,9 +217,11 @@ def mosquitto_acl(gateway_user: str) -> str:
         "topic write /remote/+\n"
         "topic read /remote/+/response\n"
         "topic write /remote/~puppetmaster-probe/response\n"
+        "topic read /remote/+/status\n"
         "\n"
         "pattern read /remote/%u\n"
         "pattern write /remote/%u/response\n"
+        "pattern write /remote/%u/status\n"
     )
 
 
@@ -271,6 +273,10 @@ async def test_mosquitto_password_and_acl_files(
         client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
         job = await wait_final(client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"])
         assert job["status"] == "resolved" and job["doneCount"] == 2
+        # The status lines let the devices' births reach the gateway.
+        assert gateway.engine is not None
+        presence = gateway.engine.presence
+        await poll_until(lambda: presence.presence("dev-b") is Presence.ONLINE)
         # The acl_file grants the probe's topic: without that line mosquitto drops the probe
         # silently, and the gateway would report its answer path lost.
         probe = await probe_came_back(gateway)
