@@ -11,8 +11,9 @@ import paho.mqtt.client as paho
 import trio
 
 from pm.gateway import Gateway, run_gateway
+from pm.mqtt import open_mqtt_client
 from pm.presence import Presence
-from tests.integration.brokers import HANG_GUARD, MosquittoBroker
+from tests.integration.brokers import HANG_GUARD, Inbox, MosquittoBroker
 from tests.integration.gateways import GatewayFactory, SimulatorFactory, gateway_config
 from tests.waiting import poll_until
 
@@ -163,3 +164,25 @@ async def test_flapping_devices_go_offline_and_come_back(
             )
 
         await poll_until(lambda: any(came_back(device) for device in devices))
+
+
+async def test_a_retained_request_still_reaches_a_device_that_subscribes_later(
+    start_gateway: GatewayFactory,
+) -> None:
+    # The presence broker finds the retained message of an exact filter by lookup instead of
+    # amqtt's scan of every retained message (one status per device made that O(N^2)).
+    with trio.fail_after(HANG_GUARD):
+        gateway = await start_gateway()
+        assert gateway.mqtt is not None
+        gateway.mqtt.publish("/remote/late", b"kept", retain=True)
+        gateway.mqtt.publish("/remote/other", b"not for late", retain=True)
+        inbox = Inbox()
+        async with open_mqtt_client(
+            gateway.mqtt_host, gateway.mqtt_port, client_id="sim-late", on_message=inbox
+        ) as device:
+            await device.subscribe("/remote/late", qos=1)
+            assert await inbox.receive.receive() == ("/remote/late", b"kept")
+            # A wildcard filter still gets its retained matches: the birth the broker
+            # announced for this device when it subscribed above.
+            await device.subscribe("/remote/+/status", qos=1)
+            assert await inbox.receive.receive() == ("/remote/late/status", b"online")
