@@ -178,6 +178,11 @@ async def run_gateway(
                 # No checkpoint between the engine's start and this line: nothing it
                 # publishes can be answered before the gateway routes answers to it.
                 gateway.engine = engine
+                if config.broker.embedded:
+                    # A broker child started just now holds no connection from before: the
+                    # devices the store last saw online are offline until they announce
+                    # themselves again (their births and the amqtt broker's arrive next).
+                    engine.presence.all_disconnected(engine.wall_clock())
                 # Presence (protocol v1.1; the embedded amqtt broker publishes there too). Only
                 # now: the retained births and wills arrive at once and need the engine.
                 await mqtt.subscribe(topics.status_filter, qos=1)

@@ -126,6 +126,15 @@ class PresenceBook:
         """Devices with an event someone waits (or waited) on: memory is bounded by this."""
         return len(self._waiters)
 
+    def all_disconnected(self, at: float) -> int:
+        """Every ONLINE device becomes OFFLINE as of ``at``: the broker they were connected to
+        is a new process (the embedded broker at the gateway's start), so none of their
+        connections survived. Returns how many changed."""
+        online = [d for d, record in self._records.items() if record.presence is Presence.ONLINE]
+        for device in online:
+            self.update(device, Presence.OFFLINE, at)
+        return len(online)
+
     def restore(self, records: Iterable[DevicePresence]) -> None:
         """Load records kept by the store (at start, before any source speaks). No
         ``on_change`` call: they are already stored."""

@@ -112,3 +112,19 @@ async def test_a_cancelled_wait_leaves_at_most_one_event(
     assert book.waiting_devices == 1
     book.update("d1", Presence.ONLINE, at=2.0)
     assert book.waiting_devices == 0
+
+
+def test_all_disconnected_takes_only_online_devices_offline() -> None:
+    changes: list[DevicePresence] = []
+    book = PresenceBook(on_change=changes.append)
+    book.update("on", Presence.ONLINE, at=1.0)
+    book.update("off", Presence.OFFLINE, at=2.0)
+    changes.clear()
+    assert book.all_disconnected(at=10.0) == 1
+    assert book.record("on") == DevicePresence(
+        id="on", presence=Presence.OFFLINE, last_seen=10.0, connected_at=1.0, disconnected_at=10.0
+    )
+    assert book.record("off") == DevicePresence(
+        id="off", presence=Presence.OFFLINE, last_seen=2.0, disconnected_at=2.0
+    )
+    assert [change.id for change in changes] == ["on"]
