@@ -186,6 +186,14 @@ async def run_gateway(
                 # Presence (protocol v1.1; the embedded amqtt broker publishes there too). Only
                 # now: the retained births and wills arrive at once and need the engine.
                 await mqtt.subscribe(topics.status_filter, qos=1)
+                presence_watch = trio.CancelScope()
+                if gateway.broker is not None:
+                    services.start_soon(
+                        _disconnect_all_when_the_broker_exits,
+                        gateway.broker,
+                        engine,
+                        presence_watch,
+                    )
                 http_stopped = trio.Event()
                 stop_http = trio.Event()
                 http_counters = HttpCounters()
@@ -217,6 +225,7 @@ async def run_gateway(
                 stop_http.set()
                 await http_stopped.wait()
                 await engine.settle(config.recovery.stop_grace)
+                presence_watch.cancel()
         services.cancel_scope.cancel()
 
 
@@ -245,6 +254,19 @@ def http_server_config(http: HttpConfig) -> hypercorn.config.Config:
         server_config.certfile = http.certfile
         server_config.keyfile = http.keyfile
     return server_config
+
+
+async def _disconnect_all_when_the_broker_exits(
+    broker: EmbeddedBroker, engine: Engine, scope: trio.CancelScope
+) -> None:
+    """Each time the embedded broker child exits, every device it had is disconnected: mark
+    them offline at once, before the restarted broker's announcements (and the devices' own
+    births) bring back those that return. Runs until ``scope`` is cancelled."""
+    with scope:
+        while True:
+            await broker.wait_changed()
+            if not broker.running:
+                engine.presence.all_disconnected(engine.wall_clock())
 
 
 def check_http_tls(config: Config) -> None:

@@ -194,3 +194,38 @@ async def test_a_retained_request_still_reaches_a_device_that_subscribes_later(
             # announced for this device when it subscribed above.
             await device.subscribe("/remote/+/status", qos=1)
             assert await inbox.receive.receive() == ("/remote/late/status", b"online")
+
+
+def _device_that_never_returns(host: str, port: int, device: str) -> paho.Client:
+    """A v1 device on a paho thread that does not reconnect once its connection is lost."""
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=f"device-{device}", reconnect_on_failure=False
+    )
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    _, mid = client.subscribe(f"/remote/{device}", qos=1)
+    assert mid is not None
+    return client
+
+
+async def test_a_broker_restart_takes_devices_offline_until_they_return(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    with trio.fail_after(HANG_GUARD):
+        gateway = await start_gateway()
+        assert gateway.broker is not None
+        await start_simulator(gateway, ["returns"], status=False)
+        gone = await trio.to_thread.run_sync(
+            _device_that_never_returns, gateway.mqtt_host, gateway.mqtt_port, "gone"
+        )
+        await poll_until(lambda: _presence(gateway, "gone") is Presence.ONLINE)
+        await poll_until(lambda: _presence(gateway, "returns") is Presence.ONLINE)
+        gateway.broker.kill()
+        await gateway.broker.wait_running(restarts=1)
+        await poll_until(lambda: _presence(gateway, "gone") is Presence.OFFLINE)
+        # The simulated device reconnects and subscribes again: the new broker announces it.
+        await poll_until(lambda: _presence(gateway, "returns") is Presence.ONLINE)
+        assert gateway.engine is not None
+        record = gateway.engine.presence.record("returns")
+        assert record is not None and record.disconnected_at is not None
+        gone.loop_stop()
