@@ -229,3 +229,18 @@ async def test_a_broker_restart_takes_devices_offline_until_they_return(
         record = gateway.engine.presence.record("returns")
         assert record is not None and record.disconnected_at is not None
         gone.loop_stop()
+
+
+async def test_the_embedded_mosquitto_engine_knows_only_v11_devices(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    with trio.fail_after(HANG_GUARD):
+        gateway = await start_gateway(broker={"engine": "mosquitto"})
+        speaks = await start_simulator(gateway, ["v11"])
+        await start_simulator(gateway, ["v1"], status=False)
+        await poll_until(lambda: _presence(gateway, "v11") is Presence.ONLINE)
+        await speaks.disconnect("v11")
+        await poll_until(lambda: _presence(gateway, "v11") is Presence.OFFLINE)
+        # mosquitto publishes nothing on a v1 device's behalf. The v1 device had subscribed
+        # before the v1.1 one went offline: an announcement of it would have come first.
+        assert _presence(gateway, "v1") is Presence.UNKNOWN
