@@ -158,15 +158,25 @@ class TopicsConfig(_Section):
     # "{device}" is replaced by the normalized device id.
     request: str = "/remote/{device}"
     response: str = "/remote/{device}/response"
+    # Presence (protocol v1.1): a device publishes a retained "online" here when it connects
+    # and sets "offline" as its last will; the embedded amqtt broker publishes the same on
+    # behalf of every device it sees subscribe to its request topic (docs/protocol.md).
+    status: str = "/remote/{device}/status"
 
     def __post_init__(self) -> None:
         # Checked here, not only where the topics are used: a bad template must stop `pm
         # serve` with one line naming the key, before the broker starts.
-        for name, template in (("request", self.request), ("response", self.response)):
+        for name, template in (
+            ("request", self.request),
+            ("response", self.response),
+            ("status", self.status),
+        ):
             if template.count("{device}") != 1:
                 raise ValueError(f"topics.{name} must contain {{device}} exactly once")
             if "+" in template or "#" in template:
                 raise ValueError(f"topics.{name} must not contain the MQTT wildcards + or #")
+        if len({self.request, self.response, self.status}) != 3:
+            raise ValueError("topics.request, topics.response and topics.status must differ")
 
 
 class TasksConfig(_Section):

@@ -37,9 +37,11 @@ from .job_limits import TooManyJobsRunning as TooManyJobsRunning
 from .job_limits import TooManyTasks as TooManyTasks
 from .job_limits import check_limits
 from .jobs import Job
+from .presence import PresenceBook
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
 from .state import JobRecord, expand_batch
+from .status_topic import StatusTopicSource
 from .store import Store, StoreUnavailable, open_store
 from .task_machine import ResendSchedule
 
@@ -70,7 +72,9 @@ class Engine:
         self.config = config
         self.store = store
         self.wall_clock = wall_clock
-        self.topics = TopicTemplates(config.topics.request, config.topics.response)
+        self.topics = TopicTemplates(
+            config.topics.request, config.topics.response, config.topics.status
+        )
         self.fleet = Fleet(
             nursery,
             publisher,
@@ -80,6 +84,13 @@ class Engine:
             max_answer_bytes=config.limits.max_answer_bytes,
             max_answer_depth=config.limits.max_json_depth,
             resend=ResendSchedule.from_config(config.recovery),
+        )
+        # Presence of every device ever seen, as the store last had it; fed by the status
+        # topic (pm/status_topic.py), which the embedded amqtt broker also publishes on.
+        self.presence = PresenceBook(on_change=store.presence_changed)
+        self.presence.restore(store.load_presences())
+        self.status_topic = StatusTopicSource(
+            self.presence, self.topics, self.fleet.dropped, wall_clock=wall_clock
         )
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}
@@ -332,7 +343,8 @@ class Engine:
     # -- MQTT hooks ----------------------------------------------------------------------
 
     def on_mqtt_message(self, topic: str, payload: bytes) -> None:
-        self.fleet.on_answer(topic, payload)
+        if not self.status_topic.on_message(topic, payload):
+            self.fleet.on_answer(topic, payload)
 
     def on_mqtt_connect(self, generation: int) -> None:
         if generation > 1:

@@ -130,7 +130,12 @@ async def run_gateway(
             if auth is not None:
                 username, password = auth.gateway_username, auth.gateway_password
             gateway.broker = await services.start(
-                partial(run_embedded_broker, config.broker, auth=auth)
+                partial(
+                    run_embedded_broker,
+                    config.broker,
+                    auth=auth,
+                    presence=(config.topics.request, config.topics.status),
+                )
             )
             host, port = gateway.broker.host, gateway.broker.port
         gateway.mqtt_host, gateway.mqtt_port = host, port
@@ -153,7 +158,9 @@ async def run_gateway(
             tls_ca_file=config.mqtt_ca_file if config.mqtt_tls else None,
         ) as mqtt:
             gateway.mqtt = mqtt
-            topics = TopicTemplates(config.topics.request, config.topics.response)
+            topics = TopicTemplates(
+                config.topics.request, config.topics.response, config.topics.status
+            )
             # Subscribed before the engine starts: resuming jobs re-send requests at once,
             # and a fast device's answer must find the subscription already in place.
             await mqtt.subscribe(topics.response_filter, qos=1)
@@ -171,6 +178,22 @@ async def run_gateway(
                 # No checkpoint between the engine's start and this line: nothing it
                 # publishes can be answered before the gateway routes answers to it.
                 gateway.engine = engine
+                if config.broker.embedded:
+                    # A broker child started just now holds no connection from before: the
+                    # devices the store last saw online are offline until they announce
+                    # themselves again (their births and the amqtt broker's arrive next).
+                    engine.presence.all_disconnected(engine.wall_clock())
+                # Presence (protocol v1.1; the embedded amqtt broker publishes there too). Only
+                # now: the retained births and wills arrive at once and need the engine.
+                await mqtt.subscribe(topics.status_filter, qos=1)
+                presence_watch = trio.CancelScope()
+                if gateway.broker is not None:
+                    services.start_soon(
+                        _disconnect_all_when_the_broker_exits,
+                        gateway.broker,
+                        engine,
+                        presence_watch,
+                    )
                 http_stopped = trio.Event()
                 stop_http = trio.Event()
                 http_counters = HttpCounters()
@@ -202,6 +225,7 @@ async def run_gateway(
                 stop_http.set()
                 await http_stopped.wait()
                 await engine.settle(config.recovery.stop_grace)
+                presence_watch.cancel()
         services.cancel_scope.cancel()
 
 
@@ -230,6 +254,19 @@ def http_server_config(http: HttpConfig) -> hypercorn.config.Config:
         server_config.certfile = http.certfile
         server_config.keyfile = http.keyfile
     return server_config
+
+
+async def _disconnect_all_when_the_broker_exits(
+    broker: EmbeddedBroker, engine: Engine, scope: trio.CancelScope
+) -> None:
+    """Each time the embedded broker child exits, every device it had is disconnected: mark
+    them offline at once, before the restarted broker's announcements (and the devices' own
+    births) bring back those that return. Runs until ``scope`` is cancelled."""
+    with scope:
+        while True:
+            await broker.wait_changed()
+            if not broker.running:
+                engine.presence.all_disconnected(engine.wall_clock())
 
 
 def check_http_tls(config: Config) -> None:

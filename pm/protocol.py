@@ -56,19 +56,22 @@ def normalize_device_id(raw: str) -> str:
 
 
 class TopicTemplates:
-    """Request and answer topics for a device, from the configured ``{device}`` templates."""
+    """Request, answer and status topics for a device, from the configured ``{device}``
+    templates."""
 
-    def __init__(self, request: str, response: str) -> None:
-        for name, template in (("request", request), ("response", response)):
+    def __init__(
+        self, request: str, response: str, status: str = "/remote/{device}/status"
+    ) -> None:
+        for name, template in (("request", request), ("response", response), ("status", status)):
             if template.count("{device}") != 1:
                 raise ValueError(
                     f"topics.{name} must contain {{device}} exactly once: {template!r}"
                 )
         self.request = request
         self.response = response
-        prefix, _, suffix = response.partition("{device}")
-        self._response_prefix = prefix
-        self._response_suffix = suffix
+        self.status = status
+        self._response_parts = response.partition("{device}")[::2]
+        self._status_parts = status.partition("{device}")[::2]
 
     def request_topic(self, device: str) -> str:
         return self.request.replace("{device}", device)
@@ -76,20 +79,37 @@ class TopicTemplates:
     def response_topic(self, device: str) -> str:
         return self.response.replace("{device}", device)
 
+    def status_topic(self, device: str) -> str:
+        return self.status.replace("{device}", device)
+
     @property
     def response_filter(self) -> str:
         """The one MQTT subscription that receives every device's answers."""
         return self.response.replace("{device}", "+")
 
+    @property
+    def status_filter(self) -> str:
+        """The one MQTT subscription that receives every device's presence (protocol v1.1)."""
+        return self.status.replace("{device}", "+")
+
     def device_of_response(self, topic: str) -> str | None:
         """The device id an answer topic belongs to, or ``None`` if it is not one."""
-        if not (topic.startswith(self._response_prefix) and topic.endswith(self._response_suffix)):
-            return None
-        end = len(topic) - len(self._response_suffix)
-        device = topic[len(self._response_prefix) : end]
-        if not device or "/" in device:
-            return None
-        return device
+        return device_in_topic(topic, *self._response_parts)
+
+    def device_of_status(self, topic: str) -> str | None:
+        """The device id (as written, not normalized) a status topic belongs to, or ``None``."""
+        return device_in_topic(topic, *self._status_parts)
+
+
+def device_in_topic(topic: str, prefix: str, suffix: str) -> str | None:
+    """The one topic level between ``prefix`` and ``suffix`` (a template split at
+    ``{device}``), or ``None`` if ``topic`` is not of that form."""
+    if not (topic.startswith(prefix) and topic.endswith(suffix)):
+        return None
+    device = topic[len(prefix) : len(topic) - len(suffix)]
+    if not device or "/" in device:
+        return None
+    return device
 
 
 class SanjiRequest(msgspec.Struct, kw_only=True):

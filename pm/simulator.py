@@ -17,6 +17,14 @@ kept, and a request whose id the device received before is counted in ``redelive
 work a device did twice). With ``record_requests``, every request is kept per device, in
 arrival order.
 
+Presence (protocol v1.1, ``status`` on by default): after subscribing, each device publishes a
+retained ``online`` on its status topic; a device alone on its connection sets a retained
+``offline`` last will, which the broker publishes if the connection dies; a device taken
+offline on purpose publishes ``offline`` itself first. ``status = False`` behaves as a v1
+device (no status at all). ``offline_rate`` keeps that fraction of the devices offline: chosen
+once at start, or chosen again every ``flap_interval`` seconds (devices go offline and come
+back).
+
 Fault injection: :meth:`Simulator.disconnect` takes a device offline (its connection closes and
 the answers it was still working on are lost, as when a device loses power or network), and
 :meth:`Simulator.reconnect` brings it back with a fresh connection and subscription.
@@ -29,12 +37,12 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import trio
 
-from .mqtt import MqttClient, open_mqtt_client
+from .mqtt import LastWill, MqttClient, open_mqtt_client
 from .protocol import PROGRESS_CODE, SanjiRequest, TopicTemplates, normalize_device_id
 
 logger = logging.getLogger(__name__)
@@ -78,6 +86,14 @@ class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # Keep every request id each device received, to count redeliveries (a chaos soak). Off
     # by default for the same reason: memory grows with every request.
     track_request_ids: bool = False
+    # Protocol v1.1 presence: a retained "online" birth and an "offline" last will on
+    # status_topic; false: a v1 device that never speaks of its presence.
+    status: bool = True
+    status_topic: str = "/remote/{device}/status"
+    # Fraction of the devices kept offline (their connections closed), in [0, 1].
+    offline_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    # Seconds between two new choices of the offline devices; 0: chosen once, at start.
+    flap_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 def generate_mac_ids(count: int, prefix: str = "02:00") -> list[str]:
@@ -116,7 +132,9 @@ class Simulator:
 
     def __init__(self, settings: SimulatorSettings, nursery: trio.Nursery) -> None:
         self.settings = settings
-        self.topics = TopicTemplates(settings.request_topic, settings.response_topic)
+        self.topics = TopicTemplates(
+            settings.request_topic, settings.response_topic, settings.status_topic
+        )
         self.devices = [normalize_device_id(device) for device in settings.devices]
         self.stats = DeviceStats()
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -135,6 +153,8 @@ class Simulator:
         self._connection_of: dict[str, tuple[int, list[str]]] = {}
         # Connection index -> the scope that closes it, and an event set once it is closed.
         self._open_connections: dict[int, tuple[trio.CancelScope, trio.Event]] = {}
+        # Connection index -> its client while connected.
+        self._clients_by_index: list[MqttClient | None] = []
 
     @property
     def connected(self) -> int:
@@ -158,10 +178,16 @@ class Simulator:
         Error handling: raises :exc:`KeyError` for a device this fleet does not simulate and
         :exc:`RuntimeError` if it is offline already.
         """
-        index, _ = self._connection_of[normalize_device_id(device)]
+        index, group = self._connection_of[normalize_device_id(device)]
         if index not in self._open_connections:
             raise RuntimeError(f"device {device} is offline already")
         scope, closed = self._open_connections[index]
+        if self.settings.status and index < len(self._clients_by_index):
+            # Leaving on purpose, as a v1.1 device does: no last will is sent for a DISCONNECT.
+            client = self._clients_by_index[index]
+            if client is not None:
+                for member in group:
+                    client.publish(self.topics.status_topic(member), b"offline", retain=True)
         scope.cancel()
         await closed.wait()
 
@@ -289,8 +315,29 @@ async def run_simulator(
                 connecting.start_soon(
                     _run_connection, simulator, nursery, limiter, index, group, name=f"sim:{index}"
                 )
+        if settings.offline_rate > 0:
+            await _choose_offline(simulator)
         task_status.started(simulator)
+        if settings.offline_rate > 0 and settings.flap_interval > 0:
+            while True:
+                await trio.sleep(settings.flap_interval)
+                await _choose_offline(simulator)
         await trio.sleep_forever()
+
+
+async def _choose_offline(simulator: Simulator) -> None:
+    """Take ``offline_rate`` of the devices offline (their whole connections), bringing back
+    those that were offline and are not chosen again."""
+    devices = simulator.devices
+    count = round(simulator.settings.offline_rate * len(devices))
+    chosen = set(simulator._random.sample(devices, count))
+    for device in devices:
+        index, group = simulator._connection_of[device]
+        is_online = index in simulator._open_connections
+        if device in chosen and is_online:
+            await simulator.disconnect(device)
+        elif not chosen.intersection(group) and not is_online:
+            await simulator.reconnect(device)
 
 
 async def _run_connection(
@@ -318,6 +365,15 @@ async def _serve_devices(
         simulator._connection_of[device] = (index, devices)
 
     client_id = f"sim-{devices[0]}" if len(devices) == 1 else f"sim-mux-{index}"
+    topics = simulator.topics
+    # One last will per connection: only a device alone on its connection gets one.
+    will = (
+        LastWill(topics.status_topic(devices[0]), b"offline")
+        if settings.status and len(devices) == 1
+        else None
+    )
+    slots = simulator._clients_by_index
+    slots.extend([None] * (index + 1 - len(slots)))
     try:
         with trio.CancelScope() as connection_scope:
             simulator._open_connections[index] = (connection_scope, closed)
@@ -325,6 +381,14 @@ async def _serve_devices(
 
                 def on_message(topic: str, payload: bytes) -> None:
                     simulator._on_request(client_box[0], topic, payload, answering)
+
+                def on_connect(generation: int) -> None:
+                    # Back after a lost connection (a broker restart loses retained births).
+                    if generation > 1 and settings.status:
+                        for device in devices:
+                            client_box[0].publish(
+                                topics.status_topic(device), b"online", retain=True
+                            )
 
                 async with open_mqtt_client(
                     settings.host,
@@ -335,15 +399,23 @@ async def _serve_devices(
                     on_message=on_message,
                     tls=settings.tls,
                     tls_ca_file=settings.tls_ca_file or None,
+                    will=will,
+                    on_connect=on_connect,
                 ) as client:
                     client_box.append(client)
                     simulator._clients.append(client)
+                    slots[index] = client
                     try:
                         for device in devices:
-                            await client.subscribe(simulator.topics.request_topic(device), qos=1)
+                            await client.subscribe(topics.request_topic(device), qos=1)
+                        if settings.status:
+                            # Births after the subscriptions: "online" means it can be sent to.
+                            for device in devices:
+                                client.publish(topics.status_topic(device), b"online", retain=True)
                         task_status.started()
                         await trio.sleep_forever()
                     finally:
+                        slots[index] = None
                         simulator._clients.remove(client)
                         answering.cancel_scope.cancel()
     finally:

@@ -120,6 +120,14 @@ def test_the_child_command_runs_the_engine_module_and_never_carries_the_password
         "/opt/m",
     ]
     assert "--binary" not in child_command("h", 1, "amqtt", mosquitto_binary="/opt/m")
+    # Presence: the amqtt child gets the templates; mosquitto cannot publish presence.
+    templates = ("/remote/{device}", "/remote/{device}/status")
+    amqtt = child_command("h", 1, "amqtt", presence=templates)
+    assert json.loads(amqtt[amqtt.index("--presence") + 1]) == {
+        "request": "/remote/{device}",
+        "status": "/remote/{device}/status",
+    }
+    assert "--presence" not in child_command("h", 1, "mosquitto", presence=templates)
 
 
 def test_tls_is_refused_for_the_mosquitto_engine_and_made_absolute_for_amqtt() -> None:

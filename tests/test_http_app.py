@@ -514,6 +514,9 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs/{id}", "get"),
             ("/jobs/{id}", "delete"),
             ("/jobs/{id}/ws", "get"),
+            ("/devices", "get"),
+            ("/devices/{id}", "get"),
+            ("/devices/{id}/tasks", "get"),
             ("/healthz", "get"),
             ("/readyz", "get"),
             ("/metrics", "get"),
@@ -528,6 +531,8 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             "ErrorBody",
             "Health",
             "Readiness",
+            "DeviceView",
+            "DeviceTaskView",
         } <= set(schemas)
         # 400 and 403: every endpoint refuses unknown query parameters and other sites.
         assert set(paths["/readyz"]["get"]["responses"]) == {"200", "400", "403", "503"}

@@ -79,6 +79,7 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker._publish_retained_messages_for_subscription": "d6ad257821ba29ef",
         "amqtt.broker:Broker._publish_session_retained_messages": "78cd66096c935c1f",
         "amqtt.broker:Broker._retain_broadcast_message": "884c193d6731d048",
+        "amqtt.broker:Broker._retained_messages": "b963bc0cff6f017e",
         "amqtt.broker:Broker._run_broadcast": "e852128b3e38e04a",
         "amqtt.broker:Broker._servers": "01178dca7d7c630c",
         "amqtt.broker:Broker._session_monitor": "5091fa20cdfdc203",

@@ -38,6 +38,7 @@ class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
     password_file: str = ""
     request_topic: str = ""
     response_topic: str = ""
+    status_topic: str = ""
 
     def __repr__(self) -> str:
         return f"<BrokerAuth file={self.password_file!r} gateway={self.gateway_username!r}>"
@@ -53,6 +54,7 @@ class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
                 password_file=os.path.abspath(self.password_file),
                 request_topic=self.request_topic,
                 response_topic=self.response_topic,
+                status_topic=self.status_topic,
             )
         return arguments
 
@@ -75,6 +77,7 @@ def broker_auth(config: Config) -> BrokerAuth | None:
             "password_file": broker.password_file,
             "request_topic": config.topics.request,
             "response_topic": config.topics.response,
+            "status_topic": config.topics.status,
         }
     return BrokerAuth(
         gateway_username=config.mqtt.username or DEFAULT_GATEWAY_USERNAME,
@@ -107,6 +110,8 @@ def child_command(
     auth: BrokerAuth | None = None,
     tls: tuple[str, str] | None = None,
     mosquitto_binary: str = "",
+    *,
+    presence: tuple[str, str] | None = None,
 ) -> list[str]:
     """The command line of one broker child.
 
@@ -116,6 +121,7 @@ def child_command(
       auth: device identity for the amqtt child, without the gateway password.
       tls: ``(certfile, keyfile)``: the amqtt listener speaks only TLS.
       mosquitto_binary: ``broker.mosquitto_binary`` (empty: the child searches).
+      presence: ``(request, status)`` topic templates: the amqtt child publishes presence.
     """
     # --parent-pid lets the child notice a parent that died before it armed PDEATHSIG.
     command = [
@@ -134,6 +140,8 @@ def child_command(
         command += ["--auth", json.dumps(auth.plugin_arguments())]
     if tls is not None:
         command += ["--certfile", tls[0], "--keyfile", tls[1]]
+    if engine == "amqtt" and presence is not None:
+        command += ["--presence", json.dumps({"request": presence[0], "status": presence[1]})]
     if engine == "mosquitto" and mosquitto_binary:
         command += ["--binary", mosquitto_binary]
     return command

@@ -47,6 +47,7 @@ class EmbeddedBroker:
         engine: str = "amqtt",
         auth: BrokerAuth | None = None,
         tls: tuple[str, str] | None = None,
+        presence: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -54,6 +55,8 @@ class EmbeddedBroker:
         self.auth = auth
         # (certfile, keyfile), absolute, when the listener speaks only TLS.
         self.tls = tls
+        # (request, status) topic templates: the amqtt child publishes presence (issue 11).
+        self.presence = presence
         self.pid: int | None = None
         self.restarts = 0
         self.running = False

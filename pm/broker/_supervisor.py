@@ -46,7 +46,15 @@ async def _run_child(
     cancellation the child is stopped (shielded) before ``Cancelled`` propagates.
     """
     child = Child(
-        child_command(broker.host, port, broker.engine, broker.auth, broker.tls, mosquitto_binary),
+        child_command(
+            broker.host,
+            port,
+            broker.engine,
+            broker.auth,
+            broker.tls,
+            mosquitto_binary,
+            presence=broker.presence,
+        ),
         child_environment(broker.auth),
     )
     broker._process = child.process
@@ -127,6 +135,7 @@ async def run_embedded_broker(
     config: BrokerConfig,
     *,
     auth: BrokerAuth | None = None,
+    presence: tuple[str, str] | None = None,
     start_timeout: float = START_TIMEOUT,
     task_status: trio.TaskStatus[EmbeddedBroker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -154,6 +163,10 @@ async def run_embedded_broker(
         with ``broker.auth`` also device identity and topic ACL; ``None``: anyone (tests and
         benchmarks of the bare broker).
         ``config.certfile``/``keyfile`` set: the listener speaks only TLS (amqtt only).
+      presence: the ``(request, status)`` topic templates: the amqtt child then publishes a
+        retained ``online``/``offline`` on a device's status topic when a client's
+        subscription to its request topic starts/ends (docs/protocol.md, presence). The
+        mosquitto engine ignores it (mosquitto cannot: docs/broker.md).
       start_timeout: seconds each child has to print its ready line.
       task_status: for ``nursery.start``.
 
@@ -169,7 +182,9 @@ async def run_embedded_broker(
             "broker.auth is implemented for the amqtt engine only; with mosquitto use its "
             "password_file and acl_file as an external broker (README, Security)"
         )
-    broker = EmbeddedBroker(config.host, config.port, config.engine, auth, tls_files(config))
+    broker = EmbeddedBroker(
+        config.host, config.port, config.engine, auth, tls_files(config), presence
+    )
     backoff = RestartBackoff()
     handed_over = False
 

@@ -1,8 +1,9 @@
-"""``pm devices add|remove|list``: the device password file of the embedded broker.
+"""``pm devices add|remove|list``: the device password file of the embedded broker; ``pm
+devices state|show`` ask the running gateway instead (:mod:`pm.cli._device_state`).
 
-Works on the file directly (no gateway needed); a running broker re-reads it at the next
-CONNECT, so an added device can log in at once and a removed one cannot log in again (an
-open connection stays open until it drops).
+The credential actions work on the file directly (no gateway needed); a running broker
+re-reads it at the next CONNECT, so an added device can log in at once and a removed one
+cannot log in again (an open connection stays open until it drops).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..passwords import (
     write_password_file,
 )
 from ..protocol import InvalidDeviceId, normalize_device_id
-from ._arguments import HelpFormatter
+from ._arguments import HelpFormatter, url_options
+from ._device_state import add_live_actions
 from ._errors import EXIT_OK, CliError
 
 EPILOG = """\
@@ -29,8 +31,11 @@ examples:
   pm devices add lab-7 --password "$SECRET"  # the same secret for a test fleet
   pm devices list
   pm devices remove 02:00:00:00:00:01
+  pm devices state --presence offline        # LIVE, from the gateway at --url / $PM_URL
+  pm devices show 02:00:00:00:00:01          # LIVE: one device and its recent tasks
 
-The file is broker.password_file (default ./devices.passwd), or --file. It is used when
+Credentials (add, remove, list) edit a file and need no gateway. The file is
+broker.password_file (default ./devices.passwd), or --file. It is used when
 broker.auth = true; see README, Security.
 """
 
@@ -97,19 +102,26 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:  # noqa: ANN401 - argparse's private action type
     parser = subparsers.add_parser(
         "devices",
-        help="manage device credentials for the embedded broker (broker.auth)",
-        description="Add, remove or list devices in the broker's password file.",
+        help="device credentials (the password file) and live device state (the gateway)",
+        description=(
+            "Credentials: add, remove or list devices in the broker's password file "
+            "(broker.auth); no gateway needed. Live state: `state` and `show` ask the running "
+            "gateway for presence, pending and in-flight work and task counts."
+        ),
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="a TOML config file")
     parser.add_argument("--file", metavar="PATH", help="the password file (default: config's)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="add a device; prints a generated password once")
+    add = actions.add_parser(
+        "add", help="CREDENTIALS: add a device; prints a generated password once"
+    )
     add.add_argument("device", help="device id (normalized like job destinations)")
     add.add_argument("--password", help="use this password instead of a generated one")
     add.add_argument("--replace", action="store_true", help="replace an existing entry")
-    remove = actions.add_parser("remove", help="remove a device")
+    remove = actions.add_parser("remove", help="CREDENTIALS: remove a device")
     remove.add_argument("device", help="device id")
-    actions.add_parser("list", help="list the device ids")
+    actions.add_parser("list", help="CREDENTIALS: list the device ids in the password file")
+    add_live_actions(actions, url_options())
     parser.set_defaults(run=run)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -85,6 +86,10 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
         connections=args.connections,
         request_topic=config.topics.request,
         response_topic=config.topics.response,
+        status_topic=config.topics.status,
+        status=not args.v1,
+        offline_rate=args.offline_rate,
+        flap_interval=args.flap_interval,
         seed=args.seed,
         username=config.mqtt.username if external else "",
         password=config.mqtt.password if external else "",
@@ -93,6 +98,16 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
         tls_ca_file=tls_ca_file,
         track_request_ids=args.track_redeliveries,
     )
+
+
+def write_ids(path: str, devices: list[str]) -> None:
+    """``--ids-out``: every simulated id, one per line (what ``--ids-file`` reads back).
+
+    Error handling: :class:`CliError` naming the file."""
+    try:
+        Path(path).write_text("".join(f"{device}\n" for device in devices), encoding="utf-8")
+    except OSError as error:
+        raise CliError(f"cannot write --ids-out {path}: {error.strerror}") from None
 
 
 def stats_line(simulator: Simulator) -> str:
@@ -162,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     settings = settings_from(args)
+    if args.ids_out is not None:
+        write_ids(args.ids_out, settings.devices)
     tune_garbage_collector()
     console = stdout_console()
     trio.run(simulate, settings, console, args.stats_interval)
@@ -175,6 +192,7 @@ examples:
   pm simulate --devices 1000 --connections 10 --latency 0.5
   pm simulate --ids-file fleet.txt --error-rate 0.1 --error-code 503 --seed 7
   pm simulate --progress-steps 3 --latency 2    # 206 progress answers before the last one
+  pm simulate --devices 100 --offline-rate 0.2 --flap-interval 30 --ids-out fleet.txt
 
 Then, in another terminal: pm submit --resource /system/status --to 02:00:00:00:00:00 --watch
 """
@@ -276,6 +294,32 @@ def add_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="connect with MQTT over TLS, trusting the CA certificate(s) in FILE (PEM), e.g. "
         "the embedded broker's broker.certfile (default: mqtt.ca_file, else broker.certfile)",
+    )
+    parser.add_argument(
+        "--ids-out",
+        metavar="FILE",
+        help="write every simulated device id to FILE, one per line, before connecting",
+    )
+    parser.add_argument(
+        "--v1",
+        action="store_true",
+        help="behave as protocol v1 devices: no retained online birth and no offline last "
+        "will on the status topic (the embedded amqtt broker still reports their presence)",
+    )
+    parser.add_argument(
+        "--offline-rate",
+        type=probability,
+        default=0.0,
+        metavar="R",
+        help="share of the devices kept offline, 0 to 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flap-interval",
+        type=non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="with --offline-rate: choose the offline devices again every S seconds, so "
+        "devices go offline and come back (default: 0, chosen once)",
     )
     parser.add_argument(
         "--track-redeliveries",

@@ -38,6 +38,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import WebsocketMismatch
 
 from ..config import Config
+from ..device_directory import DeviceDirectory
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
 from ..jobs import Job
 from ..schemas import MAX_SQLITE_INTEGER, ErrorBody, Health, Readiness
@@ -45,6 +46,7 @@ from ..store import StoreUnavailable
 from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
 from .bodies import BodyRefused, check_json_media_type, decode_job_request
+from .device_routes import add_device_routes
 from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
 from .origins import AllowedOrigins, cors_headers, preflight_headers
@@ -382,6 +384,11 @@ def create_app(
         return TrioResponse(
             generate_latest(metrics_registry), 200, content_type=CONTENT_TYPE_PLAIN_0_0_4
         )
+
+    directory = DeviceDirectory(
+        engine.presence, engine.store, engine.fleet, engine.topics.response_topic
+    )
+    add_device_routes(app, directory, json_response, error_response)
 
     @app.get("/openapi.json")
     async def openapi() -> TrioResponse:

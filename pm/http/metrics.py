@@ -36,7 +36,14 @@ TASK_STATUSES: tuple[TaskStatus, ...] = (
     "cancelled",
 )
 # Reported even at 0, so a dashboard or an alert sees the series before the first drop.
-DROP_REASONS = ("malformed", "unexpected_id", "foreign_topic", "answer_overflow", "oversized")
+DROP_REASONS = (
+    "malformed",
+    "unexpected_id",
+    "foreign_topic",
+    "answer_overflow",
+    "oversized",
+    "bad_status",
+)
 
 
 class HttpCounters:

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ..device_views import DeviceTaskView, DeviceView
 from ..schemas import (
     MAX_SQLITE_INTEGER,
     ErrorBody,
@@ -21,7 +22,7 @@ from ..schemas import (
     Readiness,
     WatchMessage,
 )
-from .queries import JobQuery, ListJobsQuery, WatchJobQuery
+from .queries import DeviceTasksQuery, JobQuery, ListDevicesQuery, ListJobsQuery, WatchJobQuery
 
 _REF_TEMPLATE = "#/components/schemas/{name}"
 _JSON = "application/json"
@@ -79,9 +80,14 @@ def build_openapi(
         [JobRequest, JobView, list[JobView], ErrorBody, Health, Readiness, WatchMessage],
         ref_template=_REF_TEMPLATE,
     )
+    (device_view, device_list, device_tasks), device_components = msgspec.json.schema_components(
+        [DeviceView, list[DeviceView], list[DeviceTaskView]], ref_template=_REF_TEMPLATE
+    )
+    components.update(device_components)
     # The query Structs are inlined as parameters, not published as components.
-    (_, _, _), query_components = msgspec.json.schema_components(
-        [ListJobsQuery, JobQuery, WatchJobQuery], ref_template=_REF_TEMPLATE
+    (_, _, _, _, _), query_components = msgspec.json.schema_components(
+        [ListJobsQuery, JobQuery, WatchJobQuery, ListDevicesQuery, DeviceTasksQuery],
+        ref_template=_REF_TEMPLATE,
     )
 
     def error(description: str) -> dict[str, Any]:
@@ -95,6 +101,21 @@ def build_openapi(
         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SQLITE_INTEGER},
     }
     job_response = {"description": "the job", "content": _content(job_view)}
+    device_id = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "device id; MAC spellings are normalized (00-0C-29-1C-E8-01 is "
+        "00:0c:29:1c:e8:01)",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+    }
+
+    def total_count(what: str) -> dict[str, Any]:
+        return {
+            "description": f"{what} matching the filters, all pages",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+
     retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -222,6 +243,54 @@ def build_openapi(
                             **error("limits.max_watchers_per_job watchers are watching it"),
                             "headers": retry_after,
                         },
+                    },
+                },
+            },
+            "/devices": {
+                "get": {
+                    "operationId": "listDevices",
+                    "summary": "Devices by id: presence, work waiting and in flight, task counts",
+                    "description": (
+                        "Every device a presence source spoke of (the status topic, which the "
+                        "embedded amqtt broker also feeds) or a stored task is for."
+                    ),
+                    "parameters": _query_parameters(query_components["ListDevicesQuery"]),
+                    "responses": {
+                        "200": {
+                            "description": "one page of devices",
+                            "headers": {"X-Total-Count": total_count("devices")},
+                            "content": _content(device_list),
+                        },
+                        "400": error("an invalid or unknown query parameter"),
+                    },
+                },
+            },
+            "/devices/{id}": {
+                "parameters": [device_id],
+                "get": {
+                    "operationId": "getDevice",
+                    "summary": "One device",
+                    "responses": {
+                        "200": {"description": "the device", "content": _content(device_view)},
+                        "400": error("not a valid device id, or any query parameter"),
+                        "404": error("no presence source and no task knows this device"),
+                    },
+                },
+            },
+            "/devices/{id}/tasks": {
+                "parameters": [device_id],
+                "get": {
+                    "operationId": "listDeviceTasks",
+                    "summary": "A device's tasks across jobs, newest first",
+                    "parameters": _query_parameters(query_components["DeviceTasksQuery"]),
+                    "responses": {
+                        "200": {
+                            "description": "one page of tasks",
+                            "headers": {"X-Total-Count": total_count("tasks")},
+                            "content": _content(device_tasks),
+                        },
+                        "400": error("not a valid device id, or an invalid query parameter"),
+                        "404": error("no presence source and no task knows this device"),
                     },
                 },
             },

@@ -11,7 +11,8 @@ from typing import Annotated, TypeVar
 import msgspec
 from werkzeug.datastructures import MultiDict
 
-from ..schemas import MAX_SQLITE_INTEGER, JobStatus
+from ..device_views import PresenceName
+from ..schemas import MAX_SQLITE_INTEGER, JobStatus, TaskStatus
 from ..watch import TASK_MODES
 
 PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="jobs per page, 1-1000")]
@@ -70,6 +71,41 @@ class WatchJobQuery(_Query):
     ) = msgspec.UNSET
 
 
+DevicePageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="devices per page, 1-1000")]
+DevicePageOffset = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="devices to skip, by id")
+]
+TaskPageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="tasks per page, 1-1000")]
+TaskPageOffset = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="tasks to skip, newest first")
+]
+
+
+class ListDevicesQuery(_Query):
+    """``GET /devices``."""
+
+    presence: (
+        Annotated[PresenceName, msgspec.Meta(description="only devices with this presence")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    q: Annotated[
+        str, msgspec.Meta(max_length=64, description="only devices whose id starts with this")
+    ] = ""
+    limit: DevicePageSize = 100
+    offset: DevicePageOffset = 0
+
+
+class DeviceTasksQuery(_Query):
+    """``GET /devices/{id}/tasks``."""
+
+    status: (
+        Annotated[TaskStatus, msgspec.Meta(description="only tasks in this status")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    limit: TaskPageSize = 100
+    offset: TaskPageOffset = 0
+
+
 class NoQuery(_Query):
     """Every other endpoint: no query parameter at all."""
 
@@ -80,6 +116,8 @@ ENDPOINT_QUERIES: dict[str, type[_Query]] = {
     "get_job": JobQuery,
     "delete_job": JobQuery,
     "watch_job": WatchJobQuery,
+    "list_devices": ListDevicesQuery,
+    "device_tasks": DeviceTasksQuery,
 }
 
 

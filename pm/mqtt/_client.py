@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 import trio
 from paho.mqtt.enums import MQTTErrorCode
 
-from ._connection import Connection, ConnectionLost, MqttError, open_connection
+from ._connection import Connection, ConnectionLost, LastWill, MqttError, open_connection
 
 # One logger for the package: "pm.mqtt" is what log configurations name.
 log = logging.getLogger("pm.mqtt")
@@ -61,6 +61,7 @@ class MqttClient:
         max_inflight: int,
         tls: bool = False,
         tls_ca_file: str | None = None,
+        will: LastWill | None = None,
     ) -> None:
         if not 0 < reconnect_min_delay <= reconnect_max_delay:
             raise ValueError("need 0 < reconnect_min_delay <= reconnect_max_delay")
@@ -80,6 +81,7 @@ class MqttClient:
         self._min_delay = reconnect_min_delay
         self._max_delay = reconnect_max_delay
         self._max_inflight = max_inflight
+        self._will = will
         # Made once: loading the CA file is blocking I/O, and a bad file fails here, at once.
         self._ssl_context: ssl.SSLContext | None = None
         if tls or tls_ca_file:

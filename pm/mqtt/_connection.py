@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import paho.mqtt.client as paho
 import trio
@@ -290,6 +290,15 @@ class Connection:
         trio.lowlevel.notify_closing(sock)
 
 
+class LastWill(NamedTuple):
+    """What the broker publishes for a client whose connection ends without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
 async def open_connection(owner: MqttClient) -> Connection | None:
     """Open ``owner``'s TCP connection and send CONNECT; None (reason in
     ``owner._connect_error``) on failure."""
@@ -301,6 +310,8 @@ async def open_connection(owner: MqttClient) -> Connection | None:
     )
     if owner._username:
         client.username_pw_set(owner._username, owner._password)
+    if owner._will is not None:
+        client.will_set(*owner._will)
     # paho's default of 20 in flight caps request throughput; 0 = no cap on queued messages.
     client.max_inflight_messages_set(owner._max_inflight)
     client.max_queued_messages_set(0)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from ._client import MqttClient
+from ._connection import LastWill
 
 
 @asynccontextmanager
@@ -26,6 +27,7 @@ async def open_mqtt_client(
     on_connect: Callable[[int], None] | None = None,
     tls: bool = False,
     tls_ca_file: str | None = None,
+    will: LastWill | None = None,
 ) -> AsyncIterator[MqttClient]:
     """Connect to an MQTT broker and keep the connection up until the block exits.
 
@@ -50,6 +52,8 @@ async def open_mqtt_client(
       tls: speak MQTT over TLS, verifying the broker's certificate and host name.
       tls_ca_file: PEM file of the CA certificate(s) trusted for the broker's; ``None`` or
         empty: the system's defaults. Giving one implies ``tls``.
+      will: the last will the broker publishes if the connection ends without DISCONNECT
+        (sent with every CONNECT, reconnects included).
 
     Returns:
       An async context manager yielding the :class:`MqttClient`.
@@ -75,6 +79,7 @@ async def open_mqtt_client(
         max_inflight=max_inflight,
         tls=tls,
         tls_ca_file=tls_ca_file,
+        will=will,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(client._run)

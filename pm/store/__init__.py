@@ -1,5 +1,6 @@
 """Persistence: jobs and tasks in SQLite, written in groups behind the actors."""
 
+from ._devices import DeviceTaskQuery as DeviceTaskQuery
 from ._errors import StoreOpenError as StoreOpenError
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._open import open_store as open_store

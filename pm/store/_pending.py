@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from ..presence import DevicePresence
 from ..schemas import BatchEntry
 from ..state import JobRecord, TaskRecord
 from ._rows import (
@@ -16,6 +17,8 @@ from ._rows import (
     UPDATE_JOBS,
     UPDATE_TASKS,
     UPSERT_COUNTERS,
+    UPSERT_DEVICES,
+    device_row,
     job_row,
     job_update,
     task_row,
@@ -35,6 +38,8 @@ class PendingChanges:
         self.tasks: dict[int, TaskRecord] = {}
         self.deleted: set[int] = set()
         self.counters: dict[str, int] = {}
+        # The newest presence of each device that changed (one row per device per window).
+        self.devices: dict[str, DevicePresence] = {}
 
     def job_created(self, record: JobRecord, batch: Sequence[BatchEntry]) -> None:
         self.created[record.id] = (record, batch)
@@ -51,6 +56,9 @@ class PendingChanges:
             return False
         self.tasks[task.id] = task
         return True
+
+    def presence_changed(self, record: DevicePresence) -> None:
+        self.devices[record.id] = record
 
     def job_deleted(self, job_id: int) -> None:
         # Created and deleted before any commit: the database never hears of it.
@@ -79,6 +87,8 @@ class PendingChanges:
             if task.job_id not in self.created:
                 self.tasks.setdefault(task_id, task)
         self.deleted |= failed.deleted
+        for device, record in failed.devices.items():
+            self.devices.setdefault(device, record)  # a newer change wins
         for kind, high_water in failed.counters.items():
             self.counters[kind] = max(high_water, self.counters.get(kind, 0))
 
@@ -96,6 +106,7 @@ class PendingChanges:
         task_updates = [task_update(task) for task in self.tasks.values()]
         counter_rows = list(self.counters.items())
         deletions = [[job_id] for job_id in self.deleted]
+        device_rows = [device_row(record) for record in self.devices.values()]
 
         # Only statements with something to write, each taking all its rows as one JSON
         # array: the sqlite3 module releases and retakes the GIL per statement step, and
@@ -112,6 +123,7 @@ class PendingChanges:
                 (UPDATE_JOBS, job_updates),
                 (UPDATE_TASKS, task_updates),
                 *((sql, deletions) for sql in DELETE_JOBS),
+                (UPSERT_DEVICES, device_rows),
             )
             if rows
         ]
@@ -123,5 +135,6 @@ class PendingChanges:
             + len(task_updates)
             + len(counter_rows)
             + len(deletions)
+            + len(device_rows)
         )
         return statements, rows

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from ..presence import DevicePresence, Presence
 from ..schemas import JobView
 from ..state import JobRecord, TaskRecord, iso_timestamp
 
@@ -50,6 +51,14 @@ UPDATE_TASKS = (
     " UPDATE tasks SET status = u.status, progress = u.progress, result = u.result,"
     " finish_at = u.finish_at FROM u WHERE tasks.id = u.id"
 )
+UPSERT_DEVICES = (
+    "INSERT INTO devices (id, presence, last_seen, connected_at, disconnected_at)"
+    f" SELECT {columns(5)} FROM json_each(?) WHERE true"
+    " ON CONFLICT (id) DO UPDATE SET presence = excluded.presence,"
+    " last_seen = excluded.last_seen, connected_at = excluded.connected_at,"
+    " disconnected_at = excluded.disconnected_at"
+)
+DEVICE_COLUMNS = "id, presence, last_seen, connected_at, disconnected_at"
 DELETE_JOBS = tuple(
     f"DELETE FROM {table} WHERE {column} IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
     for table, column in (("tasks", "job_id"), ("entries", "job_id"), ("jobs", "id"))
@@ -120,9 +129,70 @@ def task_update(task: TaskRecord) -> tuple[Any, ...]:
     return (task.id, task.status, task.progress, result_text(task.result), task.finish_at)
 
 
+def device_row(record: DevicePresence) -> tuple[Any, ...]:
+    return (
+        record.id,
+        str(record.presence),
+        record.last_seen,
+        record.connected_at,
+        record.disconnected_at,
+    )
+
+
+def device_presence(row: tuple[Any, ...]) -> DevicePresence:
+    device, presence, last_seen, connected_at, disconnected_at = row
+    return DevicePresence(
+        id=device,
+        presence=Presence(presence),
+        last_seen=last_seen,
+        connected_at=connected_at,
+        disconnected_at=disconnected_at,
+    )
+
+
 def result_text(result: Any) -> str | None:
     """A result as JSON text (TEXT column, readable by any SQLite tool), or NULL."""
     return None if result is None else _json_encode(result).decode()
+
+
+# A device's tasks across jobs, with what a task view needs from its job and batch entry.
+DEVICE_TASK_COLUMNS = (
+    "t.id, t.job_id, t.entry, t.device, t.timeout, t.status, t.progress, t.result,"
+    " t.finish_at, j.created_at, e.method, e.resource, e.data"
+)
+DEVICE_TASK_JOINS = (
+    "FROM tasks t JOIN jobs j ON j.id = t.job_id"
+    " JOIN entries e ON e.job_id = t.job_id AND e.position = t.entry"
+)
+
+
+def task_record(
+    task_columns: tuple[Any, ...],
+    rest: tuple[Any, ...],
+    tunnel_for: Callable[[str], str],
+) -> TaskRecord:
+    """A :class:`TaskRecord` from its row (id, job, entry, device, timeout, status,
+    progress, result) and (finish_at, the job's created_at, the entry's method, resource,
+    decoded data: shared by the tasks of one entry)."""
+    task_id, job_id, entry, device, task_timeout, task_status, progress, result = task_columns
+    done_at, created_at, method, resource, data = rest
+    task = TaskRecord(
+        task_id=task_id,
+        job_id=job_id,
+        entry=entry,
+        device=device,
+        method=method,
+        resource=resource,
+        data=data,
+        tunnel=tunnel_for(device),
+        timeout=task_timeout,
+        created_at=created_at,
+    )
+    task.status = task_status
+    task.progress = progress
+    task.result = None if result is None else _json_decode(result)
+    task.finish_at = done_at
+    return task
 
 
 def load_records(
@@ -159,22 +229,11 @@ def load_records(
             (job_id,),
         ):
             method, resource, data = entries[entry]
-            task = TaskRecord(
-                task_id=task_id,
-                job_id=job_id,
-                entry=entry,
-                device=device,
-                method=method,
-                resource=resource,
-                data=data,
-                tunnel=tunnel_for(device),
-                timeout=task_timeout,
-                created_at=created_at,
+            task = task_record(
+                (task_id, job_id, entry, device, task_timeout, task_status, progress, result),
+                (done_at, created_at, method, resource, data),
+                tunnel_for,
             )
-            task.status = task_status
-            task.progress = progress
-            task.result = None if result is None else _json_decode(result)
-            task.finish_at = done_at
             tasks.append(task)
         records.append(JobRecord.restore(job_id, tasks, timeout, created_at, status, finish_at))
     return records

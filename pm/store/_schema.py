@@ -56,6 +56,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_status ON jobs (status, id);
     CREATE INDEX jobs_by_finish ON jobs (finish_at) WHERE finish_at IS NOT NULL;
     """,
+    # 2 -> 3: device presence (kept across restarts) and a device's tasks across jobs
+    # (`GET /devices/{id}/tasks`, newest first; per-device counts by status).
+    """
+    CREATE TABLE devices (
+        id               TEXT PRIMARY KEY,
+        presence         TEXT NOT NULL,
+        last_seen        REAL,
+        connected_at     REAL,
+        disconnected_at  REAL
+    );
+    CREATE INDEX tasks_by_device ON tasks (device, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -22,13 +22,22 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import msgspec
 import trio
 
+from ..presence import DevicePresence
 from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView
 from ..state import JobRecord, TaskRecord
+from ._devices import (
+    DeviceTaskQuery,
+    device_tasks,
+    devices_with_tasks,
+    load_presences,
+    task_counts,
+)
 from ._errors import StoreUnavailable, is_storage_fault
 from ._pending import PendingChanges
 from ._rows import (
@@ -153,6 +162,11 @@ class Store:
 
     def job_deleted(self, job_id: int) -> None:
         self._pending.job_deleted(job_id)
+        self._mark_dirty()
+
+    def presence_changed(self, record: DevicePresence) -> None:
+        """A device's presence changed (:class:`pm.presence.PresenceBook`'s ``on_change``)."""
+        self._pending.presence_changed(record)
         self._mark_dirty()
 
     def _mark_dirty(self) -> None:
@@ -336,6 +350,26 @@ class Store:
             tuple(sorted(FINAL_JOB_STATUSES)),
             tunnel_for,
         )
+
+    # -- devices (SQL in _devices.py) ----------------------------------------------------------
+
+    def load_presences(self) -> list[DevicePresence]:
+        """Every device's last known presence (called once, at start)."""
+        return load_presences(self._connection)
+
+    async def devices_with_tasks(self) -> set[str]:
+        """Every device some committed task is for (:meth:`sync` first)."""
+        return await self._in_thread(devices_with_tasks)
+
+    async def task_counts(self, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Committed tasks of each device by status (devices without tasks left out)."""
+        return await self._in_thread(partial(task_counts, devices=devices))
+
+    async def device_tasks(
+        self, device: str, query: DeviceTaskQuery
+    ) -> tuple[list[TaskRecord], int]:
+        """One device's committed tasks across jobs, newest first, and the total matching."""
+        return await self._in_thread(partial(device_tasks, device=device, query=query))
 
     async def delete_finished_before(self, epoch_seconds: float) -> int:
         """Retention: delete finished jobs that ended before ``epoch_seconds``."""

@@ -103,7 +103,7 @@ async def test_silent_child_hits_start_timeout_and_is_killed(
         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     )
     monkeypatch.setattr(
-        _supervisor, "child_command", lambda *arguments: [sys.executable, "-c", silent]
+        _supervisor, "child_command", lambda *arguments, **options: [sys.executable, "-c", silent]
     )
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:

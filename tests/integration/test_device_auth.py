@@ -15,11 +15,13 @@ import trio
 
 from pm.mqtt import MqttSubscribeError, open_mqtt_client
 from pm.passwords import hash_password, write_password_file
+from pm.presence import Presence
 from pm.protocol import PROBE_DEVICE_ID
 from tests.integration.brokers import Inbox, MosquittoBroker
 from tests.integration.gateways import GatewayFactory, SimulatorFactory, probe_came_back
 from tests.integration.mqtt_packets import connect_packet
 from tests.job_api import entry, post_job, wait_final
+from tests.waiting import poll_until
 
 SECRET = "fleet-test-secret"
 GATEWAY = {"username": "gw", "password": "gateway-secret"}
@@ -97,7 +99,9 @@ async def test_a_device_only_reaches_its_own_topics(
         probe_topic = f"/remote/{PROBE_DEVICE_ID}/response"
 
         def spy_on_devices(topic: str, payload: bytes) -> None:
-            if topic != probe_topic:  # the gateway's own answer-path probe, every 5 s
+            # Not the gateway's own answer-path probe (every 5 s), nor the presence the
+            # broker publishes as devices subscribe (test_device_status_needs_its_own_login).
+            if topic != probe_topic and not topic.endswith("/status"):
                 spy(topic, payload)
 
         device_b = Inbox()
@@ -148,6 +152,32 @@ async def test_a_device_only_reaches_its_own_topics(
             assert await device_b.receive.receive() == ("/remote/dev-b", b'{"request": 1}')
 
 
+async def test_a_device_may_publish_only_its_own_status(
+    start_gateway: GatewayFactory, password_file: Path
+) -> None:
+    with trio.fail_after(_GUARD):
+        gateway, host, port = await _start_auth_gateway(start_gateway, password_file)
+        assert gateway.engine is not None
+        presence = gateway.engine.presence
+        logins = {
+            device: {"username": device, "password": SECRET, "on_message": Inbox()}
+            for device in ("dev-a", "dev-b")
+        }
+        async with (
+            open_mqtt_client(host, port, client_id="sim-dev-a", **logins["dev-a"]) as a,
+            open_mqtt_client(host, port, client_id="sim-dev-b", **logins["dev-b"]) as b,
+        ):
+            await a.subscribe("/remote/dev-a", qos=1)
+            await b.subscribe("/remote/dev-b", qos=1)
+            await poll_until(lambda: presence.presence("dev-b") is Presence.ONLINE)
+            # Forged by dev-a for dev-b: dropped by the ACL. The broker handles dev-a's
+            # messages in order, so once its own status has arrived the forged one would have.
+            await a.publish_when_connected("/remote/dev-b/status", b"offline")
+            await a.publish_when_connected("/remote/dev-a/status", b"offline")
+            await poll_until(lambda: presence.presence("dev-a") is Presence.OFFLINE)
+            assert presence.presence("dev-b") is Presence.ONLINE
+
+
 async def test_a_job_reaches_authenticated_devices(
     start_gateway: GatewayFactory,
     start_simulator: SimulatorFactory,
@@ -187,9 +217,11 @@ def mosquitto_acl(gateway_user: str) -> str:
         "topic write /remote/+\n"
         "topic read /remote/+/response\n"
         "topic write /remote/~puppetmaster-probe/response\n"
+        "topic read /remote/+/status\n"
         "\n"
         "pattern read /remote/%u\n"
         "pattern write /remote/%u/response\n"
+        "pattern write /remote/%u/status\n"
     )
 
 
@@ -241,6 +273,10 @@ async def test_mosquitto_password_and_acl_files(
         client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
         job = await wait_final(client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"])
         assert job["status"] == "resolved" and job["doneCount"] == 2
+        # The status lines let the devices' births reach the gateway.
+        assert gateway.engine is not None
+        presence = gateway.engine.presence
+        await poll_until(lambda: presence.presence("dev-b") is Presence.ONLINE)
         # The acl_file grants the probe's topic: without that line mosquitto drops the probe
         # silently, and the gateway would report its answer path lost.
         probe = await probe_came_back(gateway)

@@ -10,9 +10,9 @@ Who is who:
   the environment (never on the command line, where ``ps`` shows it). It may do anything.
 * a **device** connects with its id as username and the password whose hash is in the password
   file (:mod:`pm.passwords`). It may subscribe to exactly its own request topic and publish to
-  exactly its own answer topic, nothing else; in particular nobody but the gateway publishes
-  requests. The gateway's MQTT client id is reserved for the gateway user, so a device cannot
-  take over the gateway's session.
+  exactly its own answer and status topics, nothing else; in particular nobody but the gateway
+  publishes requests. The gateway's MQTT client id is reserved for the gateway user, so a
+  device cannot take over the gateway's session.
 * anyone else (anonymous, unknown, wrong password) gets CONNACK 5 (not authorized).
 
 Without ``broker.auth`` only :class:`GatewayIdentityPlugin` is loaded: every client is accepted
@@ -178,6 +178,7 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         gateway_username: str = ""
         request_topic: str = "/remote/{device}"
         response_topic: str = "/remote/{device}/response"
+        status_topic: str = "/remote/{device}/status"
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
@@ -185,6 +186,7 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         self._gateway_username = config.gateway_username
         self._request = config.request_topic
         self._response = config.response_topic
+        self._status = config.status_topic
 
     async def topic_filtering(
         self,
@@ -203,7 +205,12 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         if action is Action.SUBSCRIBE:
             return topic == self._request.replace("{device}", username)
         if action is Action.PUBLISH:
-            return topic == self._response.replace("{device}", username)
+            # Its answers, and its own presence (protocol v1.1 birth; the last will is
+            # published by the broker without this check).
+            return topic in (
+                self._response.replace("{device}", username),
+                self._status.replace("{device}", username),
+            )
         return False
 
 
@@ -214,6 +221,7 @@ def plugin_config(
     password_file: str = "",
     request_topic: str = "",
     response_topic: str = "",
+    status_topic: str = "/remote/{device}/status",
 ) -> dict[str, dict[str, str]]:
     """The amqtt ``plugins`` entries: device identity and topic ACL with a ``password_file``
     (``broker.auth``), else only the gateway's reserved identity."""
@@ -226,5 +234,6 @@ def plugin_config(
             "gateway_username": gateway_username,
             "request_topic": request_topic,
             "response_topic": response_topic,
+            "status_topic": status_topic,
         },
     }

@@ -32,6 +32,7 @@ from pm.broker._protocol import (
 from ._config import amqtt_config, bound_endpoint
 from ._gc import GcPacer
 from ._logs import quiet_logging, report_puback_timeouts
+from ._presence import PresenceTopics
 
 
 async def serve(
@@ -42,6 +43,7 @@ async def serve(
     auth: dict[str, str] | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
+    presence: PresenceTopics | None = None,
 ) -> int:
     """Run the broker until SIGTERM/SIGINT; print the ready line once bound.
 
@@ -51,6 +53,8 @@ async def serve(
       stock: run amqtt's own ``Broker`` instead of :class:`PuppetmasterBroker`; only the
         benchmarks use it, to measure what our fixes change.
       auth, certfile, keyfile: see :func:`amqtt_config`.
+      presence: the request and status topic templates: publish device presence
+        (:class:`pm.broker.amqtt._presence_broker.PresenceBroker`); ``None``: do not.
 
     Returns:
       The process exit status (:data:`EXIT_OK` or :data:`EXIT_START_FAILED`).
@@ -64,6 +68,7 @@ async def serve(
     from amqtt.errors import BrokerError
 
     from ._broker import PuppetmasterBroker
+    from ._presence_broker import PresenceBroker
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -74,7 +79,11 @@ async def serve(
     if stock:
         broker: Broker = Broker(config, loop=loop)
     else:
-        broker = PuppetmasterBroker(config, loop=loop)
+        broker = (
+            PuppetmasterBroker(config, loop=loop)
+            if presence is None
+            else PresenceBroker(config, loop=loop, presence=presence)
+        )
         GcPacer(broker.connections_closed, broker.connections_open).install()
     if not (auth or {}).get("password_file"):
         # amqtt's string-configured plugin loading (PluginManager._load_str_plugins) forces
@@ -115,6 +124,7 @@ class _Arguments(NamedTuple):
     auth: dict[str, str] | None
     certfile: str | None
     keyfile: str | None
+    presence: PresenceTopics | None
 
 
 def _parse_arguments(argv: Sequence[str]) -> _Arguments:
@@ -140,6 +150,10 @@ def _parse_arguments(argv: Sequence[str]) -> _Arguments:
     )
     parser.add_argument("--certfile", help="PEM certificate chain: the listener speaks TLS")
     parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    parser.add_argument(
+        "--presence",
+        help='JSON object {"request": template, "status": template}: publish device presence',
+    )
     arguments = parser.parse_args(argv)
     if (arguments.certfile is None) != (arguments.keyfile is None):
         parser.error("--certfile and --keyfile go together")
@@ -160,6 +174,12 @@ def _parse_arguments(argv: Sequence[str]) -> _Arguments:
             auth = {str(key): str(value) for key, value in json.loads(arguments.auth).items()}
         except (ValueError, AttributeError) as error:
             parser.error(f"--auth is not a JSON object: {error}")
+    presence: PresenceTopics | None = None
+    if arguments.presence is not None:
+        try:
+            presence = PresenceTopics.from_json(arguments.presence)
+        except ValueError as error:
+            parser.error(str(error))
     return _Arguments(
         host,
         port,
@@ -168,6 +188,7 @@ def _parse_arguments(argv: Sequence[str]) -> _Arguments:
         auth,
         arguments.certfile,
         arguments.keyfile,
+        presence,
     )
 
 
@@ -196,5 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             auth=arguments.auth,
             certfile=arguments.certfile,
             keyfile=arguments.keyfile,
+            presence=arguments.presence,
         )
     )

@@ -1,0 +1,70 @@
+"""Presence from the status topic (protocol v1.1): ``online`` births and ``offline`` wills.
+
+The gateway subscribes to ``topics.status`` with ``+`` for the device; each message there goes
+through :meth:`StatusTopicSource.on_message`, which turns it into a
+:meth:`pm.presence.PresenceBook.update`. Devices publish these themselves (a retained birth, an
+``offline`` last will); with the embedded amqtt broker the broker child publishes them on
+behalf of every device it sees subscribe to, and stop listening on, its request topic, so there
+is one code path for both sources.
+
+Error handling: nothing a device sends can raise. A payload other than ``online``/``offline``,
+or a status topic whose device id is not a valid id, is dropped and counted as
+``bad_status`` in the shared dropped-message counter (``/healthz``, ``/metrics``). An empty
+payload is the MQTT way to clear a retained message and is ignored without counting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from .presence import Presence, PresenceBook
+from .protocol import InvalidDeviceId, TopicTemplates
+
+# The reason counted for a status message that is not understood.
+BAD_STATUS = "bad_status"
+
+_PAYLOADS = {b"online": Presence.ONLINE, b"offline": Presence.OFFLINE}
+
+
+class StatusTopicSource:
+    """Feeds a :class:`PresenceBook` from status-topic messages.
+
+    Args:
+      book: where presence is kept.
+      topics: the topic templates (``status`` is the one read here).
+      dropped: the counter of dropped device messages, by reason (``Fleet.dropped``).
+      wall_clock: epoch seconds for ``lastSeen``/``connectedAt``/``disconnectedAt``.
+    """
+
+    def __init__(
+        self,
+        book: PresenceBook,
+        topics: TopicTemplates,
+        dropped: Counter[str],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._book = book
+        self._topics = topics
+        self._dropped = dropped
+        self._wall_clock = wall_clock
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """Apply one message; returns False if ``topic`` is not a status topic (someone else's
+        message), True if it was one (applied, ignored or counted as dropped)."""
+        device = self._topics.device_of_status(topic)
+        if device is None:
+            return False
+        if not payload:
+            return True
+        presence = _PAYLOADS.get(bytes(payload).strip().lower())
+        if presence is None:
+            self._dropped[BAD_STATUS] += 1
+            return True
+        try:
+            self._book.update(device, presence, self._wall_clock())
+        except InvalidDeviceId:
+            self._dropped[BAD_STATUS] += 1
+        return True

@@ -1,0 +1,130 @@
+"""PresenceBook: bookkeeping and waiting, on trio's virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from pm.presence import DevicePresence, Presence, PresenceBook
+from pm.protocol import InvalidDeviceId
+
+MAC = "00:0c:29:1c:e8:01"
+
+
+def test_a_device_never_seen_is_unknown() -> None:
+    book = PresenceBook()
+    assert book.presence("dev-1") is Presence.UNKNOWN
+    assert book.record("dev-1") is None
+    assert len(book) == 0
+
+
+def test_ids_are_normalized_like_destinations() -> None:
+    book = PresenceBook()
+    book.update("00-0C-29-1C-E8-01", Presence.ONLINE, at=10.0)
+    assert book.presence("000c291ce801") is Presence.ONLINE
+    record = book.record(MAC)
+    assert record is not None and record.id == MAC
+    with pytest.raises(InvalidDeviceId):
+        book.update("bad/id", Presence.ONLINE, at=1.0)
+
+
+def test_times_of_connect_and_disconnect() -> None:
+    changes: list[DevicePresence] = []
+    book = PresenceBook(on_change=changes.append)
+    book.update("d", Presence.ONLINE, at=10.0)
+    book.update("d", Presence.ONLINE, at=12.0)  # still there: lastSeen moves, connectedAt not
+    book.update("d", Presence.OFFLINE, at=20.0)
+    book.update("d", Presence.OFFLINE, at=30.0)  # a replayed will: nothing changes
+    assert book.record("d") == DevicePresence(
+        id="d", presence=Presence.OFFLINE, last_seen=20.0, connected_at=10.0, disconnected_at=20.0
+    )
+    assert [(c.presence, c.last_seen) for c in changes] == [
+        (Presence.ONLINE, 10.0),
+        (Presence.ONLINE, 12.0),
+        (Presence.OFFLINE, 20.0),
+    ]
+    assert book.changes == 3
+
+
+def test_records_handed_out_are_copies() -> None:
+    book = PresenceBook()
+    book.update("d", Presence.ONLINE, at=1.0)
+    record = book.record("d")
+    assert record is not None
+    record.presence = Presence.OFFLINE
+    assert book.presence("d") is Presence.ONLINE
+
+
+def test_restore_loads_without_reporting_changes() -> None:
+    changes: list[DevicePresence] = []
+    book = PresenceBook(on_change=changes.append)
+    book.restore([DevicePresence(id="d", presence=Presence.OFFLINE, disconnected_at=5.0)])
+    assert book.presence("d") is Presence.OFFLINE and changes == []
+
+
+async def test_wait_sendable_returns_at_once_unless_offline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    book = PresenceBook()
+    book.update("on", Presence.ONLINE, at=1.0)
+    start = trio.current_time()
+    with trio.fail_after(1):
+        await book.wait_sendable("on")
+        await book.wait_sendable("never-seen")
+    assert trio.current_time() == start
+    assert book.waiting_devices == 0
+
+
+async def test_wait_sendable_waits_until_the_device_is_online(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    book = PresenceBook()
+    book.update("d", Presence.OFFLINE, at=1.0)
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        await book.wait_sendable("d")
+        woke.append(trio.current_time())
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(waiter)
+        await trio.sleep(50)
+        assert woke == []
+        # Three waiters, one event.
+        assert book.waiting_devices == 1
+        book.update("d", Presence.ONLINE, at=2.0)
+    assert woke == [start + 50] * 3
+    assert book.waiting_devices == 0
+
+
+async def test_a_cancelled_wait_leaves_at_most_one_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    book = PresenceBook()
+    for index in range(100):
+        book.update(f"d{index}", Presence.OFFLINE, at=1.0)
+    for _ in range(3):
+        with trio.move_on_after(5):
+            await book.wait_sendable("d1")
+    assert book.waiting_devices == 1
+    book.update("d1", Presence.ONLINE, at=2.0)
+    assert book.waiting_devices == 0
+
+
+def test_all_disconnected_takes_only_online_devices_offline() -> None:
+    changes: list[DevicePresence] = []
+    book = PresenceBook(on_change=changes.append)
+    book.update("on", Presence.ONLINE, at=1.0)
+    book.update("off", Presence.OFFLINE, at=2.0)
+    changes.clear()
+    assert book.all_disconnected(at=10.0) == 1
+    assert book.record("on") == DevicePresence(
+        id="on", presence=Presence.OFFLINE, last_seen=10.0, connected_at=1.0, disconnected_at=10.0
+    )
+    assert book.record("off") == DevicePresence(
+        id="off", presence=Presence.OFFLINE, last_seen=2.0, disconnected_at=2.0
+    )
+    assert [change.id for change in changes] == ["on"]

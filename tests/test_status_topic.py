@@ -1,0 +1,57 @@
+"""StatusTopicSource: status-topic messages to presence, bad ones counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pm.presence import Presence, PresenceBook
+from pm.protocol import TopicTemplates
+from pm.status_topic import BAD_STATUS, StatusTopicSource
+
+TOPICS = TopicTemplates("/remote/{device}", "/remote/{device}/response", "/remote/{device}/status")
+
+
+def _source() -> tuple[StatusTopicSource, PresenceBook, Counter[str]]:
+    book, dropped = PresenceBook(), Counter[str]()
+    return StatusTopicSource(book, TOPICS, dropped, wall_clock=lambda: 100.0), book, dropped
+
+
+def test_births_and_wills_set_presence_with_normalized_ids() -> None:
+    source, book, dropped = _source()
+    assert source.on_message("/remote/00-0C-29-1C-E8-01/status", b"online")
+    assert book.presence("00:0c:29:1c:e8:01") is Presence.ONLINE
+    assert source.on_message("/remote/000c291ce801/status", b"offline\n")
+    record = book.record("00:0c:29:1c:e8:01")
+    assert record is not None and record.presence is Presence.OFFLINE
+    assert record.disconnected_at == 100.0 and not dropped
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        ("/remote/dev/status", b"up"),
+        ("/remote/dev/status", b'{"status": "online"}'),
+        ("/remote/dev/status", b"\xff\xfe"),
+        ("/remote/not a valid id/status", b"online"),
+    ],
+)
+def test_bad_status_messages_are_ignored_and_counted(topic: str, payload: bytes) -> None:
+    source, book, dropped = _source()
+    assert source.on_message(topic, payload)
+    assert dropped == Counter({BAD_STATUS: 1})
+    assert len(book) == 0
+
+
+def test_a_cleared_retained_status_is_ignored_without_counting() -> None:
+    source, book, dropped = _source()
+    assert source.on_message("/remote/dev/status", b"")
+    assert not dropped and len(book) == 0
+
+
+def test_other_topics_are_left_to_the_answer_path() -> None:
+    source, _, dropped = _source()
+    assert not source.on_message("/remote/dev/response", b"online")
+    assert not source.on_message("/remote/a/b/status", b"online")
+    assert not dropped
