@@ -37,6 +37,7 @@ from .job_limits import TooManyJobsRunning as TooManyJobsRunning
 from .job_limits import TooManyTasks as TooManyTasks
 from .job_limits import check_limits
 from .jobs import Job
+from .presence import PresenceBook
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView
 from .state import JobRecord, expand_batch
@@ -71,6 +72,8 @@ class Engine:
         self.store = store
         self.wall_clock = wall_clock
         self.topics = TopicTemplates(config.topics.request, config.topics.response)
+        # Which devices are online: fed by whoever learns it (the broker, a status topic).
+        self.presence = PresenceBook()
         self.fleet = Fleet(
             nursery,
             publisher,
@@ -80,6 +83,8 @@ class Engine:
             max_answer_bytes=config.limits.max_answer_bytes,
             max_answer_depth=config.limits.max_json_depth,
             resend=ResendSchedule.from_config(config.recovery),
+            presence=self.presence,
+            wall_clock=wall_clock,
         )
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}
@@ -113,6 +118,7 @@ class Engine:
             next_task_id=itertools.count(first_task_id).__next__,
             tunnel_for=self.topics.response_topic,
             default_timeout=self.config.tasks.default_timeout,
+            default_expires_in=_expires_in(request, self.config.tasks.default_expires_in),
             now=now,
         )
         record = JobRecord(job_id, tasks, request.timeout, now)
@@ -345,6 +351,14 @@ class Engine:
                 extra={"generation": generation, "in_flight": in_flight},
             )
             self.fleet.republish_in_flight()
+
+
+def _expires_in(request: JobRequest, configured: float) -> float | None:
+    """The expiresIn of the request's entries that set none: the job's, else ``[tasks]``'s
+    (``inf``: none)."""
+    if request.expires_in is not None:
+        return request.expires_in
+    return None if math.isinf(configured) else configured
 
 
 def _finished_before(job: Job, cutoff: float) -> bool:

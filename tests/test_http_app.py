@@ -57,6 +57,9 @@ async def test_submit_answers_job_with_task_ids_and_location(gateway: ServedGate
             "doneCount",
             "finishCount",
             "errorCount",
+            "pendingCount",
+            "sentCount",
+            "expiredCount",
             "collection",
         }
         assert job["timeout"] == 60
@@ -261,6 +264,8 @@ async def test_get_with_collection_embeds_tasks(gateway: ServedGateway) -> None:
             "status",
             "progress",
             "result",
+            "expiresAt",
+            "waiting",
         }
         assert first["method"] == "put" and first["resource"] == "/x"
         assert first["data"] == {"k": 1} and first["__destination"] == "a"

@@ -18,6 +18,7 @@ import trio.testing
 from actors import ActorRef, open_mailbox
 from pm.config import WatchersConfig
 from pm.jobs import FEED_CHUNK, Job, JobActorMessage
+from pm.schemas import WaitingReason
 from pm.state import JobRecord, TaskRecord
 from pm.task_machine import TaskProgress, TaskReport, TaskSent, TaskSettled
 from tests.stores import job_on_devices
@@ -40,6 +41,12 @@ class RecordingDevices:
     def abandon(self, job_id: int) -> int:
         self.abandoned.append(job_id)
         return 1
+
+    def waiting_reason(self, device: str) -> WaitingReason | None:
+        return None
+
+    def holds(self, task: TaskRecord) -> bool:
+        return False
 
 
 class RecordingStore:

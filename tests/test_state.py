@@ -324,6 +324,8 @@ def test_task_view_wire_shape() -> None:
             "status": "pending",
             "progress": 0,
             "result": None,
+            "expiresAt": None,
+            "waiting": None,
         },
     }
 
@@ -343,5 +345,8 @@ def test_job_view_finished_wire_shape() -> None:
         "doneCount": 1,
         "finishCount": 0,
         "errorCount": 1,
+        "pendingCount": 0,
+        "sentCount": 0,
+        "expiredCount": 0,
         "collection": [100],
     }

@@ -27,23 +27,25 @@ UPSERT_COUNTERS = (
 )
 INSERT_JOBS = (
     "INSERT INTO jobs (id, created_at, finish_at, timeout, status, total_count, finish_count,"
-    f" error_count, progress) SELECT {columns(9)} FROM json_each(?)"
+    " error_count, progress, pending_count, sent_count, expired_count)"
+    f" SELECT {columns(12)} FROM json_each(?)"
 )
 INSERT_ENTRIES = (
     "INSERT INTO entries (job_id, position, method, resource, data)"
     f" SELECT {columns(5)} FROM json_each(?)"
 )
 INSERT_TASKS = (
-    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at)"
-    f" SELECT {columns(9)} FROM json_each(?)"
+    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at,"
+    f" expires_at) SELECT {columns(10)} FROM json_each(?)"
 )
 # Updates join through a CTE of plain columns so SQLite looks each row up by primary key.
 UPDATE_JOBS = (
-    f"WITH u (id, finish_at, status, finish_count, error_count, progress) AS"
-    f" (SELECT {columns(6)} FROM json_each(?))"
+    "WITH u (id, finish_at, status, finish_count, error_count, progress, pending_count,"
+    f" sent_count, expired_count) AS (SELECT {columns(9)} FROM json_each(?))"
     " UPDATE jobs SET finish_at = u.finish_at, status = u.status,"
-    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress"
-    " FROM u WHERE jobs.id = u.id"
+    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress,"
+    " pending_count = u.pending_count, sent_count = u.sent_count,"
+    " expired_count = u.expired_count FROM u WHERE jobs.id = u.id"
 )
 UPDATE_TASKS = (
     f"WITH u (id, status, progress, result, finish_at) AS (SELECT {columns(5)} FROM json_each(?))"
@@ -56,12 +58,14 @@ DELETE_JOBS = tuple(
 )
 
 JOB_COLUMNS = (
-    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress"
+    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress,"
+    " pending_count, sent_count, expired_count"
 )
 
 
 def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
-    job_id, created_at, finish_at, timeout, status, total, finished, errors, progress = row
+    (job_id, created_at, finish_at, timeout, status, total, finished, errors, progress) = row[:9]
+    pending, sent, expired = row[9:12]
     return JobView(
         id=job_id,
         created_at=iso_timestamp(created_at),
@@ -73,6 +77,9 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
         done_count=finished + errors,
         finish_count=finished,
         error_count=errors,
+        pending_count=pending,
+        sent_count=sent,
+        expired_count=expired,
         collection=task_ids,
     )
 
@@ -88,6 +95,9 @@ def job_row(record: JobRecord) -> tuple[Any, ...]:
         record.finish_count,
         record.error_count,
         record.progress,
+        record.pending_count,
+        record.sent_count,
+        record.expired_count,
     )
 
 
@@ -99,6 +109,9 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
         record.finish_count,
         record.error_count,
         record.progress,
+        record.pending_count,
+        record.sent_count,
+        record.expired_count,
     )
 
 
@@ -113,6 +126,7 @@ def task_row(task: TaskRecord) -> tuple[Any, ...]:
         task.progress,
         result_text(task.result),
         task.finish_at,
+        task.expires_at,
     )
 
 
@@ -153,8 +167,9 @@ def load_records(
             progress,
             result,
             done_at,
+            expires_at,
         ) in connection.execute(
-            "SELECT id, entry, device, timeout, status, progress, result, finish_at"
+            "SELECT id, entry, device, timeout, status, progress, result, finish_at, expires_at"
             " FROM tasks WHERE job_id = ? ORDER BY id",
             (job_id,),
         ):
@@ -170,6 +185,7 @@ def load_records(
                 tunnel=tunnel_for(device),
                 timeout=task_timeout,
                 created_at=created_at,
+                expires_at=expires_at,
             )
             task.status = task_status
             task.progress = progress
