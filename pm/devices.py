@@ -17,8 +17,8 @@ Queues that never wedge: a task is sent only when its device is online (or unkno
 :class:`~pm.presence.PresenceBook`) and has nothing in flight. When a task's turn comes and
 its device is offline, the actor reports ``device-offline`` and parks until the device turns
 online, the task's ``expiresAt`` passes (it ends ``expired`` unsent) or its job ends (a
-:meth:`Fleet.abandon`); then it takes the next task. One presence lookup per task: a task's
-wait costs a timer only while its device is offline.
+:meth:`Fleet.abandon`); then it takes the next task (:mod:`pm.parking`). One presence lookup
+per task: a task's wait costs a timer only while its device is offline.
 
 Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
 and every task still queued for it end ``error`` with a result naming the failure. Other
@@ -32,7 +32,6 @@ answers to the requests in flight are still routed and reported.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -44,7 +43,8 @@ from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Regist
 
 from .in_flight import InFlight, InFlightRequests, Publisher
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
-from .presence import Presence, PresenceBook
+from .parking import TaskParking
+from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
 from .schemas import WaitingReason
 from .state import TaskRecord
@@ -54,8 +54,6 @@ from .task_machine import (
     TaskReport,
     TaskSent,
     TaskSettled,
-    TaskWaiting,
-    expired_unsent,
 )
 
 logger = logging.getLogger(__name__)
@@ -105,9 +103,7 @@ class Fleet:
     ) -> None:
         self._nursery = nursery
         self.presence = PresenceBook() if presence is None else presence
-        self._wall_clock = wall_clock
-        # The cancel scope of each device's task parked until its device is online, by device.
-        self._parked: dict[str, tuple[int, trio.CancelScope]] = {}
+        self._parking = TaskParking(self.presence, wall_clock)
         self._requests = InFlightRequests(
             publisher,
             topics,
@@ -157,16 +153,11 @@ class Fleet:
         """The job ended early: its tasks in flight stop waiting for answers, and a task of it
         parked until its device is online stops waiting (their devices move on; a late answer
         is dropped as unexpected). Returns how many were in flight or parked."""
-        parked = 0
-        for parked_job, scope in self._parked.values():
-            if parked_job == job_id:
-                scope.cancel()
-                parked += 1
-        return self._requests.abandon(job_id) + parked
+        return self._requests.abandon(job_id) + self._parking.abandon(job_id)
 
     def waiting_reason(self, device: str) -> WaitingReason | None:
         """Why a task queued for ``device`` now would not be sent at once, if it would not."""
-        if self.presence.presence(device) is Presence.OFFLINE:
+        if self._parking.offline(device):
             return "device-offline"
         return "device-busy" if device in self._current else None
 
@@ -248,7 +239,7 @@ class Fleet:
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
         try:
-            if not await self._wait_until_sendable(device, task, reports):
+            if not await self._parking.wait_until_sendable(device, task, reports):
                 return
         except ActorStopped:
             return  # the job actor is gone: nobody is waiting for this task any more
@@ -301,45 +292,6 @@ class Fleet:
             self._requests.remove(device, in_flight)
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
-
-    async def _wait_until_sendable(
-        self, device: str, task: TaskRecord, reports: ActorRef[TaskReport]
-    ) -> bool:
-        """Wait while ``device`` is offline; returns whether ``task`` is to be sent now. It is
-        not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
-        reported ``expired``, and never reaches the device."""
-        if self.presence.presence(device) is Presence.OFFLINE:
-            if task.waiting != "device-offline":
-                await reports.tell(TaskWaiting(task.id, "device-offline"))
-            with trio.CancelScope(deadline=self._trio_deadline(task.expires_at)) as parked:
-                self._parked[device] = (task.job_id, parked)
-                try:
-                    await self.presence.wait_sendable(device)
-                finally:
-                    del self._parked[device]
-            if task.final:
-                return False  # its job ended while it waited
-            expired = parked.cancelled_caught
-        else:
-            expired = task.expires_at is not None and self._wall_clock() >= task.expires_at
-        if expired:
-            logger.info(
-                "task %d of job %d on device %s: expired unsent (%s)",
-                task.id,
-                task.job_id,
-                device,
-                task.waiting,
-                extra=_ids(task, device, status="expired", waiting=task.waiting),
-            )
-            await reports.tell(expired_unsent(task.id, task.waiting))
-            return False
-        return True
-
-    def _trio_deadline(self, epoch_seconds: float | None) -> float:
-        """A wall-clock instant as a deadline on trio's clock."""
-        if epoch_seconds is None:
-            return math.inf
-        return trio.current_time() + (epoch_seconds - self._wall_clock())
 
     async def _await_final_answer(
         self,
