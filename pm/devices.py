@@ -119,6 +119,9 @@ class Fleet:
             name="device",
         )
         self._current: dict[str, Dispatch] = {}
+        # Tasks handed to each device and not done yet (queued or current); only devices with
+        # some are keys. What makes a newly queued task "device-busy".
+        self._queued: dict[str, int] = {}
         # Set by stop_publishing(): shutdown has begun, no request leaves any more.
         self._stopping = False
         self._nothing_in_flight = trio.Event()
@@ -147,7 +150,20 @@ class Fleet:
         """Queue ``task`` on its device; waits while that device's mailbox is full. What
         becomes of it is told to ``reports``; a task that is final by the time its turn
         comes (its job ended) never reaches the device."""
-        await self._registry.tell(task.device, Dispatch(task, reports))
+        device = task.device
+        self._queued[device] = self._queued.get(device, 0) + 1
+        try:
+            await self._registry.tell(device, Dispatch(task, reports))
+        except BaseException:
+            self._task_done(device)
+            raise
+
+    def _task_done(self, device: str) -> None:
+        left = self._queued.get(device, 0) - 1
+        if left > 0:
+            self._queued[device] = left
+        else:
+            self._queued.pop(device, None)
 
     def abandon(self, job_id: int) -> int:
         """The job ended early: its tasks in flight stop waiting for answers, and a task of it
@@ -159,7 +175,7 @@ class Fleet:
         """Why a task queued for ``device`` now would not be sent at once, if it would not."""
         if self._parking.offline(device):
             return "device-offline"
-        return "device-busy" if device in self._current else None
+        return "device-busy" if device in self._queued else None
 
     def holds(self, task: TaskRecord) -> bool:
         """Whether ``task``'s turn has come on its device: its actor then decides whether it
@@ -217,6 +233,7 @@ class Fleet:
                     del self._current[device]
                     raise
                 del self._current[device]
+                self._task_done(device)
 
     async def _run_task(
         self,
@@ -353,6 +370,8 @@ class Fleet:
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)
+        # Its queue is gone: what was handed to it is failed below.
+        self._queued.pop(device, None)
         # The supervisor logs the traceback; these lines say which tasks it cost.
         logger.error(
             "device actor %s failed (%r): its %d tasks end error",

@@ -215,6 +215,26 @@ class JobRecord:
             view.collection = [task.view() for task in self.tasks]
         return view
 
+    def select_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        device: str | None = None,
+        waiting: WaitingReason | None = None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[TaskView], int]:
+        """One page of the tasks matching every filter given, in job order, and how many
+        match in all. ``device`` is a normalized id. One pass over the job's tasks."""
+        matching = [
+            task
+            for task in self.tasks
+            if (status is None or task.status == status)
+            and (device is None or task.device == device)
+            and (waiting is None or task.waiting == waiting)
+        ]
+        return [task.view() for task in matching[offset : offset + limit]], len(matching)
+
     # -- transitions -------------------------------------------------------------------
 
     def mark_sent(self, task: TaskRecord) -> bool:

@@ -518,6 +518,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs", "get"),
             ("/jobs/{id}", "get"),
             ("/jobs/{id}", "delete"),
+            ("/jobs/{id}/tasks", "get"),
             ("/jobs/{id}/ws", "get"),
             ("/healthz", "get"),
             ("/readyz", "get"),
@@ -541,6 +542,13 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
         assert set(list_parameters) == {"status", "limit", "offset"}
         assert list_parameters["limit"]["schema"]["maximum"] == 1000
         assert "pending" in list_parameters["status"]["schema"]["enum"]
+        task_parameters = {p["name"]: p for p in paths["/jobs/{id}/tasks"]["get"]["parameters"]}
+        assert set(task_parameters) == {"status", "device", "waiting", "limit", "offset"}
+        assert "expired" in task_parameters["status"]["schema"]["enum"]
+        assert set(task_parameters["waiting"]["schema"]["enum"]) == {
+            "device-offline",
+            "device-busy",
+        }
         assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobRequest"
         }

@@ -51,6 +51,7 @@ from .origins import AllowedOrigins, cors_headers, preflight_headers
 from .queries import (
     InvalidQuery,
     JobQuery,
+    JobTasksQuery,
     ListJobsQuery,
     WatchJobQuery,
     parse_endpoint_query,
@@ -289,6 +290,22 @@ def create_app(
         if job is None:
             return error_response(404, f"no job {job_id}")
         return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
+
+    @app.get("/jobs/<int:job_id>/tasks")
+    async def list_job_tasks(job_id: int) -> TrioResponse:
+        query = g.query
+        assert isinstance(query, JobTasksQuery)
+        job = await find_job(job_id)
+        if job is None:
+            return error_response(404, f"no job {job_id}")
+        views, total = job.record.select_tasks(
+            status=None if query.status is msgspec.UNSET else query.status,
+            device=None if query.device is msgspec.UNSET else query.device,
+            waiting=None if query.waiting is msgspec.UNSET else query.waiting,
+            limit=query.limit,
+            offset=query.offset,
+        )
+        return json_response(views, headers={"X-Total-Count": str(total)})
 
     @app.delete("/jobs/<int:job_id>")
     async def delete_job(job_id: int) -> TrioResponse:
