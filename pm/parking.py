@@ -61,11 +61,13 @@ class TaskParking:
         """Wait while ``device`` is offline; returns whether ``task`` is to be sent now. It is
         not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
         reported ``expired``, and never reaches the device."""
+        # Only an unsent task expires: one sent before a restart is re-sent, never "expired".
+        expires_at = task.expires_at if task.status == "pending" else None
         if self.offline(device):
             reason: WaitingReason = "device-offline"
-            if task.waiting != reason:
+            if task.waiting != reason and task.status == "pending":
                 await reports.tell(TaskWaiting(task.id, reason))
-            with trio.CancelScope(deadline=self._trio_deadline(task.expires_at)) as parked:
+            with trio.CancelScope(deadline=self._trio_deadline(expires_at)) as parked:
                 self._parked[device] = (task.job_id, parked)
                 try:
                     await self.presence.wait_sendable(device)
@@ -75,7 +77,7 @@ class TaskParking:
                 return False  # its job ended while it waited
             expired = parked.cancelled_caught
         else:
-            expired = task.expires_at is not None and self._wall_clock() >= task.expires_at
+            expired = expires_at is not None and self._wall_clock() >= expires_at
         if expired:
             logger.info(
                 "task %d of job %d on device %s: expired unsent (%s)",

@@ -261,3 +261,30 @@ async def test_after_a_restart_pending_tasks_keep_their_expiry_from_creation(
                 assert virtual_wall_clock() == pytest.approx(created + 300)
                 assert task.status == "expired"
                 assert publisher.published == []
+
+
+async def test_a_task_sent_before_a_restart_never_expires_and_is_resent_when_its_device_is_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with shared_store() as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with engine_on(store, publisher, default_timeout=600.0) as engine:
+                job = await engine.submit(job_request(entry("dev", "/sent"), expires_in=5))
+                await trio.testing.wait_all_tasks_blocked()
+                [request] = publisher.requests_to("/remote/dev")
+                await trio.sleep(1)
+            publisher = RecordingPublisher()
+            async with engine_on(store, publisher, default_timeout=600.0) as engine:
+                set_presence(engine, "dev", Presence.OFFLINE)
+                resumed = engine.get(job.id)
+                assert resumed is not None
+                await trio.sleep(60)  # far past its expiresAt: it was sent, it does not expire
+                assert resumed.record.tasks[0].status == "sent"
+                assert publisher.published == []
+                set_presence(engine, "dev", Presence.ONLINE)
+                await trio.testing.wait_all_tasks_blocked()
+                assert [r["id"] for r in publisher.requests_to("/remote/dev")] == [request["id"]]
+                answer(engine, request)
+                await resumed.ended.wait()
+                assert resumed.record.tasks[0].status == "resolved"
