@@ -24,11 +24,15 @@ def entry(
     return {"method": "get", "resource": resource, "__destination": devices, **fields}
 
 
-def job_request(*entries: dict[str, Any], timeout: float | None = None) -> JobRequest:
+def job_request(
+    *entries: dict[str, Any], timeout: float | None = None, expires_in: float | None = None
+) -> JobRequest:
     """The decoded body of a job with these batch entries, as the engine receives it."""
     body: dict[str, Any] = {"batch": list(entries)}
     if timeout is not None:
         body["timeout"] = timeout
+    if expires_in is not None:
+        body["expiresIn"] = expires_in
     return msgspec.convert(body, JobRequest)
 
 

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
 import trio
 import trio.testing
@@ -20,24 +19,14 @@ import trio.testing
 from pm.config import Config, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.presence import Presence
-from pm.schemas import JobRequest
 from pm.state import iso_timestamp
 from pm.store import Store
-from tests.fakes import RecordingPublisher
-from tests.test_engine import EPOCH, answer, entry, shared_store, virtual_wall_clock
+from tests.fakes import RecordingPublisher, answer
+from tests.job_api import entry, job_request
+from tests.stores import running_store
+from tests.test_engine import EPOCH, virtual_wall_clock
 
 GUARD = 3600.0  # virtual seconds: far beyond every timeout below
-
-
-def job_request(
-    *entries: dict[str, Any], timeout: float | None = None, expires_in: float | None = None
-) -> JobRequest:
-    body: dict[str, Any] = {"batch": list(entries)}
-    if timeout is not None:
-        body["timeout"] = timeout
-    if expires_in is not None:
-        body["expiresIn"] = expires_in
-    return msgspec.convert(body, JobRequest)
 
 
 @asynccontextmanager
@@ -55,7 +44,10 @@ async def engine_on(
 @asynccontextmanager
 async def running_engine(**tasks: Any) -> AsyncIterator[tuple[Engine, RecordingPublisher]]:
     publisher = RecordingPublisher()
-    async with shared_store() as store, engine_on(store, publisher, **tasks) as engine:
+    async with (
+        running_store(":memory:", window=0.05) as store,
+        engine_on(store, publisher, **tasks) as engine,
+    ):
         with trio.fail_after(GUARD):
             yield engine, publisher
 
@@ -237,7 +229,7 @@ async def test_expires_in_defaults_from_the_job_then_tasks_config(
 async def test_after_a_restart_pending_tasks_keep_their_expiry_from_creation(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with shared_store() as store:
+    async with running_store(":memory:", window=0.05) as store:
         with trio.fail_after(GUARD):
             publisher = RecordingPublisher()
             async with engine_on(store, publisher) as engine:
@@ -266,7 +258,7 @@ async def test_after_a_restart_pending_tasks_keep_their_expiry_from_creation(
 async def test_a_task_sent_before_a_restart_never_expires_and_is_resent_when_its_device_is_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with shared_store() as store:
+    async with running_store(":memory:", window=0.05) as store:
         with trio.fail_after(GUARD):
             publisher = RecordingPublisher()
             async with engine_on(store, publisher, default_timeout=600.0) as engine:
