@@ -172,10 +172,13 @@ class Fleet:
         return self._requests.abandon(job_id) + self._parking.abandon(job_id)
 
     def waiting_reason(self, device: str) -> WaitingReason | None:
-        """Why a task queued for ``device`` now would not be sent at once, if it would not."""
-        if self._parking.offline(device):
-            return "device-offline"
-        return "device-busy" if device in self._queued else None
+        """Why a task queued for ``device`` now would wait behind another: ``device-busy``,
+        or ``device-offline`` if the device is offline too; ``None`` if nothing is queued."""
+        # A device with nothing queued costs no presence lookup here: its actor makes the one
+        # lookup per task (and reports device-offline) when it takes the task.
+        if device not in self._queued:
+            return None
+        return "device-offline" if self._parking.offline(device) else "device-busy"
 
     def holds(self, task: TaskRecord) -> bool:
         """Whether ``task``'s turn has come on its device: its actor then decides whether it

@@ -99,7 +99,7 @@ class TaskDispatcher(Protocol):
         ...
 
     def waiting_reason(self, device: str) -> WaitingReason | None:
-        """Why a task queued for ``device`` now would not be sent at once, if it would not."""
+        """Why a task queued for ``device`` now would wait behind another, if it would."""
         ...
 
     def holds(self, task: TaskRecord) -> bool:
