@@ -17,7 +17,7 @@ Queues that never wedge: a task is sent only when its device is online (or unkno
 :class:`~pm.presence.PresenceBook`) and has nothing in flight. When a task's turn comes and
 its device is offline, the actor reports ``device-offline`` and parks until the device turns
 online, the task's ``expiresAt`` passes (it ends ``expired`` unsent) or its job ends (a
-:meth:`Fleet.abandon`); then it takes the next task (:mod:`pm.parking`). One presence lookup
+:meth:`Fleet.abandon`); then it takes the next task (:mod:`pm.device_waits`). One presence lookup
 per task: a task's wait costs a timer only while its device is offline.
 
 Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
@@ -41,9 +41,9 @@ import trio
 
 from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .device_waits import DeviceWaits
 from .in_flight import InFlight, InFlightRequests, Publisher
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
-from .parking import TaskParking
 from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
 from .schemas import WaitingReason
@@ -103,7 +103,7 @@ class Fleet:
     ) -> None:
         self._nursery = nursery
         self.presence = PresenceBook() if presence is None else presence
-        self._parking = TaskParking(self.presence, wall_clock)
+        self._waits = DeviceWaits(self.presence, wall_clock)
         self._requests = InFlightRequests(
             publisher,
             topics,
@@ -119,9 +119,6 @@ class Fleet:
             name="device",
         )
         self._current: dict[str, Dispatch] = {}
-        # Tasks handed to each device and not done yet (queued or current); only devices with
-        # some are keys. What makes a newly queued task "device-busy".
-        self._queued: dict[str, int] = {}
         # Set by stop_publishing(): shutdown has begun, no request leaves any more.
         self._stopping = False
         self._nothing_in_flight = trio.Event()
@@ -151,34 +148,22 @@ class Fleet:
         becomes of it is told to ``reports``; a task that is final by the time its turn
         comes (its job ended) never reaches the device."""
         device = task.device
-        self._queued[device] = self._queued.get(device, 0) + 1
+        self._waits.task_queued(device)
         try:
             await self._registry.tell(device, Dispatch(task, reports))
         except BaseException:
-            self._task_done(device)
+            self._waits.task_done(device)
             raise
-
-    def _task_done(self, device: str) -> None:
-        left = self._queued.get(device, 0) - 1
-        if left > 0:
-            self._queued[device] = left
-        else:
-            self._queued.pop(device, None)
 
     def abandon(self, job_id: int) -> int:
         """The job ended early: its tasks in flight stop waiting for answers, and a task of it
         parked until its device is online stops waiting (their devices move on; a late answer
         is dropped as unexpected). Returns how many were in flight or parked."""
-        return self._requests.abandon(job_id) + self._parking.abandon(job_id)
+        return self._requests.abandon(job_id) + self._waits.abandon(job_id)
 
     def waiting_reason(self, device: str) -> WaitingReason | None:
-        """Why a task queued for ``device`` now would wait behind another: ``device-busy``,
-        or ``device-offline`` if the device is offline too; ``None`` if nothing is queued."""
-        # A device with nothing queued costs no presence lookup here: its actor makes the one
-        # lookup per task (and reports device-offline) when it takes the task.
-        if device not in self._queued:
-            return None
-        return "device-offline" if self._parking.offline(device) else "device-busy"
+        """Why a task queued for ``device`` now would wait behind another, if it would."""
+        return self._waits.waiting_reason(device)
 
     def holds(self, task: TaskRecord) -> bool:
         """Whether ``task``'s turn has come on its device: its actor then decides whether it
@@ -236,7 +221,7 @@ class Fleet:
                     del self._current[device]
                     raise
                 del self._current[device]
-                self._task_done(device)
+                self._waits.task_done(device)
 
     async def _run_task(
         self,
@@ -259,7 +244,7 @@ class Fleet:
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
         try:
-            if not await self._parking.wait_until_sendable(device, task, reports):
+            if not await self._waits.wait_until_sendable(device, task, reports):
                 return
         except ActorStopped:
             return  # the job actor is gone: nobody is waiting for this task any more
@@ -373,8 +358,7 @@ class Fleet:
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)
-        # Its queue is gone: what was handed to it is failed below.
-        self._queued.pop(device, None)
+        self._waits.forget(device)  # its queue is gone: what was handed to it is failed below
         # The supervisor logs the traceback; these lines say which tasks it cost.
         logger.error(
             "device actor %s failed (%r): its %d tasks end error",

@@ -1,11 +1,14 @@
-"""Tasks whose turn came while their device is offline: parked until it is back.
+"""Why a device's tasks wait: another task goes first (busy), or the device is offline.
 
-A device actor (:mod:`pm.devices`) asks :meth:`TaskParking.wait_until_sendable` before it
-publishes a task. A device online or unknown costs one presence lookup and no timer; an
-offline one parks the task (reported ``device-offline`` to its job) in a cancel scope whose
-deadline is the task's ``expires_at``, until the device turns online, the task expires (it
-is reported ``expired`` and never reaches the device), or its job ends
-(:meth:`TaskParking.abandon`). The device's other tasks stay queued behind it in order.
+:class:`DeviceWaits` counts the tasks handed to each device and not done, which makes a newly
+queued one ``device-busy``; and it parks the task whose turn came while its device is
+offline until it is back. A device actor (:mod:`pm.devices`) asks
+:meth:`DeviceWaits.wait_until_sendable` before it publishes a task. A device online or
+unknown costs one presence lookup and no timer; an offline one parks the task (reported
+``device-offline`` to its job) in a cancel scope whose deadline is the task's
+``expires_at``, until the device turns online, the task expires (it is reported
+``expired`` and never reaches the device), or its job ends (:meth:`DeviceWaits.abandon`).
+The device's other tasks stay queued behind it in order.
 
 Error handling: :class:`~actors.ActorStopped` from a report (the job actor is gone)
 propagates to the device actor, which drops the task.
@@ -29,8 +32,8 @@ from .task_machine import TaskReport, TaskWaiting, expired_unsent
 logger = logging.getLogger(__name__)
 
 
-class TaskParking:
-    """The parked task of each offline device.
+class DeviceWaits:
+    """Tasks queued per device, and the parked task of each offline device.
 
     Args:
       presence: which devices are online.
@@ -42,9 +45,35 @@ class TaskParking:
         self._wall_clock = wall_clock
         # Each parked task's job id and cancel scope, by device.
         self._parked: dict[str, tuple[int, trio.CancelScope]] = {}
+        # Tasks handed to each device and not done yet (queued or current); only devices with
+        # some are keys.
+        self._queued: dict[str, int] = {}
 
     def offline(self, device: str) -> bool:
         return self.presence.presence(device) is Presence.OFFLINE
+
+    def waiting_reason(self, device: str) -> WaitingReason | None:
+        """Why a task queued for ``device`` now would wait behind another: ``device-busy``,
+        or ``device-offline`` if the device is offline too; ``None`` if nothing is queued."""
+        # A device with nothing queued costs no presence lookup here: its actor makes the one
+        # lookup per task (and reports device-offline) when it takes the task.
+        if device not in self._queued:
+            return None
+        return "device-offline" if self.offline(device) else "device-busy"
+
+    def task_queued(self, device: str) -> None:
+        self._queued[device] = self._queued.get(device, 0) + 1
+
+    def task_done(self, device: str) -> None:
+        left = self._queued.get(device, 0) - 1
+        if left > 0:
+            self._queued[device] = left
+        else:
+            self._queued.pop(device, None)
+
+    def forget(self, device: str) -> None:
+        """The device's actor failed: what was handed to it is failed with it."""
+        self._queued.pop(device, None)
 
     def abandon(self, job_id: int) -> int:
         """The job ended: its parked tasks stop waiting. Returns how many there were."""
