@@ -71,8 +71,10 @@ class CancelJob(msgspec.Struct, frozen=True, tag=True):
 
 
 class ExpiryDue(msgspec.Struct, frozen=True, tag=True):
-    """From the job's own expiry timer: tasks whose ``expiresAt`` has come end ``expired``
-    if they are still unsent."""
+    """From the job's own expiry timer: tasks whose ``expiresAt`` is ``until`` (epoch
+    seconds) or earlier end ``expired`` if they are still unsent."""
+
+    until: float
 
 
 class ReportsApplied(msgspec.Struct, frozen=True, tag=True):
@@ -287,15 +289,17 @@ class Job:
         for expires_at in sorted({cast(float, task.expires_at) for task in self._expiring}):
             # Wall-clock epoch seconds (they survive a restart), waited for on trio's clock.
             await trio.sleep(max(0.0, expires_at - self._wall_clock()))
-            await reports.tell(ExpiryDue())
+            # The instant travels with the message: trio's clock and the wall clock may differ
+            # by a hair, and a task must not miss its expiry because of it.
+            await reports.tell(ExpiryDue(expires_at))
 
-    def _expire_due(self) -> None:
+    def _expire_due(self, until: float) -> None:
         now = self._wall_clock()
         record = self.record
         expiring = self._expiring
         while self._expired_through < len(expiring):
             task = expiring[self._expired_through]
-            if cast(float, task.expires_at) > now:
+            if cast(float, task.expires_at) > until:
                 return
             self._expired_through += 1
             # A task held by its device actor is that actor's to expire (it may be publishing).
@@ -312,8 +316,8 @@ class Job:
                 task = record.task(task_id)
                 if task is not None and record.mark_waiting(task, reason):
                     self.feed.task_changed(task.view)
-            case ExpiryDue():
-                self._expire_due()
+            case ExpiryDue(until):
+                self._expire_due(until)
             case TaskSent(task_id):
                 task = record.task(task_id)
                 if task is not None and record.mark_sent(task):
