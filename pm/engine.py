@@ -39,8 +39,8 @@ from .job_limits import check_limits
 from .jobs import Job
 from .presence import PresenceBook
 from .protocol import TopicTemplates
-from .schemas import JobRequest, JobView
-from .state import JobRecord, expand_batch
+from .schemas import JobRequest, JobView, TaskView
+from .state import JobRecord, TaskSelection, expand_batch, expires_in_default
 from .store import Store, StoreUnavailable, open_store
 from .task_machine import ResendSchedule
 
@@ -118,7 +118,9 @@ class Engine:
             next_task_id=itertools.count(first_task_id).__next__,
             tunnel_for=self.topics.response_topic,
             default_timeout=self.config.tasks.default_timeout,
-            default_expires_in=_expires_in(request, self.config.tasks.default_expires_in),
+            default_expires_in=expires_in_default(
+                request.expires_in, self.config.tasks.default_expires_in
+            ),
             now=now,
         )
         record = JobRecord(job_id, tasks, request.timeout, now)
@@ -227,6 +229,17 @@ class Engine:
         job.feed.close()  # watchers of a stored job get its final snapshot and the close
         job.ended.set()
         return job
+
+    async def list_tasks(
+        self, job_id: int, selection: TaskSelection
+    ) -> tuple[list[TaskView], int] | None:
+        """One page of a job's tasks and how many match in all; ``None``: no such job. A job
+        in memory is read there; a stored one a page at a time from the store, never whole."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.record.select_tasks(selection)
+        await self.store.sync_for_reading()
+        return await self.store.load_task_page(job_id, selection, self.topics.response_topic)
 
     async def list(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
@@ -351,14 +364,6 @@ class Engine:
                 extra={"generation": generation, "in_flight": in_flight},
             )
             self.fleet.republish_in_flight()
-
-
-def _expires_in(request: JobRequest, configured: float) -> float | None:
-    """The expiresIn of the request's entries that set none: the job's, else ``[tasks]``'s
-    (``inf``: none)."""
-    if request.expires_in is not None:
-        return request.expires_in
-    return None if math.isinf(configured) else configured
 
 
 def _finished_before(job: Job, cutoff: float) -> bool:

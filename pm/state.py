@@ -13,9 +13,12 @@ here and checked by ``tests/test_state.py``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from .schemas import (
     FINAL_TASK_STATUSES,
@@ -114,6 +117,16 @@ class TaskRecord:
                 waiting=self.waiting,
             ),
         )
+
+
+class TaskSelection(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a job's tasks: filters (``None``: any) that must all hold, in job order."""
+
+    status: TaskStatus | None = None
+    device: str | None = None  # a normalized id
+    waiting: WaitingReason | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 class JobRecord:
@@ -215,17 +228,10 @@ class JobRecord:
             view.collection = [task.view() for task in self.tasks]
         return view
 
-    def select_tasks(
-        self,
-        *,
-        status: TaskStatus | None = None,
-        device: str | None = None,
-        waiting: WaitingReason | None = None,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[TaskView], int]:
-        """One page of the tasks matching every filter given, in job order, and how many
-        match in all. ``device`` is a normalized id. One pass over the job's tasks."""
+    def select_tasks(self, selection: TaskSelection) -> tuple[list[TaskView], int]:
+        """One page of the tasks matching every filter of ``selection``, in job order, and
+        how many match in all. One pass over the job's tasks."""
+        status, device, waiting = selection.status, selection.device, selection.waiting
         matching = [
             task
             for task in self.tasks
@@ -233,7 +239,8 @@ class JobRecord:
             and (device is None or task.device == device)
             and (waiting is None or task.waiting == waiting)
         ]
-        return [task.view() for task in matching[offset : offset + limit]], len(matching)
+        first = selection.offset
+        return [task.view() for task in matching[first : first + selection.limit]], len(matching)
 
     # -- transitions -------------------------------------------------------------------
 
@@ -310,6 +317,14 @@ class JobRecord:
         self.status = status
         self.finish_at = now
         return changed
+
+
+def expires_in_default(job_expires_in: float | None, configured: float) -> float | None:
+    """The ``expiresIn`` of a job's entries that set none: the job's own, else the
+    configured ``tasks.default_expires_in`` (``inf``: none)."""
+    if job_expires_in is not None:
+        return job_expires_in
+    return None if math.isinf(configured) else configured
 
 
 def expand_batch(

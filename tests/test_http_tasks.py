@@ -10,7 +10,7 @@ import trio
 
 from pm.presence import Presence
 from tests.job_api import assert_json_error, entry
-from tests.served_app import GUARD, ServedGateway
+from tests.served_app import GUARD, ServedGateway, app_config, serve_app
 from tests.waiting import poll_until
 
 MAC = "00:0c:29:1c:e8:01"
@@ -79,3 +79,25 @@ async def test_tasks_of_an_unknown_job_is_404(gateway: ServedGateway) -> None:
     with trio.fail_after(GUARD):
         response = await gateway.client.get("/jobs/999/tasks")
         assert assert_json_error(response, 404) == "no job 999"
+
+
+async def test_a_stored_jobs_tasks_are_read_a_page_at_a_time_from_the_store() -> None:
+    # max_finished_tasks = 0: a finished job leaves memory at once; the store serves it.
+    async with serve_app(app_config(tasks={"max_finished_tasks": 0})) as gateway:
+        with trio.fail_after(GUARD):
+            job = await gateway.submit(entry(["a", "b", "00-0C-29-1C-E8-01"], "/x"))
+            await poll_until(lambda: gateway.engine.get(job["id"]) is None)
+            everything, total = await tasks_of(gateway, job["id"])
+            assert total == 3 and [t["id"] for t in everything] == job["collection"]
+            assert {t["__task"]["status"] for t in everything} == {"resolved"}
+            assert everything[0]["resource"] == "/x" and everything[0]["tunnel"] == (
+                "/remote/a/response"
+            )
+            page, total = await tasks_of(gateway, job["id"], status="resolved", limit=1, offset=1)
+            assert total == 3 and [t["id"] for t in page] == job["collection"][1:2]
+            by_mac, total = await tasks_of(gateway, job["id"], device="000c291ce801")
+            assert total == 1 and by_mac[0]["__destination"] == MAC
+            assert await tasks_of(gateway, job["id"], status="pending") == ([], 0)
+            assert await tasks_of(gateway, job["id"], waiting="device-busy") == ([], 0)
+            response = await gateway.client.get(f"/jobs/{job['id'] + 1}/tasks")
+            assert assert_json_error(response, 404) == f"no job {job['id'] + 1}"

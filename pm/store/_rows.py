@@ -139,6 +139,48 @@ def result_text(result: Any) -> str | None:
     return None if result is None else _json_encode(result).decode()
 
 
+TASK_COLUMNS = "id, entry, device, timeout, status, progress, result, finish_at, expires_at"
+
+
+def _entries(connection: sqlite3.Connection, job_id: int) -> dict[int, tuple[str, str, Any]]:
+    return {
+        position: (method, resource, _json_decode(data))
+        for position, method, resource, data in connection.execute(
+            "SELECT position, method, resource, data FROM entries WHERE job_id = ?", (job_id,)
+        )
+    }
+
+
+def _task_record(
+    row: tuple[Any, ...],
+    job_id: int,
+    created_at: float,
+    entries: dict[int, tuple[str, str, Any]],
+    tunnel_for: Callable[[str], str],
+) -> TaskRecord:
+    """A task from a row of ``TASK_COLUMNS``."""
+    task_id, entry, device, timeout, status, progress, result, finish_at, expires_at = row
+    method, resource, data = entries[entry]
+    task = TaskRecord(
+        task_id=task_id,
+        job_id=job_id,
+        entry=entry,
+        device=device,
+        method=method,
+        resource=resource,
+        data=data,
+        tunnel=tunnel_for(device),
+        timeout=timeout,
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+    task.status = status
+    task.progress = progress
+    task.result = None if result is None else _json_decode(result)
+    task.finish_at = finish_at
+    return task
+
+
 def load_records(
     connection: sqlite3.Connection,
     where: str,
@@ -150,47 +192,38 @@ def load_records(
         f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id", parameters
     ).fetchall():
         job_id, created_at, finish_at, timeout, status = job[:5]
-        entries = {
-            position: (method, resource, _json_decode(data))
-            for position, method, resource, data in connection.execute(
-                "SELECT position, method, resource, data FROM entries WHERE job_id = ?",
-                (job_id,),
+        entries = _entries(connection, job_id)
+        tasks = [
+            _task_record(row, job_id, created_at, entries, tunnel_for)
+            for row in connection.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY id", (job_id,)
             )
-        }
-        tasks = []
-        for (
-            task_id,
-            entry,
-            device,
-            task_timeout,
-            task_status,
-            progress,
-            result,
-            done_at,
-            expires_at,
-        ) in connection.execute(
-            "SELECT id, entry, device, timeout, status, progress, result, finish_at, expires_at"
-            " FROM tasks WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        ):
-            method, resource, data = entries[entry]
-            task = TaskRecord(
-                task_id=task_id,
-                job_id=job_id,
-                entry=entry,
-                device=device,
-                method=method,
-                resource=resource,
-                data=data,
-                tunnel=tunnel_for(device),
-                timeout=task_timeout,
-                created_at=created_at,
-                expires_at=expires_at,
-            )
-            task.status = task_status
-            task.progress = progress
-            task.result = None if result is None else _json_decode(result)
-            task.finish_at = done_at
-            tasks.append(task)
+        ]
         records.append(JobRecord.restore(job_id, tasks, timeout, created_at, status, finish_at))
     return records
+
+
+def load_task_page(
+    connection: sqlite3.Connection,
+    job_id: int,
+    filters: dict[str, str],
+    limit: int,
+    offset: int,
+    tunnel_for: Callable[[str], str],
+) -> tuple[list[TaskRecord], int] | None:
+    """One page of a stored job's tasks in job order whose columns equal ``filters`` (column
+    names are the caller's, never a client's), and how many match; ``None``: no such job."""
+    job = connection.execute("SELECT created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if job is None:
+        return None
+    where = "".join(f" AND {column} = ?" for column in filters)
+    parameters = (job_id, *filters.values())
+    total = connection.execute(
+        f"SELECT count(*) FROM tasks WHERE job_id = ?{where}", parameters
+    ).fetchone()[0]
+    rows = connection.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ?{where} ORDER BY id LIMIT ? OFFSET ?",
+        (*parameters, limit, offset),
+    ).fetchall()
+    entries = _entries(connection, job_id) if rows else {}
+    return [_task_record(row, job_id, job[0], entries, tunnel_for) for row in rows], int(total)

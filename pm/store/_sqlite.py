@@ -27,8 +27,8 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView
-from ..state import JobRecord, TaskRecord
+from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView, TaskView
+from ..state import JobRecord, TaskRecord, TaskSelection
 from ._errors import StoreUnavailable, is_storage_fault
 from ._pending import PendingChanges
 from ._rows import (
@@ -36,6 +36,7 @@ from ._rows import (
     JOB_COLUMNS,
     job_view,
     load_records,
+    load_task_page,
 )
 
 logger = logging.getLogger(__name__)
@@ -324,6 +325,28 @@ class Store:
         def read(connection: sqlite3.Connection) -> JobRecord | None:
             records = load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
             return records[0] if records else None
+
+        return await self._in_thread(read)
+
+    async def load_task_page(
+        self, job_id: int, selection: TaskSelection, tunnel_for: Callable[[str], str]
+    ) -> tuple[list[TaskView], int] | None:
+        """One page of a stored job's tasks and how many match; ``None``: no such job. A
+        stored job is finished, so none of its tasks waits. Reads what is committed."""
+        filters = {
+            column: value
+            for column, value in (("status", selection.status), ("device", selection.device))
+            if value is not None
+        }
+
+        def read(connection: sqlite3.Connection) -> tuple[list[TaskView], int] | None:
+            # Asked for waiting tasks: only whether the job exists matters (limit 0).
+            limit = selection.limit if selection.waiting is None else 0
+            page = load_task_page(connection, job_id, filters, limit, selection.offset, tunnel_for)
+            if page is None:
+                return None
+            tasks, total = page
+            return [task.view() for task in tasks], 0 if selection.waiting else total
 
         return await self._in_thread(read)
 
