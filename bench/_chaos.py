@@ -29,6 +29,7 @@ from bench._processes import (
     start_fleet,
     start_gateway,
 )
+from pm.schemas import FINAL_TASK_STATUSES
 
 # Seconds between two looks at the kill schedule, and between two GETs of the job (a job
 # view lists every task id: ~200 KB for 20,000 tasks, not to be asked for ten times a second).
@@ -329,11 +330,7 @@ def check_job(job: dict[str, Any], tasks: int, outcome: ChaosOutcome) -> None:
         problems.append(
             f"{label}: {len(collection)} tasks listed, {len(set(ids))} distinct; {tasks} expected"
         )
-    unsettled = sum(
-        n
-        for status, n in statuses.items()
-        if status not in ("resolved", "error", "timeout", "cancelled")
-    )
+    unsettled = sum(n for status, n in statuses.items() if status not in FINAL_TASK_STATUSES)
     if unsettled:
         problems.append(f"{label}: {unsettled} tasks not final ({dict(statuses)})")
     resolved = statuses["resolved"]

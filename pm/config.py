@@ -14,6 +14,7 @@ and exit instead of starting half-configured.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import typing
@@ -182,6 +183,10 @@ class TopicsConfig(_Section):
 class TasksConfig(_Section):
     # Seconds a task may wait for its final answer, counted from publication.
     default_timeout: Seconds = 3600.0
+    # Seconds after a job's creation by which each of its tasks must have been sent (its
+    # device online with nothing in flight), else it ends "expired" unsent; a batch entry's or
+    # a job's expiresIn overrides it. inf (the default): no expiry, the job timeout bounds it.
+    default_expires_in: Seconds = math.inf
     # Tasks queued per device before a job feeding it waits (back-pressure).
     device_mailbox: AtLeastOne = 1024
     # A device actor with nothing to do for this many seconds (up to a quarter more) is retired.

@@ -13,6 +13,13 @@ the device side cancels its own scopes of that job's tasks. What to do with each
 when to re-send is decided by the pure :class:`~pm.task_machine.TaskMachine`; the actor
 here is the thin adapter doing the I/O and the waiting around it.
 
+Queues that never wedge: a task is sent only when its device is online (or unknown, in the
+:class:`~pm.presence.PresenceBook`) and has nothing in flight. When a task's turn comes and
+its device is offline, the actor reports ``device-offline`` and parks until the device turns
+online, the task's ``expiresAt`` passes (it ends ``expired`` unsent) or its job ends (a
+:meth:`Fleet.abandon`); then it takes the next task (:mod:`pm.device_waits`). One presence lookup
+per task: a task's wait costs a timer only while its device is offline.
+
 Restart policy: a device actor that raises is stopped (not restarted); its in-flight task
 and every task still queued for it end ``error`` with a result naming the failure. Other
 devices and jobs are untouched; the next task for that device spawns a fresh actor.
@@ -25,6 +32,8 @@ answers to the requests in flight are still routed and reported.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
@@ -32,11 +41,20 @@ import trio
 
 from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .device_waits import DeviceWaits
 from .in_flight import InFlight, InFlightRequests, Publisher
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
+from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
+from .schemas import WaitingReason
 from .state import TaskRecord
-from .task_machine import DEFAULT_RESEND, ResendSchedule, TaskReport, TaskSent, TaskSettled
+from .task_machine import (
+    DEFAULT_RESEND,
+    ResendSchedule,
+    TaskReport,
+    TaskSent,
+    TaskSettled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +82,9 @@ class Fleet:
       max_answer_bytes: larger messages on answer topics are dropped unread ("oversized").
       max_answer_depth: answers nested deeper are dropped unparsed ("malformed").
       resend: when suspect requests are re-sent.
+      presence: which devices are online (the engine's; a fresh book by default, where every
+        device is unknown, so sent at once).
+      wall_clock: epoch seconds, the clock of each task's ``expires_at``.
     """
 
     def __init__(
@@ -77,8 +98,12 @@ class Fleet:
         max_answer_bytes: int = 256 * 1024,
         max_answer_depth: int = DEFAULT_MAX_JSON_DEPTH,
         resend: ResendSchedule = DEFAULT_RESEND,
+        presence: PresenceBook | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._nursery = nursery
+        self.presence = PresenceBook() if presence is None else presence
+        self._waits = DeviceWaits(self.presence, wall_clock)
         self._requests = InFlightRequests(
             publisher,
             topics,
@@ -122,12 +147,29 @@ class Fleet:
         """Queue ``task`` on its device; waits while that device's mailbox is full. What
         becomes of it is told to ``reports``; a task that is final by the time its turn
         comes (its job ended) never reaches the device."""
-        await self._registry.tell(task.device, Dispatch(task, reports))
+        device = task.device
+        self._waits.task_queued(device)
+        try:
+            await self._registry.tell(device, Dispatch(task, reports))
+        except BaseException:
+            self._waits.task_done(device)
+            raise
 
     def abandon(self, job_id: int) -> int:
-        """The job ended early: its tasks in flight stop waiting for answers (their devices
-        move on; a late answer is dropped as unexpected). Returns how many were in flight."""
-        return self._requests.abandon(job_id)
+        """The job ended early: its tasks in flight stop waiting for answers, and a task of it
+        parked until its device is online stops waiting (their devices move on; a late answer
+        is dropped as unexpected). Returns how many were in flight or parked."""
+        return self._requests.abandon(job_id) + self._waits.abandon(job_id)
+
+    def waiting_reason(self, device: str) -> WaitingReason | None:
+        """Why a task queued for ``device`` now would wait behind another, if it would."""
+        return self._waits.waiting_reason(device)
+
+    def holds(self, task: TaskRecord) -> bool:
+        """Whether ``task``'s turn has come on its device: its actor then decides whether it
+        is sent or expires (see :mod:`pm.jobs`)."""
+        current = self._current.get(task.device)
+        return current is not None and current.task is task
 
     def stop_publishing(self) -> None:
         """Shutdown begins: no request leaves from now on (no new task, no re-send); tasks
@@ -179,6 +221,7 @@ class Fleet:
                     del self._current[device]
                     raise
                 del self._current[device]
+                self._waits.task_done(device)
 
     async def _run_task(
         self,
@@ -200,6 +243,13 @@ class Fleet:
                 break
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
+        try:
+            if not await self._waits.wait_until_sendable(device, task, reports):
+                return
+        except ActorStopped:
+            return  # the job actor is gone: nobody is waiting for this task any more
+        if self._stopping:
+            await trio.sleep_forever()
         # A resumed job's task may already be "sent": it goes out again with the same id.
         in_flight = self._requests.publish(device, task, answers_send, trio.current_time())
         machine = in_flight.machine
@@ -308,6 +358,7 @@ class Fleet:
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)
+        self._waits.forget(device)  # its queue is gone: what was handed to it is failed below
         # The supervisor logs the traceback; these lines say which tasks it cost.
         logger.error(
             "device actor %s failed (%r): its %d tasks end error",

@@ -39,8 +39,8 @@ from .job_limits import check_limits
 from .jobs import Job
 from .presence import PresenceBook
 from .protocol import TopicTemplates
-from .schemas import JobRequest, JobView
-from .state import JobRecord, expand_batch
+from .schemas import JobRequest, JobView, TaskView
+from .state import JobRecord, TaskSelection, expand_batch, expires_in_default
 from .status_topic import StatusTopicSource
 from .store import Store, StoreUnavailable, open_store
 from .task_machine import ResendSchedule
@@ -75,6 +75,11 @@ class Engine:
         self.topics = TopicTemplates(
             config.topics.request, config.topics.response, config.topics.status
         )
+        # Presence of every device ever seen, as the store last had it; fed by the status
+        # topic (pm/status_topic.py), which the embedded amqtt broker also publishes on. The
+        # fleet holds a device's tasks back while it is offline.
+        self.presence = PresenceBook(on_change=store.presence_changed)
+        self.presence.restore(store.load_presences())
         self.fleet = Fleet(
             nursery,
             publisher,
@@ -84,11 +89,9 @@ class Engine:
             max_answer_bytes=config.limits.max_answer_bytes,
             max_answer_depth=config.limits.max_json_depth,
             resend=ResendSchedule.from_config(config.recovery),
+            presence=self.presence,
+            wall_clock=wall_clock,
         )
-        # Presence of every device ever seen, as the store last had it; fed by the status
-        # topic (pm/status_topic.py), which the embedded amqtt broker also publishes on.
-        self.presence = PresenceBook(on_change=store.presence_changed)
-        self.presence.restore(store.load_presences())
         self.status_topic = StatusTopicSource(
             self.presence, self.topics, self.fleet.dropped, wall_clock=wall_clock
         )
@@ -124,6 +127,9 @@ class Engine:
             next_task_id=itertools.count(first_task_id).__next__,
             tunnel_for=self.topics.response_topic,
             default_timeout=self.config.tasks.default_timeout,
+            default_expires_in=expires_in_default(
+                request.expires_in, self.config.tasks.default_expires_in
+            ),
             now=now,
         )
         record = JobRecord(job_id, tasks, request.timeout, now)
@@ -232,6 +238,17 @@ class Engine:
         job.feed.close()  # watchers of a stored job get its final snapshot and the close
         job.ended.set()
         return job
+
+    async def list_tasks(
+        self, job_id: int, selection: TaskSelection
+    ) -> tuple[list[TaskView], int] | None:
+        """One page of a job's tasks and how many match in all; ``None``: no such job. A job
+        in memory is read there; a stored one a page at a time from the store, never whole."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.record.select_tasks(selection)
+        await self.store.sync_for_reading()
+        return await self.store.load_task_page(job_id, selection, self.topics.response_topic)
 
     async def list(
         self, *, status: str | None = None, limit: int = 100, offset: int = 0

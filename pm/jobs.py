@@ -11,8 +11,19 @@ They are separate so that a feeder blocked on a full device mailbox can never st
 aggregator from draining reports, which is what that device is waiting on (no deadlock).
 The job timeout is a deadline on the aggregator; cancelling or timing out a job cancels the
 feeder (queued tasks never reach devices) and tells the device side to abandon its tasks in
-flight (:meth:`TaskDispatcher.abandon`: their devices move on; a late answer is dropped as
-unexpected).
+flight or waiting for their device (:meth:`TaskDispatcher.abandon`: their devices move on; a
+late answer is dropped as unexpected).
+
+Expiry: a job whose tasks have an ``expiresAt`` runs a third task, one timer for the whole
+job (never one per task), which posts :class:`ExpiryDue` to the job's own mailbox at each
+expiry; the aggregator then ends ``expired`` every task still pending at that time, except
+the one a device actor holds (its turn came: that actor expires it itself, so a request
+never leaves for a task the job already counts as expired). A task that ends while queued is
+skipped when its turn comes: the device's queue order is never touched.
+
+The feeder marks each task it queues with why it is not sent yet (``waiting``:
+``device-offline``, ``device-busy``); a device actor reports ``device-offline`` when the
+task's turn comes and its device is offline; the task's ``TaskSent`` clears it.
 
 The contract with device actors is narrow and one-way: a task goes out with a reference to
 this job's mailbox, and reports come back as :mod:`pm.task_machine` messages. This module
@@ -25,7 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgspec
 import trio
@@ -33,9 +44,16 @@ import trio
 from actors import ActorRef, ActorStopped, AskTimeout, Reply
 
 from .config import WatchersConfig
-from .schemas import JobView
+from .schemas import JobView, WaitingReason
 from .state import JobRecord, TaskRecord
-from .task_machine import TaskProgress, TaskReport, TaskSent, TaskSettled
+from .task_machine import (
+    TaskProgress,
+    TaskReport,
+    TaskSent,
+    TaskSettled,
+    TaskWaiting,
+    expired_unsent,
+)
 from .watch import JobFeed, TaskMode, Watcher
 
 logger = logging.getLogger(__name__)
@@ -52,6 +70,13 @@ class CancelJob(msgspec.Struct, frozen=True, tag=True):
     reply: Reply[JobView]
 
 
+class ExpiryDue(msgspec.Struct, frozen=True, tag=True):
+    """From the job's own expiry timer: tasks whose ``expiresAt`` is ``until`` (epoch
+    seconds) or earlier end ``expired`` if they are still unsent."""
+
+    until: float
+
+
 class ReportsApplied(msgspec.Struct, frozen=True, tag=True):
     """Answered once every message queued before it has been applied (shutdown uses it to
     store what settled before the job actor stops)."""
@@ -60,7 +85,7 @@ class ReportsApplied(msgspec.Struct, frozen=True, tag=True):
 
 
 #: What a job actor's mailbox accepts: reports from device actors, and requests.
-JobActorMessage = TaskReport | CancelJob | ReportsApplied
+JobActorMessage = TaskReport | CancelJob | ReportsApplied | ExpiryDue
 
 
 class TaskDispatcher(Protocol):
@@ -71,7 +96,16 @@ class TaskDispatcher(Protocol):
         ...
 
     def abandon(self, job_id: int) -> int:
-        """Stop waiting on the job's tasks in flight; returns how many there were."""
+        """Stop waiting on the job's tasks in flight or waiting for their device; returns how
+        many there were."""
+        ...
+
+    def waiting_reason(self, device: str) -> WaitingReason | None:
+        """Why a task queued for ``device`` now would wait behind another, if it would."""
+        ...
+
+    def holds(self, task: TaskRecord) -> bool:
+        """Whether ``task``'s turn has come on its device (its actor decides its fate)."""
         ...
 
 
@@ -118,6 +152,12 @@ class Job:
         self.feed = JobFeed(lambda: record.view(collection=None), capacity)
         self.ref: ActorRef[JobActorMessage] | None = None
         self.ended = trio.Event()
+        # Unsent tasks that expire, soonest first, and how many of them were dealt with.
+        self._expiring = sorted(
+            (task for task in record.tasks if task.expires_at is not None and not task.final),
+            key=lambda task: cast(float, task.expires_at),
+        )
+        self._expired_through = 0
 
     @property
     def id(self) -> int:
@@ -172,6 +212,8 @@ class Job:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed_devices, name=f"job:{self.id}:feeder")
+                if self._expiring:
+                    nursery.start_soon(self._time_expiry, name=f"job:{self.id}:expiry")
                 with trio.move_on_at(deadline):
                     await self._aggregate(inbox)
                 if not self.final:
@@ -224,6 +266,10 @@ class Job:
             if self.final:
                 return
             if not task.final:  # a resumed job skips what was settled before the restart
+                # The feeder writes only this live field of a task it has not handed out yet.
+                reason = self._devices.waiting_reason(task.device)
+                if reason is not None and self.record.mark_waiting(task, reason):
+                    self.feed.task_changed(task.view)
                 await self._devices.dispatch(task, reports)
                 handed_out += 1
                 # dispatch() does not yield while the device's mailbox has room: yield every
@@ -235,9 +281,43 @@ class Job:
                 if handed_out % FEED_CHUNK == 0:
                     await trio.lowlevel.checkpoint()
 
+    async def _time_expiry(self) -> None:
+        """The job's one expiry timer: posts :class:`ExpiryDue` at each distinct expiry."""
+        reports = self.ref
+        if reports is None:
+            raise AssertionError(f"job {self.id} runs without a mailbox reference")
+        for expires_at in sorted({cast(float, task.expires_at) for task in self._expiring}):
+            # Wall-clock epoch seconds (they survive a restart), waited for on trio's clock.
+            await trio.sleep(max(0.0, expires_at - self._wall_clock()))
+            # The instant travels with the message: trio's clock and the wall clock may differ
+            # by a hair, and a task must not miss its expiry because of it.
+            await reports.tell(ExpiryDue(expires_at))
+
+    def _expire_due(self, until: float) -> None:
+        now = self._wall_clock()
+        record = self.record
+        expiring = self._expiring
+        while self._expired_through < len(expiring):
+            task = expiring[self._expired_through]
+            if cast(float, task.expires_at) > until:
+                return
+            self._expired_through += 1
+            # A task held by its device actor is that actor's to expire (it may be publishing).
+            if task.status != "pending" or self._devices.holds(task):
+                continue
+            settled = expired_unsent(task.id, task.waiting)
+            if record.settle(task, "expired", settled.result, now):
+                self._task_changed(task)
+
     def _handle(self, message: JobActorMessage) -> None:
         record = self.record
         match message:
+            case TaskWaiting(task_id, reason):
+                task = record.task(task_id)
+                if task is not None and record.mark_waiting(task, reason):
+                    self.feed.task_changed(task.view)
+            case ExpiryDue(until):
+                self._expire_due(until)
             case TaskSent(task_id):
                 task = record.task(task_id)
                 if task is not None and record.mark_sent(task):

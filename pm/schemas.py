@@ -13,9 +13,23 @@ import msgspec
 
 from .protocol import InvalidDeviceId, normalize_device_id
 
-TaskStatus = Literal["pending", "sent", "resolved", "error", "timeout", "cancelled"]
+TaskStatus = Literal["pending", "sent", "resolved", "error", "timeout", "cancelled", "expired"]
 JobStatus = Literal["pending", "dispatching", "resolved", "timeout", "cancelled"]
-FINAL_TASK_STATUSES: frozenset[str] = frozenset({"resolved", "error", "timeout", "cancelled"})
+FINAL_TASK_STATUSES: frozenset[str] = frozenset(
+    {"resolved", "error", "timeout", "cancelled", "expired"}
+)
+TASK_STATUSES: tuple[TaskStatus, ...] = (
+    "pending",
+    "sent",
+    "resolved",
+    "error",
+    "timeout",
+    "cancelled",
+    "expired",
+)
+# Why a pending task is not sent yet: its device is offline, or works on another task.
+WaitingReason = Literal["device-offline", "device-busy"]
+WAITING_REASONS: tuple[WaitingReason, ...] = ("device-offline", "device-busy")
 FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled"})
 JOB_STATUSES: tuple[str, ...] = ("pending", "dispatching", "resolved", "timeout", "cancelled")
 # Job ids and list offsets are SQLite integers (signed 64-bit): no job has a larger id, and a
@@ -58,6 +72,9 @@ class BatchEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ) = msgspec.field(name="__destination")
     data: dict[str, Any] = msgspec.field(default_factory=dict)
     timeout: PositiveSeconds | None = None
+    # Seconds after the job's creation by which each task must have been sent, else it ends
+    # "expired" without reaching its device; null: the job's expiresIn, then [tasks].
+    expires_in: PositiveSeconds | None = msgspec.field(default=None, name="expiresIn")
 
     def __post_init__(self) -> None:
         self.method = self.method.lower()
@@ -87,6 +104,8 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     batch: Annotated[list[BatchEntry], msgspec.Meta(min_length=1)]
     timeout: PositiveSeconds | None = None
+    # The default expiresIn of the batch's entries (see BatchEntry.expires_in).
+    expires_in: PositiveSeconds | None = msgspec.field(default=None, name="expiresIn")
 
 
 class TaskState(msgspec.Struct, rename="camel", kw_only=True):
@@ -96,6 +115,10 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     status: TaskStatus
     progress: int
     result: Any = None
+    # When a task still unsent ends "expired"; null: it waits as long as its job runs.
+    expires_at: str | None = None
+    # Why a pending task is not sent yet; null once sent (and while it is not queued yet).
+    waiting: WaitingReason | None = None
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -124,6 +147,9 @@ class JobView(msgspec.Struct, rename="camel", kw_only=True):
     done_count: int
     finish_count: int
     error_count: int
+    pending_count: int
+    sent_count: int
+    expired_count: int
     # One list type holding either kind: msgspec cannot decode (or make a JSON schema of) a
     # union of two list types, and the OpenAPI document and the CLI need both.
     collection: list[int | TaskView] | msgspec.UnsetType = msgspec.UNSET

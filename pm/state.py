@@ -6,14 +6,19 @@ here and checked by ``tests/test_state.py``:
 
 - a task reaches exactly one final status, and never leaves it;
 - ``done_count == finish_count + error_count`` and equals the number of final tasks;
-- job progress is the floor of the mean of task progress (100 for a settled task).
+- job progress is the floor of the mean of task progress (100 for a settled task);
+- ``pending_count`` and ``sent_count`` are the tasks in those statuses, ``expired_count``
+  those that ended ``expired`` (also counted in ``error_count``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from .schemas import (
     FINAL_TASK_STATUSES,
@@ -23,6 +28,7 @@ from .schemas import (
     TaskState,
     TaskStatus,
     TaskView,
+    WaitingReason,
 )
 
 
@@ -40,6 +46,7 @@ class TaskRecord:
         "data",
         "device",
         "entry",
+        "expires_at",
         "finish_at",
         "id",
         "job_id",
@@ -50,6 +57,7 @@ class TaskRecord:
         "status",
         "timeout",
         "tunnel",
+        "waiting",
     )
 
     def __init__(
@@ -65,6 +73,7 @@ class TaskRecord:
         tunnel: str,
         timeout: float,
         created_at: float,
+        expires_at: float | None = None,
     ) -> None:
         self.id = task_id
         self.job_id = job_id
@@ -80,6 +89,10 @@ class TaskRecord:
         self.status: TaskStatus = "pending"
         self.progress = 0
         self.result: Any = None
+        # Epoch seconds by which the task must have been sent, else it ends "expired".
+        self.expires_at = expires_at
+        # Why a pending task is not sent yet (live state, not stored: recomputed as queued).
+        self.waiting: WaitingReason | None = None
 
     @property
     def final(self) -> bool:
@@ -100,8 +113,20 @@ class TaskRecord:
                 status=self.status,
                 progress=self.progress,
                 result=self.result,
+                expires_at=None if self.expires_at is None else iso_timestamp(self.expires_at),
+                waiting=self.waiting,
             ),
         )
+
+
+class TaskSelection(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a job's tasks: filters (``None``: any) that must all hold, in job order."""
+
+    status: TaskStatus | None = None
+    device: str | None = None  # a normalized id
+    waiting: WaitingReason | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 class JobRecord:
@@ -127,6 +152,9 @@ class JobRecord:
         self.status: JobStatus = "pending"
         self.finish_count = 0
         self.error_count = 0
+        self.pending_count = len(tasks)
+        self.sent_count = 0
+        self.expired_count = 0
         self._progress_sum = 0
         self._by_id = {task.id: task for task in tasks}
 
@@ -143,12 +171,19 @@ class JobRecord:
         """Rebuild a job from stored tasks. Counts and progress are recomputed from the
         tasks, never trusted from storage, so a restored job always agrees with its tasks."""
         record = cls(job_id, tasks, timeout, created_at)
+        record.pending_count = 0
         for task in tasks:
             record._progress_sum += task.progress
             if task.status == "resolved":
                 record.finish_count += 1
             elif task.final:
                 record.error_count += 1
+            if task.status == "pending":
+                record.pending_count += 1
+            elif task.status == "sent":
+                record.sent_count += 1
+            elif task.status == "expired":
+                record.expired_count += 1
         record.status = status
         record.finish_at = finish_at
         return record
@@ -183,12 +218,29 @@ class JobRecord:
             done_count=self.done_count,
             finish_count=self.finish_count,
             error_count=self.error_count,
+            pending_count=self.pending_count,
+            sent_count=self.sent_count,
+            expired_count=self.expired_count,
         )
         if collection == "ids":
             view.collection = [task.id for task in self.tasks]
         elif collection == "tasks":
             view.collection = [task.view() for task in self.tasks]
         return view
+
+    def select_tasks(self, selection: TaskSelection) -> tuple[list[TaskView], int]:
+        """One page of the tasks matching every filter of ``selection``, in job order, and
+        how many match in all. One pass over the job's tasks."""
+        status, device, waiting = selection.status, selection.device, selection.waiting
+        matching = [
+            task
+            for task in self.tasks
+            if (status is None or task.status == status)
+            and (device is None or task.device == device)
+            and (waiting is None or task.waiting == waiting)
+        ]
+        first = selection.offset
+        return [task.view() for task in matching[first : first + selection.limit]], len(matching)
 
     # -- transitions -------------------------------------------------------------------
 
@@ -197,8 +249,18 @@ class JobRecord:
         if task.status != "pending" or self.final:
             return False
         task.status = "sent"
+        task.waiting = None
+        self.pending_count -= 1
+        self.sent_count += 1
         if self.status == "pending":
             self.status = "dispatching"
+        return True
+
+    def mark_waiting(self, task: TaskRecord, reason: WaitingReason) -> bool:
+        """The task is queued but not sent, for ``reason``."""
+        if task.status != "pending" or task.waiting == reason:
+            return False
+        task.waiting = reason
         return True
 
     def mark_progress(self, task: TaskRecord, progress: int) -> bool:
@@ -221,7 +283,14 @@ class JobRecord:
             raise ValueError(f"{status!r} is not a final task status")
         if task.final:
             return False
+        if task.status == "pending":
+            self.pending_count -= 1
+        else:
+            self.sent_count -= 1
+        if status == "expired":
+            self.expired_count += 1
         task.status = status
+        task.waiting = None
         task.result = result
         task.finish_at = now
         self._progress_sum += 100 - task.progress
@@ -250,6 +319,14 @@ class JobRecord:
         return changed
 
 
+def expires_in_default(job_expires_in: float | None, configured: float) -> float | None:
+    """The ``expiresIn`` of a job's entries that set none: the job's own, else the
+    configured ``tasks.default_expires_in`` (``inf``: none)."""
+    if job_expires_in is not None:
+        return job_expires_in
+    return None if math.isinf(configured) else configured
+
+
 def expand_batch(
     job_id: int,
     batch: list[BatchEntry],
@@ -258,18 +335,23 @@ def expand_batch(
     tunnel_for: Callable[[str], str],
     default_timeout: float,
     now: float,
+    default_expires_in: float | None = None,
 ) -> list[TaskRecord]:
     """One task per entry x destination, in entry order then destination order.
 
     Args:
       next_task_id: returns a fresh task id per call.
       tunnel_for: the answer topic of a device.
+      default_expires_in: ``expiresIn`` of entries that set none (the job's, else the
+        ``[tasks]`` default), ``None`` for no expiry.
       now: ``createdAt`` of every task, epoch seconds (the caller's wall clock).
     """
     created_at = now
     tasks = []
     for position, entry in enumerate(batch):
         timeout = default_timeout if entry.timeout is None else entry.timeout
+        expires_in = default_expires_in if entry.expires_in is None else entry.expires_in
+        expires_at = None if expires_in is None else created_at + expires_in
         for device in entry.devices:
             tasks.append(
                 TaskRecord(
@@ -283,6 +365,7 @@ def expand_batch(
                     tunnel=tunnel_for(device),
                     timeout=timeout,
                     created_at=created_at,
+                    expires_at=expires_at,
                 )
             )
     return tasks

@@ -6,7 +6,8 @@ happened (an answer arrived, the request became suspect, the re-send wait ran ou
 timed out) and does what the returned decision says (report to the job, publish again).
 Times it needs are passed in.
 
-The reports (:class:`TaskSent`, :class:`TaskProgress`, :class:`TaskSettled`) are the only
+The reports (:class:`TaskWaiting`, :class:`TaskSent`, :class:`TaskProgress`,
+:class:`TaskSettled`) are the only
 messages a device actor sends to a job actor's mailbox. They live here, beside the machine
 that decides them, so that :mod:`pm.jobs` and :mod:`pm.devices` both import them and never
 each other.
@@ -20,9 +21,16 @@ import msgspec
 
 from .config import RecoveryConfig
 from .protocol import PROGRESS_CODE, SanjiAnswer, answer_progress, error_result, is_success
-from .schemas import TaskStatus
+from .schemas import TaskStatus, WaitingReason
 
 # -- reports from device actors to job actors -----------------------------------------------
+
+
+class TaskWaiting(msgspec.Struct, frozen=True, tag=True):
+    """The task's turn came but it cannot be sent yet, for ``reason``."""
+
+    task_id: int
+    reason: WaitingReason
 
 
 class TaskSent(msgspec.Struct, frozen=True, tag=True):
@@ -39,15 +47,23 @@ class TaskProgress(msgspec.Struct, frozen=True, tag=True):
 
 
 class TaskSettled(msgspec.Struct, frozen=True, tag=True):
-    """The task reached a final status (resolved, error, or timeout)."""
+    """The task reached a final status (resolved, error, timeout, or expired unsent)."""
 
     task_id: int
     status: TaskStatus
     result: Any
 
 
+def expired_unsent(task_id: int, waiting: WaitingReason | None) -> TaskSettled:
+    """The task was still unsent at its ``expiresAt``: it ends ``expired``, its result saying
+    what it was waiting for."""
+    return TaskSettled(
+        task_id, "expired", {"error": "expired before it could be sent", "waiting": waiting}
+    )
+
+
 #: Everything a device actor may tell a job actor.
-TaskReport = TaskSent | TaskProgress | TaskSettled
+TaskReport = TaskWaiting | TaskSent | TaskProgress | TaskSettled
 
 
 # -- the re-send schedule -------------------------------------------------------------------

@@ -24,11 +24,15 @@ def entry(
     return {"method": "get", "resource": resource, "__destination": devices, **fields}
 
 
-def job_request(*entries: dict[str, Any], timeout: float | None = None) -> JobRequest:
+def job_request(
+    *entries: dict[str, Any], timeout: float | None = None, expires_in: float | None = None
+) -> JobRequest:
     """The decoded body of a job with these batch entries, as the engine receives it."""
     body: dict[str, Any] = {"batch": list(entries)}
     if timeout is not None:
         body["timeout"] = timeout
+    if expires_in is not None:
+        body["expiresIn"] = expires_in
     return msgspec.convert(body, JobRequest)
 
 
@@ -71,6 +75,9 @@ INVALID_BODIES: list[tuple[Any, str]] = [
     (_body(timeout="soon"), "at `$.batch[0].timeout`"),
     ({"batch": [entry()], "timeout": 0}, "> 0.0 - at `$.timeout`"),
     ({"batch": [entry()], "timeout": -3}, "at `$.timeout`"),
+    (_body(expiresIn=0), "> 0.0 - at `$.batch[0].expiresIn`"),
+    (_body(expiresIn="later"), "at `$.batch[0].expiresIn`"),
+    ({"batch": [entry()], "expiresIn": -1}, "> 0.0 - at `$.expiresIn`"),
     ({"batch": [entry()], "priority": 1}, "unknown field `priority`"),
     (_body(colour="red"), "unknown field `colour` - at `$.batch[0]`"),
 ]
@@ -105,7 +112,9 @@ async def wait_final(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
 def assert_consistent(job: dict[str, Any]) -> None:
     """Every task of a final job is final, and the job's counters add up to its tasks."""
     statuses = [task["__task"]["status"] for task in job["collection"]]
-    assert all(s in {"resolved", "error", "timeout", "cancelled"} for s in statuses), statuses
+    assert all(s in {"resolved", "error", "timeout", "cancelled", "expired"} for s in statuses), (
+        statuses
+    )
     assert job["finishCount"] == statuses.count("resolved")
     assert job["errorCount"] == len(statuses) - statuses.count("resolved")
     assert job["doneCount"] == job["totalCount"] == len(statuses)

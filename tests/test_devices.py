@@ -20,6 +20,7 @@ import trio.testing
 
 from actors import ActorRef, open_mailbox
 from pm.devices import Fleet
+from pm.presence import Presence, PresenceBook
 from pm.protocol import TopicTemplates
 from pm.state import TaskRecord
 from pm.task_machine import TaskReport, TaskSent, TaskSettled
@@ -78,7 +79,8 @@ def test_jobs_and_devices_never_import_each_other_not_even_for_type_checking() -
 
 
 @pytest.mark.parametrize(
-    "module", ["pm.devices", "pm.jobs", "pm.task_machine", "pm.in_flight", "pm.engine"]
+    "module",
+    ["pm.devices", "pm.jobs", "pm.task_machine", "pm.in_flight", "pm.engine", "pm.device_waits"],
 )
 def test_each_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
     root = PM_DIR.parent
@@ -225,3 +227,37 @@ async def test_a_task_final_before_its_turn_never_reaches_the_device(
     await devices.dispatch(cancelled, reports)
     await trio.testing.wait_all_tasks_blocked()
     assert publisher.published == [] and drain(inbox) == []
+
+
+class CountingPresence(PresenceBook):
+    """A presence book that counts its lookups (the per-task cost of presence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def presence(self, device: str) -> Presence:
+        self.lookups += 1
+        return super().presence(device)
+
+
+async def test_a_task_to_an_idle_online_device_costs_one_presence_lookup(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    publisher = RecordingPublisher()
+    book = CountingPresence()
+    async with trio.open_nursery() as nursery:
+        devices = Fleet(
+            nursery, publisher, TOPICS, mailbox_size=8, idle_timeout=60.0, presence=book
+        )
+        reports, inbox = job_mailbox(1)
+        for task_id in range(1, 51):
+            device = f"d{task_id}"
+            book.update(device, Presence.ONLINE, 0.0)
+            assert devices.waiting_reason(device) is None  # what a job's feeder asks first
+            await devices.dispatch(task(task_id, device), reports)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(publisher.published) == 50
+        assert book.lookups == 50
+        assert sorted(drain(inbox), key=lambda r: r.task_id) == [TaskSent(i) for i in range(1, 51)]
+        nursery.cancel_scope.cancel()

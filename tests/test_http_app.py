@@ -57,6 +57,9 @@ async def test_submit_answers_job_with_task_ids_and_location(gateway: ServedGate
             "doneCount",
             "finishCount",
             "errorCount",
+            "pendingCount",
+            "sentCount",
+            "expiredCount",
             "collection",
         }
         assert job["timeout"] == 60
@@ -261,6 +264,8 @@ async def test_get_with_collection_embeds_tasks(gateway: ServedGateway) -> None:
             "status",
             "progress",
             "result",
+            "expiresAt",
+            "waiting",
         }
         assert first["method"] == "put" and first["resource"] == "/x"
         assert first["data"] == {"k": 1} and first["__destination"] == "a"
@@ -513,6 +518,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs", "get"),
             ("/jobs/{id}", "get"),
             ("/jobs/{id}", "delete"),
+            ("/jobs/{id}/tasks", "get"),
             ("/jobs/{id}/ws", "get"),
             ("/devices", "get"),
             ("/devices/{id}", "get"),
@@ -541,6 +547,13 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
         assert set(list_parameters) == {"status", "limit", "offset"}
         assert list_parameters["limit"]["schema"]["maximum"] == 1000
         assert "pending" in list_parameters["status"]["schema"]["enum"]
+        task_parameters = {p["name"]: p for p in paths["/jobs/{id}/tasks"]["get"]["parameters"]}
+        assert set(task_parameters) == {"status", "device", "waiting", "limit", "offset"}
+        assert "expired" in task_parameters["status"]["schema"]["enum"]
+        assert set(task_parameters["waiting"]["schema"]["enum"]) == {
+            "device-offline",
+            "device-busy",
+        }
         assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobRequest"
         }

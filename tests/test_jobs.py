@@ -12,12 +12,14 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
 from actors import ActorRef, open_mailbox
 from pm.config import WatchersConfig
 from pm.jobs import FEED_CHUNK, Job, JobActorMessage
+from pm.schemas import WaitingReason
 from pm.state import JobRecord, TaskRecord
 from pm.task_machine import TaskProgress, TaskReport, TaskSent, TaskSettled
 from tests.stores import job_on_devices
@@ -40,6 +42,12 @@ class RecordingDevices:
     def abandon(self, job_id: int) -> int:
         self.abandoned.append(job_id)
         return 1
+
+    def waiting_reason(self, device: str) -> WaitingReason | None:
+        return None
+
+    def holds(self, task: TaskRecord) -> bool:
+        return False
 
 
 class RecordingStore:
@@ -172,3 +180,39 @@ async def test_tasks_are_handed_out_in_chunks_between_yields(
     progress = set(seen) - {0}
     assert progress and max(progress) < total
     assert all(handed_out % FEED_CHUNK == 0 for handed_out in progress), sorted(progress)
+
+
+async def test_unsent_tasks_expire_on_time_even_when_the_wall_clock_runs_slow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job_record = record(3)
+    first, second, third = job_record.tasks
+    first.expires_at = second.expires_at = EPOCH + 5
+    third.expires_at = EPOCH + 9
+    start = trio.current_time()
+    devices, store = RecordingDevices(), RecordingStore()
+    # The wall clock runs 0.1% slow against trio's (NTP slews it by up to 0.05%): when the
+    # timer wakes at an expiry, the wall clock has not quite reached it.
+    job = Job(
+        job_record,
+        devices,
+        store,
+        watchers=WatchersConfig(),
+        wall_clock=lambda: EPOCH + (trio.current_time() - start) * 0.999,
+    )
+    ref, inbox = open_mailbox(f"job:{job.id}", 64)
+    job.ref = ref
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(job.run, inbox)
+        await ref.tell(TaskSent(second.id))
+        await trio.sleep(5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [t.status for t in job_record.tasks] == ["expired", "sent", "pending"]
+        assert first.result == {"error": "expired before it could be sent", "waiting": None}
+        await ref.tell(TaskSettled(second.id, "resolved", None))
+        with trio.fail_after(60):
+            await job.ended.wait()
+        assert trio.current_time() - start == pytest.approx(9.005)
+        assert [t.status for t in job_record.tasks] == ["expired", "resolved", "expired"]
+        assert (job_record.expired_count, job_record.error_count) == (2, 2)
+        assert job_record.status == "resolved"

@@ -40,6 +40,13 @@ def assert_invariants(job: JobRecord) -> None:
     assert job.progress == sum(task.progress for task in job.tasks) // len(job.tasks)
     assert all(task.progress == 100 for task in final)
     assert job.final == (job.finish_at is not None)
+    statuses = [task.status for task in job.tasks]
+    assert (job.pending_count, job.sent_count, job.expired_count) == (
+        statuses.count("pending"),
+        statuses.count("sent"),
+        statuses.count("expired"),
+    )
+    assert all(task.waiting is None for task in job.tasks if task.status != "pending")
 
 
 # -- timestamps ----------------------------------------------------------------------------
@@ -324,6 +331,8 @@ def test_task_view_wire_shape() -> None:
             "status": "pending",
             "progress": 0,
             "result": None,
+            "expiresAt": None,
+            "waiting": None,
         },
     }
 
@@ -343,5 +352,53 @@ def test_job_view_finished_wire_shape() -> None:
         "doneCount": 1,
         "finishCount": 0,
         "errorCount": 1,
+        "pendingCount": 0,
+        "sentCount": 0,
+        "expiredCount": 0,
         "collection": [100],
     }
+
+
+# -- waiting and expiry --------------------------------------------------------------------
+
+
+def test_waiting_is_for_pending_tasks_and_cleared_when_sent_or_settled() -> None:
+    job = make_job(devices=3)
+    first, second, third = job.tasks
+    assert job.mark_waiting(first, "device-offline")
+    assert not job.mark_waiting(first, "device-offline")  # no change, nothing to tell
+    assert job.mark_waiting(first, "device-busy")
+    assert job.mark_waiting(second, "device-busy") and job.mark_waiting(third, "device-offline")
+    assert job.mark_sent(first) and first.waiting is None
+    assert not job.mark_waiting(first, "device-busy")  # sent: it waits for nothing
+    assert job.settle(second, "expired", {"error": "x"}, CREATED + 1)
+    assert second.waiting is None
+    assert_invariants(job)
+    assert (job.pending_count, job.sent_count, job.expired_count, job.error_count) == (1, 1, 1, 1)
+    job.finish("cancelled", CREATED + 2)
+    assert_invariants(job)
+    assert (job.pending_count, job.sent_count, job.expired_count) == (0, 0, 1)
+
+
+def test_restore_recounts_pending_sent_and_expired_from_the_tasks() -> None:
+    tasks = make_job(devices=4).tasks
+    for task, status in zip(tasks, ["pending", "sent", "expired", "resolved"], strict=True):
+        task.status = status  # type: ignore[assignment]
+    restored = JobRecord.restore(1, tasks, None, CREATED, "dispatching", None)
+    assert (restored.pending_count, restored.sent_count, restored.expired_count) == (1, 1, 1)
+    assert (restored.finish_count, restored.error_count) == (1, 1)
+
+
+def test_expand_batch_sets_expires_at_from_the_entry_else_the_default() -> None:
+    tasks = expand_batch(
+        1,
+        [batch_entry(["a", "b"], expiresIn=5), batch_entry("c")],
+        next_task_id=itertools.count(1).__next__,
+        tunnel_for=lambda device: device,
+        default_timeout=30.0,
+        default_expires_in=60.0,
+        now=CREATED,
+    )
+    assert [task.expires_at for task in tasks] == [CREATED + 5, CREATED + 5, CREATED + 60]
+    view = tasks[0].view().task
+    assert (view.expires_at, view.waiting) == (iso_timestamp(CREATED + 5), None)

@@ -138,6 +138,12 @@ async def test_a_database_from_the_previous_schema_version_migrates(tmp_path: Pa
     ]
     assert [(r.id, [t.status for t in r.tasks]) for r in unfinished] == [(2, ["sent"])]
     assert unfinished[0].tasks[0].data == {"enable": 1}
+    # Release 3's job counts are filled in from the tasks; tasks stored before have no expiry.
+    assert [(v.id, v.pending_count, v.sent_count, v.expired_count) for v in views] == [
+        (2, 0, 1, 0),
+        (1, 0, 0, 0),
+    ]
+    assert unfinished[0].tasks[0].expires_at is None
     # The counters of release 1 still hold: no id is handed out twice.
     assert (job_id, task_id) == (10_001, 1_000_003)
 

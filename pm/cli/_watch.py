@@ -35,6 +35,7 @@ from trio_websocket import (
 
 from ..schemas import (
     FINAL_JOB_STATUSES,
+    FINAL_TASK_STATUSES,
     JobMessage,
     JobView,
     TaskMessage,
@@ -64,7 +65,7 @@ _decode_message = msgspec.json.Decoder(WatchMessage).decode
 _decode_job = msgspec.json.Decoder(JobView).decode
 # Above this many tasks the summary does not download the whole job to list failures.
 MAX_TASKS_FETCHED = 10_000
-FAILED_TASK_STATUSES = frozenset({"error", "timeout", "cancelled"})
+FAILED_TASK_STATUSES = FINAL_TASK_STATUSES - {"resolved"}
 
 
 class JobProgress:

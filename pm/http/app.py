@@ -42,6 +42,7 @@ from ..device_directory import DeviceDirectory
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
 from ..jobs import Job
 from ..schemas import MAX_SQLITE_INTEGER, ErrorBody, Health, Readiness
+from ..state import TaskSelection
 from ..store import StoreUnavailable
 from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
@@ -53,6 +54,7 @@ from .origins import AllowedOrigins, cors_headers, preflight_headers
 from .queries import (
     InvalidQuery,
     JobQuery,
+    JobTasksQuery,
     ListJobsQuery,
     WatchJobQuery,
     parse_endpoint_query,
@@ -291,6 +293,23 @@ def create_app(
         if job is None:
             return error_response(404, f"no job {job_id}")
         return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
+
+    @app.get("/jobs/<int:job_id>/tasks")
+    async def list_job_tasks(job_id: int) -> TrioResponse:
+        query = g.query
+        assert isinstance(query, JobTasksQuery)
+        selection = TaskSelection(
+            status=None if query.status is msgspec.UNSET else query.status,
+            device=None if query.device is msgspec.UNSET else query.device,
+            waiting=None if query.waiting is msgspec.UNSET else query.waiting,
+            limit=query.limit,
+            offset=query.offset,
+        )
+        page = await engine.list_tasks(job_id, selection) if job_id <= MAX_SQLITE_INTEGER else None
+        if page is None:
+            return error_response(404, f"no job {job_id}")
+        views, total = page
+        return json_response(views, headers={"X-Total-Count": str(total)})
 
     @app.delete("/jobs/<int:job_id>")
     async def delete_job(job_id: int) -> TrioResponse:

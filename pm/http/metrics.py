@@ -21,20 +21,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..schemas import JOB_STATUSES, AnswerPathHealth, Health, TaskStatus
+from ..schemas import JOB_STATUSES, TASK_STATUSES, AnswerPathHealth, Health
 
 if TYPE_CHECKING:
     from ..engine import Engine
     from ..jobs import Job
 
-TASK_STATUSES: tuple[TaskStatus, ...] = (
-    "pending",
-    "sent",
-    "resolved",
-    "error",
-    "timeout",
-    "cancelled",
-)
 # Reported even at 0, so a dashboard or an alert sees the series before the first drop.
 DROP_REASONS = (
     "malformed",

@@ -20,9 +20,17 @@ from ..schemas import (
     JobRequest,
     JobView,
     Readiness,
+    TaskView,
     WatchMessage,
 )
-from .queries import DeviceTasksQuery, JobQuery, ListDevicesQuery, ListJobsQuery, WatchJobQuery
+from .queries import (
+    DeviceTasksQuery,
+    JobQuery,
+    JobTasksQuery,
+    ListDevicesQuery,
+    ListJobsQuery,
+    WatchJobQuery,
+)
 
 _REF_TEMPLATE = "#/components/schemas/{name}"
 _JSON = "application/json"
@@ -74,10 +82,28 @@ def build_openapi(
         but ``/healthz`` and ``/readyz`` then documents it and its 401.
     """
     (
-        (job_request, job_view, job_list, error_body, health, readiness, watch_message),
+        (
+            job_request,
+            job_view,
+            job_list,
+            task_list,
+            error_body,
+            health,
+            readiness,
+            watch_message,
+        ),
         components,
     ) = msgspec.json.schema_components(
-        [JobRequest, JobView, list[JobView], ErrorBody, Health, Readiness, WatchMessage],
+        [
+            JobRequest,
+            JobView,
+            list[JobView],
+            list[TaskView],
+            ErrorBody,
+            Health,
+            Readiness,
+            WatchMessage,
+        ],
         ref_template=_REF_TEMPLATE,
     )
     (device_view, device_list, device_tasks), device_components = msgspec.json.schema_components(
@@ -85,8 +111,8 @@ def build_openapi(
     )
     components.update(device_components)
     # The query Structs are inlined as parameters, not published as components.
-    (_, _, _, _, _), query_components = msgspec.json.schema_components(
-        [ListJobsQuery, JobQuery, WatchJobQuery, ListDevicesQuery, DeviceTasksQuery],
+    (_, _, _, _, _, _), query_components = msgspec.json.schema_components(
+        [ListJobsQuery, JobQuery, JobTasksQuery, WatchJobQuery, ListDevicesQuery, DeviceTasksQuery],
         ref_template=_REF_TEMPLATE,
     )
 
@@ -210,6 +236,28 @@ def build_openapi(
                             "a body that is not declared `Content-Type: application/json` "
                             "(none is needed)"
                         ),
+                    },
+                },
+            },
+            "/jobs/{id}/tasks": {
+                "parameters": [job_id],
+                "get": {
+                    "operationId": "listJobTasks",
+                    "summary": "A job's tasks in job order, paged and filtered",
+                    "parameters": _query_parameters(query_components["JobTasksQuery"]),
+                    "responses": {
+                        "200": {
+                            "description": "one page of the job's tasks",
+                            "headers": {
+                                "X-Total-Count": {
+                                    "description": "tasks matching the filters, all pages",
+                                    "schema": {"type": "integer", "minimum": 0},
+                                }
+                            },
+                            "content": _content(task_list),
+                        },
+                        "400": error("an invalid or unknown query parameter"),
+                        "404": error("no such job"),
                     },
                 },
             },

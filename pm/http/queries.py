@@ -12,7 +12,8 @@ import msgspec
 from werkzeug.datastructures import MultiDict
 
 from ..device_views import PresenceName
-from ..schemas import MAX_SQLITE_INTEGER, JobStatus, TaskStatus
+from ..protocol import InvalidDeviceId, normalize_device_id
+from ..schemas import MAX_SQLITE_INTEGER, DeviceId, JobStatus, TaskStatus, WaitingReason
 from ..watch import TASK_MODES
 
 PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="jobs per page, 1-1000")]
@@ -38,6 +39,39 @@ class ListJobsQuery(_Query):
     ) = msgspec.UNSET
     limit: PageSize = 100
     offset: PageOffset = 0
+
+
+TaskPageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="tasks per page, 1-1000")]
+TaskPageOffset = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="tasks to skip, in job order")
+]
+
+
+class JobTasksQuery(_Query):
+    """``GET /jobs/{id}/tasks``: filters combine (all must hold)."""
+
+    status: (
+        Annotated[TaskStatus, msgspec.Meta(description="only tasks in this status")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    device: (
+        Annotated[DeviceId, msgspec.Meta(description="only tasks to this device (any spelling)")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    waiting: (
+        Annotated[WaitingReason, msgspec.Meta(description="only pending tasks waiting for this")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    limit: TaskPageSize = 100
+    offset: TaskPageOffset = 0
+
+    def __post_init__(self) -> None:
+        # Tasks hold normalized ids: any spelling of a MAC finds them.
+        if self.device is not msgspec.UNSET:
+            try:
+                self.device = normalize_device_id(self.device)
+            except InvalidDeviceId as error:
+                raise ValueError(f"device: {error}") from None
 
 
 class JobQuery(_Query):
@@ -114,6 +148,7 @@ class NoQuery(_Query):
 ENDPOINT_QUERIES: dict[str, type[_Query]] = {
     "list_jobs": ListJobsQuery,
     "get_job": JobQuery,
+    "list_job_tasks": JobTasksQuery,
     "delete_job": JobQuery,
     "watch_job": WatchJobQuery,
     "list_devices": ListDevicesQuery,

@@ -62,7 +62,9 @@ def device_tasks(
     parameters: tuple[str, ...] = (device, query.status) if query.status else (device,)
     total = connection.execute(f"SELECT count(*) FROM tasks t {where}", parameters).fetchone()
     tasks = [
-        task_record(row[:8], (*row[8:12], _json_decode(row[12])), query.tunnel_for)
+        task_record(
+            row[:9], row[9], row[10], (row[11], row[12], _json_decode(row[13])), query.tunnel_for
+        )
         for row in connection.execute(
             f"SELECT {DEVICE_TASK_COLUMNS} {DEVICE_TASK_JOINS} {where}"
             " ORDER BY t.id DESC LIMIT ? OFFSET ?",

@@ -28,23 +28,25 @@ UPSERT_COUNTERS = (
 )
 INSERT_JOBS = (
     "INSERT INTO jobs (id, created_at, finish_at, timeout, status, total_count, finish_count,"
-    f" error_count, progress) SELECT {columns(9)} FROM json_each(?)"
+    " error_count, progress, pending_count, sent_count, expired_count)"
+    f" SELECT {columns(12)} FROM json_each(?)"
 )
 INSERT_ENTRIES = (
     "INSERT INTO entries (job_id, position, method, resource, data)"
     f" SELECT {columns(5)} FROM json_each(?)"
 )
 INSERT_TASKS = (
-    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at)"
-    f" SELECT {columns(9)} FROM json_each(?)"
+    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at,"
+    f" expires_at) SELECT {columns(10)} FROM json_each(?)"
 )
 # Updates join through a CTE of plain columns so SQLite looks each row up by primary key.
 UPDATE_JOBS = (
-    f"WITH u (id, finish_at, status, finish_count, error_count, progress) AS"
-    f" (SELECT {columns(6)} FROM json_each(?))"
+    "WITH u (id, finish_at, status, finish_count, error_count, progress, pending_count,"
+    f" sent_count, expired_count) AS (SELECT {columns(9)} FROM json_each(?))"
     " UPDATE jobs SET finish_at = u.finish_at, status = u.status,"
-    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress"
-    " FROM u WHERE jobs.id = u.id"
+    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress,"
+    " pending_count = u.pending_count, sent_count = u.sent_count,"
+    " expired_count = u.expired_count FROM u WHERE jobs.id = u.id"
 )
 UPDATE_TASKS = (
     f"WITH u (id, status, progress, result, finish_at) AS (SELECT {columns(5)} FROM json_each(?))"
@@ -65,12 +67,14 @@ DELETE_JOBS = tuple(
 )
 
 JOB_COLUMNS = (
-    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress"
+    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress,"
+    " pending_count, sent_count, expired_count"
 )
 
 
 def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
-    job_id, created_at, finish_at, timeout, status, total, finished, errors, progress = row
+    (job_id, created_at, finish_at, timeout, status, total, finished, errors, progress) = row[:9]
+    pending, sent, expired = row[9:12]
     return JobView(
         id=job_id,
         created_at=iso_timestamp(created_at),
@@ -82,6 +86,9 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
         done_count=finished + errors,
         finish_count=finished,
         error_count=errors,
+        pending_count=pending,
+        sent_count=sent,
+        expired_count=expired,
         collection=task_ids,
     )
 
@@ -97,6 +104,9 @@ def job_row(record: JobRecord) -> tuple[Any, ...]:
         record.finish_count,
         record.error_count,
         record.progress,
+        record.pending_count,
+        record.sent_count,
+        record.expired_count,
     )
 
 
@@ -108,6 +118,9 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
         record.finish_count,
         record.error_count,
         record.progress,
+        record.pending_count,
+        record.sent_count,
+        record.expired_count,
     )
 
 
@@ -122,6 +135,7 @@ def task_row(task: TaskRecord) -> tuple[Any, ...]:
         task.progress,
         result_text(task.result),
         task.finish_at,
+        task.expires_at,
     )
 
 
@@ -155,10 +169,13 @@ def result_text(result: Any) -> str | None:
     return None if result is None else _json_encode(result).decode()
 
 
-# A device's tasks across jobs, with what a task view needs from its job and batch entry.
+TASK_COLUMNS = "id, entry, device, timeout, status, progress, result, finish_at, expires_at"
+
+# A device's tasks across jobs: TASK_COLUMNS, then what a task view needs from its job and
+# batch entry (job id, the job's created_at, the entry's method, resource, data).
 DEVICE_TASK_COLUMNS = (
-    "t.id, t.job_id, t.entry, t.device, t.timeout, t.status, t.progress, t.result,"
-    " t.finish_at, j.created_at, e.method, e.resource, e.data"
+    "t.id, t.entry, t.device, t.timeout, t.status, t.progress, t.result, t.finish_at,"
+    " t.expires_at, t.job_id, j.created_at, e.method, e.resource, e.data"
 )
 DEVICE_TASK_JOINS = (
     "FROM tasks t JOIN jobs j ON j.id = t.job_id"
@@ -166,16 +183,26 @@ DEVICE_TASK_JOINS = (
 )
 
 
+def _entries(connection: sqlite3.Connection, job_id: int) -> dict[int, tuple[str, str, Any]]:
+    return {
+        position: (method, resource, _json_decode(data))
+        for position, method, resource, data in connection.execute(
+            "SELECT position, method, resource, data FROM entries WHERE job_id = ?", (job_id,)
+        )
+    }
+
+
 def task_record(
-    task_columns: tuple[Any, ...],
-    rest: tuple[Any, ...],
+    row: tuple[Any, ...],
+    job_id: int,
+    created_at: float,
+    entry_fields: tuple[str, str, Any],
     tunnel_for: Callable[[str], str],
 ) -> TaskRecord:
-    """A :class:`TaskRecord` from its row (id, job, entry, device, timeout, status,
-    progress, result) and (finish_at, the job's created_at, the entry's method, resource,
-    decoded data: shared by the tasks of one entry)."""
-    task_id, job_id, entry, device, task_timeout, task_status, progress, result = task_columns
-    done_at, created_at, method, resource, data = rest
+    """A task from a row of ``TASK_COLUMNS``, its job's ``created_at`` and its batch entry's
+    (method, resource, decoded data), shared by the tasks of one entry."""
+    task_id, entry, device, timeout, status, progress, result, finish_at, expires_at = row
+    method, resource, data = entry_fields
     task = TaskRecord(
         task_id=task_id,
         job_id=job_id,
@@ -185,13 +212,14 @@ def task_record(
         resource=resource,
         data=data,
         tunnel=tunnel_for(device),
-        timeout=task_timeout,
+        timeout=timeout,
         created_at=created_at,
+        expires_at=expires_at,
     )
-    task.status = task_status
+    task.status = status
     task.progress = progress
     task.result = None if result is None else _json_decode(result)
-    task.finish_at = done_at
+    task.finish_at = finish_at
     return task
 
 
@@ -206,34 +234,40 @@ def load_records(
         f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id", parameters
     ).fetchall():
         job_id, created_at, finish_at, timeout, status = job[:5]
-        entries = {
-            position: (method, resource, _json_decode(data))
-            for position, method, resource, data in connection.execute(
-                "SELECT position, method, resource, data FROM entries WHERE job_id = ?",
-                (job_id,),
+        entries = _entries(connection, job_id)
+        tasks = [
+            task_record(row, job_id, created_at, entries[row[1]], tunnel_for)
+            for row in connection.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY id", (job_id,)
             )
-        }
-        tasks = []
-        for (
-            task_id,
-            entry,
-            device,
-            task_timeout,
-            task_status,
-            progress,
-            result,
-            done_at,
-        ) in connection.execute(
-            "SELECT id, entry, device, timeout, status, progress, result, finish_at"
-            " FROM tasks WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        ):
-            method, resource, data = entries[entry]
-            task = task_record(
-                (task_id, job_id, entry, device, task_timeout, task_status, progress, result),
-                (done_at, created_at, method, resource, data),
-                tunnel_for,
-            )
-            tasks.append(task)
+        ]
         records.append(JobRecord.restore(job_id, tasks, timeout, created_at, status, finish_at))
     return records
+
+
+def load_task_page(
+    connection: sqlite3.Connection,
+    job_id: int,
+    filters: dict[str, str],
+    limit: int,
+    offset: int,
+    tunnel_for: Callable[[str], str],
+) -> tuple[list[TaskRecord], int] | None:
+    """One page of a stored job's tasks in job order whose columns equal ``filters`` (column
+    names are the caller's, never a client's), and how many match; ``None``: no such job."""
+    job = connection.execute("SELECT created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if job is None:
+        return None
+    where = "".join(f" AND {column} = ?" for column in filters)
+    parameters = (job_id, *filters.values())
+    total = connection.execute(
+        f"SELECT count(*) FROM tasks WHERE job_id = ?{where}", parameters
+    ).fetchone()[0]
+    rows = connection.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ?{where} ORDER BY id LIMIT ? OFFSET ?",
+        (*parameters, limit, offset),
+    ).fetchall()
+    entries = _entries(connection, job_id) if rows else {}
+    return [task_record(row, job_id, job[0], entries[row[1]], tunnel_for) for row in rows], int(
+        total
+    )

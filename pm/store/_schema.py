@@ -68,6 +68,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tasks_by_device ON tasks (device, id);
     """,
+    # 3 -> 4: queues that never wedge. A task unsent by `expires_at` (epoch seconds) ends
+    # "expired"; a job counts its pending, sent and expired tasks (filled in from the tasks of
+    # jobs stored before); GET /jobs/{id}/tasks filters a job's tasks by status and device.
+    """
+    ALTER TABLE tasks ADD COLUMN expires_at REAL;
+    ALTER TABLE jobs ADD COLUMN pending_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN sent_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN expired_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET
+        pending_count = (SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'pending'),
+        sent_count = (SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'sent');
+    CREATE INDEX tasks_by_job_status ON tasks (job_id, status, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

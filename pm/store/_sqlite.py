@@ -29,8 +29,8 @@ import msgspec
 import trio
 
 from ..presence import DevicePresence
-from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView
-from ..state import JobRecord, TaskRecord
+from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView, TaskView
+from ..state import JobRecord, TaskRecord, TaskSelection
 from ._devices import (
     DeviceTaskQuery,
     device_tasks,
@@ -45,6 +45,7 @@ from ._rows import (
     JOB_COLUMNS,
     job_view,
     load_records,
+    load_task_page,
 )
 
 logger = logging.getLogger(__name__)
@@ -338,6 +339,28 @@ class Store:
         def read(connection: sqlite3.Connection) -> JobRecord | None:
             records = load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
             return records[0] if records else None
+
+        return await self._in_thread(read)
+
+    async def load_task_page(
+        self, job_id: int, selection: TaskSelection, tunnel_for: Callable[[str], str]
+    ) -> tuple[list[TaskView], int] | None:
+        """One page of a stored job's tasks and how many match; ``None``: no such job. A
+        stored job is finished, so none of its tasks waits. Reads what is committed."""
+        filters = {
+            column: value
+            for column, value in (("status", selection.status), ("device", selection.device))
+            if value is not None
+        }
+
+        def read(connection: sqlite3.Connection) -> tuple[list[TaskView], int] | None:
+            # Asked for waiting tasks: only whether the job exists matters (limit 0).
+            limit = selection.limit if selection.waiting is None else 0
+            page = load_task_page(connection, job_id, filters, limit, selection.offset, tunnel_for)
+            if page is None:
+                return None
+            tasks, total = page
+            return [task.view() for task in tasks], 0 if selection.waiting else total
 
         return await self._in_thread(read)
 
