@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from pm.devices import Dispatch, Fleet
+from pm.presence import Presence
 from tests.integration.brokers import MosquittoBroker
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
 from tests.job_api import assert_consistent, entry, post_job, wait_final
@@ -137,7 +138,7 @@ async def test_external_mosquitto_down_longer_than_task_timeouts(
             assert log_records(caplog, task_id=task_id, status="timeout")
 
 
-async def test_device_offline_mid_task_times_out_and_gets_its_next_command(
+async def test_device_offline_mid_task_times_out_and_its_next_command_waits_for_it(
     start_gateway: GatewayFactory,
     start_simulator: SimulatorFactory,
     http: Any,
@@ -177,19 +178,27 @@ async def test_device_offline_mid_task_times_out_and_gets_its_next_command(
             timeout_line.getMessage()
         )
 
-        # Offline when its request is published: lost (clean session), the task times out;
-        # once back, the device gets the next command.
+        # Offline when its next task's turn comes: the task is held back (pending, waiting
+        # "device-offline"; its timeout not running), and sent once the device is back.
         await simulator.disconnect("flaky")
-        missed = await post_job(client, entry("flaky", "/missed", timeout=0.5))
-        job = await wait_final(client, missed["id"])
-        assert job["collection"][0]["__task"]["status"] == "timeout"
+        engine = gateway.engine
+        assert engine is not None
+        await poll_until(lambda: engine.presence.presence("flaky") is Presence.OFFLINE)
+        held = await post_job(client, entry("flaky", "/held", timeout=0.5))
+        held_job = engine.get(held["id"])
+        assert held_job is not None
+        await poll_until(lambda: held_job.record.tasks[0].waiting == "device-offline")
+        assert held_job.record.tasks[0].status == "pending"
         await simulator.reconnect("flaky")
+        job = await wait_final(client, held["id"])
+        assert job["status"] == "resolved" and job["finishCount"] == 1
         back = await post_job(client, entry("flaky", "/back", timeout=5))
         job = await wait_final(client, back["id"])
         assert job["status"] == "resolved" and job["finishCount"] == 1
         assert [r["resource"] for r in simulator.received_by("flaky")] == [
             "/first",
             "/second",
+            "/held",
             "/back",
         ]
         assert simulator.stats.overlaps == 0
