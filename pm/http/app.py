@@ -1,7 +1,10 @@
 """The REST and WebSocket API: a quart-trio app over an :class:`~pm.engine.Engine`.
 
 Handlers stay thin: validate (msgspec), call the engine, encode (msgspec). Every response,
-errors included, is JSON; errors are ``{"message": "..."}`` (:class:`~pm.schemas.ErrorBody`).
+errors included, is JSON; errors are ``{"message": "..."}`` (:class:`~pm.schemas.ErrorBody`,
+:mod:`pm.http.responses`). This module holds the guards, the error handlers and the service
+routes (health, metrics, OpenAPI); the job routes are in :mod:`pm.http.job_routes`, the device
+routes in :mod:`pm.http.device_routes`.
 
 Error handling: bad input is a 4xx that says what was wrong (msgspec's message names the
 field); quart's HTML error pages are replaced by JSON; anything unexpected is logged and
@@ -26,10 +29,8 @@ counted in ``/metrics``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-import msgspec
-import trio
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from quart import g, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
@@ -39,63 +40,26 @@ from werkzeug.routing import WebsocketMismatch
 
 from ..config import Config
 from ..device_directory import DeviceDirectory
-from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
-from ..jobs import Job
-from ..schemas import MAX_SQLITE_INTEGER, ErrorBody, Health, Readiness
-from ..state import TaskSelection
+from ..engine import Engine
+from ..schemas import Health, Readiness
 from ..store import StoreUnavailable
-from ..watch import parse_task_mode
 from .auth import CHALLENGE, BearerTokens
-from .bodies import BodyRefused, check_json_media_type, decode_job_request
+from .bodies import BodyRefused, check_json_media_type
 from .device_routes import add_device_routes
+from .job_routes import add_job_routes
 from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
 from .origins import AllowedOrigins, cors_headers, preflight_headers
-from .queries import (
-    InvalidQuery,
-    JobQuery,
-    JobTasksQuery,
-    ListJobsQuery,
-    WatchJobQuery,
-    parse_endpoint_query,
-)
-from .watcher_slots import WatcherSlots
+from .queries import InvalidQuery, parse_endpoint_query
+from .responses import JSON, RETRY_AFTER, encode_json, error_response, json_response
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
-# WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
-CLOSE_NORMAL = 1000
-CLOSE_INTERNAL_ERROR = 1011
-# How long a DELETE may take to cancel its job once the client has gone (see delete_job).
-DELETE_GRACE = 30.0
 # Paths that answer without a token: a load balancer's or orchestrator's probes.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-# Seconds a client refused by limits.max_jobs_running is told to wait (Retry-After).
-RETRY_AFTER = 1
-# Status and limit name (for /metrics) of each refusal the engine can raise.
-_REFUSALS: dict[type[JobRefused], tuple[int, str]] = {
-    TooManyJobsRunning: (429, "max_jobs_running"),
-    TooManyTasks: (413, "max_tasks_per_job"),
-    DataTooLarge: (400, "max_data_bytes"),
-}
 
 # Methods whose body, if they send one, must be JSON; a POST must always send one.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-_encoder = msgspec.json.Encoder()
-
-
-def json_response(
-    body: object, status: int = 200, headers: Mapping[str, str] | None = None
-) -> TrioResponse:
-    return TrioResponse(_encoder.encode(body), status, dict(headers or {}), content_type=JSON)
-
-
-def error_response(
-    status: int, message: str, headers: Mapping[str, str] | None = None
-) -> TrioResponse:
-    return json_response(ErrorBody(message), status, headers)
 
 
 def _current_target() -> str:
@@ -136,14 +100,12 @@ def create_app(
     max_body = config.http.max_body_bytes
     # Quart enforces this while the body arrives (chunked bodies have no Content-Length).
     app.config["MAX_CONTENT_LENGTH"] = max_body
-    max_depth = config.limits.max_json_depth
     tokens = BearerTokens(config.api.tokens)
     origins = AllowedOrigins(config.http.allowed_origins)
     counters = HttpCounters() if counters is None else counters
-    watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
     metrics_registry = open_registry(engine, health, counters)
     # Built once: the schemas cannot change while the process runs.
-    openapi_document = _encoder.encode(build_openapi(bearer_auth=tokens.required))
+    openapi_document = encode_json(build_openapi(bearer_auth=tokens.required))
 
     # -- origin, authentication, query string, content type ---------------------------------
 
@@ -254,121 +216,6 @@ def create_app(
         logger.error("%s failed", _current_target(), exc_info=error)
         return error_response(500, "internal server error")
 
-    # -- jobs -----------------------------------------------------------------------------
-
-    async def find_job(job_id: int) -> Job | None:
-        return await engine.find(job_id) if job_id <= MAX_SQLITE_INTEGER else None
-
-    @app.post("/jobs")
-    async def submit_job() -> TrioResponse:
-        # Refuse an announced oversize body before reading any of it; MAX_CONTENT_LENGTH
-        # covers bodies that lie about or omit their length.
-        if request.content_length is not None and request.content_length > max_body:
-            raise RequestEntityTooLarge()
-        body = await request.get_data(cache=False)
-        assert isinstance(body, bytes)  # get_data(as_text=False) returns bytes
-        job_request = decode_job_request(body, max_depth)
-        try:
-            job = await engine.submit(job_request)
-        except JobRefused as refusal:
-            status, limit = _REFUSALS[type(refusal)]
-            counters.refused[limit] += 1
-            headers = {"Retry-After": str(RETRY_AFTER)} if status == 429 else {}
-            return error_response(status, str(refusal), headers)
-        return json_response(job.record.view(), headers={"Location": f"/jobs/{job.id}"})
-
-    @app.get("/jobs")
-    async def list_jobs() -> TrioResponse:
-        query = g.query
-        assert isinstance(query, ListJobsQuery)
-        status = None if query.status is msgspec.UNSET else query.status
-        views, total = await engine.list(status=status, limit=query.limit, offset=query.offset)
-        return json_response(views, headers={"X-Total-Count": str(total)})
-
-    @app.get("/jobs/<int:job_id>")
-    async def get_job(job_id: int) -> TrioResponse:
-        query = g.query
-        assert isinstance(query, JobQuery)
-        job = await find_job(job_id)
-        if job is None:
-            return error_response(404, f"no job {job_id}")
-        return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
-
-    @app.get("/jobs/<int:job_id>/tasks")
-    async def list_job_tasks(job_id: int) -> TrioResponse:
-        query = g.query
-        assert isinstance(query, JobTasksQuery)
-        selection = TaskSelection(
-            status=None if query.status is msgspec.UNSET else query.status,
-            device=None if query.device is msgspec.UNSET else query.device,
-            waiting=None if query.waiting is msgspec.UNSET else query.waiting,
-            limit=query.limit,
-            offset=query.offset,
-        )
-        page = await engine.list_tasks(job_id, selection) if job_id <= MAX_SQLITE_INTEGER else None
-        if page is None:
-            return error_response(404, f"no job {job_id}")
-        views, total = page
-        return json_response(views, headers={"X-Total-Count": str(total)})
-
-    @app.delete("/jobs/<int:job_id>")
-    async def delete_job(job_id: int) -> TrioResponse:
-        query = g.query
-        assert isinstance(query, JobQuery)
-        # A client that hangs up cancels this handler; shielded, a DELETE that has begun
-        # still removes its job instead of leaving it cancelled but listed. Bounded, so a
-        # stuck job cannot hold server shutdown forever.
-        with trio.move_on_after(DELETE_GRACE, shield=True):
-            view = (
-                await engine.delete(job_id, with_tasks=query.collection)
-                if job_id <= MAX_SQLITE_INTEGER
-                else None
-            )
-            if view is None:
-                return error_response(404, f"no job {job_id}")
-            return json_response(view)
-        return error_response(503, f"job {job_id} did not stop within {DELETE_GRACE:g} s")
-
-    @app.websocket("/jobs/<int:job_id>/ws")
-    async def watch_job(job_id: int) -> TrioResponse | None:
-        query = g.query
-        assert isinstance(query, WatchJobQuery)
-        try:
-            tasks = parse_task_mode(query.tasks)
-        except ValueError as error:
-            # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
-            return error_response(400, str(error))
-        job = await find_job(job_id)
-        if job is None:
-            return error_response(404, f"no job {job_id}")
-        with watcher_slots.claim(job_id) as claimed:
-            if not claimed:
-                counters.refused["max_watchers_per_job"] += 1
-                return error_response(
-                    429,
-                    f"job {job_id} has {config.limits.max_watchers_per_job} watchers, the "
-                    "most allowed (limits.max_watchers_per_job)",
-                    {"Retry-After": str(RETRY_AFTER)},
-                )
-            await websocket.accept()
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_discard_incoming)
-                    # The watcher never buffers for us: while a send waits on a slow client
-                    # it skips task messages, so the job and other watchers never wait.
-                    with job.watch(tasks) as watcher:
-                        async for payload in watcher:
-                            # A str makes a text frame (bytes would make a binary one, a
-                            # protocol change); the decode is a small part of a send.
-                            await websocket.send(payload.decode())
-                    nursery.cancel_scope.cancel()
-            except Exception:
-                logger.exception("watching job %d failed", job_id)
-                await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
-                return None
-            await websocket.close(CLOSE_NORMAL)
-            return None
-
     # -- service --------------------------------------------------------------------------
 
     @app.get("/healthz")
@@ -404,6 +251,7 @@ def create_app(
             generate_latest(metrics_registry), 200, content_type=CONTENT_TYPE_PLAIN_0_0_4
         )
 
+    add_job_routes(app, engine, config, counters)
     directory = DeviceDirectory(
         engine.presence, engine.store, engine.fleet, engine.topics.response_topic
     )
@@ -421,13 +269,3 @@ def _has_body() -> bool:
     if request.content_length is not None:
         return request.content_length > 0
     return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-
-
-async def _discard_incoming() -> None:
-    """Read and drop what a watching client sends.
-
-    Nothing is expected from it, but unread messages would fill quart's and hypercorn's
-    small queues, and then a disconnect could no longer be noticed.
-    """
-    while True:
-        await websocket.receive()

@@ -144,7 +144,8 @@ class NoQuery(_Query):
     """Every other endpoint: no query parameter at all."""
 
 
-# Each endpoint's query Struct, by the name of its handler in pm.http.app; NoQuery otherwise.
+# Each endpoint's query Struct, by the name of its handler (pm.http.app and its route
+# modules); NoQuery otherwise.
 ENDPOINT_QUERIES: dict[str, type[_Query]] = {
     "list_jobs": ListJobsQuery,
     "get_job": JobQuery,

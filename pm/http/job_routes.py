@@ -1,0 +1,187 @@
+"""The job API's routes: ``POST/GET /jobs``, ``GET/DELETE /jobs/{id}``, ``GET /jobs/{id}/tasks``
+and the WebSocket ``/jobs/{id}/ws``.
+
+Kept beside :mod:`pm.http.app`, which registers them after its guards (origin, token, query
+string, content type) and error handlers; query strings are validated there like every
+endpoint's (:mod:`pm.http.queries`).
+
+Error handling: a refusal by ``[limits]`` answers its status (429 with ``Retry-After``, 413,
+400) naming the limit and is counted in ``/metrics``; an unknown job is a 404; a DELETE whose
+job does not stop within :data:`DELETE_GRACE` is a 503; a WebSocket handler that fails after
+the handshake is logged and closes with 1011, because quart would otherwise log the error and
+close with a normal 1000.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import trio
+from quart import g, request, websocket
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..config import Config
+from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
+from ..jobs import Job
+from ..schemas import MAX_SQLITE_INTEGER
+from ..state import TaskSelection
+from ..watch import parse_task_mode
+from .bodies import decode_job_request
+from .metrics import HttpCounters
+from .queries import JobQuery, JobTasksQuery, ListJobsQuery, WatchJobQuery
+from .responses import RETRY_AFTER, error_response, json_response
+from .watcher_slots import WatcherSlots
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
+CLOSE_NORMAL = 1000
+CLOSE_INTERNAL_ERROR = 1011
+# How long a DELETE may take to cancel its job once the client has gone (see delete_job).
+DELETE_GRACE = 30.0
+# Status and limit name (for /metrics) of each refusal the engine can raise.
+_REFUSALS: dict[type[JobRefused], tuple[int, str]] = {
+    TooManyJobsRunning: (429, "max_jobs_running"),
+    TooManyTasks: (413, "max_tasks_per_job"),
+    DataTooLarge: (400, "max_data_bytes"),
+}
+
+
+def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: HttpCounters) -> None:
+    """Register the job routes on ``app``.
+
+    Args:
+      engine: where jobs are submitted, listed, watched and deleted.
+      config: ``http.max_body_bytes`` bounds a job's body, ``limits.max_json_depth`` its
+        nesting, ``limits.max_watchers_per_job`` the WebSockets on one job.
+      counters: where refusals are counted for ``GET /metrics``.
+    """
+    max_body = config.http.max_body_bytes
+    max_depth = config.limits.max_json_depth
+    watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
+
+    async def find_job(job_id: int) -> Job | None:
+        return await engine.find(job_id) if job_id <= MAX_SQLITE_INTEGER else None
+
+    @app.post("/jobs")
+    async def submit_job() -> TrioResponse:
+        # Refuse an announced oversize body before reading any of it; MAX_CONTENT_LENGTH
+        # covers bodies that lie about or omit their length.
+        if request.content_length is not None and request.content_length > max_body:
+            raise RequestEntityTooLarge()
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)  # get_data(as_text=False) returns bytes
+        job_request = decode_job_request(body, max_depth)
+        try:
+            job = await engine.submit(job_request)
+        except JobRefused as refusal:
+            status, limit = _REFUSALS[type(refusal)]
+            counters.refused[limit] += 1
+            headers = {"Retry-After": str(RETRY_AFTER)} if status == 429 else {}
+            return error_response(status, str(refusal), headers)
+        return json_response(job.record.view(), headers={"Location": f"/jobs/{job.id}"})
+
+    @app.get("/jobs")
+    async def list_jobs() -> TrioResponse:
+        query = g.query
+        assert isinstance(query, ListJobsQuery)
+        status = None if query.status is msgspec.UNSET else query.status
+        views, total = await engine.list(status=status, limit=query.limit, offset=query.offset)
+        return json_response(views, headers={"X-Total-Count": str(total)})
+
+    @app.get("/jobs/<int:job_id>")
+    async def get_job(job_id: int) -> TrioResponse:
+        query = g.query
+        assert isinstance(query, JobQuery)
+        job = await find_job(job_id)
+        if job is None:
+            return error_response(404, f"no job {job_id}")
+        return json_response(job.record.view(collection="tasks" if query.collection else "ids"))
+
+    @app.get("/jobs/<int:job_id>/tasks")
+    async def list_job_tasks(job_id: int) -> TrioResponse:
+        query = g.query
+        assert isinstance(query, JobTasksQuery)
+        selection = TaskSelection(
+            status=None if query.status is msgspec.UNSET else query.status,
+            device=None if query.device is msgspec.UNSET else query.device,
+            waiting=None if query.waiting is msgspec.UNSET else query.waiting,
+            limit=query.limit,
+            offset=query.offset,
+        )
+        page = await engine.list_tasks(job_id, selection) if job_id <= MAX_SQLITE_INTEGER else None
+        if page is None:
+            return error_response(404, f"no job {job_id}")
+        views, total = page
+        return json_response(views, headers={"X-Total-Count": str(total)})
+
+    @app.delete("/jobs/<int:job_id>")
+    async def delete_job(job_id: int) -> TrioResponse:
+        query = g.query
+        assert isinstance(query, JobQuery)
+        # A client that hangs up cancels this handler; shielded, a DELETE that has begun
+        # still removes its job instead of leaving it cancelled but listed. Bounded, so a
+        # stuck job cannot hold server shutdown forever.
+        with trio.move_on_after(DELETE_GRACE, shield=True):
+            view = (
+                await engine.delete(job_id, with_tasks=query.collection)
+                if job_id <= MAX_SQLITE_INTEGER
+                else None
+            )
+            if view is None:
+                return error_response(404, f"no job {job_id}")
+            return json_response(view)
+        return error_response(503, f"job {job_id} did not stop within {DELETE_GRACE:g} s")
+
+    @app.websocket("/jobs/<int:job_id>/ws")
+    async def watch_job(job_id: int) -> TrioResponse | None:
+        query = g.query
+        assert isinstance(query, WatchJobQuery)
+        try:
+            tasks = parse_task_mode(query.tasks)
+        except ValueError as error:
+            # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
+            return error_response(400, str(error))
+        job = await find_job(job_id)
+        if job is None:
+            return error_response(404, f"no job {job_id}")
+        with watcher_slots.claim(job_id) as claimed:
+            if not claimed:
+                counters.refused["max_watchers_per_job"] += 1
+                return error_response(
+                    429,
+                    f"job {job_id} has {config.limits.max_watchers_per_job} watchers, the "
+                    "most allowed (limits.max_watchers_per_job)",
+                    {"Retry-After": str(RETRY_AFTER)},
+                )
+            await websocket.accept()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_discard_incoming)
+                    # The watcher never buffers for us: while a send waits on a slow client
+                    # it skips task messages, so the job and other watchers never wait.
+                    with job.watch(tasks) as watcher:
+                        async for payload in watcher:
+                            # A str makes a text frame (bytes would make a binary one, a
+                            # protocol change); the decode is a small part of a send.
+                            await websocket.send(payload.decode())
+                    nursery.cancel_scope.cancel()
+            except Exception:
+                logger.exception("watching job %d failed", job_id)
+                await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
+                return None
+            await websocket.close(CLOSE_NORMAL)
+            return None
+
+
+async def _discard_incoming() -> None:
+    """Read and drop what a watching client sends.
+
+    Nothing is expected from it, but unread messages would fill quart's and hypercorn's
+    small queues, and then a disconnect could no longer be noticed.
+    """
+    while True:
+        await websocket.receive()
