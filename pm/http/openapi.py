@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of the HTTP API, generated from the msgspec Structs.
 
 Bodies come from :mod:`pm.schemas`, query parameters from :mod:`pm.http.queries`; only the
-prose (summaries, descriptions) is written here. OpenAPI 3.1 uses JSON Schema 2020-12, which
+prose (summaries, descriptions) is written here; the device paths are built in
+:mod:`pm.http.openapi_devices`. OpenAPI 3.1 uses JSON Schema 2020-12, which
 is what msgspec emits, so its schemas go in unchanged.
 """
 
@@ -12,7 +13,6 @@ from typing import Any
 
 import msgspec
 
-from ..device_views import DeviceTaskView, DeviceView
 from ..schemas import (
     MAX_SQLITE_INTEGER,
     ErrorBody,
@@ -23,17 +23,9 @@ from ..schemas import (
     TaskView,
     WatchMessage,
 )
-from .queries import (
-    DeviceTasksQuery,
-    JobQuery,
-    JobTasksQuery,
-    ListDevicesQuery,
-    ListJobsQuery,
-    WatchJobQuery,
-)
-
-_REF_TEMPLATE = "#/components/schemas/{name}"
-_JSON = "application/json"
+from .openapi_devices import build_device_paths
+from .openapi_fragments import REF_TEMPLATE, json_content, query_parameters
+from .queries import JobQuery, JobTasksQuery, ListJobsQuery, WatchJobQuery
 
 
 def _package_version() -> str:
@@ -41,35 +33,6 @@ def _package_version() -> str:
         return metadata.version("sanji-puppetmaster")
     except metadata.PackageNotFoundError:
         return "0.0.0"  # running from a tree that was never installed
-
-
-def _content(schema: dict[str, Any]) -> dict[str, Any]:
-    return {_JSON: {"schema": schema}}
-
-
-def _query_parameters(query_schema: dict[str, Any]) -> list[dict[str, Any]]:
-    """One ``in: query`` parameter per property of a query Struct's schema."""
-    required = set(query_schema.get("required", ()))
-    parameters = []
-    for name, schema in query_schema["properties"].items():
-        schema = dict(schema)
-        # An optional parameter is simply left out; "null" is not something a query can say.
-        if "anyOf" in schema:
-            kept = [option for option in schema["anyOf"] if option != {"type": "null"}]
-            if len(kept) == 1:
-                del schema["anyOf"]
-                schema.update(kept[0])
-            else:
-                schema["anyOf"] = kept
-            if schema.get("default", ...) is None:
-                del schema["default"]
-        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
-        description = schema.pop("description", None)
-        if description is not None:
-            parameter["description"] = description
-        parameter["schema"] = schema
-        parameters.append(parameter)
-    return parameters
 
 
 def build_openapi(
@@ -104,20 +67,15 @@ def build_openapi(
             Readiness,
             WatchMessage,
         ],
-        ref_template=_REF_TEMPLATE,
+        ref_template=REF_TEMPLATE,
     )
-    (device_view, device_list, device_tasks), device_components = msgspec.json.schema_components(
-        [DeviceView, list[DeviceView], list[DeviceTaskView]], ref_template=_REF_TEMPLATE
-    )
-    components.update(device_components)
     # The query Structs are inlined as parameters, not published as components.
-    (_, _, _, _, _, _), query_components = msgspec.json.schema_components(
-        [ListJobsQuery, JobQuery, JobTasksQuery, WatchJobQuery, ListDevicesQuery, DeviceTasksQuery],
-        ref_template=_REF_TEMPLATE,
+    (_, _, _, _), query_components = msgspec.json.schema_components(
+        [ListJobsQuery, JobQuery, JobTasksQuery, WatchJobQuery], ref_template=REF_TEMPLATE
     )
 
     def error(description: str) -> dict[str, Any]:
-        return {"description": description, "content": _content(error_body)}
+        return {"description": description, "content": json_content(error_body)}
 
     job_id = {
         "name": "id",
@@ -126,22 +84,9 @@ def build_openapi(
         "description": "job id",
         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SQLITE_INTEGER},
     }
-    job_response = {"description": "the job", "content": _content(job_view)}
-    device_id = {
-        "name": "id",
-        "in": "path",
-        "required": True,
-        "description": "device id; MAC spellings are normalized (00-0C-29-1C-E8-01 is "
-        "00:0c:29:1c:e8:01)",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
-    }
-
-    def total_count(what: str) -> dict[str, Any]:
-        return {
-            "description": f"{what} matching the filters, all pages",
-            "schema": {"type": "integer", "minimum": 0},
-        }
-
+    job_response = {"description": "the job", "content": json_content(job_view)}
+    device_paths, device_components = build_device_paths(error)
+    components.update(device_components)
     retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -156,7 +101,7 @@ def build_openapi(
                 "post": {
                     "operationId": "submitJob",
                     "summary": "Create a job: every batch entry x every destination is a task",
-                    "requestBody": {"required": True, "content": _content(job_request)},
+                    "requestBody": {"required": True, "content": json_content(job_request)},
                     "responses": {
                         "200": {
                             "description": "the job; collection holds the task ids in order",
@@ -166,7 +111,7 @@ def build_openapi(
                                     "schema": {"type": "string"},
                                 }
                             },
-                            "content": _content(job_view),
+                            "content": json_content(job_view),
                         },
                         "400": error(
                             "malformed JSON or UTF-8, a field that does not validate, nesting "
@@ -196,7 +141,7 @@ def build_openapi(
                 "get": {
                     "operationId": "listJobs",
                     "summary": "Jobs, newest first; collection holds task ids",
-                    "parameters": _query_parameters(query_components["ListJobsQuery"]),
+                    "parameters": query_parameters(query_components["ListJobsQuery"]),
                     "responses": {
                         "200": {
                             "description": "one page of jobs",
@@ -206,7 +151,7 @@ def build_openapi(
                                     "schema": {"type": "integer", "minimum": 0},
                                 }
                             },
-                            "content": _content(job_list),
+                            "content": json_content(job_list),
                         },
                         "400": error("an invalid or unknown query parameter"),
                     },
@@ -217,7 +162,7 @@ def build_openapi(
                 "get": {
                     "operationId": "getJob",
                     "summary": "One job",
-                    "parameters": _query_parameters(query_components["JobQuery"]),
+                    "parameters": query_parameters(query_components["JobQuery"]),
                     "responses": {
                         "200": job_response,
                         "400": error("an invalid or unknown query parameter"),
@@ -227,7 +172,7 @@ def build_openapi(
                 "delete": {
                     "operationId": "deleteJob",
                     "summary": "Cancel the job if it runs, forget it, return its final state",
-                    "parameters": _query_parameters(query_components["JobQuery"]),
+                    "parameters": query_parameters(query_components["JobQuery"]),
                     "responses": {
                         "200": job_response,
                         "400": error("an invalid or unknown query parameter"),
@@ -244,7 +189,7 @@ def build_openapi(
                 "get": {
                     "operationId": "listJobTasks",
                     "summary": "A job's tasks in job order, paged and filtered",
-                    "parameters": _query_parameters(query_components["JobTasksQuery"]),
+                    "parameters": query_parameters(query_components["JobTasksQuery"]),
                     "responses": {
                         "200": {
                             "description": "one page of the job's tasks",
@@ -254,7 +199,7 @@ def build_openapi(
                                     "schema": {"type": "integer", "minimum": 0},
                                 }
                             },
-                            "content": _content(task_list),
+                            "content": json_content(task_list),
                         },
                         "400": error("an invalid or unknown query parameter"),
                         "404": error("no such job"),
@@ -276,11 +221,11 @@ def build_openapi(
                         "changes, never the final message. Close code 1011 means the server "
                         "failed."
                     ),
-                    "parameters": _query_parameters(query_components["WatchJobQuery"]),
+                    "parameters": query_parameters(query_components["WatchJobQuery"]),
                     "responses": {
                         "101": {
                             "description": "switching to WebSocket; each message is one of",
-                            "content": _content(watch_message),
+                            "content": json_content(watch_message),
                         },
                         "400": error(
                             "a plain HTTP request, not a WebSocket handshake; an unknown "
@@ -294,60 +239,15 @@ def build_openapi(
                     },
                 },
             },
-            "/devices": {
-                "get": {
-                    "operationId": "listDevices",
-                    "summary": "Devices by id: presence, work waiting and in flight, task counts",
-                    "description": (
-                        "Every device a presence source spoke of (the status topic, which the "
-                        "embedded amqtt broker also feeds) or a stored task is for."
-                    ),
-                    "parameters": _query_parameters(query_components["ListDevicesQuery"]),
-                    "responses": {
-                        "200": {
-                            "description": "one page of devices",
-                            "headers": {"X-Total-Count": total_count("devices")},
-                            "content": _content(device_list),
-                        },
-                        "400": error("an invalid or unknown query parameter"),
-                    },
-                },
-            },
-            "/devices/{id}": {
-                "parameters": [device_id],
-                "get": {
-                    "operationId": "getDevice",
-                    "summary": "One device",
-                    "responses": {
-                        "200": {"description": "the device", "content": _content(device_view)},
-                        "400": error("not a valid device id, or any query parameter"),
-                        "404": error("no presence source and no task knows this device"),
-                    },
-                },
-            },
-            "/devices/{id}/tasks": {
-                "parameters": [device_id],
-                "get": {
-                    "operationId": "listDeviceTasks",
-                    "summary": "A device's tasks across jobs, newest first",
-                    "parameters": _query_parameters(query_components["DeviceTasksQuery"]),
-                    "responses": {
-                        "200": {
-                            "description": "one page of tasks",
-                            "headers": {"X-Total-Count": total_count("tasks")},
-                            "content": _content(device_tasks),
-                        },
-                        "400": error("not a valid device id, or an invalid query parameter"),
-                        "404": error("no presence source and no task knows this device"),
-                    },
-                },
-            },
+            **device_paths,
             "/healthz": {
                 "get": {
                     "operationId": "health",
                     "summary": "Liveness: 200 while the process serves, even degraded; "
                     "broker connection state and actor counts",
-                    "responses": {"200": {"description": "health", "content": _content(health)}},
+                    "responses": {
+                        "200": {"description": "health", "content": json_content(health)}
+                    },
                 },
             },
             "/readyz": {
@@ -356,10 +256,10 @@ def build_openapi(
                     "summary": "Readiness: 503 while the broker is disconnected, the answer "
                     "path is lost or the job store cannot commit, 200 otherwise",
                     "responses": {
-                        "200": {"description": "ready", "content": _content(readiness)},
+                        "200": {"description": "ready", "content": json_content(readiness)},
                         "503": {
                             "description": "not ready; reasons says why",
-                            "content": _content(readiness),
+                            "content": json_content(readiness),
                         },
                     },
                 },
@@ -380,7 +280,9 @@ def build_openapi(
                 "get": {
                     "operationId": "openapi",
                     "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3.1", "content": _content({})}},
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1", "content": json_content({})}
+                    },
                 },
             },
         },
