@@ -1,7 +1,9 @@
-"""What the store raises: a database it cannot open, and a database it cannot write to now."""
+"""What the store raises: a database it cannot open, and a database it cannot write to now;
+and how a transaction that failed is undone without hiding its error."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 # SQLite's primary result codes for a storage that cannot take a write right now (disk full,
@@ -38,3 +40,12 @@ def is_storage_fault(error: sqlite3.Error) -> bool:
     """Whether ``error`` is the storage refusing writes (worth retrying), not a bug."""
     code = getattr(error, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _STORAGE_FAULT_CODES
+
+
+def roll_back(connection: sqlite3.Connection) -> None:
+    """Roll back the transaction under way, if SQLite has not already."""
+    # SQLite may already have rolled back (a full disk during COMMIT): a second ROLLBACK
+    # would raise "no transaction is active" and hide the error that matters.
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")

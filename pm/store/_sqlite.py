@@ -29,8 +29,9 @@ import msgspec
 import trio
 
 from ..presence import DevicePresence
-from ..schemas import FINAL_JOB_STATUSES, BatchEntry, JobView, TaskView
+from ..schemas import BatchEntry, JobView, TaskView
 from ..state import JobRecord, TaskRecord, TaskSelection
+from . import _jobs
 from ._devices import (
     DeviceTaskQuery,
     device_tasks,
@@ -38,15 +39,8 @@ from ._devices import (
     load_presences,
     task_counts,
 )
-from ._errors import StoreUnavailable, is_storage_fault
+from ._errors import StoreUnavailable, is_storage_fault, roll_back
 from ._pending import PendingChanges
-from ._rows import (
-    DELETE_JOBS,
-    JOB_COLUMNS,
-    job_view,
-    load_records,
-    load_task_page,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +240,7 @@ class Store:
                     connection.execute(sql, (rows_json,))
                 connection.execute("COMMIT")
             except BaseException:
-                _roll_back(connection)
+                roll_back(connection)
                 raise
             return rows
 
@@ -290,7 +284,7 @@ class Store:
             )
         self.fault = reason
 
-    # -- reads -------------------------------------------------------------------------------
+    # -- reads (job SQL in _jobs.py) -----------------------------------------------------------
 
     async def _in_thread(
         self, work: Callable[[sqlite3.Connection], Result], *, translate: bool = True
@@ -314,65 +308,25 @@ class Store:
 
         Reads what is committed: call :meth:`sync` first for up-to-date results.
         """
-
-        def read(connection: sqlite3.Connection) -> tuple[list[JobView], int]:
-            where, parameters = ("WHERE status = ?", (status,)) if status else ("", ())
-            total = connection.execute(f"SELECT count(*) FROM jobs {where}", parameters)
-            rows = connection.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-                (*parameters, limit, offset),
-            ).fetchall()
-            views = []
-            for row in rows:
-                task_ids = [
-                    task_id
-                    for (task_id,) in connection.execute(
-                        "SELECT id FROM tasks WHERE job_id = ? ORDER BY id", (row[0],)
-                    )
-                ]
-                views.append(job_view(row, task_ids))
-            return views, int(total.fetchone()[0])
-
-        return await self._in_thread(read)
+        return await self._in_thread(
+            partial(_jobs.list_jobs, status=status, limit=limit, offset=offset)
+        )
 
     async def load_job(self, job_id: int, tunnel_for: Callable[[str], str]) -> JobRecord | None:
-        def read(connection: sqlite3.Connection) -> JobRecord | None:
-            records = load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
-            return records[0] if records else None
-
-        return await self._in_thread(read)
+        return await self._in_thread(partial(_jobs.load_job, job_id=job_id, tunnel_for=tunnel_for))
 
     async def load_task_page(
         self, job_id: int, selection: TaskSelection, tunnel_for: Callable[[str], str]
     ) -> tuple[list[TaskView], int] | None:
         """One page of a stored job's tasks and how many match; ``None``: no such job. A
         stored job is finished, so none of its tasks waits. Reads what is committed."""
-        filters = {
-            column: value
-            for column, value in (("status", selection.status), ("device", selection.device))
-            if value is not None
-        }
-
-        def read(connection: sqlite3.Connection) -> tuple[list[TaskView], int] | None:
-            # Asked for waiting tasks: only whether the job exists matters (limit 0).
-            limit = selection.limit if selection.waiting is None else 0
-            page = load_task_page(connection, job_id, filters, limit, selection.offset, tunnel_for)
-            if page is None:
-                return None
-            tasks, total = page
-            return [task.view() for task in tasks], 0 if selection.waiting else total
-
-        return await self._in_thread(read)
+        return await self._in_thread(
+            partial(_jobs.job_task_page, job_id=job_id, selection=selection, tunnel_for=tunnel_for)
+        )
 
     def load_unfinished(self, tunnel_for: Callable[[str], str]) -> list[JobRecord]:
         """Jobs not final, oldest first, with all their tasks (called once, at start)."""
-        placeholders = ",".join("?" * len(FINAL_JOB_STATUSES))
-        return load_records(
-            self._connection,
-            f"WHERE status NOT IN ({placeholders})",
-            tuple(sorted(FINAL_JOB_STATUSES)),
-            tunnel_for,
-        )
+        return _jobs.load_unfinished(self._connection, tunnel_for)
 
     # -- devices (SQL in _devices.py) ----------------------------------------------------------
 
@@ -396,35 +350,9 @@ class Store:
 
     async def delete_finished_before(self, epoch_seconds: float) -> int:
         """Retention: delete finished jobs that ended before ``epoch_seconds``."""
-
-        def delete(connection: sqlite3.Connection) -> int:
-            connection.execute("BEGIN")
-            try:
-                doomed = [
-                    row[0]
-                    for row in connection.execute(
-                        "SELECT id FROM jobs WHERE finish_at IS NOT NULL AND finish_at < ?",
-                        (epoch_seconds,),
-                    )
-                ]
-                doomed_json = _json_encode([[job_id] for job_id in doomed]).decode()
-                for statement in DELETE_JOBS:
-                    connection.execute(statement, (doomed_json,))
-                connection.execute("COMMIT")
-            except BaseException:
-                _roll_back(connection)
-                raise
-            return len(doomed)
-
-        return await self._in_thread(delete)
+        return await self._in_thread(
+            partial(_jobs.delete_finished_before, epoch_seconds=epoch_seconds)
+        )
 
     def close(self) -> None:
         self._connection.close()
-
-
-def _roll_back(connection: sqlite3.Connection) -> None:
-    # SQLite may already have rolled back (a full disk during COMMIT): a second ROLLBACK
-    # would raise "no transaction is active" and hide the error that matters.
-    if connection.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")

@@ -1,0 +1,107 @@
+"""The store's job queries: a page of jobs, one job, a page of a job's tasks, the unfinished
+jobs, and retention's delete.
+
+Plain functions of a connection; :class:`pm.store.Store` runs them off the trio thread (the
+unfinished jobs are read once, at start, on it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import msgspec
+
+from ..schemas import FINAL_JOB_STATUSES, JobView, TaskView
+from ..state import JobRecord, TaskSelection
+from ._errors import roll_back
+from ._rows import DELETE_JOBS, JOB_COLUMNS, job_view, load_records, load_task_page
+
+_json_encode = msgspec.json.encode
+
+
+def list_jobs(
+    connection: sqlite3.Connection, *, status: str | None, limit: int, offset: int
+) -> tuple[list[JobView], int]:
+    """Jobs newest first (``collection`` = task ids), and the total matching."""
+    where, parameters = ("WHERE status = ?", (status,)) if status else ("", ())
+    total = connection.execute(f"SELECT count(*) FROM jobs {where}", parameters)
+    rows = connection.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+        (*parameters, limit, offset),
+    ).fetchall()
+    views = []
+    for row in rows:
+        task_ids = [
+            task_id
+            for (task_id,) in connection.execute(
+                "SELECT id FROM tasks WHERE job_id = ? ORDER BY id", (row[0],)
+            )
+        ]
+        views.append(job_view(row, task_ids))
+    return views, int(total.fetchone()[0])
+
+
+def load_job(
+    connection: sqlite3.Connection, *, job_id: int, tunnel_for: Callable[[str], str]
+) -> JobRecord | None:
+    records = load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
+    return records[0] if records else None
+
+
+def job_task_page(
+    connection: sqlite3.Connection,
+    *,
+    job_id: int,
+    selection: TaskSelection,
+    tunnel_for: Callable[[str], str],
+) -> tuple[list[TaskView], int] | None:
+    """One page of a stored job's tasks and how many match; ``None``: no such job. A stored
+    job is finished, so none of its tasks waits."""
+    filters = {
+        column: value
+        for column, value in (("status", selection.status), ("device", selection.device))
+        if value is not None
+    }
+    # Asked for waiting tasks: only whether the job exists matters (limit 0).
+    limit = selection.limit if selection.waiting is None else 0
+    page = load_task_page(connection, job_id, filters, limit, selection.offset, tunnel_for)
+    if page is None:
+        return None
+    tasks, total = page
+    return [task.view() for task in tasks], 0 if selection.waiting else total
+
+
+def load_unfinished(
+    connection: sqlite3.Connection, tunnel_for: Callable[[str], str]
+) -> list[JobRecord]:
+    """Jobs not final, oldest first, with all their tasks."""
+    placeholders = ",".join("?" * len(FINAL_JOB_STATUSES))
+    return load_records(
+        connection,
+        f"WHERE status NOT IN ({placeholders})",
+        tuple(sorted(FINAL_JOB_STATUSES)),
+        tunnel_for,
+    )
+
+
+def delete_finished_before(connection: sqlite3.Connection, *, epoch_seconds: float) -> int:
+    """Retention: delete, in one transaction, finished jobs that ended before
+    ``epoch_seconds``; returns how many."""
+    connection.execute("BEGIN")
+    try:
+        doomed = [
+            row[0]
+            for row in connection.execute(
+                "SELECT id FROM jobs WHERE finish_at IS NOT NULL AND finish_at < ?",
+                (epoch_seconds,),
+            )
+        ]
+        doomed_json = _json_encode([[job_id] for job_id in doomed]).decode()
+        for statement in DELETE_JOBS:
+            connection.execute(statement, (doomed_json,))
+        connection.execute("COMMIT")
+    except BaseException:
+        roll_back(connection)
+        raise
+    return len(doomed)
