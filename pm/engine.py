@@ -36,6 +36,7 @@ from .job_limits import JobRefused as JobRefused
 from .job_limits import TooManyJobsRunning as TooManyJobsRunning
 from .job_limits import TooManyTasks as TooManyTasks
 from .job_limits import check_limits
+from .job_recovery import resume_unfinished
 from .jobs import Job
 from .presence import PresenceBook
 from .protocol import TopicTemplates
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 # Reports a job buffers from its devices before they wait for it.
 JOB_MAILBOX = 4096
-RESTARTED_IN_FLIGHT = "the gateway restarted while this task was in flight"
 
 
 class Engine:
@@ -148,41 +148,17 @@ class Engine:
     def recover(self) -> int:
         """Resume the jobs the store holds unfinished; returns how many were resumed.
 
-        Pending tasks are dispatched again in their original order; tasks that were in flight
-        are sent again with the same id, or end ``error`` if ``recovery.resend_inflight`` is
-        false. The job timeout still counts from ``createdAt``: a job whose timeout passed
-        while the gateway was down ends ``timeout`` now.
+        What happens to their tasks is :mod:`pm.job_recovery`'s policy: pending tasks are
+        dispatched again in order, in-flight ones re-sent with the same id (or ended
+        ``error``), a job whose timeout passed meanwhile ends ``timeout``.
         """
-        resumed = 0
-        for record in self.store.load_unfinished(self.topics.response_topic):
-            now = self.wall_clock()
-            if record.timeout is not None and record.created_at + record.timeout <= now:
-                for task in record.finish("timeout", now):
-                    self.store.task_changed(task)
-            elif not self.config.recovery.resend_inflight:
-                for task in record.tasks:
-                    if task.status == "sent":
-                        record.settle(task, "error", {"error": RESTARTED_IN_FLIGHT}, now)
-                        self.store.task_changed(task)
-            self.store.job_changed(record)
-            if record.final:
-                continue
-            remaining = (
-                math.inf if record.timeout is None else record.created_at + record.timeout - now
-            )
-            self._start(record, trio.current_time() + remaining)
-            resumed += 1
-            logger.info(
-                "job %d resumed: %d of %d tasks unsettled",
-                record.id,
-                len(record.tasks) - record.done_count,
-                len(record.tasks),
-                extra={
-                    "job_id": record.id,
-                    "total_count": len(record.tasks),
-                    "done_count": record.done_count,
-                },
-            )
+        resumed = resume_unfinished(
+            self.store,
+            resend_inflight=self.config.recovery.resend_inflight,
+            tunnel_for=self.topics.response_topic,
+            wall_clock=self.wall_clock,
+            start=self._start,
+        )
         if resumed:
             # The gateway was down: its devices may still be reconnecting.
             self.fleet.expect_devices_to_return()

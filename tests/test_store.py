@@ -28,7 +28,8 @@ import trio.lowlevel
 import trio.testing
 
 from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
-from pm.engine import RESTARTED_IN_FLIGHT, Engine, open_engine
+from pm.engine import Engine, open_engine
+from pm.job_recovery import RESTARTED_IN_FLIGHT
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
 from pm.store._sqlite import TASK_ID_BLOCK
