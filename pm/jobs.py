@@ -11,15 +11,15 @@ They are separate so that a feeder blocked on a full device mailbox can never st
 aggregator from draining reports, which is what that device is waiting on (no deadlock).
 The job timeout is a deadline on the aggregator; cancelling or timing out a job cancels the
 feeder (queued tasks never reach devices) and tells the device side to abandon its tasks in
-flight or waiting for their device (:meth:`TaskDispatcher.abandon`: their devices move on; a
-late answer is dropped as unexpected).
+flight or waiting for their device (:meth:`~pm.job_contract.TaskDispatcher.abandon`: their
+devices move on; a late answer is dropped as unexpected).
 
 Expiry: a job whose tasks have an ``expiresAt`` runs a third task, one timer for the whole
-job (never one per task), which posts :class:`ExpiryDue` to the job's own mailbox at each
-expiry; the aggregator then ends ``expired`` every task still pending at that time, except
-the one a device actor holds (its turn came: that actor expires it itself, so a request
-never leaves for a task the job already counts as expired). A task that ends while queued is
-skipped when its turn comes: the device's queue order is never touched.
+job (never one per task), which posts :class:`~pm.job_contract.ExpiryDue` to the job's own
+mailbox at each expiry; the aggregator then ends ``expired`` every task still pending at that
+time, except the one a device actor holds (its turn came: that actor expires it itself, so a
+request never leaves for a task the job already counts as expired). A task that ends while
+queued is skipped when its turn comes: the device's queue order is never touched.
 
 The feeder marks each task it queues with why it is not sent yet (``waiting``:
 ``device-offline``, ``device-busy``); a device actor reports ``device-offline`` when the
@@ -27,7 +27,8 @@ task's turn comes and its device is offline; the task's ``TaskSent`` clears it.
 
 The contract with device actors is narrow and one-way: a task goes out with a reference to
 this job's mailbox, and reports come back as :mod:`pm.task_machine` messages. This module
-never imports :mod:`pm.devices`; it names what it needs of it in :class:`TaskDispatcher`.
+never imports :mod:`pm.devices`; it names what it needs of it in
+:class:`~pm.job_contract.TaskDispatcher`, and its mailbox's messages in :mod:`pm.job_contract`.
 """
 
 from __future__ import annotations
@@ -36,19 +37,25 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import cast
 
-import msgspec
 import trio
 
-from actors import ActorRef, ActorStopped, AskTimeout, Reply
+from actors import ActorRef, ActorStopped, AskTimeout
 
 from .config import WatchersConfig
-from .schemas import JobView, WaitingReason
+from .job_contract import (
+    CancelJob,
+    ChangeRecorder,
+    ExpiryDue,
+    JobActorMessage,
+    ReportsApplied,
+    TaskDispatcher,
+)
+from .schemas import JobView
 from .state import JobRecord, TaskRecord
 from .task_machine import (
     TaskProgress,
-    TaskReport,
     TaskSent,
     TaskSettled,
     TaskWaiting,
@@ -62,62 +69,6 @@ logger = logging.getLogger(__name__)
 FEED_CHUNK = 64
 # Reports a job's aggregator applies between two yields to the scheduler.
 AGGREGATE_CHUNK = 256
-
-
-class CancelJob(msgspec.Struct, frozen=True, tag=True):
-    """From the API: end the job now, answer its final snapshot."""
-
-    reply: Reply[JobView]
-
-
-class ExpiryDue(msgspec.Struct, frozen=True, tag=True):
-    """From the job's own expiry timer: tasks whose ``expiresAt`` is ``until`` (epoch
-    seconds) or earlier end ``expired`` if they are still unsent."""
-
-    until: float
-
-
-class ReportsApplied(msgspec.Struct, frozen=True, tag=True):
-    """Answered once every message queued before it has been applied (shutdown uses it to
-    store what settled before the job actor stops)."""
-
-    reply: Reply[None]
-
-
-#: What a job actor's mailbox accepts: reports from device actors, and requests.
-JobActorMessage = TaskReport | CancelJob | ReportsApplied | ExpiryDue
-
-
-class TaskDispatcher(Protocol):
-    """What a job needs of the device actors (:class:`pm.devices.Fleet`)."""
-
-    async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
-        """Queue ``task`` on its device (may wait: back-pressure); reports go to ``reports``."""
-        ...
-
-    def abandon(self, job_id: int) -> int:
-        """Stop waiting on the job's tasks in flight or waiting for their device; returns how
-        many there were."""
-        ...
-
-    def waiting_reason(self, device: str) -> WaitingReason | None:
-        """Why a task queued for ``device`` now would wait behind another, if it would."""
-        ...
-
-    def holds(self, task: TaskRecord) -> bool:
-        """Whether ``task``'s turn has come on its device (its actor decides its fate)."""
-        ...
-
-
-class ChangeRecorder(Protocol):
-    """Where a job's changes are recorded for persistence (:class:`pm.store.Store`).
-
-    Both calls are synchronous and must not wait: they run on the dispatch path.
-    """
-
-    def task_changed(self, task: TaskRecord) -> None: ...
-
-    def job_changed(self, record: JobRecord) -> None: ...
 
 
 class Job:

@@ -1,9 +1,9 @@
 """The job actor on trio's virtual clock: feeding devices, aggregating their reports, ending.
 
-Devices are stood in for by a recording :class:`~pm.jobs.TaskDispatcher` and the store by a
-recording :class:`~pm.jobs.ChangeRecorder`: the job actor is pure dispatch logic around its
-mailbox. Record-level counting rules are in tests/test_state.py; the same paths through real
-device actors are in tests/test_engine.py and tests/integration/.
+Devices are stood in for by a recording :class:`~pm.job_contract.TaskDispatcher` and the
+store by a recording :class:`~pm.job_contract.ChangeRecorder`: the job actor is pure dispatch
+logic around its mailbox. Record-level counting rules are in tests/test_state.py; the same
+paths through real device actors are in tests/test_engine.py and tests/integration/.
 """
 
 from __future__ import annotations
