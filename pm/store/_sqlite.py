@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
-import msgspec
 import trio
 
 from ..presence import DevicePresence
@@ -45,8 +44,6 @@ from ._pending import PendingChanges
 logger = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
-
-_json_encode = msgspec.json.encode
 
 # Seconds between two attempts to commit while the storage refuses writes: short enough that
 # the gateway is ready again soon after space returns, long enough not to spin on a full disk.
