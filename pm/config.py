@@ -4,8 +4,8 @@ Every key lives in a msgspec Struct with its default, so the defaults are writte
 ``config.example.toml`` documents the same keys for people; ``tests/test_config.py`` checks the
 two agree.
 
-Every number is range-checked (msgspec ``Meta`` constraints on its type, a ``__post_init__``
-for keys that depend on each other): a port of 70000 or a timeout of -1 stops the start.
+Every number is range-checked (msgspec ``Meta`` on its type, the message naming the key; a
+``__post_init__`` for keys that depend on each other): a port of 70000 or -1 s stops the start.
 
 Error handling: an unknown key, a wrong type, a value out of range or an unreadable file raises
 :class:`ConfigError` whose message names the key (``$.http.port``) so ``pm serve`` can print it
@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING
+from .schemas import MAX_EXPIRES_IN
 
 ENV_PREFIX = "PM_"
 
@@ -32,10 +33,6 @@ BearerToken = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._~+/-]{16,}=*$")]
 # A browser origin: scheme, host and optional port, nothing after them.
 BrowserOrigin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")]
 
-# Range-checked value kinds: msgspec checks them while converting, so a value out of range is
-# refused at start with a message naming its key ("Expected `int` <= 65535 - at
-# `$.http.port`") instead of failing later, deep in a server, or running with every task
-# timing out at once.
 # A TCP port to listen on; 0 lets the system choose a free one (tests).
 ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 # A TCP port to connect to.
@@ -196,6 +193,10 @@ class TasksConfig(_Section):
     # work) grows with the tasks held, and one job may hold 100k of them.
     # 0 = none: every finished job is read back from the store.
     max_finished_tasks: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+
+    def __post_init__(self) -> None:
+        if MAX_EXPIRES_IN < self.default_expires_in < math.inf:
+            raise ValueError("tasks.default_expires_in must be inf or at most 315360000 (10 years)")
 
 
 class WatchersConfig(_Section):
@@ -361,9 +362,8 @@ def load_config(
     Returns:
       The validated :class:`Config`.
 
-    Error handling: raises :class:`ConfigError` naming the key (and the environment variable
-    that set it, if one did) for unknown keys, wrong types, values out of range and
-    unreadable files.
+    Error handling: raises :class:`ConfigError` naming the key (and the variable that set it,
+    if one did) for unknown keys, wrong types, values out of range and unreadable files.
     """
     raw: dict[str, Any] = {}
     if path is not None:

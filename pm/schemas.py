@@ -37,6 +37,14 @@ JOB_STATUSES: tuple[str, ...] = ("pending", "dispatching", "resolved", "timeout"
 MAX_SQLITE_INTEGER = 2**63 - 1
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, description="seconds, > 0")]
+# expiresAt = createdAt + expiresIn is shown as an ISO 8601 date, which ends at year 9999: a
+# larger expiresIn made every view of its task a 500. Ten years is a deadline no fleet needs
+# beyond (a task that should wait longer sets none).
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600.0
+ExpiresIn = Annotated[
+    float,
+    msgspec.Meta(gt=0, le=MAX_EXPIRES_IN, description="seconds, > 0 and at most 10 years"),
+]
 MethodName = Annotated[
     str,
     msgspec.Meta(
@@ -74,7 +82,7 @@ class BatchEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: PositiveSeconds | None = None
     # Seconds after the job's creation by which each task must have been sent, else it ends
     # "expired" without reaching its device; null: the job's expiresIn, then [tasks].
-    expires_in: PositiveSeconds | None = msgspec.field(default=None, name="expiresIn")
+    expires_in: ExpiresIn | None = msgspec.field(default=None, name="expiresIn")
 
     def __post_init__(self) -> None:
         self.method = self.method.lower()
@@ -105,7 +113,7 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch: Annotated[list[BatchEntry], msgspec.Meta(min_length=1)]
     timeout: PositiveSeconds | None = None
     # The default expiresIn of the batch's entries (see BatchEntry.expires_in).
-    expires_in: PositiveSeconds | None = msgspec.field(default=None, name="expiresIn")
+    expires_in: ExpiresIn | None = msgspec.field(default=None, name="expiresIn")
 
 
 class TaskState(msgspec.Struct, rename="camel", kw_only=True):

@@ -329,3 +329,14 @@ def test_example_file_values_are_the_defaults() -> None:
 def test_the_answer_probe_timing_must_be_positive(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=rf"Expected `float` > 0.* - at `\$\.mqtt\.{key}`"):
         load_config(environ={f"PM_MQTT_{key.upper()}": value})
+
+
+@pytest.mark.parametrize("value", ["inf", "315360000"])
+def test_default_expires_in_is_inf_or_at_most_ten_years(value: str) -> None:
+    config = load_config(environ={"PM_TASKS_DEFAULT_EXPIRES_IN": value})
+    assert config.tasks.default_expires_in == float(value)
+
+
+def test_default_expires_in_beyond_ten_years_is_refused() -> None:
+    with pytest.raises(ConfigError, match="tasks.default_expires_in"):
+        load_config(environ={"PM_TASKS_DEFAULT_EXPIRES_IN": "1e12"})
