@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
+from pm.http.queries import DeviceTasksQuery, JobTasksQuery
 from pm.presence import Presence
 from tests.job_api import assert_json_error, entry
 from tests.served_app import GUARD, ServedGateway, app_config, serve_app
@@ -101,3 +103,13 @@ async def test_a_stored_jobs_tasks_are_read_a_page_at_a_time_from_the_store() ->
             assert await tasks_of(gateway, job["id"], waiting="device-busy") == ([], 0)
             response = await gateway.client.get(f"/jobs/{job['id'] + 1}/tasks")
             assert assert_json_error(response, 404) == f"no job {job['id'] + 1}"
+
+
+def test_the_two_task_listings_document_their_own_order() -> None:
+    # Job tasks page in job order, a device's tasks newest first: each offset says which.
+    def offset_description(query: type) -> str:
+        schema = msgspec.json.schema(query)
+        return schema["$defs"][query.__name__]["properties"]["offset"]["description"]
+
+    assert offset_description(JobTasksQuery) == "tasks to skip, in job order"
+    assert offset_description(DeviceTasksQuery) == "tasks to skip, newest first"

@@ -42,7 +42,7 @@ class ListJobsQuery(_Query):
 
 
 TaskPageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="tasks per page, 1-1000")]
-TaskPageOffset = Annotated[
+JobTaskPageOffset = Annotated[
     int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="tasks to skip, in job order")
 ]
 
@@ -63,7 +63,7 @@ class JobTasksQuery(_Query):
         | msgspec.UnsetType
     ) = msgspec.UNSET
     limit: TaskPageSize = 100
-    offset: TaskPageOffset = 0
+    offset: JobTaskPageOffset = 0
 
     def __post_init__(self) -> None:
         # Tasks hold normalized ids: any spelling of a MAC finds them.
@@ -109,8 +109,7 @@ DevicePageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="devices
 DevicePageOffset = Annotated[
     int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="devices to skip, by id")
 ]
-TaskPageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="tasks per page, 1-1000")]
-TaskPageOffset = Annotated[
+DeviceTaskPageOffset = Annotated[
     int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="tasks to skip, newest first")
 ]
 
@@ -137,7 +136,7 @@ class DeviceTasksQuery(_Query):
         | msgspec.UnsetType
     ) = msgspec.UNSET
     limit: TaskPageSize = 100
-    offset: TaskPageOffset = 0
+    offset: DeviceTaskPageOffset = 0
 
 
 class NoQuery(_Query):
