@@ -156,6 +156,8 @@ async def test_a_post_body_that_is_not_declared_json_is_415(
         response = await gateway.client.post("/jobs", content=body, headers=headers)
         assert expected in assert_json_error(response, 415)
         assert len(gateway.engine) == 0
+        metrics = await scrape(gateway)
+        assert metrics[("pm_http_rejected_total", (("reason", "content_type"),))] == 1
 
 
 @pytest.mark.parametrize(
@@ -230,6 +232,9 @@ async def test_a_cross_site_request_is_403_whatever_its_method(gateway: ServedGa
             assert "http://evil.example" in message and "http.allowed_origins" in message
             assert "access-control-allow-origin" not in response.headers
         assert len(gateway.engine) == 1  # neither created nor deleted
+        metrics = await scrape(gateway)
+        assert metrics[("pm_http_rejected_total", (("reason", "cross_origin"),))] == 4
+        assert metrics[("pm_http_rejected_total", (("reason", "content_type"),))] == 0
 
 
 async def test_same_origin_and_listed_origins_pass_with_cors_headers(

@@ -110,6 +110,7 @@ def create_app(
     # -- origin, authentication, query string, content type ---------------------------------
 
     def cross_origin_refused(origin: str) -> TrioResponse:
+        counters.rejected["cross_origin"] += 1
         return error_response(
             403,
             f"cross-origin request from {origin!r} refused: only the gateway's own pages and "
@@ -208,6 +209,8 @@ def create_app(
     async def body_refused(error: BodyRefused) -> TrioResponse:
         if error.limit is not None:
             counters.refused[error.limit] += 1
+        elif error.status == 415:
+            counters.rejected["content_type"] += 1
         return error_response(error.status, str(error))
 
     @app.errorhandler(Exception)

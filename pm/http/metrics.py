@@ -37,6 +37,9 @@ DROP_REASONS = (
     "bad_status",
 )
 
+# Reported even at 0, like the drops.
+REJECT_REASONS = ("cross_origin", "content_type")
+
 
 class HttpCounters:
     """What the HTTP layer counts itself: written by request handlers, read by scrapes."""
@@ -48,6 +51,9 @@ class HttpCounters:
         self.refused: Counter[str] = Counter()
         # Clients disconnected for not reading (http.send_timeout; pm.http.server).
         self.send_timeouts = 0
+        # Requests refused before any handler ran, by reason (``cross_origin`` 403,
+        # ``content_type`` 415): a browser being made to talk to the gateway shows up here.
+        self.rejected: Counter[str] = Counter()
 
     def count_send_timeout(self) -> None:
         self.send_timeouts += 1
@@ -165,6 +171,15 @@ class GatewayCollector(Collector):
             ),
             sorted(http.refused),
             http.refused,
+        )
+        yield _by_label(
+            CounterMetricFamily(
+                "pm_http_rejected",
+                "Requests refused by the cross-site guards: cross_origin (403), content_type (415)",
+                labels=["reason"],
+            ),
+            REJECT_REASONS,
+            http.rejected,
         )
 
     def _task_counts(self, job: Job) -> Counter[str]:
