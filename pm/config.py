@@ -24,36 +24,26 @@ from typing import Annotated, Any
 
 import msgspec
 
+from .config_fields import (
+    AtLeastOne,
+    BearerToken,
+    BrowserOrigin,
+    Host,
+    ListenPort,
+    RemotePort,
+    Seconds,
+    StoreUrl,
+    ZeroOrMore,
+)
+from .config_fields import Section as _Section
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING
 from .schemas import MAX_EXPIRES_IN
 
 ENV_PREFIX = "PM_"
 
-BearerToken = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9._~+/-]{16,}=*$")]
-# A browser origin: scheme, host and optional port, nothing after them.
-BrowserOrigin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")]
-
-# A TCP port to listen on; 0 lets the system choose a free one (tests).
-ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-# A TCP port to connect to.
-RemotePort = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-# A host name or address: empty would mean different things to different libraries.
-Host = Annotated[str, msgspec.Meta(min_length=1)]
-# A count or size that must allow at least one of its things.
-AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-# Seconds that must pass before something happens (a timeout, a delay): 0 or less would
-# make it happen at once, every time. inf is allowed where it means "never".
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
-# A rate or count where 0 is documented as "no limit" or "none".
-ZeroOrMore = Annotated[float, msgspec.Meta(ge=0)]
-
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which key and why."""
-
-
-class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    pass
 
 
 class HttpConfig(_Section):
@@ -221,6 +211,9 @@ class WatchersConfig(_Section):
 class StoreConfig(_Section):
     # SQLite database file; ":memory:" keeps everything in memory (tests, benchmarks).
     path: Annotated[str, msgspec.Meta(min_length=1)] = "./puppetmaster.db"
+    # A PostgreSQL database instead ("postgresql://user@host:5432/db"); "path" is then unused.
+    # Needs the [postgres] extra (psycopg). Empty = SQLite at "path".
+    url: StoreUrl = ""
     # Group-commit window in seconds: changes are written at most this often, in one
     # transaction. A crash loses at most the changes of the last window.
     # 0 = commit as soon as anything changes; at most 60 s, a crash's loss must stay small.
@@ -229,6 +222,11 @@ class StoreConfig(_Section):
     retention: Seconds = 30 * 24 * 3600.0
     # Seconds between two retention sweeps.
     retention_interval: Seconds = 3600.0
+
+    @property
+    def location(self) -> str:
+        """What :func:`pm.store.open_store` opens: the URL if set, else the path."""
+        return self.url or self.path
 
 
 class RecoveryConfig(_Section):

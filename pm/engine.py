@@ -375,7 +375,9 @@ async def open_engine(
     """
     own_store = store is None
     if store is None:
-        store = await open_store(config.store.path, commit_interval=config.store.commit_interval)
+        store = await open_store(
+            config.store.location, commit_interval=config.store.commit_interval
+        )
     try:
         async with trio.open_nursery() as outer:
             if own_store:

@@ -22,11 +22,13 @@ pytest.register_assert_rewrite(
     "tests.job_api",
     "tests.served_app",
     "tests.small_filesystem",
+    "tests.postgres_server",
     "tests.stores",
     "tests.integration.brokers",
     "tests.integration.gateways",
 )
 
+from tests.postgres_server import PostgresServer, running_postgres  # noqa: E402
 from tests.served_app import (  # noqa: E402 - after the above
     OTHER_TOKEN,
     TOKEN,
@@ -35,6 +37,10 @@ from tests.served_app import (  # noqa: E402 - after the above
     serve_app,
 )
 from tests.small_filesystem import SmallFilesystem, small_filesystem  # noqa: E402
+from tests.stores import DatabaseUnderTest  # noqa: E402
+
+# The engines a store test runs on (the ``database`` fixture).
+STORE_ENGINES = ("sqlite", "postgresql")
 
 
 @pytest.fixture
@@ -79,3 +85,26 @@ def disk(tmp_path: Path) -> Iterator[SmallFilesystem]:
     gateway fixture so it is unmounted only after the gateway stopped."""
     with small_filesystem(tmp_path / "disk") as mounted:
         yield mounted
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run (tests/postgres_server.py); it FAILS
+    the tests that use it where PostgreSQL is not installed."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseUnderTest]:
+    """An empty database for a store test, once per engine: a SQLite file in ``tmp_path``,
+    then a new database on the throwaway PostgreSQL server (dropped after the test)."""
+    if request.param == "sqlite":
+        yield DatabaseUnderTest("sqlite", str(tmp_path / "pm.db"))
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    try:
+        yield DatabaseUnderTest("postgresql", url)
+    finally:
+        server.drop_database(url)

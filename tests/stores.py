@@ -1,6 +1,6 @@
 """Job records and a real store for the tests: batches, job records (alone, or with ids from
-the store), a store whose actor runs, and reading the database file as another process
-would."""
+the store), a store whose actor runs, the database a test runs on (a SQLite file or a
+PostgreSQL database: the ``database`` fixture), and reading it as another process would."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from typing import Any
 import msgspec
 import trio
 
+from pm.config import StoreConfig
 from pm.schemas import BatchEntry
 from pm.state import JobRecord, expand_batch
 from pm.store import Store, open_store
+from pm.store._connection import Connection
+from pm.store._postgres_connection import PostgresConnection, is_postgres_url
+from pm.store._sqlite_connection import SqliteConnection
 
 # A short window keeps file-store tests fast; memory-store tests use a long one and sync().
 FAST_WINDOW = 0.01
@@ -86,7 +90,60 @@ async def running_store(path: str | Path, window: float = FAST_WINDOW) -> AsyncI
         store.close()
 
 
-def read(path: Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """What another process would read from the file right now."""
-    with sqlite3.connect(path) as connection:
-        return connection.execute(sql, parameters).fetchall()
+def connect(location: str | Path) -> Connection:
+    """A connection of the store's own kind to ``location`` (nothing migrated), as another
+    process would open it."""
+    if is_postgres_url(str(location)):
+        return PostgresConnection(str(location))
+    return SqliteConnection(sqlite3.connect(location, isolation_level=None), str(location))
+
+
+def read(location: str | Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """What another process would read from the database right now (``?`` placeholders)."""
+    connection = connect(location)
+    try:
+        return [tuple(row) for row in connection.execute(sql, parameters).fetchall()]
+    finally:
+        connection.close()
+
+
+def write(location: str | Path, sql: str, parameters: tuple[Any, ...] = ()) -> None:
+    """Change the database behind the store's back, as another process would."""
+    connection = connect(location)
+    try:
+        with connection.transaction():
+            connection.execute(sql, parameters)
+    finally:
+        connection.close()
+
+
+class DatabaseUnderTest:
+    """The database a store test runs on: ``engine`` is "sqlite" (``location`` a file path)
+    or "postgresql" (a URL of a database of its own on the throwaway server)."""
+
+    def __init__(self, engine: str, location: str) -> None:
+        self.engine = engine
+        self.location = location
+
+    def __repr__(self) -> str:
+        return f"<{self.engine} database {self.location}>"
+
+    def read(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return read(self.location, sql, parameters)
+
+    def write(self, sql: str, parameters: tuple[Any, ...] = ()) -> None:
+        write(self.location, sql, parameters)
+
+    def indexes(self, table: str) -> set[str]:
+        """The names of ``table``'s indexes."""
+        if self.engine == "sqlite":
+            return {row[1] for row in self.read(f"PRAGMA index_list({table})")}
+        return {
+            row[0]
+            for row in self.read("SELECT indexname FROM pg_indexes WHERE tablename = ?", (table,))
+        }
+
+    def store_config(self, **settings: Any) -> StoreConfig:
+        """``[store]`` settings that open this database."""
+        where = "url" if self.engine == "postgresql" else "path"
+        return StoreConfig(**{where: self.location}, **settings)

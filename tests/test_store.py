@@ -32,7 +32,7 @@ from pm.engine import Engine, open_engine
 from pm.job_recovery import RESTARTED_IN_FLIGHT
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
-from pm.store._sqlite import TASK_ID_BLOCK
+from pm.store._store import TASK_ID_BLOCK
 from tests.fakes import RecordingPublisher, answer
 from tests.job_api import entry, job_request
 from tests.stores import (

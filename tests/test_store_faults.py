@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from pm.store import Store, StoreUnavailable
-from pm.store._sqlite import FAULT_RETRY_DELAY, JOB_ID_BLOCK
+from pm.store._store import FAULT_RETRY_DELAY, JOB_ID_BLOCK
 from tests.small_filesystem import SmallFilesystem
 from tests.stores import batch, create_job, read, running_store
 

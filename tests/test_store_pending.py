@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 
-from pm.store import _rows
 from pm.store._pending import PendingChanges
+from pm.store._sqlite_connection import STATEMENTS
 from tests.stores import batch, make_job
 
 _STATEMENT_NAMES = {
-    getattr(_rows, name): name for name in dir(_rows) if name.isupper() and name != "JOB_COLUMNS"
+    sql: name
+    for name, value in STATEMENTS._asdict().items()
+    for sql in (value if isinstance(value, tuple) else (value,))
 }
 
 
 def rows(pending: PendingChanges) -> dict[str, list[list[object]]]:
-    """The rows each statement would write, by the statement's name in ``pm.store._rows``."""
-    statements, _ = pending.statements()
+    """The rows each statement would write, by the statement's name in ``WriteStatements``."""
+    statements, _ = pending.statements(STATEMENTS)
     return {_STATEMENT_NAMES.get(sql, sql): json.loads(rows_json) for sql, rows_json in statements}
 
 
@@ -42,7 +44,7 @@ def test_the_newest_state_of_a_record_wins() -> None:
     task.result = {"v": 2}  # changed again after the failed commit took it
     current.task_changed(task)
     current.give_back(failed)
-    (task_row,) = rows(current)["UPDATE_TASKS"]
+    (task_row,) = rows(current)["update_tasks"]
     assert task_row[3] == '{"v":2}'
     assert list(current.tasks) == [task.id] and list(current.jobs) == [record.id]
 

@@ -5,13 +5,13 @@ Plain functions of a connection; :class:`pm.store.Store` runs them off the trio 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 
 import msgspec
 
 from ..presence import DevicePresence
 from ..state import TaskRecord
+from ._connection import Connection
 from ._rows import (
     DEVICE_COLUMNS,
     DEVICE_TASK_COLUMNS,
@@ -32,20 +32,18 @@ class DeviceTaskQuery(msgspec.Struct, frozen=True, kw_only=True):
     tunnel_for: Callable[[str], str]
 
 
-def load_presences(connection: sqlite3.Connection) -> list[DevicePresence]:
+def load_presences(connection: Connection) -> list[DevicePresence]:
     return [
         device_presence(row) for row in connection.execute(f"SELECT {DEVICE_COLUMNS} FROM devices")
     ]
 
 
-def devices_with_tasks(connection: sqlite3.Connection) -> set[str]:
+def devices_with_tasks(connection: Connection) -> set[str]:
     # tasks_by_device makes this an index scan, not a table scan.
     return {device for (device,) in connection.execute("SELECT DISTINCT device FROM tasks")}
 
 
-def task_counts(
-    connection: sqlite3.Connection, *, devices: Sequence[str]
-) -> dict[str, dict[str, int]]:
+def task_counts(connection: Connection, *, devices: Sequence[str]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for device in devices:
         for status, count in connection.execute(
@@ -56,7 +54,7 @@ def task_counts(
 
 
 def device_tasks(
-    connection: sqlite3.Connection, *, device: str, query: DeviceTaskQuery
+    connection: Connection, *, device: str, query: DeviceTaskQuery
 ) -> tuple[list[TaskRecord], int]:
     where = "WHERE t.device = ?" + (" AND t.status = ?" if query.status else "")
     parameters: tuple[str, ...] = (device, query.status) if query.status else (device,)

@@ -7,21 +7,20 @@ unfinished jobs are read once, at start, on it).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 import msgspec
 
 from ..schemas import FINAL_JOB_STATUSES, JobView, TaskView
 from ..state import JobRecord, TaskSelection
-from ._errors import roll_back
-from ._rows import DELETE_JOBS, JOB_COLUMNS, job_view, load_records, load_task_page
+from ._connection import Connection
+from ._rows import JOB_COLUMNS, job_view, load_records, load_task_page
 
 _json_encode = msgspec.json.encode
 
 
 def list_jobs(
-    connection: sqlite3.Connection, *, status: str | None, limit: int, offset: int
+    connection: Connection, *, status: str | None, limit: int, offset: int
 ) -> tuple[list[JobView], int]:
     """Jobs newest first (``collection`` = task ids), and the total matching."""
     where, parameters = ("WHERE status = ?", (status,)) if status else ("", ())
@@ -43,14 +42,14 @@ def list_jobs(
 
 
 def load_job(
-    connection: sqlite3.Connection, *, job_id: int, tunnel_for: Callable[[str], str]
+    connection: Connection, *, job_id: int, tunnel_for: Callable[[str], str]
 ) -> JobRecord | None:
     records = load_records(connection, "WHERE id = ?", (job_id,), tunnel_for)
     return records[0] if records else None
 
 
 def job_task_page(
-    connection: sqlite3.Connection,
+    connection: Connection,
     *,
     job_id: int,
     selection: TaskSelection,
@@ -72,9 +71,7 @@ def job_task_page(
     return [task.view() for task in tasks], 0 if selection.waiting else total
 
 
-def load_unfinished(
-    connection: sqlite3.Connection, tunnel_for: Callable[[str], str]
-) -> list[JobRecord]:
+def load_unfinished(connection: Connection, tunnel_for: Callable[[str], str]) -> list[JobRecord]:
     """Jobs not final, oldest first, with all their tasks."""
     placeholders = ",".join("?" * len(FINAL_JOB_STATUSES))
     return load_records(
@@ -85,11 +82,10 @@ def load_unfinished(
     )
 
 
-def delete_finished_before(connection: sqlite3.Connection, *, epoch_seconds: float) -> int:
+def delete_finished_before(connection: Connection, *, epoch_seconds: float) -> int:
     """Retention: delete, in one transaction, finished jobs that ended before
     ``epoch_seconds``; returns how many."""
-    connection.execute("BEGIN")
-    try:
+    with connection.transaction():
         doomed = [
             row[0]
             for row in connection.execute(
@@ -98,10 +94,6 @@ def delete_finished_before(connection: sqlite3.Connection, *, epoch_seconds: flo
             )
         ]
         doomed_json = _json_encode([[job_id] for job_id in doomed]).decode()
-        for statement in DELETE_JOBS:
+        for statement in connection.statements.delete_jobs:
             connection.execute(statement, (doomed_json,))
-        connection.execute("COMMIT")
-    except BaseException:
-        roll_back(connection)
-        raise
     return len(doomed)

@@ -10,14 +10,7 @@ from ..presence import DevicePresence
 from ..schemas import BatchEntry
 from ..state import JobRecord, TaskRecord
 from ._rows import (
-    DELETE_JOBS,
-    INSERT_ENTRIES,
-    INSERT_JOBS,
-    INSERT_TASKS,
-    UPDATE_JOBS,
-    UPDATE_TASKS,
-    UPSERT_COUNTERS,
-    UPSERT_DEVICES,
+    WriteStatements,
     device_row,
     job_row,
     job_update,
@@ -92,9 +85,9 @@ class PendingChanges:
         for kind, high_water in failed.counters.items():
             self.counters[kind] = max(high_water, self.counters.get(kind, 0))
 
-    def statements(self) -> tuple[list[tuple[str, str]], int]:
-        """The SQL statements that write these changes, each with its JSON array of rows,
-        and how many rows that is."""
+    def statements(self, sql: WriteStatements) -> tuple[list[tuple[str, str]], int]:
+        """The statements of ``sql`` (one engine's) that write these changes, each with its
+        JSON array of rows, and how many rows that is."""
         job_rows = [job_row(record) for record, _ in self.created.values()]
         entry_rows = [
             (record.id, position, entry.method, entry.resource, _json_encode(entry.data).decode())
@@ -112,18 +105,19 @@ class PendingChanges:
         # array: the sqlite3 module releases and retakes the GIL per statement step, and
         # against a busy trio thread each hand-off can wait out the 5 ms switch interval.
         # Measured: 200 entries through executemany took 0.9-1.7 s under load, stretching
-        # the window a crash can lose; one JSON statement takes milliseconds.
+        # the window a crash can lose; one JSON statement takes milliseconds. PostgreSQL
+        # gains the same way: one round trip per statement, not per row.
         statements = [
-            (sql, _json_encode(rows).decode())
-            for sql, rows in (
-                (UPSERT_COUNTERS, counter_rows),
-                (INSERT_JOBS, job_rows),
-                (INSERT_ENTRIES, entry_rows),
-                (INSERT_TASKS, task_rows),
-                (UPDATE_JOBS, job_updates),
-                (UPDATE_TASKS, task_updates),
-                *((sql, deletions) for sql in DELETE_JOBS),
-                (UPSERT_DEVICES, device_rows),
+            (statement, _json_encode(rows).decode())
+            for statement, rows in (
+                (sql.upsert_counters, counter_rows),
+                (sql.insert_jobs, job_rows),
+                (sql.insert_entries, entry_rows),
+                (sql.insert_tasks, task_rows),
+                (sql.update_jobs, job_updates),
+                (sql.update_tasks, task_updates),
+                *((delete, deletions) for delete in sql.delete_jobs),
+                (sql.upsert_devices, device_rows),
             )
             if rows
         ]

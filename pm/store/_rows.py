@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -12,64 +11,115 @@ from ..presence import DevicePresence, Presence
 from ..schemas import JobView
 from ..state import JobRecord, TaskRecord, iso_timestamp
 
+if TYPE_CHECKING:
+    from ._connection import Connection
+
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
 
-def columns(count: int) -> str:
-    """``json_extract(value, '$[0]'), ...``: the columns of one row of a JSON array of rows."""
-    return ", ".join(f"json_extract(value, '$[{index}]')" for index in range(count))
+# The column types the schema uses (pm/store/_schema.py); each engine reads a value of a JSON
+# row as one of them (``RowsFrom``).
+INTEGER, REAL, TEXT = "INTEGER", "REAL", "TEXT"
+
+RowsFrom = Callable[[Sequence[str]], str]
+"""An engine's ``SELECT <one column per type> FROM <the JSON array of rows bound to ?>``."""
 
 
-# Every write statement takes ``?`` = a JSON array of rows (see Store._commit).
-UPSERT_COUNTERS = (
-    f"INSERT INTO counters (name, value) SELECT {columns(2)} FROM json_each(?) WHERE true"
-    " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)"
-)
-INSERT_JOBS = (
-    "INSERT INTO jobs (id, created_at, finish_at, timeout, status, total_count, finish_count,"
-    " error_count, progress, pending_count, sent_count, expired_count)"
-    f" SELECT {columns(12)} FROM json_each(?)"
-)
-INSERT_ENTRIES = (
-    "INSERT INTO entries (job_id, position, method, resource, data)"
-    f" SELECT {columns(5)} FROM json_each(?)"
-)
-INSERT_TASKS = (
-    "INSERT INTO tasks (id, job_id, entry, device, timeout, status, progress, result, finish_at,"
-    f" expires_at) SELECT {columns(10)} FROM json_each(?)"
-)
-# Updates join through a CTE of plain columns so SQLite looks each row up by primary key.
-UPDATE_JOBS = (
-    "WITH u (id, finish_at, status, finish_count, error_count, progress, pending_count,"
-    f" sent_count, expired_count) AS (SELECT {columns(9)} FROM json_each(?))"
-    " UPDATE jobs SET finish_at = u.finish_at, status = u.status,"
-    " finish_count = u.finish_count, error_count = u.error_count, progress = u.progress,"
-    " pending_count = u.pending_count, sent_count = u.sent_count,"
-    " expired_count = u.expired_count FROM u WHERE jobs.id = u.id"
-)
-UPDATE_TASKS = (
-    f"WITH u (id, status, progress, result, finish_at) AS (SELECT {columns(5)} FROM json_each(?))"
-    " UPDATE tasks SET status = u.status, progress = u.progress, result = u.result,"
-    " finish_at = u.finish_at FROM u WHERE tasks.id = u.id"
-)
-UPSERT_DEVICES = (
-    "INSERT INTO devices (id, presence, last_seen, connected_at, disconnected_at)"
-    f" SELECT {columns(5)} FROM json_each(?) WHERE true"
-    " ON CONFLICT (id) DO UPDATE SET presence = excluded.presence,"
-    " last_seen = excluded.last_seen, connected_at = excluded.connected_at,"
-    " disconnected_at = excluded.disconnected_at"
-)
-DEVICE_COLUMNS = "id, presence, last_seen, connected_at, disconnected_at"
-DELETE_JOBS = tuple(
-    f"DELETE FROM {table} WHERE {column} IN (SELECT json_extract(value, '$[0]') FROM json_each(?))"
-    for table, column in (("tasks", "job_id"), ("entries", "job_id"), ("jobs", "id"))
-)
+class WriteStatements(NamedTuple):
+    """The SQL of a commit, each statement taking ``?`` = a JSON array of rows (see
+    :meth:`PendingChanges.statements <pm.store._pending.PendingChanges.statements>`)."""
 
-JOB_COLUMNS = (
-    "id, created_at, finish_at, timeout, status, total_count, finish_count, error_count, progress,"
-    " pending_count, sent_count, expired_count"
-)
+    upsert_counters: str
+    insert_jobs: str
+    insert_entries: str
+    insert_tasks: str
+    update_jobs: str
+    update_tasks: str
+    upsert_devices: str
+    # tasks, entries, then the jobs themselves.
+    delete_jobs: tuple[str, ...]
+
+
+# (column, type) of each kind of row, in the order the row builders below fill them.
+_JOB_ROW = (
+    ("id", INTEGER), ("created_at", REAL), ("finish_at", REAL), ("timeout", REAL),
+    ("status", TEXT), ("total_count", INTEGER), ("finish_count", INTEGER),
+    ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
+    ("sent_count", INTEGER), ("expired_count", INTEGER),
+)  # fmt: skip
+_ENTRY_ROW = (
+    ("job_id", INTEGER), ("position", INTEGER), ("method", TEXT), ("resource", TEXT),
+    ("data", TEXT),
+)  # fmt: skip
+_TASK_ROW = (
+    ("id", INTEGER), ("job_id", INTEGER), ("entry", INTEGER), ("device", TEXT),
+    ("timeout", REAL), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
+    ("finish_at", REAL), ("expires_at", REAL),
+)  # fmt: skip
+_JOB_UPDATE = (
+    ("id", INTEGER), ("finish_at", REAL), ("status", TEXT), ("finish_count", INTEGER),
+    ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
+    ("sent_count", INTEGER), ("expired_count", INTEGER),
+)  # fmt: skip
+_TASK_UPDATE = (
+    ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
+    ("finish_at", REAL),
+)  # fmt: skip
+_COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
+_DEVICE_ROW = (
+    ("id", TEXT), ("presence", TEXT), ("last_seen", REAL), ("connected_at", REAL),
+    ("disconnected_at", REAL),
+)  # fmt: skip
+
+
+def _names(row: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(name for name, _ in row)
+
+
+def _types(row: Sequence[tuple[str, str]]) -> list[str]:
+    return [column_type for _, column_type in row]
+
+
+def _insert(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> str:
+    return f"INSERT INTO {table} ({_names(row)}) {rows_from(_types(row))}"
+
+
+def _update(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> str:
+    # Joined through a CTE of plain columns so the engine looks each row up by primary key.
+    assignments = ", ".join(f"{name} = u.{name}" for name, _ in row[1:])
+    return (
+        f"WITH u ({_names(row)}) AS ({rows_from(_types(row))})"
+        f" UPDATE {table} SET {assignments} FROM u WHERE {table}.id = u.id"
+    )
+
+
+def write_statements(rows_from: RowsFrom, greatest: str) -> WriteStatements:
+    """The commit's SQL for one engine: ``rows_from`` reads the JSON rows, ``greatest`` is its
+    two-argument maximum (SQLite ``max``, PostgreSQL ``greatest``)."""
+    device_updates = ", ".join(f"{name} = excluded.{name}" for name, _ in _DEVICE_ROW[1:])
+    return WriteStatements(
+        # "WHERE true": SQLite needs it to parse ON CONFLICT after INSERT ... SELECT.
+        upsert_counters=_insert("counters", _COUNTER_ROW, rows_from)
+        + " WHERE true ON CONFLICT (name) DO UPDATE"
+        f" SET value = {greatest}(counters.value, excluded.value)",
+        insert_jobs=_insert("jobs", _JOB_ROW, rows_from),
+        insert_entries=_insert("entries", _ENTRY_ROW, rows_from),
+        insert_tasks=_insert("tasks", _TASK_ROW, rows_from),
+        update_jobs=_update("jobs", _JOB_UPDATE, rows_from),
+        update_tasks=_update("tasks", _TASK_UPDATE, rows_from),
+        upsert_devices=_insert("devices", _DEVICE_ROW, rows_from)
+        + f" WHERE true ON CONFLICT (id) DO UPDATE SET {device_updates}",
+        delete_jobs=tuple(
+            f"DELETE FROM {table} WHERE {column} IN ({rows_from([INTEGER])})"
+            for table, column in (("tasks", "job_id"), ("entries", "job_id"), ("jobs", "id"))
+        ),
+    )
+
+
+DEVICE_COLUMNS = _names(_DEVICE_ROW)
+
+JOB_COLUMNS = _names(_JOB_ROW)
 
 
 def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
@@ -183,7 +233,7 @@ DEVICE_TASK_JOINS = (
 )
 
 
-def _entries(connection: sqlite3.Connection, job_id: int) -> dict[int, tuple[str, str, Any]]:
+def _entries(connection: Connection, job_id: int) -> dict[int, tuple[str, str, Any]]:
     return {
         position: (method, resource, _json_decode(data))
         for position, method, resource, data in connection.execute(
@@ -224,7 +274,7 @@ def task_record(
 
 
 def load_records(
-    connection: sqlite3.Connection,
+    connection: Connection,
     where: str,
     parameters: tuple[Any, ...],
     tunnel_for: Callable[[str], str],
@@ -246,7 +296,7 @@ def load_records(
 
 
 def load_task_page(
-    connection: sqlite3.Connection,
+    connection: Connection,
     job_id: int,
     filters: dict[str, str],
     limit: int,

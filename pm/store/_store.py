@@ -1,4 +1,5 @@
-"""The job store: SQLite (stdlib ``sqlite3``, WAL) behind a group-committing actor.
+"""The job store: a database (SQLite, or PostgreSQL at ``store.url``) behind a
+group-committing actor.
 
 Writers never wait for the disk. Job and device actors record what changed with synchronous,
 O(1) calls (:meth:`Store.job_created`, :meth:`Store.task_changed`, ...) that only mark rows
@@ -13,14 +14,17 @@ task rows together, so what survives is a state the gateway really was in; recov
 recomputes job counts from task rows.
 
 Ids are never reused: the store persists a high-water mark per id kind, reserved in blocks
-ahead of use (:meth:`Store.allocate_job_ids`); after a restart allocation resumes above it.
+ahead of use (:meth:`Store.allocate_ids`); after a restart allocation resumes above it.
+
+This class is the same for both engines: it speaks to a :class:`~pm.store._connection.Connection`
+whose engine-specific parts (connecting, SQL dialect, which errors are storage faults) live in
+``_sqlite_connection.py`` and ``_postgres_connection.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -31,6 +35,7 @@ from ..presence import DevicePresence
 from ..schemas import BatchEntry, JobView, TaskView
 from ..state import JobRecord, TaskRecord, TaskSelection
 from . import _jobs
+from ._connection import Connection
 from ._devices import (
     DeviceTaskQuery,
     device_tasks,
@@ -38,7 +43,7 @@ from ._devices import (
     load_presences,
     task_counts,
 )
-from ._errors import StoreUnavailable, is_storage_fault, roll_back
+from ._errors import StoreUnavailable
 from ._pending import PendingChanges
 
 logger = logging.getLogger(__name__)
@@ -58,18 +63,13 @@ class Store:
     """Persistent jobs and tasks. Open with :func:`open_store`.
 
     Args:
-      connection: an open connection (autocommit mode; the store runs its own transactions).
+      connection: an open, migrated connection (the store runs its own transactions).
       commit_interval: the group-commit window in seconds.
     """
 
-    def __init__(
-        self, connection: sqlite3.Connection, commit_interval: float, *, in_memory: bool = False
-    ) -> None:
+    def __init__(self, connection: Connection, commit_interval: float) -> None:
         self._connection = connection
-        # An in-memory database does no disk I/O: running it on the trio thread costs less
-        # than a thread hop, and keeps tests on trio's virtual clock deterministic (time
-        # jumps while a worker thread runs).
-        self._inline = in_memory
+        self._inline = connection.inline
         self._commit_interval = commit_interval
         # One connection, used from one worker thread at a time.
         self._limiter = trio.CapacityLimiter(1)
@@ -174,7 +174,8 @@ class Store:
         """Commit dirty rows in groups until cancelled; a final commit runs shielded.
 
         Error handling: a commit the storage refuses (disk full, read-only file or
-        filesystem, I/O error: :func:`is_storage_fault`) keeps its changes pending, sets
+        filesystem, I/O error, database server unreachable or read-only:
+        ``Connection.is_storage_fault``) keeps its changes pending, sets
         :attr:`fault` and is retried every ``FAULT_RETRY_DELAY`` seconds until one succeeds,
         which clears it; the gateway goes on meanwhile (reads work, new jobs are refused).
         Any other database error is a bug and ends the actor. A stop during a fault loses
@@ -228,25 +229,20 @@ class Store:
         self._flush_now = trio.Event()
         window, self._pending = self._pending, PendingChanges()
         # Rows are built here, on the trio thread, so no row mixes two states of a record.
-        statements, rows = window.statements()
+        statements, rows = window.statements(self._connection.statements)
 
-        def write(connection: sqlite3.Connection) -> int:
-            connection.execute("BEGIN")
-            try:
+        def write(connection: Connection) -> int:
+            with connection.transaction():
                 for sql, rows_json in statements:
                     connection.execute(sql, (rows_json,))
-                connection.execute("COMMIT")
-            except BaseException:
-                roll_back(connection)
-                raise
             return rows
 
         try:
             with trio.CancelScope(shield=True):
                 # Shielded: a commit that started finishes, so a clean stop loses nothing.
                 self.rows_written += await self._in_thread(write, translate=False)
-        except sqlite3.Error as error:
-            if not is_storage_fault(error):
+        except self._connection.error_types as error:
+            if not self._connection.is_storage_fault(error):
                 raise
             self._pending.give_back(window)
             self._mark_dirty()
@@ -267,9 +263,9 @@ class Store:
             committed, self._committed = self._committed, trio.Event()
             committed.set()
 
-    def _fault_seen(self, error: sqlite3.Error) -> None:
+    def _fault_seen(self, error: Exception) -> None:
         self.failed_commits += 1
-        reason = f"{error} ({error.sqlite_errorname})"
+        reason = self._connection.fault_reason(error)
         if self.fault is None:
             # Once per fault, not per retry: a full disk must not also fill the log.
             logger.error(
@@ -284,7 +280,7 @@ class Store:
     # -- reads (job SQL in _jobs.py) -----------------------------------------------------------
 
     async def _in_thread(
-        self, work: Callable[[sqlite3.Connection], Result], *, translate: bool = True
+        self, work: Callable[[Connection], Result], *, translate: bool = True
     ) -> Result:
         """Run ``work`` on the connection. Error handling: with ``translate``, a storage
         fault becomes :class:`~pm.store.StoreUnavailable` (the API answers it with 503)."""
@@ -293,8 +289,8 @@ class Store:
                 await trio.lowlevel.checkpoint()
                 return work(self._connection)
             return await trio.to_thread.run_sync(work, self._connection, limiter=self._limiter)
-        except sqlite3.Error as error:
-            if translate and is_storage_fault(error):
+        except self._connection.error_types as error:
+            if translate and self._connection.is_storage_fault(error):
                 raise StoreUnavailable(f"the job store cannot be used: {error}") from error
             raise
 

@@ -1,0 +1,134 @@
+"""The SQLite engine (stdlib ``sqlite3``, WAL): opening a file, its dialect, its faults."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._rows import WriteStatements, write_statements
+
+IN_MEMORY = ":memory:"
+
+# SQLite's primary result codes for a storage that cannot take a write right now (disk full,
+# read-only file or filesystem, I/O error, locked by another process). Anything else (a
+# constraint, a syntax error) is a bug and is not retried.
+# https://www.sqlite.org/rescode.html
+_STORAGE_FAULT_CODES = frozenset(
+    {
+        3,  # SQLITE_PERM
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+    }
+)
+
+
+def _rows_from(types: Sequence[str]) -> str:
+    # SQLite keeps what JSON holds (integer, real, text, null) whatever the column's type.
+    columns = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(types)))
+    return f"SELECT {columns} FROM json_each(?)"
+
+
+STATEMENTS = write_statements(_rows_from, greatest="max")
+
+
+class SqliteConnection:
+    """A SQLite database file (or ``:memory:``) in autocommit mode: the store runs its own
+    transactions. See :class:`pm.store._connection.Connection`."""
+
+    engine = "SQLite"
+    setting = "store.path"
+    statements: WriteStatements = STATEMENTS
+    error_types: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, connection: sqlite3.Connection, location: str) -> None:
+        self.connection = connection
+        self.location = location
+        # An in-memory database does no disk I/O: running it on the trio thread costs less
+        # than a thread hop, and keeps tests on trio's virtual clock deterministic (time
+        # jumps while a worker thread runs).
+        self.inline = location == IN_MEMORY
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.connection.execute(sql, parameters)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.connection.execute("BEGIN")
+        try:
+            yield
+            self.connection.execute("COMMIT")
+        except BaseException:
+            self._roll_back()
+            raise
+
+    def _roll_back(self) -> None:
+        # SQLite may already have rolled back (a full disk during COMMIT): a second ROLLBACK
+        # would raise "no transaction is active" and hide the error that matters.
+        if self.connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.execute("ROLLBACK")
+
+    def run_migration(self, script: str, version: int) -> None:
+        # executescript() commits a transaction under way first: the script opens and
+        # commits its own.
+        self.connection.executescript(
+            f"BEGIN;{script};DELETE FROM schema_version;"
+            f"INSERT INTO schema_version VALUES ({version});COMMIT;"
+        )
+
+    def is_storage_fault(self, error: Exception) -> bool:
+        code = getattr(error, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _STORAGE_FAULT_CODES
+
+    def fault_reason(self, error: Exception) -> str:
+        return f"{error} ({getattr(error, 'sqlite_errorname', type(error).__name__)})"
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def connect_sqlite(path: str | Path) -> SqliteConnection:
+    """Open (creating) the database file at ``path`` and check that it takes writes.
+
+    Error handling: raises ``OSError`` or ``sqlite3.Error`` (see :func:`open_failure`).
+    """
+    location = str(path)
+    if location != IN_MEMORY:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(location, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk when it returns. Group commit keeps that to a few per
+        # second.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        # Take the write lock once: a read-only file or filesystem fails here, at start,
+        # and not at the first job's commit.
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except BaseException:
+        connection.close()
+        raise
+    return SqliteConnection(connection, location)
+
+
+def open_failure(error: OSError | sqlite3.Error) -> str:
+    """Why a SQLite database could not be opened, for the one line ``pm serve`` prints."""
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        return f"{error.filename} is not a directory"
+    if isinstance(error, OSError):
+        return f"{error.strerror}: {error.filename}" if error.filename else str(error)
+    if getattr(error, "sqlite_errorcode", 0) & 0xFF in _STORAGE_FAULT_CODES:
+        # SQLite's own message for most of these is "unable to open database file".
+        return (
+            f"{error}; its directory must be writable (SQLite also creates the -wal and -shm "
+            "files there) and its filesystem not read-only"
+        )
+    return str(error)
