@@ -1,11 +1,13 @@
-"""The SQLite store, against a real SQLite: migrations, ids, group commit, crash consistency,
-listing and retention, and the engine's recovery on top of it.
+"""The store, against a real SQLite and a real PostgreSQL: migrations, ids, group commit, crash
+consistency, listing and retention, and the engine's recovery on top of it.
 
-Two kinds of store, two kinds of clock:
+Tests taking the ``database`` fixture run once per engine (a SQLite file, then a database of
+the throwaway PostgreSQL server). Two kinds of store, two kinds of clock:
 
 - ``:memory:`` runs SQLite on the trio thread, so those tests run on ``autojump_clock``
   (pytest-trio takes the clock only from the test's own arguments: each such test names it);
-- a file store writes from a worker thread; those tests use real time, a short
+  they test the group commit's timing, which is the same code for both engines;
+- a file or server store writes from a worker thread; those tests use real time, a short
   ``commit_interval``, and a ``trio.fail_after`` hang guard around everything that waits.
 
 A "crash" is simulated by leaving the store's connection unclosed and recording changes that
@@ -15,7 +17,6 @@ no commit ever writes; reopening the same file then shows what a restarted gatew
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,18 +28,21 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
+from pm.config import Config, RecoveryConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.job_recovery import RESTARTED_IN_FLIGHT
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
+from pm.store._connection import Connection
 from pm.store._store import TASK_ID_BLOCK
 from tests.fakes import RecordingPublisher, answer
 from tests.job_api import entry, job_request
 from tests.stores import (
     CREATED,
     FAST_WINDOW,
+    DatabaseUnderTest,
     batch,
+    connect,
     create_job,
     make_job,
     read,
@@ -74,39 +78,46 @@ async def crashing_store(path: str | Path, window: float = FAST_WINDOW) -> Async
 # -- migrations -------------------------------------------------------------------------------
 
 
-async def test_a_fresh_database_ends_at_the_current_version(tmp_path: Path) -> None:
-    path = tmp_path / "fresh.db"
+async def test_a_fresh_database_ends_at_the_current_version(
+    database: DatabaseUnderTest,
+) -> None:
     with trio.fail_after(GUARD):
-        store = await open_store(path, commit_interval=FAST_WINDOW)
+        store = await open_store(database.location, commit_interval=FAST_WINDOW)
         store.close()
-    assert read(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
-    assert read(path, "PRAGMA journal_mode") == [("wal",)]
+    assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    if database.engine == "sqlite":
+        assert database.read("PRAGMA journal_mode") == [("wal",)]
 
 
-def _write_first_release_job(connection: sqlite3.Connection) -> None:
+def _write_first_release_job(connection: Connection) -> None:
     """A finished job and an unfinished one, written the way release 1 wrote them."""
-    connection.executescript(
-        """
-        INSERT INTO jobs VALUES (1, 1700000000.0, 1700000005.0, NULL, 'resolved', 2, 1, 1, 100);
-        INSERT INTO entries VALUES (1, 0, 'get', '/system/status', '{"n":0}');
-        INSERT INTO tasks VALUES (1, 1, 0, 'a', 30.0, 'resolved', 100, '{"ok":1}', 1700000004.0);
-        INSERT INTO tasks VALUES (2, 1, 0, 'b', 30.0, 'error', 100, '{"code":500}', 1700000005.0);
-        INSERT INTO jobs VALUES (2, 1700000010.0, NULL, 600.0, 'dispatching', 1, 0, 0, 0);
-        INSERT INTO entries VALUES (2, 0, 'put', '/network/ethernet', '{"enable":1}');
-        INSERT INTO tasks VALUES (3, 2, 0, 'a', 30.0, 'sent', 0, NULL, NULL);
-        INSERT INTO counters VALUES ('job', 10000), ('task', 1000002);
-        """
-    )
+    with connection.transaction():
+        for statement in (
+            "INSERT INTO jobs VALUES (1, 1700000000.0, 1700000005.0, NULL, 'resolved', 2, 1, 1,"
+            " 100)",
+            "INSERT INTO entries VALUES (1, 0, 'get', '/system/status', '{\"n\":0}')",
+            "INSERT INTO tasks VALUES (1, 1, 0, 'a', 30.0, 'resolved', 100, '{\"ok\":1}',"
+            " 1700000004.0)",
+            "INSERT INTO tasks VALUES (2, 1, 0, 'b', 30.0, 'error', 100, '{\"code\":500}',"
+            " 1700000005.0)",
+            "INSERT INTO jobs VALUES (2, 1700000010.0, NULL, 600.0, 'dispatching', 1, 0, 0, 0)",
+            "INSERT INTO entries VALUES (2, 0, 'put', '/network/ethernet', '{\"enable\":1}')",
+            "INSERT INTO tasks VALUES (3, 2, 0, 'a', 30.0, 'sent', 0, NULL, NULL)",
+            "INSERT INTO counters VALUES ('job', 10000), ('task', 1000002)",
+        ):
+            connection.execute(statement)
 
 
-async def test_a_database_from_the_previous_schema_version_migrates(tmp_path: Path) -> None:
-    path = tmp_path / "release1.db"
-    connection = sqlite3.connect(path, isolation_level=None)
+async def test_a_database_from_the_previous_schema_version_migrates(
+    database: DatabaseUnderTest,
+) -> None:
+    path = database.location
+    connection = connect(path)
     migrate(connection, target=1)
     _write_first_release_job(connection)
     connection.close()
     assert read(path, "SELECT version FROM schema_version") == [(1,)]
-    assert "jobs_by_status" not in {row[1] for row in read(path, "PRAGMA index_list(jobs)")}
+    assert "jobs_by_status" not in database.indexes("jobs")
 
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
@@ -116,9 +127,7 @@ async def test_a_database_from_the_previous_schema_version_migrates(tmp_path: Pa
             job_id, task_id = await store.allocate_ids(1, 1)
 
     assert read(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
-    assert {"jobs_by_status", "jobs_by_finish"} <= {
-        row[1] for row in read(path, "PRAGMA index_list(jobs)")
-    }
+    assert {"jobs_by_status", "jobs_by_finish"} <= database.indexes("jobs")
     assert finished is not None
     view = finished.view("tasks")
     assert (view.status, view.finish_count, view.error_count, view.progress) == (
@@ -149,13 +158,12 @@ async def test_a_database_from_the_previous_schema_version_migrates(tmp_path: Pa
     assert (job_id, task_id) == (10_001, 1_000_003)
 
 
-async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
+async def test_a_database_from_a_newer_release_is_refused(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         store = await open_store(path, commit_interval=FAST_WINDOW)
         store.close()
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    database.write("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(SchemaTooNew, match=str(SCHEMA_VERSION + 1)):
         await open_store(path, commit_interval=FAST_WINDOW)
     # Nothing was touched.
@@ -165,8 +173,8 @@ async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> Non
 # -- ids ----------------------------------------------------------------------------------------
 
 
-async def test_ids_are_never_reused_across_a_clean_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "ids.db"
+async def test_ids_are_never_reused_across_a_clean_reopen(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             assert await store.allocate_ids(1, 3) == (1, 1)
@@ -176,8 +184,8 @@ async def test_ids_are_never_reused_across_a_clean_reopen(tmp_path: Path) -> Non
     assert job_id > 3 and task_id > 8
 
 
-async def test_ids_are_never_reused_after_a_crash(tmp_path: Path) -> None:
-    path = tmp_path / "ids.db"
+async def test_ids_are_never_reused_after_a_crash(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         # Only the reservation commits are ever written; the store is never closed.
         async with crashing_store(path) as store:
@@ -246,8 +254,8 @@ async def test_a_window_commits_every_change_in_one_transaction(
     assert loaded.status == "dispatching"
 
 
-async def test_sync_returns_only_once_the_change_is_on_disk(tmp_path: Path) -> None:
-    path = tmp_path / "sync.db"
+async def test_sync_returns_only_once_the_change_is_on_disk(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         # A long window: only sync() can make this commit happen in time.
         async with running_store(path, window=60.0) as store:
@@ -267,10 +275,10 @@ async def test_sync_returns_only_once_the_change_is_on_disk(tmp_path: Path) -> N
             assert read(path, "SELECT finish_count FROM jobs") == [(1,)]
 
 
-async def test_sync_during_a_commit_with_nothing_new_returns(tmp_path: Path) -> None:
+async def test_sync_during_a_commit_with_nothing_new_returns(database: DatabaseUnderTest) -> None:
     """A read (GET /jobs) that arrives while a commit is being written, on an otherwise idle
     gateway, must not wait for a commit that nothing will ever start."""
-    path = tmp_path / "sync.db"
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path, window=0.0) as store:
             await create_job(store, batch(("a", "/x")))
@@ -287,9 +295,9 @@ async def test_sync_during_a_commit_with_nothing_new_returns(tmp_path: Path) -> 
 
 
 async def test_a_crash_loses_only_what_was_not_committed_and_stays_consistent(
-    tmp_path: Path,
+    database: DatabaseUnderTest,
 ) -> None:
-    path = tmp_path / "crash.db"
+    path = database.location
     with trio.fail_after(GUARD):
         async with crashing_store(path) as store:
             record = await create_job(store, batch((["a", "b", "c"], "/x"), ("a", "/y")))
@@ -329,8 +337,8 @@ async def test_a_crash_loses_only_what_was_not_committed_and_stays_consistent(
     assert [r.id for r in unfinished] == [record.id]
 
 
-async def test_restore_trusts_the_tasks_over_the_job_row(tmp_path: Path) -> None:
-    path = tmp_path / "disagree.db"
+async def test_restore_trusts_the_tasks_over_the_job_row(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             record = await create_job(store, batch((["a", "b"], "/x")))
@@ -338,8 +346,7 @@ async def test_restore_trusts_the_tasks_over_the_job_row(tmp_path: Path) -> None
             record.settle(record.tasks[0], "timeout", None, CREATED + 1)
             store.task_changed(record.tasks[0])
             store.job_changed(record)
-        with sqlite3.connect(path) as connection:
-            connection.execute("UPDATE jobs SET finish_count = 2, error_count = 0, progress = 7")
+        database.write("UPDATE jobs SET finish_count = 2, error_count = 0, progress = 7")
         async with running_store(path) as store:
             loaded = await store.load_job(record.id, tunnel_for)
     assert loaded is not None
@@ -361,39 +368,42 @@ def _finish(record: JobRecord, status: str, at: float) -> None:
 
 
 async def test_list_jobs_pages_newest_first_filters_and_counts(
-    autojump_clock: trio.testing.MockClock,
+    database: DatabaseUnderTest,
 ) -> None:
     statuses = ["resolved", "timeout", "pending", "resolved", "dispatching", "cancelled"] * 5
-    async with running_store(":memory:", window=1.0) as store:
-        records = []
-        for status in statuses:
-            record = await create_job(store, batch((["a", "b"], "/x")))
-            _finish(record, status, CREATED + record.id)
-            records.append(record)
-        await store.sync()
-        first, total = await store.list_jobs(status=None, limit=7, offset=0)
-        second, _ = await store.list_jobs(status=None, limit=7, offset=7)
-        last, _ = await store.list_jobs(status=None, limit=7, offset=28)
-        beyond, beyond_total = await store.list_jobs(status=None, limit=7, offset=30)
-        resolved, resolved_total = await store.list_jobs(status="resolved", limit=4, offset=2)
-        none, none_total = await store.list_jobs(status="nonexistent", limit=4, offset=0)
-    ids = [r.id for r in records]
-    assert total == 30 and beyond_total == 30
-    assert [v.id for v in first + second] == ids[::-1][:14]
-    assert [v.id for v in last] == ids[1::-1]
-    assert beyond == []
-    expected_resolved = [r.id for r in records if r.status == "resolved"][::-1]
-    assert resolved_total == len(expected_resolved) == 10
-    assert [v.id for v in resolved] == expected_resolved[2:6]
-    assert all(v.status == "resolved" for v in resolved)
-    assert (none, none_total) == ([], 0)
-    newest = records[-1]
-    assert first[0].collection == [t.id for t in newest.tasks]
-    assert first[0].total_count == 2 and first[0].status == "cancelled"
+    with trio.fail_after(GUARD):
+        async with running_store(database.location, window=1.0) as store:
+            records = []
+            for status in statuses:
+                record = await create_job(store, batch((["a", "b"], "/x")))
+                _finish(record, status, CREATED + record.id)
+                records.append(record)
+            await store.sync()
+            first, total = await store.list_jobs(status=None, limit=7, offset=0)
+            second, _ = await store.list_jobs(status=None, limit=7, offset=7)
+            last, _ = await store.list_jobs(status=None, limit=7, offset=28)
+            beyond, beyond_total = await store.list_jobs(status=None, limit=7, offset=30)
+            resolved, resolved_total = await store.list_jobs(status="resolved", limit=4, offset=2)
+            none, none_total = await store.list_jobs(status="nonexistent", limit=4, offset=0)
+        ids = [r.id for r in records]
+        assert total == 30 and beyond_total == 30
+        assert [v.id for v in first + second] == ids[::-1][:14]
+        assert [v.id for v in last] == ids[1::-1]
+        assert beyond == []
+        expected_resolved = [r.id for r in records if r.status == "resolved"][::-1]
+        assert resolved_total == len(expected_resolved) == 10
+        assert [v.id for v in resolved] == expected_resolved[2:6]
+        assert all(v.status == "resolved" for v in resolved)
+        assert (none, none_total) == ([], 0)
+        newest = records[-1]
+        assert first[0].collection == [t.id for t in newest.tasks]
+        assert first[0].total_count == 2 and first[0].status == "cancelled"
 
 
-async def test_delete_finished_before_deletes_only_old_finished_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "retention.db"
+async def test_delete_finished_before_deletes_only_old_finished_jobs(
+    database: DatabaseUnderTest,
+) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             old = await create_job(store, batch((["a", "b"], "/x"), ("c", "/y")))
@@ -416,8 +426,8 @@ async def test_delete_finished_before_deletes_only_old_finished_jobs(tmp_path: P
     assert read(path, "SELECT count(*) FROM entries") == [(2,)]
 
 
-async def test_job_deleted_removes_a_job_its_tasks_and_entries(tmp_path: Path) -> None:
-    path = tmp_path / "delete.db"
+async def test_job_deleted_removes_a_job_its_tasks_and_entries(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             doomed = await create_job(store, batch((["a", "b"], "/x"), ("a", "/y")))
@@ -439,32 +449,34 @@ async def test_job_deleted_removes_a_job_its_tasks_and_entries(tmp_path: Path) -
 
 
 async def test_a_job_created_and_deleted_in_one_window_never_reaches_the_database(
-    autojump_clock: trio.testing.MockClock,
+    database: DatabaseUnderTest,
 ) -> None:
-    async with running_store(":memory:", window=1.0) as store:
-        await store.allocate_ids(10, 10)  # reserve up front: the next commit is this window's
-        await store.sync()
-        commits, rows = store.commits, store.rows_written
-        record = await create_job(store, batch((["a", "b"], "/x")))
-        record.mark_sent(record.tasks[0])
-        store.task_changed(record.tasks[0])
-        store.job_changed(record)
-        store.job_deleted(record.id)
-        await store.sync()
-        assert store.commits <= commits + 1
-        # The one row written is the no-op UPDATE of a task whose job row never existed.
-        assert store.rows_written - rows <= 1
-        assert await store.load_job(record.id, tunnel_for) is None
-        assert await store.list_jobs(status=None, limit=10, offset=0) == ([], 0)
+    with trio.fail_after(GUARD):
+        # A long window: only sync() commits, so the job's whole life falls in one window.
+        async with running_store(database.location, window=60.0) as store:
+            await store.allocate_ids(10, 10)  # reserve up front: the next commit is this window's
+            await store.sync()
+            commits, rows = store.commits, store.rows_written
+            record = await create_job(store, batch((["a", "b"], "/x")))
+            record.mark_sent(record.tasks[0])
+            store.task_changed(record.tasks[0])
+            store.job_changed(record)
+            store.job_deleted(record.id)
+            await store.sync()
+            assert store.commits <= commits + 1
+            # The one row written is the no-op UPDATE of a task whose job row never existed.
+            assert store.rows_written - rows <= 1
+            assert await store.load_job(record.id, tunnel_for) is None
+            assert await store.list_jobs(status=None, limit=10, offset=0) == ([], 0)
 
 
 # -- the engine's recovery on a file database ---------------------------------------------------
 
 
-def engine_config(path: Path, **sections: Any) -> Config:
+def engine_config(database: DatabaseUnderTest, **sections: Any) -> Config:
     return Config(
         tasks=TasksConfig(default_timeout=30.0, device_idle_retire=5.0),
-        store=StoreConfig(path=str(path), commit_interval=FAST_WINDOW),
+        store=database.store_config(commit_interval=FAST_WINDOW),
         **sections,
     )
 
@@ -485,8 +497,10 @@ async def run_until_stopped(
     return publisher
 
 
-async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: Path) -> None:
-    config = engine_config(tmp_path / "pm.db")
+async def test_restart_resumes_pending_in_order_and_resends_in_flight(
+    database: DatabaseUnderTest,
+) -> None:
+    config = engine_config(database)
     state: dict[str, Any] = {}
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
@@ -544,8 +558,8 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(tmp_path: 
     assert job.record.status == "resolved" and job.record.finish_count == 6
 
 
-async def test_restart_without_resend_fails_in_flight_tasks(tmp_path: Path) -> None:
-    config = engine_config(tmp_path / "pm.db", recovery=RecoveryConfig(resend_inflight=False))
+async def test_restart_without_resend_fails_in_flight_tasks(database: DatabaseUnderTest) -> None:
+    config = engine_config(database, recovery=RecoveryConfig(resend_inflight=False))
     state: dict[str, Any] = {}
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
@@ -585,8 +599,8 @@ async def test_restart_without_resend_fails_in_flight_tasks(tmp_path: Path) -> N
     assert [t.status for t in stored.tasks] == ["error", "resolved", "error"]
 
 
-async def test_a_finished_job_is_readable_after_a_restart(tmp_path: Path) -> None:
-    config = engine_config(tmp_path / "pm.db")
+async def test_a_finished_job_is_readable_after_a_restart(database: DatabaseUnderTest) -> None:
+    config = engine_config(database)
     state: dict[str, Any] = {}
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:
@@ -619,8 +633,8 @@ async def test_a_finished_job_is_readable_after_a_restart(tmp_path: Path) -> Non
     assert watcher_ended
 
 
-async def test_delete_removes_a_stored_job_for_good(tmp_path: Path) -> None:
-    config = engine_config(tmp_path / "pm.db")
+async def test_delete_removes_a_stored_job_for_good(database: DatabaseUnderTest) -> None:
+    config = engine_config(database)
     state: dict[str, Any] = {}
 
     async def before(engine: Engine, publisher: RecordingPublisher) -> None:

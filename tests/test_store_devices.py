@@ -1,21 +1,20 @@
-"""The store's device side: presence rows across a restart, a device's tasks across jobs."""
+"""The store's device side, on both engines: presence rows across a restart, a device's tasks
+across jobs."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import trio
 
 from pm.presence import DevicePresence, Presence, PresenceBook
 from pm.store import DeviceTaskQuery
 
-from .stores import batch, create_job, read, running_store, tunnel_for
+from .stores import DatabaseUnderTest, batch, create_job, running_store, tunnel_for
 
 GUARD = 10
 
 
-async def test_presence_changes_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "pm.db"
+async def test_presence_changes_survive_a_reopen(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             book = PresenceBook(on_change=store.presence_changed)
@@ -24,7 +23,7 @@ async def test_presence_changes_survive_a_reopen(tmp_path: Path) -> None:
             book.update("b", Presence.ONLINE, at=15.0)
             await store.sync()
             # Three changes in one window, two devices: two rows.
-            assert sorted(read(path, "SELECT id, presence FROM devices")) == [
+            assert sorted(database.read("SELECT id, presence FROM devices")) == [
                 ("a", "offline"),
                 ("b", "online"),
             ]
@@ -38,8 +37,8 @@ async def test_presence_changes_survive_a_reopen(tmp_path: Path) -> None:
     assert reloaded.presence("c") is Presence.UNKNOWN
 
 
-async def test_a_devices_tasks_across_jobs_newest_first(tmp_path: Path) -> None:
-    path = tmp_path / "pm.db"
+async def test_a_devices_tasks_across_jobs_newest_first(database: DatabaseUnderTest) -> None:
+    path = database.location
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             first = await create_job(store, batch((["a", "b"], "/1")))

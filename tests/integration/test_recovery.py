@@ -1,6 +1,7 @@
 """Jobs survive the gateway: a real `pm serve` process SIGKILLed mid-job and started again on
-the same database, with simulated devices that stay up throughout (they reconnect to the
-restarted embedded broker by themselves)."""
+the same database (a SQLite file, and a PostgreSQL database at ``store.url``), with simulated
+devices that stay up throughout (they reconnect to the restarted embedded broker by
+themselves)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,20 @@ from pm.cli import serve_command
 from pm.simulator import Simulator, SimulatorSettings, run_simulator
 from tests.integration.brokers import free_port
 from tests.job_api import assert_consistent, entry, wait_final
+from tests.stores import DatabaseUnderTest
 from tests.waiting import poll_until
 
 
 class GatewayProcess:
-    """`python -m pm.cli serve` on fixed ports and a database file, restartable."""
+    """`python -m pm.cli serve` on fixed ports and a database, restartable.
 
-    def __init__(self, directory: Path) -> None:
+    ``store``: the ``[store]`` variables naming the database; a file in ``directory`` if none.
+    """
+
+    def __init__(self, directory: Path, store: dict[str, str] | None = None) -> None:
         self.http_port = free_port()
         self.mqtt_port = free_port()
-        self.database = directory / "puppetmaster.db"
+        self.store = store or {"PM_STORE_PATH": str(directory / "puppetmaster.db")}
         self.log = directory / "gateway.log"
         self.log_level = "warning"
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -47,7 +52,7 @@ class GatewayProcess:
     def start(self) -> None:
         environment = {
             **os.environ,
-            "PM_STORE_PATH": str(self.database),
+            **self.store,
             "PM_STORE_COMMIT_INTERVAL": "0.02",
             "PM_MQTT_CLIENT_ID": f"pm-recovery-{uuid.uuid4().hex[:8]}",
         }
@@ -81,6 +86,15 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
+@pytest.fixture
+def gateway_on_each_engine(tmp_path: Path, database: DatabaseUnderTest) -> Iterator[GatewayProcess]:
+    """As ``gateway_process``, once on a SQLite file and once on PostgreSQL (``store.url``)."""
+    variable = "PM_STORE_URL" if database.engine == "postgresql" else "PM_STORE_PATH"
+    gateway = GatewayProcess(tmp_path, {variable: database.location})
+    yield gateway
+    gateway.stop()
+
+
 async def wait_ready(client: httpx.AsyncClient, gateway: GatewayProcess) -> None:
     """Until the gateway answers /healthz; fails at once, with its log, if it exited."""
     while True:
@@ -102,8 +116,9 @@ async def get_job(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
 
 
 async def test_sigkill_mid_job_then_restart_completes_every_task(
-    gateway_process: GatewayProcess, nursery: trio.Nursery
+    gateway_on_each_engine: GatewayProcess, nursery: trio.Nursery
 ) -> None:
+    gateway_process = gateway_on_each_engine
     devices = [f"k{i:03d}" for i in range(100)]
     with trio.fail_after(90):
         gateway_process.start()
