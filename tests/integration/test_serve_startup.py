@@ -6,16 +6,19 @@ stderr naming the problem, exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
 from pm.store import SCHEMA_VERSION, open_store
-from tests.integration.gateways import pm
+from tests.integration.brokers import free_port
+from tests.integration.gateways import REPOSITORY, cli_environment, pm
 from tests.small_filesystem import SmallFilesystem
 
 # Free ports for both listeners: a failure must come from what the test set up, nothing else.
@@ -122,3 +125,55 @@ async def test_a_database_on_a_read_only_filesystem(disk: SmallFilesystem) -> No
         await trio.run_process(["mount", "-o", "remount,ro", str(disk.path)], capture_stderr=True)
         result = await pm("serve", *ANY_PORTS, env={"PM_STORE_PATH": str(disk.path / "pm.db")})
     assert_one_line(result, "(store.path): unable to open database file", "read-only")
+
+
+def _without_psycopg(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import psycopg`` fails as on a machine without the
+    [postgres] extra: a package of that name that raises ImportError comes first."""
+    hidden = tmp_path / "without-psycopg" / "psycopg"
+    hidden.mkdir(parents=True, exist_ok=True)
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'psycopg'\")\n")
+    return {"PYTHONPATH": f"{hidden.parent}{os.pathsep}{REPOSITORY}"}
+
+
+async def test_store_url_without_the_postgresql_driver(tmp_path: Path) -> None:
+    url = "postgresql://pm:s3cret@127.0.0.1:1/pm"
+    with trio.fail_after(30):
+        result = await pm(
+            "serve", *ANY_PORTS, env={**_without_psycopg(tmp_path), "PM_STORE_URL": url}
+        )
+    assert_one_line(
+        result,
+        "store.url is set (postgresql://pm:***@127.0.0.1:1/pm)",
+        "PostgreSQL driver is not installed: pip install 'sanji-puppetmaster[postgres]'",
+    )
+    assert "s3cret" not in result.stderr
+
+
+async def test_the_gateway_needs_no_postgresql_driver_on_sqlite(tmp_path: Path) -> None:
+    # Every module of pm and actors imports without psycopg (it is imported only to open a
+    # store.url), and the CLI runs. (A __main__ module would run its program: left out.)
+    modules = "import pkgutil, importlib, pm, actors; " + (
+        "[importlib.import_module(m.name) for p in (pm, actors)"
+        " for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')"
+        " if not m.name.endswith('__main__')]"
+    )
+    with trio.fail_after(30):
+        imported = await trio.run_process(
+            [sys.executable, "-c", modules],
+            env=cli_environment(_without_psycopg(tmp_path)),
+            capture_stderr=True,
+            check=False,
+        )
+        help_text = await pm("serve", "--help", env=_without_psycopg(tmp_path))
+    assert imported.returncode == 0, imported.stderr.decode()
+    assert help_text.returncode == 0, help_text.stderr
+
+
+async def test_an_unreachable_postgresql_server(tmp_path: Path) -> None:
+    # A closed port: nothing listens on it.
+    url = f"postgresql://pm:s3cret@127.0.0.1:{free_port()}/pm"
+    with trio.fail_after(30):
+        result = await pm("serve", *ANY_PORTS, env={"PM_STORE_URL": url})
+    assert_one_line(result, "cannot use the database", "(store.url)", "Connection refused")
+    assert "s3cret" not in result.stderr
