@@ -17,6 +17,7 @@ from pm.store._postgres_connection import redacted, translate_for_postgres
 from pm.store._store import FAULT_RETRY_DELAY
 from tests.postgres_server import PostgresServer
 from tests.stores import batch, create_job, read, running_store
+from tests.waiting import poll_until
 
 GUARD = 20 + 4 * FAULT_RETRY_DELAY
 
@@ -70,8 +71,7 @@ async def test_a_lost_server_keeps_every_change_and_writes_it_when_it_returns(
             with postgres_server.admin() as admin:
                 admin.execute(f"ALTER DATABASE {_name(url)} ALLOW_CONNECTIONS true")
             # The store retries by itself, on a new connection.
-            while store.fault is not None:
-                await trio.sleep(FAULT_RETRY_DELAY / 4)
+            await poll_until(lambda: store.fault is None, FAULT_RETRY_DELAY / 4)
             await store.sync()
             views, total = await store.list_jobs(status=None, limit=10, offset=0)
     assert (total, views[0].status, views[0].finish_count) == (1, "resolved", 50)
@@ -102,8 +102,7 @@ async def test_a_read_only_server_is_a_fault_until_it_takes_writes_again(
                 await store.sync()
             # The first commit meets the dropped session; the retries, on a new one, meet a
             # read-only database.
-            while "25006" not in (store.fault or ""):
-                await trio.sleep(FAULT_RETRY_DELAY / 4)
+            await poll_until(lambda: "25006" in (store.fault or ""), FAULT_RETRY_DELAY / 4)
             with pytest.raises(StoreUnavailable, match="read-only"):
                 await store.sync()
             # Reads go on from what was committed.
@@ -111,8 +110,7 @@ async def test_a_read_only_server_is_a_fault_until_it_takes_writes_again(
             assert view.finish_count == 0
 
             read_only(False)
-            while store.fault is not None:
-                await trio.sleep(FAULT_RETRY_DELAY / 4)
+            await poll_until(lambda: store.fault is None, FAULT_RETRY_DELAY / 4)
             await store.sync()
     assert read(url, "SELECT status FROM tasks ORDER BY id") == [("resolved",), ("pending",)]
 
