@@ -28,8 +28,9 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/pm serve $(ARGS)
 
-## test: the whole suite (the MQTT client tests also need mosquitto, installed if missing)
-test: $(TEST_STAMP) mosquitto
+## test: the whole suite (the MQTT client tests also need mosquitto, the store tests
+## PostgreSQL: both installed if missing)
+test: $(TEST_STAMP) mosquitto postgresql
 	$(BIN)/ruff check pm actors tests bench
 	$(BIN)/pytest $(ARGS)
 
@@ -39,6 +40,16 @@ mosquitto:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 	  { echo "installing mosquitto (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# The store tests start their own throwaway PostgreSQL (initdb in a temporary directory, a free
+# port, removed afterwards; as root it runs as "nobody"); this only makes sure the server's
+# binaries exist: on PATH, or where the Debian package puts them.
+.PHONY: postgresql
+postgresql:
+	@{ command -v initdb && command -v postgres; } >/dev/null || \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { echo "installing postgresql (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check pm actors tests bench
