@@ -132,7 +132,10 @@ async def test_a_read_only_database_stops_the_start(
 ) -> None:
     with postgres_server.admin() as admin:
         admin.execute(f"ALTER DATABASE {_name(url)} SET default_transaction_read_only = on")
-    with trio.fail_after(GUARD), pytest.raises(StoreOpenError, match=r"\(store.url\).*read-only"):
+    with (
+        trio.fail_after(GUARD),
+        pytest.raises(StoreOpenError, match=r"\(store.url\): it is read-only \(a standby"),
+    ):
         await open_store(url, commit_interval=0.05)
 
 

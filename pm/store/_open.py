@@ -10,7 +10,7 @@ import trio
 
 from ._connection import Connection
 from ._errors import StoreOpenError
-from ._postgres_connection import connect_postgres, is_postgres_url, redacted
+from ._postgres_connection import connect_postgres, driver_errors, is_postgres_url, redacted
 from ._schema import SchemaTooNew, migrate
 from ._sqlite_connection import connect_sqlite, open_failure
 from ._store import Store
@@ -47,8 +47,8 @@ def _open_postgres(url: str, commit_interval: float) -> Store:
         connection = connect_postgres(url)
     except StoreOpenError:
         raise
-    except Exception as error:
-        # psycopg's errors (imported only when installed): the server refused or is gone.
+    except driver_errors() as error:
+        # The server refused or is gone (libpq's message runs over several lines).
         raise StoreOpenError(f"cannot use {named}: {' '.join(str(error).split())}") from error
     return _ready(connection, named, commit_interval)
 

@@ -137,6 +137,13 @@ class PostgresConnection:
         self._connection.close()
 
 
+def driver_errors() -> tuple[type[Exception], ...]:
+    """psycopg's errors, once :func:`connect_postgres` has shown the driver is installed."""
+    import psycopg
+
+    return (psycopg.Error,)
+
+
 def connect_postgres(url: str) -> PostgresConnection:
     """Connect to the database at ``url`` and check that it takes writes.
 
