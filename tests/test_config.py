@@ -204,6 +204,9 @@ def test_a_wrong_environment_value_names_the_key(name: str, value: str, where: s
         ("PM_RECOVERY_RESEND_FIRST_DELAY", "60", r"recovery\.resend_first_delay \(60\) must not"),
         ("PM_TOPICS_REQUEST", "/remote/all", r"topics\.request must contain \{device\} exactly"),
         ("PM_TOPICS_RESPONSE", "/r/{device}/#", r"topics\.response must not contain the MQTT"),
+        # store.url is a PostgreSQL URL or nothing
+        ("PM_STORE_URL", "mysql://pm@db/pm", r"matching regex .* - at `\$\.store\.url`"),
+        ("PM_STORE_URL", "./pm.db", r"- at `\$\.store\.url`"),
     ],
 )
 def test_a_value_out_of_range_is_refused_naming_the_key(
@@ -340,3 +343,9 @@ def test_default_expires_in_is_inf_or_at_most_ten_years(value: str) -> None:
 def test_default_expires_in_beyond_ten_years_is_refused() -> None:
     with pytest.raises(ConfigError, match="tasks.default_expires_in"):
         load_config(environ={"PM_TASKS_DEFAULT_EXPIRES_IN": "1e12"})
+
+
+def test_store_url_when_set_is_what_the_store_opens() -> None:
+    assert load_config(environ={}).store.location == "./puppetmaster.db"
+    url = "postgresql://pm@db:5432/pm"
+    assert load_config(environ={"PM_STORE_URL": url}).store.location == url
