@@ -69,9 +69,15 @@ def _die_with_parent() -> None:
 class PostgresServer:
     """A running server; :meth:`create_database` gives each test its own database."""
 
-    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, port: int, process: subprocess.Popen[bytes], directory: Path, owner: tuple[int, int]
+    ) -> None:
         self.port = port
         self.process = process
+        # The server's own directory (removed with it) and the uid, gid it runs as: a
+        # tablespace a test creates must be a directory of that user.
+        self.directory = directory
+        self.owner = owner
         self._names = itertools.count(1)
 
     def url(self, database: str = "postgres") -> str:
@@ -128,7 +134,8 @@ def running_postgres() -> Iterator[PostgresServer]:
             stdout=log, stderr=subprocess.STDOUT, cwd=base, preexec_fn=_die_with_parent,
             **as_user,
         )  # fmt: skip
-        server = PostgresServer(port, process)
+        owner = (as_user["user"], as_user["group"]) if as_user else (os.getuid(), os.getgid())
+        server = PostgresServer(port, process, base, owner)
         try:
             _wait_until_ready(server, base / "server.log")
             yield server

@@ -1,12 +1,14 @@
 """What only the PostgreSQL store meets, against the throwaway server: the server dropping the
-connection or turning read-only while the gateway runs (storage faults, retried until they
-pass, nothing lost), and a database it cannot use at start.
+connection, running out of disk or turning read-only while the gateway runs (storage faults,
+retried until they pass, nothing lost), and a database it cannot use at start. (The full-disk
+test mounts a tmpfs: it skips, saying why, where that is not allowed, as the SQLite ones do.)
 
 Real server, real threads, so real time: a hang guard on each test.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +18,7 @@ from pm.store import StoreOpenError, StoreUnavailable, open_store
 from pm.store._postgres_connection import redacted, translate_for_postgres
 from pm.store._store import FAULT_RETRY_DELAY
 from tests.postgres_server import PostgresServer
+from tests.small_filesystem import small_filesystem
 from tests.stores import batch, create_job, read, running_store
 from tests.waiting import poll_until
 
@@ -76,6 +79,44 @@ async def test_a_lost_server_keeps_every_change_and_writes_it_when_it_returns(
             views, total = await store.list_jobs(status=None, limit=10, offset=0)
     assert (total, views[0].status, views[0].finish_count) == (1, "resolved", 50)
     assert read(url, "SELECT count(*) FROM tasks WHERE status = 'resolved'") == [(50,)]
+
+
+async def test_a_full_disk_on_the_server_keeps_every_change_and_writes_it_when_space_returns(
+    postgres_server: PostgresServer,
+) -> None:
+    """The database lives in a tablespace on a 16 MiB tmpfs, filled to its last byte: the
+    server cannot extend a table (53100 "No space left on device")."""
+    with small_filesystem(postgres_server.directory / "small-disk", size="16m") as disk:
+        os.chown(disk.path, *postgres_server.owner)
+        url = postgres_server.url(f"pm_small_{os.getpid()}")
+        with postgres_server.admin() as admin:
+            admin.execute(f"CREATE TABLESPACE small_{os.getpid()} LOCATION '{disk.path}'")
+            admin.execute(f"CREATE DATABASE {_name(url)} TABLESPACE small_{os.getpid()}")
+        try:
+            with trio.fail_after(GUARD):
+                async with running_store(url) as store:
+                    record = await create_job(store, batch(([f"d{n}" for n in range(100)], "/a")))
+                    await store.sync()
+                    disk.fill()
+                    for position, task in enumerate(record.tasks):
+                        record.settle(task, "resolved", {"n": position, "pad": "x" * 2000}, 1.0)
+                        store.task_changed(task)
+                    store.job_changed(record)
+                    with pytest.raises(StoreUnavailable, match="No space left on device"):
+                        await store.sync()
+                    assert store.fault is not None and "53100" in store.fault
+                    # Reads answer from what was committed before the fault.
+                    (view,), _ = await store.list_jobs(status=None, limit=10, offset=0)
+                    assert view.done_count == 0
+
+                    disk.free()
+                    await poll_until(lambda: store.fault is None, FAULT_RETRY_DELAY / 4)
+                    await store.sync()
+            assert read(url, "SELECT count(*) FROM tasks WHERE status = 'resolved'") == [(100,)]
+        finally:
+            postgres_server.drop_database(url)
+            with postgres_server.admin() as admin:
+                admin.execute(f"DROP TABLESPACE IF EXISTS small_{os.getpid()}")
 
 
 async def test_a_read_only_server_is_a_fault_until_it_takes_writes_again(
