@@ -38,12 +38,31 @@ def _name(url: str) -> str:
 
 
 def _drop_connections(server: PostgresServer, url: str) -> None:
-    """The server ends every session of the database (what a restart or fail-over does)."""
+    """The server ends every session of the database (what a restart or fail-over does);
+    returns once they have ended."""
     with server.admin() as admin:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s",
             (_name(url),),
         )
+
+
+async def test_a_session_ended_while_idle_is_replaced_before_the_next_commit(
+    postgres_server: PostgresServer, url: str
+) -> None:
+    with trio.fail_after(GUARD):
+        async with running_store(url) as store:
+            record = await create_job(store, batch((["a", "b"], "/x")))
+            await store.sync()
+            _drop_connections(postgres_server, url)
+            record.settle(record.tasks[0], "resolved", {"ok": 1}, 1.0)
+            store.task_changed(record.tasks[0])
+            store.job_changed(record)
+            await store.sync()
+            assert (store.failed_commits, store.fault) == (0, None)
+            _drop_connections(postgres_server, url)
+            (view,), _ = await store.list_jobs(status=None, limit=10, offset=0)
+    assert view.finish_count == 1
 
 
 async def test_a_lost_server_keeps_every_change_and_writes_it_when_it_returns(

@@ -10,13 +10,15 @@ SQLite store does too, so both engines share the store's thread, limiter and gro
 Error handling: an error of the connection (the server restarted, the network dropped, the
 server shutting down, a disk full on the server: psycopg's ``OperationalError``) or a
 read-only transaction (a standby after a fail-over) is a storage fault, retried like a full
-disk; the connection is opened again on the next use. Any other error (a constraint, a syntax
+disk; the connection is opened again on the next use. A session the server ended while idle
+is replaced before it is used, without an error. Any other error (a constraint, a syntax
 error) is a bug.
 """
 
 from __future__ import annotations
 
 import re
+import select
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -98,11 +100,26 @@ class PostgresConnection:
         return self._psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
 
     def _live(self) -> psycopg.Connection[Any]:
+        if not self._connection.closed and self._spoke_while_idle():
+            # The server ended the session while it sat idle (a restart, a fail-over, an
+            # idle timeout): it sends its reason and closes. Found here, before a commit
+            # would fail on it and wait out a retry.
+            self._connection.close()
         if self._connection.closed:
-            # Dropped by the server (restart, fail-over) or the network: the error was
-            # reported when it happened; this use tries again.
+            # Dropped by the server or the network: an error was reported if it happened
+            # during a statement; this use tries again.
             self._connection = self._connect()
         return self._connection
+
+    def _spoke_while_idle(self) -> bool:
+        """Whether the server sent something on a session with nothing under way: we never
+        LISTEN, so that is the end of the session (or, rarely, a notice: reconnecting then
+        costs one connection)."""
+        idle = self._psycopg.pq.TransactionStatus.IDLE
+        if self._connection.info.transaction_status != idle:
+            return False
+        readable, _, _ = select.select([self._connection.fileno()], [], [], 0)
+        return bool(readable)
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         translated = self._translated.get(sql)
