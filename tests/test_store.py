@@ -51,8 +51,8 @@ from tests.stores import (
 )
 from tests.waiting import poll_until
 
-# Hang guard for every file-store test (real time): generous, each test needs far less.
-GUARD = 5.0
+# Hang guard for every file or server store test (real time): generous, each needs far less.
+GUARD = 15.0
 
 
 def assert_counts_agree(record: JobRecord) -> None:
