@@ -8,6 +8,7 @@ Blocking helpers: the drivers call them before and after the measured parts, nev
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,9 +28,40 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range.
+
+    A listener that is restarted on its port (a SIGKILLed gateway, its embedded broker) must
+    find it free while the simulated devices on this same host keep reconnecting to it. A port
+    from the ephemeral range (what binding port 0 gives) can meanwhile become one of those
+    clients' own local ports, or a TCP self-connection of a client to the very port it dials:
+    the restart then fails with "Address already in use". Found by the chaos test.
+    """
+    low, _ = _ephemeral_range()
+    if low - _LOWEST_TEST_PORT < 1_000:  # an unusual kernel setting: no room below it
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(_LOWEST_TEST_PORT, low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {_LOWEST_TEST_PORT} and {low}")
+
+
+# Below: registered services this machine may run; above (from the kernel's range): clients.
+_LOWEST_TEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+    return int(low), int(high)
 
 
 def cpu_seconds(pid: int) -> float:

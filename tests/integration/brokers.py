@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as mqtt
 import trio
 
+from bench._processes import free_port as free_port  # one place for test ports
+
 if TYPE_CHECKING:
     from pm.broker import EmbeddedBroker
 
@@ -28,13 +30,6 @@ _START_TIMEOUT = 5.0
 _STOP_TIMEOUT = 5.0
 # Hang guard of a test that starts broker children: one is ready in ~0.15 s, so wide margins.
 HANG_GUARD = 20.0
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (another process may take it before it is used)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _die_with_parent() -> None:
