@@ -14,9 +14,9 @@ wrapper, which kills mosquitto). The wrapper costs ~10 MB and no CPU while mosqu
 Presence (``--presence``, as the amqtt child): mosquitto logs every connection, its end and
 every subscription on its stderr, which the wrapper reads line by line
 (:mod:`pm.broker.mosquitto._presence_log`); each device that turns online or offline is
-published retained, QoS 1, on its status topic by the wrapper's own MQTT client (paho, its
-network thread), as the amqtt child does. Other log lines (errors, warnings) go to the
-wrapper's stderr, which the gateway logs.
+published retained, QoS 1, on its status topic by the wrapper's own MQTT client
+(:mod:`pm.broker.mosquitto._announcer`), as the amqtt child does. Other log lines (errors,
+warnings) go to the wrapper's stderr, which the gateway logs.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-import paho.mqtt.client as paho
-
 from pm.broker._presence import PresenceTopics
 from pm.broker._protocol import (
     EXIT_ORPHANED,
@@ -48,6 +46,7 @@ from pm.broker._protocol import (
     tie_to_parent,
 )
 
+from ._announcer import Announcer
 from ._config import find_mosquitto, mosquitto_config
 from ._presence_log import MosquittoLogPresence
 
@@ -92,29 +91,11 @@ def _listening(host: str, port: int) -> bool:
     return True
 
 
-def _connect_announcer(host: str, port: int) -> paho.Client:
-    """The MQTT client presence is published with (a paho network thread); connected.
-
-    Error handling: raises :class:`OSError` if mosquitto refuses the connection (it listens
-    already when this is called).
-    """
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=f"pm-presence-{secrets.token_hex(6)}"
-    )
-    client.max_inflight_messages_set(0)  # a reconnect storm announces thousands at once
-    client.connect(host, port, keepalive=30)
-    sock = client.socket()
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    client.loop_start()
-    return client
-
-
 def _read_log(
     log: IO[str],
     presence: MosquittoLogPresence,
     announcer_ready: threading.Event,
-    announcer: list[paho.Client],
+    announcer: list[Announcer],
 ) -> None:
     """Read mosquitto's log until it closes: announce presence, pass other lines on."""
     for raw in log:
@@ -126,7 +107,7 @@ def _read_log(
         if announcements:
             announcer_ready.wait()
             for topic, payload in announcements:
-                announcer[0].publish(topic, payload, qos=1, retain=True)
+                announcer[0].publish(topic, payload)
 
 
 def run(host: str, port: int, binary: str = "", presence: PresenceTopics | None = None) -> int:
@@ -189,7 +170,7 @@ def run(host: str, port: int, binary: str = "", presence: PresenceTopics | None 
             time.sleep(0.005)
         if presence is not None:
             try:
-                announcer.append(_connect_announcer(host, port))
+                announcer.append(Announcer(host, port, f"pm-presence-{secrets.token_hex(6)}"))
             except OSError as error:
                 process.kill()
                 process.wait()
