@@ -124,10 +124,15 @@ class PresenceBook:
 
         Error handling: raises :class:`pm.protocol.InvalidDeviceId` for an invalid id.
         """
-        device = normalize_device_id(device)
+        # Per answer: a known id as written (the gateway publishes to normalized ids, which
+        # devices answer on) skips the normalization; the keys are normalized ids only.
         record = self._records.get(device)
         if record is None:
-            record = self._records[device] = DevicePresence(id=device, presence=Presence.UNKNOWN)
+            device = normalize_device_id(device)
+            record = self._records.get(device)
+            if record is None:
+                record = DevicePresence(id=device, presence=Presence.UNKNOWN)
+                self._records[device] = record
         previous = record.last_seen
         if previous is not None and previous >= at:
             return
