@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable
 
-from bench import api_load, broker_fanout, dispatch, latency, scale, watchers
+from bench import api_load, broker_fanout, dispatch, latency, reconnect_storm, scale, watchers
 from bench._processes import machine
 from bench._report import RESULTS, Report
 
@@ -36,6 +36,7 @@ STANDARD: list[tuple[Callable[[list[str]], Report], list[str]]] = [
     (watchers.main, ["--tasks", "10000", "--watchers", "1000", "--rounds", "2"]),
     (api_load.main, ["--tasks", "10000"]),
     (scale.main, ["--tasks", "100000", "--small", "10000", "--devices", "10000"]),
+    (reconnect_storm.main, ["--devices", "10000"]),
 ]
 
 QUICK: list[tuple[Callable[[list[str]], Report], list[str]]] = [
@@ -45,6 +46,7 @@ QUICK: list[tuple[Callable[[list[str]], Report], list[str]]] = [
     (watchers.main, ["--tasks", "1000", "--watchers", "50", "--rounds", "1"]),
     (api_load.main, ["--tasks", "1000"]),
     (scale.main, ["--tasks", "5000", "--small", "1000", "--devices", "1000"]),
+    (reconnect_storm.main, ["--devices", "1000"]),
 ]
 
 
@@ -56,6 +58,7 @@ ORDER = [
     "watchers",
     "api_load",
     "scale",
+    "reconnect_storm",
 ]
 
 

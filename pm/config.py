@@ -147,8 +147,8 @@ class TopicsConfig(_Section):
     request: str = "/remote/{device}"
     response: str = "/remote/{device}/response"
     # Presence (protocol v1.1): a device publishes a retained "online" here when it connects
-    # and sets "offline" as its last will; the embedded amqtt broker publishes the same on
-    # behalf of every device it sees subscribe to its request topic (docs/protocol.md).
+    # and sets "offline" as its last will; the embedded broker (either engine) publishes the
+    # same on behalf of every device it sees subscribe to its request topic (docs/protocol.md).
     status: str = "/remote/{device}/status"
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from .answer_latency import AnswerLatencies
 from .device_views import DeviceTaskView, DeviceView
 from .presence import Presence, PresenceBook
 from .protocol import normalize_device_id
@@ -21,6 +22,8 @@ from .store import DeviceTaskQuery, Store
 
 
 class InFlightTasks(Protocol):
+    latencies: AnswerLatencies
+
     def task_in_flight(self, device: str) -> int | None: ...
 
 
@@ -35,7 +38,7 @@ class DeviceDirectory:
       presence: the engine's presence book.
       store: the engine's store (read after :meth:`Store.sync_for_reading`, so a view
         includes every task change made before the request).
-      fleet: what each device has in flight now.
+      fleet: what each device has in flight now, and its recent answer latencies.
       tunnel_for: a device's answer topic (a stored task's ``tunnel``).
     """
 
@@ -118,7 +121,7 @@ class DeviceDirectory:
                     disconnected_at=None if record is None else _iso(record.disconnected_at),
                     pending=counts.get(device, {}).get("pending", 0),
                     in_flight=self._fleet.task_in_flight(device),
-                    latency_p50=None,
+                    latency_p50=self._fleet.latencies.p50(device),
                     counts=counts.get(device, {}),
                 )
             )

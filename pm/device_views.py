@@ -3,7 +3,7 @@ as msgspec Structs; the OpenAPI document is generated from them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -17,17 +17,30 @@ class DeviceView(msgspec.Struct, rename="camel", kw_only=True):
 
     id: str
     presence: PresenceName
-    # ISO 8601 UTC, null: never. lastSeen is the last time a presence source spoke of it.
-    last_seen: str | None
+    # ISO 8601 UTC, null: never.
+    last_seen: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="the last time the device was heard from: any message of it (a "
+            "status, an answer) or of the embedded broker about it; ISO 8601 UTC, null: never. "
+            "Exact while the gateway runs; the store keeps it to within 30 s (it is not "
+            "written for every message)"
+        ),
+    ]
     connected_at: str | None
     disconnected_at: str | None
     # Its tasks not yet sent (status "pending"), across jobs.
     pending: int
     # The id of the task it is working on now, if any.
     in_flight: int | None
-    # Median seconds from request to final answer over its recent tasks; null while the
-    # gateway does not record answer latencies per device (not yet implemented).
-    latency_p50: float | None
+    latency_p50: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="median seconds from publishing a request to the device's final "
+            "answer, over its last 32 answered tasks since the gateway started (kept in "
+            "memory only); null before its first answer"
+        ),
+    ]
     # Its stored tasks by status (every status it has tasks in).
     counts: dict[str, int]
 

@@ -123,6 +123,7 @@ class Fleet:
         self._stopping = False
         self._nothing_in_flight = trio.Event()
         self.dropped = self._requests.dropped
+        self.latencies = self._requests.latencies
         self.published = 0
         self.answered = 0
 

@@ -18,7 +18,9 @@ from typing import Protocol
 
 import trio
 
+from .answer_latency import AnswerLatencies
 from .protocol import (
+    PROGRESS_CODE,
     MalformedAnswer,
     SanjiAnswer,
     SanjiRequest,
@@ -46,7 +48,17 @@ class InFlight:
     timeout; only :meth:`InFlightRequests.abandon` cancels it, setting ``abandoned`` first).
     """
 
-    __slots__ = ("abandoned", "answers", "job_id", "machine", "payload", "scope", "topic")
+    __slots__ = (
+        "abandoned",
+        "answered",
+        "answers",
+        "job_id",
+        "machine",
+        "payload",
+        "scope",
+        "sent_at",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -56,6 +68,7 @@ class InFlight:
         payload: bytes,
         answers: trio.MemorySendChannel[SanjiAnswer | None],
         scope: trio.CancelScope,
+        sent_at: float,
     ) -> None:
         self.machine = machine
         self.job_id = job_id
@@ -64,6 +77,10 @@ class InFlight:
         self.answers = answers
         self.scope = scope
         self.abandoned = False
+        # Trio time of the first publication, and whether a final answer came (its latency is
+        # recorded once, whatever repeats of it arrive).
+        self.sent_at = sent_at
+        self.answered = False
 
     @property
     def task_id(self) -> int:
@@ -99,6 +116,8 @@ class InFlightRequests:
         self._devices_return_until = -math.inf
         self.dropped: Counter[str] = Counter()
         self.republished = 0
+        # Each device's request-to-final-answer seconds, for GET /devices (latencyP50).
+        self.latencies = AnswerLatencies()
 
     def __len__(self) -> int:
         return len(self._by_device)
@@ -141,7 +160,7 @@ class InFlightRequests:
         machine = TaskMachine(task.id, self._resend, suspect=suspect)
         # The task timeout counts from publication.
         scope = trio.CancelScope(deadline=now + task.timeout)
-        in_flight = InFlight(machine, task.job_id, topic, payload, answers, scope)
+        in_flight = InFlight(machine, task.job_id, topic, payload, answers, scope, now)
         self._by_device[device] = in_flight
         self._publisher.publish(topic, payload, retain=suspect)
         return in_flight
@@ -182,6 +201,9 @@ class InFlightRequests:
             # Unknown id, another device's task, or a task already settled or abandoned.
             self.dropped["unexpected_id"] += 1
             return
+        if answer.code != PROGRESS_CODE and not in_flight.answered:
+            in_flight.answered = True
+            self.latencies.record(device, trio.current_time() - in_flight.sent_at)
         try:
             in_flight.answers.send_nowait(answer)
         except trio.WouldBlock:

@@ -20,6 +20,11 @@ import trio
 
 from .protocol import normalize_device_id
 
+# lastSeen moved by a device's messages reaches the store at most once per this many seconds
+# per device (the book itself is always exact): a device answering 10 times a second must not
+# cost a row write per answer. After a restart a device's lastSeen is at most this stale.
+LAST_SEEN_STORE_INTERVAL = 30.0
+
 
 class Presence(enum.StrEnum):
     ONLINE = "online"
@@ -32,7 +37,7 @@ class DevicePresence(msgspec.Struct, kw_only=True):
 
     id: str
     presence: Presence
-    # The last time a source said anything about the device (a birth, a will, a broker event).
+    # The last time the device was heard from: a presence change, a birth, any answer.
     last_seen: float | None = None
     # When it last turned online / offline.
     connected_at: float | None = None
@@ -107,6 +112,34 @@ class PresenceBook:
             waiting = self._waiters.pop(device, None)
             if waiting is not None:
                 waiting.set()
+
+    def seen(self, device: str, at: float) -> None:
+        """A message of ``device`` arrived at ``at`` (epoch seconds; an answer): ``lastSeen``
+        moves forward, presence does not change (an answer proves nothing about the device's
+        subscription; a device never seen by a presence source stays UNKNOWN).
+
+        ``on_change`` is called only when ``lastSeen`` enters a new
+        :data:`LAST_SEEN_STORE_INTERVAL` window, so the store writes a busy device's row at
+        most once per window; ``changes`` does not count these.
+
+        Error handling: raises :class:`pm.protocol.InvalidDeviceId` for an invalid id.
+        """
+        # Per answer: a known id as written (the gateway publishes to normalized ids, which
+        # devices answer on) skips the normalization; the keys are normalized ids only.
+        record = self._records.get(device)
+        if record is None:
+            device = normalize_device_id(device)
+            record = self._records.get(device)
+            if record is None:
+                record = DevicePresence(id=device, presence=Presence.UNKNOWN)
+                self._records[device] = record
+        previous = record.last_seen
+        if previous is not None and previous >= at:
+            return
+        record.last_seen = at
+        window = LAST_SEEN_STORE_INTERVAL
+        if self._on_change is not None and (previous is None or at // window != previous // window):
+            self._on_change(msgspec.structs.replace(record))
 
     async def wait_sendable(self, device: str) -> None:
         """Return at once if the device is ONLINE or UNKNOWN, else when it is no longer

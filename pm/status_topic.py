@@ -1,4 +1,5 @@
-"""Presence from the status topic (protocol v1.1): ``online`` births and ``offline`` wills.
+"""Presence from the status topic (protocol v1.1): ``online`` births and ``offline`` wills;
+and ``lastSeen`` from every answer.
 
 The gateway subscribes to ``topics.status`` with ``+`` for the device; each message there goes
 through :meth:`StatusTopicSource.on_message`, which turns it into a
@@ -11,6 +12,10 @@ Error handling: nothing a device sends can raise. A payload other than ``online`
 or a status topic whose device id is not a valid id, is dropped and counted as
 ``bad_status`` in the shared dropped-message counter (``/healthz``, ``/metrics``). An empty
 payload is the MQTT way to clear a retained message and is ignored without counting.
+
+Any message on a device's answer topic moves that device's ``lastSeen``
+(:meth:`pm.presence.PresenceBook.seen`) before the fleet routes it; the fleet counts what it
+drops. An answer topic whose device id is not valid moves nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ _PAYLOADS = {b"online": Presence.ONLINE, b"offline": Presence.OFFLINE}
 
 
 class StatusTopicSource:
-    """Feeds a :class:`PresenceBook` from status-topic messages.
+    """Feeds a :class:`PresenceBook` from status-topic messages, and ``lastSeen`` from answers.
 
     Args:
       book: where presence is kept.
@@ -52,10 +57,17 @@ class StatusTopicSource:
         self._wall_clock = wall_clock
 
     def on_message(self, topic: str, payload: bytes) -> bool:
-        """Apply one message; returns False if ``topic`` is not a status topic (someone else's
-        message), True if it was one (applied, ignored or counted as dropped)."""
+        """Apply one message; returns False if ``topic`` is not a status topic (an answer, which
+        only moves its device's ``lastSeen`` here, or someone else's message), True if it was
+        one (applied, ignored or counted as dropped)."""
         device = self._topics.device_of_status(topic)
         if device is None:
+            answering = self._topics.device_of_response(topic)
+            if answering is not None:
+                try:
+                    self._book.seen(answering, self._wall_clock())
+                except InvalidDeviceId:
+                    pass  # the fleet drops and counts it
             return False
         if not payload:
             return True

@@ -120,14 +120,15 @@ def test_the_child_command_runs_the_engine_module_and_never_carries_the_password
         "/opt/m",
     ]
     assert "--binary" not in child_command("h", 1, "amqtt", mosquitto_binary="/opt/m")
-    # Presence: the amqtt child gets the templates; mosquitto cannot publish presence.
+    # Presence: both children get the templates (mosquitto's reads them from its log).
     templates = ("/remote/{device}", "/remote/{device}/status")
-    amqtt = child_command("h", 1, "amqtt", presence=templates)
-    assert json.loads(amqtt[amqtt.index("--presence") + 1]) == {
-        "request": "/remote/{device}",
-        "status": "/remote/{device}/status",
-    }
-    assert "--presence" not in child_command("h", 1, "mosquitto", presence=templates)
+    for engine in ("amqtt", "mosquitto"):
+        command = child_command("h", 1, engine, presence=templates)
+        assert json.loads(command[command.index("--presence") + 1]) == {
+            "request": "/remote/{device}",
+            "status": "/remote/{device}/status",
+        }
+        assert "--presence" not in child_command("h", 1, engine)
 
 
 def test_tls_is_refused_for_the_mosquitto_engine_and_made_absolute_for_amqtt() -> None:
@@ -179,8 +180,9 @@ def test_imports_point_one_way_children_share_only_the_protocol_module() -> None
         assert not any(
             name.startswith(("pm.broker.amqtt", "pm.broker.mosquitto")) for name in imported
         ), path
-    # The amqtt auth plugin reads the password file of pm.passwords; nothing else of pm.
-    shared = ("pm.broker._protocol", "pm.passwords")
+    # The amqtt auth plugin reads the password file of pm.passwords; both children keep
+    # presence with pm.broker._presence; nothing else of pm.
+    shared = ("pm.broker._protocol", "pm.broker._presence", "pm.passwords")
     for child in ("amqtt", "mosquitto"):
         for path in sorted((PACKAGE / child).glob("*.py")):
             ours = {name for name in _imports(path) if name.startswith("pm.")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pm.broker.amqtt._presence import BrokerPresence, PresenceTopics
+from pm.broker._presence import BrokerPresence, PresenceTopics
 
 TOPICS = PresenceTopics(request="/remote/{device}", status="/remote/{device}/status")
 

@@ -47,8 +47,13 @@ async def test_devices_are_listed_with_presence_work_and_counts(gateway: ServedG
         }
         assert devices["dev-on"]["presence"] == "online"
         assert devices["dev-on"]["counts"] == {"resolved": 2}
+        # Heard from by its answers: lastSeen moved past the birth, the median is a number.
+        assert devices["dev-on"]["lastSeen"] > "2023-11-14T22:13:20.000Z"
+        assert devices["dev-on"]["latencyP50"] >= 0
+        # No presence source spoke of it, but it answered: still unknown, seen now.
         assert devices["dev-tasks-only"]["presence"] == "unknown"
-        assert devices["dev-tasks-only"]["lastSeen"] is None
+        assert devices["dev-tasks-only"]["lastSeen"] is not None
+        assert isinstance(devices["dev-tasks-only"]["latencyP50"], float)
 
 
 async def test_devices_filter_by_presence_and_prefix_and_page(gateway: ServedGateway) -> None:

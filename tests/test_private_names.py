@@ -5,10 +5,10 @@ exact version because our code overrides, calls and reads their private names. T
 not trust a hand-written list of those names: it reads our source (``ast``) and derives them:
 
 * a private name imported from the library (``from amqtt.x import _y``);
-* in a class deriving from a library class: every method we define that a library base also
-  defines (an override, public or private: it replaces library code the library's own call
-  sites still rely on), and every private name read or written on ``self``, ``cls`` or
-  ``super()`` that a library base defines;
+* in a class deriving from a library class (directly, or through classes of ours): every
+  method we define that a library base also defines (an override, public or private: it
+  replaces library code the library's own call sites still rely on), and every private name
+  read or written on ``self``, ``cls`` or ``super()`` that a library base defines;
 * any other ``<expression>._name`` that our own code does not define but the library does
   (``broker._servers``, ``plugins_manager._is_topic_filtering_enabled``);
 * a string our code matches library output against (``.startswith("...")``, ``.endswith``)
@@ -228,8 +228,9 @@ class Use:
     where: str  # our file:line, for the failure message
 
 
-def _imported_names(tree: ast.Module) -> dict[str, str]:
-    """Local name -> fully qualified name, from the module's imports."""
+def _imported_names(tree: ast.Module, package: str) -> dict[str, str]:
+    """Local name -> fully qualified name, from the module's imports (relative ones resolved
+    against ``package``, the module's own)."""
     names: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -237,10 +238,19 @@ def _imported_names(tree: ast.Module) -> dict[str, str]:
                 names[alias.asname or alias.name.split(".")[0]] = (
                     alias.name if alias.asname else alias.name.split(".")[0]
                 )
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            module = node.module
+            if node.level:
+                parts = package.split(".")
+                module = ".".join([*parts[: len(parts) - node.level + 1], module])
             for alias in node.names:
-                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                names[alias.asname or alias.name] = f"{module}.{alias.name}"
     return names
+
+
+def _package(path: Path) -> str:
+    """The package a module of ours belongs to, e.g. ``pm.broker.amqtt``."""
+    return ".".join(path.relative_to(ROOT).parent.parts)
 
 
 def _qualified(expr: ast.expr, imported: dict[str, str]) -> str | None:
@@ -294,13 +304,13 @@ def _package_of(key: str) -> str:
     return next(lib.package for lib in LIBRARIES if module.startswith(lib.package))
 
 
-def _our_own_private_names(trees: list[ast.Module], library: Library) -> set[str]:
+def _our_own_private_names(trees: dict[Path, ast.Module], library: Library) -> set[str]:
     """Private names our code defines itself: functions, classes, module names, and attributes
     assigned on ``self`` that no library base of that class defines (``x._y = ...`` on any
     other receiver is a write to someone else's attribute, not a definition)."""
     names: set[str] = set()
-    for tree in trees:
-        imported = _imported_names(tree)
+    for path, tree in trees.items():
+        imported = _imported_names(tree, _package(path))
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names.add(node.name)
@@ -326,7 +336,8 @@ def _library_bases(
     mro: list[LibraryClass] = []
     for base in node.bases:
         qualified = _qualified(base, imported)
-        if qualified and qualified.startswith(library.package + "."):
+        # A base class of ours counts through the library classes it derives from.
+        if qualified and qualified.startswith((library.package + ".", "pm.")):
             mro += _library_mro(qualified, library)
     return mro
 
@@ -344,11 +355,11 @@ def derive_uses(library: Library) -> list[Use]:
     index = library_index(library.package)
     paths = sorted((ROOT / library.ours).rglob("*.py"))
     trees = {path: ast.parse(path.read_text()) for path in paths}
-    own = _our_own_private_names(list(trees.values()), library)
+    own = _our_own_private_names(trees, library)
     uses: list[Use] = []
     for path, tree in trees.items():
         where = str(path.relative_to(ROOT))
-        imported = _imported_names(tree)
+        imported = _imported_names(tree, _package(path))
         library_derived: dict[ast.ClassDef, list[LibraryClass]] = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from pm.presence import Presence, PresenceBook
+from pm.presence import DevicePresence, Presence, PresenceBook
 from pm.protocol import TopicTemplates
 from pm.status_topic import BAD_STATUS, StatusTopicSource
 
@@ -51,7 +51,23 @@ def test_a_cleared_retained_status_is_ignored_without_counting() -> None:
 
 
 def test_other_topics_are_left_to_the_answer_path() -> None:
-    source, _, dropped = _source()
+    source, book, dropped = _source()
     assert not source.on_message("/remote/dev/response", b"online")
     assert not source.on_message("/remote/a/b/status", b"online")
     assert not dropped
+    # The answer moved its device's lastSeen (not its presence); the other topic nothing.
+    assert book.record("dev") == DevicePresence(
+        id="dev", presence=Presence.UNKNOWN, last_seen=100.0
+    )
+    assert len(book) == 1
+
+
+def test_any_answer_moves_last_seen_and_an_invalid_id_moves_nothing() -> None:
+    source, book, dropped = _source()
+    book.update("00:0c:29:1c:e8:01", Presence.ONLINE, at=50.0)
+    assert not source.on_message("/remote/000C291CE801/response", b"not even JSON")
+    record = book.record("00:0c:29:1c:e8:01")
+    assert record is not None and record.last_seen == 100.0
+    assert record.presence is Presence.ONLINE and record.connected_at == 50.0
+    assert not source.on_message("/remote/not valid/response", b"{}")
+    assert len(book) == 1 and not dropped  # the fleet counts what it drops

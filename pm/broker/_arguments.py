@@ -121,7 +121,8 @@ def child_command(
       auth: device identity for the amqtt child, without the gateway password.
       tls: ``(certfile, keyfile)``: the amqtt listener speaks only TLS.
       mosquitto_binary: ``broker.mosquitto_binary`` (empty: the child searches).
-      presence: ``(request, status)`` topic templates: the amqtt child publishes presence.
+      presence: ``(request, status)`` topic templates: the child (either engine) publishes
+        presence.
     """
     # --parent-pid lets the child notice a parent that died before it armed PDEATHSIG.
     command = [
@@ -140,7 +141,7 @@ def child_command(
         command += ["--auth", json.dumps(auth.plugin_arguments())]
     if tls is not None:
         command += ["--certfile", tls[0], "--keyfile", tls[1]]
-    if engine == "amqtt" and presence is not None:
+    if presence is not None:
         command += ["--presence", json.dumps({"request": presence[0], "status": presence[1]})]
     if engine == "mosquitto" and mosquitto_binary:
         command += ["--binary", mosquitto_binary]

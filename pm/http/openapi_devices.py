@@ -51,7 +51,7 @@ def build_device_paths(
                 "summary": "Devices by id: presence, work waiting and in flight, task counts",
                 "description": (
                     "Every device a presence source spoke of (the status topic, which the "
-                    "embedded amqtt broker also feeds) or a stored task is for."
+                    "embedded broker also feeds) or a stored task is for."
                 ),
                 "parameters": query_parameters(query_components["ListDevicesQuery"]),
                 "responses": {

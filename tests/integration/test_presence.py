@@ -231,16 +231,22 @@ async def test_a_broker_restart_takes_devices_offline_until_they_return(
         gone.loop_stop()
 
 
-async def test_the_embedded_mosquitto_engine_knows_only_v11_devices(
+async def test_the_embedded_mosquitto_engine_reports_v1_devices_online_and_offline(
     start_gateway: GatewayFactory, start_simulator: SimulatorFactory
 ) -> None:
+    # mosquitto publishes nothing itself: its child reads subscriptions and disconnects from
+    # mosquitto's log and announces them, as the amqtt child does.
     with trio.fail_after(HANG_GUARD):
         gateway = await start_gateway(broker={"engine": "mosquitto"})
         speaks = await start_simulator(gateway, ["v11"])
-        await start_simulator(gateway, ["v1"], status=False)
+        v1 = await start_simulator(gateway, [MAC, "v1-b"], status=False)
         await poll_until(lambda: _presence(gateway, "v11") is Presence.ONLINE)
+        await poll_until(lambda: _presence(gateway, MAC) is Presence.ONLINE)
+        await poll_until(lambda: _presence(gateway, "v1-b") is Presence.ONLINE)
         await speaks.disconnect("v11")
         await poll_until(lambda: _presence(gateway, "v11") is Presence.OFFLINE)
-        # mosquitto publishes nothing on a v1 device's behalf. The v1 device had subscribed
-        # before the v1.1 one went offline: an announcement of it would have come first.
-        assert _presence(gateway, "v1") is Presence.UNKNOWN
+        await v1.disconnect(MAC)  # a v1 device sends no offline: the broker's log tells
+        await poll_until(lambda: _presence(gateway, MAC) is Presence.OFFLINE)
+        assert _presence(gateway, "v1-b") is Presence.ONLINE
+        await v1.reconnect(MAC)
+        await poll_until(lambda: _presence(gateway, MAC) is Presence.ONLINE)

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from pm.broker._presence import PresenceTopics
 from pm.broker._protocol import (
     EXIT_OK,
     EXIT_ORPHANED,
@@ -32,7 +33,6 @@ from pm.broker._protocol import (
 from ._config import amqtt_config, bound_endpoint
 from ._gc import GcPacer
 from ._logs import quiet_logging, report_puback_timeouts
-from ._presence import PresenceTopics
 
 
 async def serve(

@@ -4,7 +4,7 @@ A device is online while a connected client is subscribed to its request topic, 
 once that ends: an UNSUBSCRIBE, or the connection ending (DISCONNECT, lost, keepalive expired,
 taken over by a new connection with the same client id). Each change is published as the
 device would under protocol v1.1: a retained ``online``/``offline`` on its status topic
-(:mod:`pm.broker.amqtt._presence`), so the gateway reads presence from one topic whatever the
+(:mod:`pm.broker._presence`), so the gateway reads presence from one topic whatever the
 source.
 
 Kept apart from :mod:`pm.broker.amqtt._broker` (the fixes) because it is a feature on top of
@@ -22,8 +22,9 @@ from amqtt.broker import BrokerProtocolHandler, RetainedApplicationMessage
 from amqtt.mqtt.constants import QOS_1
 from amqtt.session import Session
 
+from pm.broker._presence import OFFLINE, ONLINE, BrokerPresence, PresenceTopics
+
 from ._broker import PuppetmasterBroker
-from ._presence import OFFLINE, ONLINE, BrokerPresence, PresenceTopics
 
 # add_subscription's return value for a refused filter (MQTT SUBACK failure code).
 _REFUSED = 0x80

@@ -28,12 +28,24 @@ def _user_name() -> str:
         return "root" if os.getuid() == 0 else str(os.getuid())
 
 
-def mosquitto_config(host: str, port: int) -> str:
+# What presence reads from the log (pm.broker.mosquitto._presence_log): connections, their
+# end, subscriptions; timestamps off so each line is only mosquitto's message.
+PRESENCE_LOGGING = (
+    "log_type notice\n"
+    "log_type subscribe\n"
+    "log_type unsubscribe\n"
+    "connection_messages true\n"
+    "log_timestamp false\n"
+)
+
+
+def mosquitto_config(host: str, port: int, *, presence: bool = False) -> str:
     """mosquitto.conf for the embedded broker: what the gateway needs, nothing persisted.
 
     Args:
       host: address to bind.
       port: port to bind (not 0: mosquitto cannot report the port it picked).
+      presence: also log connections and subscriptions, for the child to read presence from.
     """
     return (
         f"listener {port} {host}\n"
@@ -51,7 +63,8 @@ def mosquitto_config(host: str, port: int) -> str:
         # Run as root, mosquitto switches to user "mosquitto"; changing credentials clears
         # PR_SET_PDEATHSIG, and an orphan would keep the port. Staying our user keeps it.
         f"user {_user_name()}\n"
+        # stderr is unbuffered: a line is read the moment mosquitto acts (stdout is buffered).
         "log_dest stderr\n"
         "log_type error\n"
         "log_type warning\n"
-    )
+    ) + (PRESENCE_LOGGING if presence else "")

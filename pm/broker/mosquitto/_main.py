@@ -10,21 +10,32 @@ Why a Python wrapper around the mosquitto binary: mosquitto prints nothing we co
 temporary directory, waits until the port accepts connections, prints the ready line, and
 ties mosquitto's life to its own (``PR_SET_PDEATHSIG`` on both: a SIGKILLed gateway kills the
 wrapper, which kills mosquitto). The wrapper costs ~10 MB and no CPU while mosquitto runs.
+
+Presence (``--presence``, as the amqtt child): mosquitto logs every connection, its end and
+every subscription on its stderr, which the wrapper reads line by line
+(:mod:`pm.broker.mosquitto._presence_log`); each device that turns online or offline is
+published retained, QoS 1, on its status topic by the wrapper's own MQTT client
+(:mod:`pm.broker.mosquitto._announcer`), as the amqtt child does. Other log lines (errors,
+warnings) go to the wrapper's stderr, which the gateway logs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
+from pm.broker._presence import PresenceTopics
 from pm.broker._protocol import (
     EXIT_ORPHANED,
     EXIT_START_FAILED,
@@ -35,7 +46,9 @@ from pm.broker._protocol import (
     tie_to_parent,
 )
 
+from ._announcer import Announcer
 from ._config import find_mosquitto, mosquitto_config
+from ._presence_log import MosquittoLogPresence
 
 START_TIMEOUT = 5.0  # mosquitto listens within ~10 ms here
 
@@ -78,7 +91,26 @@ def _listening(host: str, port: int) -> bool:
     return True
 
 
-def run(host: str, port: int, binary: str = "") -> int:
+def _read_log(
+    log: IO[str],
+    presence: MosquittoLogPresence,
+    announcer_ready: threading.Event,
+    announcer: list[Announcer],
+) -> None:
+    """Read mosquitto's log until it closes: announce presence, pass other lines on."""
+    for raw in log:
+        line = raw.rstrip("\n")
+        announcements = presence.feed(line)
+        if announcements is None:
+            print(line, file=sys.stderr, flush=True)
+            continue
+        if announcements:
+            announcer_ready.wait()
+            for topic, payload in announcements:
+                announcer[0].publish(topic, payload)
+
+
+def run(host: str, port: int, binary: str = "", presence: PresenceTopics | None = None) -> int:
     """Start mosquitto, print the ready line once it listens, stop it on SIGTERM/SIGINT.
 
     Returns:
@@ -108,14 +140,24 @@ def run(host: str, port: int, binary: str = "") -> int:
 
     with tempfile.TemporaryDirectory(prefix="pm-mosquitto-") as directory:
         config = Path(directory) / "mosquitto.conf"
-        config.write_text(mosquitto_config(host, port))
+        config.write_text(mosquitto_config(host, port, presence=presence is not None))
         process = subprocess.Popen(
             [executable, "-c", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr,  # stdout is the ready-line channel; mosquitto's logs go to ours
-            stderr=sys.stderr,
+            stderr=sys.stderr if presence is None else subprocess.PIPE,
+            text=True,
             preexec_fn=set_parent_death_signal,
         )
+        announcer_ready, announcer = threading.Event(), []
+        if presence is not None:
+            assert process.stderr is not None
+            threading.Thread(
+                target=_read_log,
+                args=(process.stderr, MosquittoLogPresence(presence), announcer_ready, announcer),
+                name="mosquitto-log",
+                daemon=True,
+            ).start()
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         deadline = time.monotonic() + START_TIMEOUT
@@ -126,6 +168,14 @@ def run(host: str, port: int, binary: str = "") -> int:
                 status = process.wait()
                 return _fail(f"mosquitto did not listen on {host}:{port} (status {status})")
             time.sleep(0.005)
+        if presence is not None:
+            try:
+                announcer.append(Announcer(host, port, f"pm-presence-{secrets.token_hex(6)}"))
+            except OSError as error:
+                process.kill()
+                process.wait()
+                return _fail(f"cannot connect to mosquitto to publish presence: {error}")
+            announcer_ready.set()
         sys.stdout.write(format_ready_line(host, port, os.getpid()))
         sys.stdout.flush()
         status = process.wait()
@@ -138,7 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--binary", default="", help="the mosquitto binary (default: search)")
+    parser.add_argument(
+        "--presence",
+        type=PresenceTopics.from_json,
+        default=None,
+        help='JSON object {"request": template, "status": template}: publish device presence',
+    )
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not tie_to_parent(arguments.parent_pid, lambda line: print(line, file=sys.stderr)):
         return EXIT_ORPHANED
-    return run(arguments.host, arguments.port, arguments.binary)
+    return run(arguments.host, arguments.port, arguments.binary, arguments.presence)

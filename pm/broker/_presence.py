@@ -1,11 +1,14 @@
 """Presence as the broker sees it: a device is online while a connected client is subscribed
 to its request topic.
 
-The amqtt child publishes each change as the device itself would under protocol v1.1: a
+Both broker children publish each change as the device itself would under protocol v1.1: a
 retained ``online`` or ``offline`` on the device's status topic, so the gateway has one code
-path for devices that announce themselves and devices that do not (v1). Pure bookkeeping: the
-broker (:class:`pm.broker.amqtt._broker.PuppetmasterBroker`) calls it on every subscription
-that starts or ends and on every connection that ends, and publishes what it returns.
+path for devices that announce themselves and devices that do not (v1). Pure bookkeeping,
+shared by the children (they never import each other): the amqtt broker
+(:class:`pm.broker.amqtt._presence_broker.PresenceBroker`) calls it on every subscription that
+starts or ends and on every connection that ends, the mosquitto child on the same events read
+from mosquitto's log (:mod:`pm.broker.mosquitto._presence_log`); each publishes what it
+returns.
 
 Only exact request topics count (a filter with ``+`` or ``#`` names no device). The device id
 is the topic level as the device wrote it; the gateway normalizes it.
