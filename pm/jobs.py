@@ -23,7 +23,10 @@ queued is skipped when its turn comes: the device's queue order is never touched
 
 The feeder marks each task it queues with why it is not sent yet (``waiting``:
 ``device-offline``, ``device-busy``); a device actor reports ``device-offline`` when the
-task's turn comes and its device is offline; the task's ``TaskSent`` clears it.
+task's turn comes and its device is offline; the task's ``TaskSent`` clears it. ``waiting``
+is stored with the task, so a restarted gateway shows the same reasons. Each copy of a
+request a device actor publishes is counted in the task's ``sends`` (``TaskSent``, then one
+``TaskResent`` per re-send).
 
 The contract with device actors is narrow and one-way: a task goes out with a reference to
 this job's mailbox, and reports come back as :mod:`pm.task_machine` messages. This module
@@ -56,6 +59,7 @@ from .schemas import JobView
 from .state import JobRecord, TaskRecord
 from .task_machine import (
     TaskProgress,
+    TaskResent,
     TaskSent,
     TaskSettled,
     TaskWaiting,
@@ -220,7 +224,7 @@ class Job:
                 # The feeder writes only this live field of a task it has not handed out yet.
                 reason = self._devices.waiting_reason(task.device)
                 if reason is not None and self.record.mark_waiting(task, reason):
-                    self.feed.task_changed(task.view)
+                    self._waiting_changed(task)
                 await self._devices.dispatch(task, reports)
                 handed_out += 1
                 # dispatch() does not yield while the device's mailbox has room: yield every
@@ -266,12 +270,18 @@ class Job:
             case TaskWaiting(task_id, reason):
                 task = record.task(task_id)
                 if task is not None and record.mark_waiting(task, reason):
-                    self.feed.task_changed(task.view)
+                    self._waiting_changed(task)
             case ExpiryDue(until):
                 self._expire_due(until)
-            case TaskSent(task_id):
+            case TaskSent(task_id, published):
                 task = record.task(task_id)
-                if task is not None and record.mark_sent(task):
+                if task is not None and record.mark_sent(
+                    task, self._wall_clock(), published=published
+                ):
+                    self._task_changed(task)
+            case TaskResent(task_id):
+                task = record.task(task_id)
+                if task is not None and record.mark_resent(task):
                     self._task_changed(task)
             case TaskProgress(task_id, progress):
                 task = record.task(task_id)
@@ -303,6 +313,11 @@ class Job:
                 reply.send(None)
             case _:
                 raise AssertionError(f"unexpected job message {message!r}")
+
+    def _waiting_changed(self, task: TaskRecord) -> None:
+        # Stored (a restart shows the same reasons); the job's counts did not change.
+        self.feed.task_changed(task.view)
+        self._recorder.task_changed(task)
 
     def _task_changed(self, task: TaskRecord) -> None:
         self.feed.task_changed(task.view)

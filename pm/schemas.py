@@ -127,6 +127,9 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     expires_at: str | None = None
     # Why a pending task is not sent yet; null once sent (and while it is not queued yet).
     waiting: WaitingReason | None = None
+    # Copies of the request the gateway published, all with this task's id: 1 once sent, one
+    # more each time it was re-sent because the device (or the broker connection) came back.
+    sends: int = 0
 
 
 class TaskView(msgspec.Struct, kw_only=True):

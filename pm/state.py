@@ -54,6 +54,8 @@ class TaskRecord:
         "progress",
         "resource",
         "result",
+        "sends",
+        "sent_at",
         "status",
         "timeout",
         "tunnel",
@@ -91,8 +93,12 @@ class TaskRecord:
         self.result: Any = None
         # Epoch seconds by which the task must have been sent, else it ends "expired".
         self.expires_at = expires_at
-        # Why a pending task is not sent yet (live state, not stored: recomputed as queued).
+        # Why a pending task is not sent yet (stored: a restarted gateway shows the same).
         self.waiting: WaitingReason | None = None
+        # Copies of the request published (re-sends keep the id), and when the first one
+        # left (epoch seconds): the task timeout counts from it, across re-sends and restarts.
+        self.sends = 0
+        self.sent_at: float | None = None
 
     @property
     def final(self) -> bool:
@@ -115,6 +121,7 @@ class TaskRecord:
                 result=self.result,
                 expires_at=None if self.expires_at is None else iso_timestamp(self.expires_at),
                 waiting=self.waiting,
+                sends=self.sends,
             ),
         )
 
@@ -244,16 +251,26 @@ class JobRecord:
 
     # -- transitions -------------------------------------------------------------------
 
-    def mark_sent(self, task: TaskRecord) -> bool:
-        """The request left for the device."""
+    def mark_sent(self, task: TaskRecord, now: float, *, published: bool = True) -> bool:
+        """The request left for the device at ``now`` (epoch seconds); ``published``: the MQTT
+        client took the copy (it counts in ``sends``)."""
         if task.status != "pending" or self.final:
             return False
         task.status = "sent"
+        task.sent_at = now
+        task.sends += published
         task.waiting = None
         self.pending_count -= 1
         self.sent_count += 1
         if self.status == "pending":
             self.status = "dispatching"
+        return True
+
+    def mark_resent(self, task: TaskRecord) -> bool:
+        """One more copy of a sent task's request was published."""
+        if task.status != "sent":
+            return False
+        task.sends += 1
         return True
 
     def mark_waiting(self, task: TaskRecord, reason: WaitingReason) -> bool:

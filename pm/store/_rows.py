@@ -55,7 +55,8 @@ _ENTRY_ROW = (
 _TASK_ROW = (
     ("id", INTEGER), ("job_id", INTEGER), ("entry", INTEGER), ("device", TEXT),
     ("timeout", REAL), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
-    ("finish_at", REAL), ("expires_at", REAL),
+    ("finish_at", REAL), ("expires_at", REAL), ("sends", INTEGER), ("sent_at", REAL),
+    ("waiting", TEXT),
 )  # fmt: skip
 _JOB_UPDATE = (
     ("id", INTEGER), ("finish_at", REAL), ("status", TEXT), ("finish_count", INTEGER),
@@ -64,7 +65,7 @@ _JOB_UPDATE = (
 )  # fmt: skip
 _TASK_UPDATE = (
     ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
-    ("finish_at", REAL),
+    ("finish_at", REAL), ("sends", INTEGER), ("sent_at", REAL), ("waiting", TEXT),
 )  # fmt: skip
 _COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
 _DEVICE_ROW = (
@@ -186,11 +187,23 @@ def task_row(task: TaskRecord) -> tuple[Any, ...]:
         result_text(task.result),
         task.finish_at,
         task.expires_at,
+        task.sends,
+        task.sent_at,
+        task.waiting,
     )
 
 
 def task_update(task: TaskRecord) -> tuple[Any, ...]:
-    return (task.id, task.status, task.progress, result_text(task.result), task.finish_at)
+    return (
+        task.id,
+        task.status,
+        task.progress,
+        result_text(task.result),
+        task.finish_at,
+        task.sends,
+        task.sent_at,
+        task.waiting,
+    )
 
 
 def device_row(record: DevicePresence) -> tuple[Any, ...]:
@@ -219,13 +232,17 @@ def result_text(result: Any) -> str | None:
     return None if result is None else _json_encode(result).decode()
 
 
-TASK_COLUMNS = "id, entry, device, timeout, status, progress, result, finish_at, expires_at"
+TASK_COLUMNS = (
+    "id, entry, device, timeout, status, progress, result, finish_at, expires_at, sends, sent_at,"
+    " waiting"
+)
 
 # A device's tasks across jobs: TASK_COLUMNS, then what a task view needs from its job and
 # batch entry (job id, the job's created_at, the entry's method, resource, data).
 DEVICE_TASK_COLUMNS = (
     "t.id, t.entry, t.device, t.timeout, t.status, t.progress, t.result, t.finish_at,"
-    " t.expires_at, t.job_id, j.created_at, e.method, e.resource, e.data"
+    " t.expires_at, t.sends, t.sent_at, t.waiting, t.job_id, j.created_at, e.method,"
+    " e.resource, e.data"
 )
 DEVICE_TASK_JOINS = (
     "FROM tasks t JOIN jobs j ON j.id = t.job_id"
@@ -251,7 +268,8 @@ def task_record(
 ) -> TaskRecord:
     """A task from a row of ``TASK_COLUMNS``, its job's ``created_at`` and its batch entry's
     (method, resource, decoded data), shared by the tasks of one entry."""
-    task_id, entry, device, timeout, status, progress, result, finish_at, expires_at = row
+    (task_id, entry, device, timeout, status, progress, result, finish_at, expires_at) = row[:9]
+    sends, sent_at, waiting = row[9:12]
     method, resource, data = entry_fields
     task = TaskRecord(
         task_id=task_id,
@@ -270,6 +288,9 @@ def task_record(
     task.progress = progress
     task.result = None if result is None else _json_decode(result)
     task.finish_at = finish_at
+    task.sends = sends
+    task.sent_at = sent_at
+    task.waiting = waiting
     return task
 
 

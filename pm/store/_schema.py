@@ -100,6 +100,17 @@ MIGRATIONS: tuple[str, ...] = (
         sent_count = (SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'sent');
     CREATE INDEX tasks_by_job_status ON tasks (job_id, status, id);
     """,
+    # 4 -> 5: in-flight work across restarts. `sends` counts the copies of a task's request
+    # the gateway published, `sent_at` (epoch seconds) is when the first left (the task
+    # timeout counts from it, across a restart), `waiting` why a pending task is not sent
+    # yet. Tasks stored before: a sent or resolved task went out at least once (1), its
+    # first send time is unknown (a resumed one gets a whole timeout from the restart).
+    """
+    ALTER TABLE tasks ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN sent_at REAL;
+    ALTER TABLE tasks ADD COLUMN waiting TEXT;
+    UPDATE tasks SET sends = 1 WHERE status IN ('sent', 'resolved');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
