@@ -231,12 +231,6 @@ class Fleet:
         task, reports = dispatch.task, dispatch.reports
         if task.final:
             return  # its job ended while it was queued: it never reaches the device
-        # Answers to an earlier task that slipped in just before it settled are stale now.
-        while True:
-            try:
-                answers.receive_nowait()
-            except trio.WouldBlock:
-                break
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
         try:
@@ -250,7 +244,7 @@ class Fleet:
         if resumed:
             # Sent before a restart: its timeout still counts from that send. It is held, not
             # published: the first sign of its device sends one more copy (pm.in_flight).
-            in_flight = self._requests.hold(device, task, answers_send, self._deadline_of(task))
+            in_flight = self._requests.hold(device, task, answers_send, self._wall_clock())
         else:
             in_flight, published = self._requests.publish(
                 device, task, answers_send, trio.current_time() + task.timeout
@@ -299,17 +293,9 @@ class Fleet:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
             self._requests.remove(device, in_flight, settled=settled)
+            self._requests.drop_stale_answers(task.id, answers)
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
-
-    def _deadline_of(self, task: TaskRecord) -> float:
-        """The trio deadline of a task sent before a restart: its first send plus its timeout
-        (already past if the timeout ran out while the gateway was down; a task stored before
-        first sends were kept gets a whole timeout from now)."""
-        remaining = task.timeout
-        if task.sent_at is not None:
-            remaining = task.sent_at + task.timeout - self._wall_clock()
-        return trio.current_time() + remaining
 
     async def _await_final_answer(
         self,

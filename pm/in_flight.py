@@ -168,12 +168,19 @@ class InFlightRequests:
         device: str,
         task: TaskRecord,
         answers: trio.MemorySendChannel[SanjiAnswer | None],
-        deadline: float,
+        wall_now: float,
     ) -> InFlight:
         """Register the request of a task sent before a restart without publishing it: its
         answer (to the copy sent then) settles it, and the first sign of its device makes one
-        more copy due (at once if the device was already seen since start)."""
-        in_flight = self._register(device, task, answers, deadline)
+        more copy due (at once if the device was already seen since start).
+
+        Its timeout counts from its first send (``sent_at``; ``wall_now`` is the epoch time
+        now): already past if it ran out while the gateway was down. A task stored before
+        first sends were kept gets a whole timeout from now."""
+        remaining = task.timeout
+        if task.sent_at is not None:
+            remaining = task.sent_at + task.timeout - wall_now
+        in_flight = self._register(device, task, answers, trio.current_time() + remaining)
         in_flight.awaiting_sighting = True
         if device in self._seen:
             self._make_due(in_flight)
@@ -195,6 +202,19 @@ class InFlightRequests:
         del self._by_device[device]
         if settled:
             self._last_settled[device] = in_flight.task_id
+
+    def drop_stale_answers(
+        self, task_id: int, answers: trio.MemoryReceiveChannel[SanjiAnswer | None]
+    ) -> None:
+        """The task is over: answers that slipped into its actor's channel before are stale,
+        and a final one is a second answer to it (say, to the other copy of a re-send)."""
+        while True:
+            try:
+                answer = answers.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if answer is not None and answer.id == task_id and answer.code != PROGRESS_CODE:
+                self.dropped["duplicate_answer"] += 1
 
     # -- called from outside the device actors ---------------------------------------------
 

@@ -156,6 +156,10 @@ async def test_a_database_from_the_previous_schema_version_migrates(
         (1, 0, 0, 0),
     ]
     assert unfinished[0].tasks[0].expires_at is None
+    # Schema 5: a task sent or resolved before went out once; when is unknown; nothing waits.
+    assert [(t.task.sends, t.task.waiting) for t in view.collection] == [(1, None), (0, None)]  # type: ignore[union-attr]
+    resumed = unfinished[0].tasks[0]
+    assert (resumed.sends, resumed.sent_at, resumed.waiting) == (1, None, None)
     # The counters of release 1 still hold: no id is handed out twice.
     assert (job_id, task_id) == (10_001, 1_000_003)
 
