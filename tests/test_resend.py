@@ -70,6 +70,7 @@ async def test_a_device_that_comes_back_gets_one_more_copy_and_its_timeout_keeps
                 task = job.record.tasks[0]
                 assert (task.status, task.sends) == ("sent", 1)  # away: still sent, not re-sent
                 engine.presence.update("dev", Presence.ONLINE, wall_clock())
+                await trio.testing.wait_all_tasks_blocked()
                 # A repeated "online" (a retained birth replayed) is no return: no copy.
                 engine.presence.update("dev", Presence.ONLINE, wall_clock() + 1)
                 await job.ended.wait()
@@ -177,6 +178,7 @@ async def test_a_restart_resends_a_sent_task_once_when_its_device_is_seen(
                 assert sent == []
                 # Its retained birth, replayed at the gateway's subscription, is a sighting.
                 engine.presence.update("dev", Presence.ONLINE, wall_clock())
+                await trio.testing.wait_all_tasks_blocked()
                 engine.presence.update("dev", Presence.ONLINE, wall_clock() + 1)
                 await trio.sleep(40)
                 # Once, at the sighting (t=45), and never again.
