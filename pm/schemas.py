@@ -129,7 +129,15 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     waiting: WaitingReason | None = None
     # Copies of the request the gateway published, all with this task's id: 1 once sent, one
     # more each time it was re-sent because the device (or the broker connection) came back.
-    sends: int = 0
+    sends: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="copies of the request published, all with this task's id: 1 once"
+            " sent, one more per re-send (its device or the broker connection came back, or"
+            " its device was first seen after a gateway restart); never on a timer",
+        ),
+    ] = 0
 
 
 class TaskView(msgspec.Struct, kw_only=True):
