@@ -198,10 +198,11 @@ class Fleet:
         """The gateway's broker connection (or its answer subscription) is back: requests in
         flight to devices not offline go out once more, with the same task id (the copy, or
         its answer, may have been lost; a device answers a repeated id again without redoing
-        the work, docs/protocol.md). Returns how many are due."""
+        the work, docs/protocol.md), and to a device known online once more when it next
+        announces itself (:mod:`pm.in_flight`). Returns how many went out now."""
         if self._stopping:
             return 0
-        return self._requests.connection_back(self._waits.offline)
+        return self._requests.connection_back(self.presence.presence)
 
     # -- the actor -----------------------------------------------------------------------
 

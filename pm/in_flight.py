@@ -11,7 +11,10 @@ more copy (same task id; the device actor publishes it) when:
 - its device comes back: online after offline, or first online after the request left while
   its presence was unknown (the copy may have gone to a broker it was not subscribed to);
 - the gateway's own broker connection, or its answer subscription, comes back while the
-  device is not offline (the copy or its answer may have been lost on the way);
+  device is not offline: one copy at once (the copy or its answer may have been lost on the
+  way), and for a device known online one more when it next announces itself (the broker may
+  have restarted, and the device resubscribes only after the gateway is back: its birth, or
+  the embedded broker's announcement, says when a copy can reach it);
 - after a gateway restart, the request was in flight before it (:meth:`InFlightRequests.hold`)
   and its device is seen for the first time since: an ``online`` statement (a birth, the
   embedded broker's announcement, a retained one replayed at subscribe) or any message on its
@@ -34,7 +37,7 @@ from typing import Protocol
 
 import trio
 
-from .answer_latency import AnswerLatencies
+from .presence import Presence
 from .protocol import (
     PROGRESS_CODE,
     MalformedAnswer,
@@ -64,8 +67,9 @@ class InFlight:
     timeout; only :meth:`InFlightRequests.abandon` cancels it, setting ``abandoned`` first).
 
     ``resend_due``: one more copy is to go out (the actor publishes it when it wakes, woken
-    by a ``None`` on ``answers``). ``awaiting_sighting``: sent before a restart and not by this
-    gateway process yet; the first sign of its device makes it due.
+    by a ``None`` on ``answers``). ``awaiting_sighting``: the next sign of its device (an
+    ``online`` statement or a message from it) makes it due: set for a request sent before a
+    restart, and after a reconnect for a device known online.
     """
 
     __slots__ = (
@@ -181,9 +185,10 @@ class InFlightRequests:
         if task.sent_at is not None:
             remaining = task.sent_at + task.timeout - wall_now
         in_flight = self._register(device, task, answers, trio.current_time() + remaining)
-        in_flight.awaiting_sighting = True
         if device in self._seen:
             self._make_due(in_flight)
+        else:
+            in_flight.awaiting_sighting = True
         return in_flight
 
     def publish_again(self, in_flight: InFlight) -> bool:
@@ -192,7 +197,6 @@ class InFlightRequests:
         in_flight.resend_due = False
         sent = self._publisher.publish(in_flight.topic, in_flight.payload)
         if sent:
-            in_flight.awaiting_sighting = False
             self.republished += 1
         return sent
 
@@ -242,6 +246,7 @@ class InFlightRequests:
                 self.dropped["answer_overflow"] += 1
             return
         if in_flight is not None and in_flight.awaiting_sighting:
+            in_flight.awaiting_sighting = False
             self._make_due(in_flight)  # the device is there: it gets its request again
         if answer is None:
             return
@@ -259,19 +264,25 @@ class InFlightRequests:
         if in_flight is None:
             return
         if in_flight.awaiting_sighting or (came_back and self._resend_on_reconnect):
+            in_flight.awaiting_sighting = False
             self._make_due(in_flight)
 
-    def connection_back(self, offline: Callable[[str], bool]) -> int:
+    def connection_back(self, presence: Callable[[str], Presence]) -> int:
         """The gateway's broker connection (or its answer subscription) is back: every request
-        in flight to a device not ``offline`` is due again (an offline one's is when it comes
-        back; one held since a restart waits for its device to be seen). Returns how many."""
+        in flight to a device not offline is due again now, and one to a device known online
+        once more at its next sign (an offline one's is due when it comes back). Returns how
+        many are due now."""
         if not self._resend_on_reconnect:
             return 0
         due = 0
         for device, in_flight in self._by_device.items():
-            if not in_flight.awaiting_sighting and not offline(device):
-                self._make_due(in_flight)
-                due += 1
+            known = presence(device)
+            if known is Presence.OFFLINE:
+                continue
+            if known is Presence.ONLINE:
+                in_flight.awaiting_sighting = True
+            self._make_due(in_flight)
+            due += 1
         return due
 
     def abandon(self, job_id: int) -> int:

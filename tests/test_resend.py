@@ -146,6 +146,31 @@ async def test_a_request_sent_while_presence_was_unknown_goes_again_when_first_o
                 assert job.record.tasks[0].sends == 2
 
 
+async def test_after_a_reconnect_a_device_known_online_gets_one_more_copy_when_it_announces(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The broker may have restarted: the copy sent at once on the gateway's reconnect can
+    # reach it before the device has resubscribed. The device's next "online" (its birth
+    # after its own reconnect) says a copy can reach it now.
+    async with running_store(":memory:") as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with engine_on(store, publisher) as engine:
+                engine.presence.update("dev", Presence.ONLINE, wall_clock())
+                job = await engine.submit(job_request(entry("dev")))
+                await trio.testing.wait_all_tasks_blocked()
+                engine.on_mqtt_connect(2)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 2  # at once
+                engine.presence.update("dev", Presence.ONLINE, wall_clock() + 1)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 3  # at its announcement
+                engine.presence.update("dev", Presence.ONLINE, wall_clock() + 2)
+                await job.ended.wait()
+                assert len(publisher.published) == 3  # and never again
+                assert job.record.tasks[0].sends == 3
+
+
 # -- a gateway restart ---------------------------------------------------------------------
 
 

@@ -178,8 +178,8 @@ async def test_embedded_broker_restart_mid_job(
         job = await wait_final(client, created["id"])
         assert gateway.broker.restarts == 1
         assert_consistent(job)
-        # Requests lost with the broker were re-sent, retained, once the gateway reconnected;
-        # devices that resubscribed after that got them from the broker: nothing times out.
+        # Requests lost with the broker were re-sent once each device was back (the restarted
+        # broker announces it when it subscribes): nothing times out.
         assert job["status"] == "resolved" and job["finishCount"] == 100, job["errorCount"]
         assert gateway.engine is not None and gateway.engine.fleet.republished >= 1
         health = (await client.get("/healthz")).json()
