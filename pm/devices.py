@@ -294,7 +294,7 @@ class Fleet:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
             self._requests.remove(device, in_flight, settled=settled)
-            self._requests.drop_stale_answers(task.id, answers)
+            self._requests.drop_stale_answers(task.id, answers, settled=settled)
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
 
@@ -327,14 +327,16 @@ class Fleet:
         self, device: str, task: TaskRecord, reports: ActorRef[TaskReport], in_flight: InFlight
     ) -> None:
         sent = self._requests.publish_again(in_flight)
-        logger.info(
-            "task %d of job %d on device %s: %s",
-            task.id,
-            task.job_id,
-            device,
-            "re-sent, same id" if sent else "re-send deferred (broker disconnected)",
-            extra=_ids(task, device, resent=sent),
-        )
+        # DEBUG: a broker restart re-sends to every device at once (the engine logs the count).
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task %d of job %d on device %s: %s",
+                task.id,
+                task.job_id,
+                device,
+                "re-sent, same id" if sent else "re-send deferred (broker disconnected)",
+                extra=_ids(task, device, resent=sent),
+            )
         if sent:
             await reports.tell(TaskResent(task.id))
 

@@ -208,17 +208,23 @@ class InFlightRequests:
             self._last_settled[device] = in_flight.task_id
 
     def drop_stale_answers(
-        self, task_id: int, answers: trio.MemoryReceiveChannel[SanjiAnswer | None]
+        self,
+        task_id: int,
+        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
+        *,
+        settled: bool,
     ) -> None:
-        """The task is over: answers that slipped into its actor's channel before are stale,
-        and a final one is a second answer to it (say, to the other copy of a re-send)."""
+        """The task is over: answers that slipped into its actor's channel before are stale.
+        A final one is a second answer to a ``settled`` task (say, to the other copy of a
+        re-send), or an answer to an abandoned one."""
+        reason = "duplicate_answer" if settled else "unexpected_id"
         while True:
             try:
                 answer = answers.receive_nowait()
             except trio.WouldBlock:
                 return
             if answer is not None and answer.id == task_id and answer.code != PROGRESS_CODE:
-                self.dropped["duplicate_answer"] += 1
+                self.dropped[reason] += 1
 
     # -- called from outside the device actors ---------------------------------------------
 
