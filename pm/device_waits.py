@@ -87,14 +87,14 @@ class DeviceWaits:
     async def wait_until_sendable(
         self, device: str, task: TaskRecord, reports: ActorRef[TaskReport]
     ) -> bool:
-        """Wait while ``device`` is offline; returns whether ``task`` is to be sent now. It is
+        """Wait while ``device`` is offline; returns whether ``task`` (pending: one sent
+        before a restart is never parked, see :mod:`pm.devices`) is to be sent now. It is
         not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
         reported ``expired``, and never reaches the device."""
-        # Only an unsent task expires: one sent before a restart is re-sent, never "expired".
-        expires_at = task.expires_at if task.status == "pending" else None
+        expires_at = task.expires_at
         if self.offline(device):
             reason: WaitingReason = "device-offline"
-            if task.waiting != reason and task.status == "pending":
+            if task.waiting != reason:
                 await reports.tell(TaskWaiting(task.id, reason))
             with trio.CancelScope(deadline=self._trio_deadline(expires_at)) as parked:
                 self._parked[device] = (task.job_id, parked)

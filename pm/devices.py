@@ -234,14 +234,16 @@ class Fleet:
             return  # its job ended while it was queued: it never reaches the device
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
+        # Sent before a restart: held at once, whatever its device's presence, so that its
+        # timeout runs and an answer to the copy sent then is taken.
+        resumed = task.status == "sent"
         try:
-            if not await self._waits.wait_until_sendable(device, task, reports):
+            if not resumed and not await self._waits.wait_until_sendable(device, task, reports):
                 return
         except ActorStopped:
             return  # the job actor is gone: nobody is waiting for this task any more
         if self._stopping:
             await trio.sleep_forever()
-        resumed = task.status == "sent"
         if resumed:
             # Sent before a restart: its timeout still counts from that send. It is held, not
             # published: the first sign of its device sends one more copy (pm.in_flight).

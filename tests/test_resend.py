@@ -218,6 +218,29 @@ async def test_a_restart_resends_a_sent_task_once_when_its_device_is_seen(
                 assert len(publisher.published) == 1
 
 
+async def test_after_a_restart_a_sent_task_whose_device_never_returns_times_out_from_its_send(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The embedded broker's restart leaves every device offline until it returns: a device
+    # that never does is sent nothing, and its task ends at its first send + its timeout.
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with engine_on(store, publisher) as engine:
+                engine.presence.update("dev", Presence.ONLINE, wall_clock())
+                job = await engine.submit(job_request(entry("dev")))
+                await trio.sleep(10)
+            publisher = RecordingPublisher()
+            async with engine_on(store, publisher) as engine:
+                engine.presence.all_disconnected(wall_clock())
+                resumed = engine.get(job.id)
+                assert resumed is not None
+                await resumed.ended.wait()
+                assert trio.current_time() == TIMEOUT
+                assert resumed.record.tasks[0].status == "timeout"
+                assert publisher.published == []
+
+
 async def test_after_a_restart_an_answer_to_the_old_copy_settles_without_a_resend(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
