@@ -177,8 +177,9 @@ class TasksConfig(_Section):
     # A request in flight goes out once more, with the same task id, each time its device comes
     # back (online again after offline, or first seen online after it was sent) and each time
     # the gateway's own broker connection (or answer subscription) comes back while its device
-    # is not offline: the first copy or its answer may have been lost. Never on a timer. false:
-    # one copy only; a device that missed it ends its task "timeout".
+    # is not offline (at once, and for a device known online once more at its next "online":
+    # the broker may have restarted): the first copy or its answer may have been lost. Never on
+    # a timer. false: one copy only; a device that missed it ends its task "timeout".
     resend_on_reconnect: bool = True
     # Tasks queued per device before a job feeding it waits (back-pressure).
     device_mailbox: AtLeastOne = 1024
