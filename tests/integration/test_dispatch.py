@@ -167,7 +167,9 @@ async def test_embedded_broker_restart_mid_job(
     start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
 ) -> None:
     with trio.fail_after(60):
-        gateway: Gateway = await start_gateway(tasks={"default_timeout": 3})
+        # Wide: a task's timeout runs while its device is away, and under load the devices'
+        # reconnect backoff alone has taken over 3 s.
+        gateway: Gateway = await start_gateway(tasks={"default_timeout": 15})
         devices = [f"r{i}" for i in range(20)]
         simulator = await start_simulator(gateway, devices, latency=0.1)
         client = http(gateway)
