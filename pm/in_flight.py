@@ -37,6 +37,7 @@ from typing import Protocol
 
 import trio
 
+from .answer_latency import AnswerLatencies
 from .presence import Presence
 from .protocol import (
     PROGRESS_CODE,
@@ -74,6 +75,7 @@ class InFlight:
 
     __slots__ = (
         "abandoned",
+        "answered",
         "answers",
         "awaiting_sighting",
         "job_id",
@@ -81,6 +83,7 @@ class InFlight:
         "payload",
         "resend_due",
         "scope",
+        "sent_at",
         "topic",
     )
 
@@ -101,6 +104,11 @@ class InFlight:
         self.answers = answers
         self.scope = scope
         self.abandoned = False
+        # Trio time this gateway process registered it (its first publication, or its hold
+        # after a restart), and whether a final answer came (its latency is recorded once,
+        # whatever repeats of it arrive).
+        self.sent_at = sent_at
+        self.answered = False
         self.resend_due = False
         self.awaiting_sighting = False
 
@@ -246,6 +254,9 @@ class InFlightRequests:
             except MalformedAnswer:
                 self.dropped["malformed"] += 1
         if answer is not None and in_flight is not None and in_flight.task_id == answer.id:
+            if answer.code != PROGRESS_CODE and not in_flight.answered:
+                in_flight.answered = True
+                self.latencies.record(device, trio.current_time() - in_flight.sent_at)
             try:
                 in_flight.answers.send_nowait(answer)
             except trio.WouldBlock:
@@ -324,7 +335,9 @@ class InFlightRequests:
         )
         topic = self._topics.request_topic(device)
         scope = trio.CancelScope(deadline=deadline)
-        in_flight = InFlight(TaskMachine(task.id), task.job_id, topic, payload, answers, scope)
+        in_flight = InFlight(
+            TaskMachine(task.id), task.job_id, topic, payload, answers, scope, trio.current_time()
+        )
         self._by_device[device] = in_flight
         return in_flight
 

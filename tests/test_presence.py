@@ -142,3 +142,37 @@ def test_every_online_statement_is_told_with_whether_the_device_came_back() -> N
     book.update(MAC, Presence.OFFLINE, at=3.0)  # not told
     book.update(MAC, Presence.ONLINE, at=4.0)  # back
     assert told == [(MAC, True), (MAC, False), (MAC, False), (MAC, True)]
+
+
+def test_seen_moves_last_seen_and_tells_the_store_once_per_window() -> None:
+    changes: list[DevicePresence] = []
+    book = PresenceBook(on_change=changes.append)
+    book.update("dev", Presence.OFFLINE, at=LAST_SEEN_STORE_INTERVAL * 10)
+    changes.clear()
+    start = LAST_SEEN_STORE_INTERVAL * 10 + 1
+    # A device answering every second for two windows: exact in the book, two store writes.
+    for second in range(int(LAST_SEEN_STORE_INTERVAL * 2)):
+        book.seen("dev", at=start + second)
+        record = book.record("dev")
+        assert record is not None and record.last_seen == start + second
+    # 60 messages, two writes: on entering each new window (the book's 300 was stored).
+    assert [change.last_seen for change in changes] == [
+        LAST_SEEN_STORE_INTERVAL * 11,
+        LAST_SEEN_STORE_INTERVAL * 12,
+    ]
+    # An answer proves nothing about presence, and an older time changes nothing.
+    book.seen("dev", at=1.0)
+    record = book.record("dev")
+    assert record is not None and record.presence is Presence.OFFLINE
+    assert record.last_seen == start + LAST_SEEN_STORE_INTERVAL * 2 - 1
+    assert book.changes == 1  # the update only: lastSeen moves are not presence changes
+
+
+def test_seen_makes_a_device_no_source_spoke_of_known_but_unknown() -> None:
+    book = PresenceBook()
+    book.seen("00-0C-29-1C-E8-01", at=5.0)
+    assert book.record("00:0c:29:1c:e8:01") == DevicePresence(
+        id="00:0c:29:1c:e8:01", presence=Presence.UNKNOWN, last_seen=5.0
+    )
+    with pytest.raises(InvalidDeviceId):
+        book.seen("not valid", at=6.0)
