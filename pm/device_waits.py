@@ -24,10 +24,11 @@ import trio
 
 from actors import ActorRef
 
+from .job_contract import SendGate
 from .presence import Presence, PresenceBook
 from .schemas import WaitingReason
 from .state import TaskRecord
-from .task_machine import TaskReport, TaskWaiting, expired_unsent
+from .task_machine import TaskHeldBack, TaskReport, TaskWaiting, expired_unsent
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ class DeviceWaits:
         """The device's actor failed: what was handed to it is failed with it."""
         self._queued.pop(device, None)
 
+    def parked_job(self, device: str) -> int | None:
+        """The job of the task parked on ``device``, if one is."""
+        parked = self._parked.get(device)
+        return None if parked is None else parked[0]
+
     def abandon(self, job_id: int) -> int:
         """The job ended: its parked tasks stop waiting. Returns how many there were."""
         parked = 0
@@ -85,11 +91,16 @@ class DeviceWaits:
         return parked
 
     async def wait_until_sendable(
-        self, device: str, task: TaskRecord, reports: ActorRef[TaskReport]
+        self,
+        device: str,
+        task: TaskRecord,
+        reports: ActorRef[TaskReport],
+        gate: SendGate | None = None,
     ) -> bool:
         """Wait while ``device`` is offline; returns whether ``task`` is to be sent now. It is
         not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
-        reported ``expired``, and never reaches the device."""
+        reported ``expired``, and never reaches the device; nor if its job's ``gate`` is
+        held (paused, stopping): then it goes back to its job (``TaskHeldBack``)."""
         # Only an unsent task expires: one sent before a restart is re-sent, never "expired".
         expires_at = task.expires_at if task.status == "pending" else None
         if self.offline(device):
@@ -123,6 +134,9 @@ class DeviceWaits:
                 },
             )
             await reports.tell(expired_unsent(task.id, task.waiting))
+            return False
+        if gate is not None and gate.held:
+            await reports.tell(TaskHeldBack(task.id))
             return False
         return True
 

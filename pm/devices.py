@@ -41,8 +41,10 @@ import trio
 
 from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .device_failures import fail_device_tasks
 from .device_waits import DeviceWaits
 from .in_flight import InFlight, InFlightRequests, Publisher
+from .job_contract import SendGate
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
 from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
@@ -68,6 +70,8 @@ class Dispatch(msgspec.Struct, frozen=True, tag=True):
 
     task: TaskRecord
     reports: ActorRef[TaskReport]
+    # The job's gate: held when the task's turn comes, the task goes back to its job unsent.
+    gate: SendGate | None = None
 
 
 class Fleet:
@@ -144,14 +148,21 @@ class Fleet:
     def republished(self) -> int:
         return self._requests.republished
 
-    async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
+    async def dispatch(
+        self,
+        task: TaskRecord,
+        reports: ActorRef[TaskReport],
+        gate: SendGate | None = None,
+        *,
+        high_priority: bool = False,
+    ) -> None:
         """Queue ``task`` on its device; waits while that device's mailbox is full. What
-        becomes of it is told to ``reports``; a task that is final by the time its turn
-        comes (its job ended) never reaches the device."""
+        becomes of it is told to ``reports``; a task final by its turn (its job ended) never
+        reaches the device, nor one whose ``gate`` is held then (``TaskHeldBack``)."""
         device = task.device
         self._waits.task_queued(device)
         try:
-            await self._registry.tell(device, Dispatch(task, reports))
+            await self._registry.tell(device, Dispatch(task, reports, gate))
         except BaseException:
             self._waits.task_done(device)
             raise
@@ -171,6 +182,14 @@ class Fleet:
         is sent or expires (see :mod:`pm.jobs`)."""
         current = self._current.get(task.device)
         return current is not None and current.task is task
+
+    def parked(self, task: TaskRecord) -> bool:
+        """Whether ``task``'s turn came and it waits, unsent, for its device to be online."""
+        return self.holds(task) and self._waits.parked_job(task.device) == task.job_id
+
+    def release_parked(self, job_id: int) -> int:
+        """The job settled its tasks parked for their devices: they stop waiting (unsent)."""
+        return self._waits.abandon(job_id)
 
     def stop_publishing(self) -> None:
         """Shutdown begins: no request leaves from now on (no new task, no re-send); tasks
@@ -245,7 +264,7 @@ class Fleet:
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
         try:
-            if not await self._waits.wait_until_sendable(device, task, reports):
+            if not await self._waits.wait_until_sendable(device, task, reports, dispatch.gate):
                 return
         except ActorStopped:
             return  # the job actor is gone: nobody is waiting for this task any more
@@ -352,46 +371,16 @@ class Fleet:
     # -- supervision ---------------------------------------------------------------------
 
     def on_device_failure(self, failure: Failure[Any]) -> Directive:
-        """Policy for device actors: stop the actor and fail its tasks, in flight and queued."""
+        """Policy for device actors: stop the actor and fail its tasks, in flight and queued
+        (:func:`pm.device_failures.fail_device_tasks`)."""
         device = cast(str, failure.key)  # the registry's key: the device id
-        reason = {"error": f"device actor failed: {failure.error!r}"}
         doomed = [m for m in failure.drain() if isinstance(m, Dispatch)]
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)
         self._waits.forget(device)  # its queue is gone: what was handed to it is failed below
-        # The supervisor logs the traceback; these lines say which tasks it cost.
-        logger.error(
-            "device actor %s failed (%r): its %d tasks end error",
-            device,
-            failure.error,
-            len(doomed),
-            extra={"device": device, "error": repr(failure.error), "failed_tasks": len(doomed)},
-        )
-        for dispatch in doomed:
-            task = dispatch.task
-            if task.final:
-                continue  # its job ended: the task keeps the status the job gave it
-            logger.warning(
-                "task %d of job %d on device %s: error, the device actor failed",
-                task.id,
-                task.job_id,
-                device,
-                extra=_ids(task, device, status="error", error=repr(failure.error)),
-            )
-            # A policy is synchronous: the report goes out from a task of its own, which
-            # waits if the job's mailbox is full (never lost) and gives up if the job ended.
-            self._nursery.start_soon(
-                _report_quietly, dispatch.reports, TaskSettled(task.id, "error", reason)
-            )
+        fail_device_tasks(self._nursery, device, failure.error, doomed)
         return Directive.STOP
-
-
-async def _report_quietly(reports: ActorRef[TaskReport], report: TaskReport) -> None:
-    try:
-        await reports.tell(report)
-    except ActorStopped:
-        pass  # the job ended meanwhile; its final state already covers this task
 
 
 def _ids(task: TaskRecord, device: str, **fields: Any) -> dict[str, Any]:

@@ -145,7 +145,7 @@ class InFlightRequests:
         topic = self._topics.request_topic(device)
         payload = encode_request(
             SanjiRequest(
-                id=task.id,
+                id=task.request_id,
                 method=task.method,  # type: ignore[arg-type]
                 resource=task.resource,
                 data=task.data,
@@ -157,7 +157,7 @@ class InFlightRequests:
             now=now,
             devices_return_until=self._devices_return_until,
         )
-        machine = TaskMachine(task.id, self._resend, suspect=suspect)
+        machine = TaskMachine(task.id, self._resend, suspect=suspect, request_id=task.request_id)
         # The task timeout counts from publication.
         scope = trio.CancelScope(deadline=now + task.timeout)
         in_flight = InFlight(machine, task.job_id, topic, payload, answers, scope, now)
@@ -197,7 +197,7 @@ class InFlightRequests:
             self.dropped["malformed"] += 1
             return
         in_flight = self._by_device.get(device)
-        if in_flight is None or in_flight.machine.task_id != answer.id:
+        if in_flight is None or in_flight.machine.request_id != answer.id:
             # Unknown id, another device's task, or a task already settled or abandoned.
             self.dropped["unexpected_id"] += 1
             return

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import cast
@@ -47,19 +48,27 @@ from .config import WatchersConfig
 from .job_contract import (
     CancelJob,
     ChangeRecorder,
+    ClearHold,
     ExpiryDue,
     JobActorMessage,
+    Refused,
     ReportsApplied,
+    SendGate,
+    SetHold,
+    StopJob,
     TaskDispatcher,
 )
+from .job_rollout import JobRollout
+from .rollout import AbortWatch, Pacer
 from .schemas import JobView
+from .send_queue import SendQueue
 from .state import JobRecord, TaskRecord
 from .task_machine import (
+    TaskHeldBack,
     TaskProgress,
     TaskSent,
     TaskSettled,
     TaskWaiting,
-    expired_unsent,
 )
 from .watch import JobFeed, TaskMode, Watcher
 
@@ -71,7 +80,7 @@ FEED_CHUNK = 64
 AGGREGATE_CHUNK = 256
 
 
-class Job:
+class Job(JobRollout):
     """A job: its record, its mailbox reference and its feed for watchers.
 
     Args:
@@ -82,6 +91,7 @@ class Job:
       feed_capacity: task changes its feed keeps for lagging watchers (default
         ``watchers.queue_size``).
       wall_clock: epoch seconds for ``finishAt`` timestamps (tests pass a fake).
+      random: numbers in [0, 1) for the retry jitter (tests pass a seeded one).
     """
 
     def __init__(
@@ -93,8 +103,10 @@ class Job:
         watchers: WatchersConfig,
         feed_capacity: int | None = None,
         wall_clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.record = record
+        self._random = random
         self._devices = devices
         self._recorder = recorder
         self._wall_clock = wall_clock
@@ -109,14 +121,28 @@ class Job:
             key=lambda task: cast(float, task.expires_at),
         )
         self._expired_through = 0
-
-    @property
-    def id(self) -> int:
-        return self.record.id
-
-    @property
-    def final(self) -> bool:
-        return self.record.final
+        options = record.options
+        state = record.rollout_state
+        self._abort = None
+        if options.abort:
+            outcomes = (task.status for task in record.tasks if task.final)
+            self._abort = AbortWatch(options.abort, state, outcomes)
+        pacer = None if options.rollout is None else Pacer(options.rollout, state)
+        record.pacer, record.abort_watch = pacer, self._abort
+        unsettled = [task for task in record.tasks if not task.final]
+        now, trio_now = wall_clock(), _trio_now()
+        self._queue = SendQueue(
+            (task for task in unsettled if task.next_attempt_at is None),
+            pacer,
+            (
+                (trio_now + max(0.0, cast(float, task.next_attempt_at) - now), task)
+                for task in unsettled
+                if task.next_attempt_at is not None
+            ),
+        )
+        # Held while the job has a hold or is stopping: device actors send back its tasks.
+        self.gate = SendGate()
+        self.gate.held = bool(record.holds) or record.ending != "resolved"
 
     def watch(self, tasks: TaskMode = "each") -> Watcher:
         """A new watcher of this job; ``tasks`` says what it receives about tasks."""
@@ -213,52 +239,48 @@ class Job:
         if reports is None:
             raise AssertionError(f"job {self.id} runs without a mailbox reference")
         handed_out = 0
-        for task in self.record.tasks:
-            if self.final:
-                return
-            if not task.final:  # a resumed job skips what was settled before the restart
-                # The feeder writes only this live field of a task it has not handed out yet.
-                reason = self._devices.waiting_reason(task.device)
-                if reason is not None and self.record.mark_waiting(task, reason):
-                    self.feed.task_changed(task.view)
-                await self._devices.dispatch(task, reports)
-                handed_out += 1
-                # dispatch() does not yield while the device's mailbox has room: yield every
-                # FEED_CHUNK tasks so the devices (and everyone else) get to run. The devices
-                # woken by one chunk publish in one scheduler batch, so their requests leave
-                # in one write (a yield per task cost a socket write per request); each
-                # device's own requests stay in order, the order *across* devices within a
-                # chunk is trio's (forwards or backwards).
-                if handed_out % FEED_CHUNK == 0:
-                    await trio.lowlevel.checkpoint()
-
-    async def _time_expiry(self) -> None:
-        """The job's one expiry timer: posts :class:`ExpiryDue` at each distinct expiry."""
-        reports = self.ref
-        if reports is None:
-            raise AssertionError(f"job {self.id} runs without a mailbox reference")
-        for expires_at in sorted({cast(float, task.expires_at) for task in self._expiring}):
-            # Wall-clock epoch seconds (they survive a restart), waited for on trio's clock.
-            await trio.sleep(max(0.0, expires_at - self._wall_clock()))
-            # The instant travels with the message: trio's clock and the wall clock may differ
-            # by a hair, and a task must not miss its expiry because of it.
-            await reports.tell(ExpiryDue(expires_at))
-
-    def _expire_due(self, until: float) -> None:
-        now = self._wall_clock()
-        record = self.record
-        expiring = self._expiring
-        while self._expired_through < len(expiring):
-            task = expiring[self._expired_through]
-            if cast(float, task.expires_at) > until:
-                return
-            self._expired_through += 1
-            # A task held by its device actor is that actor's to expire (it may be publishing).
-            if task.status != "pending" or self._devices.holds(task):
+        queue, gate, record = self._queue, self.gate, self.record
+        pacer = queue.pacer
+        high = record.options.priority == "high"
+        while not self.final:
+            if gate.held:
+                await queue.wait_for_work()
                 continue
-            settled = expired_unsent(task.id, task.waiting)
-            if record.settle(task, "expired", settled.result, now):
-                self._task_changed(task)
+            task = queue.take()
+            if task is None:
+                await queue.wait_for_work()
+                continue
+            if task.final:
+                continue  # ended while it waited here (expired, or its job is stopping)
+            if pacer is not None:
+                now = _trio_now()
+                blocked = pacer.blocked(now)
+                if blocked is not None:
+                    queue.put_back(task)
+                    if record.mark_waiting(task, blocked):
+                        self.feed.task_changed(task.view)
+                    await queue.wait_for_work(
+                        pacer.next_send_at if blocked == "rollout-rate" else math.inf
+                    )
+                    continue
+                queue.handed_out(task, now)
+            # The feeder writes only this live field of a task it has not handed out yet.
+            reason = self._devices.waiting_reason(task.device)
+            if reason is not None:
+                if record.mark_waiting(task, reason):
+                    self.feed.task_changed(task.view)
+            elif task.waiting is not None and record.clear_waiting(task):
+                self.feed.task_changed(task.view)
+            await self._devices.dispatch(task, reports, gate, high_priority=high)
+            handed_out += 1
+            # dispatch() does not yield while the device's mailbox has room: yield every
+            # FEED_CHUNK tasks so the devices (and everyone else) get to run. The devices
+            # woken by one chunk publish in one scheduler batch, so their requests leave
+            # in one write (a yield per task cost a socket write per request); each
+            # device's own requests stay in order, the order *across* devices within a
+            # chunk is trio's (forwards or backwards).
+            if handed_out % FEED_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
 
     def _handle(self, message: JobActorMessage) -> None:
         record = self.record
@@ -279,8 +301,10 @@ class Job:
                     self._task_changed(task)
             case TaskSettled(task_id, status, result):
                 task = record.task(task_id)
+                if task is not None and self._retry(task, status, result):
+                    return
                 if task is not None and record.settle(task, status, result, self._wall_clock()):
-                    self._task_changed(task)
+                    self._outcome(task)
                     # The per-task path: DEBUG only, and no extra dict built unless enabled.
                     if logger.isEnabledFor(logging.DEBUG):
                         logger.debug(
@@ -296,9 +320,23 @@ class Job:
                                 "status": status,
                             },
                         )
+            case TaskHeldBack(task_id):
+                task = record.task(task_id)
+                if task is not None and not task.final:
+                    self._held_back(task)
             case CancelJob(reply):
                 self._finish("cancelled")
                 reply.send(record.view())
+            case SetHold(reason, reply):
+                reply.send(self._set_hold(reason))
+            case ClearHold(reason, reply):
+                reply.send(self._clear_hold(reason))
+            case StopJob(reply):
+                if self.final or record.ending != "resolved":
+                    reply.send(Refused(f"job {self.id} is {record.status}: nothing to cancel"))
+                else:
+                    self._stop("cancelled")
+                    reply.send(record.view())
             case ReportsApplied(reply):
                 reply.send(None)
             case _:
@@ -353,3 +391,7 @@ class Job:
                 "error_count": record.error_count,
             },
         )
+
+
+def _trio_now() -> float:
+    return trio.current_time()

@@ -11,10 +11,33 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .job_options import (
+    MAX_ABORT_CRITERIA,
+    AbortCriterion,
+    AbortStatus,
+    AttemptView,
+    HoldReason,
+    JobOptions,
+    Priority,
+    RetryOptions,
+    RolloutOptions,
+    RolloutStatus,
+)
 from .protocol import InvalidDeviceId, normalize_device_id
 
 TaskStatus = Literal["pending", "sent", "resolved", "error", "timeout", "cancelled", "expired"]
-JobStatus = Literal["pending", "dispatching", "resolved", "timeout", "cancelled"]
+# paused: sends nothing new (by a user or an abort criterion); scheduled: waits for its
+# schedule; aborted: an abort criterion with action "cancel" stopped it (final).
+JobStatus = Literal[
+    "pending",
+    "dispatching",
+    "paused",
+    "scheduled",
+    "resolved",
+    "timeout",
+    "cancelled",
+    "aborted",
+]
 FINAL_TASK_STATUSES: frozenset[str] = frozenset(
     {"resolved", "error", "timeout", "cancelled", "expired"}
 )
@@ -27,11 +50,38 @@ TASK_STATUSES: tuple[TaskStatus, ...] = (
     "cancelled",
     "expired",
 )
-# Why a pending task is not sent yet: its device is offline, or works on another task.
-WaitingReason = Literal["device-offline", "device-busy"]
-WAITING_REASONS: tuple[WaitingReason, ...] = ("device-offline", "device-busy")
-FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled"})
-JOB_STATUSES: tuple[str, ...] = ("pending", "dispatching", "resolved", "timeout", "cancelled")
+# Why a pending task is not sent yet: its device is offline or works on another task; its
+# job's window is full or its rate spent; it waits out a retry's backoff; its job is paused
+# or outside its schedule's windows.
+WaitingReason = Literal[
+    "device-offline",
+    "device-busy",
+    "rollout-window",
+    "rollout-rate",
+    "retry-backoff",
+    "job-paused",
+    "outside-window",
+]
+WAITING_REASONS: tuple[WaitingReason, ...] = (
+    "device-offline",
+    "device-busy",
+    "rollout-window",
+    "rollout-rate",
+    "retry-backoff",
+    "job-paused",
+    "outside-window",
+)
+FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled", "aborted"})
+JOB_STATUSES: tuple[str, ...] = (
+    "pending",
+    "dispatching",
+    "paused",
+    "scheduled",
+    "resolved",
+    "timeout",
+    "cancelled",
+    "aborted",
+)
 # Job ids and list offsets are SQLite integers (signed 64-bit): no job has a larger id, and a
 # larger value would overflow the store's query (a 500 instead of a 404 or a 400).
 MAX_SQLITE_INTEGER = 2**63 - 1
@@ -114,6 +164,20 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: PositiveSeconds | None = None
     # The default expiresIn of the batch's entries (see BatchEntry.expires_in).
     expires_in: ExpiresIn | None = msgspec.field(default=None, name="expiresIn")
+    # Rollout options (pm/job_options.py): all optional, none changes a job without them.
+    rollout: RolloutOptions | None = None
+    abort: Annotated[list[AbortCriterion], msgspec.Meta(max_length=MAX_ABORT_CRITERIA)] | None = (
+        None
+    )
+    retry: RetryOptions | None = None
+    priority: Priority = "normal"
+
+    @property
+    def options(self) -> JobOptions:
+        """What the job is asked beyond its batch, as stored with it."""
+        return JobOptions(
+            rollout=self.rollout, abort=self.abort, retry=self.retry, priority=self.priority
+        )
 
 
 class TaskState(msgspec.Struct, rename="camel", kw_only=True):
@@ -127,6 +191,11 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     expires_at: str | None = None
     # Why a pending task is not sent yet; null once sent (and while it is not queued yet).
     waiting: WaitingReason | None = None
+    # Attempts sent so far (more than 1: retried); when the next one may go (retry backoff).
+    attempts: int = 0
+    next_attempt_at: str | None = None
+    # The earlier attempts of a retried task, oldest first (absent if never retried).
+    previous_attempts: list[AttemptView] | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -158,6 +227,17 @@ class JobView(msgspec.Struct, rename="camel", kw_only=True):
     pending_count: int
     sent_count: int
     expired_count: int
+    # Tasks sent more than once (retried).
+    retried_count: int = 0
+    # Why the job sends nothing new now (empty: it may send).
+    holds: list[HoldReason] = msgspec.field(default_factory=list)
+    # Pacing now (absent: the job has no `rollout`).
+    rollout: RolloutStatus | msgspec.UnsetType = msgspec.UNSET
+    # Each abort criterion live, in the order given (absent: the job has no `abort`).
+    abort: list[AbortStatus] | msgspec.UnsetType = msgspec.UNSET
+    # The index in `abort` of the criterion that tripped and stopped or paused the job (null:
+    # none did; absent: the job has no `abort`).
+    stopped_by: int | None | msgspec.UnsetType = msgspec.UNSET
     # One list type holding either kind: msgspec cannot decode (or make a JSON schema of) a
     # union of two list types, and the OpenAPI document and the CLI need both.
     collection: list[int | TaskView] | msgspec.UnsetType = msgspec.UNSET

@@ -54,6 +54,13 @@ class TaskSettled(msgspec.Struct, frozen=True, tag=True):
     result: Any
 
 
+class TaskHeldBack(msgspec.Struct, frozen=True, tag=True):
+    """The task's turn came while its job held sending (paused, stopping): it was not sent,
+    and the device moved on. Its job queues it again when it may send."""
+
+    task_id: int
+
+
 def expired_unsent(task_id: int, waiting: WaitingReason | None) -> TaskSettled:
     """The task was still unsent at its ``expiresAt``: it ends ``expired``, its result saying
     what it was waiting for."""
@@ -63,7 +70,7 @@ def expired_unsent(task_id: int, waiting: WaitingReason | None) -> TaskSettled:
 
 
 #: Everything a device actor may tell a job actor.
-TaskReport = TaskWaiting | TaskSent | TaskProgress | TaskSettled
+TaskReport = TaskWaiting | TaskSent | TaskProgress | TaskSettled | TaskHeldBack
 
 
 # -- the re-send schedule -------------------------------------------------------------------
@@ -102,7 +109,9 @@ class TaskMachine:
     """What one in-flight task does with each event; no I/O, no clock, no trio.
 
     Args:
-      task_id: the id the device's answers must carry.
+      task_id: the task the reports are about.
+      request_id: the id the device's answers must carry (default: ``task_id``; a retry
+        goes out with an id of its own, see :attr:`pm.state.TaskRecord.request_id`).
       schedule: the re-send schedule.
       suspect: the request may be lost (sent before a restart, or published while devices
         are still returning): it goes out retained and is re-sent until answered. See
@@ -113,10 +122,19 @@ class TaskMachine:
     to ``schedule.max_delay``.
     """
 
-    __slots__ = ("resend_delay", "schedule", "suspect", "task_id")
+    __slots__ = ("request_id", "resend_delay", "schedule", "suspect", "task_id")
 
-    def __init__(self, task_id: int, schedule: ResendSchedule, *, suspect: bool) -> None:
+    def __init__(
+        self,
+        task_id: int,
+        schedule: ResendSchedule,
+        *,
+        suspect: bool,
+        request_id: int | None = None,
+    ) -> None:
         self.task_id = task_id
+        # The id the request went out with: the task id, or a retry's own id.
+        self.request_id = task_id if request_id is None else request_id
         self.schedule = schedule
         self.suspect = suspect
         self.resend_delay = schedule.first_delay
@@ -135,7 +153,7 @@ class TaskMachine:
         :class:`TaskSettled` for a final one (the task is then over), ``None`` for an answer
         to another task id or a 206 without a usable progress.
         """
-        if answer.id != self.task_id:
+        if answer.id != self.request_id:
             return None
         if answer.code == PROGRESS_CODE:
             progress = answer_progress(answer)

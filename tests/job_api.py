@@ -81,7 +81,7 @@ INVALID_BODIES: list[tuple[Any, str]] = [
     # Beyond what an ISO 8601 expiresAt can show: every view of the task was a 500.
     (_body(expiresIn=1e12), "<= 315360000.0 - at `$.batch[0].expiresIn`"),
     ({"batch": [entry()], "expiresIn": 1e12}, "<= 315360000.0 - at `$.expiresIn`"),
-    ({"batch": [entry()], "priority": 1}, "unknown field `priority`"),
+    ({"batch": [entry()], "urgency": 1}, "unknown field `urgency`"),
     (_body(colour="red"), "unknown field `colour` - at `$.batch[0]`"),
 ]
 

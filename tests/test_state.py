@@ -333,6 +333,8 @@ def test_task_view_wire_shape() -> None:
             "result": None,
             "expiresAt": None,
             "waiting": None,
+            "attempts": 0,
+            "nextAttemptAt": None,
         },
     }
 
@@ -355,6 +357,8 @@ def test_job_view_finished_wire_shape() -> None:
         "pendingCount": 0,
         "sentCount": 0,
         "expiredCount": 0,
+        "retriedCount": 0,
+        "holds": [],
         "collection": [100],
     }
 

@@ -61,7 +61,7 @@ def device_tasks(
     total = connection.execute(f"SELECT count(*) FROM tasks t {where}", parameters).fetchone()
     tasks = [
         task_record(
-            row[:9], row[9], row[10], (row[11], row[12], _json_decode(row[13])), query.tunnel_for
+            row[:12], row[12], row[13], (row[14], row[15], _json_decode(row[16])), query.tunnel_for
         )
         for row in connection.execute(
             f"SELECT {DEVICE_TASK_COLUMNS} {DEVICE_TASK_JOINS} {where}"
