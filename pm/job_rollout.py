@@ -72,10 +72,10 @@ class JobRollout:
         """``task`` reached its final status: pacing, ramp and abort criteria see it."""
         self._queue.settled(task, resolved=task.status == "resolved")
         self._task_changed(task)
-        if self._abort is None or self.final:
+        if self._abort is None:
             return
         tripped = self._abort.on_outcome(task.status)
-        if tripped is None or self.record.rollout_state.stopped_by is not None:
+        if tripped is None or self.final or self.record.rollout_state.stopped_by is not None:
             return
         criterion = self._abort.criteria[tripped]
         self.record.rollout_state.stopped_by = tripped
