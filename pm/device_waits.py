@@ -135,7 +135,8 @@ class DeviceWaits:
             )
             await reports.tell(expired_unsent(task.id, task.waiting))
             return False
-        if gate is not None and gate.held:
+        # A task sent before a restart is in flight: it goes out again whatever holds its job.
+        if gate is not None and gate.held and task.status == "pending":
             await reports.tell(TaskHeldBack(task.id))
             return False
         return True

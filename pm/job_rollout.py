@@ -198,6 +198,24 @@ class JobRollout:
             if record.settle(task, "expired", settled.result, now):
                 self._outcome(task)
 
+    def _log_finished(self) -> None:
+        record = self.record
+        logger.info(
+            "job %d finished: %s, %d/%d resolved, %d errors",
+            record.id,
+            record.status,
+            record.finish_count,
+            len(record.tasks),
+            record.error_count,
+            extra={
+                "job_id": record.id,
+                "status": record.status,
+                "total_count": len(record.tasks),
+                "finish_count": record.finish_count,
+                "error_count": record.error_count,
+            },
+        )
+
     def _task_changed(self, task: TaskRecord) -> None:
         raise NotImplementedError  # pm.jobs.Job's
 

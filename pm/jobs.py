@@ -25,6 +25,13 @@ The feeder marks each task it queues with why it is not sent yet (``waiting``:
 ``device-offline``, ``device-busy``); a device actor reports ``device-offline`` when the
 task's turn comes and its device is offline; the task's ``TaskSent`` clears it.
 
+Rollout (``pm/job_rollout.py``, the policy in ``pm/rollout.py``): the feeder takes tasks from
+a :class:`~pm.send_queue.SendQueue` as the job's window and rate allow, and hands out nothing
+while the job has a hold (paused, scheduled, outside its windows) or is stopping; a device
+actor whose turn comes for a task of a held job sends it back (``TaskHeldBack``). A failed
+attempt may go back to the queue for a retry after its backoff; abort criteria watch the
+outcomes and pause or stop the job. Tasks in flight always finish.
+
 The contract with device actors is narrow and one-way: a task goes out with a reference to
 this job's mailbox, and reports come back as :mod:`pm.task_machine` messages. This module
 never imports :mod:`pm.devices`; it names what it needs of it in
@@ -131,8 +138,11 @@ class Job(JobRollout):
         record.pacer, record.abort_watch = pacer, self._abort
         unsettled = [task for task in record.tasks if not task.final]
         now, trio_now = wall_clock(), _trio_now()
+        # A resumed job's tasks in flight at the stop go out again first, whatever holds it
+        # (in-flight tasks finish); the rest wait their turn, pacing and holds.
+        self._resumed_in_flight = [task for task in unsettled if task.status == "sent"]
         self._queue = SendQueue(
-            (task for task in unsettled if task.next_attempt_at is None),
+            (task for task in unsettled if task.status == "pending" and not task.next_attempt_at),
             pacer,
             (
                 (trio_now + max(0.0, cast(float, task.next_attempt_at) - now), task)
@@ -242,6 +252,10 @@ class Job(JobRollout):
         queue, gate, record = self._queue, self.gate, self.record
         pacer = queue.pacer
         high = record.options.priority == "high"
+        for task in self._resumed_in_flight:
+            queue.handed_out(task, _trio_now())
+            await self._devices.dispatch(task, reports, gate, high_priority=high)
+        self._resumed_in_flight = []
         while not self.final:
             if gate.held:
                 await queue.wait_for_work()
@@ -373,24 +387,6 @@ class Job(JobRollout):
             self._recorder.task_changed(task)
         self.feed.job_changed()
         self._recorder.job_changed(self.record)
-
-    def _log_finished(self) -> None:
-        record = self.record
-        logger.info(
-            "job %d finished: %s, %d/%d resolved, %d errors",
-            record.id,
-            record.status,
-            record.finish_count,
-            len(record.tasks),
-            record.error_count,
-            extra={
-                "job_id": record.id,
-                "status": record.status,
-                "total_count": len(record.tasks),
-                "finish_count": record.finish_count,
-                "error_count": record.error_count,
-            },
-        )
 
 
 def _trio_now() -> float:

@@ -1,0 +1,158 @@
+"""Rollouts through the engine on trio's virtual clock, with a recording publisher: what a
+device sees on a retry, pause/resume/cancel and their refusals, and a restart in the middle of
+a rollout (window and ramp, a retry's backoff, a pause, a tripped criterion: all resumed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from pm.engine import JobStateError
+from pm.schemas import JobRequest
+from pm.state import RETRY_ID_STRIDE
+from tests.fakes import RecordingPublisher, answer
+from tests.stores import running_store
+from tests.test_engine import EPOCH, GUARD, restartable
+
+
+def rollout_request(devices: list[str], **options: Any) -> JobRequest:
+    body = {"batch": [{"method": "get", "resource": "/r", "__destination": devices}], **options}
+    return msgspec.convert(body, JobRequest)
+
+
+async def test_a_retry_reaches_the_device_with_a_new_id_and_its_answer_settles_the_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(rollout_request(["a"], retry={"max": 1, "delay": 2}))
+                await trio.testing.wait_all_tasks_blocked()
+                (first,) = publisher.requests_to("/remote/a")
+                task_id = job.record.tasks[0].id
+                assert first["id"] == task_id
+                answer(engine, first, 503)
+                await trio.sleep(2)
+                await trio.testing.wait_all_tasks_blocked()
+                _, second = publisher.requests_to("/remote/a")
+                assert second["id"] == task_id + RETRY_ID_STRIDE
+                answer(engine, first, 200)  # a late answer to the first attempt: ignored
+                await trio.testing.wait_all_tasks_blocked()
+                assert job.record.tasks[0].status == "sent"
+                answer(engine, second, 200)
+                await job.ended.wait()
+                assert job.record.tasks[0].status == "resolved"
+                assert engine.fleet.dropped["unexpected_id"] == 1
+
+
+async def test_pause_resume_cancel_through_the_engine(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(
+                    rollout_request([f"d{n}" for n in range(6)], rollout={"maxInFlight": 2})
+                )
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 2
+                view = await engine.pause(job.id)
+                assert view is not None and view.status == "paused"
+                with pytest.raises(JobStateError, match="already held"):
+                    await engine.pause(job.id)
+                for _, request in publisher.published:
+                    answer(engine, request)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 2  # paused: nothing new
+                view = await engine.resume(job.id)
+                assert view is not None and view.status == "dispatching"
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 4
+                view = await engine.cancel(job.id)
+                assert view is not None and view.finish_at is None  # two in flight
+                with pytest.raises(JobStateError):
+                    await engine.resume(job.id)
+                for _, request in publisher.published[2:]:
+                    answer(engine, request)
+                await job.ended.wait()
+                assert job.record.status == "cancelled"
+                assert [t.status for t in job.record.tasks] == ["resolved"] * 4 + ["cancelled"] * 2
+                with pytest.raises(JobStateError, match="finished"):
+                    await engine.pause(job.id)
+                assert await engine.pause(10**9) is None
+
+
+async def test_a_restart_in_the_middle_of_a_rollout_resumes_where_it_was(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    devices = [f"d{n}" for n in range(12)]
+    options = {
+        "rollout": {
+            "maxInFlight": 2,
+            "ramp": {"factor": 2, "afterSucceeded": 2, "maxInFlight": 8},
+        },
+        "retry": {"on": ["error"], "max": 1, "delay": 100},
+        "abort": [{"on": "error", "thresholdPercent": 90, "minSettled": 100}],
+    }
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(rollout_request(devices, **options))
+                await trio.testing.wait_all_tasks_blocked()
+                for _, request in publisher.published:
+                    answer(engine, request)  # 2 resolved: the ramp's first step
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 6  # the window is now 4
+                retried = publisher.published[2][1]
+                answer(engine, retried, 503)  # waits 100 s for its retry
+                await trio.testing.wait_all_tasks_blocked()
+                await engine.pause(job.id)
+                # The retry waiting freed its place: a fourth task went out before the pause.
+                in_flight_ids = {t.id for t in job.record.tasks if t.status == "sent"}
+                assert len(in_flight_ids) == 4
+                await trio.sleep(1)  # committed
+            # Down for 10 s (SIGKILL or a stop: what was committed is what resumes).
+            await trio.sleep(10)
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                resumed = engine.get(job.id)
+                assert resumed is not None
+                view = resumed.record.view()
+                assert (view.status, view.holds) == ("paused", ["paused"])
+                assert view.rollout and (view.rollout.max_in_flight, view.rollout.ramp_steps) == (
+                    4,
+                    1,
+                )
+                assert view.abort and (view.abort[0].settled, view.abort[0].matching) == (2, 0)
+                waiting = [t for t in resumed.record.tasks if t.previous_attempts]
+                assert len(waiting) == 1 and waiting[0].attempts == 1
+                assert waiting[0].next_attempt_at == EPOCH + 100
+                await trio.testing.wait_all_tasks_blocked()
+                # Paused, yet the three requests in flight at the stop go out again, with
+                # the same ids (in-flight tasks finish).
+                assert {r["id"] for _, r in publisher.published} == in_flight_ids
+                await engine.resume(job.id)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 4  # the window of 4 is still full
+                for _, request in publisher.published:
+                    answer(engine, request)
+                await trio.testing.wait_all_tasks_blocked()
+                # 4 more resolved: the window is 8 now, and the 5 tasks never sent go out.
+                assert len(publisher.published) == 9
+                assert resumed.record.view().rollout.max_in_flight == 8  # type: ignore[union-attr]
+                await trio.sleep_until(100 - 1e-3)
+                await trio.testing.wait_all_tasks_blocked()
+                assert retried["id"] not in {
+                    r["id"] % RETRY_ID_STRIDE for _, r in publisher.published[4:]
+                }
+                await trio.sleep_until(100)
+                await trio.testing.wait_all_tasks_blocked()
+                # The retry after its 100 s backoff, counted across the restart, with its own id.
+                assert retried["id"] + RETRY_ID_STRIDE in {r["id"] for _, r in publisher.published}
