@@ -42,6 +42,7 @@ import trio
 from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
 from .device_failures import fail_device_tasks
+from .device_turns import DeviceTurns, FleetBudget, PriorityLanes, take_budget_slot
 from .device_waits import DeviceWaits
 from .in_flight import InFlight, InFlightRequests, Publisher
 from .job_contract import SendGate
@@ -72,6 +73,7 @@ class Dispatch(msgspec.Struct, frozen=True, tag=True):
     reports: ActorRef[TaskReport]
     # The job's gate: held when the task's turn comes, the task goes back to its job unsent.
     gate: SendGate | None = None
+    high_priority: bool = False
 
 
 class Fleet:
@@ -89,6 +91,7 @@ class Fleet:
       presence: which devices are online (the engine's; a fresh book by default, where every
         device is unknown, so sent at once).
       wall_clock: epoch seconds, the clock of each task's ``expires_at``.
+      max_in_flight: requests in flight across the fleet, at most (``None``: no limit).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class Fleet:
         resend: ResendSchedule = DEFAULT_RESEND,
         presence: PresenceBook | None = None,
         wall_clock: Callable[[], float] = time.time,
+        max_in_flight: int | None = None,
     ) -> None:
         self._nursery = nursery
         self.presence = PresenceBook() if presence is None else presence
@@ -115,7 +119,9 @@ class Fleet:
             max_answer_depth=max_answer_depth,
             resend=resend,
         )
-        self._registry: Registry[str, Dispatch] = Registry(
+        self._lanes: PriorityLanes[Dispatch] = PriorityLanes()
+        self.budget = FleetBudget(max_in_flight)
+        self._registry: Registry[str, Dispatch | None] = Registry(
             Supervisor(nursery, self.on_device_failure),
             self._run_device,
             capacity=mailbox_size,
@@ -162,7 +168,10 @@ class Fleet:
         device = task.device
         self._waits.task_queued(device)
         try:
-            await self._registry.tell(device, Dispatch(task, reports, gate))
+            if high_priority:
+                await self._lanes.push(device, Dispatch(task, reports, gate, True), self._registry)
+            else:
+                await self._registry.tell(device, Dispatch(task, reports, gate))
         except BaseException:
             self._waits.task_done(device)
             raise
@@ -188,7 +197,7 @@ class Fleet:
         return self.holds(task) and self._waits.parked_job(task.device) == task.job_id
 
     def release_parked(self, job_id: int) -> int:
-        """The job settled its tasks parked for their devices: they stop waiting (unsent)."""
+        """The job settled its parked tasks: they stop waiting for their devices, unsent."""
         return self._waits.abandon(job_id)
 
     def stop_publishing(self) -> None:
@@ -229,10 +238,10 @@ class Fleet:
 
     # -- the actor -----------------------------------------------------------------------
 
-    async def _run_device(self, device: str, inbox: IdleInbox[Dispatch]) -> None:
+    async def _run_device(self, device: str, inbox: IdleInbox[Dispatch | None]) -> None:
         answers_send, answers_receive = trio.open_memory_channel[SanjiAnswer | None](ANSWER_BUFFER)
         with answers_send, answers_receive:
-            async for dispatch in inbox:
+            async for dispatch in DeviceTurns(device, inbox, self._lanes):
                 # Kept on an exception: the failure policy fails this task explicitly.
                 self._current[device] = dispatch
                 try:
@@ -270,6 +279,8 @@ class Fleet:
             return  # the job actor is gone: nobody is waiting for this task any more
         if self._stopping:
             await trio.sleep_forever()
+        if not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
+            return
         # A resumed job's task may already be "sent": it goes out again with the same id.
         in_flight = self._requests.publish(device, task, answers_send, trio.current_time())
         machine = in_flight.machine
@@ -314,6 +325,7 @@ class Fleet:
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
+            self.budget.release()
             self._requests.remove(device, in_flight)
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
@@ -374,7 +386,8 @@ class Fleet:
         """Policy for device actors: stop the actor and fail its tasks, in flight and queued
         (:func:`pm.device_failures.fail_device_tasks`)."""
         device = cast(str, failure.key)  # the registry's key: the device id
-        doomed = [m for m in failure.drain() if isinstance(m, Dispatch)]
+        doomed = self._lanes.drain(device)
+        doomed += [m for m in failure.drain() if isinstance(m, Dispatch)]
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)

@@ -93,6 +93,7 @@ class Engine(JobControl):
             resend=ResendSchedule.from_config(config.recovery),
             presence=self.presence,
             wall_clock=wall_clock,
+            max_in_flight=config.tasks.max_in_flight or None,
         )
         self.status_topic = StatusTopicSource(
             self.presence, self.topics, self.fleet.dropped, wall_clock=wall_clock
