@@ -23,27 +23,49 @@ HoldReason = Literal["paused", "scheduled", "outside-window"]
 MAX_RETRIES = 10
 MAX_ABORT_CRITERIA = 10
 
-PositiveCount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+def field_doc(description: str, example: Any) -> msgspec.Meta:
+    """A field's description and example in the OpenAPI document."""
+    return msgspec.Meta(description=description, examples=[example])
+
+
+Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]
 
 
 class RampOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Each time ``afterSucceeded`` more tasks resolve, the window and the rate are multiplied
     by ``factor``, until the window reaches ``maxInFlight`` (the rate stops growing then too)."""
 
-    factor: Annotated[float, msgspec.Meta(gt=1, le=100, description="> 1")]
-    after_succeeded: PositiveCount = msgspec.field(name="afterSucceeded")
-    max_in_flight: PositiveCount = msgspec.field(name="maxInFlight")
+    factor: Annotated[
+        Annotated[float, msgspec.Meta(gt=1, le=100)], field_doc("growth per step, > 1", 2)
+    ]
+    after_succeeded: Annotated[Count, field_doc("tasks resolved per step", 100)] = msgspec.field(
+        name="afterSucceeded"
+    )
+    max_in_flight: Annotated[Count, field_doc("the window's cap", 500)] = msgspec.field(
+        name="maxInFlight"
+    )
 
 
 class RolloutOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """At most ``maxInFlight`` of the job's tasks handed to their devices and not settled;
     at most ``maxPerMinute`` sends a minute, evenly spaced (never a burst per minute)."""
 
-    max_in_flight: PositiveCount | None = msgspec.field(default=None, name="maxInFlight")
-    max_per_minute: Annotated[float, msgspec.Meta(gt=0, le=6_000_000)] | None = msgspec.field(
-        default=None, name="maxPerMinute"
-    )
-    ramp: RampOptions | None = None
+    max_in_flight: Annotated[
+        Count | None, field_doc("tasks handed to their devices and not settled, at most", 50)
+    ] = msgspec.field(default=None, name="maxInFlight")
+    max_per_minute: Annotated[
+        Annotated[float, msgspec.Meta(gt=0, le=6_000_000)] | None,
+        field_doc("sends per minute, evenly spaced", 600),
+    ] = msgspec.field(default=None, name="maxPerMinute")
+    ramp: Annotated[
+        RampOptions | None,
+        field_doc(
+            "grow the window and the rate as tasks succeed",
+            {"factor": 2, "afterSucceeded": 100, "maxInFlight": 500},
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         if self.ramp is None:
@@ -61,33 +83,52 @@ class AbortCriterion(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Trips when at least ``minSettled`` tasks have an outcome and the share of those
     outcomes matching ``on`` is at least ``thresholdPercent``."""
 
-    on: AbortOn
-    threshold_percent: Annotated[float, msgspec.Meta(gt=0, le=100)] = msgspec.field(
-        name="thresholdPercent"
-    )
-    min_settled: PositiveCount = msgspec.field(default=1, name="minSettled")
-    action: AbortAction = "cancel"
+    on: Annotated[
+        AbortOn, field_doc("the outcome counted; failed: any final status but resolved", "error")
+    ]
+    threshold_percent: Annotated[
+        Annotated[float, msgspec.Meta(gt=0, le=100)],
+        field_doc("trips at this share of the outcomes, or more", 5),
+    ] = msgspec.field(name="thresholdPercent")
+    min_settled: Annotated[
+        Count, field_doc("outcomes needed before it may trip (the denominator's minimum)", 100)
+    ] = msgspec.field(default=1, name="minSettled")
+    action: Annotated[
+        AbortAction,
+        field_doc(
+            "pause: send nothing new; cancel: unsent tasks end cancelled, the job aborted", "cancel"
+        ),
+    ] = "cancel"
 
 
 class RetryOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A failed attempt is sent again, at most ``max`` times, after ``delay * factor**(n-1)``
     seconds (at most ``maxDelay``), shortened by up to ``jitter`` of itself at random."""
 
-    on: Annotated[list[RetryOn], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["error", "timeout"]
-    )
-    # Only errors with one of these answer codes are retried (null: any error code).
-    codes: (
+    on: Annotated[
+        Annotated[list[RetryOn], msgspec.Meta(min_length=1)],
+        field_doc("attempt outcomes that are retried", ["error", "timeout"]),
+    ] = msgspec.field(default_factory=lambda: ["error", "timeout"])
+    codes: Annotated[
         Annotated[list[Annotated[int, msgspec.Meta(ge=100, le=999)]], msgspec.Meta(min_length=1)]
-        | None
-    ) = None
-    max: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 3
-    delay: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 1.0
-    factor: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
-    max_delay: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = msgspec.field(
+        | None,
+        field_doc("only errors with one of these answer codes are retried (null: any)", [503, 504]),
+    ] = None
+    max: Annotated[
+        Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)], field_doc("retries, at most", 3)
+    ] = 3
+    delay: Annotated[Seconds, field_doc("seconds before the first retry", 5)] = 1.0
+    factor: Annotated[
+        Annotated[float, msgspec.Meta(ge=1, le=100)],
+        field_doc("each wait is this times the last", 2),
+    ] = 2.0
+    max_delay: Annotated[Seconds, field_doc("the longest wait, seconds", 300)] = msgspec.field(
         default=300.0, name="maxDelay"
     )
-    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    jitter: Annotated[
+        Annotated[float, msgspec.Meta(ge=0, le=1)],
+        field_doc("each wait shortened at random by up to this share of it", 0.2),
+    ] = 0.0
 
 
 class JobOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

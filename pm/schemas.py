@@ -22,6 +22,7 @@ from .job_options import (
     RetryOptions,
     RolloutOptions,
     RolloutStatus,
+    field_doc,
 )
 from .protocol import InvalidDeviceId, normalize_device_id
 
@@ -165,12 +166,31 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The default expiresIn of the batch's entries (see BatchEntry.expires_in).
     expires_in: ExpiresIn | None = msgspec.field(default=None, name="expiresIn")
     # Rollout options (pm/job_options.py): all optional, none changes a job without them.
-    rollout: RolloutOptions | None = None
-    abort: Annotated[list[AbortCriterion], msgspec.Meta(max_length=MAX_ABORT_CRITERIA)] | None = (
-        None
-    )
-    retry: RetryOptions | None = None
-    priority: Priority = "normal"
+    rollout: Annotated[
+        RolloutOptions | None,
+        field_doc("pacing: a window, a rate, a ramp", {"maxInFlight": 50, "maxPerMinute": 600}),
+    ] = None
+    abort: Annotated[
+        Annotated[list[AbortCriterion], msgspec.Meta(max_length=MAX_ABORT_CRITERIA)] | None,
+        field_doc(
+            "criteria that pause or stop the job, checked at every outcome",
+            [{"on": "error", "thresholdPercent": 5, "minSettled": 100, "action": "cancel"}],
+        ),
+    ] = None
+    retry: Annotated[
+        RetryOptions | None,
+        field_doc(
+            "failed attempts sent again after a backoff", {"max": 3, "delay": 5, "jitter": 0.2}
+        ),
+    ] = None
+    priority: Annotated[
+        Priority,
+        field_doc(
+            "high: ahead of normal tasks waiting for the same device, and first for the "
+            "fleet's budget ([tasks] max_in_flight)",
+            "high",
+        ),
+    ] = "normal"
 
     @property
     def options(self) -> JobOptions:

@@ -8,8 +8,10 @@ import re
 import msgspec
 import pytest
 
+from pm.http.openapi import build_openapi
 from pm.job_options import AbortCriterion, RampOptions, RetryOptions, RolloutOptions
 from pm.rollout import AbortWatch, Pacer, RolloutState, retry_delay, should_retry
+from pm.schemas import JobRequest
 from pm.state import RETRY_ID_STRIDE
 from tests.stores import job_on_devices
 
@@ -173,3 +175,27 @@ def test_a_retry_goes_out_with_its_own_request_id() -> None:
 def test_an_inconsistent_ramp_is_refused_naming_the_fields(rollout: object, message: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
         msgspec.convert(rollout, RolloutOptions)
+
+
+def test_openapi_documents_every_rollout_field_with_an_example_and_examples_are_valid() -> None:
+    document = build_openapi()
+    schemas = document["components"]["schemas"]
+    for name in ("RolloutOptions", "RampOptions", "AbortCriterion", "RetryOptions"):
+        for field, schema in schemas[name]["properties"].items():
+            assert schema.get("description") and schema.get("examples"), (name, field)
+    for field in ("rollout", "abort", "retry", "priority"):
+        schema = schemas["JobRequest"]["properties"][field]
+        assert schema.get("description") and schema.get("examples"), field
+    examples = document["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"][
+        "examples"
+    ]
+    assert {"rollout", "abort", "retry", "priority"} <= set(examples)
+    for example in examples.values():
+        msgspec.convert(example["value"], JobRequest)  # every example is a valid body
+    # The job view documents what a rollout shows.
+    assert {"retriedCount", "holds", "rollout", "abort", "stoppedBy"} <= set(
+        schemas["JobView"]["properties"]
+    )
+    assert {"attempts", "nextAttemptAt", "previousAttempts"} <= set(
+        schemas["TaskState"]["properties"]
+    )
