@@ -102,7 +102,7 @@ class DeviceWaits:
         reported ``expired``, and never reaches the device; nor if its job's ``gate`` is
         held (paused, stopping): then it goes back to its job (``TaskHeldBack``)."""
         # Only an unsent task expires: one sent before a restart is re-sent, never "expired".
-        expires_at = task.expires_at if task.status == "pending" else None
+        expires_at = task.expires_at if task.status == "pending" and not task.attempts else None
         if self.offline(device):
             reason: WaitingReason = "device-offline"
             if task.waiting != reason and task.status == "pending":

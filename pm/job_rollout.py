@@ -192,7 +192,9 @@ class JobRollout:
                 return
             self._expired_through += 1
             # A task held by its device actor is that actor's to expire (it may be publishing).
-            if task.status != "pending" or self._devices.holds(task):
+            # A retry waiting for its next attempt was sent: it never "expired before it could
+            # be sent" (nor does it when parked for its device: pm.device_waits).
+            if task.status != "pending" or task.attempts or self._devices.holds(task):
                 continue
             settled = expired_unsent(task.id, task.waiting)
             if record.settle(task, "expired", settled.result, now):

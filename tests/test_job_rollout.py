@@ -218,3 +218,25 @@ async def test_only_a_tasks_last_attempt_counts_for_abort(
     assert job.record.status == "resolved"
     abort = job.record.view().abort
     assert abort is not None and (abort[0].matching, abort[0].settled) == (0, 2)
+
+
+async def test_a_task_waiting_for_its_retry_does_not_expire_unsent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    job_record = record(1)
+    (task,) = job_record.tasks
+    task.expires_at = EPOCH + 1  # "must have been sent by": its first attempt was
+    start = trio.current_time()
+    async with rollout_job(job_record, JobOptions(retry=RetryOptions(max=1, delay=5))) as (
+        job,
+        devices,
+        ref,
+    ):
+        await settle(ref, 1, "error")
+        await sleep_until(start + 2)  # past its expiresAt
+        assert (task.status, task.waiting) == ("pending", "retry-backoff")
+        await sleep_until(start + 5)
+        assert devices.dispatched == [1, 1]
+        await settle(ref, 1, "resolved")
+        await job.ended.wait()
+    assert task.status == "resolved"
