@@ -211,11 +211,27 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     expires_at: str | None = None
     # Why a pending task is not sent yet; null once sent (and while it is not queued yet).
     waiting: WaitingReason | None = None
-    # Attempts sent so far (more than 1: retried); when the next one may go (retry backoff).
-    attempts: int = 0
-    next_attempt_at: str | None = None
-    # The earlier attempts of a retried task, oldest first (absent if never retried).
-    previous_attempts: list[AttemptView] | msgspec.UnsetType = msgspec.UNSET
+    attempts: Annotated[int, field_doc("attempts sent so far (more than 1: retried)", 2)] = 0
+    next_attempt_at: Annotated[
+        str | None,
+        field_doc("when its next attempt may go (retry backoff)", "2026-12-01T12:00:05.000Z"),
+    ] = None
+    previous_attempts: Annotated[
+        list[AttemptView] | msgspec.UnsetType,
+        field_doc(
+            "its earlier attempts, oldest first, each with its request id and outcome "
+            "(absent: never retried)",
+            [
+                {
+                    "attempt": 1,
+                    "requestId": 1042,
+                    "status": "error",
+                    "result": {"code": 503},
+                    "finishAt": "2026-12-01T12:00:00.000Z",
+                }
+            ],
+        ),
+    ] = msgspec.UNSET
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -247,17 +263,42 @@ class JobView(msgspec.Struct, rename="camel", kw_only=True):
     pending_count: int
     sent_count: int
     expired_count: int
-    # Tasks sent more than once (retried).
-    retried_count: int = 0
-    # Why the job sends nothing new now (empty: it may send).
-    holds: list[HoldReason] = msgspec.field(default_factory=list)
-    # Pacing now (absent: the job has no `rollout`).
-    rollout: RolloutStatus | msgspec.UnsetType = msgspec.UNSET
-    # Each abort criterion live, in the order given (absent: the job has no `abort`).
-    abort: list[AbortStatus] | msgspec.UnsetType = msgspec.UNSET
-    # The index in `abort` of the criterion that tripped and stopped or paused the job (null:
-    # none did; absent: the job has no `abort`).
-    stopped_by: int | None | msgspec.UnsetType = msgspec.UNSET
+    retried_count: Annotated[int, field_doc("tasks sent more than once (retried)", 3)] = 0
+    holds: Annotated[
+        list[HoldReason], field_doc("why the job sends nothing new now (empty: it may)", ["paused"])
+    ] = msgspec.field(default_factory=list)
+    rollout: Annotated[
+        RolloutStatus | msgspec.UnsetType,
+        field_doc(
+            "its pacing now, after ramp steps (absent: the job has no rollout)",
+            {"maxInFlight": 100, "maxPerMinute": 1200, "rampSteps": 1, "inFlight": 97},
+        ),
+    ] = msgspec.UNSET
+    abort: Annotated[
+        list[AbortStatus] | msgspec.UnsetType,
+        field_doc(
+            "each abort criterion live, in the order given (absent: none given); settled is "
+            "the denominator: tasks with an outcome so far",
+            [
+                {
+                    "on": "error",
+                    "thresholdPercent": 5,
+                    "minSettled": 100,
+                    "action": "cancel",
+                    "matching": 6,
+                    "settled": 120,
+                    "percent": 5.0,
+                    "tripped": True,
+                }
+            ],
+        ),
+    ] = msgspec.UNSET
+    stopped_by: Annotated[
+        int | None | msgspec.UnsetType,
+        field_doc(
+            "index in abort of the criterion that stopped or paused the job (null: none did)", 0
+        ),
+    ] = msgspec.UNSET
     # One list type holding either kind: msgspec cannot decode (or make a JSON schema of) a
     # union of two list types, and the OpenAPI document and the CLI need both.
     collection: list[int | TaskView] | msgspec.UnsetType = msgspec.UNSET
