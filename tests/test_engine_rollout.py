@@ -66,6 +66,8 @@ async def test_pause_resume_cancel_through_the_engine(
                 assert view is not None and view.status == "paused"
                 with pytest.raises(JobStateError, match="already held"):
                     await engine.pause(job.id)
+                listed, total = await engine.list(status="paused")  # from the store
+                assert total == 1 and listed[0].id == job.id and listed[0].holds == ["paused"]
                 for _, request in publisher.published:
                     answer(engine, request)
                 await trio.testing.wait_all_tasks_blocked()
@@ -156,3 +158,34 @@ async def test_a_restart_in_the_middle_of_a_rollout_resumes_where_it_was(
                 await trio.testing.wait_all_tasks_blocked()
                 # The retry after its 100 s backoff, counted across the restart, with its own id.
                 assert retried["id"] + RETRY_ID_STRIDE in {r["id"] for _, r in publisher.published}
+
+
+async def test_an_aborted_job_is_listed_with_the_criterion_that_stopped_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(
+                    rollout_request(
+                        ["a", "b", "c"],
+                        rollout={"maxInFlight": 1},
+                        abort=[
+                            {"on": "timeout", "thresholdPercent": 50},
+                            {"on": "error", "thresholdPercent": 50},
+                        ],
+                    )
+                )
+                await trio.testing.wait_all_tasks_blocked()
+                answer(engine, publisher.published[0][1], 500)
+                await job.ended.wait()
+                listed, total = await engine.list(status="aborted")
+                assert total == 1 and listed[0].stopped_by == 1
+                assert [t.status for t in job.record.tasks] == ["error", "cancelled", "cancelled"]
+                plain = await engine.submit(rollout_request(["a"]))
+                await trio.testing.wait_all_tasks_blocked()
+                answer(engine, publisher.published[-1][1])
+                await plain.ended.wait()
+                listed, _ = await engine.list(status="resolved")
+                assert listed[0].stopped_by is msgspec.UNSET  # no criteria: not shown
