@@ -67,11 +67,11 @@ ANSWER_BUFFER = 16
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
     """Run ``task`` on this device when its turn comes; tell ``reports`` (the mailbox of the
-    task's job) what became of it. The device actor reads ``task``, never writes it."""
+    task's job) what became of it; send it back unsent if the job's ``gate`` is held then.
+    The device actor reads ``task``, never writes it."""
 
     task: TaskRecord
     reports: ActorRef[TaskReport]
-    # The job's gate: held when the task's turn comes, the task goes back to its job unsent.
     gate: SendGate | None = None
     high_priority: bool = False
 
@@ -279,7 +279,8 @@ class Fleet:
             return  # the job actor is gone: nobody is waiting for this task any more
         if self._stopping:
             await trio.sleep_forever()
-        if not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
+        budgeted = self.budget.limit is not None  # no coroutine per task without a budget
+        if budgeted and not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
             return
         # A resumed job's task may already be "sent": it goes out again with the same id.
         in_flight = self._requests.publish(device, task, answers_send, trio.current_time())

@@ -143,9 +143,10 @@ class InFlightRequests:
         with the others when it is back (:meth:`republish_all`).
         """
         topic = self._topics.request_topic(device)
+        request_id = task.request_id
         payload = encode_request(
             SanjiRequest(
-                id=task.request_id,
+                id=request_id,
                 method=task.method,  # type: ignore[arg-type]
                 resource=task.resource,
                 data=task.data,
