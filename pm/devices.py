@@ -66,9 +66,8 @@ ANSWER_BUFFER = 16
 
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
-    """Run ``task`` on this device when its turn comes; tell ``reports`` (the mailbox of the
-    task's job) what became of it; send it back unsent if the job's ``gate`` is held then.
-    The device actor reads ``task``, never writes it."""
+    """Run ``task`` on this device when its turn comes (unless its job's ``gate`` is held);
+    tell ``reports`` (its job's mailbox) what became of it. The actor never writes ``task``."""
 
     task: TaskRecord
     reports: ActorRef[TaskReport]

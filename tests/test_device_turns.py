@@ -97,10 +97,12 @@ async def test_a_full_fleet_budget_serves_high_priority_first(
         assert len(publisher.published) == 2
         answer(engine, publisher.published[0][1])
         await trio.testing.wait_all_tasks_blocked()
-        assert publisher.published[2][0] == "/remote/h0"  # the freed slot: high first
+        high_topics = {"/remote/h0", "/remote/h1"}
+        # The freed slot goes to a high-priority task (which one first is trio's scheduling).
+        assert publisher.published[2][0] in high_topics
         answer(engine, publisher.published[1][1])
         await trio.testing.wait_all_tasks_blocked()
-        assert publisher.published[3][0] == "/remote/h1"
+        assert {topic for topic, _ in publisher.published[2:4]} == high_topics
         assert engine.fleet.budget.in_flight == 2
         for index in range(2, 8):
             answer(engine, publisher.published[index][1])
