@@ -189,3 +189,35 @@ async def test_an_aborted_job_is_listed_with_the_criterion_that_stopped_it(
                 await plain.ended.wait()
                 listed, _ = await engine.list(status="resolved")
                 assert listed[0].stopped_by is msgspec.UNSET  # no criteria: not shown
+
+
+async def test_a_job_aborting_when_the_gateway_stops_ends_aborted_after_the_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options = {
+        "rollout": {"maxInFlight": 2},
+        "abort": [{"on": "error", "thresholdPercent": 50, "minSettled": 1}],
+    }
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(rollout_request(["a", "b", "c", "d"], **options))
+                await trio.testing.wait_all_tasks_blocked()
+                first, second = (request for _, request in publisher.published)
+                answer(engine, first, 500)  # trips: the rest is cancelled, one is in flight
+                await trio.testing.wait_all_tasks_blocked()
+                assert not job.final
+                await trio.sleep(1)  # committed
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                resumed = engine.get(job.id)
+                assert resumed is not None and resumed.record.ending == "aborted"
+                await trio.testing.wait_all_tasks_blocked()
+                # Only the task in flight at the stop goes out again; nothing new.
+                assert [request["id"] for _, request in publisher.published] == [second["id"]]
+                answer(engine, publisher.published[0][1])
+                await resumed.ended.wait()
+                assert resumed.record.status == "aborted"
+                statuses = sorted(t.status for t in resumed.record.tasks)
+                assert statuses == ["cancelled", "cancelled", "error", "resolved"]
