@@ -66,6 +66,36 @@ class JobRollout:
 
     # -- expiry --------------------------------------------------------------------------
 
+    async def _time_expiry(self) -> None:
+        """The job's one expiry timer: posts :class:`ExpiryDue` at each distinct expiry."""
+        reports = self.ref
+        if reports is None:
+            raise AssertionError(f"job {self.id} runs without a mailbox reference")
+        for expires_at in sorted({cast(float, task.expires_at) for task in self._expiring}):
+            # Wall-clock epoch seconds (they survive a restart), waited for on trio's clock.
+            await trio.sleep(max(0.0, expires_at - self._wall_clock()))
+            # The instant travels with the message: trio's clock and the wall clock may differ
+            # by a hair, and a task must not miss its expiry because of it.
+            await reports.tell(ExpiryDue(expires_at))
+
+    def _expire_due(self, until: float) -> None:
+        now = self._wall_clock()
+        record = self.record
+        expiring = self._expiring
+        while self._expired_through < len(expiring):
+            task = expiring[self._expired_through]
+            if cast(float, task.expires_at) > until:
+                return
+            self._expired_through += 1
+            # A task held by its device actor is that actor's to expire (it may be publishing).
+            # A retry waiting for its next attempt was sent: it never "expired before it could
+            # be sent" (nor does it when parked for its device: pm.device_waits).
+            if task.status != "pending" or task.attempts or self._devices.holds(task):
+                continue
+            settled = expired_unsent(task.id, task.waiting)
+            if record.settle(task, "expired", settled.result, now):
+                self._outcome(task)
+
     # -- rollout: outcomes, retries, holds, stopping ----------------------------------------
 
     def _outcome(self, task: TaskRecord) -> None:
@@ -75,7 +105,9 @@ class JobRollout:
         if self._abort is None:
             return
         tripped = self._abort.on_outcome(task.status)
-        if tripped is None or self.final or self.record.rollout_state.stopped_by is not None:
+        # A criterion that trips while the job stops already changes nothing; one with
+        # "cancel" tripping while another's "pause" holds the job stops it.
+        if tripped is None or self.final or self.record.ending != "resolved":
             return
         criterion = self._abort.criteria[tripped]
         self.record.rollout_state.stopped_by = tripped
@@ -170,35 +202,7 @@ class JobRollout:
         self._queue.poke()
         self._job_changed()
 
-    async def _time_expiry(self) -> None:
-        """The job's one expiry timer: posts :class:`ExpiryDue` at each distinct expiry."""
-        reports = self.ref
-        if reports is None:
-            raise AssertionError(f"job {self.id} runs without a mailbox reference")
-        for expires_at in sorted({cast(float, task.expires_at) for task in self._expiring}):
-            # Wall-clock epoch seconds (they survive a restart), waited for on trio's clock.
-            await trio.sleep(max(0.0, expires_at - self._wall_clock()))
-            # The instant travels with the message: trio's clock and the wall clock may differ
-            # by a hair, and a task must not miss its expiry because of it.
-            await reports.tell(ExpiryDue(expires_at))
-
-    def _expire_due(self, until: float) -> None:
-        now = self._wall_clock()
-        record = self.record
-        expiring = self._expiring
-        while self._expired_through < len(expiring):
-            task = expiring[self._expired_through]
-            if cast(float, task.expires_at) > until:
-                return
-            self._expired_through += 1
-            # A task held by its device actor is that actor's to expire (it may be publishing).
-            # A retry waiting for its next attempt was sent: it never "expired before it could
-            # be sent" (nor does it when parked for its device: pm.device_waits).
-            if task.status != "pending" or task.attempts or self._devices.holds(task):
-                continue
-            settled = expired_unsent(task.id, task.waiting)
-            if record.settle(task, "expired", settled.result, now):
-                self._outcome(task)
+    # -- the end -------------------------------------------------------------------------
 
     def _log_finished(self) -> None:
         record = self.record

@@ -1,9 +1,12 @@
 """Priority and the fleet budget (pm/device_turns.py): the budget's order on trio, and through
-the engine on the virtual clock (recording publisher): a high-priority task goes next on its
+the engine on the virtual clock (recording publisher, an inline in-memory store: a store
+thread would let the virtual clock jump): a high-priority task goes next on its
 device, never pre-empting the one in flight, and first when the fleet's budget is full."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -12,9 +15,11 @@ import trio.testing
 
 from pm.config import Config, StoreConfig, TasksConfig
 from pm.device_turns import FleetBudget
-from pm.engine import open_engine
+from pm.engine import Engine, open_engine
 from pm.schemas import JobRequest
 from tests.fakes import RecordingPublisher, answer
+from tests.stores import running_store
+from tests.test_engine import virtual_wall_clock
 
 
 def request(entries: list[tuple[str, str]], **options: Any) -> JobRequest:
@@ -63,11 +68,24 @@ async def test_a_cancelled_waiter_gives_its_place_up() -> None:
         assert budget.in_flight == 0
 
 
+@asynccontextmanager
+async def running_engine(**tasks: Any) -> AsyncIterator[tuple[Engine, RecordingPublisher]]:
+    """An engine with these ``[tasks]`` settings, a recording publisher, an inline in-memory
+    store; the hang guard (virtual seconds) inside the store, whose last commit is real."""
+    publisher = RecordingPublisher()
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(3600):
+            config = engine_config(**tasks)
+            async with open_engine(
+                config, publisher, store, wall_clock=virtual_wall_clock
+            ) as engine:
+                yield engine, publisher
+
+
 async def test_a_high_priority_task_goes_next_on_its_device_not_behind_a_long_job(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    publisher = RecordingPublisher()
-    async with open_engine(engine_config(), publisher) as engine:
+    async with running_engine() as (engine, publisher):
         normal = await engine.submit(request([("a", f"/normal/{n}") for n in range(20)]))
         await trio.testing.wait_all_tasks_blocked()
         high = await engine.submit(request([("a", "/urgent")], priority="high"))
@@ -87,8 +105,7 @@ async def test_a_high_priority_task_goes_next_on_its_device_not_behind_a_long_jo
 async def test_a_full_fleet_budget_serves_high_priority_first(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    publisher = RecordingPublisher()
-    async with open_engine(engine_config(max_in_flight=2), publisher) as engine:
+    async with running_engine(max_in_flight=2) as (engine, publisher):
         normal = await engine.submit(request([(f"n{i}", "/n") for i in range(6)]))
         await trio.testing.wait_all_tasks_blocked()
         assert len(publisher.published) == 2  # the budget: 2 in flight across the fleet

@@ -37,11 +37,13 @@ async def rollout_job(
     )
     ref, inbox = open_mailbox(f"job:{job.id}", 4096)
     job.ref = ref
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(job.run, inbox, math.inf)
-        await trio.testing.wait_all_tasks_blocked()
-        yield job, devices, ref
-        nursery.cancel_scope.cancel()
+    # The hang guard, in virtual seconds: far beyond every wait of these tests.
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(job.run, inbox, math.inf)
+            await trio.testing.wait_all_tasks_blocked()
+            yield job, devices, ref
+            nursery.cancel_scope.cancel()
 
 
 async def settle(ref: ActorRef[JobActorMessage], task_id: int, status: str = "resolved") -> None:
@@ -240,3 +242,30 @@ async def test_a_task_waiting_for_its_retry_does_not_expire_unsent(
         await settle(ref, 1, "resolved")
         await job.ended.wait()
     assert task.status == "resolved"
+
+
+async def test_a_cancel_criterion_stops_a_job_another_criterion_paused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options = JobOptions(
+        abort=[
+            AbortCriterion(on="error", threshold_percent=10, min_settled=1, action="pause"),
+            AbortCriterion(on="error", threshold_percent=50, min_settled=3, action="cancel"),
+        ]
+    )
+    async with rollout_job(record(5), options) as (job, devices, ref):
+        for task_id in (1, 2, 3):
+            await ref.tell(TaskSent(task_id))
+        await settle(ref, 1, "error")
+        assert job.record.status == "paused" and job.record.view().stopped_by == 0
+        await settle(ref, 2, "error")
+        await settle(ref, 3, "resolved")  # 2 of 3 errors: the second criterion trips
+        await job.ended.wait()
+    assert job.record.status == "aborted" and job.record.view().stopped_by == 1
+    assert [t.status for t in job.record.tasks] == [
+        "error",
+        "error",
+        "resolved",
+        "cancelled",
+        "cancelled",
+    ]
