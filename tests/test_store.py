@@ -30,6 +30,7 @@ import trio.testing
 
 from pm.config import Config, RecoveryConfig, TasksConfig
 from pm.engine import Engine, open_engine
+from pm.job_options import DEFAULT_OPTIONS
 from pm.job_recovery import RESTARTED_IN_FLIGHT
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
@@ -154,6 +155,12 @@ async def test_a_database_from_the_previous_schema_version_migrates(
         (1, 0, 0, 0),
     ]
     assert unfinished[0].tasks[0].expires_at is None
+    # The rollout migration: a task sent before counts one attempt; a job has no options,
+    # no hold, and ends "resolved" when its last task settles.
+    assert [t.task.attempts for t in view.collection] == [1, 1]  # type: ignore[union-attr]
+    resumed = unfinished[0]
+    assert (resumed.tasks[0].attempts, resumed.tasks[0].request_id) == (1, 3)
+    assert (resumed.options, resumed.holds, resumed.ending) == (DEFAULT_OPTIONS, [], "resolved")
     # The counters of release 1 still hold: no id is handed out twice.
     assert (job_id, task_id) == (10_001, 1_000_003)
 
