@@ -148,10 +148,9 @@ async def take_budget_slot(
 ) -> bool:
     """Wait for a slot of the fleet's budget for ``dispatch``; returns whether its task is
     still to be sent then. It is not if it ended, if the gateway is ``stopping``, or if its
-    job holds sending (the task goes back to its job: ``TaskHeldBack``); the slot is freed."""
+    job holds sending (the task goes back to its job: ``TaskHeldBack``); the slot is freed
+    then. Called only with a budget."""
     task = dispatch.task
-    if budget.limit is None:
-        return True
     await budget.acquire(dispatch.high_priority)
     if task.final or stopping():
         budget.release()

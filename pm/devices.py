@@ -161,9 +161,8 @@ class Fleet:
         *,
         high_priority: bool = False,
     ) -> None:
-        """Queue ``task`` on its device; waits while that device's mailbox is full. What
-        becomes of it is told to ``reports``; a task final by its turn (its job ended) never
-        reaches the device, nor one whose ``gate`` is held then (``TaskHeldBack``)."""
+        """Queue ``task`` on its device (waits while its mailbox is full); ``reports`` hears what
+        became of it. Not sent if final by its turn, or if its ``gate`` is held then."""
         device = task.device
         self._waits.task_queued(device)
         try:
@@ -278,7 +277,7 @@ class Fleet:
             return  # the job actor is gone: nobody is waiting for this task any more
         if self._stopping:
             await trio.sleep_forever()
-        budgeted = self.budget.limit is not None  # no coroutine per task without a budget
+        budgeted = self.budget.limit is not None  # else no coroutine per task (default path)
         if budgeted and not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
             return
         # A resumed job's task may already be "sent": it goes out again with the same id.
