@@ -174,6 +174,13 @@ class TasksConfig(_Section):
     # device online with nothing in flight), else it ends "expired" unsent; a batch entry's or
     # a job's expiresIn overrides it. inf (the default): no expiry, the job timeout bounds it.
     default_expires_in: Seconds = math.inf
+    # A request in flight goes out once more, with the same task id, each time its device comes
+    # back (online again after offline, or first seen online after it was sent) and each time
+    # the gateway's own broker connection (or answer subscription) comes back while its device
+    # is not offline (at once, and for a device known online once more at its next "online":
+    # the broker may have restarted): the first copy or its answer may have been lost. Never on
+    # a timer. false: one copy only; a device that missed it ends its task "timeout".
+    resend_on_reconnect: bool = True
     # Tasks queued per device before a job feeding it waits (back-pressure).
     device_mailbox: AtLeastOne = 1024
     # A device actor with nothing to do for this many seconds (up to a quarter more) is retired.
@@ -231,28 +238,14 @@ class StoreConfig(_Section):
 
 class RecoveryConfig(_Section):
     # On start, tasks that were in flight when the gateway stopped are sent again with the
-    # same task id (at-least-once). false: they end "error" saying the gateway restarted.
+    # same task id (at-least-once), once, when their device is first seen online (its birth,
+    # its broker subscription, or any message from it); their timeout still counts from the
+    # first send. false: they end "error" saying the gateway restarted.
     resend_inflight: bool = True
-    # Seconds after a broker reconnect, or after a start that resumed unfinished jobs, during
-    # which devices are assumed to be reconnecting themselves: requests published then are
-    # "suspect", sent retained and re-sent until answered (docs/protocol.md). A start with
-    # nothing to resume owes no device anything: its requests go out once, not retained.
-    devices_return_grace: ZeroOrMore = 15.0
-    # A suspect request is re-sent after this many seconds without an answer, then at doubling
-    # intervals up to resend_max_delay.
-    resend_first_delay: Seconds = 1.0
-    resend_max_delay: Seconds = 30.0
     # On stop (SIGTERM/SIGINT) no new request leaves at once; answers to the requests in flight
     # are awaited up to this many seconds and stored, so the next start re-sends only what was
     # still unanswered.
     stop_grace: ZeroOrMore = 2.0
-
-    def __post_init__(self) -> None:
-        if self.resend_first_delay > self.resend_max_delay:
-            raise ValueError(
-                f"recovery.resend_first_delay ({self.resend_first_delay:g}) must not exceed "
-                f"recovery.resend_max_delay ({self.resend_max_delay:g})"
-            )
 
 
 class ApiConfig(_Section):

@@ -97,15 +97,17 @@ class DeviceWaits:
         reports: ActorRef[TaskReport],
         gate: SendGate | None = None,
     ) -> bool:
-        """Wait while ``device`` is offline; returns whether ``task`` is to be sent now. It is
+        """Wait while ``device`` is offline; returns whether ``task`` (pending: one sent
+        before a restart is never parked, see :mod:`pm.devices`) is to be sent now. It is
         not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
         reported ``expired``, and never reaches the device; nor if its job's ``gate`` is
         held (paused, stopping): then it goes back to its job (``TaskHeldBack``)."""
-        # Only an unsent task expires: one sent before a restart is re-sent, never "expired".
-        expires_at = task.expires_at if task.status == "pending" and not task.attempts else None
+        # A retry waiting for its device was sent before: it never "expired before it could
+        # be sent".
+        expires_at = None if task.attempts else task.expires_at
         if self.offline(device):
             reason: WaitingReason = "device-offline"
-            if task.waiting != reason and task.status == "pending":
+            if task.waiting != reason:
                 await reports.tell(TaskWaiting(task.id, reason))
             with trio.CancelScope(deadline=self._trio_deadline(expires_at)) as parked:
                 self._parked[device] = (task.job_id, parked)

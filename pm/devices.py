@@ -9,9 +9,15 @@ sends can raise here.
 The contract with jobs is narrow: a device actor receives a :class:`Dispatch` (the task and
 a reference to its job's mailbox), reports with :mod:`pm.task_machine`'s messages only, and
 owns the cancel scope of its task; a job that ends early calls :meth:`Fleet.abandon`, and
-the device side cancels its own scopes of that job's tasks. What to do with each answer and
-when to re-send is decided by the pure :class:`~pm.task_machine.TaskMachine`; the actor
-here is the thin adapter doing the I/O and the waiting around it.
+the device side cancels its own scopes of that job's tasks. What to do with each answer is
+decided by the pure :class:`~pm.task_machine.TaskMachine`; the actor here is the thin
+adapter doing the I/O and the waiting around it.
+
+In-flight work across disconnects and restarts: a task stays ``sent`` while its device is
+away, and its timeout keeps running from its first send. One more copy of the request (same
+task id) goes out when its device comes back or the gateway's broker connection does, and
+after a restart when its device is first seen: never on a timer (:mod:`pm.in_flight` has the
+rule). The answer to any copy settles the task; a second one is dropped as a duplicate.
 
 Queues that never wedge: a task is sent only when its device is online (or unknown, in the
 :class:`~pm.presence.PresenceBook`) and has nothing in flight. When a task's turn comes and
@@ -25,8 +31,8 @@ and every task still queued for it end ``error`` with a result naming the failur
 devices and jobs are untouched; the next task for that device spawns a fresh actor.
 
 Shutdown: after :meth:`Fleet.stop_publishing` no request leaves (a device actor whose next
-task comes up parks until it is cancelled; suspect requests are no longer re-sent), while
-answers to the requests in flight are still routed and reported.
+task comes up parks until it is cancelled; no request is re-sent), while answers to the
+requests in flight are still routed and reported.
 """
 
 from __future__ import annotations
@@ -51,13 +57,7 @@ from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
 from .schemas import WaitingReason
 from .state import TaskRecord
-from .task_machine import (
-    DEFAULT_RESEND,
-    ResendSchedule,
-    TaskReport,
-    TaskSent,
-    TaskSettled,
-)
+from .task_machine import TaskReport, TaskResent, TaskSent, TaskSettled
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class Fleet:
       idle_timeout: seconds before an idle device actor retires.
       max_answer_bytes: larger messages on answer topics are dropped unread ("oversized").
       max_answer_depth: answers nested deeper are dropped unparsed ("malformed").
-      resend: when suspect requests are re-sent.
+      resend_on_reconnect: ``tasks.resend_on_reconnect``: a request in flight goes out once
+        more when its device, or the broker connection, comes back.
       presence: which devices are online (the engine's; a fresh book by default, where every
         device is unknown, so sent at once).
       wall_clock: epoch seconds, the clock of each task's ``expires_at``.
@@ -103,21 +104,23 @@ class Fleet:
         idle_timeout: float,
         max_answer_bytes: int = 256 * 1024,
         max_answer_depth: int = DEFAULT_MAX_JSON_DEPTH,
-        resend: ResendSchedule = DEFAULT_RESEND,
+        resend_on_reconnect: bool = True,
         presence: PresenceBook | None = None,
         wall_clock: Callable[[], float] = time.time,
         max_in_flight: int | None = None,
     ) -> None:
         self._nursery = nursery
         self.presence = PresenceBook() if presence is None else presence
+        self._wall_clock = wall_clock
         self._waits = DeviceWaits(self.presence, wall_clock)
         self._requests = InFlightRequests(
             publisher,
             topics,
             max_answer_bytes=max_answer_bytes,
             max_answer_depth=max_answer_depth,
-            resend=resend,
+            resend_on_reconnect=resend_on_reconnect,
         )
+        self.presence.on_online = self._requests.device_online
         self._lanes: PriorityLanes[Dispatch] = PriorityLanes()
         self.budget = FleetBudget(max_in_flight)
         self._registry: Registry[str, Dispatch | None] = Registry(
@@ -217,22 +220,15 @@ class Fleet:
         """Route one message from an answer topic. Never raises for what devices send."""
         self._requests.route(topic, payload)
 
-    def expect_devices_to_return(self) -> None:
-        """Devices are reconnecting (the broker or the gateway restarted): for the schedule's
-        grace, requests are published as suspect (retained, re-sent until answered)."""
-        self._requests.expect_devices_to_return(trio.current_time())
-
-    def republish_in_flight(self) -> None:
-        """After a reconnect: send every in-flight request again, with the same task id.
-
-        The broker may have lost them (a restarted embedded broker keeps no sessions), so
-        delivery is at least once; a device replays its answer to a repeated id
-        (docs/protocol.md). They go out *retained*: a device that reconnects and
-        resubscribes after this moment still receives its request, from the broker, the
-        moment it subscribes.
-        """
-        if not self._stopping:
-            self._requests.republish_all(trio.current_time())
+    def resend_after_reconnect(self) -> int:
+        """The gateway's broker connection (or its answer subscription) is back: requests in
+        flight to devices not offline go out once more, with the same task id (the copy, or
+        its answer, may have been lost; a device answers a repeated id again without redoing
+        the work, docs/protocol.md), and to a device known online once more when it next
+        announces itself (:mod:`pm.in_flight`). Returns how many went out now."""
+        if self._stopping:
+            return 0
+        return self._requests.connection_back(self.presence.presence)
 
     # -- the actor -----------------------------------------------------------------------
 
@@ -262,16 +258,15 @@ class Fleet:
         task, reports = dispatch.task, dispatch.reports
         if task.final:
             return  # its job ended while it was queued: it never reaches the device
-        # Answers to an earlier task that slipped in just before it settled are stale now.
-        while True:
-            try:
-                answers.receive_nowait()
-            except trio.WouldBlock:
-                break
         if self._stopping:
             await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
+        # Sent before a restart: held at once, whatever its device's presence, so that its
+        # timeout runs and an answer to the copy sent then is taken.
+        resumed = task.status == "sent"
         try:
-            if not await self._waits.wait_until_sendable(device, task, reports, dispatch.gate):
+            if not resumed and not await self._waits.wait_until_sendable(
+                device, task, reports, dispatch.gate
+            ):
                 return
         except ActorStopped:
             return  # the job actor is gone: nobody is waiting for this task any more
@@ -280,25 +275,32 @@ class Fleet:
         budgeted = self.budget.limit is not None  # else no coroutine per task (default path)
         if budgeted and not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
             return
-        # A resumed job's task may already be "sent": it goes out again with the same id.
-        in_flight = self._requests.publish(device, task, answers_send, trio.current_time())
-        machine = in_flight.machine
-        try:
+        if resumed:
+            # Sent before a restart: its timeout still counts from that send. It is held, not
+            # published: the first sign of its device sends one more copy (pm.in_flight).
+            in_flight = self._requests.hold(device, task, answers_send, self._wall_clock())
+        else:
+            in_flight, published = self._requests.publish(
+                device, task, answers_send, trio.current_time() + task.timeout
+            )
             self.published += 1
             # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
-                    "task %d of job %d sent to device %s%s",
+                    "task %d of job %d sent to device %s",
                     task.id,
                     task.job_id,
                     device,
-                    " (retained, re-sent until answered)" if machine.suspect else "",
-                    extra=_ids(task, device, retained=machine.suspect),
+                    extra=_ids(task, device),
                 )
-            # The task timeout (the scope's deadline) counts from publication.
+        settled = False
+        try:
+            # The task timeout (the scope's deadline) counts from the first send.
             with in_flight.scope:
-                await reports.tell(TaskSent(task.id))
+                if not resumed:
+                    await reports.tell(TaskSent(task.id, published))
                 report = await self._await_final_answer(device, task, reports, in_flight, answers)
+                settled = True
                 self.answered += 1
                 await reports.tell(report)
                 return
@@ -320,12 +322,15 @@ class Fleet:
                     task.timeout,
                     extra=_ids(task, device, status="timeout", timeout=task.timeout),
                 )
-                await reports.tell(machine.on_timeout())
+                await reports.tell(in_flight.machine.on_timeout())
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
             self.budget.release()
-            self._requests.remove(device, in_flight)
+            self._requests.remove(device, in_flight, settled=settled)
+            self._requests.drop_stale_answers(
+                in_flight.machine.request_id, answers, settled=settled
+            )
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
 
@@ -338,46 +343,38 @@ class Fleet:
         answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
     ) -> TaskSettled:
         """Wait for the answer that settles the task, reporting progress on the way and
-        re-sending a suspect request when its machine's wait runs out."""
+        publishing one more copy whenever :mod:`pm.in_flight` marks the request due."""
         machine = in_flight.machine
         while True:
-            if not machine.suspect:
-                # The common case needs no timer of its own (the task scope bounds it): a
-                # cancel scope per answer wait cost ~3% of the gateway's CPU.
-                answer = await answers.receive()
-            else:
-                # A request that may have been lost is sent again until answered, at
-                # growing intervals: a broker can lose the re-send too (amqtt races a
-                # retained publish against a concurrent subscribe), and devices replay
-                # answers to repeated ids.
-                with trio.move_on_after(machine.resend_delay) as waiting:
-                    answer = await answers.receive()
-                if waiting.cancelled_caught:
-                    if not self._stopping:
-                        self._resend_now(device, task, in_flight, machine.on_resend_due())
-                    continue
+            if in_flight.resend_due and not self._stopping:
+                await self._resend(device, task, reports, in_flight)
+            # No timer of its own (the task scope bounds it): a cancel scope per answer wait
+            # cost ~3% of the gateway's CPU.
+            answer = await answers.receive()
             if answer is None:
-                continue  # a nudge: the request became suspect, its re-send wait starts
+                continue  # a wake-up: a copy is due
             report = machine.on_answer(answer)
             if isinstance(report, TaskSettled):
                 return report
             if report is not None:
                 await reports.tell(report)
 
-    def _resend_now(
-        self, device: str, task: TaskRecord, in_flight: InFlight, waited: float
+    async def _resend(
+        self, device: str, task: TaskRecord, reports: ActorRef[TaskReport], in_flight: InFlight
     ) -> None:
-        sent = self._requests.resend(in_flight)
-        # Only suspect requests get here (after a reconnect or a restart).
-        logger.info(
-            "task %d of job %d on device %s: no answer after %g s, %s",
-            task.id,
-            task.job_id,
-            device,
-            waited,
-            "re-sent" if sent else "re-send deferred (broker disconnected)",
-            extra=_ids(task, device, resend_delay=waited, resent=sent),
-        )
+        sent = self._requests.publish_again(in_flight)
+        # DEBUG: a broker restart re-sends to every device at once (the engine logs the count).
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task %d of job %d on device %s: %s",
+                task.id,
+                task.job_id,
+                device,
+                "re-sent, same id" if sent else "re-send deferred (broker disconnected)",
+                extra=_ids(task, device, resent=sent),
+            )
+        if sent:
+            await reports.tell(TaskResent(task.id))
 
     # -- supervision ---------------------------------------------------------------------
 

@@ -46,7 +46,6 @@ from .schemas import JobRequest, JobView, TaskView
 from .state import JobRecord, TaskSelection, expand_batch, expires_in_default
 from .status_topic import StatusTopicSource
 from .store import Store, StoreUnavailable, open_store
-from .task_machine import ResendSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class Engine(JobControl):
             idle_timeout=config.tasks.device_idle_retire,
             max_answer_bytes=config.limits.max_answer_bytes,
             max_answer_depth=config.limits.max_json_depth,
-            resend=ResendSchedule.from_config(config.recovery),
+            resend_on_reconnect=config.tasks.resend_on_reconnect,
             presence=self.presence,
             wall_clock=wall_clock,
             max_in_flight=config.tasks.max_in_flight or None,
@@ -152,8 +151,9 @@ class Engine(JobControl):
         """Resume the jobs the store holds unfinished; returns how many were resumed.
 
         What happens to their tasks is :mod:`pm.job_recovery`'s policy: pending tasks are
-        dispatched again in order, in-flight ones re-sent with the same id (or ended
-        ``error``), a job whose timeout passed meanwhile ends ``timeout``.
+        dispatched again in order, in-flight ones re-sent once with the same id when their
+        device is first seen (or ended ``error``), a job whose timeout passed meanwhile ends
+        ``timeout``.
         """
         resumed = resume_unfinished(
             self.store,
@@ -162,9 +162,6 @@ class Engine(JobControl):
             wall_clock=self.wall_clock,
             start=self._start,
         )
-        if resumed:
-            # The gateway was down: its devices may still be reconnecting.
-            self.fleet.expect_devices_to_return()
         return resumed
 
     def _start(self, record: JobRecord, deadline: float) -> Job:
@@ -344,15 +341,16 @@ class Engine(JobControl):
 
     def on_mqtt_connect(self, generation: int) -> None:
         if generation > 1:
-            in_flight = self.fleet.in_flight
+            due = self.fleet.resend_after_reconnect()
             # The MQTT client logs the reconnect itself; this says what the engine does about it.
             logger.info(
-                "broker connection back (generation %d): re-sending %d in-flight requests",
+                "broker connection back (generation %d): %d of %d in-flight requests re-sent"
+                " (those of offline devices go when they return)",
                 generation,
-                in_flight,
-                extra={"generation": generation, "in_flight": in_flight},
+                due,
+                self.fleet.in_flight,
+                extra={"generation": generation, "in_flight": self.fleet.in_flight, "resent": due},
             )
-            self.fleet.republish_in_flight()
 
 
 def _finished_before(job: Job, cutoff: float) -> bool:

@@ -11,11 +11,12 @@ Layers, outermost first (shutdown goes the other way, inner layers first):
 
 Restart policy: the broker child is restarted by :func:`pm.broker.run_embedded_broker`; the
 MQTT client reconnects by itself and restores its subscription, after which the engine
-re-publishes every in-flight request (same task id: at-least-once delivery). A subscription
+re-sends once every in-flight request whose device is not offline (same task id:
+at-least-once delivery; an offline device's request goes when it returns). A subscription
 the broker drops while the connection stays up is found by the answer-path probe
 (:func:`pm.mqtt.open_answer_path_probe`, on the reserved pseudo device
 :data:`pm.protocol.PROBE_DEVICE_ID`'s answer topic), which re-subscribes (the engine then
-re-publishes what is in flight, as after a reconnect) or else reconnects. Failures of job
+re-sends what is in flight, as after a reconnect) or else reconnects. Failures of job
 or device actors stay inside the engine. Anything else that raises ends the gateway, which
 is the right thing for a process a supervisor (systemd, a container runtime) restarts.
 """
@@ -86,11 +87,8 @@ class Gateway:
         # The probe re-subscribed after the broker had dropped the answer subscription: answers
         # sent meanwhile are lost, so in-flight requests go out again as after a reconnect.
         if self.engine is not None:
-            logger.info(
-                "answer subscription restored: re-sending %d in-flight requests",
-                self.engine.fleet.in_flight,
-            )
-            self.engine.fleet.republish_in_flight()
+            due = self.engine.fleet.resend_after_reconnect()
+            logger.info("answer subscription restored: %d in-flight requests re-sent", due)
 
 
 def _answer_path_health(probe: AnswerPathProbe) -> AnswerPathHealth:

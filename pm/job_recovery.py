@@ -1,8 +1,10 @@
 """Resuming the jobs a stopped gateway left unfinished in the store.
 
-Pending tasks are dispatched again in their original order; tasks that were in flight are
-sent again with the same id (devices answer a repeated id without doing the work twice), or
-end ``error`` if ``recovery.resend_inflight`` is false. The job timeout still counts from
+Pending tasks are dispatched again in their original order, keeping their ``expiresAt``
+(counted from creation); tasks that were in flight stay ``sent`` and are sent once more with
+the same id when their device is first seen (devices answer a repeated id without doing the
+work twice; see :mod:`pm.in_flight`), their timeout still counting from their first send; or
+they end ``error`` if ``recovery.resend_inflight`` is false. The job timeout still counts from
 ``createdAt``: a job whose timeout passed while the gateway was down ends ``timeout`` now.
 
 Called once, at start, by :meth:`pm.engine.Engine.recover`, before the engine is handed out.

@@ -150,7 +150,7 @@ class JobRollout:
             return
         self._queue.held_back(task)
         if self.record.mark_waiting(task, "job-paused"):
-            self.feed.task_changed(task.view)
+            self._waiting_changed(task)
 
     def _set_hold(self, reason: HoldReason) -> JobView | Refused:
         record = self.record
@@ -162,7 +162,7 @@ class JobRollout:
         self.gate.held = True
         for task in self._queue.waiting():
             if record.mark_waiting(task, "job-paused" if reason == "paused" else "outside-window"):
-                self.feed.task_changed(task.view)
+                self._waiting_changed(task)
         self._job_changed()
         return record.view()
 
@@ -204,6 +204,32 @@ class JobRollout:
 
     # -- the end -------------------------------------------------------------------------
 
+    def _finish(self, status: str) -> None:
+        settled = self.record.finish(status, self._wall_clock())  # type: ignore[arg-type]
+        # Device actors stop waiting on this job's tasks in flight (now final).
+        abandoned = self._devices.abandon(self.id)
+        if settled:
+            # One line per job, not per task: a job timeout can settle 100k tasks at once.
+            logger.info(
+                "job %d %s: %d unsettled tasks end %s (%d in flight abandoned)",
+                self.id,
+                status,
+                len(settled),
+                status,
+                abandoned,
+                extra={
+                    "job_id": self.id,
+                    "status": status,
+                    "settled": len(settled),
+                    "abandoned": abandoned,
+                },
+            )
+        for task in settled:
+            self.feed.task_changed(task.view)
+            self._recorder.task_changed(task)
+        self.feed.job_changed()
+        self._recorder.job_changed(self.record)
+
     def _log_finished(self) -> None:
         record = self.record
         logger.info(
@@ -223,6 +249,9 @@ class JobRollout:
         )
 
     def _task_changed(self, task: TaskRecord) -> None:
+        raise NotImplementedError  # pm.jobs.Job's
+
+    def _waiting_changed(self, task: TaskRecord) -> None:
         raise NotImplementedError  # pm.jobs.Job's
 
     def _job_changed(self) -> None:

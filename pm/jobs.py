@@ -23,7 +23,10 @@ queued is skipped when its turn comes: the device's queue order is never touched
 
 The feeder marks each task it queues with why it is not sent yet (``waiting``:
 ``device-offline``, ``device-busy``); a device actor reports ``device-offline`` when the
-task's turn comes and its device is offline; the task's ``TaskSent`` clears it.
+task's turn comes and its device is offline; the task's ``TaskSent`` clears it. ``waiting``
+is stored with the task, so a restarted gateway shows the same reasons. Each copy of a
+request a device actor publishes is counted in the task's ``sends`` (``TaskSent``, then one
+``TaskResent`` per re-send).
 
 Rollout (``pm/job_rollout.py``, the policy in ``pm/rollout.py``): the feeder takes tasks from
 a :class:`~pm.send_queue.SendQueue` as the job's window and rate allow, and hands out nothing
@@ -73,6 +76,7 @@ from .state import JobRecord, TaskRecord
 from .task_machine import (
     TaskHeldBack,
     TaskProgress,
+    TaskResent,
     TaskSent,
     TaskSettled,
     TaskWaiting,
@@ -272,7 +276,7 @@ class Job(JobRollout):
                 if blocked is not None:
                     queue.put_back(task)
                     if record.mark_waiting(task, blocked):
-                        self.feed.task_changed(task.view)
+                        self._waiting_changed(task)
                     await queue.wait_for_work(
                         pacer.next_send_at if blocked == "rollout-rate" else math.inf
                     )
@@ -282,9 +286,9 @@ class Job(JobRollout):
             reason = self._devices.waiting_reason(task.device)
             if reason is not None:
                 if record.mark_waiting(task, reason):
-                    self.feed.task_changed(task.view)
+                    self._waiting_changed(task)
             elif task.waiting is not None and record.clear_waiting(task):
-                self.feed.task_changed(task.view)
+                self._waiting_changed(task)
             await self._devices.dispatch(task, reports, gate, high_priority=high)
             handed_out += 1
             # dispatch() does not yield while the device's mailbox has room: yield every
@@ -302,12 +306,18 @@ class Job(JobRollout):
             case TaskWaiting(task_id, reason):
                 task = record.task(task_id)
                 if task is not None and record.mark_waiting(task, reason):
-                    self.feed.task_changed(task.view)
+                    self._waiting_changed(task)
             case ExpiryDue(until):
                 self._expire_due(until)
-            case TaskSent(task_id):
+            case TaskSent(task_id, published):
                 task = record.task(task_id)
-                if task is not None and record.mark_sent(task):
+                if task is not None and record.mark_sent(
+                    task, self._wall_clock(), published=published
+                ):
+                    self._task_changed(task)
+            case TaskResent(task_id):
+                task = record.task(task_id)
+                if task is not None and record.mark_resent(task):
                     self._task_changed(task)
             case TaskProgress(task_id, progress):
                 task = record.task(task_id)
@@ -356,36 +366,15 @@ class Job(JobRollout):
             case _:
                 raise AssertionError(f"unexpected job message {message!r}")
 
+    def _waiting_changed(self, task: TaskRecord) -> None:
+        # Stored (a restart shows the same reasons); the job's counts did not change.
+        self.feed.task_changed(task.view)
+        self._recorder.task_changed(task)
+
     def _task_changed(self, task: TaskRecord) -> None:
         self.feed.task_changed(task.view)
         self.feed.job_changed()
         self._recorder.task_changed(task)
-        self._recorder.job_changed(self.record)
-
-    def _finish(self, status: str) -> None:
-        settled = self.record.finish(status, self._wall_clock())  # type: ignore[arg-type]
-        # Device actors stop waiting on this job's tasks in flight (now final).
-        abandoned = self._devices.abandon(self.id)
-        if settled:
-            # One line per job, not per task: a job timeout can settle 100k tasks at once.
-            logger.info(
-                "job %d %s: %d unsettled tasks end %s (%d in flight abandoned)",
-                self.id,
-                status,
-                len(settled),
-                status,
-                abandoned,
-                extra={
-                    "job_id": self.id,
-                    "status": status,
-                    "settled": len(settled),
-                    "abandoned": abandoned,
-                },
-            )
-        for task in settled:
-            self.feed.task_changed(task.view)
-            self._recorder.task_changed(task)
-        self.feed.job_changed()
         self._recorder.job_changed(self.record)
 
 

@@ -63,6 +63,9 @@ class PresenceBook:
         self._records: dict[str, DevicePresence] = {}
         self._waiters: dict[str, trio.Event] = {}
         self._on_change = on_change
+        # Told of every statement that a device is online, repeats included, with whether it
+        # was not online before (it came back): the fleet re-sends requests in flight on it.
+        self.on_online: Callable[[str, bool], None] | None = None
         # Changes applied since start (every source together), for /metrics and tests.
         self.changes = 0
 
@@ -90,16 +93,19 @@ class PresenceBook:
         anything else ``disconnectedAt``; every change sets ``lastSeen``. A repeat of the
         current presence only moves ``lastSeen`` forward for ONLINE (the device is there
         now) and nothing for OFFLINE: a retained last will replayed after a restart must not
-        pretend the device left again.
+        pretend the device left again. Every ONLINE, repeat or not, is told to ``on_online``
+        (after the waiters of the device are woken).
         """
         device = normalize_device_id(device)
         record = self._records.get(device)
         if record is None:
             record = self._records[device] = DevicePresence(id=device, presence=Presence.UNKNOWN)
         if record.presence is presence:
-            if presence is Presence.ONLINE and (record.last_seen or 0) < at:
-                record.last_seen = at
-                self._changed(record)
+            if presence is Presence.ONLINE:
+                if (record.last_seen or 0) < at:
+                    record.last_seen = at
+                    self._changed(record)
+                self._online(device, came_back=False)
             return
         record.presence = presence
         record.last_seen = at
@@ -112,6 +118,8 @@ class PresenceBook:
             waiting = self._waiters.pop(device, None)
             if waiting is not None:
                 waiting.set()
+        if presence is Presence.ONLINE:
+            self._online(device, came_back=True)
 
     def seen(self, device: str, at: float) -> None:
         """A message of ``device`` arrived at ``at`` (epoch seconds; an answer): ``lastSeen``
@@ -173,6 +181,10 @@ class PresenceBook:
         ``on_change`` call: they are already stored."""
         for record in records:
             self._records[record.id] = record
+
+    def _online(self, device: str, *, came_back: bool) -> None:
+        if self.on_online is not None:
+            self.on_online(device, came_back)
 
     def _changed(self, record: DevicePresence) -> None:
         self.changes += 1

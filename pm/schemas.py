@@ -211,6 +211,17 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     expires_at: str | None = None
     # Why a pending task is not sent yet; null once sent (and while it is not queued yet).
     waiting: WaitingReason | None = None
+    # Copies of the request the gateway published, all with this task's id: 1 once sent, one
+    # more each time it was re-sent because the device (or the broker connection) came back.
+    sends: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="copies of the request published, all with this task's id: 1 once"
+            " sent, one more per re-send (its device or the broker connection came back, or"
+            " its device was first seen after a gateway restart); never on a timer",
+        ),
+    ] = 0
     attempts: Annotated[int, field_doc("attempts sent so far (more than 1: retried)", 2)] = 0
     next_attempt_at: Annotated[
         str | None,

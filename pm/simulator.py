@@ -155,7 +155,7 @@ class Simulator:
     ) -> None:
         device = self._device_of_topic.get(topic)
         if device is None or not payload:
-            return  # an empty payload is the gateway clearing a retained request
+            return  # an empty payload is not a request (older gateways cleared retained ones)
         try:
             request = _decode_request(payload)
         except msgspec.DecodeError:

@@ -186,11 +186,14 @@ class JobRecord:
 
     # -- transitions -------------------------------------------------------------------
 
-    def mark_sent(self, task: TaskRecord) -> bool:
-        """The request left for the device."""
+    def mark_sent(self, task: TaskRecord, now: float, *, published: bool = True) -> bool:
+        """The request left for the device at ``now`` (epoch seconds); ``published``: the MQTT
+        client took the copy (it counts in ``sends``)."""
         if task.status != "pending" or self.final:
             return False
         task.status = "sent"
+        task.sent_at = now
+        task.sends += published
         task.waiting = None
         task.attempts += 1
         task.next_attempt_at = None
@@ -200,6 +203,13 @@ class JobRecord:
         self.sent_count += 1
         if self.status == "pending":
             self.status = "dispatching"
+        return True
+
+    def mark_resent(self, task: TaskRecord) -> bool:
+        """One more copy of a sent task's request was published."""
+        if task.status != "sent":
+            return False
+        task.sends += 1
         return True
 
     def mark_waiting(self, task: TaskRecord, reason: WaitingReason) -> bool:

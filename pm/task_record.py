@@ -42,6 +42,8 @@ class TaskRecord:
         "progress",
         "resource",
         "result",
+        "sends",
+        "sent_at",
         "status",
         "timeout",
         "tunnel",
@@ -79,8 +81,12 @@ class TaskRecord:
         self.result: Any = None
         # Epoch seconds by which the task must have been sent, else it ends "expired".
         self.expires_at = expires_at
-        # Why a pending task is not sent yet (live state, not stored: recomputed as queued).
+        # Why a pending task is not sent yet (stored: a restarted gateway shows the same).
         self.waiting: WaitingReason | None = None
+        # Copies of the request published (re-sends keep the id), and when the first one
+        # left (epoch seconds): the task timeout counts from it, across re-sends and restarts.
+        self.sends = 0
+        self.sent_at: float | None = None
         # Attempts sent (counted when sent); the epoch seconds before which the next attempt
         # waits (retry backoff); the earlier attempts of a retried task, oldest first.
         self.attempts = 0
@@ -115,6 +121,7 @@ class TaskRecord:
                 result=self.result,
                 expires_at=None if self.expires_at is None else iso_timestamp(self.expires_at),
                 waiting=self.waiting,
+                sends=self.sends,
                 attempts=self.attempts,
                 next_attempt_at=None
                 if self.next_attempt_at is None

@@ -22,9 +22,7 @@ class RecordingPublisher:
         if not self.connected:
             return False
         if retain:
-            self.retained[topic] = payload
-            if not payload:
-                return True  # clearing a retained request is not a request
+            self.retained[topic] = payload  # the gateway publishes no request retained
         request = json.loads(payload)
         self.published.append((topic, request))
         if self.on_publish is not None:

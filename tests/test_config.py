@@ -201,7 +201,6 @@ def test_a_wrong_environment_value_names_the_key(name: str, value: str, where: s
         ("PM_MQTT_CLIENT_ID", "", r"length >= 1 - at `\$\.mqtt\.client_id`"),
         # keys checked together or by their shape
         ("PM_MQTT_RECONNECT_MIN_DELAY", "10", r"mqtt\.reconnect_min_delay \(10\) must not exceed"),
-        ("PM_RECOVERY_RESEND_FIRST_DELAY", "60", r"recovery\.resend_first_delay \(60\) must not"),
         ("PM_TOPICS_REQUEST", "/remote/all", r"topics\.request must contain \{device\} exactly"),
         ("PM_TOPICS_RESPONSE", "/r/{device}/#", r"topics\.response must not contain the MQTT"),
         # store.url is a PostgreSQL URL or nothing
@@ -259,7 +258,6 @@ def test_the_boundaries_themselves_are_accepted() -> None:
             "PM_WATCHERS_MAX_UPDATES_PER_SECOND": "0",
             "PM_TASKS_MAX_FINISHED_TASKS": "0",
             "PM_STORE_COMMIT_INTERVAL": "0",
-            "PM_RECOVERY_DEVICES_RETURN_GRACE": "0",
             "PM_LIMITS_MAX_JOBS_RUNNING": "1",
             "PM_TASKS_DEFAULT_TIMEOUT": "inf",
         }

@@ -16,9 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from pm.config import Config, RecoveryConfig, StoreConfig, TasksConfig
+from pm.config import Config, StoreConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.jobs import Job
+from pm.presence import Presence
 from pm.store import Store
 from tests.fakes import RecordingPublisher, answer
 from tests.job_api import entry, job_request
@@ -197,9 +198,10 @@ async def test_error_answers_and_garbage(
         1,
         1,
     )
-    # Answer to a task already settled: dropped.
+    # A second answer to the task a device settled last: dropped, as a duplicate.
     answer(engine, request_a)
-    assert engine.fleet.dropped["unexpected_id"] == 2
+    assert engine.fleet.dropped["duplicate_answer"] == 1
+    assert engine.fleet.dropped["unexpected_id"] == 1
 
 
 async def test_idle_device_actors_retire(
@@ -217,7 +219,7 @@ async def test_idle_device_actors_retire(
     assert again.record.status == "resolved"
 
 
-async def test_republish_in_flight_after_reconnect(
+async def test_a_reconnect_resends_in_flight_requests_once_to_devices_not_offline(
     running: tuple[Engine, RecordingPublisher],
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -226,17 +228,23 @@ async def test_republish_in_flight_after_reconnect(
     job = await engine.submit(job_request(entry(["a", "b"])))
     await trio.testing.wait_all_tasks_blocked()
     assert publisher.published == []
+    a, b = job.record.tasks
+    assert (a.status, a.sends, b.status, b.sends) == ("sent", 0, "sent", 0)  # none left
+    engine.presence.update("b", Presence.OFFLINE, 0.0)
     publisher.connected = True
     engine.on_mqtt_connect(2)
-    assert sorted(r["id"] for _, r in publisher.published) == [t.id for t in job.record.tasks]
-    # Re-sent retained, so a device that resubscribes later still gets its request...
-    assert set(publisher.retained) == {"/remote/a", "/remote/b"}
+    await trio.testing.wait_all_tasks_blocked()
+    # a's copy goes out now; offline b's when b returns.
+    assert [topic for topic, _ in publisher.published] == ["/remote/a"]
+    engine.presence.update("b", Presence.ONLINE, 1.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [topic for topic, _ in publisher.published] == ["/remote/a", "/remote/b"]
+    assert publisher.retained == {}  # a copy goes to a subscribed device: nothing retained
     for _, request in list(publisher.published):
         answer(engine, request)
     await job.ended.wait()
     assert job.record.status == "resolved"
-    # ...and cleared once answered, so no later subscriber gets a settled request.
-    assert publisher.retained == {"/remote/a": b"", "/remote/b": b""}
+    assert [t.sends for t in job.record.tasks] == [1, 1]
 
 
 async def test_failing_device_actor_errors_only_its_tasks(
@@ -282,38 +290,6 @@ async def test_finished_jobs_held_in_memory_are_bounded_by_tasks(
         assert len(stored.record.tasks) == 4
 
 
-async def test_suspect_requests_follow_the_configured_resend_schedule(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    publisher = RecordingPublisher()
-    config = Config(
-        tasks=TasksConfig(default_timeout=100.0),
-        store=StoreConfig(path=":memory:"),
-        recovery=RecoveryConfig(
-            devices_return_grace=3.0, resend_first_delay=2.0, resend_max_delay=5.0
-        ),
-    )
-    async with open_engine(config, publisher) as engine:
-        start = trio.current_time()
-        engine.on_mqtt_connect(2)  # a reconnect: requests of the next 3 s are suspect
-        sent_at: list[float] = []
-        publisher.on_publish = lambda topic, request: sent_at.append(trio.current_time() - start)
-        job = await engine.submit(job_request(entry("dev")))
-        await trio.sleep(20)
-        # Published, then re-sent after 2 s, then every 4, 5, 5... s (doubling, capped at 5).
-        assert sent_at == [0, 2, 6, 11, 16]
-        assert set(publisher.retained) == {"/remote/dev"}
-        answer(engine, publisher.requests_to("/remote/dev")[-1])
-        await job.ended.wait()
-        # A request published after the grace is not suspect: sent once, not retained.
-        sent_at.clear()
-        later = await engine.submit(job_request(entry("dev")))
-        await trio.sleep(20)
-        assert len(sent_at) == 1
-        answer(engine, publisher.requests_to("/remote/dev")[-1])
-        await later.ended.wait()
-
-
 # -- restarts, on the virtual clock ----------------------------------------------------------
 #
 # The engine reads wall time only through the clock it is given: here one that follows trio's
@@ -347,7 +323,7 @@ async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
             publisher = RecordingPublisher()
             async with restartable(store, publisher) as engine:
                 short = await engine.submit(job_request(entry(["a"]), entry("a"), timeout=30))
-                long = await engine.submit(job_request(entry("b"), timeout=600))
+                long = await engine.submit(job_request(entry("b", timeout=1000), timeout=600))
                 await trio.testing.wait_all_tasks_blocked()
                 assert len(publisher.published) == 2
             await trio.sleep(40)  # down for longer than the short job's timeout
@@ -362,6 +338,10 @@ async def test_a_job_whose_timeout_passed_while_down_ends_timeout_at_start(
                 resumed = engine.get(long.id)
                 assert resumed is not None and not resumed.final
                 await trio.testing.wait_all_tasks_blocked()
+                # b's request, in flight at the stop, goes out again once b is seen.
+                assert publisher.published == []
+                engine.presence.update("b", Presence.ONLINE, virtual_wall_clock())
+                await trio.testing.wait_all_tasks_blocked()
                 assert [topic for topic, _ in publisher.published] == ["/remote/b"]
 
 
@@ -372,7 +352,8 @@ async def test_a_job_timeout_keeps_counting_from_created_at(
         with trio.fail_after(GUARD):
             created = trio.current_time()
             async with restartable(store, RecordingPublisher()) as engine:
-                job = await engine.submit(job_request(entry("a"), timeout=60))
+                # A task timeout beyond the job's: the job timeout is what ends it.
+                job = await engine.submit(job_request(entry("a", timeout=1000), timeout=60))
                 await trio.sleep(10)
             await trio.sleep(20)
             async with restartable(store, RecordingPublisher()) as engine:
@@ -443,9 +424,13 @@ async def test_a_stop_sends_nothing_new_and_stores_the_answers_that_arrive_withi
                     ("a", "/2", "pending"),
                     ("b", "/2", "pending"),
                 ]
-            # What settled was stored: the next start re-sends only b's unanswered request.
+            # What settled was stored: the next start re-sends only b's unanswered request
+            # (once b is seen), and sends a's pending one.
             publisher = RecordingPublisher()
             async with restartable(store, publisher) as engine:
+                await trio.testing.wait_all_tasks_blocked()
+                assert [(t, r["resource"]) for t, r in publisher.published] == [("/remote/a", "/2")]
+                engine.presence.update("b", Presence.ONLINE, virtual_wall_clock())
                 await trio.testing.wait_all_tasks_blocked()
                 assert sorted((t, r["resource"]) for t, r in publisher.published) == [
                     ("/remote/a", "/2"),
@@ -463,17 +448,18 @@ async def test_a_stop_with_nothing_in_flight_settles_at_once(
     assert trio.current_time() == start
 
 
-async def test_a_start_with_nothing_to_resume_sends_requests_once_not_retained(
+async def test_a_request_to_a_device_that_stays_connected_goes_out_once(
     running: tuple[Engine, RecordingPublisher], autojump_clock: trio.testing.MockClock
 ) -> None:
-    # The documented rule (docs/protocol.md): only a reconnect or a start that resumed jobs
-    # makes requests suspect; a fresh start owes no device anything.
+    # Re-sends follow presence, never a timer (docs/protocol.md): a device that stays online
+    # and does not answer gets one copy until its task times out.
     engine, publisher = running
+    engine.presence.update("dev", Presence.ONLINE, 0.0)
     job = await engine.submit(job_request(entry("dev")))
-    await trio.sleep(20)
-    assert len(publisher.published) == 1 and publisher.retained == {}
-    answer(engine, publisher.published[0][1])
     await job.ended.wait()
+    assert job.record.tasks[0].status == "timeout"
+    assert len(publisher.published) == 1 and publisher.retained == {}
+    assert job.record.tasks[0].sends == 1
 
 
 async def test_a_failing_job_actor_ends_only_its_job_cancelled(

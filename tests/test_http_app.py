@@ -268,9 +268,11 @@ async def test_get_with_collection_embeds_tasks(gateway: ServedGateway) -> None:
             "result",
             "expiresAt",
             "waiting",
+            "sends",
             "attempts",
             "nextAttemptAt",
         }
+        assert first["__task"]["sends"] == 1
         assert first["method"] == "put" and first["resource"] == "/x"
         assert first["data"] == {"k": 1} and first["__destination"] == "a"
         assert first["tunnel"] == "/remote/a/response"

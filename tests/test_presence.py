@@ -130,6 +130,20 @@ def test_all_disconnected_takes_only_online_devices_offline() -> None:
     assert [change.id for change in changes] == ["on"]
 
 
+def test_every_online_statement_is_told_with_whether_the_device_came_back() -> None:
+    # The fleet re-sends requests in flight on it (pm/in_flight.py): a return brings a copy,
+    # a repeat (a retained birth replayed) is only a sighting.
+    told: list[tuple[str, bool]] = []
+    book = PresenceBook()
+    book.on_online = lambda device, came_back: told.append((device, came_back))
+    book.update("00-0C-29-1C-E8-01", Presence.ONLINE, at=1.0)  # unknown -> online
+    book.update(MAC, Presence.ONLINE, at=2.0)  # a repeat
+    book.update(MAC, Presence.ONLINE, at=2.0)  # a repeat with no newer time: still told
+    book.update(MAC, Presence.OFFLINE, at=3.0)  # not told
+    book.update(MAC, Presence.ONLINE, at=4.0)  # back
+    assert told == [(MAC, True), (MAC, False), (MAC, False), (MAC, True)]
+
+
 def test_seen_moves_last_seen_and_tells_the_store_once_per_window() -> None:
     changes: list[DevicePresence] = []
     book = PresenceBook(on_change=changes.append)

@@ -150,11 +150,11 @@ def test_a_retry_goes_out_with_its_own_request_id() -> None:
     job = job_on_devices(1)
     (task,) = job.tasks
     assert task.request_id == task.id  # the first attempt: the task id
-    job.mark_sent(task)
+    job.mark_sent(task, 10.0)
     assert task.request_id == task.id  # sent: re-sent (after a reconnect) with the same id
     job.retry_later(task, "error", {"code": 503}, 10.0, 11.0)
     assert task.request_id == task.id + RETRY_ID_STRIDE  # the retry: a new one
-    job.mark_sent(task)
+    job.mark_sent(task, 10.0)
     assert task.request_id == task.id + RETRY_ID_STRIDE and task.attempts == 2
     assert [a.request_id for a in task.previous_attempts or []] == [task.id]
 

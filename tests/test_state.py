@@ -111,13 +111,13 @@ def test_mark_sent_moves_a_pending_task_once_and_starts_dispatching() -> None:
     job = make_job()
     first, second, _ = job.tasks
     assert job.status == "pending"
-    assert job.mark_sent(first) is True
+    assert job.mark_sent(first, 1.0) is True
     assert (first.status, job.status) == ("sent", "dispatching")
-    assert job.mark_sent(first) is False
-    assert job.mark_sent(second) is True
+    assert job.mark_sent(first, 1.0) is False
+    assert job.mark_sent(second, 1.0) is True
     assert job.status == "dispatching"
     job.settle(second, "resolved", None, CREATED + 1)
-    assert job.mark_sent(second) is False
+    assert job.mark_sent(second, 1.0) is False
     assert second.status == "resolved"
 
 
@@ -125,7 +125,7 @@ def test_mark_progress_only_forward_only_when_sent_and_below_100() -> None:
     job = make_job(devices=2)
     task = job.tasks[0]
     assert job.mark_progress(task, 10) is False  # still pending
-    job.mark_sent(task)
+    job.mark_sent(task, 1.0)
     assert job.mark_progress(task, 10) is True
     assert job.mark_progress(task, 10) is False
     assert job.mark_progress(task, 5) is False
@@ -140,7 +140,7 @@ def test_mark_progress_only_forward_only_when_sent_and_below_100() -> None:
 def test_settle_happens_once_and_a_second_settle_changes_nothing() -> None:
     job = make_job()
     task = job.tasks[0]
-    job.mark_sent(task)
+    job.mark_sent(task, 1.0)
     job.mark_progress(task, 40)
     assert job.settle(task, "resolved", {"ok": 1}, CREATED + 2) is True
     assert (task.status, task.result, task.finish_at, task.progress) == (
@@ -169,7 +169,7 @@ def test_counts_and_progress_as_tasks_settle_and_the_job_resolves_on_the_last() 
     job = make_job(devices=3)
     a, b, c = job.tasks
     for task in job.tasks:
-        job.mark_sent(task)
+        job.mark_sent(task, 1.0)
     job.mark_progress(c, 50)
     assert job.progress == 16  # floor(50 / 3)
     job.settle(a, "resolved", None, CREATED + 1)
@@ -204,8 +204,8 @@ def test_a_job_whose_every_task_errs_still_resolves() -> None:
 def test_finish_settles_only_the_unsettled_tasks(status: str) -> None:
     job = make_job(devices=3)
     a, b, c = job.tasks
-    job.mark_sent(a)
-    job.mark_sent(b)
+    job.mark_sent(a, 1.0)
+    job.mark_sent(b, 1.0)
     job.settle(a, "resolved", {"ok": 1}, CREATED + 1)
     job.mark_progress(b, 30)
     changed = job.finish(status, CREATED + 9)  # type: ignore[arg-type]
@@ -218,7 +218,7 @@ def test_finish_settles_only_the_unsettled_tasks(status: str) -> None:
     # Final now: nothing else moves.
     assert job.finish("cancelled", CREATED + 10) == []
     assert job.status == status
-    assert job.mark_sent(c) is False
+    assert job.mark_sent(c, 1.0) is False
 
 
 def test_finish_after_the_job_resolved_changes_nothing() -> None:
@@ -239,14 +239,14 @@ def test_finish_refuses_other_statuses() -> None:
 def test_mark_sent_after_the_job_ended_is_refused() -> None:
     job = make_job(devices=2)
     job.finish("cancelled", CREATED + 1)
-    assert all(job.mark_sent(task) is False for task in job.tasks)
+    assert all(job.mark_sent(task, 1.0) is False for task in job.tasks)
 
 
 def test_restore_recomputes_counts_and_progress_from_the_tasks() -> None:
     original = make_job(devices=3)
     a, b, c = original.tasks
-    original.mark_sent(a)
-    original.mark_sent(b)
+    original.mark_sent(a, 1.0)
+    original.mark_sent(b, 1.0)
     original.mark_progress(b, 40)
     original.settle(a, "error", {"code": 500}, CREATED + 1)
     restored = JobRecord.restore(1, original.tasks, None, CREATED, "dispatching", None)
@@ -270,7 +270,7 @@ def test_restore_recomputes_counts_and_progress_from_the_tasks() -> None:
 def test_job_views_with_ids_tasks_or_no_collection() -> None:
     job = make_job(devices=2, timeout=60.0)
     a, b = job.tasks
-    job.mark_sent(a)
+    job.mark_sent(a, 1.0)
     job.settle(a, "resolved", {"ok": 1}, CREATED + 1)
     assert job.task(a.id) is a and job.task(999) is None
 
@@ -333,6 +333,7 @@ def test_task_view_wire_shape() -> None:
             "result": None,
             "expiresAt": None,
             "waiting": None,
+            "sends": 0,
             "attempts": 0,
             "nextAttemptAt": None,
         },
@@ -373,7 +374,7 @@ def test_waiting_is_for_pending_tasks_and_cleared_when_sent_or_settled() -> None
     assert not job.mark_waiting(first, "device-offline")  # no change, nothing to tell
     assert job.mark_waiting(first, "device-busy")
     assert job.mark_waiting(second, "device-busy") and job.mark_waiting(third, "device-offline")
-    assert job.mark_sent(first) and first.waiting is None
+    assert job.mark_sent(first, 1.0) and first.waiting is None
     assert not job.mark_waiting(first, "device-busy")  # sent: it waits for nothing
     assert job.settle(second, "expired", {"error": "x"}, CREATED + 1)
     assert second.waiting is None

@@ -17,6 +17,7 @@ no commit ever writes; reopening the same file then shows what a restarted gatew
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from pm.config import Config, RecoveryConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.job_options import DEFAULT_OPTIONS
 from pm.job_recovery import RESTARTED_IN_FLIGHT
+from pm.presence import Presence
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
 from pm.store._connection import Connection
@@ -155,12 +157,16 @@ async def test_a_database_from_the_previous_schema_version_migrates(
         (1, 0, 0, 0),
     ]
     assert unfinished[0].tasks[0].expires_at is None
+    # Schema 5: a task sent or resolved before went out once; when is unknown; nothing waits.
+    assert [(t.task.sends, t.task.waiting) for t in view.collection] == [(1, None), (0, None)]  # type: ignore[union-attr]
+    resumed = unfinished[0].tasks[0]
+    assert (resumed.sends, resumed.sent_at, resumed.waiting) == (1, None, None)
     # The rollout migration: a task sent before counts one attempt; a job has no options,
     # no hold, and ends "resolved" when its last task settles.
     assert [t.task.attempts for t in view.collection] == [1, 1]  # type: ignore[union-attr]
-    resumed = unfinished[0]
-    assert (resumed.tasks[0].attempts, resumed.tasks[0].request_id) == (1, 3)
-    assert (resumed.options, resumed.holds, resumed.ending) == (DEFAULT_OPTIONS, [], "resolved")
+    rolled = unfinished[0]
+    assert (rolled.tasks[0].attempts, rolled.tasks[0].request_id) == (1, 3)
+    assert (rolled.options, rolled.holds, rolled.ending) == (DEFAULT_OPTIONS, [], "resolved")
     # The counters of release 1 still hold: no id is handed out twice.
     assert (job_id, task_id) == (10_001, 1_000_003)
 
@@ -225,7 +231,7 @@ async def test_many_changes_to_one_task_in_a_window_are_one_commit_and_one_updat
         commits, rows = store.commits, store.rows_written
         task = record.tasks[0]
         start = trio.current_time()
-        record.mark_sent(task)
+        record.mark_sent(task, 1.0)
         store.task_changed(task)
         for progress in range(1, 60):
             assert record.mark_progress(task, progress)
@@ -248,7 +254,7 @@ async def test_a_window_commits_every_change_in_one_transaction(
         assert trio.current_time() == start
         commits = store.commits
         for task in record.tasks:
-            record.mark_sent(task)
+            record.mark_sent(task, 1.0)
             store.task_changed(task)  # ignored: the job is not written yet, its row will be
         store.job_changed(record)
         await trio.sleep(0.49)
@@ -310,7 +316,7 @@ async def test_a_crash_loses_only_what_was_not_committed_and_stays_consistent(
             record = await create_job(store, batch((["a", "b", "c"], "/x"), ("a", "/y")))
             a_x, b_x, c_x, a_y = record.tasks
             for task in (a_x, b_x, c_x):
-                record.mark_sent(task)
+                record.mark_sent(task, 1.0)
                 store.task_changed(task)
             record.settle(a_x, "resolved", {"ok": 1}, CREATED + 1)
             record.mark_progress(b_x, 40)
@@ -349,7 +355,7 @@ async def test_restore_trusts_the_tasks_over_the_job_row(database: DatabaseUnder
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
             record = await create_job(store, batch((["a", "b"], "/x")))
-            record.mark_sent(record.tasks[0])
+            record.mark_sent(record.tasks[0], 1.0)
             record.settle(record.tasks[0], "timeout", None, CREATED + 1)
             store.task_changed(record.tasks[0])
             store.job_changed(record)
@@ -371,7 +377,7 @@ def _finish(record: JobRecord, status: str, at: float) -> None:
     elif status in ("timeout", "cancelled"):
         record.finish(status, at)  # type: ignore[arg-type]
     elif status == "dispatching":
-        record.mark_sent(record.tasks[0])
+        record.mark_sent(record.tasks[0], 1.0)
 
 
 async def test_list_jobs_pages_newest_first_filters_and_counts(
@@ -441,7 +447,7 @@ async def test_job_deleted_removes_a_job_its_tasks_and_entries(database: Databas
             kept = await create_job(store, batch(("a", "/x")))
             await store.sync()
             # Changes still pending for the job when it is deleted are not written back.
-            doomed.mark_sent(doomed.tasks[0])
+            doomed.mark_sent(doomed.tasks[0], 1.0)
             store.task_changed(doomed.tasks[0])
             store.job_changed(doomed)
             store.job_deleted(doomed.id)
@@ -465,7 +471,7 @@ async def test_a_job_created_and_deleted_in_one_window_never_reaches_the_databas
             await store.sync()
             commits, rows = store.commits, store.rows_written
             record = await create_job(store, batch((["a", "b"], "/x")))
-            record.mark_sent(record.tasks[0])
+            record.mark_sent(record.tasks[0], 1.0)
             store.task_changed(record.tasks[0])
             store.job_changed(record)
             store.job_deleted(record.id)
@@ -536,12 +542,17 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(
             assert [t.status for t in job.record.tasks] == [
                 "resolved", "sent", "sent", "pending", "pending", "pending",
             ]  # fmt: skip
-            # The in-flight tasks go out again first, with their ids, retained.
+            # The in-flight tasks hold their devices' turn, and nothing goes out until a
+            # device is seen: no re-send on a timer.
+            await trio.testing.wait_all_tasks_blocked()
+            assert publisher.published == []
+            # Once seen (a birth), each goes out again once, with its id.
+            for device in ("a", "b"):
+                engine.presence.update(device, Presence.ONLINE, time.time())
             await poll_until(lambda: len(publisher.published) == 2)
             resent = {topic: request for topic, request in publisher.published}
             assert resent["/remote/a"]["id"] == state["ids"][("a", "/2")]
             assert resent["/remote/b"]["id"] == state["ids"][("b", "/1")]
-            assert set(publisher.retained) == {"/remote/a", "/remote/b"}
             # Pending tasks follow in their original order, one in flight per device.
             while not job.final:
                 await poll_until(lambda: engine.fleet.in_flight > 0 or job.final)
@@ -560,9 +571,9 @@ async def test_restart_resumes_pending_in_order_and_resends_in_flight(
         ("/remote/b", "/1", state["ids"][("b", "/1")]),
         ("/remote/b", "/4", state["ids"][("b", "/4")]),
     ]
-    # The retained copies were cleared when their tasks settled.
-    assert publisher.retained == {"/remote/a": b"", "/remote/b": b""}
     assert job.record.status == "resolved" and job.record.finish_count == 6
+    # Two copies of each task in flight at the restart, one of every other.
+    assert [t.sends for t in job.record.tasks] == [1, 2, 2, 1, 1, 1]
 
 
 async def test_restart_without_resend_fails_in_flight_tasks(database: DatabaseUnderTest) -> None:
@@ -589,12 +600,8 @@ async def test_restart_without_resend_fails_in_flight_tasks(database: DatabaseUn
             await poll_until(lambda: len(publisher.published) == 1)
             ((topic, request),) = publisher.published
             assert (topic, request["id"]) == ("/remote/a", a2.id)
-            # Published right after a restart, while devices may still be reconnecting: it
-            # goes out retained, and the retained copy is cleared once it is answered.
-            assert set(publisher.retained) == {"/remote/a"}
             answer(engine, request)
             await job.ended.wait()
-            assert publisher.retained == {"/remote/a": b""}
             assert (job.record.status, job.record.finish_count, job.record.error_count) == (
                 "resolved",
                 1,

@@ -61,7 +61,7 @@ def view_of(job: JobRecord, index: int) -> Callable[[], TaskView]:
 async def test_the_first_message_is_a_job_snapshot_even_after_task_changes() -> None:
     job, feed = make_feed()
     with Watcher(feed, INTERVAL) as watcher:
-        job.mark_sent(job.tasks[0])
+        job.mark_sent(job.tasks[0], 1.0)
         feed.task_changed(view_of(job, 0))
         feed.job_changed()
         first = await watcher.__anext__()
@@ -75,7 +75,7 @@ async def test_task_messages_arrive_in_order(autojump_clock: trio.testing.MockCl
     with Watcher(feed, INTERVAL) as watcher:
         await watcher.__anext__()
         for index in (2, 0, 1):
-            job.mark_sent(job.tasks[index])
+            job.mark_sent(job.tasks[index], 1.0)
             feed.task_changed(view_of(job, index))
         start = trio.current_time()
         received = [task_of(await watcher.__anext__()) for _ in range(3)]
@@ -118,7 +118,7 @@ async def test_job_snapshots_are_coalesced_to_one_per_interval(
         # Changes right after the first snapshot: the next one waits for the interval and
         # carries the latest state.
         for task in job.tasks[:2]:
-            job.mark_sent(task)
+            job.mark_sent(task, 1.0)
             job.settle(task, "resolved", None, 1_000_000_001.0)
             feed.job_changed()
         second = job_of(await watcher.__anext__())
@@ -127,7 +127,7 @@ async def test_job_snapshots_are_coalesced_to_one_per_interval(
 
         # A change long after the last snapshot goes out at once.
         await trio.sleep(10.0)
-        job.mark_sent(job.tasks[2])
+        job.mark_sent(job.tasks[2], 1.0)
         job.mark_progress(job.tasks[2], 40)
         feed.job_changed()
         t1 = trio.current_time()
@@ -172,7 +172,7 @@ async def test_a_watcher_that_never_reads_misses_task_messages_but_gets_the_fina
         await fast.__anext__()
         fast_tasks: list[int] = []
         for index, task in enumerate(job.tasks):
-            job.mark_sent(task)
+            job.mark_sent(task, 1.0)
             job.settle(task, "resolved", None, 1_000_000_001.0)
             feed.task_changed(view_of(job, index))
             feed.job_changed()
@@ -296,7 +296,7 @@ def test_feed_log_keeps_only_the_last_capacity_messages(capacity: int) -> None:
 
 def test_joined_messages_equal_msgspec_encodings() -> None:
     job = job_on_devices(3)
-    job.mark_sent(job.tasks[1])
+    job.mark_sent(job.tasks[1], 1.0)
     views = [task.view() for task in job.tasks]
     encoded = deque(msgspec.json.encode(view) for view in views)
     assert task_message(encoded[1]) == msgspec.json.encode(TaskMessage(task=views[1]))
@@ -342,7 +342,7 @@ async def test_batch_sends_the_changes_of_an_interval_in_one_message_then_the_sn
         assert job_of(await watcher.__anext__())["status"] == "pending"
         # Changes right after the first snapshot wait for the tick, in order, all of them.
         for index in (2, 0):
-            job.mark_sent(job.tasks[index])
+            job.mark_sent(job.tasks[index], 1.0)
             feed.task_changed(view_of(job, index))
             feed.job_changed()
         job.settle(job.tasks[2], "resolved", None, 1_000_000_001.0)
@@ -356,7 +356,7 @@ async def test_batch_sends_the_changes_of_an_interval_in_one_message_then_the_sn
         # Idle, then a change: it goes out at once, and the next one a full interval later.
         await trio.sleep(10.0)
         t1 = trio.current_time()
-        job.mark_sent(job.tasks[1])
+        job.mark_sent(job.tasks[1], 1.0)
         feed.task_changed(view_of(job, 1))
         feed.job_changed()
         assert tasks_of(await watcher.__anext__()) == [(2, "sent")]
@@ -451,7 +451,7 @@ async def test_a_crowd_of_watchers_shares_the_jobs_update_budget(
     watcher = crowd[0]
     t0 = trio.current_time()
     await watcher.__anext__()
-    job.mark_sent(job.tasks[0])
+    job.mark_sent(job.tasks[0], 1.0)
     feed.job_changed()
     assert job_of(await watcher.__anext__())["status"] == "dispatching"
     assert trio.current_time() - t0 == 0.5
@@ -462,7 +462,7 @@ async def test_a_crowd_of_watchers_shares_the_jobs_update_budget(
     # Interval decided when the last update went out (5 watchers then), the next one alone.
     assert job_of(await watcher.__anext__())["doneCount"] == 1
     assert trio.current_time() - t0 == 1.0
-    job.mark_sent(job.tasks[1])
+    job.mark_sent(job.tasks[1], 1.0)
     feed.job_changed()
     await watcher.__anext__()
     assert trio.current_time() - t0 == 1.0 + INTERVAL
@@ -481,7 +481,7 @@ async def test_each_watchers_share_the_jobs_task_message_budget(
     t0 = trio.current_time()
     await watcher.__anext__()
     for index in range(12):
-        job.mark_sent(job.tasks[index])
+        job.mark_sent(job.tasks[index], 1.0)
         feed.task_changed(view_of(job, index))
     arrivals = []
     while len(arrivals) < 12:
@@ -503,7 +503,7 @@ async def test_an_each_watcher_over_its_share_drops_the_rest_for_the_final_messa
     with Watcher(feed, INTERVAL, "each", max_task_messages_per_second=4) as watcher:
         await watcher.__anext__()
         for index in range(20):
-            job.mark_sent(job.tasks[index])
+            job.mark_sent(job.tasks[index], 1.0)
             feed.task_changed(view_of(job, index))
         # One message per 0.25 s window: the first goes out at once.
         assert task_of(await watcher.__anext__()).id == 1

@@ -113,7 +113,7 @@ class GatewayCollector(Collector):
         )
         yield CounterMetricFamily(
             "pm_requests_republished",
-            "Requests published again after a reconnect or restart",
+            "In-flight requests re-sent (their device or the broker connection came back)",
             value=fleet.republished,
         )
         yield GaugeMetricFamily(

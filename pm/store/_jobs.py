@@ -55,20 +55,23 @@ def job_task_page(
     selection: TaskSelection,
     tunnel_for: Callable[[str], str],
 ) -> tuple[list[TaskView], int] | None:
-    """One page of a stored job's tasks and how many match; ``None``: no such job. A stored
-    job is finished, so none of its tasks waits."""
+    """One page of a stored job's tasks and how many match; ``None``: no such job."""
     filters = {
         column: value
-        for column, value in (("status", selection.status), ("device", selection.device))
+        for column, value in (
+            ("status", selection.status),
+            ("device", selection.device),
+            ("waiting", selection.waiting),
+        )
         if value is not None
     }
-    # Asked for waiting tasks: only whether the job exists matters (limit 0).
-    limit = selection.limit if selection.waiting is None else 0
-    page = load_task_page(connection, job_id, filters, limit, selection.offset, tunnel_for)
+    page = load_task_page(
+        connection, job_id, filters, selection.limit, selection.offset, tunnel_for
+    )
     if page is None:
         return None
     tasks, total = page
-    return [task.view() for task in tasks], 0 if selection.waiting else total
+    return [task.view() for task in tasks], total
 
 
 def load_unfinished(connection: Connection, tunnel_for: Callable[[str], str]) -> list[JobRecord]:

@@ -58,8 +58,9 @@ _ENTRY_ROW = (
 _TASK_ROW = (
     ("id", INTEGER), ("job_id", INTEGER), ("entry", INTEGER), ("device", TEXT),
     ("timeout", REAL), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
-    ("finish_at", REAL), ("expires_at", REAL), ("attempts", INTEGER),
-    ("next_attempt_at", REAL), ("previous_attempts", TEXT),
+    ("finish_at", REAL), ("expires_at", REAL), ("sends", INTEGER), ("sent_at", REAL),
+    ("waiting", TEXT), ("attempts", INTEGER), ("next_attempt_at", REAL),
+    ("previous_attempts", TEXT),
 )  # fmt: skip
 _JOB_UPDATE = (
     ("id", INTEGER), ("finish_at", REAL), ("status", TEXT), ("finish_count", INTEGER),
@@ -69,8 +70,8 @@ _JOB_UPDATE = (
 )  # fmt: skip
 _TASK_UPDATE = (
     ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
-    ("finish_at", REAL), ("attempts", INTEGER), ("next_attempt_at", REAL),
-    ("previous_attempts", TEXT),
+    ("finish_at", REAL), ("sends", INTEGER), ("sent_at", REAL), ("waiting", TEXT),
+    ("attempts", INTEGER), ("next_attempt_at", REAL), ("previous_attempts", TEXT),
 )  # fmt: skip
 _COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
 _DEVICE_ROW = (
@@ -150,7 +151,6 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
         sent_count=sent,
         expired_count=expired,
         holds=[] if holds is None else _json_decode(holds),
-        # Present for a job with abort criteria, as in a running job's view.
         stopped_by=state.stopped_by if watched else msgspec.UNSET,
         collection=task_ids,
     )
@@ -212,6 +212,9 @@ def task_row(task: TaskRecord) -> tuple[Any, ...]:
         result_text(task.result),
         task.finish_at,
         task.expires_at,
+        task.sends,
+        task.sent_at,
+        task.waiting,
         *_attempt_columns(task),
     )
 
@@ -233,6 +236,9 @@ def task_update(task: TaskRecord) -> tuple[Any, ...]:
         task.progress,
         result_text(task.result),
         task.finish_at,
+        task.sends,
+        task.sent_at,
+        task.waiting,
         *_attempt_columns(task),
     )
 
@@ -264,16 +270,16 @@ def result_text(result: Any) -> str | None:
 
 
 TASK_COLUMNS = (
-    "id, entry, device, timeout, status, progress, result, finish_at, expires_at, attempts,"
-    " next_attempt_at, previous_attempts"
+    "id, entry, device, timeout, status, progress, result, finish_at, expires_at, sends, sent_at,"
+    " waiting, attempts, next_attempt_at, previous_attempts"
 )
 
 # A device's tasks across jobs: TASK_COLUMNS, then what a task view needs from its job and
 # batch entry (job id, the job's created_at, the entry's method, resource, data).
 DEVICE_TASK_COLUMNS = (
     "t.id, t.entry, t.device, t.timeout, t.status, t.progress, t.result, t.finish_at,"
-    " t.expires_at, t.attempts, t.next_attempt_at, t.previous_attempts, t.job_id,"
-    " j.created_at, e.method, e.resource, e.data"
+    " t.expires_at, t.sends, t.sent_at, t.waiting, t.attempts, t.next_attempt_at,"
+    " t.previous_attempts, t.job_id, j.created_at, e.method, e.resource, e.data"
 )
 DEVICE_TASK_JOINS = (
     "FROM tasks t JOIN jobs j ON j.id = t.job_id"
@@ -299,8 +305,9 @@ def task_record(
 ) -> TaskRecord:
     """A task from a row of ``TASK_COLUMNS``, its job's ``created_at`` and its batch entry's
     (method, resource, decoded data), shared by the tasks of one entry."""
-    task_id, entry, device, timeout, status, progress, result, finish_at, expires_at = row[:9]
-    attempts, next_attempt_at, previous_attempts = row[9:12]
+    (task_id, entry, device, timeout, status, progress, result, finish_at, expires_at) = row[:9]
+    sends, sent_at, waiting = row[9:12]
+    attempts, next_attempt_at, previous_attempts = row[12:15]
     method, resource, data = entry_fields
     task = TaskRecord(
         task_id=task_id,
@@ -319,6 +326,9 @@ def task_record(
     task.progress = progress
     task.result = None if result is None else _json_decode(result)
     task.finish_at = finish_at
+    task.sends = sends
+    task.sent_at = sent_at
+    task.waiting = waiting
     task.attempts = attempts
     task.next_attempt_at = next_attempt_at
     if previous_attempts is not None:

@@ -100,10 +100,16 @@ MIGRATIONS: tuple[str, ...] = (
         sent_count = (SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'sent');
     CREATE INDEX tasks_by_job_status ON tasks (job_id, status, id);
     """,
-    # 4 -> 5: reserved for the re-send on reconnect work (its migration replaces this no-op
-    # when merged; numbered apart so that the rollout migration keeps its number).
+    # 4 -> 5: in-flight work across restarts. `sends` counts the copies of a task's request
+    # the gateway published, `sent_at` (epoch seconds) is when the first left (the task
+    # timeout counts from it, across a restart), `waiting` why a pending task is not sent
+    # yet. Tasks stored before: a sent or resolved task went out at least once (1), its
+    # first send time is unknown (a resumed one gets a whole timeout from the restart).
     """
-    SELECT 1;
+    ALTER TABLE tasks ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN sent_at REAL;
+    ALTER TABLE tasks ADD COLUMN waiting TEXT;
+    UPDATE tasks SET sends = 1 WHERE status IN ('sent', 'resolved');
     """,
     # 5 -> 6: rollouts. A job keeps its options (rollout, abort, retry, priority, schedule)
     # as one JSON document (NULL: none), why it is held (a JSON list), the status it ends
