@@ -185,11 +185,11 @@ class TasksConfig(_Section):
     device_mailbox: AtLeastOne = 1024
     # A device actor with nothing to do for this many seconds (up to a quarter more) is retired.
     device_idle_retire: Seconds = 60.0
-    # Tasks of finished jobs kept in memory (whole jobs, oldest forgotten first); the store
-    # serves the others. Counted in tasks, not jobs: memory (and the garbage collector's
-    # work) grows with the tasks held, and one job may hold 100k of them.
-    # 0 = none: every finished job is read back from the store.
+    # Tasks of finished jobs kept in memory (whole jobs, oldest first forgotten; the store has
+    # them): memory and GC work grow with tasks, not jobs. 0 = none: all from the store.
     max_finished_tasks: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    # Requests in flight across the fleet (all jobs), at most; high priority first. 0 = none.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
         if MAX_EXPIRES_IN < self.default_expires_in < math.inf:

@@ -24,10 +24,11 @@ import trio
 
 from actors import ActorRef
 
+from .job_contract import SendGate
 from .presence import Presence, PresenceBook
 from .schemas import WaitingReason
 from .state import TaskRecord
-from .task_machine import TaskReport, TaskWaiting, expired_unsent
+from .task_machine import TaskHeldBack, TaskReport, TaskWaiting, expired_unsent
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ class DeviceWaits:
         """The device's actor failed: what was handed to it is failed with it."""
         self._queued.pop(device, None)
 
+    def parked_job(self, device: str) -> int | None:
+        """The job of the task parked on ``device``, if one is."""
+        parked = self._parked.get(device)
+        return None if parked is None else parked[0]
+
     def abandon(self, job_id: int) -> int:
         """The job ended: its parked tasks stop waiting. Returns how many there were."""
         parked = 0
@@ -85,13 +91,20 @@ class DeviceWaits:
         return parked
 
     async def wait_until_sendable(
-        self, device: str, task: TaskRecord, reports: ActorRef[TaskReport]
+        self,
+        device: str,
+        task: TaskRecord,
+        reports: ActorRef[TaskReport],
+        gate: SendGate | None = None,
     ) -> bool:
         """Wait while ``device`` is offline; returns whether ``task`` (pending: one sent
         before a restart is never parked, see :mod:`pm.devices`) is to be sent now. It is
         not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
-        reported ``expired``, and never reaches the device."""
-        expires_at = task.expires_at
+        reported ``expired``, and never reaches the device; nor if its job's ``gate`` is
+        held (paused, stopping): then it goes back to its job (``TaskHeldBack``)."""
+        # A retry waiting for its device was sent before: it never "expired before it could
+        # be sent".
+        expires_at = None if task.attempts else task.expires_at
         if self.offline(device):
             reason: WaitingReason = "device-offline"
             if task.waiting != reason:
@@ -123,6 +136,10 @@ class DeviceWaits:
                 },
             )
             await reports.tell(expired_unsent(task.id, task.waiting))
+            return False
+        # A task sent before a restart is in flight: it goes out again whatever holds its job.
+        if gate is not None and gate.held and task.status == "pending":
+            await reports.tell(TaskHeldBack(task.id))
             return False
         return True
 

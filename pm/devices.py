@@ -47,8 +47,11 @@ import trio
 
 from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .device_failures import fail_device_tasks
+from .device_turns import DeviceTurns, FleetBudget, PriorityLanes, take_budget_slot
 from .device_waits import DeviceWaits
 from .in_flight import InFlight, InFlightRequests, Publisher
+from .job_contract import SendGate
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
 from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
@@ -63,11 +66,13 @@ ANSWER_BUFFER = 16
 
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
-    """Run ``task`` on this device when its turn comes; tell ``reports`` (the mailbox of the
-    task's job) what became of it. The device actor reads ``task``, never writes it."""
+    """Run ``task`` on this device when its turn comes (unless its job's ``gate`` is held);
+    tell ``reports`` (its job's mailbox) what became of it. The actor never writes ``task``."""
 
     task: TaskRecord
     reports: ActorRef[TaskReport]
+    gate: SendGate | None = None
+    high_priority: bool = False
 
 
 class Fleet:
@@ -86,6 +91,7 @@ class Fleet:
       presence: which devices are online (the engine's; a fresh book by default, where every
         device is unknown, so sent at once).
       wall_clock: epoch seconds, the clock of each task's ``expires_at``.
+      max_in_flight: requests in flight across the fleet, at most (``None``: no limit).
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Fleet:
         resend_on_reconnect: bool = True,
         presence: PresenceBook | None = None,
         wall_clock: Callable[[], float] = time.time,
+        max_in_flight: int | None = None,
     ) -> None:
         self._nursery = nursery
         self.presence = PresenceBook() if presence is None else presence
@@ -114,7 +121,9 @@ class Fleet:
             resend_on_reconnect=resend_on_reconnect,
         )
         self.presence.on_online = self._requests.device_online
-        self._registry: Registry[str, Dispatch] = Registry(
+        self._lanes: PriorityLanes[Dispatch] = PriorityLanes()
+        self.budget = FleetBudget(max_in_flight)
+        self._registry: Registry[str, Dispatch | None] = Registry(
             Supervisor(nursery, self.on_device_failure),
             self._run_device,
             capacity=mailbox_size,
@@ -147,14 +156,23 @@ class Fleet:
     def republished(self) -> int:
         return self._requests.republished
 
-    async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
-        """Queue ``task`` on its device; waits while that device's mailbox is full. What
-        becomes of it is told to ``reports``; a task that is final by the time its turn
-        comes (its job ended) never reaches the device."""
+    async def dispatch(
+        self,
+        task: TaskRecord,
+        reports: ActorRef[TaskReport],
+        gate: SendGate | None = None,
+        *,
+        high_priority: bool = False,
+    ) -> None:
+        """Queue ``task`` on its device (waits while its mailbox is full); ``reports`` hears what
+        became of it. Not sent if final by its turn, or if its ``gate`` is held then."""
         device = task.device
         self._waits.task_queued(device)
         try:
-            await self._registry.tell(device, Dispatch(task, reports))
+            if high_priority:
+                await self._lanes.push(device, Dispatch(task, reports, gate, True), self._registry)
+            else:
+                await self._registry.tell(device, Dispatch(task, reports, gate))
         except BaseException:
             self._waits.task_done(device)
             raise
@@ -174,6 +192,14 @@ class Fleet:
         is sent or expires (see :mod:`pm.jobs`)."""
         current = self._current.get(task.device)
         return current is not None and current.task is task
+
+    def parked(self, task: TaskRecord) -> bool:
+        """Whether ``task``'s turn came and it waits, unsent, for its device to be online."""
+        return self.holds(task) and self._waits.parked_job(task.device) == task.job_id
+
+    def release_parked(self, job_id: int) -> int:
+        """The job settled its parked tasks: they stop waiting for their devices, unsent."""
+        return self._waits.abandon(job_id)
 
     def stop_publishing(self) -> None:
         """Shutdown begins: no request leaves from now on (no new task, no re-send); tasks
@@ -206,10 +232,10 @@ class Fleet:
 
     # -- the actor -----------------------------------------------------------------------
 
-    async def _run_device(self, device: str, inbox: IdleInbox[Dispatch]) -> None:
+    async def _run_device(self, device: str, inbox: IdleInbox[Dispatch | None]) -> None:
         answers_send, answers_receive = trio.open_memory_channel[SanjiAnswer | None](ANSWER_BUFFER)
         with answers_send, answers_receive:
-            async for dispatch in inbox:
+            async for dispatch in DeviceTurns(device, inbox, self._lanes):
                 # Kept on an exception: the failure policy fails this task explicitly.
                 self._current[device] = dispatch
                 try:
@@ -238,12 +264,17 @@ class Fleet:
         # timeout runs and an answer to the copy sent then is taken.
         resumed = task.status == "sent"
         try:
-            if not resumed and not await self._waits.wait_until_sendable(device, task, reports):
+            if not resumed and not await self._waits.wait_until_sendable(
+                device, task, reports, dispatch.gate
+            ):
                 return
         except ActorStopped:
             return  # the job actor is gone: nobody is waiting for this task any more
         if self._stopping:
             await trio.sleep_forever()
+        budgeted = self.budget.limit is not None  # else no coroutine per task (default path)
+        if budgeted and not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
+            return
         if resumed:
             # Sent before a restart: its timeout still counts from that send. It is held, not
             # published: the first sign of its device sends one more copy (pm.in_flight).
@@ -295,8 +326,11 @@ class Fleet:
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
+            self.budget.release()
             self._requests.remove(device, in_flight, settled=settled)
-            self._requests.drop_stale_answers(task.id, answers, settled=settled)
+            self._requests.drop_stale_answers(
+                in_flight.machine.request_id, answers, settled=settled
+            )
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
 
@@ -345,46 +379,17 @@ class Fleet:
     # -- supervision ---------------------------------------------------------------------
 
     def on_device_failure(self, failure: Failure[Any]) -> Directive:
-        """Policy for device actors: stop the actor and fail its tasks, in flight and queued."""
+        """Policy for device actors: stop the actor and fail its tasks, in flight and queued
+        (:func:`pm.device_failures.fail_device_tasks`)."""
         device = cast(str, failure.key)  # the registry's key: the device id
-        reason = {"error": f"device actor failed: {failure.error!r}"}
-        doomed = [m for m in failure.drain() if isinstance(m, Dispatch)]
+        doomed = self._lanes.drain(device)
+        doomed += [m for m in failure.drain() if isinstance(m, Dispatch)]
         current = self._current.pop(device, None)
         if current is not None:
             doomed.insert(0, current)
         self._waits.forget(device)  # its queue is gone: what was handed to it is failed below
-        # The supervisor logs the traceback; these lines say which tasks it cost.
-        logger.error(
-            "device actor %s failed (%r): its %d tasks end error",
-            device,
-            failure.error,
-            len(doomed),
-            extra={"device": device, "error": repr(failure.error), "failed_tasks": len(doomed)},
-        )
-        for dispatch in doomed:
-            task = dispatch.task
-            if task.final:
-                continue  # its job ended: the task keeps the status the job gave it
-            logger.warning(
-                "task %d of job %d on device %s: error, the device actor failed",
-                task.id,
-                task.job_id,
-                device,
-                extra=_ids(task, device, status="error", error=repr(failure.error)),
-            )
-            # A policy is synchronous: the report goes out from a task of its own, which
-            # waits if the job's mailbox is full (never lost) and gives up if the job ended.
-            self._nursery.start_soon(
-                _report_quietly, dispatch.reports, TaskSettled(task.id, "error", reason)
-            )
+        fail_device_tasks(self._nursery, device, failure.error, doomed)
         return Directive.STOP
-
-
-async def _report_quietly(reports: ActorRef[TaskReport], report: TaskReport) -> None:
-    try:
-        await reports.tell(report)
-    except ActorStopped:
-        pass  # the job ended meanwhile; its final state already covers this task
 
 
 def _ids(task: TaskRecord, device: str, **fields: Any) -> dict[str, Any]:

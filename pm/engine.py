@@ -31,6 +31,8 @@ from actors import Directive, Failure, Supervisor
 
 from .config import Config
 from .devices import Fleet, Publisher
+from .engine_control import JobControl
+from .job_contract import JobStateError as JobStateError
 from .job_limits import DataTooLarge as DataTooLarge
 from .job_limits import JobRefused as JobRefused
 from .job_limits import TooManyJobsRunning as TooManyJobsRunning
@@ -51,7 +53,7 @@ logger = logging.getLogger(__name__)
 JOB_MAILBOX = 4096
 
 
-class Engine:
+class Engine(JobControl):
     """Jobs by id, and the fleet they dispatch to. Create with :func:`open_engine`.
 
     ``wall_clock`` gives epoch seconds (``createdAt``, ``finishAt``, job timeouts across a
@@ -90,6 +92,7 @@ class Engine:
             resend_on_reconnect=config.tasks.resend_on_reconnect,
             presence=self.presence,
             wall_clock=wall_clock,
+            max_in_flight=config.tasks.max_in_flight or None,
         )
         self.status_topic = StatusTopicSource(
             self.presence, self.topics, self.fleet.dropped, wall_clock=wall_clock
@@ -131,7 +134,7 @@ class Engine:
             ),
             now=now,
         )
-        record = JobRecord(job_id, tasks, request.timeout, now)
+        record = JobRecord(job_id, tasks, request.timeout, now, request.options)
         self.store.job_created(record, request.batch)
         deadline = math.inf if request.timeout is None else trio.current_time() + request.timeout
         # One line per job (never per task): dispatch throughput must not pay for logging.

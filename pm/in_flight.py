@@ -213,11 +213,11 @@ class InFlightRequests:
         ``settled`` by an answer)."""
         del self._by_device[device]
         if settled:
-            self._last_settled[device] = in_flight.task_id
+            self._last_settled[device] = in_flight.machine.request_id
 
     def drop_stale_answers(
         self,
-        task_id: int,
+        request_id: int,
         answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
         *,
         settled: bool,
@@ -231,7 +231,7 @@ class InFlightRequests:
                 answer = answers.receive_nowait()
             except trio.WouldBlock:
                 return
-            if answer is not None and answer.id == task_id and answer.code != PROGRESS_CODE:
+            if answer is not None and answer.id == request_id and answer.code != PROGRESS_CODE:
                 self.dropped[reason] += 1
 
     # -- called from outside the device actors ---------------------------------------------
@@ -253,7 +253,11 @@ class InFlightRequests:
                 answer = decode_answer(payload, self._max_answer_depth)
             except MalformedAnswer:
                 self.dropped["malformed"] += 1
-        if answer is not None and in_flight is not None and in_flight.task_id == answer.id:
+        if (
+            answer is not None
+            and in_flight is not None
+            and in_flight.machine.request_id == answer.id
+        ):
             if answer.code != PROGRESS_CODE and not in_flight.answered:
                 in_flight.answered = True
                 self.latencies.record(device, trio.current_time() - in_flight.sent_at)
@@ -324,9 +328,10 @@ class InFlightRequests:
         answers: trio.MemorySendChannel[SanjiAnswer | None],
         deadline: float,
     ) -> InFlight:
+        request_id = task.request_id  # the task id; a retry's own id (pm.task_record)
         payload = encode_request(
             SanjiRequest(
-                id=task.id,
+                id=request_id,
                 method=task.method,  # type: ignore[arg-type]
                 resource=task.resource,
                 data=task.data,
@@ -336,7 +341,13 @@ class InFlightRequests:
         topic = self._topics.request_topic(device)
         scope = trio.CancelScope(deadline=deadline)
         in_flight = InFlight(
-            TaskMachine(task.id), task.job_id, topic, payload, answers, scope, trio.current_time()
+            TaskMachine(task.id, request_id),
+            task.job_id,
+            topic,
+            payload,
+            answers,
+            scope,
+            trio.current_time(),
         )
         self._by_device[device] = in_flight
         return in_flight

@@ -28,6 +28,13 @@ is stored with the task, so a restarted gateway shows the same reasons. Each cop
 request a device actor publishes is counted in the task's ``sends`` (``TaskSent``, then one
 ``TaskResent`` per re-send).
 
+Rollout (``pm/job_rollout.py``, the policy in ``pm/rollout.py``): the feeder takes tasks from
+a :class:`~pm.send_queue.SendQueue` as the job's window and rate allow, and hands out nothing
+while the job has a hold (paused, scheduled, outside its windows) or is stopping; a device
+actor whose turn comes for a task of a held job sends it back (``TaskHeldBack``). A failed
+attempt may go back to the queue for a retry after its backoff; abort criteria watch the
+outcomes and pause or stop the job. Tasks in flight always finish.
+
 The contract with device actors is narrow and one-way: a task goes out with a reference to
 this job's mailbox, and reports come back as :mod:`pm.task_machine` messages. This module
 never imports :mod:`pm.devices`; it names what it needs of it in
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import cast
@@ -50,20 +58,28 @@ from .config import WatchersConfig
 from .job_contract import (
     CancelJob,
     ChangeRecorder,
+    ClearHold,
     ExpiryDue,
     JobActorMessage,
+    Refused,
     ReportsApplied,
+    SendGate,
+    SetHold,
+    StopJob,
     TaskDispatcher,
 )
+from .job_rollout import JobRollout
+from .rollout import AbortWatch, Pacer
 from .schemas import JobView
+from .send_queue import SendQueue
 from .state import JobRecord, TaskRecord
 from .task_machine import (
+    TaskHeldBack,
     TaskProgress,
     TaskResent,
     TaskSent,
     TaskSettled,
     TaskWaiting,
-    expired_unsent,
 )
 from .watch import JobFeed, TaskMode, Watcher
 
@@ -75,7 +91,7 @@ FEED_CHUNK = 64
 AGGREGATE_CHUNK = 256
 
 
-class Job:
+class Job(JobRollout):
     """A job: its record, its mailbox reference and its feed for watchers.
 
     Args:
@@ -86,6 +102,7 @@ class Job:
       feed_capacity: task changes its feed keeps for lagging watchers (default
         ``watchers.queue_size``).
       wall_clock: epoch seconds for ``finishAt`` timestamps (tests pass a fake).
+      random: numbers in [0, 1) for the retry jitter (tests pass a seeded one).
     """
 
     def __init__(
@@ -97,8 +114,10 @@ class Job:
         watchers: WatchersConfig,
         feed_capacity: int | None = None,
         wall_clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.record = record
+        self._random = random
         self._devices = devices
         self._recorder = recorder
         self._wall_clock = wall_clock
@@ -113,14 +132,31 @@ class Job:
             key=lambda task: cast(float, task.expires_at),
         )
         self._expired_through = 0
-
-    @property
-    def id(self) -> int:
-        return self.record.id
-
-    @property
-    def final(self) -> bool:
-        return self.record.final
+        options = record.options
+        state = record.rollout_state
+        self._abort = None
+        if options.abort:
+            outcomes = (task.status for task in record.tasks if task.final)
+            self._abort = AbortWatch(options.abort, state, outcomes)
+        pacer = None if options.rollout is None else Pacer(options.rollout, state)
+        record.pacer, record.abort_watch = pacer, self._abort
+        unsettled = [task for task in record.tasks if not task.final]
+        now, trio_now = wall_clock(), _trio_now()
+        # A resumed job's tasks in flight at the stop go out again first, whatever holds it
+        # (in-flight tasks finish); the rest wait their turn, pacing and holds.
+        self._resumed_in_flight = [task for task in unsettled if task.status == "sent"]
+        self._queue = SendQueue(
+            (task for task in unsettled if task.status == "pending" and not task.next_attempt_at),
+            pacer,
+            (
+                (trio_now + max(0.0, cast(float, task.next_attempt_at) - now), task)
+                for task in unsettled
+                if task.next_attempt_at is not None
+            ),
+        )
+        # Held while the job has a hold or is stopping: device actors send back its tasks.
+        self.gate = SendGate()
+        self.gate.held = bool(record.holds) or record.ending != "resolved"
 
     def watch(self, tasks: TaskMode = "each") -> Watcher:
         """A new watcher of this job; ``tasks`` says what it receives about tasks."""
@@ -217,52 +253,52 @@ class Job:
         if reports is None:
             raise AssertionError(f"job {self.id} runs without a mailbox reference")
         handed_out = 0
-        for task in self.record.tasks:
-            if self.final:
-                return
-            if not task.final:  # a resumed job skips what was settled before the restart
-                # The feeder writes only this live field of a task it has not handed out yet.
-                reason = self._devices.waiting_reason(task.device)
-                if reason is not None and self.record.mark_waiting(task, reason):
-                    self._waiting_changed(task)
-                await self._devices.dispatch(task, reports)
-                handed_out += 1
-                # dispatch() does not yield while the device's mailbox has room: yield every
-                # FEED_CHUNK tasks so the devices (and everyone else) get to run. The devices
-                # woken by one chunk publish in one scheduler batch, so their requests leave
-                # in one write (a yield per task cost a socket write per request); each
-                # device's own requests stay in order, the order *across* devices within a
-                # chunk is trio's (forwards or backwards).
-                if handed_out % FEED_CHUNK == 0:
-                    await trio.lowlevel.checkpoint()
-
-    async def _time_expiry(self) -> None:
-        """The job's one expiry timer: posts :class:`ExpiryDue` at each distinct expiry."""
-        reports = self.ref
-        if reports is None:
-            raise AssertionError(f"job {self.id} runs without a mailbox reference")
-        for expires_at in sorted({cast(float, task.expires_at) for task in self._expiring}):
-            # Wall-clock epoch seconds (they survive a restart), waited for on trio's clock.
-            await trio.sleep(max(0.0, expires_at - self._wall_clock()))
-            # The instant travels with the message: trio's clock and the wall clock may differ
-            # by a hair, and a task must not miss its expiry because of it.
-            await reports.tell(ExpiryDue(expires_at))
-
-    def _expire_due(self, until: float) -> None:
-        now = self._wall_clock()
-        record = self.record
-        expiring = self._expiring
-        while self._expired_through < len(expiring):
-            task = expiring[self._expired_through]
-            if cast(float, task.expires_at) > until:
-                return
-            self._expired_through += 1
-            # A task held by its device actor is that actor's to expire (it may be publishing).
-            if task.status != "pending" or self._devices.holds(task):
+        queue, gate, record = self._queue, self.gate, self.record
+        pacer = queue.pacer
+        high = record.options.priority == "high"
+        for task in self._resumed_in_flight:
+            queue.handed_out(task, _trio_now())
+            await self._devices.dispatch(task, reports, gate, high_priority=high)
+        self._resumed_in_flight = []
+        while not self.final:
+            if gate.held:
+                await queue.wait_for_work()
                 continue
-            settled = expired_unsent(task.id, task.waiting)
-            if record.settle(task, "expired", settled.result, now):
-                self._task_changed(task)
+            task = queue.take()
+            if task is None:
+                await queue.wait_for_work()
+                continue
+            if task.final:
+                continue  # ended while it waited here (expired, or its job is stopping)
+            if pacer is not None:
+                now = _trio_now()
+                blocked = pacer.blocked(now)
+                if blocked is not None:
+                    queue.put_back(task)
+                    if record.mark_waiting(task, blocked):
+                        self._waiting_changed(task)
+                    await queue.wait_for_work(
+                        pacer.next_send_at if blocked == "rollout-rate" else math.inf
+                    )
+                    continue
+                queue.handed_out(task, now)
+            # The feeder writes only this live field of a task it has not handed out yet.
+            reason = self._devices.waiting_reason(task.device)
+            if reason is not None:
+                if record.mark_waiting(task, reason):
+                    self._waiting_changed(task)
+            elif task.waiting is not None and record.clear_waiting(task):
+                self._waiting_changed(task)
+            await self._devices.dispatch(task, reports, gate, high_priority=high)
+            handed_out += 1
+            # dispatch() does not yield while the device's mailbox has room: yield every
+            # FEED_CHUNK tasks so the devices (and everyone else) get to run. The devices
+            # woken by one chunk publish in one scheduler batch, so their requests leave
+            # in one write (a yield per task cost a socket write per request); each
+            # device's own requests stay in order, the order *across* devices within a
+            # chunk is trio's (forwards or backwards).
+            if handed_out % FEED_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
 
     def _handle(self, message: JobActorMessage) -> None:
         record = self.record
@@ -289,8 +325,10 @@ class Job:
                     self._task_changed(task)
             case TaskSettled(task_id, status, result):
                 task = record.task(task_id)
+                if task is not None and self._retry(task, status, result):
+                    return
                 if task is not None and record.settle(task, status, result, self._wall_clock()):
-                    self._task_changed(task)
+                    self._outcome(task)
                     # The per-task path: DEBUG only, and no extra dict built unless enabled.
                     if logger.isEnabledFor(logging.DEBUG):
                         logger.debug(
@@ -306,9 +344,23 @@ class Job:
                                 "status": status,
                             },
                         )
+            case TaskHeldBack(task_id):
+                task = record.task(task_id)
+                if task is not None and not task.final:
+                    self._held_back(task)
             case CancelJob(reply):
                 self._finish("cancelled")
                 reply.send(record.view())
+            case SetHold(reason, reply):
+                reply.send(self._set_hold(reason))
+            case ClearHold(reason, reply):
+                reply.send(self._clear_hold(reason))
+            case StopJob(reply):
+                if self.final or record.ending != "resolved":
+                    reply.send(Refused(f"job {self.id} is {record.status}: nothing to cancel"))
+                else:
+                    self._stop("cancelled")
+                    reply.send(record.view())
             case ReportsApplied(reply):
                 reply.send(None)
             case _:
@@ -325,46 +377,6 @@ class Job:
         self._recorder.task_changed(task)
         self._recorder.job_changed(self.record)
 
-    def _finish(self, status: str) -> None:
-        settled = self.record.finish(status, self._wall_clock())  # type: ignore[arg-type]
-        # Device actors stop waiting on this job's tasks in flight (now final).
-        abandoned = self._devices.abandon(self.id)
-        if settled:
-            # One line per job, not per task: a job timeout can settle 100k tasks at once.
-            logger.info(
-                "job %d %s: %d unsettled tasks end %s (%d in flight abandoned)",
-                self.id,
-                status,
-                len(settled),
-                status,
-                abandoned,
-                extra={
-                    "job_id": self.id,
-                    "status": status,
-                    "settled": len(settled),
-                    "abandoned": abandoned,
-                },
-            )
-        for task in settled:
-            self.feed.task_changed(task.view)
-            self._recorder.task_changed(task)
-        self.feed.job_changed()
-        self._recorder.job_changed(self.record)
 
-    def _log_finished(self) -> None:
-        record = self.record
-        logger.info(
-            "job %d finished: %s, %d/%d resolved, %d errors",
-            record.id,
-            record.status,
-            record.finish_count,
-            len(record.tasks),
-            record.error_count,
-            extra={
-                "job_id": record.id,
-                "status": record.status,
-                "total_count": len(record.tasks),
-                "finish_count": record.finish_count,
-                "error_count": record.error_count,
-            },
-        )
+def _trio_now() -> float:
+    return trio.current_time()

@@ -11,10 +11,34 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .job_options import (
+    MAX_ABORT_CRITERIA,
+    AbortCriterion,
+    AbortStatus,
+    AttemptView,
+    HoldReason,
+    JobOptions,
+    Priority,
+    RetryOptions,
+    RolloutOptions,
+    RolloutStatus,
+    field_doc,
+)
 from .protocol import InvalidDeviceId, normalize_device_id
 
 TaskStatus = Literal["pending", "sent", "resolved", "error", "timeout", "cancelled", "expired"]
-JobStatus = Literal["pending", "dispatching", "resolved", "timeout", "cancelled"]
+# paused: sends nothing new (by a user or an abort criterion); scheduled: waits for its
+# schedule; aborted: an abort criterion with action "cancel" stopped it (final).
+JobStatus = Literal[
+    "pending",
+    "dispatching",
+    "paused",
+    "scheduled",
+    "resolved",
+    "timeout",
+    "cancelled",
+    "aborted",
+]
 FINAL_TASK_STATUSES: frozenset[str] = frozenset(
     {"resolved", "error", "timeout", "cancelled", "expired"}
 )
@@ -27,11 +51,38 @@ TASK_STATUSES: tuple[TaskStatus, ...] = (
     "cancelled",
     "expired",
 )
-# Why a pending task is not sent yet: its device is offline, or works on another task.
-WaitingReason = Literal["device-offline", "device-busy"]
-WAITING_REASONS: tuple[WaitingReason, ...] = ("device-offline", "device-busy")
-FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled"})
-JOB_STATUSES: tuple[str, ...] = ("pending", "dispatching", "resolved", "timeout", "cancelled")
+# Why a pending task is not sent yet: its device is offline or works on another task; its
+# job's window is full or its rate spent; it waits out a retry's backoff; its job is paused
+# or outside its schedule's windows.
+WaitingReason = Literal[
+    "device-offline",
+    "device-busy",
+    "rollout-window",
+    "rollout-rate",
+    "retry-backoff",
+    "job-paused",
+    "outside-window",
+]
+WAITING_REASONS: tuple[WaitingReason, ...] = (
+    "device-offline",
+    "device-busy",
+    "rollout-window",
+    "rollout-rate",
+    "retry-backoff",
+    "job-paused",
+    "outside-window",
+)
+FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled", "aborted"})
+JOB_STATUSES: tuple[str, ...] = (
+    "pending",
+    "dispatching",
+    "paused",
+    "scheduled",
+    "resolved",
+    "timeout",
+    "cancelled",
+    "aborted",
+)
 # Job ids and list offsets are SQLite integers (signed 64-bit): no job has a larger id, and a
 # larger value would overflow the store's query (a 500 instead of a 404 or a 400).
 MAX_SQLITE_INTEGER = 2**63 - 1
@@ -114,6 +165,39 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: PositiveSeconds | None = None
     # The default expiresIn of the batch's entries (see BatchEntry.expires_in).
     expires_in: ExpiresIn | None = msgspec.field(default=None, name="expiresIn")
+    # Rollout options (pm/job_options.py): all optional, none changes a job without them.
+    rollout: Annotated[
+        RolloutOptions | None,
+        field_doc("pacing: a window, a rate, a ramp", {"maxInFlight": 50, "maxPerMinute": 600}),
+    ] = None
+    abort: Annotated[
+        Annotated[list[AbortCriterion], msgspec.Meta(max_length=MAX_ABORT_CRITERIA)] | None,
+        field_doc(
+            "criteria that pause or stop the job, checked at every outcome",
+            [{"on": "error", "thresholdPercent": 5, "minSettled": 100, "action": "cancel"}],
+        ),
+    ] = None
+    retry: Annotated[
+        RetryOptions | None,
+        field_doc(
+            "failed attempts sent again after a backoff", {"max": 3, "delay": 5, "jitter": 0.2}
+        ),
+    ] = None
+    priority: Annotated[
+        Priority,
+        field_doc(
+            "high: ahead of normal tasks waiting for the same device, and first for the "
+            "fleet's budget ([tasks] max_in_flight)",
+            "high",
+        ),
+    ] = "normal"
+
+    @property
+    def options(self) -> JobOptions:
+        """What the job is asked beyond its batch, as stored with it."""
+        return JobOptions(
+            rollout=self.rollout, abort=self.abort, retry=self.retry, priority=self.priority
+        )
 
 
 class TaskState(msgspec.Struct, rename="camel", kw_only=True):
@@ -138,6 +222,27 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
             " its device was first seen after a gateway restart); never on a timer",
         ),
     ] = 0
+    attempts: Annotated[int, field_doc("attempts sent so far (more than 1: retried)", 2)] = 0
+    next_attempt_at: Annotated[
+        str | None,
+        field_doc("when its next attempt may go (retry backoff)", "2026-12-01T12:00:05.000Z"),
+    ] = None
+    previous_attempts: Annotated[
+        list[AttemptView] | msgspec.UnsetType,
+        field_doc(
+            "its earlier attempts, oldest first, each with its request id and outcome "
+            "(absent: never retried)",
+            [
+                {
+                    "attempt": 1,
+                    "requestId": 1042,
+                    "status": "error",
+                    "result": {"code": 503},
+                    "finishAt": "2026-12-01T12:00:00.000Z",
+                }
+            ],
+        ),
+    ] = msgspec.UNSET
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -169,6 +274,42 @@ class JobView(msgspec.Struct, rename="camel", kw_only=True):
     pending_count: int
     sent_count: int
     expired_count: int
+    retried_count: Annotated[int, field_doc("tasks sent more than once (retried)", 3)] = 0
+    holds: Annotated[
+        list[HoldReason], field_doc("why the job sends nothing new now (empty: it may)", ["paused"])
+    ] = msgspec.field(default_factory=list)
+    rollout: Annotated[
+        RolloutStatus | msgspec.UnsetType,
+        field_doc(
+            "its pacing now, after ramp steps (absent: the job has no rollout)",
+            {"maxInFlight": 100, "maxPerMinute": 1200, "rampSteps": 1, "inFlight": 97},
+        ),
+    ] = msgspec.UNSET
+    abort: Annotated[
+        list[AbortStatus] | msgspec.UnsetType,
+        field_doc(
+            "each abort criterion live, in the order given (absent: none given); settled is "
+            "the denominator: tasks with an outcome so far",
+            [
+                {
+                    "on": "error",
+                    "thresholdPercent": 5,
+                    "minSettled": 100,
+                    "action": "cancel",
+                    "matching": 6,
+                    "settled": 120,
+                    "percent": 5.0,
+                    "tripped": True,
+                }
+            ],
+        ),
+    ] = msgspec.UNSET
+    stopped_by: Annotated[
+        int | None | msgspec.UnsetType,
+        field_doc(
+            "index in abort of the criterion that stopped or paused the job (null: none did)", 0
+        ),
+    ] = msgspec.UNSET
     # One list type holding either kind: msgspec cannot decode (or make a JSON schema of) a
     # union of two list types, and the OpenAPI document and the CLI need both.
     collection: list[int | TaskView] | msgspec.UnsetType = msgspec.UNSET

@@ -69,6 +69,9 @@ class DeviceStats(msgspec.Struct):
     duplicates: int = 0
     redelivered: int = 0
     malformed: int = 0
+    # The most requests the fleet worked on at once (with a latency): what the gateway had in
+    # flight, as the devices saw it (a rollout's window is checked against it).
+    max_working: int = 0
 
 
 class Simulator:
@@ -192,6 +195,7 @@ class Simulator:
             self._answer(client, device, request, failed)  # fast path: no task per request
             return
         self._busy[device] = request.id
+        self.stats.max_working = max(self.stats.max_working, len(self._busy))
         # In the connection's nursery: a device that goes offline loses the work under way.
         answering.start_soon(self._answer_later, client, device, request, failed)
 

@@ -15,115 +15,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from .job_options import DEFAULT_OPTIONS, AttemptView, HoldReason, JobOptions
+from .rollout import AbortWatch, Pacer, RolloutState
 from .schemas import (
     FINAL_TASK_STATUSES,
     BatchEntry,
     JobStatus,
     JobView,
-    TaskState,
     TaskStatus,
     TaskView,
     WaitingReason,
 )
-
-
-def iso_timestamp(epoch_seconds: float) -> str:
-    """``2011-12-19T15:28:46.493Z``: ISO 8601, UTC, milliseconds, ``Z``."""
-    moment = datetime.fromtimestamp(epoch_seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-class TaskRecord:
-    """One command to one device. ``data`` is shared with the batch entry (not copied)."""
-
-    __slots__ = (
-        "created_at",
-        "data",
-        "device",
-        "entry",
-        "expires_at",
-        "finish_at",
-        "id",
-        "job_id",
-        "method",
-        "progress",
-        "resource",
-        "result",
-        "sends",
-        "sent_at",
-        "status",
-        "timeout",
-        "tunnel",
-        "waiting",
-    )
-
-    def __init__(
-        self,
-        *,
-        task_id: int,
-        job_id: int,
-        entry: int,
-        device: str,
-        method: str,
-        resource: str,
-        data: Any,
-        tunnel: str,
-        timeout: float,
-        created_at: float,
-        expires_at: float | None = None,
-    ) -> None:
-        self.id = task_id
-        self.job_id = job_id
-        self.entry = entry  # position of its batch entry in the job
-        self.device = device
-        self.method = method
-        self.resource = resource
-        self.data = data
-        self.tunnel = tunnel
-        self.timeout = timeout
-        self.created_at = created_at
-        self.finish_at: float | None = None
-        self.status: TaskStatus = "pending"
-        self.progress = 0
-        self.result: Any = None
-        # Epoch seconds by which the task must have been sent, else it ends "expired".
-        self.expires_at = expires_at
-        # Why a pending task is not sent yet (stored: a restarted gateway shows the same).
-        self.waiting: WaitingReason | None = None
-        # Copies of the request published (re-sends keep the id), and when the first one
-        # left (epoch seconds): the task timeout counts from it, across re-sends and restarts.
-        self.sends = 0
-        self.sent_at: float | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_TASK_STATUSES
-
-    def view(self) -> TaskView:
-        return TaskView(
-            id=self.id,
-            method=self.method,
-            resource=self.resource,
-            tunnel=self.tunnel,
-            data=self.data,
-            destination=self.device,
-            task=TaskState(
-                created_at=iso_timestamp(self.created_at),
-                finish_at=None if self.finish_at is None else iso_timestamp(self.finish_at),
-                timeout=self.timeout,
-                status=self.status,
-                progress=self.progress,
-                result=self.result,
-                expires_at=None if self.expires_at is None else iso_timestamp(self.expires_at),
-                waiting=self.waiting,
-                sends=self.sends,
-            ),
-        )
+from .task_record import RETRY_ID_STRIDE as RETRY_ID_STRIDE
+from .task_record import TaskRecord as TaskRecord
+from .task_record import iso_timestamp as iso_timestamp
 
 
 class TaskSelection(msgspec.Struct, frozen=True, kw_only=True):
@@ -144,10 +53,16 @@ class JobRecord:
       tasks: in dispatch order (entry order, then destination order).
       timeout: job timeout in seconds, ``None`` for none.
       created_at: wall-clock epoch seconds.
+      options: its rollout options (stored with it).
     """
 
     def __init__(
-        self, job_id: int, tasks: list[TaskRecord], timeout: float | None, created_at: float
+        self,
+        job_id: int,
+        tasks: list[TaskRecord],
+        timeout: float | None,
+        created_at: float,
+        options: JobOptions = DEFAULT_OPTIONS,
     ) -> None:
         if not tasks:
             raise ValueError("a job has at least one task")
@@ -162,6 +77,18 @@ class JobRecord:
         self.pending_count = len(tasks)
         self.sent_count = 0
         self.expired_count = 0
+        self.retried_count = 0
+        self.options = options
+        # Why sending is held (see pm.job_options.HoldReason), in the order set.
+        self.holds: list[HoldReason] = []
+        # The status the job ends with when its last task settles: "resolved", unless it is
+        # being stopped (a graceful cancel or an abort) while tasks finish in flight.
+        self.ending: JobStatus = "resolved"
+        # The durable part of its rollout (ramp, trips), and the live pacing and abort
+        # criteria its job actor keeps (shown in the view).
+        self.rollout_state = RolloutState()
+        self.pacer: Pacer | None = None
+        self.abort_watch: AbortWatch | None = None
         self._progress_sum = 0
         self._by_id = {task.id: task for task in tasks}
 
@@ -174,12 +101,15 @@ class JobRecord:
         created_at: float,
         status: JobStatus,
         finish_at: float | None,
+        options: JobOptions = DEFAULT_OPTIONS,
     ) -> JobRecord:
         """Rebuild a job from stored tasks. Counts and progress are recomputed from the
         tasks, never trusted from storage, so a restored job always agrees with its tasks."""
-        record = cls(job_id, tasks, timeout, created_at)
+        record = cls(job_id, tasks, timeout, created_at, options)
         record.pending_count = 0
         for task in tasks:
+            if task.attempts > 1:
+                record.retried_count += 1
             record._progress_sum += task.progress
             if task.status == "resolved":
                 record.finish_count += 1
@@ -228,6 +158,11 @@ class JobRecord:
             pending_count=self.pending_count,
             sent_count=self.sent_count,
             expired_count=self.expired_count,
+            retried_count=self.retried_count,
+            holds=list(self.holds),
+            rollout=msgspec.UNSET if self.pacer is None else self.pacer.status(),
+            abort=msgspec.UNSET if self.abort_watch is None else self.abort_watch.status(),
+            stopped_by=msgspec.UNSET if not self.options.abort else self.rollout_state.stopped_by,
         )
         if collection == "ids":
             view.collection = [task.id for task in self.tasks]
@@ -260,6 +195,10 @@ class JobRecord:
         task.sent_at = now
         task.sends += published
         task.waiting = None
+        task.attempts += 1
+        task.next_attempt_at = None
+        if task.attempts == 2:
+            self.retried_count += 1
         self.pending_count -= 1
         self.sent_count += 1
         if self.status == "pending":
@@ -317,9 +256,60 @@ class JobRecord:
         else:
             self.error_count += 1
         if self.done_count == len(self.tasks) and not self.final:
-            self.status = "resolved"
+            self.status = self.ending
             self.finish_at = now
         return True
+
+    def clear_waiting(self, task: TaskRecord) -> bool:
+        """The task is handed to its device with nothing to wait for."""
+        if task.waiting is None:
+            return False
+        task.waiting = None
+        return True
+
+    def retry_later(
+        self, task: TaskRecord, status: TaskStatus, result: Any, now: float, next_at: float
+    ) -> bool:
+        """An attempt ended ``status`` and the task is sent again at ``next_at`` (epoch
+        seconds): the attempt joins the task's history and the task is pending again."""
+        if task.status != "sent" or self.final:
+            return False
+        history = task.previous_attempts if task.previous_attempts is not None else []
+        history.append(
+            AttemptView(
+                attempt=task.attempts,
+                request_id=task.id + (task.attempts - 1) * RETRY_ID_STRIDE,
+                status=status,
+                result=result,
+                finish_at=iso_timestamp(now),
+            )
+        )
+        task.previous_attempts = history
+        task.status = "pending"
+        task.waiting = "retry-backoff"
+        task.next_attempt_at = next_at
+        self._progress_sum -= task.progress
+        task.progress = 0
+        task.result = None
+        self.sent_count -= 1
+        self.pending_count += 1
+        return True
+
+    def set_holds(self, holds: list[HoldReason]) -> None:
+        """Sending is held for ``holds`` (empty: it may send); the status follows: ``paused``
+        or ``scheduled`` while so held, else back to ``pending``/``dispatching``."""
+        self.holds = list(holds)
+        if self.final:
+            return
+        if "paused" in holds:
+            self.status = "paused"
+        elif "scheduled" in holds:
+            self.status = "scheduled"
+        else:
+            untouched = self.pending_count == len(self.tasks) and not any(
+                task.attempts for task in self.tasks
+            )
+            self.status = "pending" if untouched else "dispatching"
 
     def finish(self, status: JobStatus, now: float) -> list[TaskRecord]:
         """End the job early (``timeout`` or ``cancelled``): every unsettled task ends with

@@ -59,6 +59,13 @@ class TaskSettled(msgspec.Struct, frozen=True, tag=True):
     result: Any
 
 
+class TaskHeldBack(msgspec.Struct, frozen=True, tag=True):
+    """The task's turn came while its job held sending (paused, stopping): it was not sent,
+    and the device moved on. Its job queues it again when it may send."""
+
+    task_id: int
+
+
 def expired_unsent(task_id: int, waiting: WaitingReason | None) -> TaskSettled:
     """The task was still unsent at its ``expiresAt``: it ends ``expired``, its result saying
     what it was waiting for."""
@@ -68,7 +75,7 @@ def expired_unsent(task_id: int, waiting: WaitingReason | None) -> TaskSettled:
 
 
 #: Everything a device actor may tell a job actor.
-TaskReport = TaskWaiting | TaskSent | TaskResent | TaskProgress | TaskSettled
+TaskReport = TaskWaiting | TaskSent | TaskResent | TaskProgress | TaskSettled | TaskHeldBack
 
 
 # -- the machine ----------------------------------------------------------------------------
@@ -78,16 +85,20 @@ class TaskMachine:
     """What one in-flight task does with each answer; no I/O, no clock, no trio.
 
     Args:
-      task_id: the id the device's answers must carry.
+      task_id: the task the reports are about.
+      request_id: the id the device's answers must carry (default: ``task_id``; a retry
+        goes out with an id of its own, see :attr:`pm.state.TaskRecord.request_id`).
 
     When to re-send is not its business: a copy goes out when the device comes back (see
     :mod:`pm.in_flight`), never on a timer, and any copy's answer is handled the same way.
     """
 
-    __slots__ = ("task_id",)
+    __slots__ = ("request_id", "task_id")
 
-    def __init__(self, task_id: int) -> None:
+    def __init__(self, task_id: int, request_id: int | None = None) -> None:
         self.task_id = task_id
+        # The id the request went out with: the task id, or a retry's own id.
+        self.request_id = task_id if request_id is None else request_id
 
     def on_answer(self, answer: SanjiAnswer) -> TaskProgress | TaskSettled | None:
         """A message the device sent on its answer topic.
@@ -96,7 +107,7 @@ class TaskMachine:
         :class:`TaskSettled` for a final one (the task is then over), ``None`` for an answer
         to another task id or a 206 without a usable progress.
         """
-        if answer.id != self.task_id:
+        if answer.id != self.request_id:
             return None
         if answer.code == PROGRESS_CODE:
             progress = answer_progress(answer)

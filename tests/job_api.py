@@ -81,7 +81,41 @@ INVALID_BODIES: list[tuple[Any, str]] = [
     # Beyond what an ISO 8601 expiresAt can show: every view of the task was a 500.
     (_body(expiresIn=1e12), "<= 315360000.0 - at `$.batch[0].expiresIn`"),
     ({"batch": [entry()], "expiresIn": 1e12}, "<= 315360000.0 - at `$.expiresIn`"),
-    ({"batch": [entry()], "priority": 1}, "unknown field `priority`"),
+    ({"batch": [entry()], "urgency": 1}, "unknown field `urgency`"),
+    # Rollout options: each refusal names its field.
+    ({"batch": [entry()], "rollout": {"maxInFlight": 0}}, "at `$.rollout.maxInFlight`"),
+    ({"batch": [entry()], "rollout": {"maxPerMinute": -1}}, "at `$.rollout.maxPerMinute`"),
+    ({"batch": [entry()], "rollout": {"window": 5}}, "unknown field `window` - at `$.rollout`"),
+    (
+        {
+            "batch": [entry()],
+            "rollout": {"ramp": {"factor": 2, "afterSucceeded": 5, "maxInFlight": 9}},
+        },
+        "rollout.ramp needs rollout.maxInFlight",
+    ),
+    (
+        {
+            "batch": [entry()],
+            "rollout": {
+                "maxInFlight": 5,
+                "ramp": {"factor": 1, "afterSucceeded": 5, "maxInFlight": 9},
+            },
+        },
+        "at `$.rollout.ramp.factor`",
+    ),
+    ({"batch": [entry()], "abort": [{"on": "late", "thresholdPercent": 5}]}, "at `$.abort[0].on`"),
+    (
+        {"batch": [entry()], "abort": [{"on": "error", "thresholdPercent": 0}]},
+        "at `$.abort[0].thresholdPercent`",
+    ),
+    (
+        {"batch": [entry()], "abort": [{"on": "error", "thresholdPercent": 5, "action": "stop"}]},
+        "at `$.abort[0].action`",
+    ),
+    ({"batch": [entry()], "retry": {"max": 11}}, "at `$.retry.max`"),
+    ({"batch": [entry()], "retry": {"jitter": 1.5}}, "at `$.retry.jitter`"),
+    ({"batch": [entry()], "retry": {"on": ["expired"]}}, "at `$.retry.on[0]`"),
+    ({"batch": [entry()], "priority": "urgent"}, "at `$.priority`"),
     (_body(colour="red"), "unknown field `colour` - at `$.batch[0]`"),
 ]
 

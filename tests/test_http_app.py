@@ -19,7 +19,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pm.engine import Engine
-from pm.schemas import AnswerPathHealth, Health
+from pm.schemas import WAITING_REASONS, AnswerPathHealth, Health
 from tests.job_api import INVALID_BODIES, JSON_BODY, assert_json_error, entry
 from tests.served_app import (
     GUARD,
@@ -60,6 +60,8 @@ async def test_submit_answers_job_with_task_ids_and_location(gateway: ServedGate
             "pendingCount",
             "sentCount",
             "expiredCount",
+            "retriedCount",
+            "holds",
             "collection",
         }
         assert job["timeout"] == 60
@@ -267,6 +269,8 @@ async def test_get_with_collection_embeds_tasks(gateway: ServedGateway) -> None:
             "expiresAt",
             "waiting",
             "sends",
+            "attempts",
+            "nextAttemptAt",
         }
         assert first["__task"]["sends"] == 1
         assert first["method"] == "put" and first["resource"] == "/x"
@@ -552,10 +556,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
         task_parameters = {p["name"]: p for p in paths["/jobs/{id}/tasks"]["get"]["parameters"]}
         assert set(task_parameters) == {"status", "device", "waiting", "limit", "offset"}
         assert "expired" in task_parameters["status"]["schema"]["enum"]
-        assert set(task_parameters["waiting"]["schema"]["enum"]) == {
-            "device-offline",
-            "device-busy",
-        }
+        assert set(task_parameters["waiting"]["schema"]["enum"]) == set(WAITING_REASONS)
         assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/JobRequest"
         }

@@ -18,6 +18,7 @@ import trio.testing
 
 from actors import ActorRef, open_mailbox
 from pm.config import WatchersConfig
+from pm.job_contract import SendGate
 from pm.jobs import FEED_CHUNK, Job, JobActorMessage
 from pm.schemas import WaitingReason
 from pm.state import JobRecord, TaskRecord
@@ -35,7 +36,14 @@ class RecordingDevices:
         self.reports: ActorRef[TaskReport] | None = None
         self.abandoned: list[int] = []
 
-    async def dispatch(self, task: TaskRecord, reports: ActorRef[TaskReport]) -> None:
+    async def dispatch(
+        self,
+        task: TaskRecord,
+        reports: ActorRef[TaskReport],
+        gate: SendGate | None = None,
+        *,
+        high_priority: bool = False,
+    ) -> None:
         self.dispatched.append(task.id)
         self.reports = reports
 
@@ -48,6 +56,12 @@ class RecordingDevices:
 
     def holds(self, task: TaskRecord) -> bool:
         return False
+
+    def parked(self, task: TaskRecord) -> bool:
+        return False
+
+    def release_parked(self, job_id: int) -> int:
+        return 0
 
 
 class RecordingStore:

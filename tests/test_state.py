@@ -334,6 +334,8 @@ def test_task_view_wire_shape() -> None:
             "expiresAt": None,
             "waiting": None,
             "sends": 0,
+            "attempts": 0,
+            "nextAttemptAt": None,
         },
     }
 
@@ -356,6 +358,8 @@ def test_job_view_finished_wire_shape() -> None:
         "pendingCount": 0,
         "sentCount": 0,
         "expiredCount": 0,
+        "retriedCount": 0,
+        "holds": [],
         "collection": [100],
     }
 

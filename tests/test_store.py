@@ -31,6 +31,7 @@ import trio.testing
 
 from pm.config import Config, RecoveryConfig, TasksConfig
 from pm.engine import Engine, open_engine
+from pm.job_options import DEFAULT_OPTIONS
 from pm.job_recovery import RESTARTED_IN_FLIGHT
 from pm.presence import Presence
 from pm.state import JobRecord
@@ -160,6 +161,12 @@ async def test_a_database_from_the_previous_schema_version_migrates(
     assert [(t.task.sends, t.task.waiting) for t in view.collection] == [(1, None), (0, None)]  # type: ignore[union-attr]
     resumed = unfinished[0].tasks[0]
     assert (resumed.sends, resumed.sent_at, resumed.waiting) == (1, None, None)
+    # The rollout migration: a task sent before counts one attempt; a job has no options,
+    # no hold, and ends "resolved" when its last task settles.
+    assert [t.task.attempts for t in view.collection] == [1, 1]  # type: ignore[union-attr]
+    rolled = unfinished[0]
+    assert (rolled.tasks[0].attempts, rolled.tasks[0].request_id) == (1, 3)
+    assert (rolled.options, rolled.holds, rolled.ending) == (DEFAULT_OPTIONS, [], "resolved")
     # The counters of release 1 still hold: no id is handed out twice.
     assert (job_id, task_id) == (10_001, 1_000_003)
 

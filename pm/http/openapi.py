@@ -24,6 +24,7 @@ from ..schemas import (
     WatchMessage,
 )
 from .openapi_devices import build_device_paths
+from .openapi_examples import JOB_REQUEST_EXAMPLES
 from .openapi_fragments import REF_TEMPLATE, json_content, query_parameters
 from .queries import JobQuery, JobTasksQuery, ListJobsQuery, WatchJobQuery
 
@@ -101,7 +102,15 @@ def build_openapi(
                 "post": {
                     "operationId": "submitJob",
                     "summary": "Create a job: every batch entry x every destination is a task",
-                    "requestBody": {"required": True, "content": json_content(job_request)},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": job_request,
+                                "examples": JOB_REQUEST_EXAMPLES,
+                            }
+                        },
+                    },
                     "responses": {
                         "200": {
                             "description": "the job; collection holds the task ids in order",

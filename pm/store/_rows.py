@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
+from ..job_options import DEFAULT_OPTIONS, AttemptView, JobOptions
 from ..presence import DevicePresence, Presence
+from ..rollout import RolloutState
 from ..schemas import JobView
 from ..state import JobRecord, TaskRecord, iso_timestamp
 
@@ -46,7 +48,8 @@ _JOB_ROW = (
     ("id", INTEGER), ("created_at", REAL), ("finish_at", REAL), ("timeout", REAL),
     ("status", TEXT), ("total_count", INTEGER), ("finish_count", INTEGER),
     ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
-    ("sent_count", INTEGER), ("expired_count", INTEGER),
+    ("sent_count", INTEGER), ("expired_count", INTEGER), ("options", TEXT), ("holds", TEXT),
+    ("ending", TEXT), ("rollout_state", TEXT),
 )  # fmt: skip
 _ENTRY_ROW = (
     ("job_id", INTEGER), ("position", INTEGER), ("method", TEXT), ("resource", TEXT),
@@ -56,16 +59,19 @@ _TASK_ROW = (
     ("id", INTEGER), ("job_id", INTEGER), ("entry", INTEGER), ("device", TEXT),
     ("timeout", REAL), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
     ("finish_at", REAL), ("expires_at", REAL), ("sends", INTEGER), ("sent_at", REAL),
-    ("waiting", TEXT),
+    ("waiting", TEXT), ("attempts", INTEGER), ("next_attempt_at", REAL),
+    ("previous_attempts", TEXT),
 )  # fmt: skip
 _JOB_UPDATE = (
     ("id", INTEGER), ("finish_at", REAL), ("status", TEXT), ("finish_count", INTEGER),
     ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
-    ("sent_count", INTEGER), ("expired_count", INTEGER),
+    ("sent_count", INTEGER), ("expired_count", INTEGER), ("holds", TEXT), ("ending", TEXT),
+    ("rollout_state", TEXT),
 )  # fmt: skip
 _TASK_UPDATE = (
     ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
     ("finish_at", REAL), ("sends", INTEGER), ("sent_at", REAL), ("waiting", TEXT),
+    ("attempts", INTEGER), ("next_attempt_at", REAL), ("previous_attempts", TEXT),
 )  # fmt: skip
 _COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
 _DEVICE_ROW = (
@@ -125,7 +131,11 @@ JOB_COLUMNS = _names(_JOB_ROW)
 
 def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
     (job_id, created_at, finish_at, timeout, status, total, finished, errors, progress) = row[:9]
-    pending, sent, expired = row[9:12]
+    pending, sent, expired, options, holds, _, rollout_state = row[9:16]
+    state = (
+        RolloutState() if rollout_state is None else _json_decode(rollout_state, type=RolloutState)
+    )
+    watched = options is not None and _json_decode(options, type=JobOptions).abort
     return JobView(
         id=job_id,
         created_at=iso_timestamp(created_at),
@@ -140,6 +150,8 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
         pending_count=pending,
         sent_count=sent,
         expired_count=expired,
+        holds=[] if holds is None else _json_decode(holds),
+        stopped_by=state.stopped_by if watched else msgspec.UNSET,
         collection=task_ids,
     )
 
@@ -158,6 +170,18 @@ def job_row(record: JobRecord) -> tuple[Any, ...]:
         record.pending_count,
         record.sent_count,
         record.expired_count,
+        None if record.options == DEFAULT_OPTIONS else _json_encode(record.options).decode(),
+        *_rollout_columns(record),
+    )
+
+
+def _rollout_columns(record: JobRecord) -> tuple[Any, ...]:
+    """holds, ending, rollout_state of a job (NULL when there is nothing to keep)."""
+    state = _json_encode(record.rollout_state)  # its defaults omitted: b"{}" is no state
+    return (
+        _json_encode(record.holds).decode() if record.holds else None,
+        record.ending,
+        None if state == b"{}" else state.decode(),
     )
 
 
@@ -172,6 +196,7 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
         record.pending_count,
         record.sent_count,
         record.expired_count,
+        *_rollout_columns(record),
     )
 
 
@@ -190,6 +215,17 @@ def task_row(task: TaskRecord) -> tuple[Any, ...]:
         task.sends,
         task.sent_at,
         task.waiting,
+        *_attempt_columns(task),
+    )
+
+
+def _attempt_columns(task: TaskRecord) -> tuple[Any, ...]:
+    """attempts, next_attempt_at, previous_attempts (JSON) of a task."""
+    previous = task.previous_attempts
+    return (
+        task.attempts,
+        task.next_attempt_at,
+        None if previous is None else _json_encode(previous).decode(),
     )
 
 
@@ -203,6 +239,7 @@ def task_update(task: TaskRecord) -> tuple[Any, ...]:
         task.sends,
         task.sent_at,
         task.waiting,
+        *_attempt_columns(task),
     )
 
 
@@ -234,15 +271,15 @@ def result_text(result: Any) -> str | None:
 
 TASK_COLUMNS = (
     "id, entry, device, timeout, status, progress, result, finish_at, expires_at, sends, sent_at,"
-    " waiting"
+    " waiting, attempts, next_attempt_at, previous_attempts"
 )
 
 # A device's tasks across jobs: TASK_COLUMNS, then what a task view needs from its job and
 # batch entry (job id, the job's created_at, the entry's method, resource, data).
 DEVICE_TASK_COLUMNS = (
     "t.id, t.entry, t.device, t.timeout, t.status, t.progress, t.result, t.finish_at,"
-    " t.expires_at, t.sends, t.sent_at, t.waiting, t.job_id, j.created_at, e.method,"
-    " e.resource, e.data"
+    " t.expires_at, t.sends, t.sent_at, t.waiting, t.attempts, t.next_attempt_at,"
+    " t.previous_attempts, t.job_id, j.created_at, e.method, e.resource, e.data"
 )
 DEVICE_TASK_JOINS = (
     "FROM tasks t JOIN jobs j ON j.id = t.job_id"
@@ -270,6 +307,7 @@ def task_record(
     (method, resource, decoded data), shared by the tasks of one entry."""
     (task_id, entry, device, timeout, status, progress, result, finish_at, expires_at) = row[:9]
     sends, sent_at, waiting = row[9:12]
+    attempts, next_attempt_at, previous_attempts = row[12:15]
     method, resource, data = entry_fields
     task = TaskRecord(
         task_id=task_id,
@@ -291,6 +329,10 @@ def task_record(
     task.sends = sends
     task.sent_at = sent_at
     task.waiting = waiting
+    task.attempts = attempts
+    task.next_attempt_at = next_attempt_at
+    if previous_attempts is not None:
+        task.previous_attempts = _json_decode(previous_attempts, type=list[AttemptView])
     return task
 
 
@@ -305,6 +347,7 @@ def load_records(
         f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id", parameters
     ).fetchall():
         job_id, created_at, finish_at, timeout, status = job[:5]
+        options, holds, ending, rollout_state = job[12:16]
         entries = _entries(connection, job_id)
         tasks = [
             task_record(row, job_id, created_at, entries[row[1]], tunnel_for)
@@ -312,7 +355,20 @@ def load_records(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY id", (job_id,)
             )
         ]
-        records.append(JobRecord.restore(job_id, tasks, timeout, created_at, status, finish_at))
+        record = JobRecord.restore(
+            job_id,
+            tasks,
+            timeout,
+            created_at,
+            status,
+            finish_at,
+            DEFAULT_OPTIONS if options is None else _json_decode(options, type=JobOptions),
+        )
+        record.holds = [] if holds is None else _json_decode(holds)
+        record.ending = ending
+        if rollout_state is not None:
+            record.rollout_state = _json_decode(rollout_state, type=RolloutState)
+        records.append(record)
     return records
 
 

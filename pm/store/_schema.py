@@ -111,6 +111,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN waiting TEXT;
     UPDATE tasks SET sends = 1 WHERE status IN ('sent', 'resolved');
     """,
+    # 5 -> 6: rollouts. A job keeps its options (rollout, abort, retry, priority, schedule)
+    # as one JSON document (NULL: none), why it is held (a JSON list), the status it ends
+    # with while stopping, and its rollout state (ramp, tripped criteria; JSON). A task keeps
+    # its attempts, when the next may go (retry backoff) and its earlier attempts (JSON).
+    """
+    ALTER TABLE jobs ADD COLUMN options TEXT;
+    ALTER TABLE jobs ADD COLUMN holds TEXT;
+    ALTER TABLE jobs ADD COLUMN ending TEXT NOT NULL DEFAULT 'resolved';
+    ALTER TABLE jobs ADD COLUMN rollout_state TEXT;
+    ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN next_attempt_at REAL;
+    ALTER TABLE tasks ADD COLUMN previous_attempts TEXT;
+    UPDATE tasks SET attempts = 1 WHERE status NOT IN ('pending', 'cancelled', 'expired');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
