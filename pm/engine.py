@@ -227,15 +227,15 @@ class Engine(JobControl):
         return await self.store.load_task_page(job_id, selection, self.topics.response_topic)
 
     async def list(
-        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+        self, *, limit: int = 100, offset: int = 0, **filters: str | None
     ) -> tuple[list[JobView], int]:
-        """Jobs newest first, optionally of one status; returns a page and the total.
+        """Jobs newest first, a page and the total; ``filters``: ``status``, ``outcome``.
 
         While the store cannot commit, the page comes from what it last committed, with the
         jobs still held in memory shown as they are now.
         """
         await self.store.sync_for_reading()
-        views, total = await self.store.list_jobs(status=status, limit=limit, offset=offset)
+        views, total = await self.store.list_jobs(limit=limit, offset=offset, **filters)
         if self.store.fault is not None:
             views = [
                 self._jobs[view.id].record.view() if view.id in self._jobs else view

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .schedule import Schedule
+
 Priority = Literal["high", "normal"]
 #: What an abort criterion counts: an outcome status, or ``failed`` (any but ``resolved``).
 AbortOn = Literal["error", "timeout", "expired", "failed"]
@@ -138,6 +140,7 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     abort: list[AbortCriterion] | None = None
     retry: RetryOptions | None = None
     priority: Priority = "normal"
+    schedule: Schedule | None = None
 
     @property
     def paced(self) -> bool:

@@ -29,6 +29,7 @@ from .job_contract import (
     TaskDispatcher,
 )
 from .job_options import HoldReason
+from .job_schedule import held_reason
 from .rollout import AbortWatch, retry_delay, should_retry
 from .schemas import JobStatus, JobView
 from .send_queue import SendQueue
@@ -149,7 +150,7 @@ class JobRollout:
                 self._task_changed(task)
             return
         self._queue.held_back(task)
-        if self.record.mark_waiting(task, "job-paused"):
+        if self.record.mark_waiting(task, held_reason(self.record.holds)):
             self._waiting_changed(task)
 
     def _set_hold(self, reason: HoldReason) -> JobView | Refused:

@@ -69,6 +69,7 @@ from .job_contract import (
     TaskDispatcher,
 )
 from .job_rollout import JobRollout
+from .job_schedule import JobSchedule
 from .rollout import AbortWatch, Pacer
 from .schemas import JobView
 from .send_queue import SendQueue
@@ -91,7 +92,7 @@ FEED_CHUNK = 64
 AGGREGATE_CHUNK = 256
 
 
-class Job(JobRollout):
+class Job(JobRollout, JobSchedule):
     """A job: its record, its mailbox reference and its feed for watchers.
 
     Args:
@@ -154,6 +155,7 @@ class Job(JobRollout):
                 if task.next_attempt_at is not None
             ),
         )
+        self._hold_for_schedule()  # before anything can be sent
         # Held while the job has a hold or is stopping: device actors send back its tasks.
         self.gate = SendGate()
         self.gate.held = bool(record.holds) or record.ending != "resolved"
@@ -203,8 +205,7 @@ class Job(JobRollout):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed_devices, name=f"job:{self.id}:feeder")
-                if self._expiring:
-                    nursery.start_soon(self._time_expiry, name=f"job:{self.id}:expiry")
+                self._start_timers(nursery)
                 with trio.move_on_at(deadline):
                     await self._aggregate(inbox)
                 if not self.final:
@@ -323,11 +324,13 @@ class Job(JobRollout):
                 task = record.task(task_id)
                 if task is not None and record.mark_progress(task, progress):
                     self._task_changed(task)
-            case TaskSettled(task_id, status, result):
+            case TaskSettled(task_id, status, result, code):
                 task = record.task(task_id)
                 if task is not None and self._retry(task, status, result):
                     return
-                if task is not None and record.settle(task, status, result, self._wall_clock()):
+                if task is not None and record.settle(
+                    task, status, result, self._wall_clock(), code
+                ):
                     self._outcome(task)
                     # The per-task path: DEBUG only, and no extra dict built unless enabled.
                     if logger.isEnabledFor(logging.DEBUG):

@@ -24,7 +24,9 @@ from .job_options import (
     RolloutStatus,
     field_doc,
 )
+from .outcomes import ETA_DOC, OUTCOME_DOC, OUTCOMES_DOC, JobOutcome, OutcomeHistogram
 from .protocol import InvalidDeviceId, normalize_device_id
+from .schedule import SCHEDULE_DOC, Schedule
 
 TaskStatus = Literal["pending", "sent", "resolved", "error", "timeout", "cancelled", "expired"]
 # paused: sends nothing new (by a user or an abort criterion); scheduled: waits for its
@@ -191,12 +193,17 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "high",
         ),
     ] = "normal"
+    schedule: Annotated[Schedule | None, SCHEDULE_DOC] = None
 
     @property
     def options(self) -> JobOptions:
         """What the job is asked beyond its batch, as stored with it."""
         return JobOptions(
-            rollout=self.rollout, abort=self.abort, retry=self.retry, priority=self.priority
+            rollout=self.rollout,
+            abort=self.abort,
+            retry=self.retry,
+            priority=self.priority,
+            schedule=self.schedule,
         )
 
 
@@ -310,6 +317,11 @@ class JobView(msgspec.Struct, rename="camel", kw_only=True):
             "index in abort of the criterion that stopped or paused the job (null: none did)", 0
         ),
     ] = msgspec.UNSET
+    outcomes: Annotated[OutcomeHistogram, OUTCOMES_DOC] = msgspec.field(
+        default_factory=OutcomeHistogram
+    )
+    outcome: Annotated[JobOutcome | None, OUTCOME_DOC] = None
+    eta: Annotated[str | None, ETA_DOC] = None
     # One list type holding either kind: msgspec cannot decode (or make a JSON schema of) a
     # union of two list types, and the OpenAPI document and the CLI need both.
     collection: list[int | TaskView] | msgspec.UnsetType = msgspec.UNSET

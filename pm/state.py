@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from .job_options import DEFAULT_OPTIONS, AttemptView, HoldReason, JobOptions
+from .outcomes import OutcomeCounter, SettleRate, summary_outcome
 from .rollout import AbortWatch, Pacer, RolloutState
 from .schemas import (
     FINAL_TASK_STATUSES,
@@ -90,6 +91,8 @@ class JobRecord:
         self.pacer: Pacer | None = None
         self.abort_watch: AbortWatch | None = None
         self._progress_sum = 0
+        self.outcomes = OutcomeCounter()
+        self.settle_rate = SettleRate()  # a restored job measures its rate afresh
         self._by_id = {task.id: task for task in tasks}
 
     @classmethod
@@ -121,6 +124,8 @@ class JobRecord:
                 record.sent_count += 1
             elif task.status == "expired":
                 record.expired_count += 1
+            if task.final:
+                record.outcomes.add(task.status, task.code)
         record.status = status
         record.finish_at = finish_at
         return record
@@ -138,6 +143,11 @@ class JobRecord:
     @property
     def progress(self) -> int:
         return self._progress_sum // len(self.tasks)
+
+    def eta(self) -> float | None:
+        """Epoch seconds the last task should settle at, at the observed rate (``None``
+        once final)."""
+        return None if self.final else self.settle_rate.eta(len(self.tasks) - self.done_count)
 
     def task(self, task_id: int) -> TaskRecord | None:
         return self._by_id.get(task_id)
@@ -163,6 +173,11 @@ class JobRecord:
             rollout=msgspec.UNSET if self.pacer is None else self.pacer.status(),
             abort=msgspec.UNSET if self.abort_watch is None else self.abort_watch.status(),
             stopped_by=msgspec.UNSET if not self.options.abort else self.rollout_state.stopped_by,
+            outcomes=self.outcomes.histogram(),
+            outcome=summary_outcome(
+                final=self.final, total=len(self.tasks), resolved=self.finish_count
+            ),
+            eta=None if (eta := self.eta()) is None else iso_timestamp(eta),
         )
         if collection == "ids":
             view.collection = [task.id for task in self.tasks]
@@ -230,8 +245,11 @@ class JobRecord:
         task.progress = progress
         return True
 
-    def settle(self, task: TaskRecord, status: TaskStatus, result: Any, now: float) -> bool:
-        """Give a task its final status. Returns False if it was already final.
+    def settle(
+        self, task: TaskRecord, status: TaskStatus, result: Any, now: float, code: int | None = None
+    ) -> bool:
+        """Give a task its final status (``code``: its answer's, if any). Returns False if it
+        was already final.
 
         The job resolves when its last task settles.
         """
@@ -249,6 +267,9 @@ class JobRecord:
         task.waiting = None
         task.result = result
         task.finish_at = now
+        task.code = code
+        self.outcomes.add(status, code)
+        self.settle_rate.observe(now)
         self._progress_sum += 100 - task.progress
         task.progress = 100
         if status == "resolved":

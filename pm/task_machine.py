@@ -57,6 +57,8 @@ class TaskSettled(msgspec.Struct, frozen=True, tag=True):
     task_id: int
     status: TaskStatus
     result: Any
+    # The device's answer code, when an answer settled it (the outcome histogram's key).
+    code: int | None = None
 
 
 class TaskHeldBack(msgspec.Struct, frozen=True, tag=True):
@@ -113,8 +115,8 @@ class TaskMachine:
             progress = answer_progress(answer)
             return None if progress is None else TaskProgress(self.task_id, progress)
         if is_success(answer.code):
-            return TaskSettled(self.task_id, "resolved", answer.data)
-        return TaskSettled(self.task_id, "error", error_result(answer))
+            return TaskSettled(self.task_id, "resolved", answer.data, answer.code)
+        return TaskSettled(self.task_id, "error", error_result(answer), answer.code)
 
     def on_timeout(self) -> TaskSettled:
         """The task's own timeout passed without a final answer."""

@@ -28,6 +28,7 @@ class TaskRecord:
 
     __slots__ = (
         "attempts",
+        "code",
         "created_at",
         "data",
         "device",
@@ -79,6 +80,8 @@ class TaskRecord:
         self.status: TaskStatus = "pending"
         self.progress = 0
         self.result: Any = None
+        # The answer code of a final task that got one (its outcome histogram key).
+        self.code: int | None = None
         # Epoch seconds by which the task must have been sent, else it ends "expired".
         self.expires_at = expires_at
         # Why a pending task is not sent yet (stored: a restarted gateway shows the same).

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from pm.cli._watch import JobProgress, websocket_url
+from pm.cli._job_progress import JobProgress
+from pm.cli._watch import websocket_url
 from pm.schemas import WatchMessage
 
 _decode = msgspec.json.Decoder(WatchMessage).decode

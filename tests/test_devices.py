@@ -147,7 +147,7 @@ async def test_a_task_reports_sent_then_its_final_answer_to_the_jobs_mailbox(
     assert drain(inbox) == [TaskSent(1)]
     answer(devices, "a", 1)
     await trio.testing.wait_all_tasks_blocked()
-    assert drain(inbox) == [TaskSettled(1, "resolved", {"n": 1})]
+    assert drain(inbox) == [TaskSettled(1, "resolved", {"n": 1}, 200)]
     assert devices.in_flight == 0 and devices.answered == 1
 
 

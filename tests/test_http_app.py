@@ -19,7 +19,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pm.engine import Engine
-from pm.schemas import WAITING_REASONS, AnswerPathHealth, Health
+from pm.schemas import WAITING_REASONS, AnswerPathHealth, Health, JobRequest
 from tests.job_api import INVALID_BODIES, JSON_BODY, assert_json_error, entry
 from tests.served_app import (
     GUARD,
@@ -62,6 +62,9 @@ async def test_submit_answers_job_with_task_ids_and_location(gateway: ServedGate
             "expiredCount",
             "retriedCount",
             "holds",
+            "outcomes",
+            "outcome",
+            "eta",
             "collection",
         }
         assert job["timeout"] == 60
@@ -526,6 +529,10 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs/{id}", "delete"),
             ("/jobs/{id}/tasks", "get"),
             ("/jobs/{id}/ws", "get"),
+            ("/jobs/{id}/pause", "post"),
+            ("/jobs/{id}/resume", "post"),
+            ("/jobs/{id}/cancel", "post"),
+            ("/jobs/{id}/retry", "post"),
             ("/devices", "get"),
             ("/devices/{id}", "get"),
             ("/devices/{id}/tasks", "get"),
@@ -550,7 +557,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
         assert set(paths["/readyz"]["get"]["responses"]) == {"200", "400", "403", "503"}
         assert "__destination" in schemas["BatchEntry"]["properties"]
         list_parameters = {p["name"]: p for p in paths["/jobs"]["get"]["parameters"]}
-        assert set(list_parameters) == {"status", "limit", "offset"}
+        assert set(list_parameters) == {"status", "outcome", "limit", "offset"}
         assert list_parameters["limit"]["schema"]["maximum"] == 1000
         assert "pending" in list_parameters["status"]["schema"]["enum"]
         task_parameters = {p["name"]: p for p in paths["/jobs/{id}/tasks"]["get"]["parameters"]}
@@ -561,6 +568,18 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             "$ref": "#/components/schemas/JobRequest"
         }
         assert {"200", "400", "413", "429", "503"} <= set(paths["/jobs"]["post"]["responses"])
+        # Control: a wrong state is a 409; dry run and the options are documented by example.
+        for action in ("pause", "resume", "cancel", "retry"):
+            assert {"200", "404", "409"} <= set(
+                paths[f"/jobs/{{id}}/{action}"]["post"]["responses"]
+            )
+        assert [p["name"] for p in paths["/jobs"]["post"]["parameters"]] == ["dryRun"]
+        assert "DryRunPlan" in schemas
+        examples = paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+        for option in ("expiresIn", "rollout", "abort", "retry", "priority", "schedule"):
+            assert option in examples[option]["value"], option
+            decoded = msgspec.convert(examples[option]["value"], JobRequest)
+            assert decoded.batch, option
         # An open API documents no security.
         assert "security" not in document and "401" not in paths["/jobs"]["get"]["responses"]
 

@@ -360,6 +360,9 @@ def test_job_view_finished_wire_shape() -> None:
         "expiredCount": 0,
         "retriedCount": 0,
         "holds": [],
+        "outcomes": {"resolved": {}, "error": {}, "timeout": 1, "expired": 0, "cancelled": 0},
+        "outcome": "failed",
+        "eta": None,
         "collection": [100],
     }
 

@@ -33,6 +33,7 @@ from pm.config import Config, RecoveryConfig, TasksConfig
 from pm.engine import Engine, open_engine
 from pm.job_options import DEFAULT_OPTIONS
 from pm.job_recovery import RESTARTED_IN_FLIGHT
+from pm.outcomes import OutcomeHistogram
 from pm.presence import Presence
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
@@ -161,6 +162,13 @@ async def test_a_database_from_the_previous_schema_version_migrates(
     assert [(t.task.sends, t.task.waiting) for t in view.collection] == [(1, None), (0, None)]  # type: ignore[union-attr]
     resumed = unfinished[0].tasks[0]
     assert (resumed.sends, resumed.sent_at, resumed.waiting) == (1, None, None)
+    # Outcomes are filled in from the stored tasks' statuses, their answer codes "unknown"
+    # (no JSON functions in a migration both engines run); a finished job gets its summary.
+    assert [(v.id, v.outcome, v.outcomes) for v in views] == [
+        (2, None, OutcomeHistogram()),
+        (1, "partial", OutcomeHistogram(resolved={"unknown": 1}, error={"unknown": 1})),
+    ]
+    assert finished.view().outcomes == views[1].outcomes
     # The rollout migration: a task sent before counts one attempt; a job has no options,
     # no hold, and ends "resolved" when its last task settles.
     assert [t.task.attempts for t in view.collection] == [1, 1]  # type: ignore[union-attr]
@@ -365,6 +373,28 @@ async def test_restore_trusts_the_tasks_over_the_job_row(database: DatabaseUnder
     assert loaded is not None
     assert (loaded.finish_count, loaded.error_count, loaded.progress) == (0, 1, 50)
     assert_counts_agree(loaded)
+
+
+async def test_answer_codes_and_outcomes_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.db"
+    with trio.fail_after(GUARD):
+        async with running_store(path) as store:
+            record = await create_job(store, batch((["a", "b", "c"], "/x")))
+            for task, status, code in zip(
+                record.tasks, ("resolved", "error", "timeout"), (201, 503, None), strict=True
+            ):
+                record.mark_sent(task, 1.0)
+                record.settle(task, status, None, CREATED + 1, code)  # type: ignore[arg-type]
+                store.task_changed(task)
+            store.job_changed(record)
+        async with running_store(path) as store:
+            loaded = await store.load_job(record.id, tunnel_for)
+            [listed], _ = await store.list_jobs(limit=10, offset=0, outcome="partial")
+    expected = OutcomeHistogram(resolved={"201": 1}, error={"503": 1}, timeout=1)
+    assert loaded is not None and [task.code for task in loaded.tasks] == [201, 503, None]
+    # Restored from the tasks' codes, and listed from the job row: the same histogram.
+    assert loaded.view().outcomes == listed.outcomes == expected
+    assert (loaded.view().outcome, listed.outcome) == ("partial", "partial")
 
 
 # -- listing, retention, deletion ---------------------------------------------------------------

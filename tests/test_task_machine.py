@@ -27,12 +27,12 @@ def test_the_module_does_no_io_and_knows_no_trio() -> None:
 
 def test_final_answers_settle_with_the_status_their_code_gives() -> None:
     assert machine().on_answer(SanjiAnswer(id=7, code=200, data={"ok": 1})) == TaskSettled(
-        7, "resolved", {"ok": 1}
+        7, "resolved", {"ok": 1}, 200
     )
-    assert machine().on_answer(SanjiAnswer(id=7, code=204)) == TaskSettled(7, "resolved", None)
+    assert machine().on_answer(SanjiAnswer(id=7, code=204)) == TaskSettled(7, "resolved", None, 204)
     error = SanjiAnswer(id=7, code=500, resource="/r", data={"message": "boom"})
     assert machine().on_answer(error) == TaskSettled(
-        7, "error", {"code": 500, "resource": "/r", "data": {"message": "boom"}}
+        7, "error", {"code": 500, "resource": "/r", "data": {"message": "boom"}}, 500
     )
     assert machine().on_answer(SanjiAnswer(id=7, code=404)).status == "error"  # type: ignore[union-attr]
 

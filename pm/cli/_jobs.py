@@ -11,6 +11,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from ..outcomes import JOB_OUTCOMES
 from ..schemas import JOB_STATUSES
 from ._arguments import (
     HelpFormatter,
@@ -54,6 +55,7 @@ def jobs_table(jobs: list[dict[str, Any]], total: int | None) -> Table:
     table.add_column("progress", justify="right", no_wrap=True)
     table.add_column("done/total", justify="right", no_wrap=True)
     table.add_column("errors", justify="right", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
     table.add_column("created", no_wrap=True)
     table.add_column("finished", no_wrap=True)
     for job in jobs:
@@ -64,6 +66,7 @@ def jobs_table(jobs: list[dict[str, Any]], total: int | None) -> Table:
             f"{job['progress']}%",
             f"{job['doneCount']}/{job['totalCount']}",
             f"[red]{errors}[/]" if errors else "0",
+            job.get("outcome") or "-",
             local_time(job["createdAt"]),
             local_time(job["finishAt"]),
         )
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     params: dict[str, str | int] = {"limit": args.limit}
     if args.status is not None:
         params["status"] = args.status
+    if args.outcome is not None:
+        params["outcome"] = args.outcome
     with GatewayClient(
         gateway_url(args), token=gateway_token(args), ssl_context=gateway_ssl_context(args)
     ) as gateway:
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         # the id column away. Files and pipes have no width, so give them room.
         console.width = PIPE_WIDTH
     if not jobs:
-        console.print("no jobs" if args.status is None else f"no {args.status} jobs")
+        which = " ".join(filter(None, (args.status, args.outcome)))
+        console.print(f"no {which} jobs" if which else "no jobs")
         return EXIT_OK
     console.print(jobs_table(jobs, total))
     return EXIT_OK
@@ -102,10 +108,17 @@ def add_parser(subparsers: Any) -> None:
         parents=[url_options()],
         help="list jobs, newest first",
         description="List the gateway's jobs, newest first, as a table.",
-        epilog="examples:\n  pm jobs\n  pm jobs --status dispatching\n  pm jobs --limit 5 --json",
+        epilog="examples:\n  pm jobs\n  pm jobs --status dispatching\n  pm jobs --outcome partial"
+        "\n  pm jobs --limit 5 --json",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status")
+    parser.add_argument(
+        "--outcome",
+        choices=JOB_OUTCOMES,
+        help="only finished jobs whose tasks all resolved (succeeded), none did (failed), or "
+        "some did (partial)",
+    )
     parser.add_argument(
         "--limit",
         type=positive_int,

@@ -1,4 +1,5 @@
-"""``pm submit``: one batch entry (one command to many devices) as a new job."""
+"""``pm submit``: one batch entry (one command to many devices), or a whole job document
+(``--file``), as a new job; with ``--dry-run``, only what the job would do."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ._arguments import (
 from ._console import stdout_console
 from ._errors import EXIT_OK, CliError
 from ._gateway_client import GatewayClient
+from ._job_options import add_options, apply_options, read_job_file
 from ._watch import watch_job
 
 
@@ -66,6 +68,12 @@ def destinations(args: argparse.Namespace) -> list[str]:
 
 def job_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /jobs`` body; the gateway validates it (and names what is wrong)."""
+    if args.file is not None:
+        if args.resource is not None or args.to or args.to_file or args.data is not None:
+            raise CliError("--file holds the whole batch: give no --resource, --to or --data")
+        return apply_options(read_job_file(args.file), args)
+    if args.resource is None:
+        raise CliError("no command: give --resource (and --to), or --file job.json")
     entry: dict[str, Any] = {
         "method": args.method,
         "resource": args.resource,
@@ -74,18 +82,34 @@ def job_request(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.task_timeout is not None:
         entry["timeout"] = args.task_timeout
-    body: dict[str, Any] = {"batch": [entry]}
-    if args.timeout is not None:
-        body["timeout"] = args.timeout
-    return body
+    return apply_options({"batch": [entry]}, args)
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    """A dry run's answer, in words."""
+    where = plan["destinations"]
+    starts = f", first send at {plan['startsAt']}" if plan.get("startsAt") else ""
+    print(
+        f"dry run: {plan['totalCount']} task(s) to {plan['deviceCount']} device(s) "
+        f"({where['online']} online, {where['offline']} offline, {where['unknown']} unknown); "
+        f"at least {plan['predictedDuration']:g} s{starts}\n  ({plan['basis']})",
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     url = gateway_url(args)
     body = job_request(args)
     ssl_context = gateway_ssl_context(args)
+    params = {"dryRun": "true"} if args.dry_run else {}
     with GatewayClient(url, token=gateway_token(args), ssl_context=ssl_context) as gateway:
-        job = gateway.request("POST", "/jobs", json=body).json()
+        job = gateway.request("POST", "/jobs", json=body, params=params).json()
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(job, indent=2), flush=True)
+        else:
+            print_plan(job)
+        return EXIT_OK
     console = stdout_console()
     if args.json:
         # Plain print: rich would re-wrap long lines and break the JSON for jq.
@@ -111,6 +135,9 @@ examples:
   pm submit --method put --resource /network/ntp --data @ntp.json --to-file fleet.txt \\
             --task-timeout 30 --timeout 600
   pm watch $(pm submit --resource /system/status --to-file fleet.txt)
+  pm submit --resource /system/firmware --to-file fleet.txt --max-in-flight 50 --rate 600 \\
+            --ramp 2:100:400 --abort-at 5%:error:cancel:min=20 --retries 2 --dry-run
+  pm submit --file job.json --window '0 2 * * *;120;Europe/Berlin' --end-at 2026-12-24T00:00:00Z
 
 --to-file holds one device id per line; blank lines and # comments are ignored.
 """
@@ -136,7 +163,14 @@ def add_parser(subparsers: Any) -> None:
         help="the Sanji method (default: %(default)s)",
     )
     parser.add_argument(
-        "--resource", required=True, help="the Sanji resource, starting with / (/system/reboot)"
+        "--resource",
+        help="the Sanji resource, starting with / (/system/reboot); required unless --file",
+    )
+    parser.add_argument(
+        "--file",
+        metavar="JOB.json",
+        help="a whole POST /jobs document (several batch entries, any option); the options "
+        "below are set on top of it",
     )
     parser.add_argument(
         "--data", metavar="JSON", help="the command's data: a JSON object, or @FILE (default: {})"
@@ -164,6 +198,12 @@ def add_parser(subparsers: Any) -> None:
         type=positive_float,
         metavar="S",
         help="seconds each device has to answer (default: the gateway's tasks.default_timeout)",
+    )
+    add_options(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send nothing: show the task and device counts, presence and predicted duration",
     )
     parser.add_argument("--watch", action="store_true", help="follow the job until it ends")
     parser.add_argument("--json", action="store_true", help="print the created job as JSON")

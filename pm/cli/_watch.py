@@ -14,16 +14,13 @@ for a job that resolved with no errors, else 1.
 from __future__ import annotations
 
 import argparse
-import json
 import ssl
-from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
 import msgspec
 import trio
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from trio_websocket import (
     ConnectionClosed,
@@ -34,12 +31,7 @@ from trio_websocket import (
 )
 
 from ..schemas import (
-    FINAL_JOB_STATUSES,
-    FINAL_TASK_STATUSES,
-    JobMessage,
     JobView,
-    TaskMessage,
-    TasksMessage,
     TaskView,
     WatchMessage,
 )
@@ -52,108 +44,17 @@ from ._arguments import (
     url_options,
 )
 from ._console import stdout_console
-from ._errors import EXIT_FAILED, EXIT_OK, CliError, unreachable
+from ._errors import CliError, unreachable
 from ._gateway_client import REQUEST_TIMEOUT
+from ._job_progress import FAILED_TASK_STATUSES, JobProgress, counts, state_details, summary
 
 # Plain-line mode: least seconds between two progress lines while only counts change.
 PLAIN_LINE_INTERVAL = 1.0
-# Failed tasks listed in the summary; the rest are only counted.
-MAX_FAILED_SHOWN = 10
-MAX_RESULT_CHARS = 80
 
 _decode_message = msgspec.json.Decoder(WatchMessage).decode
 _decode_job = msgspec.json.Decoder(JobView).decode
 # Above this many tasks the summary does not download the whole job to list failures.
 MAX_TASKS_FETCHED = 10_000
-FAILED_TASK_STATUSES = FINAL_TASK_STATUSES - {"resolved"}
-
-
-class JobProgress:
-    """What the watcher knows so far: the latest job snapshot and the tasks seen failing.
-
-    Pure (no I/O), so the displays and the summary are fed from one place.
-    """
-
-    def __init__(self, job_id: int) -> None:
-        self.job_id = job_id
-        self.job: JobView | None = None
-        self.failed: dict[int, TaskView] = {}
-
-    def apply(self, message: JobMessage | TaskMessage | TasksMessage) -> None:
-        match message:
-            case JobMessage(job):
-                self.job = job
-            case TaskMessage(task):
-                self._task_changed(task)
-            case TasksMessage(tasks):
-                for task in tasks:
-                    self._task_changed(task)
-            case _:
-                raise AssertionError(f"unexpected watch message {message!r}")
-
-    def _task_changed(self, task: TaskView) -> None:
-        if task.task.status in FAILED_TASK_STATUSES:
-            self.failed[task.id] = task
-
-    @property
-    def final(self) -> bool:
-        return self.job is not None and self.job.status in FINAL_JOB_STATUSES
-
-    @property
-    def exit_status(self) -> int:
-        job = self.job
-        ok = job is not None and job.status == "resolved" and job.error_count == 0
-        return EXIT_OK if ok else EXIT_FAILED
-
-
-def counts(job: JobView) -> str:
-    errors = "1 error" if job.error_count == 1 else f"{job.error_count} errors"
-    return f"{job.done_count}/{job.total_count} done, {job.finish_count} resolved, {errors}"
-
-
-def describe_result(result: Any) -> str:
-    """A device's answer in one short line: ``500 simulated error``, else compact JSON."""
-    if isinstance(result, dict) and isinstance(result.get("code"), int):
-        data = result.get("data")
-        message = data.get("message") if isinstance(data, dict) else None
-        if isinstance(message, str):
-            return f"{result['code']} {message}"
-    text = json.dumps(result, separators=(",", ":"))
-    if len(text) > MAX_RESULT_CHARS:
-        text = text[: MAX_RESULT_CHARS - 1] + "…"
-    return text
-
-
-def _duration(job: JobView) -> str:
-    if job.finish_at is None:
-        return ""
-    try:
-        started = datetime.fromisoformat(job.created_at)
-        finished = datetime.fromisoformat(job.finish_at)
-    except ValueError:
-        return ""
-    return f" in {(finished - started).total_seconds():.2f} s"
-
-
-def summary(progress: JobProgress) -> list[str]:
-    """The lines printed when the job is final (rich markup, outside text escaped)."""
-    job = progress.job
-    assert job is not None
-    colour = "green" if progress.exit_status == EXIT_OK else "red"
-    lines = [f"[{colour}]job {job.id} {job.status}[/]{_duration(job)}: {counts(job)}"]
-    failed = sorted(progress.failed.values(), key=lambda task: task.id)
-    for task in failed[:MAX_FAILED_SHOWN]:
-        result = describe_result(task.task.result) if task.task.result is not None else ""
-        lines.append(
-            f"  task {task.id} → {escape(task.destination)}: {task.task.status} {escape(result)}"
-        )
-    if len(failed) > MAX_FAILED_SHOWN:
-        lines.append(f"  … and {len(failed) - MAX_FAILED_SHOWN} more failed tasks")
-    # A slow watcher may miss task messages (never the final job message): say so.
-    unseen = job.error_count - len(failed)
-    if unseen > 0:
-        lines.append(f"  ({unseen} failed task(s) not shown: `GET /jobs/{job.id}?collection=true`)")
-    return lines
 
 
 class Display(Protocol):
@@ -173,13 +74,14 @@ class LiveDisplay:
             TextColumn("[green]resolved {task.fields[resolved]}"),
             TextColumn("[red]errors {task.fields[errors]}"),
             TextColumn("{task.fields[status]}"),
+            TextColumn("[dim]{task.fields[details]}"),
             TimeElapsedColumn(),
             console=console,
             # The summary replaces the bar; leaving both would say the same thing twice.
             transient=True,
         )
         self._task = self._progress.add_task(
-            "", total=None, resolved=0, errors=0, status="connecting"
+            "", total=None, resolved=0, errors=0, status="connecting", details=""
         )
         self._progress.start()
 
@@ -194,6 +96,7 @@ class LiveDisplay:
             resolved=job.finish_count,
             errors=job.error_count,
             status=job.status,
+            details=state_details(job),
         )
 
     def close(self) -> None:
@@ -214,7 +117,8 @@ class PlainDisplay:
         if job is None or progress.final:  # the summary says the final state
             return
         now = trio.current_time()
-        line_counts = counts(job)
+        details = state_details(job)
+        line_counts = counts(job) + (f" ({details})" if details else "")
         status_changed = job.status != self._last_status
         counts_due = (
             line_counts != self._last_counts and now - self._last_line_at >= PLAIN_LINE_INTERVAL

@@ -24,14 +24,18 @@ from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..config import Config
+from ..dry_run import DryRunPlan, plan_dry_run
 from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
+from ..job_limits import check_limits
 from ..jobs import Job
-from ..schemas import MAX_SQLITE_INTEGER
+from ..schedule import epoch_to_datetime
+from ..schemas import MAX_SQLITE_INTEGER, JobRequest
 from ..state import TaskSelection
 from ..watch import parse_task_mode
 from .bodies import decode_job_request
+from .control_routes import add_control_routes
 from .metrics import HttpCounters
-from .queries import JobQuery, JobTasksQuery, ListJobsQuery, WatchJobQuery
+from .queries import JobQuery, JobTasksQuery, ListJobsQuery, SubmitJobQuery, WatchJobQuery
 from .responses import RETRY_AFTER, error_response, json_response
 from .watcher_slots import WatcherSlots
 
@@ -63,6 +67,15 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
     max_depth = config.limits.max_json_depth
     watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
 
+    def refused(refusal: JobRefused) -> TrioResponse:
+        """The answer to a job the limits refuse, counted in /metrics by limit."""
+        status, limit = _REFUSALS[type(refusal)]
+        counters.refused[limit] += 1
+        headers = {"Retry-After": str(RETRY_AFTER)} if status == 429 else {}
+        return error_response(status, str(refusal), headers)
+
+    add_control_routes(app, engine, refused)
+
     async def find_job(job_id: int) -> Job | None:
         return await engine.find(job_id) if job_id <= MAX_SQLITE_INTEGER else None
 
@@ -75,13 +88,16 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)  # get_data(as_text=False) returns bytes
         job_request = decode_job_request(body, max_depth)
+        query = g.query
+        assert isinstance(query, SubmitJobQuery)
+        if (ended := schedule_ended(job_request, engine.wall_clock())) is not None:
+            return error_response(400, ended)
         try:
+            if query.dry_run:
+                return json_response(dry_run(engine, job_request))
             job = await engine.submit(job_request)
         except JobRefused as refusal:
-            status, limit = _REFUSALS[type(refusal)]
-            counters.refused[limit] += 1
-            headers = {"Retry-After": str(RETRY_AFTER)} if status == 429 else {}
-            return error_response(status, str(refusal), headers)
+            return refused(refusal)
         return json_response(job.record.view(), headers={"Location": f"/jobs/{job.id}"})
 
     @app.get("/jobs")
@@ -89,7 +105,10 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
         query = g.query
         assert isinstance(query, ListJobsQuery)
         status = None if query.status is msgspec.UNSET else query.status
-        views, total = await engine.list(status=status, limit=query.limit, offset=query.offset)
+        outcome = None if query.outcome is msgspec.UNSET else query.outcome
+        views, total = await engine.list(
+            status=status, outcome=outcome, limit=query.limit, offset=query.offset
+        )
         return json_response(views, headers={"X-Total-Count": str(total)})
 
     @app.get("/jobs/<int:job_id>")
@@ -175,6 +194,35 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
                 return None
             await websocket.close(CLOSE_NORMAL)
             return None
+
+
+def schedule_ended(job_request: JobRequest, now: float) -> str | None:
+    """Why the job's schedule refuses it (its ``endAt`` is past: it could never send)."""
+    schedule = job_request.schedule
+    if schedule is None or schedule.end_at is None:
+        return None
+    if schedule.end_at > epoch_to_datetime(now):
+        return None
+    return f"schedule.endAt: {schedule.end_at.isoformat()} is past; the job could never send"
+
+
+def dry_run(engine: Engine, job_request: JobRequest) -> DryRunPlan:
+    """The plan of ``job_request`` (nothing stored or sent).
+
+    Error handling: raises :class:`JobRefused` as a submit would, before anything else.
+    """
+    check_limits(job_request, engine.config.limits, engine.jobs_running)
+    rollout = job_request.rollout
+    return plan_dry_run(
+        [entry.devices for entry in job_request.batch],
+        presence_of=engine.presence.presence,
+        # No per-device latency is measured yet: every device takes the assumed latency.
+        latency_of=lambda device: None,
+        now=epoch_to_datetime(engine.wall_clock()),
+        schedule=job_request.schedule,
+        max_in_flight=None if rollout is None else rollout.max_in_flight,
+        max_per_minute=None if rollout is None else rollout.max_per_minute,
+    )
 
 
 async def _discard_incoming() -> None:

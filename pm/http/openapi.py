@@ -23,6 +23,12 @@ from ..schemas import (
     TaskView,
     WatchMessage,
 )
+from .openapi_control import (
+    DRY_RUN_EXAMPLE,
+    build_control_paths,
+    dry_run_schema,
+    submit_query_parameters,
+)
 from .openapi_devices import build_device_paths
 from .openapi_examples import JOB_REQUEST_EXAMPLES
 from .openapi_fragments import REF_TEMPLATE, json_content, query_parameters
@@ -89,6 +95,9 @@ def build_openapi(
     device_paths, device_components = build_device_paths(error)
     components.update(device_components)
     retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    dry_run_plan, dry_run_components = dry_run_schema()
+    components.update(dry_run_components)
+    control_paths = build_control_paths(error, job_id, job_view, retry_after)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -102,6 +111,7 @@ def build_openapi(
                 "post": {
                     "operationId": "submitJob",
                     "summary": "Create a job: every batch entry x every destination is a task",
+                    "parameters": submit_query_parameters(),
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -113,17 +123,24 @@ def build_openapi(
                     },
                     "responses": {
                         "200": {
-                            "description": "the job; collection holds the task ids in order",
+                            "description": "the job; collection holds the task ids in order. "
+                            "With ?dryRun=true the plan instead (nothing stored or sent)",
                             "headers": {
                                 "Location": {
                                     "description": "/jobs/{id}",
                                     "schema": {"type": "string"},
                                 }
                             },
-                            "content": json_content(job_view),
+                            "content": {
+                                "application/json": {
+                                    "schema": {"oneOf": [job_view, dry_run_plan]},
+                                    "examples": {"dryRun": {"value": DRY_RUN_EXAMPLE}},
+                                }
+                            },
                         },
                         "400": error(
-                            "malformed JSON or UTF-8, a field that does not validate, nesting "
+                            "malformed JSON or UTF-8, a field that does not validate (a "
+                            "schedule whose endAt is past included), nesting "
                             "deeper than limits.max_json_depth, a batch entry's data larger "
                             "than limits.max_data_bytes, or an unknown query parameter"
                         ),
@@ -248,6 +265,7 @@ def build_openapi(
                     },
                 },
             },
+            **control_paths,
             **device_paths,
             "/healthz": {
                 "get": {

@@ -1,5 +1,6 @@
-"""Example bodies of ``POST /jobs`` for the OpenAPI document: the seed's plain job, and one
-per rollout option. Tests decode each one as a :class:`~pm.schemas.JobRequest`."""
+"""Example bodies of ``POST /jobs`` for the OpenAPI document: the seed's plain job, and one per
+rollout, expiry and schedule option. Tests decode each one as a
+:class:`~pm.schemas.JobRequest`."""
 
 from __future__ import annotations
 
@@ -51,5 +52,23 @@ JOB_REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "priority": {
         "summary": "Ahead of normal jobs' tasks waiting for the same devices",
         "value": {"batch": _BATCH, "priority": "high"},
+    },
+    "expiresIn": {
+        "summary": "Tasks not sent within an hour of the job's creation end expired",
+        "value": {"batch": _BATCH, "expiresIn": 3600},
+    },
+    "schedule": {
+        "summary": "Only from 02:00 to 04:00 Berlin time, from Dec 1 until Dec 8, then cancel",
+        "value": {
+            "batch": _BATCH,
+            "schedule": {
+                "startAt": "2026-12-01T00:00:00Z",
+                "endAt": "2026-12-08T00:00:00Z",
+                "endBehavior": "cancel",
+                "windows": [
+                    {"cron": "0 2 * * *", "durationMinutes": 120, "timezone": "Europe/Berlin"}
+                ],
+            },
+        },
     },
 }

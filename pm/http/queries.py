@@ -12,8 +12,16 @@ import msgspec
 from werkzeug.datastructures import MultiDict
 
 from ..device_views import PresenceName
+from ..job_retry import DEFAULT_RETRY_STATUSES
+from ..outcomes import JobOutcome
 from ..protocol import InvalidDeviceId, normalize_device_id
-from ..schemas import MAX_SQLITE_INTEGER, DeviceId, JobStatus, TaskStatus, WaitingReason
+from ..schemas import (
+    MAX_SQLITE_INTEGER,
+    DeviceId,
+    JobStatus,
+    TaskStatus,
+    WaitingReason,
+)
 from ..watch import TASK_MODES
 
 PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="jobs per page, 1-1000")]
@@ -37,6 +45,16 @@ class ListJobsQuery(_Query):
         Annotated[JobStatus, msgspec.Meta(description="only jobs in this status")]
         | msgspec.UnsetType
     ) = msgspec.UNSET
+    outcome: (
+        Annotated[
+            JobOutcome,
+            msgspec.Meta(
+                description="only finished jobs with this outcome: every task resolved "
+                "(succeeded), none did (failed), or some did (partial)"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
     limit: PageSize = 100
     offset: PageOffset = 0
 
@@ -45,6 +63,37 @@ TaskPageSize = Annotated[int, msgspec.Meta(ge=1, le=1000, description="tasks per
 JobTaskPageOffset = Annotated[
     int, msgspec.Meta(ge=0, le=MAX_SQLITE_INTEGER, description="tasks to skip, in job order")
 ]
+
+
+class SubmitJobQuery(_Query):
+    """``POST /jobs``."""
+
+    dry_run: Annotated[
+        bool,
+        msgspec.Meta(
+            description="true: validate and expand the job, store and send nothing, and "
+            "answer its task and device counts, its destinations' presence now and a "
+            "predicted duration"
+        ),
+    ] = msgspec.field(default=False, name="dryRun")
+
+
+class RetryJobQuery(_Query):
+    """``POST /jobs/{id}/retry``."""
+
+    status: Annotated[
+        str,
+        msgspec.Meta(
+            pattern="^(resolved|error|timeout|expired|cancelled)"
+            "(,(resolved|error|timeout|expired|cancelled))*$",
+            description="retry the tasks that ended so: final statuses, comma-separated "
+            "(default: error,timeout,expired,cancelled)",
+        ),
+    ] = ",".join(DEFAULT_RETRY_STATUSES)
+
+    @property
+    def statuses(self) -> tuple[TaskStatus, ...]:
+        return tuple(dict.fromkeys(self.status.split(",")))  # type: ignore[arg-type]
 
 
 class JobTasksQuery(_Query):
@@ -146,7 +195,9 @@ class NoQuery(_Query):
 # Each endpoint's query Struct, by the name of its handler (pm.http.app and its route
 # modules); NoQuery otherwise.
 ENDPOINT_QUERIES: dict[str, type[_Query]] = {
+    "submit_job": SubmitJobQuery,
     "list_jobs": ListJobsQuery,
+    "retry_job": RetryJobQuery,
     "get_job": JobQuery,
     "list_job_tasks": JobTasksQuery,
     "delete_job": JobQuery,

@@ -61,7 +61,7 @@ def device_tasks(
     total = connection.execute(f"SELECT count(*) FROM tasks t {where}", parameters).fetchone()
     tasks = [
         task_record(
-            row[:15], row[15], row[16], (row[17], row[18], _json_decode(row[19])), query.tunnel_for
+            row[:16], row[16], row[17], (row[18], row[19], _json_decode(row[20])), query.tunnel_for
         )
         for row in connection.execute(
             f"SELECT {DEVICE_TASK_COLUMNS} {DEVICE_TASK_JOINS} {where}"

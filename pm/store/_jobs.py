@@ -20,10 +20,21 @@ _json_encode = msgspec.json.encode
 
 
 def list_jobs(
-    connection: Connection, *, status: str | None, limit: int, offset: int
+    connection: Connection,
+    *,
+    limit: int,
+    offset: int,
+    status: str | None = None,
+    outcome: str | None = None,
 ) -> tuple[list[JobView], int]:
-    """Jobs newest first (``collection`` = task ids), and the total matching."""
-    where, parameters = ("WHERE status = ?", (status,)) if status else ("", ())
+    """Jobs newest first (``collection`` = task ids) of ``status`` and ``outcome`` (``None``:
+    any), and the total matching."""
+    # Column names are ours, never a client's.
+    matching = {
+        column: value for column, value in (("status", status), ("outcome", outcome)) if value
+    }
+    where = "WHERE " + " AND ".join(f"{column} = ?" for column in matching) if matching else ""
+    parameters = tuple(matching.values())
     total = connection.execute(f"SELECT count(*) FROM jobs {where}", parameters)
     rows = connection.execute(
         f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from ..job_options import DEFAULT_OPTIONS, AttemptView, JobOptions
+from ..outcomes import OutcomeHistogram, summary_outcome
 from ..presence import DevicePresence, Presence
 from ..rollout import RolloutState
 from ..schemas import JobView
@@ -49,7 +50,8 @@ _JOB_ROW = (
     ("status", TEXT), ("total_count", INTEGER), ("finish_count", INTEGER),
     ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
     ("sent_count", INTEGER), ("expired_count", INTEGER), ("options", TEXT), ("holds", TEXT),
-    ("ending", TEXT), ("rollout_state", TEXT),
+    ("ending", TEXT), ("rollout_state", TEXT), ("outcomes", TEXT), ("outcome", TEXT),
+    ("eta", REAL),
 )  # fmt: skip
 _ENTRY_ROW = (
     ("job_id", INTEGER), ("position", INTEGER), ("method", TEXT), ("resource", TEXT),
@@ -60,18 +62,19 @@ _TASK_ROW = (
     ("timeout", REAL), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
     ("finish_at", REAL), ("expires_at", REAL), ("sends", INTEGER), ("sent_at", REAL),
     ("waiting", TEXT), ("attempts", INTEGER), ("next_attempt_at", REAL),
-    ("previous_attempts", TEXT),
+    ("previous_attempts", TEXT), ("code", INTEGER),
 )  # fmt: skip
 _JOB_UPDATE = (
     ("id", INTEGER), ("finish_at", REAL), ("status", TEXT), ("finish_count", INTEGER),
     ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
     ("sent_count", INTEGER), ("expired_count", INTEGER), ("holds", TEXT), ("ending", TEXT),
-    ("rollout_state", TEXT),
+    ("rollout_state", TEXT), ("outcomes", TEXT), ("outcome", TEXT), ("eta", REAL),
 )  # fmt: skip
 _TASK_UPDATE = (
     ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
     ("finish_at", REAL), ("sends", INTEGER), ("sent_at", REAL), ("waiting", TEXT),
     ("attempts", INTEGER), ("next_attempt_at", REAL), ("previous_attempts", TEXT),
+    ("code", INTEGER),
 )  # fmt: skip
 _COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
 _DEVICE_ROW = (
@@ -131,7 +134,7 @@ JOB_COLUMNS = _names(_JOB_ROW)
 
 def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
     (job_id, created_at, finish_at, timeout, status, total, finished, errors, progress) = row[:9]
-    pending, sent, expired, options, holds, _, rollout_state = row[9:16]
+    pending, sent, expired, options, holds, _, rollout_state, outcomes, outcome, eta = row[9:19]
     state = (
         RolloutState() if rollout_state is None else _json_decode(rollout_state, type=RolloutState)
     )
@@ -152,8 +155,23 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
         expired_count=expired,
         holds=[] if holds is None else _json_decode(holds),
         stopped_by=state.stopped_by if watched else msgspec.UNSET,
+        outcomes=OutcomeHistogram() if outcomes is None else _decode_outcomes(outcomes),
+        outcome=outcome,
+        eta=None if eta is None else iso_timestamp(eta),
         collection=task_ids,
     )
+
+
+def _decode_outcomes(text: str) -> OutcomeHistogram:
+    return _json_decode(text, type=OutcomeHistogram)
+
+
+def _outcome_columns(record: JobRecord) -> tuple[Any, ...]:
+    """outcomes (JSON), outcome, eta of a job (without building its whole view)."""
+    outcome = summary_outcome(
+        final=record.final, total=len(record.tasks), resolved=record.finish_count
+    )
+    return _json_encode(record.outcomes.histogram()).decode(), outcome, record.eta()
 
 
 def job_row(record: JobRecord) -> tuple[Any, ...]:
@@ -172,6 +190,7 @@ def job_row(record: JobRecord) -> tuple[Any, ...]:
         record.expired_count,
         None if record.options == DEFAULT_OPTIONS else _json_encode(record.options).decode(),
         *_rollout_columns(record),
+        *_outcome_columns(record),
     )
 
 
@@ -197,6 +216,7 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
         record.sent_count,
         record.expired_count,
         *_rollout_columns(record),
+        *_outcome_columns(record),
     )
 
 
@@ -226,6 +246,7 @@ def _attempt_columns(task: TaskRecord) -> tuple[Any, ...]:
         task.attempts,
         task.next_attempt_at,
         None if previous is None else _json_encode(previous).decode(),
+        task.code,
     )
 
 
@@ -271,7 +292,7 @@ def result_text(result: Any) -> str | None:
 
 TASK_COLUMNS = (
     "id, entry, device, timeout, status, progress, result, finish_at, expires_at, sends, sent_at,"
-    " waiting, attempts, next_attempt_at, previous_attempts"
+    " waiting, attempts, next_attempt_at, previous_attempts, code"
 )
 
 # A device's tasks across jobs: TASK_COLUMNS, then what a task view needs from its job and
@@ -279,7 +300,7 @@ TASK_COLUMNS = (
 DEVICE_TASK_COLUMNS = (
     "t.id, t.entry, t.device, t.timeout, t.status, t.progress, t.result, t.finish_at,"
     " t.expires_at, t.sends, t.sent_at, t.waiting, t.attempts, t.next_attempt_at,"
-    " t.previous_attempts, t.job_id, j.created_at, e.method, e.resource, e.data"
+    " t.previous_attempts, t.code, t.job_id, j.created_at, e.method, e.resource, e.data"
 )
 DEVICE_TASK_JOINS = (
     "FROM tasks t JOIN jobs j ON j.id = t.job_id"
@@ -307,7 +328,7 @@ def task_record(
     (method, resource, decoded data), shared by the tasks of one entry."""
     (task_id, entry, device, timeout, status, progress, result, finish_at, expires_at) = row[:9]
     sends, sent_at, waiting = row[9:12]
-    attempts, next_attempt_at, previous_attempts = row[12:15]
+    attempts, next_attempt_at, previous_attempts, code = row[12:16]
     method, resource, data = entry_fields
     task = TaskRecord(
         task_id=task_id,
@@ -331,6 +352,7 @@ def task_record(
     task.waiting = waiting
     task.attempts = attempts
     task.next_attempt_at = next_attempt_at
+    task.code = code
     if previous_attempts is not None:
         task.previous_attempts = _json_decode(previous_attempts, type=list[AttemptView])
     return task

@@ -125,6 +125,37 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN previous_attempts TEXT;
     UPDATE tasks SET attempts = 1 WHERE status NOT IN ('pending', 'cancelled', 'expired');
     """,
+    # 6 -> 7: what a job's tasks came to. A task keeps its answer's code; a job keeps its
+    # outcome histogram (JSON), its summary outcome (`GET /jobs?outcome=`) and the ETA at its
+    # observed rate. Jobs stored before get their histogram from their tasks' statuses, every
+    # answer code "unknown": reading a code out of a stored result needs JSON functions, which
+    # the two engines do not share (see above). `||` joins text and numbers on both.
+    """
+    ALTER TABLE tasks ADD COLUMN code INTEGER;
+    ALTER TABLE jobs ADD COLUMN outcomes TEXT;
+    ALTER TABLE jobs ADD COLUMN outcome TEXT;
+    ALTER TABLE jobs ADD COLUMN eta REAL;
+    UPDATE jobs SET
+        outcomes = '{"resolved":' || (
+            SELECT CASE WHEN count(*) = 0 THEN '{}' ELSE '{"unknown":' || count(*) || '}' END
+            FROM tasks WHERE job_id = jobs.id AND status = 'resolved'
+        ) || ',"error":' || (
+            SELECT CASE WHEN count(*) = 0 THEN '{}' ELSE '{"unknown":' || count(*) || '}' END
+            FROM tasks WHERE job_id = jobs.id AND status = 'error'
+        ) || ',"timeout":' || (
+            SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'timeout'
+        ) || ',"expired":' || (
+            SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'expired'
+        ) || ',"cancelled":' || (
+            SELECT count(*) FROM tasks WHERE job_id = jobs.id AND status = 'cancelled'
+        ) || '}',
+        outcome = CASE
+            WHEN finish_at IS NULL THEN NULL
+            WHEN finish_count = total_count THEN 'succeeded'
+            WHEN finish_count = 0 THEN 'failed'
+            ELSE 'partial' END;
+    CREATE INDEX jobs_by_outcome ON jobs (outcome, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

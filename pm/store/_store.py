@@ -295,14 +295,14 @@ class Store:
             raise
 
     async def list_jobs(
-        self, *, status: str | None, limit: int, offset: int
+        self, *, limit: int, offset: int, status: str | None = None, outcome: str | None = None
     ) -> tuple[list[JobView], int]:
         """Jobs newest first (``collection`` = task ids), and the total matching.
 
         Reads what is committed: call :meth:`sync` first for up-to-date results.
         """
         return await self._in_thread(
-            partial(_jobs.list_jobs, status=status, limit=limit, offset=offset)
+            partial(_jobs.list_jobs, status=status, outcome=outcome, limit=limit, offset=offset)
         )
 
     async def load_job(self, job_id: int, tunnel_for: Callable[[str], str]) -> JobRecord | None:
