@@ -73,7 +73,7 @@ async def test_the_fleet_records_publication_to_final_answer_once_per_answered_t
     await trio.sleep(1.5)
     _answer(fleet, "a", 1)
     _answer(fleet, "a", 1)  # a repeat of the same answer, before the actor took the first
-    assert await inbox.receive() == TaskSettled(1, "resolved", {})
+    assert await inbox.receive() == TaskSettled(1, "resolved", {}, code=200)
     assert fleet.latencies.p50("a") == 2.5
 
     await fleet.dispatch(_task(2, "a"), reports)

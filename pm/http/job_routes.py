@@ -216,8 +216,7 @@ def dry_run(engine: Engine, job_request: JobRequest) -> DryRunPlan:
     return plan_dry_run(
         [entry.devices for entry in job_request.batch],
         presence_of=engine.presence.presence,
-        # No per-device latency is measured yet: every device takes the assumed latency.
-        latency_of=lambda device: None,
+        latency_of=engine.fleet.latencies.p50,
         now=epoch_to_datetime(engine.wall_clock()),
         schedule=job_request.schedule,
         max_in_flight=None if rollout is None else rollout.max_in_flight,

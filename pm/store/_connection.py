@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ._rows import WriteStatements
+from ._statements import WriteStatements
 
 
 class Cursor(Protocol):

@@ -10,13 +10,13 @@ from ..presence import DevicePresence
 from ..schemas import BatchEntry
 from ..state import JobRecord, TaskRecord
 from ._rows import (
-    WriteStatements,
     device_row,
     job_row,
     job_update,
     task_row,
     task_update,
 )
+from ._statements import WriteStatements
 
 _json_encode = msgspec.json.encode
 

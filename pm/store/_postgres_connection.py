@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._errors import StoreOpenError
-from ._rows import INTEGER, REAL, WriteStatements, write_statements
+from ._statements import INTEGER, REAL, WriteStatements, write_statements
 
 if TYPE_CHECKING:
     import psycopg

@@ -1,9 +1,9 @@
-"""The store's SQL statements and the mapping between rows and records."""
+"""The mapping between rows and records (the write statements are in :mod:`._statements`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -13,123 +13,14 @@ from ..presence import DevicePresence, Presence
 from ..rollout import RolloutState
 from ..schemas import JobView
 from ..state import JobRecord, TaskRecord, iso_timestamp
+from ._statements import DEVICE_COLUMNS as DEVICE_COLUMNS
+from ._statements import JOB_COLUMNS as JOB_COLUMNS
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
-
-
-# The column types the schema uses (pm/store/_schema.py); each engine reads a value of a JSON
-# row as one of them (``RowsFrom``).
-INTEGER, REAL, TEXT = "INTEGER", "REAL", "TEXT"
-
-RowsFrom = Callable[[Sequence[str]], str]
-"""An engine's ``SELECT <one column per type> FROM <the JSON array of rows bound to ?>``."""
-
-
-class WriteStatements(NamedTuple):
-    """The SQL of a commit, each statement taking ``?`` = a JSON array of rows (see
-    :meth:`PendingChanges.statements <pm.store._pending.PendingChanges.statements>`)."""
-
-    upsert_counters: str
-    insert_jobs: str
-    insert_entries: str
-    insert_tasks: str
-    update_jobs: str
-    update_tasks: str
-    upsert_devices: str
-    # tasks, entries, then the jobs themselves.
-    delete_jobs: tuple[str, ...]
-
-
-# (column, type) of each kind of row, in the order the row builders below fill them.
-_JOB_ROW = (
-    ("id", INTEGER), ("created_at", REAL), ("finish_at", REAL), ("timeout", REAL),
-    ("status", TEXT), ("total_count", INTEGER), ("finish_count", INTEGER),
-    ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
-    ("sent_count", INTEGER), ("expired_count", INTEGER), ("options", TEXT), ("holds", TEXT),
-    ("ending", TEXT), ("rollout_state", TEXT), ("outcomes", TEXT), ("outcome", TEXT),
-    ("eta", REAL),
-)  # fmt: skip
-_ENTRY_ROW = (
-    ("job_id", INTEGER), ("position", INTEGER), ("method", TEXT), ("resource", TEXT),
-    ("data", TEXT),
-)  # fmt: skip
-_TASK_ROW = (
-    ("id", INTEGER), ("job_id", INTEGER), ("entry", INTEGER), ("device", TEXT),
-    ("timeout", REAL), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
-    ("finish_at", REAL), ("expires_at", REAL), ("sends", INTEGER), ("sent_at", REAL),
-    ("waiting", TEXT), ("attempts", INTEGER), ("next_attempt_at", REAL),
-    ("previous_attempts", TEXT), ("code", INTEGER),
-)  # fmt: skip
-_JOB_UPDATE = (
-    ("id", INTEGER), ("finish_at", REAL), ("status", TEXT), ("finish_count", INTEGER),
-    ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
-    ("sent_count", INTEGER), ("expired_count", INTEGER), ("holds", TEXT), ("ending", TEXT),
-    ("rollout_state", TEXT), ("outcomes", TEXT), ("outcome", TEXT), ("eta", REAL),
-)  # fmt: skip
-_TASK_UPDATE = (
-    ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),
-    ("finish_at", REAL), ("sends", INTEGER), ("sent_at", REAL), ("waiting", TEXT),
-    ("attempts", INTEGER), ("next_attempt_at", REAL), ("previous_attempts", TEXT),
-    ("code", INTEGER),
-)  # fmt: skip
-_COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
-_DEVICE_ROW = (
-    ("id", TEXT), ("presence", TEXT), ("last_seen", REAL), ("connected_at", REAL),
-    ("disconnected_at", REAL),
-)  # fmt: skip
-
-
-def _names(row: Sequence[tuple[str, str]]) -> str:
-    return ", ".join(name for name, _ in row)
-
-
-def _types(row: Sequence[tuple[str, str]]) -> list[str]:
-    return [column_type for _, column_type in row]
-
-
-def _insert(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> str:
-    return f"INSERT INTO {table} ({_names(row)}) {rows_from(_types(row))}"
-
-
-def _update(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> str:
-    # Joined through a CTE of plain columns so the engine looks each row up by primary key.
-    assignments = ", ".join(f"{name} = u.{name}" for name, _ in row[1:])
-    return (
-        f"WITH u ({_names(row)}) AS ({rows_from(_types(row))})"
-        f" UPDATE {table} SET {assignments} FROM u WHERE {table}.id = u.id"
-    )
-
-
-def write_statements(rows_from: RowsFrom, greatest: str) -> WriteStatements:
-    """The commit's SQL for one engine: ``rows_from`` reads the JSON rows, ``greatest`` is its
-    two-argument maximum (SQLite ``max``, PostgreSQL ``greatest``)."""
-    device_updates = ", ".join(f"{name} = excluded.{name}" for name, _ in _DEVICE_ROW[1:])
-    return WriteStatements(
-        # "WHERE true": SQLite needs it to parse ON CONFLICT after INSERT ... SELECT.
-        upsert_counters=_insert("counters", _COUNTER_ROW, rows_from)
-        + " WHERE true ON CONFLICT (name) DO UPDATE"
-        f" SET value = {greatest}(counters.value, excluded.value)",
-        insert_jobs=_insert("jobs", _JOB_ROW, rows_from),
-        insert_entries=_insert("entries", _ENTRY_ROW, rows_from),
-        insert_tasks=_insert("tasks", _TASK_ROW, rows_from),
-        update_jobs=_update("jobs", _JOB_UPDATE, rows_from),
-        update_tasks=_update("tasks", _TASK_UPDATE, rows_from),
-        upsert_devices=_insert("devices", _DEVICE_ROW, rows_from)
-        + f" WHERE true ON CONFLICT (id) DO UPDATE SET {device_updates}",
-        delete_jobs=tuple(
-            f"DELETE FROM {table} WHERE {column} IN ({rows_from([INTEGER])})"
-            for table, column in (("tasks", "job_id"), ("entries", "job_id"), ("jobs", "id"))
-        ),
-    )
-
-
-DEVICE_COLUMNS = _names(_DEVICE_ROW)
-
-JOB_COLUMNS = _names(_JOB_ROW)
 
 
 def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._rows import WriteStatements, write_statements
+from ._statements import WriteStatements, write_statements
 
 IN_MEMORY = ":memory:"
 

@@ -14,6 +14,7 @@ import trio
 from pm.simulator import Simulator
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
 from tests.job_api import JSON_BODY, assert_json_error, entry
+from tests.waiting import poll_until
 
 GUARD = 30
 
@@ -66,6 +67,15 @@ async def test_dry_run_stores_and_sends_nothing_and_counts_destinations(
         # dryRun=false is a real submit.
         real = await client.post("/jobs", params={"dryRun": "false"}, json=body)
         assert real.status_code == 200 and real.json()["totalCount"] == 5
+        # Once a device has answered, its measured latency replaces the assumed one.
+        assert gateway.engine is not None
+        latencies = gateway.engine.fleet.latencies
+        await poll_until(lambda: latencies.p50("up2") is not None)
+        measured = await client.post(
+            "/jobs", params={"dryRun": "true"}, json={"batch": [entry(["up2"])]}
+        )
+        assert measured.json()["latenciesKnown"] == 1
+        assert measured.json()["predictedDuration"] < measured.json()["assumedLatency"]
 
 
 async def control(
