@@ -56,8 +56,10 @@ def jobs_table(jobs: list[dict[str, Any]], total: int | None) -> Table:
     table.add_column("done/total", justify="right", no_wrap=True)
     table.add_column("errors", justify="right", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
-    table.add_column("created", no_wrap=True)
-    table.add_column("finished", no_wrap=True)
+    # The times give way first on a narrow terminal (80 columns cannot hold every column on
+    # one line): they wrap between date and time, the other columns stay whole.
+    table.add_column("created", min_width=10)
+    table.add_column("finished", min_width=10)
     for job in jobs:
         errors = job["errorCount"]
         table.add_row(
