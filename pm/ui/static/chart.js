@@ -30,6 +30,8 @@ function prepare(canvas) {
 
 /** Horizontal bars, one per {label, value}; labels are drawn with fillText (plain text). */
 export function drawBars(canvas, bars) {
+  // As tall as its bars (a style set from script: the policy forbids only inline markup).
+  canvas.style.height = `${Math.max(40, bars.length * 22 + 8)}px`;
   const { context, width } = prepare(canvas);
   const max = Math.max(1, ...bars.map((bar) => bar.value));
   const labelWidth = 150;

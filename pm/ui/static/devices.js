@@ -1,7 +1,7 @@
 // Devices: GET /devices (id-prefix search, presence filter, paged), refreshed every
 // REFRESH_MS; #/devices/<id> adds one device's details and recent tasks.
 import { api } from "./api.js";
-import { clear, el, jsonText, pager, when } from "./dom.js";
+import { append, el, fill, jsonText, pager, when } from "./dom.js";
 
 const REFRESH_MS = 3000;
 const PAGE = 50;
@@ -44,7 +44,7 @@ export function show(root, selected) {
   const table = el("table", { id: "devices-table" });
   const paging = el("div");
   const note = el("p", { class: "muted", id: "devices-note" });
-  root.append(el("h1", {}, "Devices"), details, el("div", { class: "filters" }, el("label", {}, "Search ", search), el("label", {}, "Presence ", presence)), table, paging, note);
+  append(root, el("h1", {}, "Devices"), details, el("div", { class: "filters" }, el("label", {}, "Search ", search), el("label", {}, "Presence ", presence)), table, paging, note);
 
   async function refreshDetails() {
     if (!selected) return;
@@ -53,9 +53,9 @@ export function show(root, selected) {
         api(`/devices/${encodeURIComponent(selected)}`),
         api(`/devices/${encodeURIComponent(selected)}/tasks`, { query: { limit: RECENT_TASKS } }),
       ]);
-      clear(details).append(deviceDetails(device, tasks));
+      fill(details, deviceDetails(device, tasks));
     } catch (error) {
-      clear(details).append(el("p", { class: "error" }, `${selected}: ${error.message}`));
+      fill(details, el("p", { class: "error" }, `${selected}: ${error.message}`));
     }
   }
 
@@ -66,7 +66,7 @@ export function show(root, selected) {
     try {
       const { body: devices, headers } = await api("/devices", { query });
       const total = Number(headers.get("X-Total-Count") ?? devices.length);
-      clear(table).append(
+      fill(table, 
         el("thead", {}, el("tr", {}, ["device", "presence", "last seen", "pending", "in flight", "latency", "tasks"].map((h) => el("th", {}, h)))),
         el("tbody", {}, devices.map((device) => el("tr", { class: `presence-${device.presence}`, "data-device": device.id },
           el("td", {}, el("a", { href: `#/devices/${encodeURIComponent(device.id)}` }, device.id)),
@@ -78,7 +78,7 @@ export function show(root, selected) {
           el("td", {}, jsonText(device.counts)),
         ))),
       );
-      clear(paging).append(pager(offset, PAGE, total, (next) => { offset = next; refresh(); }, "devices"));
+      fill(paging, pager(offset, PAGE, total, (next) => { offset = next; refresh(); }, "devices"));
       note.textContent = `${total} devices; updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
       note.textContent = `cannot list devices: ${error.message}`;

@@ -37,6 +37,12 @@ export function clear(node) {
   return node;
 }
 
+/** Replace what `node` holds by `children` (arrays flattened, strings as text). */
+export function fill(node, ...children) {
+  node.replaceChildren();
+  return append(node, ...children);
+}
+
 /** Any JSON value as one line of text (for results and data). */
 export function jsonText(value) {
   if (value === undefined) return "";

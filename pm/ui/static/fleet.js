@@ -1,7 +1,7 @@
 // Fleet overview: GET /fleet every REFRESH_MS (one small answer whatever the fleet's size).
 import { api } from "./api.js";
 import { drawLines } from "./chart.js";
-import { clear, el } from "./dom.js";
+import { append, el, fill } from "./dom.js";
 
 const REFRESH_MS = 2000;
 
@@ -14,12 +14,12 @@ export function show(root) {
   const health = el("div", { id: "fleet-health" });
   const canvas = el("canvas", { id: "fleet-throughput", class: "chart" });
   const status = el("p", { class: "muted", id: "fleet-status" });
-  root.append(el("h1", {}, "Fleet"), figures, el("h2", {}, "Tasks per second"), canvas, el("h2", {}, "Gateway"), health, status);
+  append(root, el("h1", {}, "Fleet"), figures, el("h2", {}, "Tasks per second"), canvas, el("h2", {}, "Gateway"), health, status);
 
   async function refresh() {
     try {
       const { body: fleet } = await api("/fleet");
-      clear(figures).append(
+      fill(figures, 
         figure("fleet-online", "devices online", fleet.devicesOnline, "good"),
         figure("fleet-offline", "devices offline", fleet.devicesOffline, fleet.devicesOffline ? "bad" : ""),
         figure("fleet-in-flight", "tasks in flight", fleet.tasksInFlight),
@@ -37,7 +37,7 @@ export function show(root) {
         fleet.sampleInterval,
       );
       const h = fleet.health;
-      clear(health).append(
+      fill(health, 
         el(
           "dl",
           {},

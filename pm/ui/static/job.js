@@ -3,7 +3,7 @@
 // GET /jobs/{id}/tasks (a 100,000-task job is never loaded whole).
 import { api, offers, watchJob } from "./api.js";
 import { drawBars } from "./chart.js";
-import { clear, duration, el, jsonText, pager, progressBar, when } from "./dom.js";
+import { append, duration, el, fill, jsonText, pager, progressBar, when } from "./dom.js";
 
 const PAGE = 50;
 const TASK_STATUSES = ["pending", "sent", "resolved", "error", "timeout", "cancelled", "expired"];
@@ -57,7 +57,7 @@ export function show(root, jobId) {
   const paging = el("div");
   const tasksNote = el("p", { class: "error", id: "tasks-note" });
 
-  root.append(
+  append(root, 
     el("h1", {}, `Job ${jobId} `, statusText),
     progress, counts, extra, controls, message,
     el("h2", {}, "Outcomes"), canvas, legend,
@@ -69,16 +69,16 @@ export function show(root, jobId) {
   function drawJob() {
     statusText.textContent = job.status;
     statusText.className = `status-${job.status}`;
-    clear(progress).append(progressBar(job.progress, `${job.progress}% · ${job.doneCount}/${job.totalCount} settled`));
+    fill(progress, progressBar(job.progress, `${job.progress}% · ${job.doneCount}/${job.totalCount} settled`));
     const rows = [
       ["tasks", job.totalCount], ["resolved", job.finishCount], ["failed", job.errorCount],
       ["sent", job.sentCount], ["pending", job.pendingCount], ["expired", job.expiredCount],
       ["created", when(job.createdAt)], ["finished", when(job.finishAt)],
       ["duration", duration(job.createdAt, job.finishAt)], ["timeout", job.timeout === null ? "none" : `${job.timeout} s`],
     ];
-    clear(counts).append(rows.flatMap(([name, value]) => [el("dt", {}, name), el("dd", { id: `job-${name}` }, String(value))]));
+    fill(counts, rows.flatMap(([name, value]) => [el("dt", {}, name), el("dd", { id: `job-${name}` }, String(value))]));
     // Fields this page does not know yet (rollout, abort, ETA... as the API grows): as text.
-    clear(extra).append(Object.entries(job).filter(([name]) => !KNOWN_FIELDS.has(name))
+    fill(extra, Object.entries(job).filter(([name]) => !KNOWN_FIELDS.has(name))
       .flatMap(([name, value]) => [el("dt", {}, name), el("dd", { id: `job-field-${name}` }, typeof value === "object" ? jsonText(value) : String(value))]));
     for (const button of controls.querySelectorAll("button")) button.disabled = FINAL.has(job.status) && button.dataset.final !== "ok";
     scheduleReload();
@@ -107,7 +107,7 @@ export function show(root, jobId) {
     }
     if (stopped) return;
     drawBars(canvas, bars);
-    clear(legend).append(bars.map((bar) => el("tr", {}, el("td", {}, bar.label), el("td", { class: "num" }, String(bar.value)))));
+    fill(legend, bars.map((bar) => el("tr", {}, el("td", {}, bar.label), el("td", { class: "num" }, String(bar.value)))));
   }
 
   async function loadTasks() {
@@ -119,7 +119,7 @@ export function show(root, jobId) {
       if (stopped) return;
       const total = Number(headers.get("X-Total-Count") ?? body.length);
       tasksNote.textContent = "";
-      clear(tasks).append(
+      fill(tasks, 
         el("thead", {}, el("tr", {}, ["task", "device", "method", "resource", "status", "progress", "result", "finished"].map((h) => el("th", {}, h)))),
         el("tbody", {}, body.map((task) => el("tr", { class: `status-${task.__task.status}` },
           el("td", { class: "num" }, String(task.id)),
@@ -132,7 +132,7 @@ export function show(root, jobId) {
           el("td", {}, when(task.__task.finishAt)),
         ))),
       );
-      clear(paging).append(pager(offset, PAGE, total, (next) => { offset = next; loadTasks(); }, "tasks"));
+      fill(paging, pager(offset, PAGE, total, (next) => { offset = next; loadTasks(); }, "tasks"));
     } catch (error) {
       tasksNote.textContent = error.message;
     }
@@ -157,14 +157,14 @@ export function show(root, jobId) {
     const [cancel, pause, resume, retry] = await Promise.all(
       ["cancel", "pause", "resume", "retry"].map((name) => offers(`/jobs/{id}/${name}`, "post")));
     const post = (name) => () => api(`/jobs/${jobId}/${name}`, { method: "POST", body: {} });
-    if (cancel) controls.append(control("Cancel", "job-cancel", post("cancel")));
-    else controls.append(control("Cancel (and delete)", "job-cancel", () => api(`/jobs/${jobId}`, { method: "DELETE" })));
-    if (pause) controls.append(control("Pause", "job-pause", post("pause")));
-    if (resume) controls.append(control("Resume", "job-resume", post("resume")));
+    if (cancel) append(controls, control("Cancel", "job-cancel", post("cancel")));
+    else append(controls, control("Cancel (and delete)", "job-cancel", () => api(`/jobs/${jobId}`, { method: "DELETE" })));
+    if (pause) append(controls, control("Pause", "job-pause", post("pause")));
+    if (resume) append(controls, control("Resume", "job-resume", post("resume")));
     if (retry) {
       const button = control("Retry failed", "job-retry", post("retry"));
       button.dataset.final = "ok";
-      controls.append(button);
+      append(controls, button);
     }
     if (job) drawJob();
   }

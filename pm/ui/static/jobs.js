@@ -5,7 +5,7 @@
 // (limits.max_watchers_per_job). One GET of a page of 20 jobs every 2 s costs the gateway
 // the same however many jobs run, and sees new jobs as they come.
 import { api } from "./api.js";
-import { clear, duration, el, pager, progressBar, when } from "./dom.js";
+import { append, duration, el, fill, pager, progressBar, when } from "./dom.js";
 
 const REFRESH_MS = 2000;
 const PAGE = 20;
@@ -19,7 +19,7 @@ export function show(root) {
   const table = el("table", { id: "jobs-table" });
   const paging = el("div");
   const note = el("p", { class: "muted", id: "jobs-note" });
-  root.append(el("h1", {}, "Jobs"), el("label", {}, "Status ", select), table, paging, note);
+  append(root, el("h1", {}, "Jobs"), el("label", {}, "Status ", select), table, paging, note);
 
   async function refresh() {
     try {
@@ -27,7 +27,7 @@ export function show(root) {
       if (status) query.status = status;
       const { body: jobs, headers } = await api("/jobs", { query });
       const total = Number(headers.get("X-Total-Count") ?? jobs.length);
-      clear(table).append(
+      fill(table, 
         el("thead", {}, el("tr", {}, ["id", "status", "progress", "tasks", "resolved", "errors", "pending", "created", "finished", "duration"].map((h) => el("th", {}, h)))),
         el("tbody", {}, jobs.map((job) =>
           el("tr", { id: `job-row-${job.id}`, class: `status-${job.status}` },
@@ -43,7 +43,7 @@ export function show(root) {
             el("td", {}, duration(job.createdAt, job.finishAt)),
           ))),
       );
-      clear(paging).append(pager(offset, PAGE, total, (next) => { offset = next; refresh(); }, "jobs"));
+      fill(paging, pager(offset, PAGE, total, (next) => { offset = next; refresh(); }, "jobs"));
       note.textContent = `${total} jobs; updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
       note.textContent = `cannot list jobs: ${error.message}`;

@@ -1,7 +1,7 @@
 // The dashboard's router: #/fleet, #/jobs, #/jobs/<id>, #/devices, #/devices/<id>, #/new.
 // Each page module's show(root, parameter) draws into root and returns a function that stops
 // its timers and sockets when the page is left.
-import { clear, el } from "./dom.js";
+import { append, clear, el } from "./dom.js";
 import * as devices from "./devices.js";
 import * as fleet from "./fleet.js";
 import * as job from "./job.js";
@@ -33,7 +33,7 @@ function route() {
       return;
     }
   }
-  root.append(el("p", { class: "error" }, "No such page: ", hash));
+  append(root, el("p", { class: "error" }, "No such page: ", hash));
 }
 
 window.addEventListener("hashchange", route);

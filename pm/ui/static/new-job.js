@@ -2,7 +2,7 @@
 // file), the job options the API has, an optional dry-run preview, and the API's 400
 // message shown next to the field it names (msgspec's "... - at `$.batch[0].data`").
 import { ApiError, api, openapi } from "./api.js";
-import { el } from "./dom.js";
+import { append, el } from "./dom.js";
 
 const METHODS = ["get", "post", "put", "delete"];
 // Job fields this form draws itself; any other field of JobRequest in /openapi.json (the
@@ -35,7 +35,7 @@ export function show(root) {
   const preview = el("pre", { id: "job-preview", class: "preview", hidden: true });
   const buttons = el("div", { class: "controls" });
   const form = el("form", { id: "job-form", novalidate: true }, entries, options, jobError, buttons, preview);
-  root.append(el("h1", {}, "New job"), form);
+  append(root, el("h1", {}, "New job"), form);
   const extras = [];
   let entryCount = 0;
 
@@ -70,7 +70,7 @@ export function show(root) {
       el("label", {}, "Destinations ", destinations), el("label", {}, "or from a file ", file), fieldError(id("destinations")),
       el("label", {}, "Timeout (s, optional) ", el("input", { id: id("timeout"), type: "number", min: "0", step: "any" })), fieldError(id("timeout")),
     );
-    entries.append(entry);
+    append(entries, entry);
   }
 
   function readBody() {
@@ -146,7 +146,7 @@ export function show(root) {
   }
 
   async function addOptions() {
-    options.append(
+    append(options, 
       el("label", {}, "Job timeout (s) ", el("input", { id: "job-timeout", type: "number", min: "0", step: "any" })), fieldError("job-timeout"),
       el("label", {}, "Expires in (s) ", el("input", { id: "job-expiresIn", type: "number", min: "0", step: "any" })), fieldError("job-expiresIn"),
     );
@@ -160,10 +160,10 @@ export function show(root) {
         : kind === "json" ? el("textarea", { id: `job-${name}`, rows: 2, placeholder: "JSON" })
         : el("input", { id: `job-${name}`, type: kind === "string" ? "text" : "number", step: "any" });
       extras.push({ name, kind, input });
-      options.append(el("label", { title: schema.description ?? "" }, `${name} `, input), fieldError(`job-${name}`));
+      append(options, el("label", { title: schema.description ?? "" }, `${name} `, input), fieldError(`job-${name}`));
     }
     const dryRun = (document_.paths?.["/jobs"]?.post?.parameters ?? []).some((p) => p.name === "dryRun");
-    buttons.append(
+    append(buttons, 
       el("button", { type: "button", id: "add-entry", on: { click: addEntry } }, "Add entry"),
       dryRun ? el("button", { type: "button", id: "job-dry-run", on: { click: () => send(true) } }, "Preview (dry run)") : null,
       el("button", { type: "submit", id: "job-submit" }, "Create job"),
