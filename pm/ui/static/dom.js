@@ -45,7 +45,7 @@ export function fill(node, ...children) {
 
 /** Any JSON value as one line of text (for results and data). */
 export function jsonText(value) {
-  if (value === undefined) return "";
+  if (value === undefined || value === null) return "";
   return JSON.stringify(value);
 }
 
