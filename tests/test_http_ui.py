@@ -8,9 +8,10 @@ from __future__ import annotations
 import base64
 
 import trio
+import trio.testing
 from trio_websocket import HandshakeError, open_websocket_url
 
-from pm.fleet_overview import ThroughputHistory
+from pm.fleet_overview import ThroughputHistory, sample_throughput
 from pm.http.auth import subprotocol_token
 from pm.http.ui_routes import content_security_policy
 from tests.served_app import GUARD, TOKEN, ServedGateway, app_config, bearer, serve_app
@@ -176,3 +177,14 @@ async def test_websocket_compression_is_accepted_when_configured() -> None:
         async with serve_app(app_config(http={"websocket_compression": True})) as gateway:
             accepted = await handshake_extensions(gateway)
     assert accepted is not None and accepted.startswith("permessage-deflate")
+
+
+async def test_the_sampler_records_every_interval(autojump_clock: trio.testing.MockClock) -> None:
+    history = ThroughputHistory()
+    totals = iter([(0, 0), (10, 5), (30, 25), (30, 25)])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample_throughput, history, lambda: next(totals), 5.0, lambda: 0.0)
+        await trio.sleep(12)  # samples at 0, 5 and 10 s
+        nursery.cancel_scope.cancel()
+    rates = [(s.dispatched_per_second, s.answered_per_second) for s in history.samples()]
+    assert rates == [(2.0, 1.0), (4.0, 4.0)]
