@@ -188,3 +188,28 @@ async def test_the_sampler_records_every_interval(autojump_clock: trio.testing.M
         nursery.cancel_scope.cancel()
     rates = [(s.dispatched_per_second, s.answered_per_second) for s in history.samples()]
     assert rates == [(2.0, 1.0), (4.0, 4.0)]
+
+
+async def test_no_path_trick_reaches_the_api_without_a_token(secured: ServedGateway) -> None:
+    host = secured.base_url.removeprefix("http://")
+    address, port = host.rsplit(":", 1)
+    statuses = {}
+    with trio.fail_after(GUARD):
+        for path in (
+            "/ui/../jobs",
+            "/ui/%2e%2e/jobs",
+            "/ui/..%2fjobs",
+            "/ui//jobs",
+            "/ui/x/../../fleet",
+        ):
+            stream = await trio.open_tcp_stream(address, int(port))
+            async with stream:
+                await stream.send_all(
+                    f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                )
+                answer = b""
+                while b"\r\n" not in answer:
+                    answer += await stream.receive_some(65536)
+            statuses[path] = int(answer.split(b" ", 2)[1])
+    # Refused (401) or not found: never an answer of the API.
+    assert all(status in (401, 404) for status in statuses.values()), statuses

@@ -53,7 +53,7 @@ from .openapi import build_openapi
 from .origins import AllowedOrigins, cors_headers, preflight_headers
 from .queries import InvalidQuery, parse_endpoint_query
 from .responses import JSON, RETRY_AFTER, encode_json, error_response, json_response
-from .ui_routes import add_ui_routes, is_ui_path
+from .ui_routes import UI_ENDPOINTS, add_ui_routes
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def create_app(
             # before authentication.
             if "Access-Control-Request-Method" in request.headers:
                 return TrioResponse(b"", 204, preflight_headers(origin))
-        open_path = request.path in OPEN_PATHS or is_ui_path(request.path)
+        open_path = request.path in OPEN_PATHS or request.endpoint in UI_ENDPOINTS
         if not open_path and not tokens.allows(request.headers.get("Authorization")):
             return unauthorized()
         if request.url_rule is None or request.endpoint is None:

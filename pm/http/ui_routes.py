@@ -36,9 +36,12 @@ _CONTENT_TYPES = {
 _HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
 
 
-def is_ui_path(path: str) -> bool:
-    """Whether ``path`` is the dashboard's (served without a token)."""
-    return path == "/" or path == "/ui" or path.startswith(UI_PREFIX)
+# The handlers below, by name: what routing matched, never a path prefix, decides that a
+# request needs no token (a prefix test would let "/ui/../jobs" through if anything in front
+# of the app resolved the dots after it).
+UI_ENDPOINTS = frozenset(
+    {"dashboard_root", "dashboard_without_slash", "dashboard_index", "dashboard_file"}
+)
 
 
 def load_ui_files() -> dict[str, tuple[bytes, str]]:
