@@ -1,8 +1,10 @@
 """Open dashboards on a running job, with and without WebSocket compression: what they cost.
 
-A dashboard's job page (pm/ui/static/job.js) holds the job's WebSocket with ``?tasks=none``
-(job snapshots only) and reloads one page of 50 tasks (``GET /jobs/{id}/tasks?limit=50``)
-every 5 s while the job runs. Each browser asks for permessage-deflate on that WebSocket.
+A dashboard's job page (pm/ui/static/job.js) holds the job's WebSocket with
+``?tasks=none&interval=1`` (a job snapshot a second at most) and reads one page of 50 tasks
+(``GET /jobs/{id}/tasks?limit=50``) when it opens and when the job ends (``--task-page-every
+S`` also reloads it every S seconds, what an earlier version did). Each browser asks for
+permessage-deflate on that WebSocket.
 This benchmark opens ``--dashboards`` such clients on a ``--tasks`` job right after its POST
 and compares the job's dispatch rate (tasks / (POST -> ``finishAt``)) with the same job
 watched by none, median over ``--rounds``, alternating the order.
@@ -18,7 +20,7 @@ on the machine than rates.
 Usage::
 
     .venv/bin/python -m bench.dashboards [--tasks 10000] [--dashboards 100] [--rounds 2]
-        [--tasks-mode none]
+        [--tasks-mode none] [--interval 1] [--task-page-every 0] [--compression false,true]
 
 ``--tasks-mode each`` makes every task change a message to every dashboard: the heaviest
 stream, where compression costs most.
@@ -58,8 +60,6 @@ from bench._processes import (
 from bench._report import Report, median
 
 _decode = msgspec.json.Decoder().decode
-# What the dashboard's job page does while a job runs (pm/ui/static/job.js).
-TASK_PAGE_INTERVAL = 5.0
 TASK_PAGE_SIZE = 50
 
 
@@ -107,32 +107,44 @@ async def _watch(host: str, port: int, target: str, dashboard: Dashboard) -> Non
                     return
 
 
-async def _reload_tasks(client: httpx.AsyncClient, job_id: int, dashboard: Dashboard) -> None:
-    while dashboard.final is None:
-        response = await client.get(f"/jobs/{job_id}/tasks", params={"limit": TASK_PAGE_SIZE})
-        response.raise_for_status()
-        await trio.sleep(TASK_PAGE_INTERVAL)
+async def _task_page(client: httpx.AsyncClient, job_id: int) -> None:
+    response = await client.get(f"/jobs/{job_id}/tasks", params={"limit": TASK_PAGE_SIZE})
+    response.raise_for_status()
+
+
+async def _reload_tasks(client: httpx.AsyncClient, job_id: int, every: float) -> None:
+    while True:
+        await trio.sleep(every)
+        await _task_page(client, job_id)
 
 
 async def _dashboard(
-    base: str, client: httpx.AsyncClient, job_id: int, mode: str, dashboard: Dashboard
+    base: str,
+    client: httpx.AsyncClient,
+    job_id: int,
+    query: str,
+    every: float,
+    dashboard: Dashboard,
 ) -> None:
     host, port = base.removeprefix("http://").rsplit(":", 1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_reload_tasks, client, job_id, dashboard)
-        await _watch(host, int(port), f"/jobs/{job_id}/ws?tasks={mode}", dashboard)
+        await _task_page(client, job_id)
+        if every > 0:
+            nursery.start_soon(_reload_tasks, client, job_id, every)
+        await _watch(host, int(port), f"/jobs/{job_id}/ws?{query}", dashboard)
         nursery.cancel_scope.cancel()
+        await _task_page(client, job_id)
 
 
 async def _one_job(
-    base: str, gateway_pid: int, devices: list[str], dashboards: int, mode: str
+    base: str, gateway_pid: int, devices: list[str], dashboards: int, query: str, every: float
 ) -> dict[str, Any]:
     opened = [Dashboard() for _ in range(dashboards)]
     cpu_before = cpu_seconds(gateway_pid)
     async with http_client(base) as client, trio.open_nursery() as nursery:
         job_id, sent = await post_job(client, job_body(devices))
         for dashboard in opened:
-            nursery.start_soon(_dashboard, base, client, job_id, mode, dashboard)
+            nursery.start_soon(_dashboard, base, client, job_id, query, every, dashboard)
         job = await wait_final(client, job_id, poll=0.1)
     return {
         "rate": job["totalCount"] / (parse_time(job["finishAt"]) - sent),
@@ -144,15 +156,21 @@ async def _one_job(
 
 
 async def _measure(
-    base: str, gateway_pid: int, devices: list[str], dashboards: int, rounds: int, mode: str
+    base: str,
+    gateway_pid: int,
+    devices: list[str],
+    dashboards: int,
+    rounds: int,
+    query: str,
+    every: float,
 ) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
-    await _one_job(base, gateway_pid, devices, 0, mode)  # warm-up
+    await _one_job(base, gateway_pid, devices, 0, query, every)  # warm-up
     for round_number in range(rounds):
         order = [0, dashboards] if round_number % 2 == 0 else [dashboards, 0]
         for count in order:
             with trio.fail_after(600):
-                run = await _one_job(base, gateway_pid, devices, count, mode)
+                run = await _one_job(base, gateway_pid, devices, count, query, every)
             runs["with" if count else "without"].append(run)
     return runs
 
@@ -164,10 +182,16 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tasks-mode", default="none", choices=["each", "batch", "none"])
+    parser.add_argument("--interval", type=float, default=1.0, help="?interval= of the ws")
+    parser.add_argument(
+        "--task-page-every", type=float, default=0.0, help="also reload the task page (s)"
+    )
+    parser.add_argument("--compression", default="false,true", help="settings to measure")
     parser.add_argument("--scenario", default="dashboards", help="result file name")
     args = parser.parse_args(argv)
     figures: dict[str, Any] = {}
-    for compression in (False, True):
+    query = f"tasks={args.tasks_mode}&interval={args.interval:g}"
+    for compression in [value == "true" for value in args.compression.split(",")]:
         with workdir() as directory:
             gateway = start_gateway(
                 directory,
@@ -189,16 +213,19 @@ def main(argv: list[str] | None = None) -> Report:
                     fleet_ids(args.tasks),
                     args.dashboards,
                     args.rounds,
-                    args.tasks_mode,
+                    query,
+                    args.task_page_every,
                 )
                 print(f"compression={compression}: {time.monotonic() - started:.0f} s")
             finally:
                 fleet.stop()
                 gateway.stop()
+    every = args.task_page_every
+    reloads = f"every {every:g} s" if every else "at open and end"
     report = Report(
         scenario=args.scenario,
-        title=f"{args.dashboards} open dashboards on a {args.tasks:,}-task job "
-        f"(?tasks={args.tasks_mode}, task page every {TASK_PAGE_INTERVAL:g} s)",
+        title=f"{args.dashboards} open dashboards on a {args.tasks:,}-task job (?{query}, task "
+        f"page {reloads})",
         command="python -m bench.dashboards " + shlex.join(sys.argv[1:] if argv is None else argv),
         parameters=vars(args),
         columns=[

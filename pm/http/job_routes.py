@@ -185,7 +185,8 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
                     nursery.start_soon(_discard_incoming)
                     # The watcher never buffers for us: while a send waits on a slow client
                     # it skips task messages, so the job and other watchers never wait.
-                    with job.watch(tasks) as watcher:
+                    interval = 0.0 if query.interval is msgspec.UNSET else query.interval
+                    with job.watch(tasks, interval) as watcher:
                         async for payload in watcher:
                             # A str makes a text frame (bytes would make a binary one, a
                             # protocol change); the decode is a small part of a send.

@@ -101,15 +101,16 @@ function base64url(text) {
 }
 
 /**
- * Follow a job over its WebSocket; `onMessage` gets each decoded message. Returns the socket
+ * Follow a job over its WebSocket (`query`: {tasks, interval}); `onMessage` gets each
+ * decoded message. Returns the socket
  * (close it to stop). `onClose(code)` is called when it ends.
  */
-export function watchJob(jobId, tasks, onMessage, onClose) {
+export function watchJob(jobId, query, onMessage, onClose) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = [WATCH_SUBPROTOCOL];
   const current = token();
   if (current) protocols.push(TOKEN_SUBPROTOCOL_PREFIX + base64url(current));
-  const socket = new WebSocket(`${scheme}://${location.host}/jobs/${jobId}/ws?tasks=${tasks}`, protocols);
+  const socket = new WebSocket(`${scheme}://${location.host}/jobs/${jobId}/ws?${new URLSearchParams(query)}`, protocols);
   socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
   socket.addEventListener("close", (event) => onClose?.(event.code));
   return socket;

@@ -1,16 +1,17 @@
-// One job: live counts over its WebSocket (?tasks=none: snapshots only, a bounded cost
-// whatever the job's size), an outcome histogram, and its tasks one page at a time through
-// GET /jobs/{id}/tasks (a 100,000-task job is never loaded whole).
+// One job: live counts over its WebSocket (?tasks=none&interval=1: one snapshot a second at
+// most, a bounded cost whatever the job's size), an outcome histogram from those counts, and
+// its tasks one page at a time through GET /jobs/{id}/tasks (a 100,000-task job is never
+// loaded whole). The task page is read when the page opens, on paging, filters and Refresh,
+// and when the job ends, never on a timer: 100 open dashboards polling it cost a running
+// job more than its 10% budget (docs/dashboard.md has the measurement).
 import { api, offers, watchJob } from "./api.js";
 import { drawBars } from "./chart.js";
 import { append, duration, el, fill, jsonText, pager, progressBar, when } from "./dom.js";
 
 const PAGE = 50;
 const TASK_STATUSES = ["pending", "sent", "resolved", "error", "timeout", "cancelled", "expired"];
-// Least milliseconds between two reloads of the task page while the job's counts change:
-// each open page costs the gateway one small GET per RELOAD_MS, not one per change (100 open
-// dashboards on a running job: 20 requests/s; docs/dashboard.md has the measured cost).
-const RELOAD_MS = 5000;
+// Least seconds between two job snapshots on the WebSocket (a progress view needs no more).
+const SNAPSHOT_INTERVAL = 1;
 const RECONNECT_MS = 2000;
 const KNOWN_FIELDS = new Set([
   "id", "createdAt", "finishAt", "timeout", "status", "progress", "totalCount", "doneCount",
@@ -40,8 +41,7 @@ export function show(root, jobId) {
   let job = null;
   let socket = null;
   let stopped = false;
-  let reloadTimer = null;
-  let lastReload = 0;
+  let tasksLoaded = false;
   let finalLoaded = false;
   let offset = 0;
 
@@ -56,6 +56,7 @@ export function show(root, jobId) {
   const statusFilter = el("select", { id: "tasks-status", on: { change: () => { offset = 0; loadTasks(); } } },
     el("option", { value: "" }, "any status"), TASK_STATUSES.map((s) => el("option", { value: s }, s)));
   const deviceFilter = el("input", { id: "tasks-device", placeholder: "device id", on: { change: () => { offset = 0; loadTasks(); } } });
+  const refresh = el("button", { id: "tasks-refresh", on: { click: () => loadTasks() } }, "Refresh");
   const tasks = el("table", { id: "tasks-table" });
   const paging = el("div");
   const tasksNote = el("p", { class: "error", id: "tasks-note" });
@@ -65,7 +66,7 @@ export function show(root, jobId) {
     progress, counts, extra, controls, message,
     el("h2", {}, "Outcomes"), canvas, legend,
     el("h2", {}, "Tasks"),
-    el("div", { class: "filters" }, el("label", {}, "Status ", statusFilter), el("label", {}, "Device ", deviceFilter)),
+    el("div", { class: "filters" }, el("label", {}, "Status ", statusFilter), el("label", {}, "Device ", deviceFilter), refresh),
     tasks, paging, tasksNote,
   );
 
@@ -89,22 +90,12 @@ export function show(root, jobId) {
   }
 
   function scheduleReload() {
-    if (FINAL.has(job?.status) && !finalLoaded) {
-      // The last change: shown at once, whatever the throttle.
-      finalLoaded = true;
-      clearTimeout(reloadTimer);
-      reloadTimer = null;
-      lastReload = Date.now();
-      loadTasks();
-      return;
-    }
-    if (reloadTimer) return;
-    const wait = Math.max(0, lastReload + RELOAD_MS - Date.now());
-    reloadTimer = setTimeout(() => {
-      reloadTimer = null;
-      lastReload = Date.now();
-      loadTasks();
-    }, wait);
+    // The first snapshot, and the final one: the task page as it is then.
+    const ended = FINAL.has(job?.status);
+    if (tasksLoaded && (!ended || finalLoaded)) return;
+    tasksLoaded = true;
+    finalLoaded = ended;
+    loadTasks();
   }
 
   function drawHistogram() {
@@ -186,7 +177,7 @@ export function show(root, jobId) {
   }
 
   function connect() {
-    socket = watchJob(jobId, "none", (msg) => {
+    socket = watchJob(jobId, { tasks: "none", interval: SNAPSHOT_INTERVAL }, (msg) => {
       if (msg.type === "job") { job = msg.job; drawJob(); }
     }, (code) => {
       if (stopped) return;
@@ -203,7 +194,6 @@ export function show(root, jobId) {
 
   return () => {
     stopped = true;
-    clearTimeout(reloadTimer);
     socket?.close();
   };
 }
