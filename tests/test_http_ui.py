@@ -6,6 +6,7 @@ tests/integration/test_dashboard_browser.py.)"""
 from __future__ import annotations
 
 import base64
+import json
 
 import trio
 import trio.testing
@@ -14,7 +15,16 @@ from trio_websocket import HandshakeError, open_websocket_url
 from pm.fleet_overview import ThroughputHistory, sample_throughput
 from pm.http.auth import subprotocol_token
 from pm.http.ui_routes import content_security_policy
-from tests.served_app import GUARD, TOKEN, ServedGateway, app_config, bearer, serve_app
+from tests.served_app import (
+    GUARD,
+    TOKEN,
+    ServedGateway,
+    app_config,
+    bearer,
+    receive_all,
+    serve_app,
+)
+from tests.waiting import poll_until
 
 
 def token_subprotocol(token: str) -> str:
@@ -213,3 +223,40 @@ async def test_no_path_trick_reaches_the_api_without_a_token(secured: ServedGate
             statuses[path] = int(answer.split(b" ", 2)[1])
     # Refused (401) or not found: never an answer of the API.
     assert all(status in (401, 404) for status in statuses.values()), statuses
+
+
+async def snapshots_seen(gateway: ServedGateway, query: str) -> list[dict]:
+    """The job messages a watcher with ``query`` receives while one of a job's two tasks is
+    answered, then, 0.5 s later (five default coalesce intervals), the other."""
+    gateway.devices.auto_answer = False
+    earlier = len(gateway.devices.requests)
+    job = await gateway.submit({"method": "get", "resource": "/a", "__destination": ["d1", "d2"]})
+    async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws?{query}") as ws:
+        messages = [json.loads(await ws.get_message())]
+        await poll_until(lambda: len(gateway.devices.requests) == earlier + 2)
+        first, second = gateway.devices.requests[earlier:]
+        gateway.devices.answer(first)
+        await trio.sleep(0.5)
+        gateway.devices.answer(second)
+        final, _ = await receive_all(ws)
+    return [message for message in messages + final if message["type"] == "job"]
+
+
+async def test_a_watcher_may_ask_for_fewer_snapshots(gateway: ServedGateway) -> None:
+    with trio.fail_after(GUARD):
+        default = await snapshots_seen(gateway, "tasks=none")
+        slow = await snapshots_seen(gateway, "tasks=none&interval=30")
+    # By default the first answer's change goes out on its own; with ?interval=30 only the
+    # first snapshot and the final one (which never waits) arrive.
+    assert [m["job"]["doneCount"] for m in default] == [0, 1, 2]
+    assert [m["job"]["doneCount"] for m in slow] == [0, 2]
+
+
+async def test_an_interval_over_a_minute_is_refused(gateway: ServedGateway) -> None:
+    job = await gateway.submit({"method": "get", "resource": "/a", "__destination": "d1"})
+    with trio.fail_after(GUARD):
+        try:
+            async with open_websocket_url(f"{gateway.ws_url}/jobs/{job['id']}/ws?interval=61"):
+                raise AssertionError("an interval over 60 s was accepted")
+        except HandshakeError as refused:
+            assert getattr(refused, "status_code", None) == 400
