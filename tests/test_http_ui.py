@@ -227,7 +227,7 @@ async def test_no_path_trick_reaches_the_api_without_a_token(secured: ServedGate
 
 async def snapshots_seen(gateway: ServedGateway, query: str) -> list[dict]:
     """The job messages a watcher with ``query`` receives while one of a job's two tasks is
-    answered, then, 0.5 s later (five default coalesce intervals), the other."""
+    answered, then, 1 s later (ten default coalesce intervals), the other."""
     gateway.devices.auto_answer = False
     earlier = len(gateway.devices.requests)
     job = await gateway.submit({"method": "get", "resource": "/a", "__destination": ["d1", "d2"]})
@@ -236,7 +236,7 @@ async def snapshots_seen(gateway: ServedGateway, query: str) -> list[dict]:
         await poll_until(lambda: len(gateway.devices.requests) == earlier + 2)
         first, second = gateway.devices.requests[earlier:]
         gateway.devices.answer(first)
-        await trio.sleep(0.5)
+        await trio.sleep(1.0)
         gateway.devices.answer(second)
         final, _ = await receive_all(ws)
     return [message for message in messages + final if message["type"] == "job"]
@@ -248,8 +248,10 @@ async def test_a_watcher_may_ask_for_fewer_snapshots(gateway: ServedGateway) -> 
         slow = await snapshots_seen(gateway, "tasks=none&interval=30")
     # By default the first answer's change goes out on its own; with ?interval=30 only the
     # first snapshot and the final one (which never waits) arrive.
-    assert [m["job"]["doneCount"] for m in default] == [0, 1, 2]
-    assert [m["job"]["doneCount"] for m in slow] == [0, 2]
+    # (A snapshot with both tasks done may precede the final one: not what is tested.)
+    assert 1 in [m["job"]["doneCount"] for m in default]
+    seen = [m["job"]["doneCount"] for m in slow]
+    assert seen[0] == 0 and seen[-1] == 2 and 1 not in seen, seen
 
 
 async def test_an_interval_over_a_minute_is_refused(gateway: ServedGateway) -> None:
