@@ -105,10 +105,13 @@ async def test_cancel_a_running_job_and_page_through_a_large_one(
 ) -> None:
     with trio.fail_after(GUARD):
         gateway = await start_gateway()
-        # The device never answers: its job runs until cancelled.
-        await start_simulator(gateway, ["dev-silent"], silent_rate=1.0)
-        silent = {"batch": [{"method": "get", "resource": "/x", "__destination": "dev-silent"}]}
-        running = await post_job(gateway, {**silent, "timeout": 600})
+        # One slow device and two commands for it: one in flight, one waiting. A cancel
+        # (DELETE, or POST /jobs/{id}/cancel, which lets the task in flight finish) ends it.
+        await start_simulator(gateway, ["dev-slow"], latency=2.0)
+        slow = [
+            {"method": "get", "resource": f"/x/{n}", "__destination": "dev-slow"} for n in (1, 2)
+        ]
+        running = await post_job(gateway, {"batch": slow, "timeout": 600})
         # 120 tasks to devices that do not exist: pending, three pages of 50.
         destinations = [f"ghost-{number:03d}" for number in range(120)]
         large = await post_job(

@@ -101,7 +101,9 @@ export function show(root, jobId) {
   function drawHistogram() {
     let bars;
     if (job?.outcomes) {
-      bars = outcomeBars(job.outcomes);
+      // Final tasks by status × answer code, and the ones not final yet from the counts.
+      bars = [...outcomeBars(job.outcomes), { label: "sent", value: job.sentCount }, { label: "pending", value: job.pendingCount }]
+        .filter((bar) => bar.value);
     } else {
       // Before the API has an outcome histogram: the snapshot's own counts, no request.
       // (errorCount holds every failed final status: error, timeout, cancelled, expired.)
