@@ -29,8 +29,9 @@ run: $(STAMP)
 	$(BIN)/pm serve $(ARGS)
 
 ## test: the whole suite (the MQTT client tests also need mosquitto, the store tests
-## PostgreSQL: both installed if missing)
-test: $(TEST_STAMP) mosquitto postgresql
+## PostgreSQL, the dashboard's browser tests chromium and chromium-driver: all installed if
+## missing)
+test: $(TEST_STAMP) mosquitto postgresql chromium
 	$(BIN)/ruff check pm actors tests bench
 	$(BIN)/pytest $(ARGS)
 
@@ -50,6 +51,14 @@ postgresql:
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# The dashboard's browser tests drive Debian's headless Chromium through its chromedriver.
+.PHONY: chromium
+chromium:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+	  { echo "installing chromium and chromium-driver (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; }
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check pm actors tests bench

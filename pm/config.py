@@ -49,11 +49,9 @@ class ConfigError(Exception):
 class HttpConfig(_Section):
     host: Host = "127.0.0.1"
     port: ListenPort = 8080
-    # Bodies above this many bytes are refused with 413 before they are parsed.
     max_body_bytes: AtLeastOne = 1024 * 1024
-    # Seconds a connection may go without a complete request: a keep-alive connection left
-    # idle, or one whose request line and headers are still arriving (a slow-loris client),
-    # is closed after it.
+    # Seconds a connection may go without a complete request (an idle keep-alive connection,
+    # a slow-loris client whose request line and headers are still arriving) before closing.
     idle_timeout: Seconds = 5.0
     # Seconds a client may take to accept 64 KiB of a response or of WebSocket messages; one
     # that stops reading (a watcher that never reads) is disconnected after it.
@@ -70,6 +68,8 @@ class HttpConfig(_Section):
     # Browser origins besides the gateway's own that may use the API (a dashboard served
     # elsewhere), e.g. "https://dashboard.example.com"; requests from other origins get 403.
     allowed_origins: list[BrowserOrigin] = msgspec.field(default_factory=list)
+    # Accept browsers' permessage-deflate (a deflate per message per watcher: docs/dashboard.md).
+    websocket_compression: bool = False
 
     def __post_init__(self) -> None:
         # Half a TLS setup would silently serve plain HTTP: refuse it at start instead.

@@ -34,7 +34,7 @@ import trio
 from .broker import EmbeddedBroker, broker_auth, run_embedded_broker
 from .config import Config, ConfigError, HttpConfig
 from .engine import Engine, open_engine
-from .http import HttpCounters, create_app, serve
+from .http import HttpCounters, create_app, serve, set_websocket_compression
 from .mqtt import AnswerPathProbe, MqttClient, open_answer_path_probe, open_mqtt_client
 from .protocol import PROBE_DEVICE_ID, TopicTemplates
 from .schemas import AnswerPathHealth, Health
@@ -248,6 +248,7 @@ def http_server_config(http: HttpConfig) -> hypercorn.config.Config:
     server_config.accesslog = None
     # A Logger (not a path) is used as is: no second handler printing each line twice.
     server_config.errorlog = logging.getLogger("hypercorn.error")
+    set_websocket_compression(server_config, http.websocket_compression)
     if http.tls:
         server_config.certfile = http.certfile
         server_config.keyfile = http.keyfile

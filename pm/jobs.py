@@ -160,12 +160,13 @@ class Job(JobRollout, JobSchedule):
         self.gate = SendGate()
         self.gate.held = bool(record.holds) or record.ending != "resolved"
 
-    def watch(self, tasks: TaskMode = "each") -> Watcher:
-        """A new watcher of this job; ``tasks`` says what it receives about tasks."""
+    def watch(self, tasks: TaskMode = "each", interval: float = 0.0) -> Watcher:
+        """A new watcher of this job; ``tasks`` says what it receives about tasks, ``interval``
+        the least seconds between two of its snapshots (at least ``coalesce_interval``)."""
         settings = self._watchers
         return Watcher(
             self.feed,
-            settings.coalesce_interval,
+            max(settings.coalesce_interval, interval),
             tasks,
             settings.max_updates_per_second,
             max_task_messages_per_second=settings.max_task_messages_per_second,

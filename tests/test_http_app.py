@@ -533,6 +533,7 @@ async def test_openapi_documents_every_route_from_the_schemas(gateway: ServedGat
             ("/jobs/{id}/resume", "post"),
             ("/jobs/{id}/cancel", "post"),
             ("/jobs/{id}/retry", "post"),
+            ("/fleet", "get"),
             ("/devices", "get"),
             ("/devices/{id}", "get"),
             ("/devices/{id}/tasks", "get"),

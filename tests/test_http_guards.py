@@ -369,7 +369,7 @@ async def test_openapi_documents_the_refusals(gateway: ServedGateway) -> None:
         delete_parameters = [p["name"] for p in paths["/jobs/{id}"]["delete"]["parameters"]]
         assert delete_parameters == ["collection"]
         watch_parameters = {p["name"]: p for p in paths["/jobs/{id}/ws"]["get"]["parameters"]}
-        assert set(watch_parameters) == {"tasks", "token"}
+        assert set(watch_parameters) == {"interval", "tasks", "token"}
         assert watch_parameters["tasks"]["schema"]["enum"] == ["each", "batch", "none"]
 
 

@@ -507,6 +507,14 @@ HYPERCORN_PINS = {
     "hypercorn.trio:serve": "0f4d3d1d28054eff",
     "hypercorn.protocol.ws_stream:WebsocketBuffer": "34c9f5fc79b24bfe",
     "hypercorn.protocol.ws_stream:WSStream.__init__": "8b52d1b30aa2acf9",
+    # pm/http/websocket_compression.py: WSStream.handle is overridden (the extension offer
+    # dropped before the Handshake reads it), Handshake.accept is where hypercorn always
+    # accepts permessage-deflate, and the _create_stream of both protocols build WSStream by
+    # its module name.
+    "hypercorn.protocol.ws_stream:WSStream.handle": "e25b8b2f1d6688fd",
+    "hypercorn.protocol.ws_stream:Handshake.accept": "8abe40106d0ec930",
+    "hypercorn.protocol.h11:H11Protocol._create_stream": "6bd0bac8d8001d70",
+    "hypercorn.protocol.h2:H2Protocol._create_stream": "10eb9d40a119b8ba",
 }
 
 

@@ -63,11 +63,17 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
+def bar_completed(job: JobView) -> float:
+    """Where the progress bar stands, in tasks: settled tasks count whole and tasks under way
+    by their last progress answer (206), since the job's progress is the mean of its tasks'."""
+    return max(float(job.done_count), job.progress * job.total_count / 100)
+
+
 class LiveDisplay:
     """A rich progress bar redrawn in place (terminals only)."""
 
     def __init__(self, console: Console, job_id: int) -> None:
-        self._progress = Progress(
+        self.bar = Progress(
             TextColumn(f"job {job_id}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -80,18 +86,18 @@ class LiveDisplay:
             # The summary replaces the bar; leaving both would say the same thing twice.
             transient=True,
         )
-        self._task = self._progress.add_task(
+        self._task = self.bar.add_task(
             "", total=None, resolved=0, errors=0, status="connecting", details=""
         )
-        self._progress.start()
+        self.bar.start()
 
     def update(self, progress: JobProgress) -> None:
         job = progress.job
         if job is None:
             return
-        self._progress.update(
+        self.bar.update(
             self._task,
-            completed=job.done_count,
+            completed=bar_completed(job),
             total=job.total_count,
             resolved=job.finish_count,
             errors=job.error_count,
@@ -100,7 +106,7 @@ class LiveDisplay:
         )
 
     def close(self) -> None:
-        self._progress.stop()
+        self.bar.stop()
 
 
 class PlainDisplay:
@@ -118,7 +124,7 @@ class PlainDisplay:
             return
         now = trio.current_time()
         details = state_details(job)
-        line_counts = counts(job) + (f" ({details})" if details else "")
+        line_counts = f"{job.progress}%, {counts(job)}" + (f" ({details})" if details else "")
         status_changed = job.status != self._last_status
         counts_due = (
             line_counts != self._last_counts and now - self._last_line_at >= PLAIN_LINE_INTERVAL

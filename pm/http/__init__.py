@@ -4,5 +4,6 @@ from .app import create_app as create_app
 from .metrics import HttpCounters as HttpCounters
 from .openapi import build_openapi as build_openapi
 from .server import serve as serve
+from .websocket_compression import set_websocket_compression as set_websocket_compression
 
-__all__ = ["HttpCounters", "build_openapi", "create_app", "serve"]
+__all__ = ["HttpCounters", "build_openapi", "create_app", "serve", "set_websocket_compression"]

@@ -18,12 +18,12 @@ lost or the job store cannot commit, with the reasons). A store that cannot comm
 
 Security, in the order checked: a browser request (WebSocket handshakes included) from a
 site that is neither the gateway itself nor in ``http.allowed_origins`` is refused with 403
-(:mod:`pm.http.origins`); with ``api.tokens`` set, every route but ``/healthz`` and
-``/readyz`` needs a bearer token (401 before the path is looked at, so an unknown path says
-nothing either); unknown query parameters are refused with 400 on every endpoint; a body
-(POST, or any other method that sends one) must be ``application/json`` (415); ``[limits]``
-refuse what would cost the gateway too much (413, 400, 429), each naming its limit and
-counted in ``/metrics``.
+(:mod:`pm.http.origins`); with ``api.tokens`` set, every route but ``/healthz``,
+``/readyz`` and the dashboard's static files (``/``, ``/ui/``) needs a bearer token (401
+before the path is looked at, so an unknown path says nothing either); unknown query
+parameters are refused with 400 on every endpoint; a body (POST, or any other method that
+sends one) must be ``application/json`` (415); ``[limits]`` refuse what would cost the
+gateway too much (413, 400, 429), each naming its limit and counted in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -43,15 +43,17 @@ from ..device_directory import DeviceDirectory
 from ..engine import Engine
 from ..schemas import Health, Readiness
 from ..store import StoreUnavailable
-from .auth import CHALLENGE, BearerTokens
+from .auth import CHALLENGE, BearerTokens, subprotocol_token
 from .bodies import BodyRefused, check_json_media_type
 from .device_routes import add_device_routes
+from .fleet_routes import add_fleet_routes
 from .job_routes import add_job_routes
 from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
 from .origins import AllowedOrigins, cors_headers, preflight_headers
 from .queries import InvalidQuery, parse_endpoint_query
 from .responses import JSON, RETRY_AFTER, encode_json, error_response, json_response
+from .ui_routes import UI_ENDPOINTS, add_ui_routes
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +138,8 @@ def create_app(
             # before authentication.
             if "Access-Control-Request-Method" in request.headers:
                 return TrioResponse(b"", 204, preflight_headers(origin))
-        if request.path not in OPEN_PATHS and not tokens.allows(
-            request.headers.get("Authorization")
-        ):
+        open_path = request.path in OPEN_PATHS or request.endpoint in UI_ENDPOINTS
+        if not open_path and not tokens.allows(request.headers.get("Authorization")):
             return unauthorized()
         if request.url_rule is None or request.endpoint is None:
             return None  # no route: routing answers 404 or 405
@@ -149,6 +150,9 @@ def create_app(
 
     @app.after_request
     async def allow_listed_origin(response: TrioResponse) -> TrioResponse:
+        # Every answer is what its Content-Type says: a browser must never sniff a JSON
+        # error that echoes input into HTML.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         origin = request.headers.get("Origin")
         if origin is not None and origins.listed(origin):
             response.headers.update(cors_headers(origin))
@@ -162,8 +166,12 @@ def create_app(
         origin = websocket.headers.get("Origin")
         if not origins.allows(origin, websocket.headers.get("Host")):
             return cross_origin_refused(origin or "")
-        # Browsers cannot set headers on a WebSocket handshake: ?token= stands in for them.
-        if not tokens.allows(websocket.headers.get("Authorization"), websocket.args.get("token")):
+        # Browsers cannot set headers on a WebSocket handshake: the dashboard offers its token
+        # as a subprotocol (pm.http.auth); ?token= (which lands in URLs) is still accepted.
+        offered = subprotocol_token(websocket.requested_subprotocols)
+        if not tokens.allows(
+            websocket.headers.get("Authorization"), offered or websocket.args.get("token")
+        ):
             return unauthorized()
         if websocket.url_rule is not None and websocket.endpoint is not None:
             g.query = parse_endpoint_query(websocket.endpoint, websocket.args)
@@ -259,6 +267,8 @@ def create_app(
         engine.presence, engine.store, engine.fleet, engine.topics.response_topic
     )
     add_device_routes(app, directory, json_response, error_response)
+    add_fleet_routes(app, engine, health)
+    add_ui_routes(app)
 
     @app.get("/openapi.json")
     async def openapi() -> TrioResponse:

@@ -10,6 +10,8 @@ nothing about which one matched either. Tokens are never logged or put in error 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Iterable
 
@@ -18,6 +20,13 @@ from ..passwords import secret_digest
 SCHEME = "bearer"
 # What a 401 answers in WWW-Authenticate (RFC 6750 section 3).
 CHALLENGE = 'Bearer realm="puppetmaster"'
+# A browser cannot set headers on a WebSocket handshake, but it can offer subprotocols, which
+# travel in the Sec-WebSocket-Protocol header (never in a URL, so never in an access log or the
+# browser's history). The dashboard offers WATCH_SUBPROTOCOL and TOKEN_SUBPROTOCOL_PREFIX +
+# base64url(token) without padding (a subprotocol must be an HTTP token: no "/" or "=");
+# the gateway selects WATCH_SUBPROTOCOL, so the token is never echoed back.
+WATCH_SUBPROTOCOL = "pm.watch"
+TOKEN_SUBPROTOCOL_PREFIX = "pm.bearer."
 
 
 class BearerTokens:
@@ -67,3 +76,19 @@ def bearer_token(authorization: str) -> str | None:
     if scheme.lower() != SCHEME or not token or " " in token:
         return None
     return token
+
+
+def subprotocol_token(subprotocols: Iterable[str]) -> str | None:
+    """The token offered as ``pm.bearer.<base64url(token)>`` among a WebSocket handshake's
+    subprotocols, or ``None`` when none is offered or it does not decode."""
+    for offered in subprotocols:
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            encoded = offered.removeprefix(TOKEN_SUBPROTOCOL_PREFIX)
+            try:
+                padded = encoded + "=" * (-len(encoded) % 4)
+                # validate: the lenient default would drop stray characters and accept them.
+                decoded = base64.b64decode(padded, altchars=b"-_", validate=True)
+                return decoded.decode("ascii")
+            except (binascii.Error, ValueError):
+                return None
+    return None

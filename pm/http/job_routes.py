@@ -32,6 +32,7 @@ from ..schedule import epoch_to_datetime
 from ..schemas import MAX_SQLITE_INTEGER, JobRequest
 from ..state import TaskSelection
 from ..watch import parse_task_mode
+from .auth import WATCH_SUBPROTOCOL
 from .bodies import decode_job_request
 from .control_routes import add_control_routes
 from .metrics import HttpCounters
@@ -176,13 +177,16 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
                     "most allowed (limits.max_watchers_per_job)",
                     {"Retry-After": str(RETRY_AFTER)},
                 )
-            await websocket.accept()
+            # A browser that offered subprotocols fails the connection unless one is selected.
+            offered = WATCH_SUBPROTOCOL in websocket.requested_subprotocols
+            await websocket.accept(subprotocol=WATCH_SUBPROTOCOL if offered else None)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_discard_incoming)
                     # The watcher never buffers for us: while a send waits on a slow client
                     # it skips task messages, so the job and other watchers never wait.
-                    with job.watch(tasks) as watcher:
+                    interval = 0.0 if query.interval is msgspec.UNSET else query.interval
+                    with job.watch(tasks, interval) as watcher:
                         async for payload in watcher:
                             # A str makes a text frame (bytes would make a binary one, a
                             # protocol change); the decode is a small part of a send.

@@ -245,7 +245,9 @@ def build_openapi(
                         'change, batch one {"type": "tasks"} per update with every change '
                         "since the last, none no task messages. A slow client may miss task "
                         "changes, never the final message. Close code 1011 means the server "
-                        "failed."
+                        "failed. With api.tokens, a browser (which cannot set headers on a "
+                        "handshake) offers the subprotocols pm.watch and pm.bearer.<the token "
+                        "in base64url, unpadded>; the server selects pm.watch."
                     ),
                     "parameters": query_parameters(query_components["WatchJobQuery"]),
                     "responses": {

@@ -1,4 +1,4 @@
-"""The device part of the OpenAPI document: ``/devices``, ``/devices/{id}``,
+"""The device part of the OpenAPI document: ``/fleet``, ``/devices``, ``/devices/{id}``,
 ``/devices/{id}/tasks`` with the schemas of their bodies.
 
 Bodies come from :mod:`pm.device_views`, query parameters from :mod:`pm.http.queries`; only
@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from ..device_views import DeviceTaskView, DeviceView
+from ..fleet_overview import FleetView
 from .openapi_fragments import REF_TEMPLATE, json_content, query_parameters, total_count
 from .queries import DeviceTasksQuery, ListDevicesQuery
 
@@ -29,8 +30,11 @@ def build_device_paths(
     Returns:
       ``(paths, components)``: path items by path, and schemas by name.
     """
-    (device_view, device_list, device_tasks), components = msgspec.json.schema_components(
-        [DeviceView, list[DeviceView], list[DeviceTaskView]], ref_template=REF_TEMPLATE
+    (device_view, device_list, device_tasks, fleet_view), components = (
+        msgspec.json.schema_components(
+            [DeviceView, list[DeviceView], list[DeviceTaskView], FleetView],
+            ref_template=REF_TEMPLATE,
+        )
     )
     # The query Structs are inlined as parameters, not published as components.
     (_, _), query_components = msgspec.json.schema_components(
@@ -45,6 +49,21 @@ def build_device_paths(
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
     }
     paths = {
+        "/fleet": {
+            "get": {
+                "operationId": "fleetOverview",
+                "summary": "The fleet at a glance: devices online and offline, tasks in flight, "
+                "dispatch and answer rates over the last five minutes, the gateway's health",
+                "description": (
+                    "What the dashboard's fleet page shows. throughput holds one sample per "
+                    "sampleInterval seconds (5), oldest first, at most 60; each is the rate of "
+                    "requests published and final answers received over that interval."
+                ),
+                "responses": {
+                    "200": {"description": "the overview", "content": json_content(fleet_view)}
+                },
+            },
+        },
         "/devices": {
             "get": {
                 "operationId": "listDevices",

@@ -134,6 +134,21 @@ class JobQuery(_Query):
 class WatchJobQuery(_Query):
     """``GET /jobs/{id}/ws`` (the WebSocket handshake)."""
 
+    # What a watcher's frames cost the gateway is their number: a progress view that needs a
+    # snapshot a second (the dashboard) says so instead of taking one per coalesce_interval.
+    interval: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=60,
+                description="least seconds between two job snapshots (and batch ticks) to this "
+                "watcher; never less than watchers.coalesce_interval",
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
     # A plain str checked by parse_task_mode, whose message lists the modes.
     tasks: Annotated[
         str,

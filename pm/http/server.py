@@ -41,6 +41,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, Framework, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from .websocket_compression import use_extension_offer_dropping_streams
+
 # Bytes of a write that must get through within one send_timeout: a client reading at least
 # this much per send_timeout (2 KiB/s with the default 30 s) is slow, not stalled.
 SEND_CHUNK = 64 * 1024
@@ -171,6 +173,7 @@ async def serve(
     listeners ends this function with it; a connection's failure ends that connection.
     """
     use_bounded_websocket_buffer()
+    use_extension_offer_dropping_streams()
     server_config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, server_config.wsgi_max_body_size, None)
     lifespan_state: LifespanState = {}
