@@ -8,8 +8,9 @@ routes in :mod:`pm.http.device_routes`.
 
 Error handling: bad input is a 4xx that says what was wrong (msgspec's message names the
 field); quart's HTML error pages are replaced by JSON; anything unexpected is logged and
-answers a 500 JSON error. A WebSocket handler that fails after the handshake closes with
-1011, because quart would otherwise log the error and close with a normal 1000.
+answers a 500 JSON error. The job watchers' WebSocket (``/jobs/{id}/ws``) is served in front
+of quart (:mod:`pm.http.watch_route`), with the same guards; a watcher that fails after the
+handshake closes with 1011.
 
 Health: ``/healthz`` is liveness (200 whenever the process answers, with what is degraded in
 the body); ``/readyz`` is readiness (503 while the broker is disconnected, the answer path is
@@ -43,10 +44,11 @@ from ..device_directory import DeviceDirectory
 from ..engine import Engine
 from ..schemas import Health, Readiness
 from ..store import StoreUnavailable
-from .auth import CHALLENGE, BearerTokens, subprotocol_token
+from .auth import BearerTokens, subprotocol_token
 from .bodies import BodyRefused, check_json_media_type
 from .device_routes import add_device_routes
 from .fleet_routes import add_fleet_routes
+from .guards import Refusal, RequestGuards
 from .job_routes import add_job_routes
 from .metrics import HttpCounters, open_registry
 from .openapi import build_openapi
@@ -54,6 +56,7 @@ from .origins import AllowedOrigins, cors_headers, preflight_headers
 from .queries import InvalidQuery, parse_endpoint_query
 from .responses import JSON, RETRY_AFTER, encode_json, error_response, json_response
 from .ui_routes import UI_ENDPOINTS, add_ui_routes
+from .watch_route import WatchRoute
 
 logger = logging.getLogger(__name__)
 
@@ -111,36 +114,24 @@ def create_app(
 
     # -- origin, authentication, query string, content type ---------------------------------
 
-    def cross_origin_refused(origin: str) -> TrioResponse:
-        counters.rejected["cross_origin"] += 1
-        return error_response(
-            403,
-            f"cross-origin request from {origin!r} refused: only the gateway's own pages and "
-            "the origins in http.allowed_origins may use the API from a browser",
-        )
+    guards = RequestGuards(origins, tokens, counters)
 
-    def unauthorized() -> TrioResponse:
-        counters.unauthorized += 1
-        # Nothing of what was presented goes into the answer or a log line.
-        return error_response(
-            401,
-            "missing or invalid bearer token: send `Authorization: Bearer <token>`",
-            {"WWW-Authenticate": CHALLENGE},
-        )
+    def refused(refusal: Refusal) -> TrioResponse:
+        return error_response(refusal.status, refusal.message, refusal.headers)
 
     @app.before_request
     async def guard_request() -> TrioResponse | None:
         origin = request.headers.get("Origin")
-        if not origins.allows(origin, request.headers.get("Host")):
-            return cross_origin_refused(origin or "")
+        if (refusal := guards.check_origin(origin, request.headers.get("Host"))) is not None:
+            return refused(refusal)
         if origin is not None and request.method == "OPTIONS":
             # A CORS preflight (only allowed origins get here) carries no token: answered
             # before authentication.
             if "Access-Control-Request-Method" in request.headers:
                 return TrioResponse(b"", 204, preflight_headers(origin))
         open_path = request.path in OPEN_PATHS or request.endpoint in UI_ENDPOINTS
-        if not open_path and not tokens.allows(request.headers.get("Authorization")):
-            return unauthorized()
+        if not open_path and (refusal := guards.check_token(request.headers.get("Authorization"))):
+            return refused(refusal)
         if request.url_rule is None or request.endpoint is None:
             return None  # no route: routing answers 404 or 405
         g.query = parse_endpoint_query(request.endpoint, request.args)
@@ -161,18 +152,20 @@ def create_app(
     @app.before_websocket
     async def guard_websocket() -> TrioResponse | None:
         # Responses returned here come before accept(): hypercorn sends them as the
-        # handshake's HTTP answer. Browsers apply no same-origin rule to WebSockets: this
-        # Origin check is the only thing keeping another site's page out.
-        origin = websocket.headers.get("Origin")
-        if not origins.allows(origin, websocket.headers.get("Host")):
-            return cross_origin_refused(origin or "")
-        # Browsers cannot set headers on a WebSocket handshake: the dashboard offers its token
-        # as a subprotocol (pm.http.auth); ?token= (which lands in URLs) is still accepted.
+        # handshake's HTTP answer. /jobs/{id}/ws never gets here: WatchRoute serves it in
+        # front of quart, with the same guards. Browsers cannot set headers on a handshake:
+        # the dashboard offers its token as a subprotocol (pm.http.auth); ?token= (which
+        # lands in URLs) is still accepted.
+        headers = websocket.headers
         offered = subprotocol_token(websocket.requested_subprotocols)
-        if not tokens.allows(
-            websocket.headers.get("Authorization"), offered or websocket.args.get("token")
-        ):
-            return unauthorized()
+        refusal = guards.check_websocket(
+            headers.get("Origin"),
+            headers.get("Host"),
+            headers.get("Authorization"),
+            offered or websocket.args.get("token"),
+        )
+        if refusal is not None:
+            return refused(refusal)
         if websocket.url_rule is not None and websocket.endpoint is not None:
             g.query = parse_endpoint_query(websocket.endpoint, websocket.args)
         return None
@@ -263,6 +256,9 @@ def create_app(
         )
 
     add_job_routes(app, engine, config, counters)
+    # Watchers are served in front of quart (pm.http.watch_route): a thousand of them cost
+    # what their frames cost, not quart's per-connection and per-frame machinery.
+    app.asgi_app = WatchRoute(app.asgi_app, engine, config, counters, guards)  # type: ignore[method-assign]
     directory = DeviceDirectory(
         engine.presence, engine.store, engine.fleet, engine.topics.response_topic
     )

@@ -1,5 +1,6 @@
 """The job API's routes: ``POST/GET /jobs``, ``GET/DELETE /jobs/{id}``, ``GET /jobs/{id}/tasks``
-and the WebSocket ``/jobs/{id}/ws``.
+and the declaration of the WebSocket ``/jobs/{id}/ws`` (served before quart, by
+:mod:`pm.http.watch_route`).
 
 Kept beside :mod:`pm.http.app`, which registers them after its guards (origin, token, query
 string, content type) and error handlers; query strings are validated there like every
@@ -7,18 +8,14 @@ endpoint's (:mod:`pm.http.queries`).
 
 Error handling: a refusal by ``[limits]`` answers its status (429 with ``Retry-After``, 413,
 400) naming the limit and is counted in ``/metrics``; an unknown job is a 404; a DELETE whose
-job does not stop within :data:`DELETE_GRACE` is a 503; a WebSocket handler that fails after
-the handshake is logged and closes with 1011, because quart would otherwise log the error and
-close with a normal 1000.
+job does not stop within :data:`DELETE_GRACE` is a 503.
 """
 
 from __future__ import annotations
 
-import logging
-
 import msgspec
 import trio
-from quart import g, request, websocket
+from quart import g, request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -31,20 +28,12 @@ from ..jobs import Job
 from ..schedule import epoch_to_datetime
 from ..schemas import MAX_SQLITE_INTEGER, JobRequest
 from ..state import TaskSelection
-from ..watch import parse_task_mode
-from .auth import WATCH_SUBPROTOCOL
 from .bodies import decode_job_request
 from .control_routes import add_control_routes
 from .metrics import HttpCounters
-from .queries import JobQuery, JobTasksQuery, ListJobsQuery, SubmitJobQuery, WatchJobQuery
+from .queries import JobQuery, JobTasksQuery, ListJobsQuery, SubmitJobQuery
 from .responses import RETRY_AFTER, error_response, json_response
-from .watcher_slots import WatcherSlots
 
-logger = logging.getLogger(__name__)
-
-# WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
-CLOSE_NORMAL = 1000
-CLOSE_INTERNAL_ERROR = 1011
 # How long a DELETE may take to cancel its job once the client has gone (see delete_job).
 DELETE_GRACE = 30.0
 # Status and limit name (for /metrics) of each refusal the engine can raise.
@@ -59,14 +48,13 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
     """Register the job routes on ``app``.
 
     Args:
-      engine: where jobs are submitted, listed, watched and deleted.
+      engine: where jobs are submitted, listed and deleted.
       config: ``http.max_body_bytes`` bounds a job's body, ``limits.max_json_depth`` its
-        nesting, ``limits.max_watchers_per_job`` the WebSockets on one job.
+        nesting.
       counters: where refusals are counted for ``GET /metrics``.
     """
     max_body = config.http.max_body_bytes
     max_depth = config.limits.max_json_depth
-    watcher_slots = WatcherSlots(config.limits.max_watchers_per_job, counters)
 
     def refused(refusal: JobRefused) -> TrioResponse:
         """The answer to a job the limits refuse, counted in /metrics by limit."""
@@ -157,47 +145,11 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
         return error_response(503, f"job {job_id} did not stop within {DELETE_GRACE:g} s")
 
     @app.websocket("/jobs/<int:job_id>/ws")
-    async def watch_job(job_id: int) -> TrioResponse | None:
-        query = g.query
-        assert isinstance(query, WatchJobQuery)
-        try:
-            tasks = parse_task_mode(query.tasks)
-        except ValueError as error:
-            # Returned before accept(): hypercorn sends it as the handshake's HTTP answer.
-            return error_response(400, str(error))
-        job = await find_job(job_id)
-        if job is None:
-            return error_response(404, f"no job {job_id}")
-        with watcher_slots.claim(job_id) as claimed:
-            if not claimed:
-                counters.refused["max_watchers_per_job"] += 1
-                return error_response(
-                    429,
-                    f"job {job_id} has {config.limits.max_watchers_per_job} watchers, the "
-                    "most allowed (limits.max_watchers_per_job)",
-                    {"Retry-After": str(RETRY_AFTER)},
-                )
-            # A browser that offered subprotocols fails the connection unless one is selected.
-            offered = WATCH_SUBPROTOCOL in websocket.requested_subprotocols
-            await websocket.accept(subprotocol=WATCH_SUBPROTOCOL if offered else None)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_discard_incoming)
-                    # The watcher never buffers for us: while a send waits on a slow client
-                    # it skips task messages, so the job and other watchers never wait.
-                    interval = 0.0 if query.interval is msgspec.UNSET else query.interval
-                    with job.watch(tasks, interval) as watcher:
-                        async for payload in watcher:
-                            # A str makes a text frame (bytes would make a binary one, a
-                            # protocol change); the decode is a small part of a send.
-                            await websocket.send(payload.decode())
-                    nursery.cancel_scope.cancel()
-            except Exception:
-                logger.exception("watching job %d failed", job_id)
-                await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
-                return None
-            await websocket.close(CLOSE_NORMAL)
-            return None
+    async def watch_job(job_id: int) -> None:
+        # Declared for routing (a plain HTTP request to the path is told it only accepts
+        # WebSockets); every handshake to it is served before quart, by
+        # pm.http.watch_route.WatchRoute, whose path pattern matches exactly this rule's.
+        raise AssertionError(f"WebSocket /jobs/{job_id}/ws reached quart, not WatchRoute")
 
 
 def schedule_ended(job_request: JobRequest, now: float) -> str | None:
@@ -226,13 +178,3 @@ def dry_run(engine: Engine, job_request: JobRequest) -> DryRunPlan:
         max_in_flight=None if rollout is None else rollout.max_in_flight,
         max_per_minute=None if rollout is None else rollout.max_per_minute,
     )
-
-
-async def _discard_incoming() -> None:
-    """Read and drop what a watching client sends.
-
-    Nothing is expected from it, but unread messages would fill quart's and hypercorn's
-    small queues, and then a disconnect could no longer be noticed.
-    """
-    while True:
-        await websocket.receive()

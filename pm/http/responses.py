@@ -32,7 +32,12 @@ def json_response(
     return TrioResponse(_encoder.encode(body), status, dict(headers or {}), content_type=JSON)
 
 
+def error_body(message: str) -> bytes:
+    """``{"message": ...}``, the body of every error answer."""
+    return _encoder.encode(ErrorBody(message))
+
+
 def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> TrioResponse:
-    return json_response(ErrorBody(message), status, headers)
+    return TrioResponse(error_body(message), status, dict(headers or {}), content_type=JSON)

@@ -1,0 +1,194 @@
+"""``/jobs/{id}/ws`` served at the ASGI level, in front of quart.
+
+A watcher is one long WebSocket that mostly waits; what it costs the gateway is its handshake
+and its frames. Through quart each handshake built a websocket object, its request and app
+contexts, a receive queue, a task group and a URL match, ran the ``before_websocket`` hooks
+and then the handler, and each frame went through quart's send wrappers before hypercorn's.
+:class:`WatchRoute` wraps quart's ASGI app (``app.asgi_app``): a WebSocket scope whose path is
+``/jobs/<digits>/ws`` is served here, speaking ASGI to hypercorn directly; every other scope
+(HTTP requests, the lifespan, other paths) goes to quart unchanged. The protocol is the same
+(:mod:`pm.watch`: one JSON text frame per message, the final job message, then close 1000).
+
+The handshake is checked in quart's order, with the same functions: the origin and the token
+(:class:`~pm.http.guards.RequestGuards`), the query string (:mod:`pm.http.queries`, unknown
+parameters refused), the ``tasks`` mode, the job (404) and a watcher slot (429,
+``limits.max_watchers_per_job``). A refusal is the handshake's HTTP answer, the same JSON
+error quart gives (ASGI's ``websocket.http.response`` extension, which hypercorn offers).
+
+Error handling: a watcher that fails after the handshake is logged and closes with 1011. A
+client disconnect (or a send that missed ``http.send_timeout``, which hypercorn reports as one)
+ends the handler; what the client sends is read and dropped, so hypercorn's small queue of
+client messages never fills and a disconnect is always noticed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import trio
+from werkzeug.datastructures import MultiDict
+
+from ..config import Config
+from ..engine import Engine
+from ..jobs import Job
+from ..schemas import MAX_SQLITE_INTEGER
+from ..watch import TaskMode, parse_task_mode
+from .guards import Refusal, RequestGuards
+from .metrics import HttpCounters
+from .queries import InvalidQuery, WatchJobQuery, parse_query
+from .responses import JSON, RETRY_AFTER, error_body
+from .watcher_slots import WatcherSlots
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The path of quart's "/jobs/<int:job_id>/ws" rule: werkzeug's int converter is \d+ then
+# int(), as here, so a path matches here exactly when it would match quart's rule.
+WATCH_PATH = re.compile(r"/jobs/(\d+)/ws")
+# WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
+CLOSE_NORMAL = 1000
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class WatchRoute:
+    """ASGI middleware: ``/jobs/{id}/ws`` handshakes are served here, the rest by ``inner``.
+
+    Args:
+      inner: quart's ASGI app.
+      engine: where jobs are found.
+      config: ``limits.max_watchers_per_job`` bounds the watchers of one job.
+      counters: refusals and open watchers, for ``/metrics``.
+      guards: the origin and token checks quart's hooks use too.
+    """
+
+    def __init__(
+        self,
+        inner: ASGIApp,
+        engine: Engine,
+        config: Config,
+        counters: HttpCounters,
+        guards: RequestGuards,
+    ) -> None:
+        self.inner = inner
+        self._engine = engine
+        self._max_watchers = config.limits.max_watchers_per_job
+        self._counters = counters
+        self._guards = guards
+        self._slots = WatcherSlots(self._max_watchers, counters)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            matched = WATCH_PATH.fullmatch(scope["path"])
+            if matched is not None:
+                await self._watch(int(matched[1]), scope, receive, send)
+                return
+        await self.inner(scope, receive, send)
+
+    async def _watch(self, job_id: int, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            admitted = await self._admit(job_id, scope)
+        except Exception as error:
+            # Only bugs get here (bad input is refused above), as with quart's routes: log
+            # it with the path (never the query string: ?token=), keep the details private.
+            logger.error("WebSocket %s failed", scope["path"], exc_info=error)
+            admitted = Refusal(500, "internal server error")
+        if isinstance(admitted, Refusal):
+            await _refuse(send, admitted)
+            return
+        job, tasks = admitted
+        with self._slots.claim(job_id) as claimed:
+            if not claimed:
+                self._counters.refused["max_watchers_per_job"] += 1
+                await _refuse(
+                    send,
+                    Refusal(
+                        429,
+                        f"job {job_id} has {self._max_watchers} watchers, the most allowed "
+                        "(limits.max_watchers_per_job)",
+                        {"Retry-After": str(RETRY_AFTER)},
+                    ),
+                )
+                return
+            await send({"type": "websocket.accept"})
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+                    # The watcher never buffers for us: while a send waits on a slow client
+                    # it skips task messages, so the job and other watchers never wait.
+                    with job.watch(tasks) as watcher:
+                        async for payload in watcher:
+                            # A str makes a text frame (bytes would make a binary one, a
+                            # protocol change).
+                            await send({"type": "websocket.send", "text": payload.decode()})
+                    nursery.cancel_scope.cancel()
+            except Exception:
+                logger.exception("watching job %d failed", job_id)
+                await send({"type": "websocket.close", "code": CLOSE_INTERNAL_ERROR})
+                return
+            await send({"type": "websocket.close", "code": CLOSE_NORMAL})
+
+    async def _admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode] | Refusal:
+        """The job and the ``tasks`` mode a handshake asks for, or why it is refused."""
+        headers = _headers(scope)
+        # As werkzeug parses a query string (invalid bytes stay percent-encoded).
+        args = MultiDict(
+            parse_qsl(
+                scope["query_string"].decode(),
+                keep_blank_values=True,
+                errors="werkzeug.url_quote",
+            )
+        )
+        refusal = self._guards.check_websocket(
+            headers.get("origin"),
+            headers.get("host"),
+            headers.get("authorization"),
+            args.get("token"),
+        )
+        if refusal is not None:
+            return refusal
+        try:
+            tasks = parse_task_mode(parse_query(args, WatchJobQuery).tasks)
+        except (InvalidQuery, ValueError) as error:
+            return Refusal(400, str(error))
+        job = await self._engine.find(job_id) if job_id <= MAX_SQLITE_INTEGER else None
+        if job is None:
+            return Refusal(404, f"no job {job_id}")
+        return job, tasks
+
+
+async def _until_disconnect(receive: Receive, watching: trio.CancelScope) -> None:
+    """Read and drop what the client sends; at its disconnect, stop watching."""
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+    watching.cancel()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The handshake's headers by lower-case name (the first of repeated ones, as quart's
+    ``headers.get``), decoded as latin-1 as quart does."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return found
+
+
+async def _refuse(send: Send, refusal: Refusal) -> None:
+    """The refusal as the handshake's HTTP answer, the JSON error quart's routes give."""
+    body = error_body(refusal.message)
+    headers = [
+        (b"content-type", JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in refusal.headers.items()),
+    ]
+    await send(
+        {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
