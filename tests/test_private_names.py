@@ -89,8 +89,11 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker.add_subscription": "07757b63113c395e",
         "amqtt.broker:Broker.start": "bd1c165101f6fcbb",
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_read_timeout": "ffd79f12457f41e1",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_message_flow": "610dae5c5d7f3b8d",
         "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_qos1_message_flow": "944e6a8130c70daf",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._puback_waiters": "152406d8471b6ae2",
         "amqtt.mqtt.protocol.handler:ProtocolHandler._reader_loop": "93f3b8e4483040d0",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._send_packet": "9f0ae4e325319652",
         "amqtt.mqtt.protocol.handler:ProtocolHandler.handle_puback": "7d8487deb2d589ee",
         "amqtt.plugins.base:BaseAuthPlugin.authenticate": "474dbca3f34cfbdd",
         "amqtt.plugins.base:BaseTopicPlugin.topic_filtering": "001653f7e521a4b7",

@@ -45,3 +45,19 @@ def publish_qos0_packet(topic: str, payload: bytes) -> bytes:
     """A QoS 0 PUBLISH (no packet id)."""
     body = mqtt_string(topic) + payload
     return b"\x30" + remaining_length(len(body)) + body
+
+
+def publish_qos1_packet(topic: str, packet_id: int, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH (the broker answers PUBACK)."""
+    body = mqtt_string(topic) + packet_id.to_bytes(2, "big") + payload
+    return b"\x32" + remaining_length(len(body)) + body
+
+
+def subscribe_packet(topic_filter: str, packet_id: int, qos: int) -> bytes:
+    """A SUBSCRIBE to one filter (the broker answers SUBACK)."""
+    body = packet_id.to_bytes(2, "big") + mqtt_string(topic_filter) + bytes([qos])
+    return b"\x82" + remaining_length(len(body)) + body
+
+
+def puback_packet(packet_id: int) -> bytes:
+    return b"\x40\x02" + packet_id.to_bytes(2, "big")

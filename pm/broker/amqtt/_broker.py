@@ -43,9 +43,9 @@ when a persistent session is resumed; a clean-session CONNECT deleted the old se
 its connection open and deaf. Here any authenticated CONNECT of a connected client id closes the
 previous connection first.
 
-Fix 6, keepalive enforced (MQTT 3.1.1 3.1.2.10): amqtt 0.12.1 noticed a silent client but did
-nothing; :class:`pm.broker.amqtt._keepalive.KeepaliveHandler` closes a connection silent for 1.5
-times its keepalive (0: none).
+Fixes 6 and 7, in :class:`pm.broker.amqtt._handler.ConnectionHandler`: a connection silent for
+1.5 times its keepalive is closed (MQTT 3.1.1 3.1.2.10; amqtt 0.12.1 did nothing; 0: none), and
+the PUBACK wait of a QoS 1 message outlasts a burst (amqtt 0.12.1's is a fixed 5 s).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
-from ._keepalive import KEEPALIVE_GRACE, KeepaliveHandler
+from ._handler import KEEPALIVE_GRACE, ConnectionHandler
 from ._subscriptions import Holders, SubscriptionIndex
 
 # Seconds between scans for disconnected sessions when no connection was seen ending.
@@ -118,7 +118,7 @@ class PuppetmasterBroker(Broker):
         # the client's (fix 6); warnings shortened.
         peer = format_client_message(address=remote_address, port=remote_port)
         try:
-            handler, client_session = await KeepaliveHandler.init_from_connect(
+            handler, client_session = await ConnectionHandler.init_from_connect(
                 reader, writer, self.plugins_manager
             )
         except AMQTTError as exc:

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import sys
 
+from ._handler import PUBACK_TIMEOUT
+
 # amqtt logs one debug f-string per message (several per non-matching subscription filter in
 # Broker._run_broadcast); the f-string is still built, but at WARNING nothing is emitted.
 # "transitions" is the state-machine library amqtt uses for broker and session states.
@@ -15,13 +17,15 @@ _QUIET_LOGGERS = ("amqtt", "transitions")
 class PubackTimeoutFilter(logging.Filter):
     """Counts amqtt's PUBACK-wait timeouts instead of logging each one with a traceback.
 
-    amqtt waits at most 5 s (hard-coded in ``ProtocolHandler._handle_qos1_message_flow``) for
+    amqtt waited at most 5 s (hard-coded in ``ProtocolHandler._handle_qos1_message_flow``) for
     the PUBACK of each message it sends; under a burst of thousands of answers its own event
-    loop is that far behind, so the wait expires although the message was sent and the client
-    acknowledges it moments later. Each expiry logged three records (a warning, a traceback,
-    "unknown pending message") that the gateway parsed and re-logged: measured with py-spy,
-    ~5% of the gateway's CPU during a 10k-task job, plus the broker's own formatting.
-    :meth:`summary` gives one line instead, written every :data:`SUMMARY_INTERVAL` seconds.
+    loop was that far behind, so the wait expired although the message was sent and the client
+    acknowledged it moments later (our handler now waits ``PUBACK_TIMEOUT``,
+    :mod:`pm.broker.amqtt._handler`; a client can still exceed that). Each expiry logged three
+    records (a warning, a traceback, "unknown pending message") that the gateway parsed and
+    re-logged: measured with py-spy, ~5% of the gateway's CPU during a 10k-task job, plus the
+    broker's own formatting. :meth:`summary` gives one line instead, written every
+    :data:`SUMMARY_INTERVAL` seconds and at the broker's stop.
     """
 
     SUMMARY_INTERVAL = 10.0
@@ -48,7 +52,7 @@ class PubackTimeoutFilter(logging.Filter):
         if not new:
             return None
         return (
-            f"{new} PUBACK waits exceeded amqtt's fixed 5 s while the broker was behind "
+            f"{new} PUBACK waits exceeded {PUBACK_TIMEOUT:g} s "
             "(messages were sent; late acknowledgements ignored)"
         )
 
@@ -57,12 +61,18 @@ _puback_timeouts = PubackTimeoutFilter()
 
 
 async def report_puback_timeouts() -> None:
-    log = logging.getLogger("pm.broker.child")
+    """Log the PUBACK-wait timeouts every :data:`PubackTimeoutFilter.SUMMARY_INTERVAL`."""
     while True:
         await asyncio.sleep(PubackTimeoutFilter.SUMMARY_INTERVAL)
-        line = _puback_timeouts.summary()
-        if line is not None:
-            log.warning(line)
+        log_puback_timeouts()
+
+
+def log_puback_timeouts() -> None:
+    """One line for the timeouts since the last one, if any: also at the broker's stop, so
+    that none goes unreported."""
+    line = _puback_timeouts.summary()
+    if line is not None:
+        logging.getLogger("pm.broker.child").warning(line)
 
 
 def quiet_logging() -> None:

@@ -32,7 +32,7 @@ from pm.broker._protocol import (
 
 from ._config import amqtt_config, bound_endpoint
 from ._gc import GcPacer
-from ._logs import quiet_logging, report_puback_timeouts
+from ._logs import log_puback_timeouts, quiet_logging, report_puback_timeouts
 
 
 async def serve(
@@ -113,6 +113,7 @@ async def serve(
     await stop.wait()
     reporter.cancel()
     await broker.shutdown()
+    log_puback_timeouts()
     return EXIT_OK
 
 
