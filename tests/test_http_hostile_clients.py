@@ -275,3 +275,30 @@ async def test_client_connections_get_the_configured_kernel_send_buffer() -> Non
                 # autotunes it (up to 4 MiB per connection here).
                 size = accepted.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                 assert size == 2 * send_buffer
+
+
+async def test_a_send_and_the_end_of_sending_at_once_do_not_collide() -> None:
+    # hypercorn half-closes a connection (send_eof) without the lock its writes hold: a
+    # WebSocket the server closes while its reader answers the client's close frame did both
+    # at once, and trio's SocketStream raised BusyResourceError, which nothing in hypercorn
+    # catches: it ended the whole server (seen under bench.watchers). The stream serialises
+    # them; the write after the end is a gone client (BrokenResourceError), which hypercorn
+    # handles.
+    with trio.fail_after(GUARD):
+        (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listener = SendDeadlineListener(inner, send_timeout=1.0, on_timeout=lambda: None)
+        async with listener, await trio.open_tcp_stream(*inner.socket.getsockname()):
+            async with await listener.accept() as accepted:
+                outcomes: list[str] = []
+
+                async def write() -> None:
+                    try:
+                        await accepted.send_all(b"\x88\x02\x03\xe8")  # a close frame
+                        outcomes.append("sent")
+                    except trio.BrokenResourceError:
+                        outcomes.append("client gone")
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(accepted.send_eof)
+                    nursery.start_soon(write)
+                assert outcomes in (["sent"], ["client gone"])

@@ -81,7 +81,7 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
     """A client's TCP stream whose writes fail once 64 KiB of one takes ``send_timeout``.
 
     On a missed deadline the socket is closed (a half-written frame cannot be finished) and
-    ``on_timeout`` is called once.
+    ``on_timeout`` is called once. Writes and the end of writing (``send_eof``) take turns.
     """
 
     def __init__(
@@ -92,25 +92,31 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         self.socket = transport.socket
         self._send_timeout = send_timeout
         self._on_timeout = on_timeout
+        # hypercorn holds its own lock around send_all but calls send_eof without it: a
+        # WebSocket the server closes while its reader answers the client's close frame did
+        # both at once, and trio raised BusyResourceError, which ended the whole server.
+        self._sending = trio.Lock()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with memoryview(data) as view:
-            for start in range(0, max(len(view), 1), SEND_CHUNK):
-                with trio.move_on_after(self._send_timeout) as deadline:
-                    await self.transport.send_all(view[start : start + SEND_CHUNK])
-                if deadline.cancelled_caught:
-                    self._on_timeout()
-                    await trio.aclose_forcefully(self.transport)
-                    raise trio.BrokenResourceError(
-                        f"the client accepted less than {SEND_CHUNK} bytes in "
-                        f"{self._send_timeout:g} s (http.send_timeout)"
-                    )
+        async with self._sending:
+            with memoryview(data) as view:
+                for start in range(0, max(len(view), 1), SEND_CHUNK):
+                    with trio.move_on_after(self._send_timeout) as deadline:
+                        await self.transport.send_all(view[start : start + SEND_CHUNK])
+                    if deadline.cancelled_caught:
+                        self._on_timeout()
+                        await trio.aclose_forcefully(self.transport)
+                        raise trio.BrokenResourceError(
+                            f"the client accepted less than {SEND_CHUNK} bytes in "
+                            f"{self._send_timeout:g} s (http.send_timeout)"
+                        )
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self.transport.send_eof()
+        async with self._sending:
+            await self.transport.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self.transport.receive_some(max_bytes)
