@@ -10,8 +10,12 @@ a watcher receives about tasks, besides the job snapshots:
   per coalesce interval (what ``pm watch`` asks for);
 - ``none``: job snapshots only (a progress bar).
 
+With ``--jobs N`` each run is N jobs posted back to back, the tasks split evenly between them and
+the watchers spread evenly over them (``--jobs 100``: 1,000 watchers are 10 per job, the more
+common shape of many running jobs each watched by a few).
+
 Each watcher reads until its final ``{"type": "job"}`` message (then the server closes). The
-dispatch rate is tasks / (POST -> ``finishAt``); the figure is the ratio with / without,
+dispatch rate is tasks / (first POST -> last ``finishAt``); the figure is the ratio with / without,
 median over rounds, per mode. The gateway's CPU seconds per job (POST to the last watcher's
 close) say what the watchers cost it, a figure less sensitive than rates to other load on
 the machine. The watchers run in the benchmark process, which shares the
@@ -20,6 +24,7 @@ machine's two cores with the gateway, the broker and the fleet.
 Usage::
 
     .venv/bin/python -m bench.watchers [--tasks 10000] [--watchers 1000] [--rounds 2]
+        [--jobs 1]
         [--modes each,batch,none]
 """
 
@@ -93,23 +98,37 @@ def _cpu_by_process(processes: dict[str, int]) -> dict[str, float]:
 
 
 async def _one_job(
-    base: str, processes: dict[str, int], devices: list[str], watchers: int, mode: str
+    base: str,
+    processes: dict[str, int],
+    devices: list[str],
+    watchers: int,
+    mode: str,
+    jobs: int = 1,
 ) -> tuple[float, int, float, dict[str, float]]:
-    """Returns the dispatch rate, the watchers that got the final "resolved" message, the
-    mean number of messages they received and the CPU seconds each process spent on the job
-    (``processes`` by name, plus ``bench``: this process) and its ``wall`` seconds."""
+    """``jobs`` jobs at once over ``devices`` (split evenly), ``watchers`` spread evenly over
+    them. Returns the dispatch rate (all tasks / first POST -> last ``finishAt``), the
+    watchers that got the final "resolved" message, the mean number of messages they
+    received and the CPU seconds each process spent (``processes`` by name, plus ``bench``:
+    this process) and the ``wall`` seconds."""
     finals: list[str] = []
     messages: list[int] = []
     cpu_before = _cpu_by_process(processes)
     started = time.monotonic()
+    share = -(-len(devices) // jobs)
     async with http_client(base) as client, trio.open_nursery() as nursery:
-        job_id, sent = await post_job(client, job_body(devices))
         handshakes = trio.Semaphore(50)
-        ws_url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws?tasks={mode}"
-        for _ in range(watchers):
+        posted = []
+        for first in range(0, len(devices), share):
+            job_id, sent = await post_job(client, job_body(devices[first : first + share]))
+            posted.append((job_id, sent))
+        for n in range(watchers):
+            job_id = posted[n % len(posted)][0]
+            ws_url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws?tasks={mode}"
             nursery.start_soon(_watch, ws_url, handshakes, finals, messages)
-        job = await wait_final(client, job_id, poll=0.1)
-    rate = job["totalCount"] / (parse_time(job["finishAt"]) - sent)
+        finished = [await wait_final(client, job_id, poll=0.1) for job_id, _ in posted]
+    total = sum(job["totalCount"] for job in finished)
+    last = max(parse_time(job["finishAt"]) for job in finished)
+    rate = total / (last - posted[0][1])
     cpu_after = _cpu_by_process(processes)
     cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
     cpu["wall"] = time.monotonic() - started
@@ -124,6 +143,7 @@ async def _measure(
     watchers: int,
     rounds: int,
     modes: list[str],
+    jobs: int,
 ) -> dict[str, Any]:
     without: list[float] = []
     without_cpu: list[dict[str, float]] = []
@@ -131,13 +151,13 @@ async def _measure(
         mode: {"with": [], "ratio": [], "final_received": [], "messages": [], "cpu": []}
         for mode in modes
     }
-    await _one_job(base, processes, devices, 0, "each")  # warm-up
+    await _one_job(base, processes, devices, 0, "each", jobs)  # warm-up
     for round_number in range(rounds):
         runs = [None, *modes]
         for mode in runs if round_number % 2 == 0 else reversed(runs):
             with trio.fail_after(600):
                 rate, resolved, messages, cpu = await _one_job(
-                    base, processes, devices, watchers if mode else 0, mode or "each"
+                    base, processes, devices, watchers if mode else 0, mode or "each", jobs
                 )
             if mode is None:
                 without.append(rate)
@@ -165,12 +185,24 @@ def _cpu_note(label: str, runs: list[dict[str, float]]) -> str:
     )
 
 
+def _jobs_text(args: argparse.Namespace) -> str:
+    if args.jobs == 1:
+        return f"a {args.tasks:,}-task job"
+    return f"{args.jobs} jobs at once, {args.tasks:,} tasks in all"
+
+
 def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="jobs at once, the tasks split evenly between them, the watchers spread over them",
+    )
     parser.add_argument(
         "--modes",
         default=",".join(MODES),
@@ -201,13 +233,14 @@ def main(argv: list[str] | None = None) -> Report:
                 args.watchers,
                 args.rounds,
                 modes,
+                args.jobs,
             )
         finally:
             fleet.stop()
             gateway.stop()
     report = Report(
         scenario=args.scenario,
-        title=f"Scenario 6: {args.watchers:,} WebSocket watchers on a {args.tasks:,}-task job",
+        title=f"Scenario 6: {args.watchers:,} WebSocket watchers on {_jobs_text(args)}",
         command="python -m bench.watchers " + shlex.join(sys.argv[1:] if argv is None else argv),
         parameters=vars(args),
         columns=[
@@ -225,6 +258,8 @@ def main(argv: list[str] | None = None) -> Report:
     without_cpu = median([run["gateway"] for run in figures["without_cpu"]])
     report.notes.append(_cpu_note("without watchers", figures["without_cpu"]))
     size = f"{args.watchers:,} watchers, {args.tasks:,} tasks"
+    if args.jobs > 1:
+        size += f" in {args.jobs} jobs"
     for mode in modes:
         by_mode = figures["modes"][mode]
         report.notes.append(_cpu_note(f"{args.watchers:,} watchers, ?tasks={mode}", by_mode["cpu"]))
