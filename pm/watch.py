@@ -16,9 +16,14 @@ What a watcher receives about tasks is its :data:`TaskMode`:
   task change since the last one, oldest first, followed by the snapshot of that tick;
 - ``none``: job snapshots only (a progress bar needs only the counts).
 
-Each message is one WebSocket frame, and frames are what watchers cost the gateway (a send
-through quart, hypercorn, wsproto and a socket write each); ``batch`` and ``none`` bound
-them by time instead of by the job's size.
+Each message is one WebSocket frame. What watchers cost the gateway is mostly its writes to
+their sockets: ``batch`` and ``none`` bound the messages by time instead of by the job's
+size, and the WebSocket route writes the messages due to a watcher together, at most once per
+:meth:`Watcher.update_interval` (:mod:`pm.http.watch_route`).
+
+Cancelling a wait for the next message (``__anext__``) loses nothing: what a watcher has taken
+from the feed is kept on the watcher, never in a local variable across a wait, and a message
+is returned in the same step that takes it.
 """
 
 from __future__ import annotations
@@ -313,7 +318,7 @@ class Watcher:
         if self._sent_job_version != feed.job_version:
             # After the tasks: the snapshot counts them all.
             self._pending_snapshot = self._snapshot(now)
-        self._next_at = now + self._interval()
+        self._next_at = now + self.update_interval()
 
     def _within_share(self, now: float) -> bool:
         """``each``: whether one more task message fits this watcher's share of the job's
@@ -340,14 +345,15 @@ class Watcher:
         self._pending.extend(feed.views_from(self._cursor))
         self._cursor = feed.next_sequence
 
-    def _interval(self) -> float:
+    def update_interval(self) -> float:
         """Seconds until this watcher's next update: the job's budget shared by all its
-        watchers, never less than ``coalesce_interval``."""
+        watchers, never less than ``coalesce_interval``. The WebSocket route also writes to
+        a watcher at most once per update interval (:mod:`pm.http.watch_route`)."""
         if self._max_updates_per_second <= 0:
             return self._coalesce_interval
         return max(self._coalesce_interval, self._feed.watchers / self._max_updates_per_second)
 
     def _snapshot(self, now: float) -> bytes:
         self._sent_job_version = self._feed.job_version
-        self._next_at = now + self._interval()
+        self._next_at = now + self.update_interval()
         return self._feed.snapshot_message()

@@ -43,6 +43,10 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 
 from .websocket_compression import use_extension_offer_dropping_streams
 
+# The key of a plain TCP connection's SendDeadlineStream in the ASGI scope's "state": the
+# watchers' route (pm.http.watch_route) writes its frames to it directly. Every write to that
+# stream, hypercorn's and the route's, takes the stream's own lock, so frames never interleave.
+CONNECTION_STREAM = "pm.connection_stream"
 # Bytes of a write that must get through within one send_timeout: a client reading at least
 # this much per send_timeout (2 KiB/s with the default 30 s) is slow, not stalled.
 SEND_CHUNK = 64 * 1024
@@ -199,9 +203,16 @@ async def serve(
                 ),
             )
             task_status.started(binds)
-            handle_connection = partial(
-                TCPServer, wrapped, server_config, context, ConnectionState(lifespan_state.copy())
-            )
+
+            def handle_connection(stream: trio.abc.Stream) -> TCPServer:
+                return TCPServer(
+                    wrapped,
+                    server_config,
+                    context,
+                    _connection_state(lifespan_state, stream),
+                    stream,
+                )
+
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
@@ -225,6 +236,16 @@ async def serve(
                 )
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+def _connection_state(lifespan_state: LifespanState, stream: trio.abc.Stream) -> ConnectionState:
+    """The ASGI ``state`` of one connection: the lifespan's, and a plain TCP connection's own
+    stream under :data:`CONNECTION_STREAM` (a TLS one has none: its writes go through
+    hypercorn, whose lock a direct write could not share)."""
+    state = dict(lifespan_state)
+    if isinstance(stream, SendDeadlineStream):
+        state[CONNECTION_STREAM] = stream
+    return ConnectionState(state)
 
 
 def _listeners(
