@@ -1,13 +1,18 @@
 """``/jobs/{id}/ws`` served at the ASGI level, in front of quart.
 
 A watcher is one long WebSocket that mostly waits; what it costs the gateway is its handshake
-and its frames. Through quart each handshake built a websocket object, its request and app
-contexts, a receive queue, a task group and a URL match, ran the ``before_websocket`` hooks
-and then the handler, and each frame went through quart's send wrappers before hypercorn's.
-:class:`WatchRoute` wraps quart's ASGI app (``app.asgi_app``): a WebSocket scope whose path is
-``/jobs/<digits>/ws`` is served here, speaking ASGI to hypercorn directly; every other scope
-(HTTP requests, the lifespan, other paths) goes to quart unchanged. The protocol is the same
-(:mod:`pm.watch`: one JSON text frame per message, the final job message, then close 1000).
+and its writes. Through quart each handshake built a websocket object, its request and app
+contexts, a receive queue, a task group and a URL match, and each message was a frame sent
+through quart's send wrappers, then hypercorn's (wsproto, its send lock, a shielded scope)
+and a socket write of its own. :class:`WatchRoute` wraps quart's ASGI app (``app.asgi_app``):
+a WebSocket scope whose path is ``/jobs/<digits>/ws`` is served here, speaking ASGI to
+hypercorn for the handshake and the close; every other scope (HTTP requests, the lifespan,
+other paths) goes to quart unchanged. On a plain TCP connection the frames are written to the
+connection's stream directly (:data:`pm.http.server.CONNECTION_STREAM`), the messages due to
+a watcher together in one write, at most one write per update interval
+(:func:`_send_coalesced`); on TLS they go through hypercorn, one ASGI message each. The
+protocol is the same (:mod:`pm.watch`: one JSON text frame per message, the final job
+message, then close 1000).
 
 The handshake is checked in quart's order, with the same functions: the origin and the token
 (:class:`~pm.http.guards.RequestGuards`), the query string (:mod:`pm.http.queries`, unknown
