@@ -9,16 +9,23 @@ over the C devices. The ratio is rt/s with C connections over rt/s with 1, where
 1-connection figure is the mean of a run before and a run after the others (the machine
 drifts). Memory per idle connection is (broker RSS with the fleet connected - RSS before) / C.
 
+``--burst`` (issue 15's shape: a job is a burst, a fleet one connection per device): for each
+N in ``--connections``, N requests at once to N devices with one connection each, and the
+same burst to N devices multiplexed over one connection; the ratio of the two rates, broker
+and fleet CPU per round trip, and how many of amqtt's PUBACK waits expired (the broker child
+reports them at its stop).
+
 Usage::
 
     .venv/bin/python -m bench.broker_fanout [--connections 1000 10000] [--requests 2000]
-        [--brokers ours stock mosquitto]
+        [--brokers ours stock mosquitto] [--burst]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import shlex
 import sys
 import time
@@ -37,11 +44,24 @@ from bench._processes import (
 from bench._report import Report
 
 
-def _one(broker: str, connections: int, requests: int) -> dict[str, float]:
+def _one(
+    broker: str,
+    connections: int,
+    requests: int,
+    *,
+    window: int = 1,
+    multiplexed: bool = False,
+) -> dict[str, float]:
     """One point; a fleet that cannot connect in time is recorded (rt/s 0), not fatal:
-    stock amqtt does not connect 10,000 devices within the fleet's 120 s."""
+    stock amqtt does not connect 10,000 devices within the fleet's 120 s.
+
+    Args:
+      connections: devices, one MQTT connection each (``multiplexed``: all over one).
+      requests: round trips, cycling over the devices.
+      window: requests outstanding at once (1: sequential; ``requests``: one burst).
+    """
     try:
-        return _measure_one(broker, connections, requests)
+        return _measure_one(broker, connections, requests, window, multiplexed)
     except RuntimeError as error:
         print(f"{broker} with {connections} connections failed: {str(error)[:200]}")
         return {
@@ -50,10 +70,13 @@ def _one(broker: str, connections: int, requests: int) -> dict[str, float]:
             "connect_seconds": -1,
             "broker_cpu_ms_per_rt": float("nan"),
             "fleet_cpu_ms_per_rt": float("nan"),
+            "puback_timeouts": float("nan"),
         }
 
 
-def _measure_one(broker: str, connections: int, requests: int) -> dict[str, float]:
+def _measure_one(
+    broker: str, connections: int, requests: int, window: int, multiplexed: bool
+) -> dict[str, float]:
     with workdir() as directory:
         engine = "mosquitto" if broker == "mosquitto" else "amqtt"
         server = start_broker(engine, directory, stock=broker == "stock")
@@ -61,7 +84,9 @@ def _measure_one(broker: str, connections: int, requests: int) -> dict[str, floa
             time.sleep(0.2)
             before = memory_kib(server.pid)
             started = time.monotonic()
-            fleet = start_fleet(directory, int(server.info["port"]), connections, None)
+            fleet = start_fleet(
+                directory, int(server.info["port"]), connections, 1 if multiplexed else None
+            )
             connect_seconds = time.monotonic() - started
             try:
                 time.sleep(0.5)
@@ -73,7 +98,7 @@ def _measure_one(broker: str, connections: int, requests: int) -> dict[str, floa
                 # the cores, and this tells the two apart.
                 broker_cpu, fleet_cpu = cpu_seconds(server.pid), cpu_seconds(fleet.pid)
                 rate = trio.run(
-                    lambda: raw_round_trips(int(server.info["port"]), sequence, window=1)
+                    lambda: raw_round_trips(int(server.info["port"]), sequence, window=window)
                 )
                 broker_cpu = cpu_seconds(server.pid) - broker_cpu
                 fleet_cpu = cpu_seconds(fleet.pid) - fleet_cpu
@@ -81,8 +106,14 @@ def _measure_one(broker: str, connections: int, requests: int) -> dict[str, floa
                 fleet.stop()
         finally:
             server.stop()
+        # Our broker child counts amqtt's expired PUBACK waits and reports them at its stop.
+        timeouts = sum(
+            int(found)
+            for found in re.findall(r"(\d+) PUBACK waits exceeded", server.log.read_text())
+        )
     return {
         "rt_per_second": rate,
+        "puback_timeouts": timeouts,
         "kib_per_connection": (after - before) / connections,
         "connect_seconds": connect_seconds,
         "broker_cpu_ms_per_rt": broker_cpu * 1000 / requests,
@@ -103,7 +134,15 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument(
         "--brokers", nargs="+", choices=("ours", "stock", "mosquitto"), default=["ours", "stock"]
     )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="N requests at once to N devices (N = each --connections), one connection per "
+        "device against the same burst to N devices over one multiplexed connection",
+    )
     args = parser.parse_args(argv)
+    if args.burst:
+        return _burst(args, sys.argv[1:] if argv is None else argv)
     report = Report(
         scenario="broker_fanout",
         title="Broker alone: sequential QoS 1 round trips/s vs device connections",
@@ -158,6 +197,62 @@ def main(argv: list[str] | None = None) -> Report:
             )
             if broker == "ours":
                 report.target(f"broker rt/s {count:,} conns / 1", ratio, ">= 0.80", ratio >= 0.8)
+    report.write()
+    return report
+
+
+def _burst(args: argparse.Namespace, argv: list[str]) -> Report:
+    """Burst mode: per count N and broker, a burst of N requests to N devices with one
+    connection each, and the same burst to N devices multiplexed over one connection."""
+    report = Report(
+        scenario="broker_fanout_burst",
+        title="Broker alone: a burst of N QoS 1 round trips to N devices, per-device "
+        "connections vs one multiplexed connection",
+        command="python -m bench.broker_fanout " + shlex.join(argv),
+        parameters=vars(args),
+        columns=[
+            "broker",
+            "N devices, N requests",
+            "rt/s, N connections",
+            "rt/s, 1 connection",
+            "N conns / 1 conn",
+            "broker CPU ms/rt, N conns",
+            "fleet CPU ms/rt, N conns",
+            "PUBACK waits expired, N conns / 1 conn",
+        ],
+    )
+    for broker in args.brokers:
+        for count in args.connections:
+            spread = _one(broker, count, count, window=count)
+            multiplexed = _one(broker, count, count, window=count, multiplexed=True)
+            report.raw[f"{broker}_{count}"] = {"spread": spread, "multiplexed": multiplexed}
+            ratio = spread["rt_per_second"] / multiplexed["rt_per_second"]
+            report.rows.append(
+                [
+                    broker,
+                    count,
+                    spread["rt_per_second"],
+                    multiplexed["rt_per_second"],
+                    ratio,
+                    spread["broker_cpu_ms_per_rt"],
+                    spread["fleet_cpu_ms_per_rt"],
+                    f"{spread['puback_timeouts']:g} / {multiplexed['puback_timeouts']:g}",
+                ]
+            )
+            if broker == "ours":
+                report.target(
+                    f"burst rt/s {count:,} conns / 1 conn", ratio, ">= 0.80", ratio >= 0.8
+                )
+                report.target(
+                    f"PUBACK waits expired in a {count:,} burst",
+                    spread["puback_timeouts"] + multiplexed["puback_timeouts"],
+                    "= 0",
+                    spread["puback_timeouts"] + multiplexed["puback_timeouts"] == 0,
+                )
+    report.notes.append(
+        "One run per point; the fleet (one pm simulate process) and the requester share the "
+        "machine's cores with the broker."
+    )
     report.write()
     return report
 
