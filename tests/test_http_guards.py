@@ -291,6 +291,21 @@ async def test_a_cross_site_websocket_handshake_is_403(gateway: ServedGateway) -
             assert code == 1000 and messages[-1]["job"]["status"] == "resolved"
 
 
+async def test_a_cross_site_websocket_handshake_is_counted_with_the_others(
+    gateway: ServedGateway,
+) -> None:
+    # The watchers' WebSocket is served in front of quart (pm.http.watch_route), by the same
+    # guards: its refusal is counted where quart's are.
+    with trio.fail_after(GUARD):
+        job_id = (await gateway.submit(entry()))["id"]
+        url = f"{gateway.ws_url}/jobs/{job_id}/ws"
+        with pytest.raises(ConnectionRejected):
+            async with open_websocket_url(url, extra_headers=[("Origin", "http://evil.example")]):
+                raise AssertionError("the handshake must be refused")
+        metrics = await scrape(gateway)
+        assert metrics[("pm_http_rejected_total", (("reason", "cross_origin"),))] == 1
+
+
 # -- query strings ---------------------------------------------------------------------------
 
 
