@@ -222,7 +222,10 @@ def _burst(args: argparse.Namespace, argv: list[str]) -> Report:
         ],
     )
     for broker in args.brokers:
-        for count in args.connections:
+        counts = args.connections
+        if broker == "stock" and args.stock_connections:
+            counts = args.stock_connections
+        for count in counts:
             spread = _one(broker, count, count, window=count)
             multiplexed = _one(broker, count, count, window=count, multiplexed=True)
             report.raw[f"{broker}_{count}"] = {"spread": spread, "multiplexed": multiplexed}
