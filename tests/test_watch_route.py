@@ -11,7 +11,7 @@ import trio.testing
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from pm.http.watch_route import _send_coalesced
+from pm.http.watch_route import MAX_WRITE_BYTES, _send_coalesced
 from pm.http.websocket_frames import text_frames
 from pm.watch import Watcher
 from tests.test_watch import INTERVAL, job_of, make_feed, task_of, view_of
@@ -71,3 +71,39 @@ async def test_a_client_gone_during_a_write_ends_the_writes(
     with Watcher(feed, INTERVAL) as watcher:
         assert await _send_coalesced(watcher, write) is False
     assert calls == 1
+
+
+class _Backlog:
+    """Stands in for a watcher that has a backlog ready at once (a batch watcher catching up)."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self._messages = list(messages)
+
+    def __aiter__(self) -> _Backlog:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if not self._messages:
+            raise StopAsyncIteration
+        return self._messages.pop(0)
+
+    def update_interval(self) -> float:
+        return 10.0
+
+
+async def test_a_backlog_is_written_in_bounded_pieces(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Without the bound, all of it would wait in one list for the interval, then go in one
+    # write: a stalled client's handler holding a copy of everything unsent.
+    piece = b"x" * (MAX_WRITE_BYTES // 2 + 1)
+    writes: list[int] = []
+
+    async def write(messages: list[bytes]) -> bool:
+        writes.append(sum(map(len, messages)))
+        return True
+
+    assert await _send_coalesced(_Backlog([b"{}"] + [piece] * 6), write)  # type: ignore[arg-type]
+    assert writes == [2] + [2 * len(piece)] * 3
+    assert trio.current_time() == 0  # none of it waited for the interval

@@ -63,6 +63,11 @@ Writer = Callable[[list[bytes]], Awaitable[bool]]
 # The path of quart's "/jobs/<int:job_id>/ws" rule: werkzeug's int converter is \d+ then
 # int(), as here, so a path matches here exactly when it would match quart's rule.
 WATCH_PATH = re.compile(r"/jobs/(\d+)/ws")
+# A write goes out as soon as it holds this many bytes of messages, whatever the interval: a
+# backlog (a batch watcher catching up) is then written in pieces, and a watcher whose client
+# stalls holds at most about this much, never a copy of all it has not sent (the watcher
+# keeps the rest as references into the job's feed, and lags, then skips, as before).
+MAX_WRITE_BYTES = 64 * 1024
 # WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
 CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
@@ -175,7 +180,8 @@ class WatchRoute:
 
 async def _send_coalesced(watcher: Watcher, write: Writer) -> bool:
     """Write the watcher's messages, those due together in one write, at most one write per
-    :meth:`~pm.watch.Watcher.update_interval`; the first and the final message at once.
+    :meth:`~pm.watch.Watcher.update_interval` (sooner once :data:`MAX_WRITE_BYTES` are due);
+    the first and the final message at once.
 
     A write is what a watcher costs (a socket write, through trio's scheduler), whatever its
     frames: with 1,000 watchers of one job (an update interval of 1 s with the default
@@ -188,21 +194,25 @@ async def _send_coalesced(watcher: Watcher, write: Writer) -> bool:
       False if the client went away during a write (nothing more can be sent).
     """
     due: list[bytes] = []
+    due_bytes = 0
     write_at = trio.current_time()
     more = True
     while more or due:
-        if due and (not more or trio.current_time() >= write_at):
+        if due and (not more or due_bytes >= MAX_WRITE_BYTES or trio.current_time() >= write_at):
             if not await write(due):
                 return False
-            due = []
+            due, due_bytes = [], 0
             write_at = trio.current_time() + watcher.update_interval()
             continue
         # Cancelling the wait loses nothing (pm.watch): the watcher keeps what it took.
         with trio.move_on_at(write_at if due else math.inf):
             try:
-                due.append(await anext(watcher))
+                message = await anext(watcher)
             except StopAsyncIteration:
                 more = False
+            else:
+                due.append(message)
+                due_bytes += len(message)
     return True
 
 
