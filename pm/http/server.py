@@ -18,6 +18,10 @@ take to send a request's line and headers (the idle timer only stops at a comple
 and ``http.max_websocket_message_bytes`` its ``websocket_max_message_size`` (1009 beyond it;
 :class:`BoundedWebsocketBuffer` keeps that bound when the client goes on sending).
 
+A plain TCP connection's stream is also handed to the app, in the ASGI scope's ``state``
+(:data:`CONNECTION_STREAM`): the watchers' route writes its frames there directly
+(:mod:`pm.http.watch_route`); the stream's lock keeps its writes and hypercorn's whole.
+
 hypercorn is pinned exactly: ``tests/test_private_names.py`` pins the sources this module
 mirrors (``hypercorn.trio.serve``) and replaces (``WebsocketBuffer``).
 
@@ -103,17 +107,20 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._sending:
-            with memoryview(data) as view:
-                for start in range(0, max(len(view), 1), SEND_CHUNK):
-                    with trio.move_on_after(self._send_timeout) as deadline:
-                        await self.transport.send_all(view[start : start + SEND_CHUNK])
-                    if deadline.cancelled_caught:
-                        self._on_timeout()
-                        await trio.aclose_forcefully(self.transport)
-                        raise trio.BrokenResourceError(
-                            f"the client accepted less than {SEND_CHUNK} bytes in "
-                            f"{self._send_timeout:g} s (http.send_timeout)"
-                        )
+            await self._send_all_in_turn(data)
+
+    async def _send_all_in_turn(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as view:
+            for start in range(0, max(len(view), 1), SEND_CHUNK):
+                with trio.move_on_after(self._send_timeout) as deadline:
+                    await self.transport.send_all(view[start : start + SEND_CHUNK])
+                if deadline.cancelled_caught:
+                    self._on_timeout()
+                    await trio.aclose_forcefully(self.transport)
+                    raise trio.BrokenResourceError(
+                        f"the client accepted less than {SEND_CHUNK} bytes in "
+                        f"{self._send_timeout:g} s (http.send_timeout)"
+                    )
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
