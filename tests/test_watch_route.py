@@ -43,7 +43,7 @@ async def test_messages_due_together_go_in_one_write_and_the_final_one_at_once(
             nursery.start_soon(_send_coalesced, watcher, write)
             await trio.sleep(0.01)
             for index in range(3):
-                job.mark_sent(job.tasks[index])
+                job.mark_sent(job.tasks[index], 1.0)
                 feed.task_changed(view_of(job, index))
             await trio.sleep(INTERVAL + 0.05)  # just after the second write
             feed.close()
