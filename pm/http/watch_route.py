@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 import trio
 from werkzeug.datastructures import MultiDict
 
@@ -43,6 +44,7 @@ from ..engine import Engine
 from ..jobs import Job
 from ..schemas import MAX_SQLITE_INTEGER
 from ..watch import TaskMode, Watcher, parse_task_mode
+from .auth import WATCH_SUBPROTOCOL, subprotocol_token
 from .guards import Refusal, RequestGuards
 from .metrics import HttpCounters
 from .queries import InvalidQuery, WatchJobQuery, parse_query
@@ -118,7 +120,7 @@ class WatchRoute:
         if isinstance(admitted, Refusal):
             await _refuse(send, admitted)
             return
-        job, tasks = admitted
+        job, tasks, interval = admitted
         with self._slots.claim(job_id) as claimed:
             if not claimed:
                 self._counters.refused["max_watchers_per_job"] += 1
@@ -132,14 +134,18 @@ class WatchRoute:
                     ),
                 )
                 return
-            await send({"type": "websocket.accept"})
+            # A browser that offered subprotocols fails the connection unless one is selected.
+            offered = WATCH_SUBPROTOCOL in (scope.get("subprotocols") or [])
+            await send(
+                {"type": "websocket.accept", "subprotocol": WATCH_SUBPROTOCOL if offered else None}
+            )
             stream = scope.get("state", {}).get(CONNECTION_STREAM)
             write = _asgi_writer(send) if stream is None else _stream_writer(stream)
             client_stayed = False  # stays so if the client's disconnect cancels the watching
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
-                    with job.watch(tasks) as watcher:
+                    with job.watch(tasks, interval) as watcher:
                         client_stayed = await _send_coalesced(watcher, write)
                     nursery.cancel_scope.cancel()
             except Exception:
@@ -149,8 +155,9 @@ class WatchRoute:
             if client_stayed:
                 await send({"type": "websocket.close", "code": CLOSE_NORMAL})
 
-    async def _admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode] | Refusal:
-        """The job and the ``tasks`` mode a handshake asks for, or why it is refused."""
+    async def _admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode, float] | Refusal:
+        """The job, the ``tasks`` mode and the snapshot ``interval`` a handshake asks for, or
+        why it is refused."""
         headers = _headers(scope)
         # As werkzeug parses a query string (invalid bytes stay percent-encoded).
         args = MultiDict(
@@ -160,22 +167,27 @@ class WatchRoute:
                 errors="werkzeug.url_quote",
             )
         )
+        # Browsers cannot set headers on a handshake: the dashboard offers its token as a
+        # subprotocol (pm.http.auth); ?token= (which lands in URLs) is still accepted.
+        offered = subprotocol_token(scope.get("subprotocols") or [])
         refusal = self._guards.check_websocket(
             headers.get("origin"),
             headers.get("host"),
             headers.get("authorization"),
-            args.get("token"),
+            offered or args.get("token"),
         )
         if refusal is not None:
             return refusal
         try:
-            tasks = parse_task_mode(parse_query(args, WatchJobQuery).tasks)
+            query = parse_query(args, WatchJobQuery)
+            tasks = parse_task_mode(query.tasks)
         except (InvalidQuery, ValueError) as error:
             return Refusal(400, str(error))
+        interval = 0.0 if query.interval is msgspec.UNSET else query.interval
         job = await self._engine.find(job_id) if job_id <= MAX_SQLITE_INTEGER else None
         if job is None:
             return Refusal(404, f"no job {job_id}")
-        return job, tasks
+        return job, tasks, interval
 
 
 async def _send_coalesced(watcher: Watcher, write: Writer) -> bool:
