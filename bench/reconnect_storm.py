@@ -301,9 +301,9 @@ def main(argv: list[str] | None = None) -> Report:
         + " (ListenOverflows: connections dropped because the broker's accept queue was full; "
         "each is retried on the kernel's SYN timers, 1, 3, 7, 15 s...).",
         "Repeats: requests a device received again while working on them or after answering "
-        "them (it answers a repeat from memory, docs/protocol.md). Requests sent in the grace "
-        "after a broker restart are retained and re-sent until answered, since the device "
-        "may not have subscribed again yet.",
+        "them (it answers a repeat from memory, docs/protocol.md). The gateway sends a queued "
+        "request once its device is online again, and a copy of one in flight only when the "
+        "device comes back (docs/protocol.md, 'Repeated requests').",
     ]
     report.raw = figures | {
         "rss_before_kib": rss_before_kib,
