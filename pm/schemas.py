@@ -7,7 +7,7 @@ twice. Field names follow the seed (sanji-puppetmaster): camelCase, ``__destinat
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -44,15 +44,7 @@ JobStatus = Literal[
 FINAL_TASK_STATUSES: frozenset[str] = frozenset(
     {"resolved", "error", "timeout", "cancelled", "expired"}
 )
-TASK_STATUSES: tuple[TaskStatus, ...] = (
-    "pending",
-    "sent",
-    "resolved",
-    "error",
-    "timeout",
-    "cancelled",
-    "expired",
-)
+TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
 # Why a pending task is not sent yet: its device is offline or works on another task; its
 # job's window is full or its rate spent; it waits out a retry's backoff; its job is paused
 # or outside its schedule's windows.
@@ -65,26 +57,9 @@ WaitingReason = Literal[
     "job-paused",
     "outside-window",
 ]
-WAITING_REASONS: tuple[WaitingReason, ...] = (
-    "device-offline",
-    "device-busy",
-    "rollout-window",
-    "rollout-rate",
-    "retry-backoff",
-    "job-paused",
-    "outside-window",
-)
+WAITING_REASONS: tuple[WaitingReason, ...] = get_args(WaitingReason)
 FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled", "aborted"})
-JOB_STATUSES: tuple[str, ...] = (
-    "pending",
-    "dispatching",
-    "paused",
-    "scheduled",
-    "resolved",
-    "timeout",
-    "cancelled",
-    "aborted",
-)
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 # Job ids and list offsets are SQLite integers (signed 64-bit): no job has a larger id, and a
 # larger value would overflow the store's query (a 500 instead of a 404 or a 400).
 MAX_SQLITE_INTEGER = 2**63 - 1
