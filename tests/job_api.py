@@ -25,10 +25,14 @@ def entry(
 
 
 def job_request(
-    *entries: dict[str, Any], timeout: float | None = None, expires_in: float | None = None
+    *entries: dict[str, Any],
+    timeout: float | None = None,
+    expires_in: float | None = None,
+    **options: Any,
 ) -> JobRequest:
-    """The decoded body of a job with these batch entries, as the engine receives it."""
-    body: dict[str, Any] = {"batch": list(entries)}
+    """The decoded body of a job with these batch entries, as the engine receives it;
+    ``options`` are more top-level fields, spelled as on the wire (``rollout``, ``retry``...)."""
+    body: dict[str, Any] = {"batch": list(entries), **options}
     if timeout is not None:
         body["timeout"] = timeout
     if expires_in is not None:

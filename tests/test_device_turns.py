@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import trio
 import trio.testing
 
@@ -18,13 +17,13 @@ from pm.device_turns import FleetBudget
 from pm.engine import Engine, open_engine
 from pm.schemas import JobRequest
 from tests.fakes import RecordingPublisher, answer
+from tests.job_api import entry, job_request
 from tests.stores import running_store
 from tests.test_engine import virtual_wall_clock
 
 
 def request(entries: list[tuple[str, str]], **options: Any) -> JobRequest:
-    batch = [{"method": "get", "resource": r, "__destination": d} for d, r in entries]
-    return msgspec.convert({"batch": batch, **options}, JobRequest)
+    return job_request(*(entry(device, resource) for device, resource in entries), **options)
 
 
 def engine_config(**tasks: Any) -> Config:

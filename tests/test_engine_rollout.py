@@ -15,13 +15,13 @@ from pm.engine import JobStateError
 from pm.schemas import JobRequest
 from pm.state import RETRY_ID_STRIDE
 from tests.fakes import RecordingPublisher, answer
+from tests.job_api import entry, job_request
 from tests.stores import running_store
 from tests.test_engine import EPOCH, GUARD, restartable
 
 
 def rollout_request(devices: list[str], **options: Any) -> JobRequest:
-    body = {"batch": [{"method": "get", "resource": "/r", "__destination": devices}], **options}
-    return msgspec.convert(body, JobRequest)
+    return job_request(entry(devices, "/r"), **options)
 
 
 async def test_a_retry_reaches_the_device_with_a_new_id_and_its_answer_settles_the_task(
