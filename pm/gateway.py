@@ -31,7 +31,7 @@ from functools import partial
 import hypercorn.config
 import trio
 
-from .broker import EmbeddedBroker, broker_auth, run_embedded_broker
+from .broker import EmbeddedBroker, broker_auth, gateway_client_id, run_embedded_broker
 from .config import Config, ConfigError, HttpConfig
 from .engine import Engine, open_engine
 from .http import HttpCounters, create_app, serve, set_websocket_compression
@@ -140,7 +140,7 @@ async def run_gateway(
         async with open_mqtt_client(
             host,
             port,
-            client_id=config.mqtt.client_id,
+            client_id=gateway_client_id(config),
             username=username,
             password=password,
             keepalive=config.mqtt.keepalive,

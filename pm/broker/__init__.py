@@ -1,8 +1,9 @@
 """The embedded MQTT broker: amqtt (or mosquitto) in a supervised child process.
 
 The gateway calls :func:`run_embedded_broker` (``broker = await nursery.start(...)``), holds the
-:class:`EmbeddedBroker` it hands over, and builds the child's device identity with
-:func:`broker_auth`; ``pm serve`` reports a :class:`BrokerStartError` in one line.
+:class:`EmbeddedBroker` it hands over, builds the child's device identity with
+:func:`broker_auth` and its own MQTT client id with :func:`gateway_client_id`; ``pm serve``
+reports a :class:`BrokerStartError` in one line.
 
 Layout (dependencies point one way): ``_supervisor`` (the restart loop) uses ``_child``
 (process plumbing), ``_arguments`` (config to command line), ``_restart`` (the backoff policy)
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._arguments import BrokerAuth as BrokerAuth
     from ._arguments import broker_auth as broker_auth
+    from ._arguments import gateway_client_id as gateway_client_id
     from ._state import BrokerStartError as BrokerStartError
     from ._state import EmbeddedBroker as EmbeddedBroker
     from ._supervisor import run_embedded_broker as run_embedded_broker
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "BrokerAuth": "._arguments",
     "broker_auth": "._arguments",
+    "gateway_client_id": "._arguments",
     "BrokerStartError": "._state",
     "EmbeddedBroker": "._state",
     "run_embedded_broker": "._supervisor",

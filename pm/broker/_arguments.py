@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 
 import msgspec
@@ -85,6 +86,25 @@ def broker_auth(config: Config) -> BrokerAuth | None:
         gateway_client_id=config.mqtt.client_id,
         **devices,
     )
+
+
+def gateway_client_id(config: Config) -> str:
+    """The client id the gateway's MQTT connection uses: ``mqtt.client_id``, or, on the
+    embedded mosquitto engine, ``mqtt.client_id`` plus a random suffix made now.
+
+    Why: a second connection with a client id takes that id's session over (MQTT 3.1.1
+    section 3.1.4-2), and mosquitto cannot keep an id for one user while it lets anonymous
+    clients in under any other (docs/broker.md: no option of 2.0.11, neither a password file,
+    the dynamic security plugin nor a listener of its own). An id nobody else can know leaves
+    nothing to take: a client using the configured id gets a session of its own. The suffix
+    is made once per gateway process (reconnects and broker restarts keep it), 96 random bits
+    from :mod:`secrets`, never published. The embedded amqtt broker reserves the configured id
+    itself (:func:`broker_auth`), and an external broker's ACLs may name it, so both keep it.
+    """
+    client_id = config.mqtt.client_id
+    if config.broker.embedded and config.broker.engine == "mosquitto":
+        return f"{client_id}-{secrets.token_hex(12)}"
+    return client_id
 
 
 def tls_files(config: BrokerConfig) -> tuple[str, str] | None:

@@ -97,6 +97,11 @@ class MqttClient:
         # Why the last connect attempt failed, for the retry log line.
         self._connect_error = ""
 
+    @property
+    def client_id(self) -> str:
+        """The client id every connection of this client uses."""
+        return self._client_id
+
     async def wait_connected(self) -> None:
         """Wait until the client is connected with its subscriptions restored.
 

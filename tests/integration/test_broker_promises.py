@@ -20,7 +20,6 @@ from pm.config import BrokerConfig
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
 from tests.integration.mqtt_packets import connect_packet
 from tests.job_api import entry, post_job, wait_final
-from tests.waiting import poll_until
 
 ANY_PORT = BrokerConfig(host="127.0.0.1", port=0)
 HANG_GUARD = 20.0
@@ -200,27 +199,64 @@ async def test_a_client_using_the_gateways_id_once_does_not_deafen_the_gateway(
         assert [task["__task"]["status"] for task in job["collection"]] == ["resolved"], job
 
 
-async def test_with_mosquitto_a_client_using_the_gateways_id_only_interrupts_the_gateway(
+async def _keep_connecting(broker: EmbeddedBroker, client_id: str, seconds: float) -> list[bool]:
+    """Connect with ``client_id`` again and again for ``seconds``, each connection let in,
+    pinged and left at once (what a misconfigured device in a reconnect loop does); returns,
+    per connection, whether it was closed by the broker before its ping was answered."""
+    kicked: list[bool] = []
+    with trio.move_on_after(seconds):
+        while True:
+            intruder = await RawClient.connect(broker, client_id)
+            try:
+                assert await intruder.connack() == 0
+                await intruder.stream.send_all(PINGREQ)
+                kicked.append(await intruder.receive_exactly(2) != PINGRESP)
+            except trio.BrokenResourceError:  # reset: closed by the broker
+                kicked.append(True)
+            finally:
+                await intruder.aclose()
+    return kicked
+
+
+async def test_with_mosquitto_no_client_can_take_the_gateways_session(
     start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
 ) -> None:
-    # mosquitto cannot reserve a client id for anonymous clients (docs/broker.md): the
-    # intruder takes the id over, but mosquitto closes the gateway's connection when it does
-    # (MQTT 3.1.4-2), so the gateway notices, reconnects with a clean session and subscribes
-    # again; later jobs resolve.
+    # mosquitto cannot reserve a client id for anonymous clients (docs/broker.md): before the
+    # fix, each client below took the gateway's session over (mosquitto closed the gateway's
+    # connection), and the one that keeps reconnecting made the two fight for it.
     with trio.fail_after(40):
         gateway = await start_gateway(
             broker={"engine": "mosquitto"},
             mqtt={"client_id": "puppetmaster"},
-            tasks={"default_timeout": 5},
+            tasks={"default_timeout": 10},
         )
+        broker, mqtt = gateway.broker, gateway.mqtt
+        assert broker is not None and mqtt is not None
         await start_simulator(gateway, ["aa"])
-        reason = await trio.to_thread.run_sync(
-            _connect_and_leave, gateway.mqtt_host, gateway.mqtt_port, "puppetmaster", 1.0
-        )
-        assert reason == "Success"  # let in: the limit this test documents
-        mqtt = gateway.mqtt
-        assert mqtt is not None
-        await poll_until(lambda: mqtt.connected and mqtt.reconnects >= 1)
         client = http(gateway)
-        job = await wait_final(client, (await post_job(client, entry("aa", "/x")))["id"])
+        for options in (
+            {},
+            {"clean": False},
+            {"username": "$puppetmaster", "password": "guess"},
+            {"username": "$puppetmaster"},
+        ):
+            # Let in (mosquitto lets anyone in), but the id is no longer the gateway's.
+            intruder = await RawClient.connect(broker, "puppetmaster", **options)
+            assert await intruder.connack() == 0, options
+            await intruder.ping()
+            await intruder.aclose()
+        kicked: list[bool] = []
+
+        async def hammer() -> None:
+            kicked.extend(await _keep_connecting(broker, "puppetmaster", 2.5))
+
+        async with trio.open_nursery() as nursery:
+            # The job is sent and answered while a client keeps reconnecting with the id.
+            nursery.start_soon(hammer)
+            job = await wait_final(client, (await post_job(client, entry("aa", "/x")))["id"])
+        assert len(kicked) >= 5 and not any(kicked), kicked  # nobody fought over the id
         assert [task["__task"]["status"] for task in job["collection"]] == ["resolved"], job
+        # Never kicked: the gateway's connection is the one it made at its start, under an id
+        # of its own.
+        assert mqtt.connected and mqtt.reconnects == 0
+        assert mqtt.client_id.startswith("puppetmaster-"), mqtt.client_id
