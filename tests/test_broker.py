@@ -24,6 +24,7 @@ from pm.broker._arguments import (
     broker_auth,
     child_command,
     child_environment,
+    gateway_client_id,
     tls_files,
 )
 from pm.broker._protocol import (
@@ -237,3 +238,15 @@ def test_the_embedded_amqtt_broker_always_reserves_the_gateways_identity() -> No
     # configured by its owner.
     assert broker_auth(Config(broker=BrokerConfig(engine="mosquitto"))) is None
     assert broker_auth(Config(broker=BrokerConfig(embedded=False))) is None
+
+
+def test_on_the_embedded_mosquitto_the_gateway_connects_under_an_id_nobody_else_knows() -> None:
+    mosquitto = Config(broker=BrokerConfig(engine="mosquitto"))
+    first, second = gateway_client_id(mosquitto), gateway_client_id(mosquitto)
+    # The configured id, for the operator reading logs, plus 96 random bits made per start.
+    assert first.startswith("puppetmaster-") and len(first) == len("puppetmaster-") + 24
+    assert int(first.removeprefix("puppetmaster-"), 16) >= 0 and first != second
+    # amqtt reserves the configured id itself; an external broker's ACLs may name it.
+    assert gateway_client_id(Config()) == "puppetmaster"
+    external = Config(broker=BrokerConfig(engine="mosquitto", embedded=False))
+    assert gateway_client_id(external) == "puppetmaster"

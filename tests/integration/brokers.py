@@ -56,10 +56,11 @@ class MosquittoBroker:
         self._process: subprocess.Popen[bytes] | None = None
         self._starts = 0
 
-    def configure(self, extra: str = "") -> None:
-        """Rewrite mosquitto.conf with ``extra`` lines appended; applies at the next start."""
+    def configure(self, extra: str = "", *, first: str = "") -> None:
+        """Rewrite mosquitto.conf with ``extra`` lines appended, and ``first`` lines before all
+        others (mosquitto wants ``per_listener_settings`` there); applies at the next start."""
         self._config.write_text(
-            f"listener {self.port} {self.host}\n"
+            f"{first}listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             # Without it small packets wait for Nagle: QoS 1 request/response crawls.
             "set_tcp_nodelay true\n"

@@ -1,6 +1,8 @@
 """The embedded amqtt broker keeps MQTT 3.1.1's promises: a client id taken over closes the old
 connection (3.1.4-2), a silent connection is closed after 1.5 keepalive periods (3.1.2.10), and
-the gateway's own session cannot be taken over or stripped by any other client.
+the gateway's own session cannot be taken over or stripped by any other client: on amqtt its
+id is reserved, on the embedded mosquitto (which cannot reserve one:
+test_mosquitto_client_ids.py) the gateway connects under an id nobody else knows.
 
 Real broker child, raw MQTT over trio sockets (so that nothing reconnects behind the test's
 back) or paho; 127.0.0.1 and port 0 only; every test has a hang guard with wide margins.
@@ -18,59 +20,12 @@ import trio
 from pm.broker import BrokerAuth, EmbeddedBroker, run_embedded_broker
 from pm.config import BrokerConfig
 from tests.integration.gateways import GatewayFactory, SimulatorFactory
-from tests.integration.mqtt_packets import connect_packet
+from tests.integration.raw_client import PINGREQ, PINGRESP, RawClient
 from tests.job_api import entry, post_job, wait_final
 
 ANY_PORT = BrokerConfig(host="127.0.0.1", port=0)
 HANG_GUARD = 20.0
 NOT_AUTHORIZED = 5  # CONNACK return code
-
-PINGREQ = b"\xc0\x00"
-PINGRESP = b"\xd0\x00"
-
-
-class RawClient:
-    """One MQTT connection driven byte by byte: it never reconnects or pings by itself."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-
-    @classmethod
-    async def connect(cls, broker: EmbeddedBroker, client_id: str, **options: Any) -> RawClient:
-        client = cls(await trio.open_tcp_stream(broker.host, broker.port))
-        await client.stream.send_all(connect_packet(client_id, **options))
-        return client
-
-    async def receive_exactly(self, size: int) -> bytes:
-        """``size`` bytes, or fewer if the broker closed the connection first."""
-        data = b""
-        while len(data) < size:
-            chunk = await self.stream.receive_some(size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    async def connack(self) -> int:
-        packet = await self.receive_exactly(4)
-        assert packet[:2] == b"\x20\x02", packet
-        return packet[3]
-
-    async def closed_by_broker(self) -> bool:
-        """Wait until the broker closes the connection (EOF or reset); True then."""
-        try:
-            while await self.stream.receive_some(4096):
-                pass
-        except trio.BrokenResourceError:
-            pass
-        return True
-
-    async def ping(self) -> None:
-        await self.stream.send_all(PINGREQ)
-        assert await self.receive_exactly(2) == PINGRESP
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 @pytest.mark.parametrize("clean", [True, False], ids=["clean", "persistent"])
@@ -221,9 +176,10 @@ async def _keep_connecting(broker: EmbeddedBroker, client_id: str, seconds: floa
 async def test_with_mosquitto_no_client_can_take_the_gateways_session(
     start_gateway: GatewayFactory, start_simulator: SimulatorFactory, http: Any
 ) -> None:
-    # mosquitto cannot reserve a client id for anonymous clients (docs/broker.md): before the
-    # fix, each client below took the gateway's session over (mosquitto closed the gateway's
-    # connection), and the one that keeps reconnecting made the two fight for it.
+    # mosquitto cannot reserve a client id for anonymous clients (docs/broker.md): when the
+    # gateway connected as mqtt.client_id, each client below took its session over (mosquitto
+    # closed the gateway's connection), and the one that keeps reconnecting made the two
+    # fight for it. 2.5 s of reconnecting: "a few seconds" of a client in a reconnect loop.
     with trio.fail_after(40):
         gateway = await start_gateway(
             broker={"engine": "mosquitto"},
