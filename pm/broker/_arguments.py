@@ -63,7 +63,7 @@ class BrokerAuth(msgspec.Struct, frozen=True, kw_only=True):
 def broker_auth(config: Config) -> BrokerAuth | None:
     """The embedded broker's auth settings; ``None`` for an external broker, or for the
     mosquitto engine without ``broker.auth`` (mosquitto cannot reserve a client id for
-    anonymous clients: docs/broker.md).
+    anonymous clients: docs/broker.md; the gateway uses :func:`gateway_client_id` instead).
 
     The gateway logs in as ``mqtt.username`` (default ``$puppetmaster``) with
     ``mqtt.password``; an empty password is replaced by a random one made now, known only to

@@ -163,10 +163,10 @@ async def run_embedded_broker(
         with ``broker.auth`` also device identity and topic ACL; ``None``: anyone (tests and
         benchmarks of the bare broker).
         ``config.certfile``/``keyfile`` set: the listener speaks only TLS (amqtt only).
-      presence: the ``(request, status)`` topic templates: the amqtt child then publishes a
-        retained ``online``/``offline`` on a device's status topic when a client's
-        subscription to its request topic starts/ends (docs/protocol.md, presence). The
-        mosquitto engine ignores it (mosquitto cannot: docs/broker.md).
+      presence: the ``(request, status)`` topic templates: the child (either engine) then
+        publishes a retained ``online``/``offline`` on a device's status topic when a client's
+        subscription to its request topic starts/ends (docs/protocol.md, presence; mosquitto's
+        read from its log: docs/broker.md).
       start_timeout: seconds each child has to print its ready line.
       task_status: for ``nursery.start``.
 
