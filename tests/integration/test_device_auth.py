@@ -230,7 +230,7 @@ def _write_mosquitto_files(passwords: Path, acl: Path) -> None:
     mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not Path(mosquitto_passwd).exists():
         pytest.fail("mosquitto_passwd not found: it comes with the mosquitto package")
-    users = {"gw": GATEWAY["password"], "dev-a": SECRET, "dev-b": SECRET}
+    users = {"gw": GATEWAY["password"], "dev-a": SECRET, "dev-b": SECRET, "dev-c": SECRET}
     for number, (user, password) in enumerate(users.items()):
         create = ["-c"] if number == 0 else []
         subprocess.run(
@@ -256,7 +256,8 @@ async def test_mosquitto_password_and_acl_files(
     # test's private temporary directory: "user root" keeps it as it is.
     stay_root = "user root\n" if os.geteuid() == 0 else ""
     mosquitto.configure(
-        f"password_file {passwords}\nacl_file {acl}\nallow_anonymous false\n{stay_root}"
+        f"password_file {passwords}\nacl_file {acl}\nallow_anonymous false\n"
+        f"use_username_as_clientid true\n{stay_root}"
     )
     await trio.to_thread.run_sync(mosquitto.start)
     host, port = mosquitto.host, mosquitto.port
@@ -273,6 +274,14 @@ async def test_mosquitto_password_and_acl_files(
         client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
         job = await wait_final(client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"])
         assert job["status"] == "resolved" and job["doneCount"] == 2
+        # A device with valid credentials that uses the gateway's client id takes nothing over
+        # (use_username_as_clientid: every client's id is its username). Without it mosquitto
+        # closed the gateway's connection, counted before a later job's round trip ended.
+        gateway_id = gateway.config.mqtt.client_id
+        assert await _connack_code(host, port, gateway_id, "dev-c", SECRET) == 0
+        job = await wait_final(client, (await post_job(client, entry("dev-b")))["id"])
+        assert job["status"] == "resolved"
+        assert gateway.mqtt is not None and gateway.mqtt.reconnects == 0
         # The status lines let the devices' births reach the gateway.
         assert gateway.engine is not None
         presence = gateway.engine.presence
@@ -282,20 +291,21 @@ async def test_mosquitto_password_and_acl_files(
         probe = await probe_came_back(gateway)
         assert probe.ok and probe.probes_lost == 0
 
-        # dev-a asks for dev-b's requests: mosquitto 2.0.11 grants the SUBSCRIBE (MQTT 3.1.1)
-        # but must deliver nothing; dev-b (the simulator) still gets and answers them.
+        # dev-c (no simulated device: with use_username_as_clientid a second connection of
+        # dev-a would close the simulator's) asks for dev-b's requests: mosquitto 2.0.11 grants
+        # the SUBSCRIBE (MQTT 3.1.1) but must deliver nothing; dev-b (the simulator) still gets
+        # and answers them.
         nosy = Inbox()
         async with open_mqtt_client(
-            host, port, client_id="nosy-dev-a", on_message=nosy, username="dev-a", password=SECRET
+            host, port, client_id="nosy-dev-c", on_message=nosy, username="dev-c", password=SECRET
         ) as intruder:
             await intruder.subscribe("/remote/dev-b", qos=1)
             await intruder.subscribe("/remote/+/response", qos=1)
-            await intruder.subscribe("/remote/dev-a", qos=1)
+            await intruder.subscribe("/remote/dev-c", qos=1)
             job = await wait_final(client, (await post_job(client, entry("dev-b")))["id"])
             assert job["status"] == "resolved"
-            # A later request to dev-a itself is the first message it gets: mosquitto would
+            # A later request to dev-c itself is the first message it gets: mosquitto would
             # have delivered dev-b's request and answer before it.
-            job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
-            assert job["status"] == "resolved"
+            await post_job(client, entry("dev-c"))
             topic, _ = await nosy.receive.receive()
-            assert topic == "/remote/dev-a"
+            assert topic == "/remote/dev-c"
