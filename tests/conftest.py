@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.register_assert_rewrite(
+    "tests.ext4_image",
     "tests.fakes",
     "tests.job_api",
     "tests.served_app",
@@ -28,6 +29,7 @@ pytest.register_assert_rewrite(
     "tests.integration.gateways",
 )
 
+from tests.ext4_image import Ext4Image, ext4_image  # noqa: E402
 from tests.postgres_server import PostgresServer, running_postgres  # noqa: E402
 from tests.served_app import (  # noqa: E402 - after the above
     OTHER_TOKEN,
@@ -84,6 +86,16 @@ def disk(tmp_path: Path) -> Iterator[SmallFilesystem]:
     skipped, with the reason, where mounting is not allowed. A test requests it before any
     gateway fixture so it is unmounted only after the gateway stopped."""
     with small_filesystem(tmp_path / "disk") as mounted:
+        yield mounted
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Ext4Image]:
+    """An ext4 filesystem on a loop device mounted for the test (``ext4.fail()`` makes it
+    read-only under open files, as a disk error does; ``ext4.repair()`` mounts it writable
+    again at the same path); skipped, with the reason, where the machine cannot. Requested
+    before any gateway fixture, like ``disk``."""
+    with ext4_image(tmp_path / "ext4") as mounted:
         yield mounted
 
 

@@ -43,17 +43,30 @@ class SmallFilesystem:
         self._filler.unlink(missing_ok=True)
 
 
+def commands_to_mount(why_skipped: str, *commands: str) -> list[str]:
+    """The paths of ``commands``, on a machine where this process may mount filesystems.
+
+    Error handling: skips the test, with ``why_skipped`` and the reason, when one is missing or
+    this process is not root (mounting needs root or CAP_SYS_ADMIN; a failed mount skips too).
+    """
+    if os.geteuid() != 0:
+        pytest.skip(f"{why_skipped}: mounting a filesystem needs root")
+    paths = []
+    for command in commands:
+        path = shutil.which(command)
+        if path is None:
+            pytest.skip(f"{why_skipped}: the `{command}` command is missing")
+        paths.append(path)
+    return paths
+
+
 @contextmanager
 def small_filesystem(path: Path, size: str = "4m") -> Iterator[SmallFilesystem]:
     """Mount a tmpfs of ``size`` (mount's syntax) at ``path`` for the block; unmounted after.
 
     Error handling: skips the test, with the reason, when mounting is not possible here.
     """
-    mount = shutil.which("mount")
-    if mount is None:
-        pytest.skip("no full-disk test here: the `mount` command is missing")
-    if os.geteuid() != 0:
-        pytest.skip("no full-disk test here: mounting a tmpfs needs root")
+    (mount,) = commands_to_mount("no full-disk test here", "mount")
     path.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
         [mount, "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],

@@ -12,6 +12,7 @@ import trio
 
 from pm.store import Store, StoreUnavailable
 from pm.store._store import FAULT_RETRY_DELAY, JOB_ID_BLOCK
+from tests.ext4_image import Ext4Image
 from tests.small_filesystem import SmallFilesystem
 from tests.stores import batch, create_job, read, running_store
 
@@ -91,3 +92,37 @@ async def test_ids_that_need_a_new_block_are_refused_while_the_disk_is_full(
             first_job, _ = await store.allocate_ids(JOB_ID_BLOCK + 1, 1)
     assert first_job == 2
     assert read(path, "SELECT value FROM counters WHERE name = 'job'")[0][0] > JOB_ID_BLOCK + 1
+
+
+async def test_a_filesystem_turned_read_only_under_the_open_database_recovers_once_remounted(
+    ext4: Ext4Image,
+) -> None:
+    path = ext4.path / "pm.db"
+    with trio.fail_after(GUARD):
+        async with running_store(path) as store:
+            devices = [f"dev-{n}" for n in range(20)]
+            record = await create_job(store, batch((devices, "/a")))
+            await store.sync()
+
+            await trio.to_thread.run_sync(ext4.fail)
+            for task in record.tasks:
+                record.settle(task, "resolved", {"ok": True}, 1.0)
+                store.task_changed(task)
+            store.job_changed(record)
+            with pytest.raises(StoreUnavailable):
+                await store.sync()
+            assert store.fault is not None
+            # Reads answer from what was committed before the fault.
+            views, total = await store.list_jobs(status=None, limit=10, offset=0)
+            assert (total, views[0].done_count) == (1, 0)
+
+            # The operator's way back: a new mount of the checked filesystem at the same path.
+            # The store's open files still point at the old, read-only one: it must open the
+            # database again by its path.
+            await trio.to_thread.run_sync(ext4.repair)
+            await recovered(store)
+            assert store.fault is None
+            views, total = await store.list_jobs(status=None, limit=10, offset=0)
+            assert (total, views[0].status) == (1, "resolved")
+        assert read(path, "SELECT status, finish_count FROM jobs") == [("resolved", len(devices))]
+    assert read(path, "SELECT count(*) FROM tasks WHERE status = 'resolved'") == [(len(devices),)]

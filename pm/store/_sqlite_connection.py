@@ -1,4 +1,13 @@
-"""The SQLite engine (stdlib ``sqlite3``, WAL): opening a file, its dialect, its faults."""
+"""The SQLite engine (stdlib ``sqlite3``, WAL): opening a file, its dialect, its faults, and
+opening the file again after one.
+
+Error handling: a storage fault (see ``_STORAGE_FAULT_CODES``) makes the next use open the
+database again by its path, like the PostgreSQL engine reconnects. An open file keeps pointing
+at the filesystem it was opened on: after a filesystem turned read-only (a disk error) is
+unmounted and mounted again, only a new open reaches the repaired one. Reopening never creates
+a database: while nothing is at the path (between an unmount and a mount) it fails and is
+retried.
+"""
 
 from __future__ import annotations
 
@@ -54,19 +63,51 @@ class SqliteConnection:
         # than a thread hop, and keeps tests on trio's virtual clock deterministic (time
         # jumps while a worker thread runs).
         self.inline = location == IN_MEMORY
+        # Set by a storage fault: the next use opens the file again (an in-memory database
+        # cannot be opened again, and its faults do not come from a filesystem).
+        self._reopen = False
+        # Until a write works again, each write starts on a new open: a connection a read
+        # opened during the fault may still be on the old filesystem.
+        self._write_failed = False
+
+    def _live(self) -> sqlite3.Connection:
+        if self._reopen:
+            # Raises (a storage fault, retried) while nothing usable is at the path; the old
+            # connection then stays for reads of what was committed.
+            fresh = _configured(sqlite3.connect(
+                Path(self.location).absolute().as_uri() + "?mode=rw",
+                uri=True, isolation_level=None, check_same_thread=False,
+            ))  # fmt: skip
+            # The old files may sit on a dead filesystem: closing them may fail, and frees it.
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.close()
+            self.connection, self._reopen = fresh, False
+        return self.connection
+
+    def _fault_seen(self, error: BaseException) -> None:
+        if not self.inline and isinstance(error, sqlite3.Error) and self.is_storage_fault(error):
+            self._reopen = True
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self.connection.execute(sql, parameters)
+        try:
+            return self._live().execute(sql, parameters)
+        except sqlite3.Error as error:
+            self._fault_seen(error)
+            raise
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self.connection.execute("BEGIN")
+        self._reopen = self._reopen or self._write_failed
+        self.execute("BEGIN")
         try:
             yield
             self.connection.execute("COMMIT")
-        except BaseException:
+        except BaseException as error:
             self._roll_back()
+            self._fault_seen(error)
+            self._write_failed = self._reopen
             raise
+        self._write_failed = False
 
     def _roll_back(self) -> None:
         # SQLite may already have rolled back (a full disk during COMMIT): a second ROLLBACK
@@ -94,6 +135,20 @@ class SqliteConnection:
         self.connection.close()
 
 
+def _configured(connection: sqlite3.Connection) -> sqlite3.Connection:
+    """``connection`` set up as the store uses it; closed if that fails."""
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk when it returns. Group commit keeps that to a few per
+        # second.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 def connect_sqlite(path: str | Path) -> SqliteConnection:
     """Open (creating) the database file at ``path`` and check that it takes writes.
 
@@ -102,13 +157,10 @@ def connect_sqlite(path: str | Path) -> SqliteConnection:
     location = str(path)
     if location != IN_MEMORY:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(location, isolation_level=None, check_same_thread=False)
+    connection = _configured(
+        sqlite3.connect(location, isolation_level=None, check_same_thread=False)
+    )
     try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is on disk when it returns. Group commit keeps that to a few per
-        # second.
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
         # Take the write lock once: a read-only file or filesystem fails here, at start,
         # and not at the first job's commit.
         connection.execute("BEGIN IMMEDIATE")
