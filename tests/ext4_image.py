@@ -8,7 +8,8 @@ mounted with ``errors=remount-ro`` can: writing to ``/sys/fs/ext4/<device>/trigg
 raises a real filesystem error and the kernel makes the filesystem read-only at once, open files
 included (``write()`` fails with EROFS or EIO). ext4 then keeps it read-only (``mount -o
 remount,rw`` fails), so the way back is the operator's: unmount it lazily (the gateway still
-holds files on it), check it with ``e2fsck``, mount it again at the same path.
+holds files on it), wait until nothing holds it (``e2fsck`` refuses a device in use), check it,
+mount it again at the same path, as with a real disk partition.
 
 Needs root, loop devices, ``mkfs.ext4``/``e2fsck``/``losetup``/``mount`` and a kernel that
 offers ``trigger_fs_error``; where one is missing the test is skipped with the reason, never
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.small_filesystem import commands_to_mount
 
@@ -35,8 +37,9 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 class Ext4Image:
-    """An ext4 filesystem mounted at :attr:`path`: :meth:`fail` makes it read-only as a disk
-    error would, :meth:`repair` brings it back writable at the same path.
+    """An ext4 filesystem on the loop device :attr:`device`, mounted at :attr:`path`:
+    :meth:`fail` makes it read-only as a disk error would, :meth:`repair` brings it back
+    writable at the same path.
 
     Error handling: a command that fails fails the test with its output (the machine allowed
     the set-up, so a failure later is a real problem, not a reason to skip).
@@ -46,31 +49,29 @@ class Ext4Image:
         self.image = image
         self.path = path
         self._commands = commands
-        # Every loop device attached for the image, detached at the end (one per mount).
-        self.loop_devices: list[str] = []
+        self.device = ""
 
-    def _must(self, *command: str) -> None:
-        done = _run(*command)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
-
-    def mount(self) -> str | None:
-        """Attach the image to a free loop device and mount it at :attr:`path`, read-only on
-        the first error; returns why that failed, or None."""
+    def attach(self) -> str | None:
+        """Attach the image to a free loop device; returns why that failed, or None."""
         attached = _run(self._commands["losetup"], "--find", "--show", str(self.image))
         if attached.returncode != 0:
             return f"no loop device: {attached.stderr.strip()}"
-        device = attached.stdout.strip()
-        self.loop_devices.append(device)
+        self.device = attached.stdout.strip()
+        return None
+
+    def mount(self) -> str | None:
+        """Mount the device at :attr:`path`, read-only on the first error; returns why that
+        failed, or None."""
         options = "errors=remount-ro"
-        mounted = _run(self._commands["mount"], "-t", "ext4", "-o", options, device, str(self.path))
+        mounted = _run(self._commands["mount"], "-t", "ext4", "-o", options, self.device,
+                       str(self.path))  # fmt: skip
         if mounted.returncode != 0:
             return f"mounting ext4 failed: {mounted.stderr.strip()}"
         return None
 
     @property
     def error_trigger(self) -> Path:
-        return Path("/sys/fs/ext4") / Path(self.loop_devices[-1]).name / "trigger_fs_error"
+        return Path("/sys/fs/ext4") / Path(self.device).name / "trigger_fs_error"
 
     def fail(self) -> None:
         """A real ext4 error: from now on no write reaches the filesystem, open files included.
@@ -86,27 +87,45 @@ class Ext4Image:
         else:
             pytest.fail(f"{self.path} still takes writes after an ext4 error")
 
-    def repair(self) -> None:
-        """What an operator does: unmount lazily (files stay open on the old mount), check
-        and fix the image, mount it again at the same path (through a new loop device: the
-        old one stays busy while files on it are open)."""
-        self._must(self._commands["umount"], "--lazy", str(self.path))
-        checked = _run(self._commands["e2fsck"], "-f", "-y", str(self.image))
-        # e2fsck: 0 nothing to fix, 1 errors fixed; 4 and above, errors left.
+    def unmount(self) -> None:
+        """Unmount lazily: the path is free at once; the filesystem itself lives on (and its
+        device stays in use) until every file open on it is closed."""
+        done = _run(self._commands["umount"], "--lazy", str(self.path))
+        if done.returncode != 0:
+            pytest.fail(f"umount --lazy {self.path} failed: {done.stderr.strip()}")
+
+    def check(self) -> bool:
+        """``e2fsck -f -y`` the device, as an operator does before mounting it again; False
+        while the device is still in use (a process holds files on the unmounted filesystem:
+        e2fsck refuses, as it does for a real disk)."""
+        checked = _run(self._commands["e2fsck"], "-f", "-y", self.device)
+        output = checked.stdout + checked.stderr
+        # e2fsck: 0 nothing to fix, 1 errors fixed; 8 an operational error such as "in use".
+        if checked.returncode == 8 and "in use" in output:
+            return False
         if checked.returncode >= 4:
-            pytest.fail(f"e2fsck could not fix {self.image}: {checked.stdout}{checked.stderr}")
-        failure = self.mount()
+            pytest.fail(f"e2fsck could not fix {self.device}: {output}")
+        return True
+
+    async def repair(self, poll: float = 0.05) -> None:
+        """What an operator does after the error: unmount lazily, wait until nothing holds
+        the filesystem any more, check and fix it, mount it again at the same path. Callers
+        bound it with their test's hang guard (it waits for the store to let go)."""
+        await trio.to_thread.run_sync(self.unmount)
+        while not await trio.to_thread.run_sync(self.check):
+            await trio.sleep(poll)
+        failure = await trio.to_thread.run_sync(self.mount)
         if failure is not None:
             pytest.fail(f"{self.path} cannot be mounted again: {failure}")
 
     def release(self) -> None:
-        """Unmount (lazily: a process may still hold files) and detach every loop device (a
+        """Unmount (lazily: a process may still hold files) and detach the loop device (a
         busy one is detached by the kernel once its last file closes)."""
         while self.path.is_mount():
             if _run(self._commands["umount"], "--lazy", str(self.path)).returncode != 0:
                 break
-        for device in self.loop_devices:
-            _run(self._commands["losetup"], "--detach", device)
+        if self.device:
+            _run(self._commands["losetup"], "--detach", self.device)
 
 
 @contextmanager
@@ -128,7 +147,7 @@ def ext4_image(directory: Path, megabytes: int = 16) -> Iterator[Ext4Image]:
         pytest.skip(f"{WHY_SKIPPED}: mkfs.ext4 failed: {made.stderr.strip()}")
     filesystem = Ext4Image(image, path, commands)
     try:
-        failure = filesystem.mount()
+        failure = filesystem.attach() or filesystem.mount()
         if failure is not None:
             pytest.skip(f"{WHY_SKIPPED}: {failure}")
         if not filesystem.error_trigger.exists():

@@ -116,10 +116,11 @@ async def test_a_filesystem_turned_read_only_under_the_open_database_recovers_on
             views, total = await store.list_jobs(status=None, limit=10, offset=0)
             assert (total, views[0].done_count) == (1, 0)
 
-            # The operator's way back: a new mount of the checked filesystem at the same path.
-            # The store's open files still point at the old, read-only one: it must open the
-            # database again by its path.
-            await trio.to_thread.run_sync(ext4.repair)
+            # The operator's way back: unmount, check, mount again at the same path. The
+            # check waits until nothing holds the failed filesystem (e2fsck refuses a device
+            # in use), and only a new open of the path reaches the repaired one: the store
+            # must let go of its files and open the database again.
+            await ext4.repair()
             await recovered(store)
             assert store.fault is None
             views, total = await store.list_jobs(status=None, limit=10, offset=0)

@@ -57,7 +57,8 @@ class SqliteConnection:
     error_types: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, connection: sqlite3.Connection, location: str) -> None:
-        self.connection = connection
+        # None after a reopen failed (see _live).
+        self._connection: sqlite3.Connection | None = connection
         self.location = location
         # An in-memory database does no disk I/O: running it on the trio thread costs less
         # than a thread hop, and keeps tests on trio's virtual clock deterministic (time
@@ -71,18 +72,24 @@ class SqliteConnection:
         self._write_failed = False
 
     def _live(self) -> sqlite3.Connection:
-        if self._reopen:
-            # Raises (a storage fault, retried) while nothing usable is at the path; the old
-            # connection then stays for reads of what was committed.
-            fresh = _configured(sqlite3.connect(
+        # Never in the middle of a transaction: it ends (rolled back) first.
+        if self._reopen and not (self._connection and self._connection.in_transaction):
+            # The old files may sit on a dead filesystem: closing them may fail. Closed even
+            # when no database can be opened at the path (the filesystem unmounted): as long
+            # as a file on it is open, the kernel keeps the failed filesystem alive and its
+            # disk in use, so the operator could neither check it nor mount it again.
+            old, self._connection = self._connection, None
+            if old is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+            # Raises (a storage fault, retried) while no database is at the path.
+            self._connection = _configured(sqlite3.connect(
                 Path(self.location).absolute().as_uri() + "?mode=rw",
                 uri=True, isolation_level=None, check_same_thread=False,
             ))  # fmt: skip
-            # The old files may sit on a dead filesystem: closing them may fail, and frees it.
-            with contextlib.suppress(sqlite3.Error):
-                self.connection.close()
-            self.connection, self._reopen = fresh, False
-        return self.connection
+            self._reopen = False
+        assert self._connection is not None, "closed only while a reopen is due"
+        return self._connection
 
     def _fault_seen(self, error: BaseException) -> None:
         if not self.inline and isinstance(error, sqlite3.Error) and self.is_storage_fault(error):
@@ -101,7 +108,7 @@ class SqliteConnection:
         self.execute("BEGIN")
         try:
             yield
-            self.connection.execute("COMMIT")
+            self.execute("COMMIT")
         except BaseException as error:
             self._roll_back()
             self._fault_seen(error)
@@ -112,14 +119,14 @@ class SqliteConnection:
     def _roll_back(self) -> None:
         # SQLite may already have rolled back (a full disk during COMMIT): a second ROLLBACK
         # would raise "no transaction is active" and hide the error that matters.
-        if self.connection.in_transaction:
+        if self._connection is not None and self._connection.in_transaction:
             with contextlib.suppress(sqlite3.Error):
-                self.connection.execute("ROLLBACK")
+                self._connection.execute("ROLLBACK")
 
     def run_migration(self, script: str, version: int) -> None:
         # executescript() commits a transaction under way first: the script opens and
         # commits its own.
-        self.connection.executescript(
+        self._live().executescript(
             f"BEGIN;{script};DELETE FROM schema_version;"
             f"INSERT INTO schema_version VALUES ({version});COMMIT;"
         )
@@ -132,7 +139,8 @@ class SqliteConnection:
         return f"{error} ({getattr(error, 'sqlite_errorname', type(error).__name__)})"
 
     def close(self) -> None:
-        self.connection.close()
+        if self._connection is not None:
+            self._connection.close()
 
 
 def _configured(connection: sqlite3.Connection) -> sqlite3.Connection:
