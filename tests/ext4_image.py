@@ -112,7 +112,7 @@ class Ext4Image:
         the filesystem any more, check and fix it, mount it again at the same path. Callers
         bound it with their test's hang guard (it waits for the store to let go)."""
         await trio.to_thread.run_sync(self.unmount)
-        while not await trio.to_thread.run_sync(self.check):
+        while not await trio.to_thread.run_sync(self.check):  # noqa: ASYNC110 - only e2fsck knows
             await trio.sleep(poll)
         failure = await trio.to_thread.run_sync(self.mount)
         if failure is not None:
