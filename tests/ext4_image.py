@@ -107,16 +107,24 @@ class Ext4Image:
             pytest.fail(f"e2fsck could not fix {self.device}: {output}")
         return True
 
-    async def repair(self, poll: float = 0.05) -> None:
-        """What an operator does after the error: unmount lazily, wait until nothing holds
-        the filesystem any more, check and fix it, mount it again at the same path. Callers
-        bound it with their test's hang guard (it waits for the store to let go)."""
-        await trio.to_thread.run_sync(self.unmount)
+    async def checked_once_free(self, poll: float = 0.05) -> None:
+        """:meth:`check` as soon as nothing holds the unmounted filesystem any more. Callers
+        bound it with their test's hang guard (it waits for the processes to let go)."""
         while not await trio.to_thread.run_sync(self.check):  # noqa: ASYNC110 - only e2fsck knows
             await trio.sleep(poll)
-        failure = await trio.to_thread.run_sync(self.mount)
+
+    def mount_again(self) -> None:
+        failure = self.mount()
         if failure is not None:
             pytest.fail(f"{self.path} cannot be mounted again: {failure}")
+
+    async def repair(self) -> None:
+        """What an operator does after the error: unmount lazily, wait until nothing holds
+        the filesystem, check and fix it, mount it again at the same path (bound it with a
+        hang guard)."""
+        await trio.to_thread.run_sync(self.unmount)
+        await self.checked_once_free()
+        await trio.to_thread.run_sync(self.mount_again)
 
     def release(self) -> None:
         """Unmount (lazily: a process may still hold files) and detach the loop device (a

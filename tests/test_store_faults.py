@@ -118,9 +118,17 @@ async def test_a_filesystem_turned_read_only_under_the_open_database_recovers_on
 
             # The operator's way back: unmount, check, mount again at the same path. The
             # check waits until nothing holds the failed filesystem (e2fsck refuses a device
-            # in use), and only a new open of the path reaches the repaired one: the store
-            # must let go of its files and open the database again.
-            await ext4.repair()
+            # in use, as for a real disk): the store must let go of its files even though
+            # nothing is at the path to open instead.
+            await trio.to_thread.run_sync(ext4.unmount)
+            await ext4.checked_once_free()
+            # Meanwhile reads of stored jobs answer that the store cannot be used, and no empty
+            # database was created in the directory under the mount point.
+            with pytest.raises(StoreUnavailable, match="unable to open database file"):
+                await store.list_jobs(status=None, limit=10, offset=0)
+            assert not path.exists()
+            # Only a new open of the path reaches the repaired filesystem.
+            await trio.to_thread.run_sync(ext4.mount_again)
             await recovered(store)
             assert store.fault is None
             views, total = await store.list_jobs(status=None, limit=10, offset=0)
