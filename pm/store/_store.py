@@ -178,6 +178,8 @@ class Store:
         ``Connection.is_storage_fault``) keeps its changes pending, sets
         :attr:`fault` and is retried every ``FAULT_RETRY_DELAY`` seconds until one succeeds,
         which clears it; the gateway goes on meanwhile (reads work, new jobs are refused).
+        SQLite opens the file again by its path before each retry (so a filesystem mounted
+        again after a disk error is reached); PostgreSQL reconnects if the connection was lost.
         Any other database error is a bug and ends the actor. A stop during a fault loses
         the changes still pending, and logs how many.
         """
