@@ -73,7 +73,7 @@ class SqliteConnection:
 
     def _live(self) -> sqlite3.Connection:
         # Never in the middle of a transaction: it ends (rolled back) first.
-        if self._reopen and not (self._connection and self._connection.in_transaction):
+        if self._reopen and not (self._connection is not None and self._connection.in_transaction):
             # The old files may sit on a dead filesystem: closing them may fail. Closed even
             # when no database can be opened at the path (the filesystem unmounted): as long
             # as a file on it is open, the kernel keeps the failed filesystem alive and its
