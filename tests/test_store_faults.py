@@ -97,6 +97,8 @@ async def test_ids_that_need_a_new_block_are_refused_while_the_disk_is_full(
 async def test_a_filesystem_turned_read_only_under_the_open_database_recovers_once_remounted(
     ext4: Ext4Image,
 ) -> None:
+    # ~2 s: two retries of FAULT_RETRY_DELAY, one that lets go of the unmounted filesystem
+    # and one that opens the database on the new mount.
     path = ext4.path / "pm.db"
     with trio.fail_after(GUARD):
         async with running_store(path) as store:
