@@ -1,9 +1,10 @@
 """The reference device: simulated Sanji devices that follow ``docs/protocol.md``, nothing more.
 
 Each device subscribes to its request topic and answers on the request's ``tunnel`` after
-``latency`` seconds, optionally with ``progress_steps`` interim 206 answers first. A seeded
-random generator decides which requests fail (``error_rate``, answered with ``error_code``)
-and which are never answered (``silent_rate``), so a run is reproducible.
+``latency`` seconds (or a latency drawn per request up to ``latency_max``), optionally with
+``progress_steps`` interim 206 answers first. A seeded random generator decides which
+requests fail (``error_rate``, answered with ``error_code``) and which are never answered
+(``silent_rate``), so a run is reproducible.
 
 By default every device has its own MQTT connection, like a real fleet; ``connections = K``
 multiplexes the devices over K connections instead (for very large simulated fleets).
@@ -191,20 +192,26 @@ class Simulator:
             self.stats.silent += 1
             return
         failed = self._random.random() < self.settings.error_rate
-        if self.settings.latency <= 0 and self.settings.progress_steps == 0:
+        latency = self._draw_latency()
+        if latency <= 0 and self.settings.progress_steps == 0:
             self._answer(client, device, request, failed)  # fast path: no task per request
             return
         self._busy[device] = request.id
         self.stats.max_working = max(self.stats.max_working, len(self._busy))
         # In the connection's nursery: a device that goes offline loses the work under way.
-        answering.start_soon(self._answer_later, client, device, request, failed)
+        answering.start_soon(self._answer_later, client, device, request, failed, latency)
+
+    def _draw_latency(self) -> float:
+        low, high = self.settings.latency, self.settings.latency_max
+        # No draw for a fixed latency: a seed gives the same fates as before ranges existed.
+        return low if high is None or high <= low else self._random.uniform(low, high)
 
     async def _answer_later(
-        self, client: MqttClient, device: str, request: SanjiRequest, failed: bool
+        self, client: MqttClient, device: str, request: SanjiRequest, failed: bool, latency: float
     ) -> None:
         try:
             steps = self.settings.progress_steps
-            pause = self.settings.latency / (steps + 1)
+            pause = latency / (steps + 1)
             for step in range(1, steps + 1):
                 await trio.sleep(pause)
                 progress = {"progress": step * 100 // (steps + 1)}

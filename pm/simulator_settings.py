@@ -21,6 +21,9 @@ class SimulatorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     port: int = 1883
     devices: list[str] = msgspec.field(default_factory=list)
     latency: float = 0.0
+    # With a value above ``latency``: each request's latency is drawn uniformly between the
+    # two (seeded like the rates), so answers come back spread out as a real fleet's do.
+    latency_max: float | None = None
     error_rate: float = 0.0
     error_code: int = 500
     silent_rate: float = 0.0

@@ -46,3 +46,30 @@ async def test_redeliveries_are_counted_when_request_ids_are_tracked(track: bool
         assert simulator.stats.received == 5
         assert simulator.stats.duplicates == 1
         assert simulator.stats.redelivered == (2 if track else 0)
+
+
+class _TimedClient:
+    """Records when each answer is published, on trio's clock."""
+
+    def __init__(self) -> None:
+        self.published_at: list[float] = []
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        self.published_at.append(trio.current_time())
+        return True
+
+
+async def test_a_latency_range_spreads_the_answers_over_it(autojump_clock: trio.abc.Clock) -> None:
+    devices = [f"d{number}" for number in range(200)]
+    client = _TimedClient()
+    async with trio.open_nursery() as nursery:
+        settings = SimulatorSettings(devices=devices, latency=1.0, latency_max=3.0)
+        simulator = Simulator(settings, nursery)
+        start = trio.current_time()
+        for request_id, device in enumerate(devices):
+            simulator._on_request(client, f"/remote/{device}", _request(request_id), nursery)  # type: ignore[arg-type]
+    delays = sorted(at - start for at in client.published_at)
+    assert len(delays) == len(devices)
+    assert 1.0 <= delays[0] and delays[-1] <= 3.0
+    # Spread over the range, not bunched at one end: 200 uniform draws fill both halves.
+    assert delays[len(delays) // 4] < 2.0 < delays[3 * len(delays) // 4]

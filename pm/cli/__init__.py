@@ -1,4 +1,4 @@
-"""The ``pm`` command line: ``serve``, ``submit``, ``watch``, ``jobs`` and ``simulate``.
+"""The ``pm`` command line: ``serve``, ``submit``, ``watch``, ``jobs``, ``simulate`` and ``bench``.
 
 Implementations live in underscored modules, one command each; public are :func:`main` and
 :func:`serve_command` (the argv that starts ``pm serve`` in a child process).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import ssl
 
@@ -47,6 +48,41 @@ def probability(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
     return value
+
+
+# Units of --latency: seconds unless the value says ms.
+_LATENCY_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0}
+
+
+def _seconds(text: str, whole: str) -> float:
+    number = text.strip()
+    unit = "ms" if number.endswith("ms") else "s" if number.endswith("s") else ""
+    try:
+        value = float(number.removesuffix(unit)) * _LATENCY_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds like 0.02, 20ms or a range 10..50ms, got {whole!r}"
+        ) from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite latency >= 0, got {whole!r}")
+    return value
+
+
+def latency_range(text: str) -> tuple[float, float]:
+    """``--latency``: seconds (``0.5``, ``2s``) or milliseconds (``20ms``), one value or a
+    range ``LOW..HIGH`` (``10..50ms``: the unit of HIGH applies to a bare LOW), as
+    ``(low, high)`` seconds; one value gives ``low == high``."""
+    low_text, separator, high_text = text.partition("..")
+    if not separator:
+        value = _seconds(text, text)
+        return value, value
+    high = _seconds(high_text, text)
+    unit = "ms" if high_text.strip().endswith("ms") else ""
+    bare = low_text.strip() and not low_text.strip()[-1].isalpha()
+    low = _seconds(low_text + unit if bare else low_text, text)
+    if low > high:
+        raise argparse.ArgumentTypeError(f"expected LOW..HIGH with LOW <= HIGH, got {text!r}")
+    return low, high
 
 
 def positive_int(text: str) -> int:

@@ -70,20 +70,69 @@ class GatewayClient:
         """
         try:
             response = self._client.request(method, path, **options)
-        except httpx.ConnectError:
-            raise unreachable(self.url) from None
-        except httpx.TimeoutException:
-            raise CliError(
-                f"the gateway at {self.url} did not answer within {self._timeout:g} s"
-            ) from None
         except httpx.HTTPError as error:
-            raise CliError(f"request to the gateway at {self.url} failed: {error}") from None
-        if response.is_error:
-            raise CliError(
-                f"the gateway refused {method} {path} "
-                f"({_status_text(response.status_code)}): {server_message(response)}"
-            )
-        return response
+            raise _failure(self.url, self._timeout, error) from None
+        return _successful(method, path, response)
+
+
+class AsyncGatewayClient:
+    """:class:`GatewayClient` for commands that run on trio (``pm bench``): ``async with
+    AsyncGatewayClient(url) as gateway: await gateway.request("GET", "/jobs")``, the same
+    errors."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = REQUEST_TIMEOUT,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=url,
+            timeout=timeout,
+            headers=authorization(token),
+            verify=ssl_context if ssl_context is not None else True,
+        )
+
+    async def __aenter__(self) -> AsyncGatewayClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """As :meth:`GatewayClient.request`."""
+        try:
+            response = await self._client.request(method, path, **options)
+        except httpx.HTTPError as error:
+            raise _failure(self.url, self._timeout, error) from None
+        return _successful(method, path, response)
+
+
+def _failure(url: str, timeout: float, error: httpx.HTTPError) -> CliError:
+    """The one-line error for a request that got no answer."""
+    if isinstance(error, httpx.ConnectError):
+        return unreachable(url)
+    if isinstance(error, httpx.TimeoutException):
+        return CliError(f"the gateway at {url} did not answer within {timeout:g} s")
+    return CliError(f"request to the gateway at {url} failed: {error}")
+
+
+def _successful(method: str, path: str, response: httpx.Response) -> httpx.Response:
+    """``response`` if it is not an error; else the error, with the gateway's message."""
+    if response.is_error:
+        raise CliError(
+            f"the gateway refused {method} {path} "
+            f"({_status_text(response.status_code)}): {server_message(response)}"
+        )
+    return response
 
 
 def _status_text(code: int) -> str:

@@ -128,6 +128,23 @@ def apply_options(body: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     return body
 
 
+def add_timeout_options(parser: argparse.ArgumentParser) -> None:
+    """``--timeout`` (the job's, read by :func:`apply_options`) and ``--task-timeout`` (each
+    batch entry's, set by the command that builds the entries)."""
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help="seconds the whole job may take (default: no job deadline)",
+    )
+    parser.add_argument(
+        "--task-timeout",
+        type=positive_float,
+        metavar="S",
+        help="seconds each device has to answer (default: the gateway's tasks.default_timeout)",
+    )
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The options above, grouped in ``--help``."""
     group = parser.add_argument_group("rollout, schedule and expiry (all optional)")

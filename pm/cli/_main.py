@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..config import ConfigError
-from . import _control, _devices, _jobs, _serve, _simulate, _submit, _watch
+from . import _bench, _control, _devices, _jobs, _serve, _simulate, _submit, _watch
 from ._arguments import HelpFormatter
 from ._errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (_serve, _submit, _watch, _control, _jobs, _simulate, _devices):
+    for command in (_serve, _submit, _watch, _control, _jobs, _simulate, _devices, _bench):
         command.add_parser(subparsers)
     return parser
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.status if isinstance(error, CliError) else EXIT_USAGE
     except KeyboardInterrupt:
         # Only the client commands get here; serve and simulate turn SIGINT into a clean stop.
-        if args.command in ("watch", "submit"):
+        if args.command in ("watch", "submit", "bench"):
             print("\ninterrupted; the job keeps running (`pm watch JOB` resumes)", file=sys.stderr)
         return EXIT_INTERRUPTED
     return status

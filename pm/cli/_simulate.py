@@ -25,6 +25,7 @@ from ..simulator import (
 from ._arguments import (
     HelpFormatter,
     host_port,
+    latency_range,
     log_level_option,
     non_negative_float,
     positive_int,
@@ -78,7 +79,8 @@ def settings_from(args: argparse.Namespace) -> SimulatorSettings:
         host=host,
         port=port,
         devices=device_ids(args),
-        latency=args.latency,
+        latency=args.latency[0],
+        latency_max=args.latency[1],
         error_rate=args.error_rate,
         error_code=args.error_code,
         silent_rate=args.silent_rate,
@@ -223,10 +225,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--latency",
-        type=non_negative_float,
-        default=0.0,
+        type=latency_range,
+        default=(0.0, 0.0),
         metavar="S",
-        help="seconds each device takes to answer (default: %(default)s)",
+        help="how long each device takes to answer: seconds (0.5), milliseconds (20ms), or a "
+        "range drawn from per request (10..50ms) (default: 0)",
     )
     parser.add_argument(
         "--error-rate",

@@ -18,13 +18,12 @@ from ._arguments import (
     gateway_ssl_context,
     gateway_token,
     gateway_url,
-    positive_float,
     url_options,
 )
 from ._console import stdout_console
 from ._errors import EXIT_OK, CliError
 from ._gateway_client import GatewayClient
-from ._job_options import add_options, apply_options, read_job_file
+from ._job_options import add_options, add_timeout_options, apply_options, read_job_file
 from ._watch import watch_job
 
 
@@ -187,18 +186,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="a file of destination ids, one per line (# comments allowed); repeatable",
     )
-    parser.add_argument(
-        "--timeout",
-        type=positive_float,
-        metavar="S",
-        help="seconds the whole job may take (default: no job deadline)",
-    )
-    parser.add_argument(
-        "--task-timeout",
-        type=positive_float,
-        metavar="S",
-        help="seconds each device has to answer (default: the gateway's tasks.default_timeout)",
-    )
+    add_timeout_options(parser)
     add_options(parser)
     parser.add_argument(
         "--dry-run",

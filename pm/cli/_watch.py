@@ -162,6 +162,26 @@ async def watch_job(
 
     Error handling: see the module docstring.
     """
+    progress = await follow_job(url, job_id, console, token, ssl_context)
+    await fetch_unseen_failures(url, progress, token, ssl_context)
+    for line in summary(progress):
+        console.print(line)
+    return progress.exit_status
+
+
+async def follow_job(
+    url: str,
+    job_id: int,
+    console: Console,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> JobProgress:
+    """Show job ``job_id``'s progress (a live bar on a terminal, plain lines otherwise) until
+    its final message, and return what was learnt; prints no summary (``pm bench`` prints
+    its own).
+
+    Error handling: the :class:`CliError` of the module docstring.
+    """
     progress = JobProgress(job_id)
     try:
         async with open_websocket_url(
@@ -195,10 +215,7 @@ async def watch_job(
             f"(code {close_code}{': ' + close_reason if close_reason else ''}); "
             f"`pm watch {job_id}` resumes"
         )
-    await fetch_unseen_failures(url, progress, token, ssl_context)
-    for line in summary(progress):
-        console.print(line)
-    return progress.exit_status
+    return progress
 
 
 async def fetch_unseen_failures(
