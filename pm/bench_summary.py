@@ -160,6 +160,11 @@ def bucket_width(seconds: float) -> float:
     return BUCKET_WIDTHS[-1]
 
 
+def _bucket_of(seconds: float, width: float) -> int:
+    # Not ``seconds // width``: 1.0 // 0.1 is 9.0 in binary floating point.
+    return math.floor(seconds / width + 1e-9)
+
+
 def timeline(samples: Sequence[TaskSample]) -> tuple[float, list[TimelinePoint]]:
     """Tasks/s and latency over the run, by settle time: ``(bucket width, points)``, one
     point per bucket from the job's creation to the last settled task (empty buckets
@@ -169,13 +174,13 @@ def timeline(samples: Sequence[TaskSample]) -> tuple[float, list[TimelinePoint]]
         return BUCKET_WIDTHS[0], []
     end = max(s.settled_after for s in settled if s.settled_after is not None)
     width = bucket_width(end)
-    count = int(end // width) + 1
+    count = _bucket_of(end, width) + 1
     settled_in = [0] * count
     answered_in: list[list[float]] = [[] for _ in range(count)]
     for sample in settled:
         assert sample.settled_after is not None
         # A finishAt a millisecond before createdAt (two stamps of one instant) is bucket 0.
-        index = min(count - 1, max(0, int(sample.settled_after // width)))
+        index = min(count - 1, max(0, _bucket_of(sample.settled_after, width)))
         settled_in[index] += 1
         if (latency := _answered_latency(sample)) is not None:
             answered_in[index].append(latency)

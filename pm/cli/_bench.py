@@ -51,7 +51,6 @@ from ._bench_fleet import (
     check_broker,
     default_broker,
     fleet_settings,
-    online_count,
     start_fleet,
 )
 from ._bench_output import BenchRun, report_lines, write_outputs
@@ -108,7 +107,10 @@ async def read_tasks(gateway: AsyncGatewayClient, job_id: int, total: int) -> li
 
 
 async def run_bench(args: argparse.Namespace, console: Console) -> int:
-    """The whole benchmark (see the module docstring); returns the exit status."""
+    """The whole benchmark (see the module docstring); returns the exit status. ``args.out``
+    must exist (:func:`run` makes it)."""
+    if args.tasks is None:
+        args.tasks = args.devices
     url = gateway_url(args)
     token, ssl_context = gateway_token(args), gateway_ssl_context(args)
     broker = args.broker if args.broker is not None else default_broker(url)
@@ -116,23 +118,25 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
     body = job_body(args, settings.devices)
     out = Path(args.out)
     async with AsyncGatewayClient(url, token=token, ssl_context=ssl_context) as gateway:
-        version = await gateway_version(gateway)
         # A token the gateway refuses is found here, before any device connects.
-        await online_count(gateway)
+        version = await gateway_version(gateway)
         await check_broker(settings, broker)
-        async with trio.open_nursery() as nursery:
-            count = len(settings.devices)
-            console.print(f"connecting {count} simulated devices to {broker} …")
-            simulator = await start_fleet(nursery, settings, gateway, args.online_timeout)
-            console.print(f"{count} devices online at {url}; posting {args.tasks} tasks")
-            started = time.time()
-            created = (await gateway.request("POST", "/jobs", json=body)).json()
-            progress = await follow_job(url, created["id"], console, token, ssl_context)
-            wall_seconds = time.time() - started
-            job = _decode_job((await gateway.request("GET", f"/jobs/{created['id']}")).content)
-            job.collection = msgspec.UNSET  # task ids: the samples hold every task
-            tasks = await read_tasks(gateway, job.id, job.total_count)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                count = len(settings.devices)
+                console.print(f"connecting {count} simulated devices to {broker} …")
+                simulator = await start_fleet(nursery, settings, gateway, args.online_timeout)
+                console.print(f"{count} devices online at {url}; posting {args.tasks} tasks")
+                started = time.time()
+                created = (await gateway.request("POST", "/jobs", json=body)).json()
+                progress = await follow_job(url, created["id"], console, token, ssl_context)
+                wall_seconds = time.time() - started
+                job = _decode_job((await gateway.request("GET", f"/jobs/{created['id']}")).content)
+                job.collection = msgspec.UNSET  # task ids: the samples hold every task
+                tasks = await read_tasks(gateway, job.id, job.total_count)
+                nursery.cancel_scope.cancel()
+        except ExceptionGroup as group:
+            raise _only_cli_error(group) from None
     assert progress.job is not None
     created_at = parse_timestamp(job.created_at)
     samples = [sample_of(task, created_at) for task in tasks]
@@ -155,6 +159,17 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
     for line in write_outputs(run, out):
         console.print(line)
     return EXIT_OK if job.status == "resolved" else EXIT_FAILED
+
+
+def _only_cli_error(group: ExceptionGroup[Exception]) -> Exception:
+    """The :class:`CliError` that stopped the fleet's nursery, out of trio's group, so that
+    it prints as one line; any other failure (a bug) is returned whole, traceback and all."""
+    cli_errors, others = group.split(CliError)
+    if cli_errors is None or others is not None:
+        return group
+    while isinstance(cli_errors, ExceptionGroup):
+        cli_errors = cli_errors.exceptions[0]
+    return cli_errors
 
 
 def _parameters(args: argparse.Namespace, broker: object, body: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +195,6 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    if args.tasks is None:
-        args.tasks = args.devices
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -214,6 +227,8 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
         parents=[url_options()],
+        # A short usage: a mistyped value's error stays readable (--help lists every option).
+        usage="pm bench [--url URL] [--broker URL] [--devices N] [--tasks T] [OPTION ...]",
         help="load-test a gateway and its broker with simulated devices",
         description=(
             "Connect simulated devices to the broker, wait until the gateway sees them "

@@ -136,8 +136,7 @@ async def check_broker(settings: SimulatorSettings, broker: BrokerAddress) -> No
             f"{BROKER_CHECK_TIMEOUT:g} s"
         ) from None
     except OSError as error:
-        reason = error.strerror or str(error)
-        raise CliError(f"cannot reach the MQTT broker at {broker}: {reason}") from None
+        raise CliError(f"cannot reach the MQTT broker at {broker}: {_reason(error)}") from None
     await stream.aclose()
     login = settings.devices[0] if settings.device_password else settings.username
     with _mqtt_log_captured() as log, trio.move_on_after(BROKER_CHECK_TIMEOUT) as waiting:
@@ -159,6 +158,17 @@ async def check_broker(settings: SimulatorSettings, broker: BrokerAddress) -> No
             f"{why}: check --broker-username/$PM_BROKER_PASSWORD, $PM_DEVICE_PASSWORD, "
             "mqtts:// and --broker-ca"
         )
+
+
+def _reason(error: OSError) -> str:
+    """Why a connect failed: trio wraps each address's attempt in a group under a generic
+    "all attempts to connect ... failed"; the first attempt's reason says more."""
+    cause = error.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return error.strerror or str(error)
 
 
 async def online_count(gateway: AsyncGatewayClient) -> int:
