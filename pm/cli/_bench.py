@@ -10,8 +10,10 @@ prints tasks/s, task latency and outcomes (:mod:`pm.bench_summary` defines them)
 
 Error handling: an unreachable or refusing gateway or broker, a refused token, a fleet not
 online in time, a job the gateway refuses: one line on stderr, exit 2, the fleet
-disconnected. A job that ends other than resolved (timeout, cancelled, aborted) exits 1
-after its summary; answers with error codes are what ``--error-rate`` asks for and do not.
+disconnected. Interrupted (Ctrl-C) or cut off from the job's stream once the job is posted,
+it deletes the job first (see :func:`_remove_job`). A job that ends other than
+resolved (timeout, cancelled, aborted) exits 1 after its summary; answers with error codes
+are what ``--error-rate`` asks for and do not.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import msgspec
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from ..bench_summary import parse_timestamp, sample_of, summarize, timeline
 from ..schemas import JobView, TaskView
@@ -62,6 +65,8 @@ from ._submit import parse_data
 from ._watch import follow_job
 
 DEFAULT_DEVICES = 100
+# Seconds the job's deletion may take when a run is interrupted.
+CANCEL_GRACE = 5.0
 # Tasks read back per request (the API's largest page).
 TASK_PAGE = 1000
 _decode_tasks = msgspec.json.Decoder(list[TaskView]).decode
@@ -129,7 +134,11 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"{count} devices online at {url}; posting {args.tasks} tasks")
                 started = time.time()
                 created = (await gateway.request("POST", "/jobs", json=body)).json()
-                progress = await follow_job(url, created["id"], console, token, ssl_context)
+                try:
+                    progress = await follow_job(url, created["id"], console, token, ssl_context)
+                except BaseException:
+                    await _remove_job(gateway, created["id"], console)
+                    raise
                 wall_seconds = time.time() - started
                 job = _decode_job((await gateway.request("GET", f"/jobs/{created['id']}")).content)
                 job.collection = msgspec.UNSET  # task ids: the samples hold every task
@@ -159,6 +168,20 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
     for line in write_outputs(run, out):
         console.print(line)
     return EXIT_OK if job.status == "resolved" else EXIT_FAILED
+
+
+async def _remove_job(gateway: AsyncGatewayClient, job_id: int, console: Console) -> None:
+    """Delete the job when the run stops before it ends (Ctrl-C, a lost stream). Its fleet
+    is leaving: a graceful cancel would let its tasks in flight wait out their timeout,
+    holding the next run's devices (one command at a time each) until then; DELETE ends
+    them at once. Best effort, bounded and shielded (the run may be being cancelled)."""
+    with trio.move_on_after(CANCEL_GRACE, shield=True):
+        try:
+            await gateway.request("DELETE", f"/jobs/{job_id}")
+        except CliError as error:
+            console.print(f"could not delete job {job_id}: {escape(error.message)}")
+            return
+        console.print(f"deleted job {job_id}: its simulated fleet is leaving")
 
 
 def _only_cli_error(group: ExceptionGroup[Exception]) -> Exception:
@@ -199,7 +222,13 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CliError(f"cannot create --out {args.out}: {error.strerror}") from None
-    return trio.run(run_bench, args, stdout_console())
+    try:
+        return trio.run(run_bench, args, stdout_console())
+    except BaseExceptionGroup as group:
+        # Ctrl-C lands in whichever task runs, inside the fleet's nursery: as a group.
+        if group.subgroup(KeyboardInterrupt) is not None and group.subgroup(Exception) is None:
+            raise KeyboardInterrupt from None
+        raise
 
 
 EPILOG = f"""\

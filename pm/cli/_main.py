@@ -54,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.status if isinstance(error, CliError) else EXIT_USAGE
     except KeyboardInterrupt:
         # Only the client commands get here; serve and simulate turn SIGINT into a clean stop.
-        if args.command in ("watch", "submit", "bench"):
+        if args.command in ("watch", "submit"):
             print("\ninterrupted; the job keeps running (`pm watch JOB` resumes)", file=sys.stderr)
+        elif args.command == "bench":
+            print("\ninterrupted", file=sys.stderr)  # and the job cancelled, said on stdout
         return EXIT_INTERRUPTED
     return status

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -23,13 +24,14 @@ from pm.cli._errors import CliError
 from pm.cli._main import build_parser
 from tests.integration.brokers import MosquittoBroker, free_port
 from tests.integration.gateways import GatewayFactory, pm
+from tests.waiting import poll_until
 
 TOKEN = "bench-test-token-0123456789"
 
 
-async def _bench(*argv: str) -> tuple[int, str]:
+async def _bench(*argv: str, output: io.StringIO | None = None) -> tuple[int, str]:
     """Run ``pm bench ARGV`` in this trio run; its exit status and what it printed."""
-    output = io.StringIO()
+    output = io.StringIO() if output is None else output
     console = Console(file=output, soft_wrap=True, highlight=False, width=200)
     status = await run_bench(build_parser().parse_args(["bench", *argv]), console)
     return status, output.getvalue()
@@ -78,6 +80,31 @@ async def test_bench_prints_what_the_job_did_and_writes_every_sample(
     assert document["parameters"]["latency"] == [0.001, 0.005]
     plotted = sum(point["tasksPerSecond"] for point in document["timeline"])
     assert plotted * document["bucketSeconds"] == pytest.approx(200)
+
+
+async def test_a_run_stopped_while_its_job_runs_deletes_the_job(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    # Its fleet leaves with it: the job's tasks in flight would hold those devices until
+    # they time out (an hour by default), and the next run's tasks would queue behind them.
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        output = io.StringIO()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    _bench,
+                    "--url", gateway.http_url, "--broker", f"mqtt://127.0.0.1:{gateway.mqtt_port}",
+                    "--devices", "5", "--latency", "60", "--out", str(tmp_path),
+                    output=output,
+                )
+            )  # fmt: skip
+            # The first progress line: the job is posted and followed (what Ctrl-C stops).
+            await poll_until(lambda: "job 1 dispatching" in output.getvalue())
+            nursery.cancel_scope.cancel()
+        assert "deleted job 1" in output.getvalue()
+        async with httpx.AsyncClient(base_url=gateway.http_url, timeout=10) as client:
+            assert (await client.get("/jobs/1")).status_code == 404
 
 
 async def test_a_refused_token_stops_before_any_device_connects(
