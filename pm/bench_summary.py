@@ -3,16 +3,21 @@
 Pure (no I/O, no clock): the command hands in the job's tasks as the API shows them
 (``GET /jobs/{id}/tasks``) and writes out what comes back.
 
-Definitions, all on the gateway's own clock (its millisecond ``createdAt``/``finishAt``
-stamps, so the benchmark machine's clock and its distance to the gateway do not enter):
+Definitions, all on the gateway's own clock (its millisecond ``createdAt``/``sentAt``/
+``finishAt`` stamps, so the benchmark machine's clock and its distance to the gateway do not
+enter), over the tasks a device answered (``resolved`` or ``error``; those that timed out,
+expired or were cancelled are counted, not timed: their ``finishAt`` is a deadline):
 
-- a task's **latency** is from its job's ``createdAt`` (the job was accepted) to the task's
+- **settle latency**: from the job's ``createdAt`` (the job was accepted) to the task's
   ``finishAt`` (its final answer was stored). It includes the wait behind earlier tasks of
   the same device (one command in flight per device), behind the job's rollout window and
-  rate, and any retries: what a user of the API waits for. Only tasks a device answered
-  (``resolved`` or ``error``) are timed; those that timed out, expired or were cancelled are
-  counted, not timed (their ``finishAt`` is a deadline, not an answer).
-- **tasks/s** is the tasks that settled (any final status) divided by the seconds from the
+  rate, and retries: what a user of the API waits for. Plotted over time it is the time
+  axis itself, so only its percentiles are given.
+- **answer latency**: from the task's ``sentAt`` (its request, of its last attempt, left
+  the gateway) to its ``finishAt``: the broker both ways, the device's own time and the
+  gateway's handling of the answer. This is the one plotted over time. A gateway older than
+  ``sentAt`` gives none.
+- **tasks/s**: the tasks that settled (any final status) divided by the seconds from the
   job's ``createdAt`` to the last ``finishAt``.
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +52,9 @@ class TaskSample(msgspec.Struct, kw_only=True, rename="camel"):
     code: int | None
     # Seconds from the job's createdAt to the task's finishAt; None while not settled.
     settled_after: float | None
+    # Seconds from the job's createdAt to the task's sentAt; None if never sent (or the
+    # gateway does not say).
+    sent_after: float | None = None
     attempts: int
     sends: int
 
@@ -62,8 +70,9 @@ class BenchSummary(msgspec.Struct, kw_only=True, rename="camel"):
     settled: int
     seconds: float
     tasks_per_second: float
-    # None when no task was answered.
-    latency: LatencyFigures | None
+    # None when no task was answered (answer latency: or the gateway gives no sentAt).
+    settle_latency: LatencyFigures | None
+    answer_latency: LatencyFigures | None
     statuses: dict[str, int]
     # Tasks that did not end resolved.
     errors: int
@@ -77,9 +86,9 @@ class TimelinePoint(msgspec.Struct, kw_only=True, rename="camel"):
     # Start of the bucket, seconds after the job's createdAt.
     start: float
     tasks_per_second: float
-    # Latency of the tasks answered in this bucket; None if none was.
-    latency_p50: float | None
-    latency_p99: float | None
+    # Answer latency of the tasks answered in this bucket; None if none was.
+    answer_p50: float | None
+    answer_p99: float | None
 
 
 def parse_timestamp(stamp: str) -> float:
@@ -90,13 +99,14 @@ def parse_timestamp(stamp: str) -> float:
 def sample_of(task: TaskView, job_created_at: float) -> TaskSample:
     """The figures of one task; ``job_created_at`` from :func:`parse_timestamp`."""
     state = task.task
-    finish = state.finish_at
+    finish, sent = state.finish_at, state.sent_at
     return TaskSample(
         task=task.id,
         device=task.destination,
         status=state.status,
         code=answer_code(state.result),
         settled_after=None if finish is None else parse_timestamp(finish) - job_created_at,
+        sent_after=None if sent is None else parse_timestamp(sent) - job_created_at,
         attempts=state.attempts,
         sends=state.sends,
     )
@@ -126,24 +136,38 @@ def latency_figures(values: Sequence[float]) -> LatencyFigures | None:
     )
 
 
-def _answered_latency(sample: TaskSample) -> float | None:
+def _settle_latency(sample: TaskSample) -> float | None:
     if sample.status in ANSWERED_STATUSES and sample.settled_after is not None:
         return sample.settled_after
     return None
+
+
+def _answer_latency(sample: TaskSample) -> float | None:
+    settled = _settle_latency(sample)
+    if settled is None or sample.sent_after is None:
+        return None
+    # Both stamps are rounded to the millisecond: an answer within one may show as -0.001.
+    return max(0.0, settled - sample.sent_after)
+
+
+def _figures(
+    samples: Sequence[TaskSample], latency: Callable[[TaskSample], float | None]
+) -> LatencyFigures | None:
+    return latency_figures([value for s in samples if (value := latency(s)) is not None])
 
 
 def summarize(samples: Sequence[TaskSample]) -> BenchSummary:
     """The figures of a whole run (see the module docstring for their definitions)."""
     settled = [s.settled_after for s in samples if s.settled_after is not None]
     seconds = max(settled, default=0.0)
-    latencies = [value for s in samples if (value := _answered_latency(s)) is not None]
     return BenchSummary(
         tasks=len(samples),
         settled=len(settled),
         seconds=seconds,
         # A run settled within the stamps' millisecond: one millisecond, not a division by 0.
         tasks_per_second=len(settled) / max(seconds, 0.001) if settled else 0.0,
-        latency=latency_figures(latencies),
+        settle_latency=_figures(samples, _settle_latency),
+        answer_latency=_figures(samples, _answer_latency),
         statuses=dict(sorted(Counter(s.status for s in samples).items())),
         errors=sum(s.status != "resolved" for s in samples),
         retried=sum(s.attempts > 1 for s in samples),
@@ -166,7 +190,7 @@ def _bucket_of(seconds: float, width: float) -> int:
 
 
 def timeline(samples: Sequence[TaskSample]) -> tuple[float, list[TimelinePoint]]:
-    """Tasks/s and latency over the run, by settle time: ``(bucket width, points)``, one
+    """Tasks/s and answer latency over the run, by settle time: ``(bucket width, points)``, one
     point per bucket from the job's creation to the last settled task (empty buckets
     included, at 0 tasks/s, so the plot shows stalls)."""
     settled = [s for s in samples if s.settled_after is not None]
@@ -182,7 +206,7 @@ def timeline(samples: Sequence[TaskSample]) -> tuple[float, list[TimelinePoint]]
         # A finishAt a millisecond before createdAt (two stamps of one instant) is bucket 0.
         index = min(count - 1, max(0, _bucket_of(sample.settled_after, width)))
         settled_in[index] += 1
-        if (latency := _answered_latency(sample)) is not None:
+        if (latency := _answer_latency(sample)) is not None:
             answered_in[index].append(latency)
     points = []
     for index in range(count):
@@ -191,8 +215,8 @@ def timeline(samples: Sequence[TaskSample]) -> tuple[float, list[TimelinePoint]]
             TimelinePoint(
                 start=round(index * width, 3),
                 tasks_per_second=settled_in[index] / width,
-                latency_p50=None if figures is None else figures.p50,
-                latency_p99=None if figures is None else figures.p99,
+                answer_p50=None if figures is None else figures.p50,
+                answer_p99=None if figures is None else figures.p99,
             )
         )
     return width, points

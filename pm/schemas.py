@@ -204,6 +204,14 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
             " its device was first seen after a gateway restart); never on a timer",
         ),
     ] = 0
+    sent_at: Annotated[
+        str | None,
+        field_doc(
+            "when the request of its latest attempt was first published (null: not sent "
+            "yet); re-sends keep it, finishAt - sentAt is the device's answer time",
+            "2026-12-01T12:00:00.120Z",
+        ),
+    ] = None
     attempts: Annotated[int, field_doc("attempts sent so far (more than 1: retried)", 2)] = 0
     next_attempt_at: Annotated[
         str | None,

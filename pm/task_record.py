@@ -125,6 +125,7 @@ class TaskRecord:
                 expires_at=None if self.expires_at is None else iso_timestamp(self.expires_at),
                 waiting=self.waiting,
                 sends=self.sends,
+                sent_at=None if self.sent_at is None else iso_timestamp(self.sent_at),
                 attempts=self.attempts,
                 next_attempt_at=None
                 if self.next_attempt_at is None

@@ -138,7 +138,11 @@ def test_fewer_tasks_than_devices_use_the_first_devices() -> None:
 
 
 def _run() -> BenchRun:
-    samples = [_sample(1, "resolved", 0.2), _sample(2, "error", 0.4), _sample(3, "timeout", 2.0)]
+    samples = [
+        _sample(1, "resolved", 0.2, answer=0.05),
+        _sample(2, "error", 0.4, answer=0.1),
+        _sample(3, "timeout", 2.0),
+    ]
     width, points = timeline(samples)
     job = msgspec.convert(
         {
@@ -169,7 +173,9 @@ def test_the_report_says_rate_latency_outcomes_and_errors() -> None:
     text = "\n".join(report_lines(_run()))
     assert "job 4 resolved: 3 tasks to 3 devices, 3 settled in 2.00 s" in text
     assert "throughput: 1.5 tasks/s" in text
-    assert "2 answered tasks): p50 200 ms, p99 400 ms, max 400 ms" in text
+    assert "latency over the 2 answered tasks (gateway clock):" in text
+    assert "settle (job created → task settled): p50 200 ms, p99 400 ms, max 400 ms" in text
+    assert "answer (request sent → answer): p50 50 ms, p99 100 ms, max 100 ms" in text
     assert "statuses: error 1, resolved 1, timeout 1" in text
     assert "resolved 200×1, error 500×1, timeout 1" in text
     assert "errors: 2 of 3 (66.7%)" in text

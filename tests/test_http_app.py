@@ -272,10 +272,14 @@ async def test_get_with_collection_embeds_tasks(gateway: ServedGateway) -> None:
             "expiresAt",
             "waiting",
             "sends",
+            "sentAt",
             "attempts",
             "nextAttemptAt",
         }
         assert first["__task"]["sends"] == 1
+        # Sent after its creation, answered after it was sent (same ISO format: text order).
+        stamps = first["__task"]
+        assert stamps["createdAt"] <= stamps["sentAt"] <= stamps["finishAt"]
         assert first["method"] == "put" and first["resource"] == "/x"
         assert first["data"] == {"k": 1} and first["__destination"] == "a"
         assert first["tunnel"] == "/remote/a/response"

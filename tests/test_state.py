@@ -334,6 +334,7 @@ def test_task_view_wire_shape() -> None:
             "expiresAt": None,
             "waiting": None,
             "sends": 0,
+            "sentAt": None,
             "attempts": 0,
             "nextAttemptAt": None,
         },

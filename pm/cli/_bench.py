@@ -245,10 +245,11 @@ accept them: with broker.auth, add them with `pm devices add ID --password P` an
 as ${DEVICE_PASSWORD_ENV}). Passwords come from ${BROKER_PASSWORD_ENV} and
 ${DEVICE_PASSWORD_ENV} when not given: a command line is visible to other users.
 
-Latency, in the summary and bench.json: from the job's createdAt to each task's finishAt
-(gateway clock), over the tasks a device answered; it includes each task's wait behind the
-earlier tasks of its device and the rollout's pacing. tasks/s: settled tasks over the
-seconds from createdAt to the last finishAt. bench.png needs matplotlib (the bench extra).
+Figures (gateway clock, over the tasks a device answered): settle latency, the job's
+createdAt to each task's finishAt (with its wait behind the earlier tasks of its device and
+the rollout's pacing); answer latency, each task's sentAt to its finishAt (broker both ways,
+the device, the gateway's handling), plotted over time in bench.png; tasks/s, settled tasks
+over createdAt to the last finishAt. bench.png needs matplotlib (the bench extra).
 """
 
 
@@ -262,8 +263,9 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Connect simulated devices to the broker, wait until the gateway sees them "
             "online, run one job of --tasks tasks with a live progress bar, then print "
-            "tasks/s, p50/p99 task latency, outcomes by status and answer code, and write "
-            "bench.json (every task's figures) and bench.png (tasks/s and latency over time)."
+            "tasks/s, p50/p99 task latencies, outcomes by status and answer code, and write "
+            "bench.json (every task's figures) and bench.png (tasks/s and answer latency over "
+            "time)."
         ),
         epilog=EPILOG,
         formatter_class=HelpFormatter,

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from rich.markup import escape
 
-from ..bench_summary import BenchSummary, TaskSample, TimelinePoint
+from ..bench_summary import BenchSummary, LatencyFigures, TaskSample, TimelinePoint
 from ..schemas import JobView
 from ..simulator import DeviceStats
 from ._errors import CliError
@@ -51,6 +51,12 @@ def duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def _percentiles(figures: LatencyFigures | None) -> str:
+    if figures is None:
+        return "none (no task answered, or a gateway without sentAt)"
+    return f"p50 {duration(figures.p50)}, p99 {duration(figures.p99)}, max {duration(figures.max)}"
+
+
 def report_lines(run: BenchRun) -> list[str]:
     """The summary printed at the end (rich markup; no outside text in it)."""
     summary, job = run.summary, run.job
@@ -61,16 +67,13 @@ def report_lines(run: BenchRun) -> list[str]:
         f"{duration(run.wall_seconds)} from POST to the final message here)",
         f"  throughput: {summary.tasks_per_second:,.1f} tasks/s",
     ]
-    latency = summary.latency
-    if latency is None:
-        lines.append("  latency: no task was answered")
-    else:
-        answered = sum(summary.statuses.get(status, 0) for status in ("resolved", "error"))
-        lines.append(
-            f"  latency (job created → task settled, {answered} answered tasks): "
-            f"p50 {duration(latency.p50)}, p99 {duration(latency.p99)}, "
-            f"max {duration(latency.max)}"
-        )
+    answered = sum(summary.statuses.get(status, 0) for status in ("resolved", "error"))
+    lines.append(f"  latency over the {answered} answered tasks (gateway clock):")
+    for name, meaning, figures in (
+        ("settle", "job created → task settled", summary.settle_latency),
+        ("answer", "request sent → answer", summary.answer_latency),
+    ):
+        lines.append(f"    {name} ({meaning}): {_percentiles(figures)}")
     statuses = ", ".join(f"{status} {count}" for status, count in summary.statuses.items())
     lines.append(f"  statuses: {statuses}")
     # Answer codes from the job's own histogram: a resolved task's result has no code.
@@ -114,7 +117,8 @@ def write_outputs(run: BenchRun, out: Path) -> list[str]:
 
 
 def write_plot(run: BenchRun, path: Path) -> bool:
-    """Tasks/s (top) and p50/p99 latency (bottom) over the run; False without matplotlib."""
+    """Tasks/s (top) and p50/p99 answer latency (bottom) over the run; False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -128,14 +132,14 @@ def write_plot(run: BenchRun, path: Path) -> bool:
     rate_axes.set_ylabel(f"tasks/s (per {run.bucket_seconds:g} s)")
     rate_axes.set_ylim(bottom=0)
     for label, values in (
-        ("p50", [p.latency_p50 for p in run.timeline]),
-        ("p99", [p.latency_p99 for p in run.timeline]),
+        ("p50", [p.answer_p50 for p in run.timeline]),
+        ("p99", [p.answer_p99 for p in run.timeline]),
     ):
         # NaN leaves a gap where no task was answered.
         latency_axes.plot(
             starts, [float("nan") if v is None else v * 1000 for v in values], label=label
         )
-    latency_axes.set_ylabel("latency, ms (job created → settled)")
+    latency_axes.set_ylabel("answer latency, ms (sent → answer)")
     latency_axes.set_xlabel("seconds since the job was created")
     latency_axes.set_ylim(bottom=0)
     latency_axes.legend()
