@@ -139,6 +139,16 @@ class Simulator:
         scope.cancel()
         await closed.wait()
 
+    async def leave(self) -> None:
+        """Take every connected device offline on purpose, as :meth:`disconnect` does one (its
+        retained ``offline``, then DISCONNECT), all connections at once; returns once closed.
+        Else a clean DISCONNECT sends no last will, and the retained ``online`` births
+        outlive the fleet."""
+        leaders = {index: group[0] for index, group in self._connection_of.values()}
+        async with trio.open_nursery() as nursery:
+            for index in list(self._open_connections):
+                nursery.start_soon(self.disconnect, leaders[index])
+
     async def reconnect(self, device: str) -> None:
         """Bring an offline ``device`` back: a new connection, subscribed again. Returns once
         it is subscribed (requests published from then on reach it).

@@ -35,6 +35,7 @@ from rich.markup import escape
 
 from ..bench_summary import parse_timestamp, sample_of, summarize, timeline
 from ..schemas import JobView, TaskView
+from ..simulator import Simulator
 from ._arguments import (
     HelpFormatter,
     gateway_ssl_context,
@@ -65,7 +66,7 @@ from ._submit import parse_data
 from ._watch import follow_job
 
 DEFAULT_DEVICES = 100
-# Seconds the job's deletion may take when a run is interrupted.
+# Seconds the job's deletion (when a run is interrupted) and the fleet's leaving may take.
 CANCEL_GRACE = 5.0
 # Tasks read back per request (the API's largest page).
 TASK_PAGE = 1000
@@ -138,11 +139,13 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
                     progress = await follow_job(url, created["id"], console, token, ssl_context)
                 except BaseException:
                     await _remove_job(gateway, created["id"], console)
+                    await _leave(simulator)
                     raise
                 wall_seconds = time.time() - started
                 job = _decode_job((await gateway.request("GET", f"/jobs/{created['id']}")).content)
                 job.collection = msgspec.UNSET  # task ids: the samples hold every task
                 tasks = await read_tasks(gateway, job.id, job.total_count)
+                await _leave(simulator)
                 nursery.cancel_scope.cancel()
         except ExceptionGroup as group:
             raise _only_cli_error(group) from None
@@ -182,6 +185,14 @@ async def _remove_job(gateway: AsyncGatewayClient, job_id: int, console: Console
             console.print(f"could not delete job {job_id}: {escape(error.message)}")
             return
         console.print(f"deleted job {job_id}: its simulated fleet is leaving")
+
+
+async def _leave(simulator: Simulator) -> None:
+    """The fleet says it goes offline: with an external broker the devices' retained
+    ``online`` births would otherwise outlive the run, and the gateway would go on showing
+    them online. Bounded and shielded, as :func:`_remove_job`."""
+    with trio.move_on_after(CANCEL_GRACE, shield=True):
+        await simulator.leave()
 
 
 def _only_cli_error(group: ExceptionGroup[Exception]) -> Exception:

@@ -22,6 +22,7 @@ from rich.console import Console
 from pm.cli._bench import run_bench
 from pm.cli._errors import CliError
 from pm.cli._main import build_parser
+from pm.presence import Presence
 from tests.integration.brokers import MosquittoBroker, free_port
 from tests.integration.gateways import GatewayFactory, pm
 from tests.waiting import poll_until
@@ -107,6 +108,28 @@ async def test_a_run_stopped_while_its_job_runs_deletes_the_job(
         assert "deleted job 1" in output.getvalue()
         async with httpx.AsyncClient(base_url=gateway.http_url, timeout=10) as client:
             assert (await client.get("/jobs/1")).status_code == 404
+
+
+async def test_through_an_external_broker_the_fleet_leaves_offline(
+    start_gateway: GatewayFactory, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    # mosquitto keeps the devices' retained "online" births: unless the fleet says it goes
+    # offline, the gateway shows the devices online after the run, and forever.
+    with trio.fail_after(30):
+        gateway = await start_gateway(
+            broker={"embedded": False}, mqtt={"host": mosquitto.host, "port": mosquitto.port}
+        )
+        status, printed = await _bench(
+            "--url", gateway.http_url, "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}",
+            "--devices", "6", "--connections", "2", "--tasks", "12", "--out", str(tmp_path),
+        )  # fmt: skip
+        assert status == 0 and "12 settled" in printed, printed
+        engine = gateway.engine
+        assert engine is not None
+        devices = [f"02:be:00:00:00:{n:02x}" for n in range(6)]
+        await poll_until(
+            lambda: all(engine.presence.presence(d) == Presence.OFFLINE for d in devices)
+        )
 
 
 async def test_a_refused_token_stops_before_any_device_connects(
