@@ -10,12 +10,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 
 from pm.bench_summary import summarize, timeline
 from pm.cli._bench import job_body
 from pm.cli._bench_fleet import BrokerAddress, bench_device_ids, default_broker, fleet_settings
 from pm.cli._bench_output import BenchRun, report_lines, write_outputs
-from pm.cli._main import build_parser
+from pm.cli._main import build_parser, main
 from pm.schemas import JobView
 from pm.simulator import DeviceStats
 from tests.test_bench_summary import _sample
@@ -202,3 +203,16 @@ def test_with_matplotlib_the_plot_is_written(tmp_path: Path) -> None:
     lines = write_outputs(_run(), tmp_path)
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert lines[1] == f"wrote {tmp_path / 'bench.png'}"
+
+
+def test_ctrl_c_in_any_task_is_one_line_and_status_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # trio raises KeyboardInterrupt in whichever task runs; out of the fleet's nursery it
+    # comes as a group, which must still be an interruption, not a traceback.
+    def interrupted(*args: object) -> int:
+        raise BaseExceptionGroup("nursery", [KeyboardInterrupt()])
+
+    monkeypatch.setattr(trio, "run", interrupted)
+    assert main(["bench", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n"

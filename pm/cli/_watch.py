@@ -35,6 +35,7 @@ from ..schemas import (
     TaskView,
     WatchMessage,
 )
+from ..watch import TaskMode
 from ._arguments import (
     HelpFormatter,
     authorization,
@@ -137,18 +138,18 @@ class PlainDisplay:
         pass
 
 
-def websocket_url(url: str, job_id: int) -> str:
+def websocket_url(url: str, job_id: int, tasks: TaskMode = "batch") -> str:
     """The job's stream with task changes batched (``?tasks=batch``): one message per
     interval instead of one per task change, cheaper for the gateway and for us. A gateway
     that predates the parameter ignores it and sends ``{"type":"task"}`` messages, which
-    :meth:`JobProgress.apply` reads as well."""
+    :meth:`JobProgress.apply` reads as well. ``tasks="none"``: job snapshots only."""
     scheme, separator, rest = url.partition("://")
     if not separator:
         raise CliError(f"--url must start with http:// or https://, got {url!r}")
     ws_scheme = {"http": "ws", "https": "wss"}.get(scheme.lower())
     if ws_scheme is None:
         raise CliError(f"--url must start with http:// or https://, got {url!r}")
-    return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws?tasks=batch"
+    return f"{ws_scheme}://{rest.rstrip('/')}/jobs/{job_id}/ws?tasks={tasks}"
 
 
 async def watch_job(
@@ -175,17 +176,18 @@ async def follow_job(
     console: Console,
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    tasks: TaskMode = "batch",
 ) -> JobProgress:
     """Show job ``job_id``'s progress (a live bar on a terminal, plain lines otherwise) until
     its final message, and return what was learnt; prints no summary (``pm bench`` prints
-    its own).
+    its own). ``tasks``: the stream's ``?tasks=`` (``none``: no failed task is learnt).
 
     Error handling: the :class:`CliError` of the module docstring.
     """
     progress = JobProgress(job_id)
     try:
         async with open_websocket_url(
-            websocket_url(url, job_id),
+            websocket_url(url, job_id, tasks),
             ssl_context=ssl_context,
             extra_headers=list(authorization(token).items()),
         ) as connection:
