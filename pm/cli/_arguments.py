@@ -95,6 +95,42 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fleet_behaviour_options(options: argparse._ActionsContainer) -> None:
+    """How simulated devices answer and connect, for ``pm simulate`` and ``pm bench``:
+    ``--latency``, ``--error-rate``, ``--error-code``, ``--connections``, ``--seed``."""
+    options.add_argument(
+        "--latency",
+        type=latency_range,
+        default=(0.0, 0.0),
+        metavar="TIME",
+        help="how long each device takes to answer: seconds (0.5), milliseconds (20ms), or a "
+        "range drawn from per request (10..50ms) (default: 0)",
+    )
+    options.add_argument(
+        "--error-rate",
+        type=probability,
+        default=0.0,
+        metavar="R",
+        help="share of requests answered with --error-code, 0 to 1 (default: %(default)s)",
+    )
+    options.add_argument(
+        "--error-code",
+        type=int,
+        default=500,
+        metavar="C",
+        help="the Sanji code of error answers (default: %(default)s)",
+    )
+    options.add_argument(
+        "--connections",
+        type=positive_int,
+        metavar="K",
+        help="share K MQTT connections among the devices (default: one per device)",
+    )
+    options.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="random seed (default: %(default)s)"
+    )
+
+
 def url_options() -> argparse.ArgumentParser:
     """A parent parser with ``--url``, for the commands that talk to a running gateway."""
     parent = argparse.ArgumentParser(add_help=False)

@@ -38,14 +38,13 @@ from ..schemas import JobView, TaskView
 from ..simulator import Simulator
 from ._arguments import (
     HelpFormatter,
+    fleet_behaviour_options,
     gateway_ssl_context,
     gateway_token,
     gateway_url,
-    latency_range,
     log_level_option,
     positive_float,
     positive_int,
-    probability,
     url_options,
 )
 from ._bench_fleet import (
@@ -319,37 +318,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help="simulated devices (default: %(default)s)",
     )
-    fleet.add_argument(
-        "--connections",
-        type=positive_int,
-        metavar="K",
-        help="share K MQTT connections among the devices (default: one per device)",
-    )
-    fleet.add_argument(
-        "--latency",
-        type=latency_range,
-        default=(0.0, 0.0),
-        metavar="TIME",
-        help="how long each device takes to answer: 0.5 (seconds), 20ms, or a range drawn "
-        "from per request, 10..50ms (default: 0)",
-    )
-    fleet.add_argument(
-        "--error-rate",
-        type=probability,
-        default=0.0,
-        metavar="R",
-        help="share of requests answered with --error-code, 0 to 1 (default: %(default)s)",
-    )
-    fleet.add_argument(
-        "--error-code",
-        type=int,
-        default=500,
-        metavar="C",
-        help="the Sanji code of error answers (default: %(default)s)",
-    )
-    fleet.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="random seed (default: %(default)s)"
-    )
+    fleet_behaviour_options(fleet)
     fleet.add_argument(
         "--online-timeout",
         type=positive_float,

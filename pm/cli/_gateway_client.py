@@ -32,6 +32,18 @@ def server_message(response: httpx.Response) -> str:
     return response.text.strip() or _status_text(response.status_code)
 
 
+def client_settings(
+    url: str, timeout: float, token: str | None, ssl_context: ssl.SSLContext | None
+) -> dict[str, Any]:
+    """The httpx client options every command uses for the gateway."""
+    return {
+        "base_url": url,
+        "timeout": timeout,
+        "headers": authorization(token),
+        "verify": ssl_context if ssl_context is not None else True,
+    }
+
+
 class GatewayClient:
     """``with GatewayClient(url) as gateway: gateway.request("GET", "/jobs")``."""
 
@@ -44,12 +56,7 @@ class GatewayClient:
     ) -> None:
         self.url = url
         self._timeout = timeout
-        self._client = httpx.Client(
-            base_url=url,
-            timeout=timeout,
-            headers=authorization(token),
-            verify=ssl_context if ssl_context is not None else True,
-        )
+        self._client = httpx.Client(**client_settings(url, timeout, token, ssl_context))
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -89,12 +96,7 @@ class AsyncGatewayClient:
     ) -> None:
         self.url = url
         self._timeout = timeout
-        self._client = httpx.AsyncClient(
-            base_url=url,
-            timeout=timeout,
-            headers=authorization(token),
-            verify=ssl_context if ssl_context is not None else True,
-        )
+        self._client = httpx.AsyncClient(**client_settings(url, timeout, token, ssl_context))
 
     async def __aenter__(self) -> AsyncGatewayClient:
         return self

@@ -24,8 +24,8 @@ from ..simulator import (
 )
 from ._arguments import (
     HelpFormatter,
+    fleet_behaviour_options,
     host_port,
-    latency_range,
     log_level_option,
     non_negative_float,
     positive_int,
@@ -223,28 +223,7 @@ def add_parser(subparsers: Any) -> None:
     fleet.add_argument(
         "--ids-file", metavar="FILE", help="simulate the device ids in FILE, one per line"
     )
-    parser.add_argument(
-        "--latency",
-        type=latency_range,
-        default=(0.0, 0.0),
-        metavar="S",
-        help="how long each device takes to answer: seconds (0.5), milliseconds (20ms), or a "
-        "range drawn from per request (10..50ms) (default: 0)",
-    )
-    parser.add_argument(
-        "--error-rate",
-        type=probability,
-        default=0.0,
-        metavar="R",
-        help="share of requests answered with --error-code, 0 to 1 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--error-code",
-        type=int,
-        default=500,
-        metavar="C",
-        help="the Sanji code of error answers (default: %(default)s)",
-    )
+    fleet_behaviour_options(parser)
     parser.add_argument(
         "--silent-rate",
         type=probability,
@@ -260,12 +239,6 @@ def add_parser(subparsers: Any) -> None:
         help="interim 206 progress answers before the final one (default: %(default)s)",
     )
     parser.add_argument(
-        "--connections",
-        type=positive_int,
-        metavar="K",
-        help="share K MQTT connections among the devices (default: one per device)",
-    )
-    parser.add_argument(
         "--mqtt",
         type=host_port,
         metavar="HOST:PORT",
@@ -275,9 +248,6 @@ def add_parser(subparsers: Any) -> None:
         "--config",
         metavar="FILE",
         help="the gateway's config file, for its broker address and topic templates",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="random seed (default: %(default)s)"
     )
     parser.add_argument(
         "--device-password",

@@ -46,7 +46,7 @@ from ._arguments import (
 )
 from ._console import stdout_console
 from ._errors import CliError, unreachable
-from ._gateway_client import REQUEST_TIMEOUT
+from ._gateway_client import REQUEST_TIMEOUT, client_settings
 from ._job_progress import FAILED_TASK_STATUSES, JobProgress, counts, state_details, summary
 
 # Plain-line mode: least seconds between two progress lines while only counts change.
@@ -237,10 +237,7 @@ async def fetch_unseen_failures(
         return
     try:
         async with httpx.AsyncClient(
-            base_url=url,
-            timeout=REQUEST_TIMEOUT,
-            headers=authorization(token),
-            verify=ssl_context if ssl_context is not None else True,
+            **client_settings(url, REQUEST_TIMEOUT, token, ssl_context)
         ) as client:
             response = await client.get(f"/jobs/{job.id}", params={"collection": "true"})
             response.raise_for_status()
