@@ -132,20 +132,25 @@ async def test_through_an_external_broker_the_fleet_leaves_offline(
         )
 
 
-async def test_a_refused_token_stops_before_any_device_connects(
-    start_gateway: GatewayFactory, tmp_path: Path
+async def test_over_https_and_mqtts_with_a_token(
+    start_gateway: GatewayFactory, certificate: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    certfile, keyfile = certificate
+    tls = {"certfile": str(certfile), "keyfile": str(keyfile)}
     with trio.fail_after(30):
-        gateway = await start_gateway(api={"tokens": [TOKEN]})
-        broker = f"mqtt://127.0.0.1:{gateway.mqtt_port}"
+        gateway = await start_gateway(http=tls, broker=tls, api={"tokens": [TOKEN]})
+        assert gateway.http_url.startswith("https://")
+        run = [
+            "--url", gateway.http_url, "--ca-file", str(certfile),
+            "--broker", f"mqtts://127.0.0.1:{gateway.mqtt_port}", "--broker-ca", str(certfile),
+            "--devices", "3", "--tasks", "6", "--out", str(tmp_path),
+        ]  # fmt: skip
+        # No token, or a wrong one: refused before any device connects.
         for token in ([], ["--token", "wrong-token-0123456789"]):
             with pytest.raises(CliError, match=r"\(401 Unauthorized\): missing or invalid bearer"):
-                await _bench("--url", gateway.http_url, "--broker", broker, *token)
-        status, printed = await _bench(
-            "--url", gateway.http_url, "--broker", broker, "--token", TOKEN, "--devices", "2",
-            "--out", str(tmp_path),
-        )  # fmt: skip
-        assert status == 0 and "2 settled" in printed
+                await _bench(*run, *token)
+        status, printed = await _bench(*run, "--token", TOKEN)
+        assert status == 0 and "6 settled" in printed, printed
 
 
 async def test_an_unreachable_broker_is_one_line(start_gateway: GatewayFactory) -> None:
