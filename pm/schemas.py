@@ -208,7 +208,7 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
         str | None,
         field_doc(
             "when the request of its latest attempt was first published (null: not sent "
-            "yet); re-sends keep it, finishAt - sentAt is the device's answer time",
+            "yet; re-sends keep it): finishAt - sentAt is the time to the answer",
             "2026-12-01T12:00:00.120Z",
         ),
     ] = None
