@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from pm.bench_summary import summarize, timeline
-from pm.cli._bench import job_body
+from pm.cli._bench import job_body, redacted_command
 from pm.cli._bench_fleet import BrokerAddress, bench_device_ids, default_broker, fleet_settings
 from pm.cli._bench_output import BenchRun, report_lines, write_outputs
 from pm.cli._main import build_parser, main
@@ -216,3 +216,10 @@ def test_ctrl_c_in_any_task_is_one_line_and_status_130(
     monkeypatch.setattr(trio, "run", interrupted)
     assert main(["bench", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_bench_json_never_shows_a_secret_given_on_the_command_line() -> None:
+    argv = ["--token", "t0ken", "--broker-password=pw", "--device-password", "dp", "--tasks", "3"]
+    assert redacted_command(argv) == (
+        "pm --token REDACTED --broker-password=REDACTED --device-password REDACTED --tasks 3"
+    )

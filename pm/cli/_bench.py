@@ -67,6 +67,8 @@ from ._watch import follow_job
 DEFAULT_DEVICES = 100
 # Seconds the job's deletion (when a run is interrupted) and the fleet's leaving may take.
 CANCEL_GRACE = 5.0
+# Options whose values bench.json never shows.
+SECRET_OPTIONS = frozenset({"--token", "--broker-password", "--device-password"})
 # Tasks read back per request (the API's largest page).
 TASK_PAGE = 1000
 _decode_tasks = msgspec.json.Decoder(list[TaskView]).decode
@@ -137,9 +139,7 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
                 try:
                     # Snapshots only: the tasks are read once at the end, and a watcher's task
                     # messages cost the gateway under test (bench/README.md, watchers).
-                    progress = await follow_job(
-                        url, created["id"], console, token, ssl_context, tasks="none"
-                    )
+                    await follow_job(url, created["id"], console, token, ssl_context, tasks="none")
                 except BaseException:
                     await _remove_job(gateway, created["id"], console)
                     await _leave(simulator)
@@ -152,12 +152,11 @@ async def run_bench(args: argparse.Namespace, console: Console) -> int:
                 nursery.cancel_scope.cancel()
         except ExceptionGroup as group:
             raise _only_cli_error(group) from None
-    assert progress.job is not None
     created_at = parse_timestamp(job.created_at)
     samples = [sample_of(task, created_at) for task in tasks]
     bucket, points = timeline(samples)
     run = BenchRun(
-        command=shlex.join(["pm", *sys.argv[1:]]),
+        command=redacted_command(sys.argv[1:]),
         started_at=datetime.fromtimestamp(started, UTC).isoformat(),
         parameters=_parameters(args, broker, body),
         gateway={"url": url, "version": version},
@@ -207,6 +206,21 @@ def _only_cli_error(group: ExceptionGroup[Exception]) -> Exception:
     while isinstance(cli_errors, ExceptionGroup):
         cli_errors = cli_errors.exceptions[0]
     return cli_errors
+
+
+def redacted_command(argv: list[str]) -> str:
+    """The command line for bench.json, with the value of every secret option hidden."""
+    shown, hide_next = ["pm"], False
+    for argument in argv:
+        name, equals, _ = argument.partition("=")
+        if hide_next:
+            shown.append("REDACTED")
+        elif equals and name in SECRET_OPTIONS:
+            shown.append(f"{name}=REDACTED")
+        else:
+            shown.append(argument)
+        hide_next = not hide_next and argument in SECRET_OPTIONS
+    return shlex.join(shown)
 
 
 def _parameters(args: argparse.Namespace, broker: object, body: dict[str, Any]) -> dict[str, Any]:
