@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 _decode_request = msgspec.json.Decoder(SanjiRequest).decode
 _encode = msgspec.json.Encoder().encode
 
+# Seconds a device taken offline waits for the broker to acknowledge its "offline".
+OFFLINE_ACK_TIMEOUT = 2.0
 # Connections opened at once: a burst of thousands of CONNECTs stalls small brokers.
 CONNECT_CONCURRENCY = 50
 
@@ -130,12 +132,18 @@ class Simulator:
         if index not in self._open_connections:
             raise RuntimeError(f"device {device} is offline already")
         scope, closed = self._open_connections[index]
-        if self.settings.status and index < len(self._clients_by_index):
+        client = self._clients_by_index[index] if index < len(self._clients_by_index) else None
+        acknowledgements = []
+        if self.settings.status and client is not None:
             # Leaving on purpose, as a v1.1 device does: no last will is sent for a DISCONNECT.
-            client = self._clients_by_index[index]
-            if client is not None:
-                for member in group:
-                    client.publish(self.topics.status_topic(member), b"offline", retain=True)
+            for member in group:
+                topic = self.topics.status_topic(member)
+                acknowledgements.append(client.publish_tracked(topic, b"offline", retain=True))
+        # Closed once the broker has them (bounded): under load, an "offline" right ahead of
+        # the DISCONNECT was lost, and its device stayed online at the gateway for good.
+        with trio.move_on_after(OFFLINE_ACK_TIMEOUT):
+            while not all(ack is None or ack.is_published() for ack in acknowledgements):  # noqa: ASYNC110 - paho's acknowledgements offer nothing to wait on
+                await trio.sleep(0.005)
         scope.cancel()
         await closed.wait()
 

@@ -211,8 +211,11 @@ class MqttClient:
             return False
         raise MqttError(f"publish to {topic!r} failed: {paho.error_string(rc)}")
 
-    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Acknowledgement | None:
-        """:meth:`publish`, telling afterwards whether the broker acknowledged the message.
+    def publish_tracked(
+        self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False
+    ) -> Acknowledgement | None:
+        """:meth:`publish` (``retain`` too), telling afterwards whether the broker
+        acknowledged the message.
 
         Returns:
           None where :meth:`publish` returns False; otherwise an object whose
@@ -223,7 +226,7 @@ class MqttClient:
         connection = self._connection
         if not self.connected or connection is None:
             return None
-        info = connection.paho.publish(topic, payload, qos)
+        info = connection.paho.publish(topic, payload, qos, retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return info
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:

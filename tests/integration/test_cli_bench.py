@@ -22,6 +22,7 @@ from rich.console import Console
 from pm.cli._bench import run_bench
 from pm.cli._errors import CliError
 from pm.cli._main import build_parser
+from pm.mqtt import open_mqtt_client
 from pm.presence import Presence
 from tests.integration.brokers import MosquittoBroker, free_port
 from tests.integration.gateways import GatewayFactory, pm
@@ -130,6 +131,17 @@ async def test_through_an_external_broker_the_fleet_leaves_offline(
         await poll_until(
             lambda: all(engine.presence.presence(d) == Presence.OFFLINE for d in devices)
         )
+        # Retained: whoever subscribes later (a restarted gateway) learns it too.
+        retained: list[bytes] = []
+        async with open_mqtt_client(
+            mosquitto.host,
+            mosquitto.port,
+            client_id="late-subscriber",
+            on_message=lambda topic, payload: retained.append(payload),
+        ) as late:
+            await late.subscribe("/remote/+/status", qos=1)
+            await poll_until(lambda: len(retained) == len(devices))
+        assert set(retained) == {b"offline"}
 
 
 async def test_over_https_and_mqtts_with_a_token(
