@@ -140,17 +140,20 @@ async def check_broker(settings: SimulatorSettings, broker: BrokerAddress) -> No
     await stream.aclose()
     login = settings.devices[0] if settings.device_password else settings.username
     with _mqtt_log_captured() as log, trio.move_on_after(BROKER_CHECK_TIMEOUT) as waiting:
-        async with open_mqtt_client(
-            settings.host,
-            settings.port,
-            client_id=f"pm-bench-check-{uuid.uuid4().hex[:8]}",
-            on_message=lambda topic, payload: None,
-            username=login,
-            password=settings.device_password or settings.password,
-            tls=settings.tls,
-            tls_ca_file=settings.tls_ca_file or None,
-        ):
-            pass
+        try:
+            async with open_mqtt_client(
+                settings.host,
+                settings.port,
+                client_id=f"pm-bench-check-{uuid.uuid4().hex[:8]}",
+                on_message=lambda topic, payload: None,
+                username=login,
+                password=settings.device_password or settings.password,
+                tls=settings.tls,
+                tls_ca_file=settings.tls_ca_file or None,
+            ):
+                pass
+        except OSError as error:  # ssl.SSLError included: read before connecting
+            raise CliError(f"cannot use --broker-ca {settings.tls_ca_file}: {error}") from None
     if waiting.cancelled_caught:
         why = f" (last: {log.line})" if log.line else ""
         raise CliError(

@@ -174,6 +174,19 @@ async def test_an_unreachable_broker_is_one_line(start_gateway: GatewayFactory) 
         assert "Connection refused" in refused.value.message
 
 
+async def test_an_unreadable_broker_ca_is_one_line(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        missing = tmp_path / "missing.pem"
+        with pytest.raises(CliError, match=f"cannot use --broker-ca {missing}: "):
+            await _bench(
+                "--url", gateway.http_url, "--broker", f"mqtt://127.0.0.1:{gateway.mqtt_port}",
+                "--broker-ca", str(missing),
+            )  # fmt: skip
+
+
 async def test_a_fleet_the_gateway_never_sees_online_times_out_with_the_count(
     start_gateway: GatewayFactory, mosquitto: MosquittoBroker
 ) -> None:
