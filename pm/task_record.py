@@ -42,6 +42,7 @@ class TaskRecord:
         "previous_attempts",
         "progress",
         "resource",
+        "rollout_columns_stored",
         "result",
         "sends",
         "sent_at",
@@ -95,6 +96,10 @@ class TaskRecord:
         self.attempts = 0
         self.next_attempt_at: float | None = None
         self.previous_attempts: list[AttemptView] | None = None
+        # Whether the store may hold something in this task's waiting, next_attempt_at or
+        # previous_attempts columns (set by pm.store._rows; until then its writes leave them
+        # out).
+        self.rollout_columns_stored = False
 
     @property
     def final(self) -> bool:

@@ -44,7 +44,7 @@ def test_the_newest_state_of_a_record_wins() -> None:
     task.result = {"v": 2}  # changed again after the failed commit took it
     current.task_changed(task)
     current.give_back(failed)
-    (task_row,) = rows(current)["update_tasks"]
+    (task_row,) = rows(current)["update_plain_tasks"]
     assert task_row[3] == '{"v":2}'
     assert list(current.tasks) == [task.id] and list(current.jobs) == [record.id]
 

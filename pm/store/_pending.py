@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from ..presence import DevicePresence
 from ..schemas import BatchEntry
 from ..state import JobRecord, TaskRecord
-from ._rows import (
-    device_row,
-    job_row,
-    job_update,
-    task_row,
-    task_update,
-)
+from ._rows import device_row, job_row, job_update, task_rows, task_updates
 from ._statements import WriteStatements
 
 _json_encode = msgspec.json.encode
@@ -88,47 +83,40 @@ class PendingChanges:
     def statements(self, sql: WriteStatements) -> tuple[list[tuple[str, str]], int]:
         """The statements of ``sql`` (one engine's) that write these changes, each with its
         JSON array of rows, and how many rows that is."""
-        job_rows = [job_row(record) for record, _ in self.created.values()]
-        entry_rows = [
-            (record.id, position, entry.method, entry.resource, _json_encode(entry.data).decode())
-            for record, batch in self.created.values()
-            for position, entry in enumerate(batch)
-        ]
-        task_rows = [task_row(task) for record, _ in self.created.values() for task in record.tasks]
-        job_updates = [job_update(record) for record in self.jobs.values()]
-        task_updates = [task_update(task) for task in self.tasks.values()]
-        counter_rows = list(self.counters.items())
+        created_tasks = (task for record, _ in self.created.values() for task in record.tasks)
+        fresh_task_rows, whole_task_rows = task_rows(created_tasks)
+        plain_task_updates, whole_task_updates = task_updates(self.tasks.values())
         deletions = [[job_id] for job_id in self.deleted]
-        device_rows = [device_row(record) for record in self.devices.values()]
-
+        writes: list[tuple[str, list[Any]]] = [
+            (sql.upsert_counters, list(self.counters.items())),
+            (sql.insert_jobs, [job_row(record) for record, _ in self.created.values()]),
+            (
+                sql.insert_entries,
+                [
+                    (record.id, position, entry.method, entry.resource, _encode_text(entry.data))
+                    for record, batch in self.created.values()
+                    for position, entry in enumerate(batch)
+                ],
+            ),
+            (sql.insert_fresh_tasks, fresh_task_rows),
+            (sql.insert_tasks, whole_task_rows),
+            (sql.update_jobs, [job_update(record) for record in self.jobs.values()]),
+            (sql.update_plain_tasks, plain_task_updates),
+            (sql.update_tasks, whole_task_updates),
+            *((delete, deletions) for delete in sql.delete_jobs),
+            (sql.upsert_devices, [device_row(record) for record in self.devices.values()]),
+        ]
         # Only statements with something to write, each taking all its rows as one JSON
         # array: the sqlite3 module releases and retakes the GIL per statement step, and
         # against a busy trio thread each hand-off can wait out the 5 ms switch interval.
         # Measured: 200 entries through executemany took 0.9-1.7 s under load, stretching
         # the window a crash can lose; one JSON statement takes milliseconds. PostgreSQL
         # gains the same way: one round trip per statement, not per row.
-        statements = [
-            (statement, _json_encode(rows).decode())
-            for statement, rows in (
-                (sql.upsert_counters, counter_rows),
-                (sql.insert_jobs, job_rows),
-                (sql.insert_entries, entry_rows),
-                (sql.insert_tasks, task_rows),
-                (sql.update_jobs, job_updates),
-                (sql.update_tasks, task_updates),
-                *((delete, deletions) for delete in sql.delete_jobs),
-                (sql.upsert_devices, device_rows),
-            )
-            if rows
-        ]
-        rows = (
-            len(job_rows)
-            + len(entry_rows)
-            + len(task_rows)
-            + len(job_updates)
-            + len(task_updates)
-            + len(counter_rows)
-            + len(deletions)
-            + len(device_rows)
-        )
+        statements = [(statement, _encode_text(rows)) for statement, rows in writes if rows]
+        # The deletes count once (one row each, however many tables they touch).
+        rows = sum(len(rows) for _, rows in writes) - len(deletions) * (len(sql.delete_jobs) - 1)
         return statements, rows
+
+
+def _encode_text(value: Any) -> str:
+    return _json_encode(value).decode()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,6 +18,8 @@ from ._statements import JOB_COLUMNS as JOB_COLUMNS
 
 if TYPE_CHECKING:
     from ._connection import Connection
+
+Row = tuple[Any, ...]
 
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
@@ -111,47 +113,100 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
     )
 
 
-def task_row(task: TaskRecord) -> tuple[Any, ...]:
-    return (
-        task.id,
-        task.job_id,
-        task.entry,
-        task.device,
-        task.timeout,
-        task.status,
-        task.progress,
-        result_text(task.result),
-        task.finish_at,
-        task.expires_at,
-        task.sends,
-        task.sent_at,
-        task.waiting,
-        *_attempt_columns(task),
-    )
+def task_rows(tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
+    """The insert rows of new tasks: (fresh rows for ``insert_fresh_tasks``, whole rows for
+    ``insert_tasks``). A fresh task (every column after ``expires_at`` at its default: not
+    sent, no answer code, no rollout column) leaves those columns to the table's defaults."""
+    fresh: list[Row] = []
+    whole: list[Row] = []
+    for task in tasks:
+        first_columns = (
+            task.id,
+            task.job_id,
+            task.entry,
+            task.device,
+            task.timeout,
+            task.status,
+            task.progress,
+            result_text(task.result),
+            task.finish_at,
+            task.expires_at,
+        )
+        if (
+            task.sends == 0
+            and task.attempts == 0
+            and task.sent_at is None
+            and task.code is None
+            and not _rollout_columns_needed(task)
+        ):
+            fresh.append(first_columns)
+        else:
+            whole.append(
+                (*first_columns, task.sends, task.sent_at, task.waiting, *_attempt_columns(task))
+            )
+    return fresh, whole
+
+
+def task_updates(tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
+    """The update rows of changed tasks: (plain rows for ``update_plain_tasks``, whole rows
+    for ``update_tasks``). A plain task never had a rollout column (``waiting``,
+    ``next_attempt_at``, ``previous_attempts``) stored: they are NULL in the table and stay
+    so."""
+    plain: list[Row] = []
+    whole: list[Row] = []
+    for task in tasks:
+        if _rollout_columns_needed(task):
+            whole.append(
+                (
+                    task.id,
+                    task.status,
+                    task.progress,
+                    result_text(task.result),
+                    task.finish_at,
+                    task.sends,
+                    task.sent_at,
+                    task.waiting,
+                    *_attempt_columns(task),
+                )
+            )
+        else:
+            plain.append(
+                (
+                    task.id,
+                    task.status,
+                    task.progress,
+                    result_text(task.result),
+                    task.finish_at,
+                    task.sends,
+                    task.sent_at,
+                    task.attempts,
+                    task.code,
+                )
+            )
+    return plain, whole
+
+
+def _rollout_columns_needed(task: TaskRecord) -> bool:
+    """Whether a row of ``task`` must carry its rollout columns: one holds something now, or
+    did at an earlier write (the table may still hold it; a NULL must overwrite it). Once
+    true, remembered on the task for good: a row written with them makes it true."""
+    if not task.rollout_columns_stored and (
+        task.waiting is not None
+        or task.next_attempt_at is not None
+        or task.previous_attempts is not None
+    ):
+        task.rollout_columns_stored = True
+    return task.rollout_columns_stored
 
 
 def _attempt_columns(task: TaskRecord) -> tuple[Any, ...]:
-    """attempts, next_attempt_at, previous_attempts (JSON) of a task."""
+    """attempts, next_attempt_at, previous_attempts (JSON), code of a task."""
     previous = task.previous_attempts
     return (
         task.attempts,
         task.next_attempt_at,
         None if previous is None else _json_encode(previous).decode(),
         task.code,
-    )
-
-
-def task_update(task: TaskRecord) -> tuple[Any, ...]:
-    return (
-        task.id,
-        task.status,
-        task.progress,
-        result_text(task.result),
-        task.finish_at,
-        task.sends,
-        task.sent_at,
-        task.waiting,
-        *_attempt_columns(task),
     )
 
 
@@ -246,6 +301,10 @@ def task_record(
     task.code = code
     if previous_attempts is not None:
         task.previous_attempts = _json_decode(previous_attempts, type=list[AttemptView])
+    # The next write must overwrite what the table holds in them, even once they are cleared.
+    task.rollout_columns_stored = (
+        waiting is not None or next_attempt_at is not None or previous_attempts is not None
+    )
     return task
 
 
