@@ -24,7 +24,7 @@ import trio
 
 from actors import ActorStopped, IdleInbox, Registry
 
-from .task_machine import TaskHeldBack
+from .task_machine import TaskHeldBack, TaskWaiting
 
 if TYPE_CHECKING:
     from .devices import Dispatch
@@ -108,15 +108,19 @@ class FleetBudget:
     def waiting(self) -> int:
         return len(self._waiting[True]) + len(self._waiting[False])
 
+    def free_for(self, high_priority: bool) -> bool:
+        """Whether :meth:`acquire` would take a slot at once (always, without a limit)."""
+        return self.limit is None or (
+            self.in_flight < self.limit
+            and not self._waiting[True]
+            and (high_priority or not self._waiting[False])
+        )
+
     async def acquire(self, high_priority: bool) -> None:
         """Take a slot, waiting (behind every high-priority waiter) while none is free."""
         if self.limit is None:
             return
-        if (
-            self.in_flight < self.limit
-            and not self._waiting[True]
-            and (high_priority or not self._waiting[False])
-        ):
+        if self.free_for(high_priority):
             self.in_flight += 1
             return
         granted = trio.Event()
@@ -149,8 +153,15 @@ async def take_budget_slot(
     """Wait for a slot of the fleet's budget for ``dispatch``; returns whether its task is
     still to be sent then. It is not if it ended, if the gateway is ``stopping``, or if its
     job holds sending (the task goes back to its job: ``TaskHeldBack``); the slot is freed
-    then. Called only with a budget."""
+    then. A task that has to wait tells its job first (``waiting: "fleet-budget"``, cleared
+    when it is sent). Called only with a budget."""
     task = dispatch.task
+    if not budget.free_for(dispatch.high_priority) and task.waiting != "fleet-budget":
+        # Stored with the task, once per wait (not each time the budget moves).
+        try:
+            await dispatch.reports.tell(TaskWaiting(task.id, "fleet-budget"))
+        except ActorStopped:
+            return False  # its job ended meanwhile: nothing to send
     await budget.acquire(dispatch.high_priority)
     if task.final or stopping():
         budget.release()

@@ -155,6 +155,8 @@ class Job(JobRollout, JobSchedule):
                 if task.next_attempt_at is not None
             ),
         )
+        if pacer is not None:
+            record.queued_reason = self._queue.queued_reason
         self._hold_for_schedule()  # before anything can be sent
         # Held while the job has a hold or is stopping: device actors send back its tasks.
         self.gate = SendGate()

@@ -47,7 +47,8 @@ FINAL_TASK_STATUSES: frozenset[str] = frozenset(
 TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
 # Why a pending task is not sent yet: its device is offline or works on another task; its
 # job's window is full or its rate spent; it waits out a retry's backoff; its job is paused
-# or outside its schedule's windows.
+# or outside its schedule's windows; its turn came but the fleet's budget of requests in
+# flight (`[tasks] max_in_flight`) is full.
 WaitingReason = Literal[
     "device-offline",
     "device-busy",
@@ -56,6 +57,7 @@ WaitingReason = Literal[
     "retry-backoff",
     "job-paused",
     "outside-window",
+    "fleet-budget",
 ]
 WAITING_REASONS: tuple[WaitingReason, ...] = get_args(WaitingReason)
 FINAL_JOB_STATUSES: frozenset[str] = frozenset({"resolved", "timeout", "cancelled", "aborted"})
@@ -191,7 +193,8 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     result: Any = None
     # When a task still unsent ends "expired"; null: it waits as long as its job runs.
     expires_at: str | None = None
-    # Why a pending task is not sent yet; null once sent (and while it is not queued yet).
+    # Why a pending task is not sent yet; null once sent (and while nothing holds it up). A
+    # task still in its job's queue shows its job's window or rate (pm.state.JobRecord).
     waiting: WaitingReason | None = None
     # Copies of the request the gateway published, all with this task's id: 1 once sent, one
     # more each time it was re-sent because the device (or the broker connection) came back.

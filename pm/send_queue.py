@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import trio
 
 from .rollout import Pacer
+from .schemas import WaitingReason
 from .state import TaskRecord
 
 
@@ -59,6 +60,14 @@ class SendQueue:
         yield from self._returned
         yield from (task for _, _, task in self._backoff)
         yield from self._fresh
+
+    def queued_reason(self, task: TaskRecord) -> WaitingReason | None:
+        """Why ``task`` (pending, with no reason of its own) waits, read now: the pacer's
+        (window, then rate) if it is still here; ``None`` if it was handed out, or nothing
+        stops the next send."""
+        if self.pacer is None or task.id in self._at_device:
+            return None
+        return self.pacer.blocked(trio.current_time())
 
     def take(self) -> TaskRecord | None:
         """The next task to hand out now, or ``None`` if none is ready."""

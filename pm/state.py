@@ -13,6 +13,7 @@ here and checked by ``tests/test_state.py``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -89,6 +90,10 @@ class JobRecord:
         self.rollout_state = RolloutState()
         self.pacer: Pacer | None = None
         self.abort_watch: AbortWatch | None = None
+        # Why a pending task with no reason of its own waits, if it is still in its job's
+        # queue: the job's window or rate, read when the task is read (set by a paced job's
+        # actor), so nothing is written when the window moves.
+        self.queued_reason: Callable[[TaskRecord], WaitingReason | None] | None = None
         self._progress_sum = 0
         self.outcomes = OutcomeCounter()
         self.settle_rate = SettleRate()  # a restored job measures its rate afresh
@@ -181,8 +186,21 @@ class JobRecord:
         if collection == "ids":
             view.collection = [task.id for task in self.tasks]
         elif collection == "tasks":
-            view.collection = [task.view() for task in self.tasks]
+            view.collection = [self.task_view(task) for task in self.tasks]
         return view
+
+    def waiting_reason(self, task: TaskRecord) -> WaitingReason | None:
+        """Why ``task`` is not sent yet, as the API shows it: its own reason (stored: its
+        device's, a retry's backoff, its job's hold, the fleet budget), else, while it is
+        pending in its job's queue, its job's window or rate (:attr:`queued_reason`)."""
+        if task.waiting is not None or task.status != "pending" or self.queued_reason is None:
+            return task.waiting
+        return self.queued_reason(task)
+
+    def task_view(self, task: TaskRecord) -> TaskView:
+        if self.queued_reason is None:
+            return task.view()
+        return task.view(self.waiting_reason(task))
 
     def select_tasks(self, selection: TaskSelection) -> tuple[list[TaskView], int]:
         """One page of the tasks matching every filter of ``selection``, in job order, and
@@ -193,10 +211,11 @@ class JobRecord:
             for task in self.tasks
             if (status is None or task.status == status)
             and (device is None or task.device == device)
-            and (waiting is None or task.waiting == waiting)
+            and (waiting is None or self.waiting_reason(task) == waiting)
         ]
         first = selection.offset
-        return [task.view() for task in matching[first : first + selection.limit]], len(matching)
+        page = matching[first : first + selection.limit]
+        return [self.task_view(task) for task in page], len(matching)
 
     # -- transitions -------------------------------------------------------------------
 

@@ -112,7 +112,12 @@ class TaskRecord:
         attempt = self.attempts if self.status == "sent" else self.attempts + 1
         return self.id if attempt <= 1 else self.id + (attempt - 1) * RETRY_ID_STRIDE
 
-    def view(self) -> TaskView:
+    def view(self, job_reason: WaitingReason | None = None) -> TaskView:
+        """The task as the API shows it. ``job_reason``: why its job holds it up, shown when
+        it is pending without a reason of its own (:meth:`pm.state.JobRecord.task_view`)."""
+        waiting = self.waiting
+        if waiting is None and self.status == "pending":
+            waiting = job_reason
         return TaskView(
             id=self.id,
             method=self.method,
@@ -128,7 +133,7 @@ class TaskRecord:
                 progress=self.progress,
                 result=self.result,
                 expires_at=None if self.expires_at is None else iso_timestamp(self.expires_at),
-                waiting=self.waiting,
+                waiting=waiting,
                 sends=self.sends,
                 sent_at=None if self.sent_at is None else iso_timestamp(self.sent_at),
                 attempts=self.attempts,
