@@ -193,9 +193,17 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
     result: Any = None
     # When a task still unsent ends "expired"; null: it waits as long as its job runs.
     expires_at: str | None = None
-    # Why a pending task is not sent yet; null once sent (and while nothing holds it up). A
-    # task still in its job's queue shows its job's window or rate (pm.state.JobRecord).
-    waiting: WaitingReason | None = None
+    # A task still in its job's queue shows its job's window or rate (pm.state.JobRecord).
+    waiting: Annotated[
+        WaitingReason | None,
+        field_doc(
+            "why a pending task is not sent yet (null once sent, and while nothing holds it"
+            " up): its device's, its own (retry-backoff, fleet-budget) or its job's (paused,"
+            " outside its windows; rollout-window and rollout-rate for every task still in"
+            " the job's queue, read from the job when the task is read)",
+            "rollout-window",
+        ),
+    ] = None
     # Copies of the request the gateway published, all with this task's id: 1 once sent, one
     # more each time it was re-sent because the device (or the broker connection) came back.
     sends: Annotated[
