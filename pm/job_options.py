@@ -180,11 +180,13 @@ class RolloutStatus(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class AttemptView(msgspec.Struct, kw_only=True, rename="camel"):
-    """An earlier attempt of a task that was retried: the request id it went out with and
-    what it became."""
+    """An earlier attempt of a task that was retried: the request id it went out with, how
+    many copies of it were published (re-sends included) and what it became."""
 
     attempt: int
     request_id: int
     status: str
     result: Any = None
     finish_at: str | None = None
+    # Stored before attempts kept their own count: 0, unknown.
+    sends: int = 0

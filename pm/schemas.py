@@ -204,15 +204,17 @@ class TaskState(msgspec.Struct, rename="camel", kw_only=True):
             "rollout-window",
         ),
     ] = None
-    # Copies of the request the gateway published, all with this task's id: 1 once sent, one
-    # more each time it was re-sent because the device (or the broker connection) came back.
+    # Copies of the current attempt's request the gateway published, all with its id: 1 once
+    # sent, one more each time it was re-sent because the device (or the broker connection)
+    # came back; a retry starts again at 0 (each earlier attempt keeps its own count).
     sends: Annotated[
         int,
         msgspec.Meta(
             ge=0,
-            description="copies of the request published, all with this task's id: 1 once"
-            " sent, one more per re-send (its device or the broker connection came back, or"
-            " its device was first seen after a gateway restart); never on a timer",
+            description="copies of the current attempt's request published, all with its id:"
+            " 1 once sent, one more per re-send (its device or the broker connection came"
+            " back, or its device was first seen after a gateway restart); never on a timer;"
+            " a retry starts again at 0, each of previousAttempts keeps its own sends",
         ),
     ] = 0
     sent_at: Annotated[

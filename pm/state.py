@@ -321,9 +321,12 @@ class JobRecord:
                 status=status,
                 result=result,
                 finish_at=iso_timestamp(now),
+                sends=task.sends,
             )
         )
         task.previous_attempts = history
+        # `sends` counts the copies of the current attempt; the next one starts again at 0.
+        task.sends = 0
         task.status = "pending"
         task.waiting = "retry-backoff"
         task.next_attempt_at = next_at

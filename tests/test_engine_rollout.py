@@ -51,6 +51,27 @@ async def test_a_retry_reaches_the_device_with_a_new_id_and_its_answer_settles_t
                 assert engine.fleet.dropped["duplicate_answer"] == 1
 
 
+async def test_sends_counts_the_copies_of_the_current_attempt_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(rollout_request(["a"], retry={"max": 1, "delay": 2}))
+                await trio.testing.wait_all_tasks_blocked()
+                (first,) = publisher.requests_to("/remote/a")
+                answer(engine, first, 503)
+                await trio.testing.wait_all_tasks_blocked()
+                view = job.record.tasks[0].view().task
+                assert (view.status, view.attempts, view.sends) == ("pending", 1, 0)
+                assert [a.sends for a in view.previous_attempts] == [1]  # type: ignore[union-attr]
+                await trio.sleep(2)
+                await trio.testing.wait_all_tasks_blocked()
+                view = job.record.tasks[0].view().task
+                assert (view.status, view.attempts, view.sends) == ("sent", 2, 1)
+
+
 async def test_pause_resume_cancel_through_the_engine(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
