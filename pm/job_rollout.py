@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import cast
 
 import trio
@@ -56,6 +57,8 @@ class JobRollout:
     ref: ActorRef[JobActorMessage] | None
     _expiring: list[TaskRecord]
     _expired_through: int
+    # pm.job_schedule.JobSchedule's (after this class in pm.jobs.Job's bases: no stub here).
+    _schedule_ended_at: Callable[[], datetime | None]
 
     @property
     def id(self) -> int:
@@ -173,6 +176,12 @@ class JobRollout:
             return Refused(f"job {self.id} is {record.status}: nothing to resume")
         if reason not in record.holds:
             return Refused(f"job {self.id} is not held ({reason}): it is {record.status}")
+        if reason == "paused" and (end_at := self._schedule_ended_at()) is not None:
+            return Refused(
+                f"job {self.id} cannot be resumed: its schedule ended at "
+                f"{end_at.isoformat()} (endAt) and nothing is sent after it; cancel it and"
+                " submit a new job with a new schedule"
+            )
         record.set_holds([hold for hold in record.holds if hold != reason])
         self.gate.held = bool(record.holds) or record.ending != "resolved"
         self._queue.poke()

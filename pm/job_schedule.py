@@ -19,6 +19,7 @@ reopens a window early.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -73,6 +74,16 @@ class JobSchedule:
             reason = held_reason(record.holds)
             for task in self._queue.waiting():
                 record.mark_waiting(task, reason)
+
+    def _schedule_ended_at(self) -> datetime | None:
+        """The job's ``endAt`` if its schedule has ended by now, else ``None``: nothing may be
+        sent after it, so a pause then (its own, or a user's) is for good."""
+        schedule = self.record.options.schedule
+        if schedule is None or schedule.end_at is None:
+            return None
+        if epoch_to_datetime(self._wall_clock()) < schedule.end_at:
+            return None
+        return schedule.end_at
 
     def _start_timers(self, nursery: trio.Nursery) -> None:
         """Start the job's expiry timer and schedule timer, each only if it has work."""

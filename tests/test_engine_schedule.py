@@ -4,9 +4,11 @@ tests/integration/test_job_control.py and test_schedule_recovery.py."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
+from pm.engine import JobStateError
 from tests.fakes import RecordingPublisher, answer
 from tests.stores import running_store
 from tests.test_engine import EPOCH, GUARD, restartable
@@ -71,3 +73,33 @@ async def test_a_restart_outside_the_window_holds_until_it_opens(
                 answer(engine, request)
                 await resumed.ended.wait()
                 assert resumed.record.status == "resolved"
+
+
+async def test_a_job_paused_by_its_schedules_end_cannot_be_resumed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    end_at = EPOCH + 20  # before the task in flight times out (30 s)
+    schedule = {"endAt": "2027-01-15T08:00:20Z"}
+    async with running_store(":memory:", window=0.05) as store:
+        with trio.fail_after(GUARD):
+            publisher = RecordingPublisher()
+            async with restartable(store, publisher) as engine:
+                job = await engine.submit(
+                    rollout_request(["a", "b"], schedule=schedule, rollout={"maxInFlight": 1})
+                )
+                await until(EPOCH + 1)
+                [(_, first)] = publisher.published
+                # A user's pause before endAt may be resumed.
+                await engine.pause(job.id)
+                view = await engine.resume(job.id)
+                assert view is not None and view.status == "dispatching"
+                await until(end_at)
+                assert job.record.holds == ["paused"]
+                with pytest.raises(JobStateError, match=r"schedule ended at 2027-01-15T08:00:20"):
+                    await engine.resume(job.id)
+                answer(engine, first)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(publisher.published) == 1  # nothing sent after endAt
+                assert job.record.status == "paused"
+                view = await engine.cancel(job.id)
+                assert view is not None and view.status == "cancelled"
