@@ -66,12 +66,11 @@ _TASK_UPDATE = (
     ("code", INTEGER),
 )  # fmt: skip
 # The narrow rows of the default path (a job without rollout fields). Reading a JSON row
-# costs SQLite more than its width: 10,000 task updates took 50 ms with the 12 columns of
-# _TASK_UPDATE and 30 ms with the 9 of _TASK_PLAIN_UPDATE, 10,000 inserts 50-76 ms with the
-# 17 of _TASK_ROW and 25 ms with the 10 of _TASK_FRESH_ROW (docs/scale-out.md, "Database
-# writes per task"). A column a narrow row leaves out keeps what the table holds: its default
-# for a fresh task, NULL for a task that never stored its rollout columns; pm.store._rows
-# decides which row each task takes.
+# costs SQLite more than its width: the commits of a 10,000-task job took 17.2 µs a task
+# with every row whole and 11.9 with these (`python -m bench.store_commit`; docs/scale-out.md,
+# "Database writes per task"). A column a narrow row leaves out keeps what the table holds:
+# its default for a fresh task, NULL for a task that never stored its rollout columns;
+# pm.store._rows decides which row each task takes.
 _TASK_FRESH_ROW = _TASK_ROW[:10]  # the first release's columns, and expires_at
 ROLLOUT_TASK_COLUMNS = ("waiting", "next_attempt_at", "previous_attempts")
 _TASK_PLAIN_UPDATE = tuple(
