@@ -132,12 +132,14 @@ def task_rows(tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
             task.finish_at,
             task.expires_at,
         )
+        # First, unconditionally: it remembers that a whole row stores the rollout columns.
+        rollout = _rollout_columns_needed(task)
         if (
-            task.sends == 0
+            not rollout
+            and task.sends == 0
             and task.attempts == 0
             and task.sent_at is None
             and task.code is None
-            and not _rollout_columns_needed(task)
         ):
             fresh.append(first_columns)
         else:
