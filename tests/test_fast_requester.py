@@ -1,0 +1,131 @@
+"""The benchmark's fastest requester (bench/_fast_requester.py): its MQTT 3.1.1 packet codec,
+checked against the byte layouts the specification gives (section numbers in each test)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from bench._fast_requester import (
+    CONNACK,
+    PUBACK,
+    PUBLISH,
+    FastRequesterError,
+    answer_id,
+    connect_packet,
+    publish_parts,
+    publish_qos1_packet,
+    puback_packet,
+    remaining_length,
+    request_packets,
+    split_packets,
+    subscribe_packet,
+)
+
+
+@pytest.mark.parametrize(
+    ("length", "encoded"),
+    [  # the boundaries of Table 2.4, "Size of Remaining Length field"
+        (0, b"\x00"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (16_383, b"\xff\x7f"),
+        (16_384, b"\x80\x80\x01"),
+        (2_097_151, b"\xff\xff\x7f"),
+        (2_097_152, b"\x80\x80\x80\x01"),
+        (268_435_455, b"\xff\xff\xff\x7f"),
+    ],
+)
+def test_remaining_length_matches_table_2_4(length: int, encoded: bytes) -> None:
+    assert remaining_length(length) == encoded
+    # and reads back: a PUBACK-typed packet with that many zero bytes of body
+    if length < 100_000:
+        buffer = bytearray(b"\x40" + encoded + bytes(length))
+        [(kind, flags, body)] = split_packets(buffer)
+        assert (kind, flags, len(body), buffer) == (PUBACK, 0, length, bytearray())
+
+
+def test_remaining_length_beyond_four_bytes_is_refused() -> None:
+    with pytest.raises(ValueError, match="268435456"):
+        remaining_length(268_435_456)
+    with pytest.raises(FastRequesterError, match="more than four bytes"):
+        split_packets(bytearray(b"\x30\xff\xff\xff\xff\x01"))
+
+
+def test_connect_is_level_4_clean_session_without_credentials() -> None:
+    # 3.1.2: protocol name "MQTT", level 4, flags 0b00000010 (clean session), keepalive,
+    # then the payload's client identifier (3.1.3.1).
+    variable_header = b"\x00\x04MQTT" + b"\x04" + b"\x02" + b"\x00\x3c"
+    payload = b"\x00\x03abc"
+    expected = b"\x10" + bytes([len(variable_header + payload)]) + variable_header + payload
+    assert connect_packet("abc", keepalive=60) == expected
+
+
+def test_subscribe_has_reserved_flags_0010_and_one_filter() -> None:
+    # 3.8.1: fixed header 0x82; 3.8.2: packet identifier; 3.8.3: filter then requested QoS.
+    body = b"\x00\x0a" + b"\x00\x03a/b" + b"\x01"
+    assert subscribe_packet(10, "a/b", 1) == b"\x82" + bytes([len(body)]) + body
+
+
+def test_publish_qos1_layout_of_figure_3_11() -> None:
+    # 3.3.1: type 3, DUP 0, QoS 01, RETAIN 0 = 0x32; 3.3.2.3's example: topic "a/b",
+    # packet identifier 10.
+    packet = publish_qos1_packet("a/b", 10, b"hi")
+    assert packet == b"\x32\x09" + b"\x00\x03a/b" + b"\x00\x0a" + b"hi"
+    [(kind, flags, body)] = split_packets(bytearray(packet))
+    assert (kind, flags) == (PUBLISH, 0b0010)
+    packet_id, payload = publish_parts(flags, body)
+    assert (packet_id, bytes(payload)) == (10, b"hi")
+
+
+def test_publish_qos0_has_no_packet_identifier() -> None:
+    packet_id, payload = publish_parts(0, memoryview(b"\x00\x03a/b" + b"hi"))
+    assert (packet_id, bytes(payload)) == (0, b"hi")
+
+
+def test_puback_is_type_4_with_the_packet_identifier() -> None:
+    assert puback_packet(0x1234) == b"\x40\x02\x12\x34"  # 3.4
+
+
+def test_a_packet_cut_short_waits_for_the_rest() -> None:
+    connack = b"\x20\x02\x00\x00"
+    publish = publish_qos1_packet("t", 7, b"x" * 200)  # two-byte remaining length
+    stream = connack + publish
+    buffer = bytearray()
+    seen: list[tuple[int, bytes]] = []
+    fed = 0
+    # cut inside the first header, after it, after a type byte, inside a length, at the end
+    for cut in (1, 2, 5, 6, len(stream)):
+        buffer += stream[fed:cut]
+        fed = cut
+        seen += [(kind, bytes(body)) for kind, _flags, body in split_packets(buffer)]
+        if cut == 5:
+            assert seen == [(CONNACK, b"\x00\x00")] and buffer == bytearray(b"\x32")
+    assert seen[1][0] == PUBLISH and len(seen) == 2 and buffer == bytearray()
+
+
+def test_answer_id_reads_the_digits_after_id() -> None:
+    answer = msgspec.json.encode({"id": 3000000000017, "code": 200, "data": {"id": 5}})
+    assert answer_id(answer) == 3000000000017
+    assert answer_id(memoryview(b'{"code":200,"id":42}')) == 42
+    with pytest.raises(FastRequesterError, match="without an id"):
+        answer_id(b'{"code":200}')
+
+
+def test_requests_are_qos1_sanji_requests_with_distinct_ids() -> None:
+    packets, device_of = request_packets(["aa", "bb"])
+    parsed = split_packets(bytearray(packets))
+    assert [kind for kind, _flags, _body in parsed] == [PUBLISH, PUBLISH]
+    requests = []
+    for packet_number, (_kind, flags, body) in enumerate(parsed, start=1):
+        packet_id, payload = publish_parts(flags, body)
+        assert packet_id == packet_number
+        requests.append(msgspec.json.decode(bytes(payload)))
+    assert [r["tunnel"] for r in requests] == ["/bench/aa/answer", "/bench/bb/answer"]
+    assert device_of == {requests[0]["id"]: "aa", requests[1]["id"]: "bb"}
+    assert {r["method"] for r in requests} == {"get"}
+
+
+def test_more_requests_than_packet_identifiers_are_refused() -> None:
+    with pytest.raises(FastRequesterError, match="65535"):
+        request_packets([f"d{n}" for n in range(65_536)])
