@@ -21,9 +21,17 @@ from bench._processes import machine
 from bench._report import RESULTS, Report
 
 STANDARD: list[tuple[Callable[[list[str]], Report], list[str]]] = [
+    # Issue 15: the gateway's default store (a SQLite file) with the fleet multiplexed and
+    # with one connection per device is the main table; :memory: the second.
     (
         dispatch.main,
-        ["--sizes", "1000", "10000", "--rounds", "3", "--brokers", "amqtt", "mosquitto"],
+        ["--sizes", "1000", "10000", "--rounds", "3", "--brokers", "amqtt", "mosquitto"]
+        + ["--stores", "file", "--connections", "100", "0"],
+    ),
+    (
+        dispatch.main,
+        ["--sizes", "1000", "10000", "--rounds", "3", "--brokers", "amqtt", "mosquitto"]
+        + ["--stores", "memory", "--scenario", "dispatch-memory"],
     ),
     (latency.main, ["--jobs", "200"]),
     (latency.main, ["--jobs", "200", "--broker", "mosquitto"]),
@@ -40,7 +48,11 @@ STANDARD: list[tuple[Callable[[list[str]], Report], list[str]]] = [
 ]
 
 QUICK: list[tuple[Callable[[list[str]], Report], list[str]]] = [
-    (dispatch.main, ["--sizes", "1000", "--rounds", "1", "--brokers", "amqtt", "mosquitto"]),
+    (
+        dispatch.main,
+        ["--sizes", "1000", "--rounds", "1", "--brokers", "amqtt", "mosquitto"]
+        + ["--stores", "file", "memory", "--connections", "100", "0"],
+    ),
     (latency.main, ["--jobs", "50"]),
     (broker_fanout.main, ["--connections", "100", "--requests", "300", "--brokers", "ours"]),
     (watchers.main, ["--tasks", "1000", "--watchers", "50", "--rounds", "1"]),
@@ -52,6 +64,7 @@ QUICK: list[tuple[Callable[[list[str]], Report], list[str]]] = [
 
 ORDER = [
     "dispatch",
+    "dispatch-memory",
     "latency",
     "latency-mosquitto",
     "broker_fanout",
