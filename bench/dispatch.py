@@ -61,6 +61,11 @@ from bench._processes import (
 from bench._report import Report, median
 
 BROKERS = ("amqtt", "mosquitto", "external-mosquitto")
+# Seconds between two GET /jobs/{id} while a job runs. The job's time ends at its own finishAt,
+# so polling less often does not lengthen it; but each poll of a 10k-task job encodes and sends
+# its 10,000 task ids, and every 0.05 s (bench._load's default) that was 28% of the gateway's
+# py-spy samples in a 22 s job (amqtt, one connection per device, file store).
+POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ async def _measure(
     cpu_per_task: list[float] = []
     async with http_client(str(gateway.info["url"])) as client:
         # Warm-up: device actors spawned, broker routes learned, code paths imported.
-        await run_job(client, devices)
+        await run_job(client, devices, poll=POLL)
         await raw_round_trips(port, devices, window=len(devices))
         for round_number in range(rounds):
             shift = round_number % len(kinds)
@@ -112,7 +117,7 @@ async def _measure(
                     figures[kind].append(await _requester_rate(kind, port, devices))
                     continue
                 before = cpu_seconds(gateway.pid)
-                result = await run_job(client, devices)
+                result = await run_job(client, devices, poll=POLL)
                 cpu_per_task.append((cpu_seconds(gateway.pid) - before) / result.tasks)
                 if result.status != "resolved" or result.errors:
                     raise RuntimeError(f"job ended {result.status}, {result.errors} errors")
