@@ -5,8 +5,9 @@ It speaks MQTT on a plain TCP stream (``TCP_NODELAY``, as trio sets it) with the
 QoS both ways: requests are QoS 1 PUBLISHes (the broker answers PUBACK), answers arrive on a
 QoS 1 subscription and each gets its PUBACK, like the gateway's ``/remote/+/response``. What
 it leaves out, and the gateway cannot: every request is encoded before the clock starts and
-written in large writes (64 KiB); an answer is found by its packet type and the digits after
-``"id":`` (no JSON decode); no store, no HTTP, no per-device actor, no timeout, no retry.
+written in large writes (~64 KiB of whole packets); an answer is found by its packet type and
+the digits after ``"id":`` (no JSON decode); no store, no HTTP, no per-device actor, no
+timeout, no retry.
 
 Used only by the benchmark (:mod:`bench.dispatch`); the packet codec is pure and tested
 against the MQTT 3.1.1 specification's byte layouts (``tests/test_fast_requester.py``).
@@ -148,12 +149,16 @@ def answer_id(payload: bytes | memoryview) -> int:
     return int(text[start:stop])
 
 
-def request_packets(devices: list[str]) -> tuple[bytes, dict[int, str]]:
-    """One QoS 1 Sanji request per device (packet ids 1..N), concatenated; and the device of
-    each request id."""
+def request_chunks(
+    devices: list[str], write_bytes: int = WRITE_BYTES
+) -> tuple[list[bytes], dict[int, str]]:
+    """One QoS 1 Sanji request per device (packet ids 1..N), joined into writes of whole
+    packets of about ``write_bytes`` each (PUBACKs owed are written between two writes, so
+    none may end inside a packet); and the device of each request id."""
     if len(devices) > MAX_PACKET_ID:
         raise FastRequesterError(f"{len(devices)} requests: at most {MAX_PACKET_ID} at once")
-    packets = bytearray()
+    chunks: list[bytes] = []
+    chunk = bytearray()
     device_of: dict[int, str] = {}
     for packet_id, device in enumerate(devices, start=1):
         request_id = next(_request_ids)
@@ -165,17 +170,24 @@ def request_packets(devices: list[str]) -> tuple[bytes, dict[int, str]]:
             "data": {},
             "tunnel": f"/bench/{device}/answer",
         }
-        packets += publish_qos1_packet(f"/remote/{device}", packet_id, _encode(request))
-    return bytes(packets), device_of
+        chunk += publish_qos1_packet(f"/remote/{device}", packet_id, _encode(request))
+        if len(chunk) >= write_bytes:
+            chunks.append(bytes(chunk))
+            chunk.clear()
+    if chunk:
+        chunks.append(bytes(chunk))
+    return chunks, device_of
 
 
 # -- the run (I/O) ------------------------------------------------------------------------------
 
 
-async def fast_round_trips(port: int, devices: list[str], *, host: str = "127.0.0.1") -> float:
+async def fast_round_trips(
+    port: int, devices: list[str], *, host: str = "127.0.0.1", write_bytes: int = WRITE_BYTES
+) -> float:
     """One request to each device at once; returns round trips per second, first write to the
     last answer. Every request must be answered once, and every request PUBACKed."""
-    requests, device_of = request_packets(devices)
+    requests, device_of = request_chunks(devices, write_bytes)
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         buffer = bytearray()
@@ -206,7 +218,10 @@ async def _expect(
 
 
 async def _burst(
-    stream: trio.SocketStream, buffer: bytearray, requests: bytes, device_of: dict[int, str]
+    stream: trio.SocketStream,
+    buffer: bytearray,
+    requests: list[bytes],
+    device_of: dict[int, str],
 ) -> float:
     # One writer owns the stream (trio allows one send_all at a time): the reader queues the
     # PUBACKs it owes and wakes it; owed PUBACKs go before the next chunk of requests.
@@ -218,16 +233,14 @@ async def _burst(
 
     async def write() -> None:
         nonlocal wake
-        view = memoryview(requests)
-        offset = 0
+        unsent = iter(requests)
         while not finished.is_set():
             if owed:
-                chunk = bytes(owed)
+                acknowledgements = bytes(owed)
                 owed.clear()
+                await stream.send_all(acknowledgements)
+            elif (chunk := next(unsent, None)) is not None:
                 await stream.send_all(chunk)
-            elif offset < len(view):
-                await stream.send_all(view[offset : offset + WRITE_BYTES])
-                offset += WRITE_BYTES
             else:
                 await wake.wait()
                 wake = trio.Event()

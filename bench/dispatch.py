@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -158,7 +159,13 @@ async def _measure(
             shift = round_number % len(kinds)
             for kind in kinds[shift:] + kinds[:shift]:
                 if kind != "job":
+                    # The requester runs in this process: its CPU (all threads) is its own.
+                    before = time.process_time()
                     figures[kind].append(await _requester_rate(kind, port, devices))
+                    spent = time.process_time() - before
+                    figures.setdefault(f"{kind}_cpu_ms_per_rt", []).append(
+                        spent * 1000 / len(devices)
+                    )
                     continue
                 before = cpu_seconds(gateway.pid)
                 result = await _run_job(client, devices)
@@ -256,6 +263,7 @@ def main(argv: list[str] | None = None) -> Report:
             "job / (1)",
             "job / ceiling",
             "gateway CPU ms/task",
+            "(1c) requester CPU ms/rt",
         ],
     )
     plot_series: dict[str, list[float]] = {}
@@ -277,7 +285,7 @@ def main(argv: list[str] | None = None) -> Report:
         "fleet is one `pm simulate` process."
     )
     report.notes += beaten or ["No job was faster than its round's ceiling."]
-    complete = all(isinstance(row[-1], float) for row in report.rows)
+    complete = all(isinstance(row[-1], float) for row in report.rows)  # no failed row
     report.write(
         plot={
             "x": args.sizes,
@@ -315,6 +323,7 @@ def _add_row(
             median(figures["ratio"]),
             ceiling_ratio,
             median(figures["gateway_cpu_ms_per_task"]),
+            median(figures["fast_cpu_ms_per_rt"]),
         ]
     )
     label = f"{setup.broker} {setup.store_name} {setup.fleet_name}"
@@ -340,7 +349,7 @@ if __name__ == "__main__":
 def _add_failed_row(report: Report, setup: Setup, paho: bool, error: Exception) -> None:
     """A row that could not be measured: said in the table and the notes, its target missed."""
     where = f"{setup.broker}/{setup.store_name}/{setup.fleet_name}/{setup.size}"
-    blanks = 7 if paho else 6
+    blanks = 8 if paho else 7
     report.rows.append(
         [setup.broker, setup.store_name, setup.fleet_name, setup.size] + ["failed"] * blanks
     )

@@ -17,7 +17,7 @@ from bench._fast_requester import (
     publish_parts,
     publish_qos1_packet,
     remaining_length,
-    request_packets,
+    request_chunks,
     split_packets,
     subscribe_packet,
 )
@@ -113,8 +113,8 @@ def test_answer_id_reads_the_digits_after_id() -> None:
 
 
 def test_requests_are_qos1_sanji_requests_with_distinct_ids() -> None:
-    packets, device_of = request_packets(["aa", "bb"])
-    parsed = split_packets(bytearray(packets))
+    chunks, device_of = request_chunks(["aa", "bb"])
+    parsed = split_packets(bytearray(b"".join(chunks)))
     assert [kind for kind, _flags, _body in parsed] == [PUBLISH, PUBLISH]
     requests = []
     for packet_number, (_kind, flags, body) in enumerate(parsed, start=1):
@@ -126,6 +126,21 @@ def test_requests_are_qos1_sanji_requests_with_distinct_ids() -> None:
     assert {r["method"] for r in requests} == {"get"}
 
 
+def test_each_write_of_requests_is_whole_packets() -> None:
+    # PUBACKs owed go out between two writes: a write ending inside a packet would put a
+    # PUBACK inside a request (the broker then hangs or drops the connection).
+    devices = [f"device-{n}" for n in range(500)]
+    chunks, _ = request_chunks(devices, write_bytes=1000)
+    assert len(chunks) > 10
+    packets = 0
+    for chunk in chunks:
+        buffer = bytearray(chunk)
+        packets += len(split_packets(buffer))
+        assert buffer == bytearray()  # nothing cut short
+        assert len(chunk) < 1000 + 200  # about write_bytes: one request over at most
+    assert packets == len(devices)
+
+
 def test_more_requests_than_packet_identifiers_are_refused() -> None:
     with pytest.raises(FastRequesterError, match="65535"):
-        request_packets([f"d{n}" for n in range(65_536)])
+        request_chunks([f"d{n}" for n in range(65_536)])

@@ -30,6 +30,19 @@ async def test_fast_requester_round_trips_through_the_embedded_broker(
         assert simulator.stats.answered == 2 * len(DEVICES)
 
 
+async def test_answers_acknowledged_while_requests_are_still_written(
+    start_gateway: GatewayFactory, start_simulator: SimulatorFactory
+) -> None:
+    # Writes of a third of a request each: answers (and the PUBACKs owed for them) arrive
+    # while the requests are still being written, and a PUBACK must never land inside one.
+    devices = [f"dev-{n}" for n in range(400)]
+    with trio.fail_after(30):
+        gateway = await start_gateway()
+        await start_simulator(gateway, devices, connections=20)
+        for _ in range(2):
+            assert await fast_round_trips(gateway.mqtt_port, devices, write_bytes=40) > 0
+
+
 async def test_threaded_paho_requester_round_trips_through_the_embedded_broker(
     start_gateway: GatewayFactory, start_simulator: SimulatorFactory
 ) -> None:
