@@ -173,13 +173,20 @@ async def _measure(
                 if result.status != "resolved" or result.errors:
                     raise RuntimeError(f"job ended {result.status}, {result.errors} errors")
                 figures["job"].append(result.tasks_per_second)
-    ceiling = [max(rates) for rates in zip(*(figures[k] for k in ("raw", *ceilings)), strict=True)]
+    figures["gateway_cpu_ms_per_task"] = [c * 1000 for c in cpu_per_task]
+    return with_ceilings(figures, ["raw", *ceilings])
+
+
+def with_ceilings(figures: dict[str, list[float]], requesters: list[str]) -> dict[str, list[float]]:
+    """``figures`` (rates per round of each requester and of the job) plus each round's
+    ceiling (its fastest requester), job / pm.mqtt and job / ceiling per round."""
+    rounds = zip(*(figures[kind] for kind in requesters), strict=True)
+    ceiling = [max(rates) for rates in rounds]
     return {
         **figures,
         "ceiling": ceiling,
         "ratio": [j / r for j, r in zip(figures["job"], figures["raw"], strict=True)],
         "ratio_ceiling": [j / c for j, c in zip(figures["job"], ceiling, strict=True)],
-        "gateway_cpu_ms_per_task": [c * 1000 for c in cpu_per_task],
     }
 
 
@@ -284,9 +291,9 @@ def main(argv: list[str] | None = None) -> Report:
                     try:
                         figures = run_setup(setup, args.rounds, ceilings)
                     except Exception as error:  # noqa: BLE001 - reported; the other rows go on
-                        _add_failed_row(report, setup, paho, error)
+                        add_failed_row(report, setup, paho, error)
                         continue
-                    _add_row(report, setup, figures, paho, plot_series, beaten)
+                    add_row(report, setup, figures, paho, plot_series, beaten)
     report.notes.append(
         f"{args.rounds} rounds, the requesters and the job in rotating order; the ceiling of a "
         "round is its fastest requester, job / ceiling the median of the rounds' ratios. The "
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> Report:
     return report
 
 
-def _add_row(
+def add_row(
     report: Report,
     setup: Setup,
     figures: dict[str, list[float]],
@@ -350,11 +357,7 @@ def _add_row(
         report.target(f"(3) {name}", job, ">= 8000 tasks/s", job >= 8000)
 
 
-if __name__ == "__main__":
-    main()
-
-
-def _add_failed_row(report: Report, setup: Setup, paho: bool, error: Exception) -> None:
+def add_failed_row(report: Report, setup: Setup, paho: bool, error: Exception) -> None:
     """A row that could not be measured: said in the table and the notes, its target missed."""
     where = f"{setup.broker}/{setup.store_name}/{setup.fleet_name}/{setup.size}"
     blanks = 8 if paho else 7
@@ -368,3 +371,7 @@ def _add_failed_row(report: Report, setup: Setup, paho: bool, error: Exception) 
         report.target(f"(2)/ceiling {name}", float("nan"), ">= 0.90", False)
     elif setup.size >= 10000:
         report.target(f"(3) {name}", float("nan"), ">= 8000 tasks/s", False)
+
+
+if __name__ == "__main__":
+    main()
