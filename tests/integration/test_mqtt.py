@@ -12,6 +12,7 @@ import trio
 
 from pm.mqtt import MqttClient, MqttSubscribeError, open_mqtt_client
 from tests.integration.brokers import Inbox, MosquittoBroker
+from tests.waiting import poll_until
 
 # Hang guard per test; each normally takes well under a second (the keepalive one ~2.5 s).
 _GUARD = 10.0
@@ -81,6 +82,22 @@ async def test_burst_of_mixed_sizes_split_across_read_ahead_chunks(
                 assert source.publish(f"sizes/{n}", bytes([n % 251]) * size)
             received = dict([await inbox.receive.receive() for _ in sizes])
     assert received == {f"sizes/{n}": bytes([n % 251]) * size for n, size in enumerate(sizes)}
+
+
+async def test_every_tracked_publish_of_a_burst_learns_of_its_puback(
+    mosquitto: MosquittoBroker,
+) -> None:
+    # The client reads MQTT 3.1.1 PUBACKs itself (pm/mqtt/_paho.py), not through paho's
+    # decoder: each must still mark its own message published, and only that one.
+    with trio.fail_after(_GUARD):
+        async with open_mqtt_client(
+            mosquitto.host, mosquitto.port, client_id="acks", on_message=Inbox()
+        ) as client:
+            acknowledgements = [client.publish_tracked(f"acks/{n}", b"x") for n in range(500)]
+            assert all(a is not None for a in acknowledgements)
+            # No checkpoint since: no PUBACK can have been read yet.
+            assert not any(a.is_published() for a in acknowledgements if a)
+            await poll_until(lambda: all(a.is_published() for a in acknowledgements if a))
 
 
 async def test_reconnects_after_broker_restart_and_restores_subscription(
