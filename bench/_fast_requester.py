@@ -195,11 +195,11 @@ async def fast_round_trips(
         await _expect(stream, buffer, CONNACK, lambda body: body[1] == 0, "CONNECT refused")
         await stream.send_all(subscribe_packet(1, ANSWER_FILTER, 1))
         await _expect(stream, buffer, SUBACK, lambda body: body[2] == 1, "SUBSCRIBE not QoS 1")
-        return await _burst(stream, buffer, requests, device_of)
+        return await burst(stream, requests, device_of, buffer)
 
 
 async def _expect(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     buffer: bytearray,
     kind: int,
     ok: Callable[[memoryview], bool],
@@ -217,14 +217,18 @@ async def _expect(
         buffer += data
 
 
-async def _burst(
-    stream: trio.SocketStream,
-    buffer: bytearray,
+async def burst(
+    stream: trio.abc.Stream,
     requests: list[bytes],
     device_of: dict[int, str],
+    buffer: bytearray | None = None,
 ) -> float:
+    """Write ``requests`` (chunks of whole packets, :func:`request_chunks`) on a connected,
+    subscribed ``stream`` and read until every request is answered and PUBACKed; returns
+    round trips per second. ``buffer``: bytes already read past the SUBACK."""
+    buffer = bytearray() if buffer is None else buffer
     # One writer owns the stream (trio allows one send_all at a time): the reader queues the
-    # PUBACKs it owes and wakes it; owed PUBACKs go before the next chunk of requests.
+    # PUBACKs it owes and wakes it; owed PUBACKs go between two chunks of requests.
     owed = bytearray()
     wake = trio.Event()
     finished = trio.Event()
@@ -234,13 +238,15 @@ async def _burst(
     async def write() -> None:
         nonlocal wake
         unsent = iter(requests)
-        while not finished.is_set():
+        while True:
             if owed:
                 acknowledgements = bytes(owed)
                 owed.clear()
                 await stream.send_all(acknowledgements)
             elif (chunk := next(unsent, None)) is not None:
                 await stream.send_all(chunk)
+            elif finished.is_set():
+                return  # the PUBACKs owed for the last answers went out first
             else:
                 await wake.wait()
                 wake = trio.Event()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+import trio
+import trio.testing
 
 from bench._fast_requester import (
     CONNACK,
@@ -12,6 +14,7 @@ from bench._fast_requester import (
     PUBLISH,
     FastRequesterError,
     answer_id,
+    burst,
     connect_packet,
     puback_packet,
     publish_parts,
@@ -144,3 +147,32 @@ def test_each_write_of_requests_is_whole_packets() -> None:
 def test_more_requests_than_packet_identifiers_are_refused() -> None:
     with pytest.raises(FastRequesterError, match="65535"):
         request_chunks([f"d{n}" for n in range(65_536)])
+
+
+async def test_pubacks_owed_go_between_requests_never_inside_one() -> None:
+    # A broker that answers every request (and PUBACKs it) as soon as the first bytes come:
+    # the requester owes PUBACKs while most requests are still unwritten. Everything the
+    # broker receives must parse as whole packets: N requests and N PUBACKs.
+    requester, broker = trio.testing.memory_stream_pair()
+    devices = [f"device-{n}" for n in range(50)]
+    chunks, device_of = request_chunks(devices, write_bytes=100)
+    received: list[int] = []
+
+    async def answer_everything() -> None:
+        buffer = bytearray(await broker.receive_some())
+        answers = b"".join(
+            publish_qos1_packet(f"/bench/{device}/answer", n, b'{"id":%d,"code":200}' % request)
+            for n, (request, device) in enumerate(device_of.items(), start=1)
+        )
+        await broker.send_all(answers + b"".join(puback_packet(n) for n in range(1, 51)))
+        while len(received) < 2 * len(devices):
+            received.extend(kind for kind, _flags, _body in split_packets(buffer))
+            if len(received) < 2 * len(devices):
+                buffer += await broker.receive_some()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_everything)
+            assert await burst(requester, chunks, device_of) > 0
+    assert sorted(received) == [PUBLISH] * 50 + [PUBACK] * 50
+    assert received[-1] == PUBLISH  # PUBACKs went out before the last request did
