@@ -1,5 +1,4 @@
-"""Scenarios 1-3: one job of N tasks end to end, against the ceilings of the same broker and
-fleet.
+"""Scenarios 1-3: one job of N tasks end to end, against the ceilings of its broker and fleet.
 
 For each broker, store, fleet shape and fleet size N: one gateway process (``pm serve``) and
 one fleet process (``pm simulate --devices N``, devices answering at once) are started; then,
