@@ -41,6 +41,26 @@ def test_a_connection_that_ends_takes_its_devices_offline() -> None:
     assert presence.status_topic("aa") == "/remote/aa/status"
 
 
+def test_a_takeover_whose_old_connection_ends_late_leaves_the_device_online() -> None:
+    # amqtt waits for the old connection of a client id to end only so long: under load the
+    # new one subscribed first, and the old one's end took the device offline for good (a
+    # job's tasks stayed `sent` to devices the gateway held offline).
+    presence = BrokerPresence(TOPICS)
+    old = presence.connected("dev")
+    assert presence.subscribed("dev", "/remote/aa") == "aa"
+    new = presence.connected("dev")
+    assert presence.subscribed("dev", "/remote/aa") is None  # online already
+    assert presence.disconnected("dev", old) == []
+    assert len(presence) == 1
+    assert presence.disconnected("dev", new) == ["aa"]
+    # The usual order (the old connection ends first) is unchanged.
+    first = presence.connected("dev")
+    presence.subscribed("dev", "/remote/aa")
+    assert presence.disconnected("dev", first) == ["aa"]
+    presence.connected("dev")
+    assert presence.subscribed("dev", "/remote/aa") == "aa"
+
+
 def test_topics_from_the_command_line_are_checked() -> None:
     assert PresenceTopics.from_json('{"request": "r/{device}", "status": "s/{device}"}') == (
         PresenceTopics(request="r/{device}", status="s/{device}")

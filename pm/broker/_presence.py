@@ -57,8 +57,25 @@ class BrokerPresence:
     def __init__(self, topics: PresenceTopics) -> None:
         self._topics = topics
         self._prefix, _, self._suffix = topics.request.partition("{device}")
-        self._holders: dict[str, set[str]] = {}  # device -> client ids
-        self._held_by: dict[str, set[str]] = {}  # client id -> devices
+        # Keyed by connection, not by client id: during a takeover the old connection of a
+        # client id may end after the new one subscribed (amqtt waits for it only so long),
+        # and its end must not take the new connection's devices offline.
+        self._holders: dict[str, set[str]] = {}  # device -> connection keys
+        self._held_by: dict[str, set[str]] = {}  # connection key -> devices
+        self._current: dict[str, str] = {}  # client id -> key of its newest connection
+        self._connections_made = 0
+
+    def connected(self, client_id: str) -> str:
+        """A connection of ``client_id`` started: its key, for :meth:`disconnected`. From now
+        on the client id's subscriptions are this connection's. Without this call (the
+        mosquitto log), the client id is the key."""
+        self._connections_made += 1
+        key = f"{client_id}\0{self._connections_made}"
+        self._current[client_id] = key
+        return key
+
+    def _key_of(self, client_id: str) -> str:
+        return self._current.get(client_id, client_id)
 
     def status_topic(self, device: str) -> str:
         return self._topics.status.replace("{device}", device)
@@ -77,33 +94,41 @@ class BrokerPresence:
         device = self.device_of(topic_filter)
         if device is None:
             return None
+        key = self._key_of(client_id)
         holders = self._holders.setdefault(device, set())
         turned_online = not holders
-        holders.add(client_id)
-        self._held_by.setdefault(client_id, set()).add(device)
+        holders.add(key)
+        self._held_by.setdefault(key, set()).add(device)
         return device if turned_online else None
 
     def unsubscribed(self, client_id: str, topic_filter: str) -> str | None:
         """A client let go of a filter: the device that turned offline, if any."""
         device = self.device_of(topic_filter)
-        if device is None or device not in self._held_by.get(client_id, ()):
+        key = self._key_of(client_id)
+        if device is None or device not in self._held_by.get(key, ()):
             return None
-        self._held_by[client_id].discard(device)
-        if not self._held_by[client_id]:
-            del self._held_by[client_id]
-        return device if self._release(device, client_id) else None
+        self._held_by[key].discard(device)
+        if not self._held_by[key]:
+            del self._held_by[key]
+        return device if self._release(device, key) else None
 
-    def disconnected(self, client_id: str) -> list[str]:
+    def disconnected(self, client_id: str, key: str | None = None) -> list[str]:
         """A client's connection ended (disconnect, lost, taken over): the devices that turned
-        offline. A persistent session keeps its subscriptions, but nobody hears them now."""
-        devices = self._held_by.pop(client_id, set())
-        return sorted(device for device in devices if self._release(device, client_id))
+        offline. ``key``: the connection's, from :meth:`connected` (default: the client id's
+        newest). A persistent session keeps its subscriptions, but nobody hears them now; a
+        device another connection also holds (the one that took the client id over) stays
+        online."""
+        key = self._key_of(client_id) if key is None else key
+        if self._current.get(client_id) == key:
+            del self._current[client_id]
+        devices = self._held_by.pop(key, set())
+        return sorted(device for device in devices if self._release(device, key))
 
-    def _release(self, device: str, client_id: str) -> bool:
+    def _release(self, device: str, key: str) -> bool:
         holders = self._holders.get(device)
         if holders is None:
             return False
-        holders.discard(client_id)
+        holders.discard(key)
         if holders:
             return False
         del self._holders[device]

@@ -98,6 +98,7 @@ class PresenceBroker(PuppetmasterBroker):
         # The loop is the connection's life. A persistent session resumed here already holds
         # its subscriptions (no SUBSCRIBE comes): its devices are online from now.
         client_id = client_session.client_id or ""
+        connection = self._presence.connected(client_id)
         for topic_filter in list(self._subscriptions.filters_of_client.get(client_id, ())):
             device = self._presence.subscribed(client_id, topic_filter)
             if device is not None:
@@ -105,5 +106,5 @@ class PresenceBroker(PuppetmasterBroker):
         try:
             await super()._client_message_loop(client_session, handler)
         finally:
-            for device in self._presence.disconnected(client_id):
+            for device in self._presence.disconnected(client_id, connection):
                 self._announce(device, OFFLINE)
