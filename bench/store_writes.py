@@ -70,7 +70,6 @@ def open_counted(location: str, commit_interval: float) -> tuple[Store, Counting
     migrate(connection)
     counting = CountingConnection(connection)
     store = Store(counting, commit_interval)  # type: ignore[arg-type]
-    store.load_counters()
     return store, counting
 
 

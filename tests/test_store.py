@@ -38,7 +38,7 @@ from pm.presence import Presence
 from pm.state import JobRecord
 from pm.store import SCHEMA_VERSION, SchemaTooNew, Store, migrate, open_store
 from pm.store._connection import Connection
-from pm.store._store import TASK_ID_BLOCK
+from pm.store._ids import TASK_ID_BLOCK
 from tests.fakes import RecordingPublisher, answer
 from tests.job_api import entry, job_request
 from tests.stores import (
@@ -212,12 +212,12 @@ async def test_ids_are_never_reused_after_a_crash(database: DatabaseUnderTest) -
         async with crashing_store(path) as store:
             await store.allocate_ids(1, 5)
             # Ends exactly at the reserved block's end: no new reservation.
-            commits = store.commits
+            reservations = store.id_reservations
             first_job, first_task = await store.allocate_ids(1, TASK_ID_BLOCK)
-            assert store.commits == commits
-            # One id past the block: reserves (and commits) before it returns.
+            assert store.id_reservations == reservations
+            # One id past the block: reserves (in the database) before it returns.
             last_job, last_task = await store.allocate_ids(1, 1)
-            assert store.commits == commits + 1
+            assert store.id_reservations == reservations + 1
         assert (first_task, last_task) == (6, TASK_ID_BLOCK + 6)
         # Changes recorded after the last commit are lost, the reservation is not.
         store.job_created(make_job(last_job, last_task, batch(("a", "/x"))), batch(("a", "/x")))

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from pm.store import Store, StoreUnavailable
-from pm.store._store import FAULT_RETRY_DELAY, JOB_ID_BLOCK
+from pm.store._ids import JOB_ID_BLOCK
+from pm.store._store import FAULT_RETRY_DELAY
 from tests.ext4_image import Ext4Image
 from tests.small_filesystem import SmallFilesystem
 from tests.stores import batch, create_job, read, running_store

@@ -26,11 +26,9 @@ def test_a_failed_window_comes_back_whole() -> None:
     record = make_job(1, 1, batch((["a", "b"], "/x")))
     failed = PendingChanges()
     failed.job_created(record, batch((["a", "b"], "/x")))
-    failed.counters["job"] = 10_001
     current = PendingChanges()
     current.give_back(failed)
     assert rows(current) == rows(failed)
-    assert current.counters == {"job": 10_001}
 
 
 def test_the_newest_state_of_a_record_wins() -> None:
@@ -70,12 +68,3 @@ def test_deletes_of_the_failed_window_are_kept_and_its_updates_dropped_for_them(
     current.give_back(failed)
     assert current.deleted == {3, 9}
     assert current.jobs == {}
-
-
-def test_counters_only_rise() -> None:
-    failed = PendingChanges()
-    failed.counters.update({"job": 20_001, "task": 1_000_001})
-    current = PendingChanges()
-    current.counters["job"] = 30_001
-    current.give_back(failed)
-    assert current.counters == {"job": 30_001, "task": 1_000_001}

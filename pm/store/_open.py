@@ -1,5 +1,5 @@
 """Opening the database: connect (SQLite file or PostgreSQL URL), check that it takes writes,
-migrate, load the id counters."""
+migrate."""
 
 from __future__ import annotations
 
@@ -54,11 +54,10 @@ def _open_postgres(url: str, commit_interval: float) -> Store:
 
 
 def _ready(connection: Connection, named: str, commit_interval: float) -> Store:
-    """Migrate and load the counters; the connection is closed if that fails."""
+    """Migrate; the connection is closed if that fails."""
     try:
         migrate(connection)
         store = Store(connection, commit_interval)
-        store.load_counters()
     except SchemaTooNew as error:
         connection.close()
         raise SchemaTooNew(f"cannot use {named}: {error}") from None

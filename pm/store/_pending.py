@@ -25,7 +25,6 @@ class PendingChanges:
         self.jobs: dict[int, JobRecord] = {}
         self.tasks: dict[int, TaskRecord] = {}
         self.deleted: set[int] = set()
-        self.counters: dict[str, int] = {}
         # The newest presence of each device that changed (one row per device per window).
         self.devices: dict[str, DevicePresence] = {}
 
@@ -58,8 +57,7 @@ class PendingChanges:
         """Take back the changes of a commit that failed, under the ones recorded since.
 
         Nothing is lost and nothing goes backwards: records are shared, so a row written
-        later carries its newest state; a job deleted meanwhile stays deleted; counters only
-        rise.
+        later carries its newest state; a job deleted meanwhile stays deleted.
         """
         for job_id, created in failed.created.items():
             if job_id in self.deleted:
@@ -77,8 +75,6 @@ class PendingChanges:
         self.deleted |= failed.deleted
         for device, record in failed.devices.items():
             self.devices.setdefault(device, record)  # a newer change wins
-        for kind, high_water in failed.counters.items():
-            self.counters[kind] = max(high_water, self.counters.get(kind, 0))
 
     def statements(self, sql: WriteStatements) -> tuple[list[tuple[str, str]], int]:
         """The statements of ``sql`` (one engine's) that write these changes, each with its
@@ -88,7 +84,6 @@ class PendingChanges:
         plain_task_updates, whole_task_updates = task_updates(self.tasks.values())
         deletions = [[job_id] for job_id in self.deleted]
         writes: list[tuple[str, list[Any]]] = [
-            (sql.upsert_counters, list(self.counters.items())),
             (sql.insert_jobs, [job_row(record) for record, _ in self.created.values()]),
             (
                 sql.insert_entries,

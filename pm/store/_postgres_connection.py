@@ -65,7 +65,7 @@ def _rows_from(types: Sequence[str]) -> str:
     return f"SELECT {columns} FROM json_array_elements(?::json) AS rows (value)"
 
 
-STATEMENTS = write_statements(_rows_from, greatest="greatest")
+STATEMENTS = write_statements(_rows_from)
 
 
 def redacted(url: str) -> str:

@@ -44,7 +44,7 @@ def _rows_from(types: Sequence[str]) -> str:
     return f"SELECT {columns} FROM json_each(?)"
 
 
-STATEMENTS = write_statements(_rows_from, greatest="max")
+STATEMENTS = write_statements(_rows_from)
 
 
 class SqliteConnection:

@@ -18,7 +18,6 @@ class WriteStatements(NamedTuple):
     """The SQL of a commit, each statement taking ``?`` = a JSON array of rows (see
     :meth:`PendingChanges.statements <pm.store._pending.PendingChanges.statements>`)."""
 
-    upsert_counters: str
     insert_jobs: str
     insert_entries: str
     insert_tasks: str
@@ -76,7 +75,6 @@ ROLLOUT_TASK_COLUMNS = ("waiting", "next_attempt_at", "previous_attempts")
 _TASK_PLAIN_UPDATE = tuple(
     column for column in _TASK_UPDATE if column[0] not in ROLLOUT_TASK_COLUMNS
 )
-_COUNTER_ROW = (("name", TEXT), ("value", INTEGER))
 _DEVICE_ROW = (
     ("id", TEXT), ("presence", TEXT), ("last_seen", REAL), ("connected_at", REAL),
     ("disconnected_at", REAL),
@@ -104,15 +102,10 @@ def _update(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> 
     )
 
 
-def write_statements(rows_from: RowsFrom, greatest: str) -> WriteStatements:
-    """The commit's SQL for one engine: ``rows_from`` reads the JSON rows, ``greatest`` is its
-    two-argument maximum (SQLite ``max``, PostgreSQL ``greatest``)."""
+def write_statements(rows_from: RowsFrom) -> WriteStatements:
+    """The commit's SQL for one engine: ``rows_from`` reads the JSON rows."""
     device_updates = ", ".join(f"{name} = excluded.{name}" for name, _ in _DEVICE_ROW[1:])
     return WriteStatements(
-        # "WHERE true": SQLite needs it to parse ON CONFLICT after INSERT ... SELECT.
-        upsert_counters=_insert("counters", _COUNTER_ROW, rows_from)
-        + " WHERE true ON CONFLICT (name) DO UPDATE"
-        f" SET value = {greatest}(counters.value, excluded.value)",
         insert_jobs=_insert("jobs", _JOB_ROW, rows_from),
         insert_entries=_insert("entries", _ENTRY_ROW, rows_from),
         insert_tasks=_insert("tasks", _TASK_ROW, rows_from),
@@ -120,6 +113,7 @@ def write_statements(rows_from: RowsFrom, greatest: str) -> WriteStatements:
         update_jobs=_update("jobs", _JOB_UPDATE, rows_from),
         update_tasks=_update("tasks", _TASK_UPDATE, rows_from),
         update_plain_tasks=_update("tasks", _TASK_PLAIN_UPDATE, rows_from),
+        # "WHERE true": SQLite needs it to parse ON CONFLICT after INSERT ... SELECT.
         upsert_devices=_insert("devices", _DEVICE_ROW, rows_from)
         + f" WHERE true ON CONFLICT (id) DO UPDATE SET {device_updates}",
         delete_jobs=tuple(

@@ -13,8 +13,9 @@ under way). Each commit is one transaction holding every change of its window, j
 task rows together, so what survives is a state the gateway really was in; recovery still
 recomputes job counts from task rows.
 
-Ids are never reused: the store persists a high-water mark per id kind, reserved in blocks
-ahead of use (:meth:`Store.allocate_ids`); after a restart allocation resumes above it.
+Ids are never reused, across restarts and across gateways sharing one database: blocks are
+reserved ahead of use by an atomic statement on a counter row (:meth:`Store.allocate_ids`,
+``_ids.py``).
 
 This class is the same for both engines: it speaks to a :class:`~pm.store._connection.Connection`
 whose engine-specific parts (connecting, SQL dialect, which errors are storage faults) live in
@@ -44,6 +45,7 @@ from ._devices import (
     task_counts,
 )
 from ._errors import StoreUnavailable
+from ._ids import IdBlocks, reserve
 from ._pending import PendingChanges
 
 logger = logging.getLogger(__name__)
@@ -53,10 +55,6 @@ Result = TypeVar("Result")
 # Seconds between two attempts to commit while the storage refuses writes: short enough that
 # the gateway is ready again soon after space returns, long enough not to spin on a full disk.
 FAULT_RETRY_DELAY = 1.0
-
-# Ids reserved per persisted step. A restart skips what was reserved but unused: gaps, never reuse.
-JOB_ID_BLOCK = 10_000
-TASK_ID_BLOCK = 1_000_000
 
 
 class Store:
@@ -87,56 +85,34 @@ class Store:
         self.fault: str | None = None
         # Commits that failed on a storage fault (each retried), for /metrics and tests.
         self.failed_commits = 0
-        self._next_ids = {"job": 1, "task": 1}
+        self._ids = IdBlocks()
         self._reserving = trio.Lock()
-        self._reserved = {"job": 0, "task": 0}
 
-    # -- ids ---------------------------------------------------------------------------------
-
-    def load_counters(self) -> None:
-        rows = dict(self._connection.execute("SELECT name, value FROM counters").fetchall())
-        for kind in ("job", "task"):
-            # Resume above everything ever reserved: ids handed out before a crash stay unique.
-            high_water = int(rows.get(kind, 0))
-            self._next_ids[kind] = high_water + 1
-            self._reserved[kind] = high_water
-
-    def _reservation_needed(self, kind: str, count: int, block: int) -> int | None:
-        last = self._next_ids[kind] + count - 1
-        if last <= self._reserved[kind]:
-            return None
-        return last + block
+    # -- ids (unique across gateways sharing the database: _ids.py) ----------------------------
 
     async def allocate_ids(self, jobs: int, tasks: int) -> tuple[int, int]:
         """Reserve ``jobs`` job ids and ``tasks`` task ids; returns the first of each.
 
-        Usually immediate; when a reserved block runs out it waits for one commit. The
-        final check and the allocation happen with no checkpoint in between, so concurrent
-        callers can never be handed ids beyond what is persisted.
+        Usually immediate; when the block in hand runs out it reserves a new one in the
+        database first (one atomic statement, :mod:`pm.store._ids`). The final check and the
+        hand-out happen with no checkpoint in between, so concurrent callers can never be
+        handed ids beyond what the database reserved for this store.
+
+        Error handling: raises :class:`~pm.store.StoreUnavailable` when a new block is needed
+        and the database refuses the write (nothing is handed out; the next call retries).
         """
         while True:
-            wanted = self._reservations_needed(jobs, tasks)
-            if not wanted:
-                first_job, first_task = self._next_ids["job"], self._next_ids["task"]
-                self._next_ids["job"] += jobs
-                self._next_ids["task"] += tasks
-                return first_job, first_task
+            if not self._ids.shortfall(jobs, tasks):
+                return self._ids.take(jobs, tasks)
             async with self._reserving:
-                wanted = self._reservations_needed(jobs, tasks)
-                if wanted:
-                    self._pending.counters.update(wanted)
-                    self._mark_dirty()
-                    await self.sync()
-                    for kind, high_water in wanted.items():
-                        self._reserved[kind] = max(self._reserved[kind], high_water)
+                for kind, amount in self._ids.shortfall(jobs, tasks).items():
+                    high_water = await self._in_thread(partial(reserve, kind=kind, amount=amount))
+                    self._ids.reserved(kind, amount, high_water)
 
-    def _reservations_needed(self, jobs: int, tasks: int) -> dict[str, int]:
-        wanted = {}
-        for kind, count, block in (("job", jobs, JOB_ID_BLOCK), ("task", tasks, TASK_ID_BLOCK)):
-            high_water = self._reservation_needed(kind, count, block)
-            if high_water is not None:
-                wanted[kind] = high_water
-        return wanted
+    @property
+    def id_reservations(self) -> int:
+        """Blocks of ids reserved in the database since the store opened."""
+        return self._ids.reservations
 
     # -- recording changes (synchronous, never waits) ----------------------------------------
 

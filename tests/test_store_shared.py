@@ -1,0 +1,106 @@
+"""Several gateways on one database (issue 16): ids never handed out twice across stores, and
+migrations that run once when gateways start together. Real SQLite file and real PostgreSQL
+(the ``database`` fixture), real worker threads, so real time and a hang guard on each test.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import trio
+
+from pm.store import SCHEMA_VERSION
+from pm.store._ids import JOB_ID_BLOCK, TASK_ID_BLOCK, reserve
+from tests.stores import DatabaseUnderTest, connect, running_store
+
+GUARD = 30.0
+
+
+def _overlaps(ranges: list[range]) -> list[tuple[range, range]]:
+    ordered = sorted(ranges, key=lambda ids: ids.start)
+    return [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b.start < a.stop]
+
+
+async def test_two_stores_on_one_database_never_hand_out_the_same_id(
+    database: DatabaseUnderTest,
+) -> None:
+    job_ids: list[range] = []
+    task_ids: list[range] = []
+    with trio.fail_after(GUARD):
+        async with (
+            running_store(database.location) as first,
+            running_store(database.location) as second,
+        ):
+            # Each allocation is larger than half a block, so every second one on a store
+            # needs a new block, and the two stores' reservations interleave.
+            for _ in range(4):
+                for store in (first, second, second, first):
+                    jobs, tasks = JOB_ID_BLOCK // 2 + 1, TASK_ID_BLOCK // 2 + 1
+                    first_job, first_task = await store.allocate_ids(jobs, tasks)
+                    job_ids.append(range(first_job, first_job + jobs))
+                    task_ids.append(range(first_task, first_task + tasks))
+            reservations = first.id_reservations + second.id_reservations
+    assert reservations >= 16  # the blocks really were reserved in turns, not once up front
+    assert _overlaps(job_ids) == [] and _overlaps(task_ids) == []
+    (high_water,) = database.read("SELECT value FROM counters WHERE name = 'task'")[0]
+    assert max(ids.stop - 1 for ids in task_ids) <= high_water
+
+
+def test_concurrent_reservations_from_many_connections_get_disjoint_blocks(
+    database: DatabaseUnderTest,
+) -> None:
+    """The reservation statement itself, raced from threads on their own connections."""
+    connect(database.location).close()  # SQLite: the file exists before the threads open it
+    setup = connect(database.location)
+    try:
+        setup.execute(
+            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+        )
+    finally:
+        setup.close()
+    threads, rounds, amount = 8, 25, 7
+    blocks: list[range] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(threads)
+    lock = threading.Lock()
+
+    def reserve_many() -> None:
+        connection = connect(database.location)
+        try:
+            if database.engine == "sqlite":
+                # Writers queue on SQLite's file lock: wait for it rather than fail at once.
+                connection.execute("PRAGMA busy_timeout = 20000")
+            start.wait(timeout=GUARD)
+            for _ in range(rounds):
+                high_water = reserve(connection, "task", amount)
+                with lock:
+                    blocks.append(range(high_water - amount + 1, high_water + 1))
+        except BaseException as error:  # reported by the test, not lost in the thread
+            failures.append(error)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=reserve_many) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(GUARD)
+    assert failures == []
+    assert len(blocks) == threads * rounds
+    assert _overlaps(blocks) == []
+    # Nothing skipped either: the counter row moved by exactly what was reserved.
+    assert database.read("SELECT value FROM counters WHERE name = 'task'") == [
+        (threads * rounds * amount,)
+    ]
+
+
+async def test_one_store_alone_still_gets_consecutive_ids_across_blocks(
+    database: DatabaseUnderTest,
+) -> None:
+    with trio.fail_after(GUARD):
+        async with running_store(database.location) as store:
+            assert await store.allocate_ids(1, TASK_ID_BLOCK) == (1, 1)
+            # Past the block in hand: a new one, right after it, so no gap.
+            assert await store.allocate_ids(1, 2 * TASK_ID_BLOCK) == (2, TASK_ID_BLOCK + 1)
+            assert store.id_reservations == 3  # job block once, task blocks twice
+    assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
