@@ -9,11 +9,21 @@ import threading
 
 import trio
 
-from pm.store import SCHEMA_VERSION
+from pm.store import SCHEMA_VERSION, migrate
+from pm.store._connection import Connection
 from pm.store._ids import JOB_ID_BLOCK, TASK_ID_BLOCK, reserve
+from pm.store._postgres_connection import connect_postgres
+from pm.store._sqlite_connection import connect_sqlite
 from tests.stores import DatabaseUnderTest, connect, running_store
 
 GUARD = 30.0
+
+
+def gateway_connection(database: DatabaseUnderTest) -> Connection:
+    """A connection opened the way ``pm serve`` opens its store's (WAL on SQLite)."""
+    if database.engine == "sqlite":
+        return connect_sqlite(database.location)
+    return connect_postgres(database.location)
 
 
 def _overlaps(ranges: list[range]) -> list[tuple[range, range]]:
@@ -103,4 +113,39 @@ async def test_one_store_alone_still_gets_consecutive_ids_across_blocks(
             # Past the block in hand: a new one, right after it, so no gap.
             assert await store.allocate_ids(1, 2 * TASK_ID_BLOCK) == (2, TASK_ID_BLOCK + 1)
             assert store.id_reservations == 3  # job block once, task blocks twice
+    assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_gateways_starting_together_migrate_the_database_once(
+    database: DatabaseUnderTest,
+) -> None:
+    """N connections run ``migrate`` at the same instant on an empty database: one migrates,
+    the others wait and find it done; none fails."""
+    connect(database.location).close()  # SQLite: the file exists before the threads open it
+    gateways = 6
+    started: list[int] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(gateways)
+    lock = threading.Lock()
+
+    def start_gateway() -> None:
+        connection = gateway_connection(database)
+        try:
+            start.wait(timeout=GUARD)
+            from_version = migrate(connection)
+            with lock:
+                started.append(from_version)
+        except BaseException as error:  # reported by the test, not lost in the thread
+            failures.append(error)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=start_gateway) for _ in range(gateways)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(GUARD)
+    assert failures == []
+    # Exactly one found the database empty; the others found it already migrated.
+    assert sorted(started) == [0] + [SCHEMA_VERSION] * (gateways - 1)
     assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]

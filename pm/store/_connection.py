@@ -51,9 +51,15 @@ class Connection(Protocol):
         """A block that commits on success and rolls back on any exception (re-raised)."""
         ...
 
-    def run_migration(self, script: str, version: int) -> None:
-        """Run one migration script of ``pm.store._schema.MIGRATIONS`` and record ``version``
-        as the schema version, in one transaction."""
+    def migration(self) -> AbstractContextManager[None]:
+        """The transaction :func:`pm.store._schema.migrate` runs in, holding the engine's
+        lock that makes every other connection's migration wait until it ends (several
+        gateways starting at once on one database migrate it once)."""
+        ...
+
+    def run_script(self, script: str) -> None:
+        """Run one migration script of ``pm.store._schema.MIGRATIONS`` (several statements,
+        no parameters) in the transaction under way."""
         ...
 
     def is_storage_fault(self, error: Exception) -> bool:

@@ -35,6 +35,10 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 # unreachable server fails and is retried, rather than hanging the store's thread.
 CONNECT_TIMEOUT = 5
 
+# The advisory lock key of schema migrations (any constant that no other user of the database
+# takes; advisory locks are per database): "pm" "migr" in ASCII.
+MIGRATION_LOCK = 0x706D_6D69_6772
+
 _POSTGRES_TYPES = {INTEGER: "BIGINT", REAL: "DOUBLE PRECISION"}
 _TYPE_WORDS = re.compile(r"\b(INTEGER|REAL)\b")
 
@@ -132,12 +136,18 @@ class PostgresConnection:
         with self._live().transaction():
             yield
 
-    def run_migration(self, script: str, version: int) -> None:
+    @contextmanager
+    def migration(self) -> Iterator[None]:
         with self.transaction():
-            # No parameters: psycopg sends the script as is, several statements at once.
-            self._connection.execute(translate_for_postgres(script))  # type: ignore[arg-type]
-            self.execute("DELETE FROM schema_version")
-            self.execute("INSERT INTO schema_version VALUES (?)", (version,))
+            # Held to the end of the transaction: a gateway starting meanwhile waits here,
+            # then finds the schema current. (Without it, two concurrent CREATE TABLEs of
+            # one name fail on a unique index of PostgreSQL's catalog.)
+            self.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            yield
+
+    def run_script(self, script: str) -> None:
+        # No parameters: psycopg sends the script as is, several statements at once.
+        self._connection.execute(translate_for_postgres(script))  # type: ignore[arg-type]
 
     def is_storage_fault(self, error: Exception) -> bool:
         errors = self._psycopg.errors

@@ -1,8 +1,13 @@
 """The schema and its forward migrations, one list for both engines (SQLite and PostgreSQL).
 
 ``MIGRATIONS[n]`` takes a database at version ``n`` to ``n + 1``; a database is always
-migrated forward in order, inside one transaction per step, and its version is recorded in
+migrated forward in order, every step in one transaction with the version recorded in
 ``schema_version``. Never edit a released migration: append a new one.
+
+Gateways that start together on one database migrate it once: the transaction holds the
+engine's lock from before the version is read (PostgreSQL: an advisory transaction lock;
+SQLite: the file's write lock, ``BEGIN IMMEDIATE``), so the others wait, then find it
+current (``tests/test_store_shared.py``).
 
 Both engines run every migration, so a migration is written in the SQL they share:
 
@@ -172,17 +177,22 @@ def schema_version(connection: Connection) -> int:
 
 
 def migrate(connection: Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring the database forward to ``target``; returns the version it started at.
+    """Bring the database forward to ``target``; returns the version it found (once another
+    gateway migrated it meanwhile: the version that one left).
 
-    Error handling: raises :class:`SchemaTooNew` for a database from a newer release.
+    Error handling: raises :class:`SchemaTooNew` for a database from a newer release. A step
+    that fails rolls every step back with it (one transaction): the database is left at the
+    version it had, never half-migrated.
     """
-    start = schema_version(connection)
-    if start > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"database schema version {start} is newer than this release ({SCHEMA_VERSION})"
-        )
-    for version in range(start, target):
-        # One transaction per step, version bump included: a failed step leaves the database
-        # at the previous version, never half-migrated.
-        connection.run_migration(MIGRATIONS[version], version + 1)
+    with connection.migration():
+        start = schema_version(connection)
+        if start > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database schema version {start} is newer than this release ({SCHEMA_VERSION})"
+            )
+        for version in range(start, target):
+            connection.run_script(MIGRATIONS[version])
+        if target > start:
+            connection.execute("DELETE FROM schema_version")
+            connection.execute("INSERT INTO schema_version VALUES (?)", (target,))
     return start

@@ -47,6 +47,19 @@ def _rows_from(types: Sequence[str]) -> str:
 STATEMENTS = write_statements(_rows_from)
 
 
+def _statements_of(script: str) -> Iterator[str]:
+    """The statements of a ``;``-separated script (a ``;`` in a literal or comment kept)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete statement at the end of a migration: {pending!r}")
+
+
 class SqliteConnection:
     """A SQLite database file (or ``:memory:``) in autocommit mode: the store runs its own
     transactions. See :class:`pm.store._connection.Connection`."""
@@ -123,13 +136,24 @@ class SqliteConnection:
             with contextlib.suppress(sqlite3.Error):
                 self._connection.execute("ROLLBACK")
 
-    def run_migration(self, script: str, version: int) -> None:
-        # executescript() commits a transaction under way first: the script opens and
-        # commits its own.
-        self._live().executescript(
-            f"BEGIN;{script};DELETE FROM schema_version;"
-            f"INSERT INTO schema_version VALUES ({version});COMMIT;"
-        )
+    @contextlib.contextmanager
+    def migration(self) -> Iterator[None]:
+        # IMMEDIATE takes the file's write lock before the schema version is read: another
+        # process migrating the same file at once waits for it (busy timeout), then finds
+        # the schema current. One SQLite file is one gateway's, but two `pm serve` started
+        # on it together must not fail.
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.execute("COMMIT")
+        except BaseException:
+            self._roll_back()
+            raise
+
+    def run_script(self, script: str) -> None:
+        # One statement at a time: executescript() would commit the transaction under way.
+        for statement in _statements_of(script):
+            self.execute(statement)
 
     def is_storage_fault(self, error: Exception) -> bool:
         code = getattr(error, "sqlite_errorcode", None)
