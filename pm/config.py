@@ -1,6 +1,7 @@
 """Gateway configuration: a TOML file, then ``PM_<SECTION>_<KEY>`` environment overrides.
 
-Every key lives in a msgspec Struct with its default, so the defaults are written once, here.
+Every key lives in a msgspec Struct with its default, so the defaults are written once, here
+(``[cluster]`` in :mod:`pm.config_cluster`).
 ``config.example.toml`` documents the same keys for people; ``tests/test_config.py`` checks the
 two agree.
 
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from .config_cluster import ClusterConfig
 from .config_fields import (
     AtLeastOne,
     BearerToken,
@@ -283,6 +285,7 @@ class Config(_Section):
     recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     @property
     def mqtt_endpoint(self) -> tuple[str, int]:

@@ -118,6 +118,7 @@ async def run_gateway(
         (open WebSockets get ``HTTP_GRACEFUL_TIMEOUT``), then jobs, MQTT, broker.
     """
     gateway = Gateway(config)
+    check_cluster(config)
     check_http_tls(config)
     check_broker_tls(config)
     async with trio.open_nursery() as services:
@@ -266,6 +267,22 @@ async def _disconnect_all_when_the_broker_exits(
             await broker.wait_changed()
             if not broker.running:
                 engine.presence.all_disconnected(engine.wall_clock())
+
+
+def check_cluster(config: Config) -> None:
+    """Refuse ``cluster.enabled = true`` before anything starts: the cluster's foundations
+    exist (:mod:`pm.cluster`), its dispatch path does not, and a gateway that joined a
+    cluster while dispatching alone would break per-device serialization across gateways.
+
+    Error handling: raises :class:`~pm.config.ConfigError` naming the key.
+    """
+    if config.cluster.enabled:
+        raise ConfigError(
+            "cluster.enabled = true is not supported yet: the cluster's dispatch path "
+            "(devices dispatched only by the gateway leasing their shard, answers routed to "
+            "the gateway that sent the request) does not exist in this release; set "
+            "cluster.enabled = false (docs/scale-out.md)"
+        )
 
 
 def check_http_tls(config: Config) -> None:

@@ -206,6 +206,16 @@ def test_a_wrong_environment_value_names_the_key(name: str, value: str, where: s
         # store.url is a PostgreSQL URL or nothing
         ("PM_STORE_URL", "mysql://pm@db/pm", r"matching regex .* - at `\$\.store\.url`"),
         ("PM_STORE_URL", "./pm.db", r"- at `\$\.store\.url`"),
+        # [cluster]: an id fit for the database and an MQTT topic level; a ttl and a shard
+        # count that can work
+        ("PM_CLUSTER_GATEWAY_ID", "gw/1", r"matching regex .* - at `\$\.cluster\.gateway_id`"),
+        ("PM_CLUSTER_GATEWAY_ID", "gw+", r"- at `\$\.cluster\.gateway_id`"),
+        ("PM_CLUSTER_GATEWAY_ID", "x" * 65, r"- at `\$\.cluster\.gateway_id`"),
+        ("PM_CLUSTER_LEASE_TTL", "0.5", r">= 1\.0 - at `\$\.cluster\.lease_ttl`"),
+        ("PM_CLUSTER_LEASE_TTL", "inf", r"<= 3600\.0 - at `\$\.cluster\.lease_ttl`"),
+        ("PM_CLUSTER_SHARDS", "0", r">= 1 - at `\$\.cluster\.shards`"),
+        ("PM_CLUSTER_SHARDS", "65537", r"<= 65536 - at `\$\.cluster\.shards`"),
+        ("PM_CLUSTER_ENABLED", "maybe", r"- at `\$\.cluster\.enabled`"),
     ],
 )
 def test_a_value_out_of_range_is_refused_naming_the_key(

@@ -161,6 +161,25 @@ MIGRATIONS: tuple[str, ...] = (
             ELSE 'partial' END;
     CREATE INDEX jobs_by_outcome ON jobs (outcome, id);
     """,
+    # 7 -> 8: several gateways on one (PostgreSQL) database. Each gateway's heartbeat, and
+    # the device-shard leases: owner gateway (NULL: free), epoch (raised at each
+    # acquisition, fences a former owner's writes) and expiry, on the database server's
+    # clock (pm/cluster/_leases.py). The shard rows are made by the cluster's first gateway,
+    # not here: their number is configuration. Unused by a single gateway.
+    """
+    CREATE TABLE gateways (
+        id            TEXT PRIMARY KEY,
+        started_at    REAL NOT NULL,
+        heartbeat_at  REAL NOT NULL
+    );
+    CREATE TABLE shard_leases (
+        shard       INTEGER PRIMARY KEY,
+        owner       TEXT,
+        epoch       INTEGER NOT NULL,
+        expires_at  REAL NOT NULL
+    );
+    CREATE INDEX shard_leases_by_owner ON shard_leases (owner, shard);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

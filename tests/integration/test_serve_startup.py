@@ -65,6 +65,22 @@ async def test_a_config_value_out_of_range(variable: str, value: str, expected: 
     assert_one_line(result, "invalid configuration", expected)
 
 
+async def test_a_cluster_is_refused_while_its_dispatch_path_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        result = await pm(
+            "serve",
+            *ANY_PORTS,
+            env={"PM_CLUSTER_ENABLED": "true", "PM_STORE_PATH": str(tmp_path / "pm.db")},
+        )
+    assert_one_line(
+        result, "cluster.enabled = true is not supported yet", "dispatch path", "does not exist"
+    )
+    # Refused before anything started: not even the database was created.
+    assert not (tmp_path / "pm.db").exists()
+
+
 @pytest.mark.parametrize("section", ["http", "broker"])
 @pytest.mark.parametrize("content", [None, "not a PEM file\n"], ids=["missing", "garbage"])
 async def test_an_unusable_tls_certificate(
