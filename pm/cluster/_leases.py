@@ -91,13 +91,13 @@ class LeaseBook:
     def __init__(
         self, connection: Connection, gateway_id: str, *, lease_ttl: float, shards: int
     ) -> None:
-        self._connection = connection
+        self.connection = connection
         self.gateway_id = gateway_id
         self.lease_ttl = lease_ttl
         self.shards = shards
 
     def _now(self, now: float | None) -> float:
-        (server_now,) = self._connection.execute(f"SELECT {_NOW}", (now,)).fetchone()
+        (server_now,) = self.connection.execute(f"SELECT {_NOW}", (now,)).fetchone()
         return float(server_now)
 
     def join(self, now: float | None = None) -> None:
@@ -106,15 +106,15 @@ class LeaseBook:
         Error handling: raises :class:`ShardCountMismatch` when the database's shards are
         not ``cluster.shards``.
         """
-        with self._connection.transaction():
+        with self.connection.transaction():
             now = self._now(now)
-            self._connection.execute(
+            self.connection.execute(
                 "INSERT INTO shard_leases (shard, owner, epoch, expires_at)"
                 " SELECT shard, NULL, 0, 0 FROM generate_series(0, ? - 1) AS shard"
                 " ON CONFLICT (shard) DO NOTHING",
                 (self.shards,),
             )
-            (count,) = self._connection.execute("SELECT count(*) FROM shard_leases").fetchone()
+            (count,) = self.connection.execute("SELECT count(*) FROM shard_leases").fetchone()
             if count != self.shards:
                 raise ShardCountMismatch(
                     f"cluster.shards is {self.shards} but the cluster in this database has "
@@ -123,7 +123,7 @@ class LeaseBook:
             self._heartbeat(now, started=True)
 
     def _heartbeat(self, now: float, *, started: bool = False) -> None:
-        self._connection.execute(
+        self.connection.execute(
             "INSERT INTO gateways (id, started_at, heartbeat_at) VALUES (?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
             + (", started_at = excluded.started_at" if started else ""),
@@ -136,7 +136,7 @@ class LeaseBook:
 
         ``now`` (epoch seconds) replaces the server's clock: tests pass it to step time.
         """
-        with self._connection.transaction():
+        with self.connection.transaction():
             now = self._now(now)
             self._heartbeat(now)
             expires_at = now + self.lease_ttl
@@ -149,7 +149,7 @@ class LeaseBook:
         return sorted(held, key=lambda lease: lease.shard)
 
     def _live_gateways(self, now: float) -> int:
-        (live,) = self._connection.execute(
+        (live,) = self.connection.execute(
             "SELECT count(*) FROM gateways WHERE heartbeat_at > ?", (now - self.lease_ttl,)
         ).fetchone()
         return int(live)
@@ -158,7 +158,7 @@ class LeaseBook:
         # Only unexpired leases: one that ran out may already be another gateway's; if it
         # is still free this gateway acquires it again below, at a new epoch, so its writes
         # made under the old one stay fenced.
-        rows = self._connection.execute(
+        rows = self.connection.execute(
             "UPDATE shard_leases SET expires_at = ? WHERE owner = ? AND expires_at > ?"
             " RETURNING shard, epoch, expires_at",
             (expires_at, self.gateway_id, now),
@@ -174,7 +174,7 @@ class LeaseBook:
 
     def _release(self, shards: Sequence[int]) -> None:
         # Free at once (expired now), epoch kept: the next owner raises it.
-        self._connection.execute(
+        self.connection.execute(
             "UPDATE shard_leases SET owner = NULL, expires_at = 0"
             " WHERE owner = ? AND shard = ANY(CAST(? AS BIGINT[]))",
             (self.gateway_id, list(shards)),
@@ -184,7 +184,7 @@ class LeaseBook:
         # SKIP LOCKED: gateways acquiring at once take different shards instead of queueing
         # on (or deadlocking over) the same rows; the lock re-checks the row's newest
         # version, so a shard another gateway took meanwhile is not taken again.
-        rows = self._connection.execute(
+        rows = self.connection.execute(
             "UPDATE shard_leases SET owner = ?, epoch = epoch + 1, expires_at = ?"
             " WHERE shard IN (SELECT shard FROM shard_leases"
             "   WHERE owner IS NULL OR expires_at <= ?"
@@ -197,12 +197,12 @@ class LeaseBook:
     def release_all(self) -> None:
         """A clean stop: free every lease this gateway holds and leave the live gateways
         (the others take the shards at their next round instead of after ``lease_ttl``)."""
-        with self._connection.transaction():
-            self._connection.execute(
+        with self.connection.transaction():
+            self.connection.execute(
                 "UPDATE shard_leases SET owner = NULL, expires_at = 0 WHERE owner = ?",
                 (self.gateway_id,),
             )
-            self._connection.execute("DELETE FROM gateways WHERE id = ?", (self.gateway_id,))
+            self.connection.execute("DELETE FROM gateways WHERE id = ?", (self.gateway_id,))
 
     def _leases(self, rows: Sequence[Any]) -> list[ShardLease]:
         return [
