@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pm.cluster import FENCE, LeaseBook, ShardCountMismatch, ShardLease
+from pm.cluster._leases import FORGET_AFTER_TTLS
 from pm.store import migrate
 from pm.store._postgres_connection import PostgresConnection, connect_postgres
 from tests.postgres_server import PostgresServer
@@ -176,6 +177,17 @@ def test_a_clean_stop_frees_the_shards_at_once(url: str, books: dict[str, LeaseB
     after = all_rounds(books, "ab", start + 3)
     assert len(after["a"]) == len(after["b"]) == SHARDS // 2
     assert held["c"] <= after["a"] | after["b"]
+
+
+def test_gateways_long_silent_are_forgotten(url: str, books: dict[str, LeaseBook]) -> None:
+    start = server_now(url)
+    split_among_three(books, start)
+    # "c" crashed long ago (a generated id never comes back); "b" is silent, not yet forgotten.
+    all_rounds(books, "b", start + FORGET_AFTER_TTLS * TTL)
+    all_rounds(books, "a", start + 2 + FORGET_AFTER_TTLS * TTL + 1)
+    with psycopg.connect(url) as connection:
+        rows = connection.execute("SELECT id FROM gateways ORDER BY id").fetchall()
+    assert rows == [("a",), ("b",)]
 
 
 def test_a_gateway_with_another_shard_count_refuses_to_join(

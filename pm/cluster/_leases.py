@@ -47,6 +47,11 @@ from ._shards import fair_share
 
 logger = logging.getLogger(__name__)
 
+# Gateways silent for this many lease ttls are forgotten (a generated id is new at each start,
+# so every crash leaves a row behind). One that was only paused is recorded again at its next
+# round.
+FORGET_AFTER_TTLS = 100
+
 # The server's clock in epoch seconds, unless the caller passes its own "now" (tests).
 _NOW = "coalesce(CAST(? AS DOUBLE PRECISION), extract(epoch FROM clock_timestamp()))"
 
@@ -139,6 +144,10 @@ class LeaseBook:
         with self.connection.transaction():
             now = self._now(now)
             self._heartbeat(now)
+            self.connection.execute(
+                "DELETE FROM gateways WHERE heartbeat_at < ?",
+                (now - FORGET_AFTER_TTLS * self.lease_ttl,),
+            )
             expires_at = now + self.lease_ttl
             held = self._renew(now, expires_at)
             share = fair_share(self.shards, self._live_gateways(now))

@@ -37,9 +37,10 @@ RESERVE_SQL = (
 def reserve(connection: Connection, kind: str, amount: int) -> int:
     """Reserve ``amount`` more ids of ``kind``; returns the last id of the reserved block.
 
-    One statement in autocommit mode: its own transaction, atomic on both engines.
+    One statement in autocommit mode: its own transaction, atomic on both engines. Read to
+    the end: sqlite3 ends the statement (and so commits) only once its rows are exhausted.
     """
-    (high_water,) = connection.execute(RESERVE_SQL, (kind, amount)).fetchone()
+    ((high_water,),) = connection.execute(RESERVE_SQL, (kind, amount)).fetchall()
     return int(high_water)
 
 
