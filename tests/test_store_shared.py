@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import trio
 
 from pm.store import SCHEMA_VERSION, migrate
@@ -14,7 +15,7 @@ from pm.store._connection import Connection
 from pm.store._ids import JOB_ID_BLOCK, TASK_ID_BLOCK, reserve
 from pm.store._postgres_connection import connect_postgres
 from pm.store._sqlite_connection import connect_sqlite
-from tests.stores import DatabaseUnderTest, connect, running_store
+from tests.stores import DatabaseUnderTest, running_store
 
 GUARD = 30.0
 
@@ -113,12 +114,15 @@ async def test_one_store_alone_still_gets_consecutive_ids_across_blocks(
     assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
+@pytest.mark.parametrize("found", [0, 1], ids=["empty", "old"])
 def test_gateways_starting_together_migrate_the_database_once(
-    database: DatabaseUnderTest,
+    database: DatabaseUnderTest, found: int
 ) -> None:
-    """N connections run ``migrate`` at the same instant on an empty database: one migrates,
-    the others wait and find it done; none fails."""
-    connect(database.location).close()  # SQLite: the file exists before the threads open it
+    """N connections run ``migrate`` at the same instant on an empty database, or one of the
+    first release: one migrates, the others wait and find it done; none fails."""
+    setup = gateway_connection(database)  # SQLite: the file exists before the threads open it
+    migrate(setup, target=found)
+    setup.close()
     gateways = 6
     started: list[int] = []
     failures: list[BaseException] = []
@@ -143,6 +147,6 @@ def test_gateways_starting_together_migrate_the_database_once(
     for worker in workers:
         worker.join(GUARD)
     assert failures == []
-    # Exactly one found the database empty; the others found it already migrated.
-    assert sorted(started) == [0] + [SCHEMA_VERSION] * (gateways - 1)
+    # Exactly one found the database as it was; the others found it already migrated.
+    assert sorted(started) == [found] + [SCHEMA_VERSION] * (gateways - 1)
     assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
