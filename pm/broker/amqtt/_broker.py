@@ -11,7 +11,10 @@ messages to the newcomer, awaiting inside that loop. A connecting client then re
 retained messages for filters it never subscribed to (a device would get other devices'
 retained requests), and a subscription added by another client during that loop makes it
 raise ``RuntimeError: dictionary changed size during iteration``, leaving the connection open
-but never served. Only retained messages for filters the session itself holds are published.
+but never served. Only retained messages for filters the session itself holds are published,
+and an exact filter finds its topic's retained message by one lookup: amqtt scanned every
+retained message per SUBSCRIBE, so N devices each with a retained status took O(N^2) to
+connect (docs/broker.md).
 
 Fix 2, a subscription index: amqtt routes each message by scanning every subscription
 filter (``Broker._run_broadcast``) and builds debug f-strings per miss, so with one filter per
@@ -23,6 +26,8 @@ records which filters each client holds, so a disconnect or a clean-session conn
 client's subscriptions without scanning all of them, and its ``repr`` is short because amqtt
 logs ``repr(self._subscriptions)`` (built even when debug logging is off) on every SUBSCRIBE,
 which made connecting N devices cost O(N^2).
+
+Fixes 1 and 2 live in :class:`pm.broker.amqtt._routing.RoutingBroker`, the base class here.
 
 Fix 3, authenticate before touching sessions: amqtt 0.12.1
 (``Broker._initialize_client_session``) acts on a CONNECT *before* authenticating it: a
@@ -52,34 +57,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Iterable
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.broker import Broker, BrokerProtocolHandler, Server
-from amqtt.contexts import Action
+from amqtt.broker import BrokerProtocolHandler, Server
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.constants import QOS_0
 from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
 from ._handler import KEEPALIVE_GRACE, ConnectionHandler
-from ._subscriptions import Holders, SubscriptionIndex
+from ._routing import RoutingBroker
 
 # Seconds between scans for disconnected sessions when no connection was seen ending.
 SESSION_SCAN_INTERVAL = 60
-
-# add_subscription's return value for a refused filter (MQTT SUBACK failure code).
-_REFUSED = 0x80
 
 # Seconds a takeover waits for the old connection's disconnect handling (milliseconds normally).
 TAKEOVER_TIMEOUT = 5.0
 
 
-class PuppetmasterBroker(Broker):
+class PuppetmasterBroker(RoutingBroker):
     """amqtt's broker with the fixes of this module.
 
     Restart policy: none inside the child; the gateway's supervisor restarts the whole process.
@@ -89,7 +88,6 @@ class PuppetmasterBroker(Broker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._subscriptions: SubscriptionIndex = SubscriptionIndex()
         # Connections that reached / left the message loop; pm.broker.amqtt._gc.GcPacer reads
         # them to know when closed sessions may have left cyclic garbage.
         self._connections_started = 0
@@ -223,106 +221,6 @@ class PuppetmasterBroker(Broker):
                     await self._cleanup_session(client_id)
             await asyncio.sleep(1)
             since_scan += 1
-
-    # -- fix 1 --------------------------------------------------------------------------------
-
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
-    ) -> None:
-        topic_filter = subscription[0]
-        holders = self._subscriptions.get(topic_filter, ())
-        # By client id, as amqtt's add_subscription records them (a reconnected client may
-        # be listed under its previous Session object).
-        if not any(holder.client_id == session.client_id for holder, _qos in holders):
-            return  # no await: amqtt's connect-time loop over all filters stays atomic
-        await super()._publish_retained_messages_for_subscription(subscription, session)
-
-    # -- fix 2: keep filters_of_client in step ------------------------------------------------
-
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        granted = await super().add_subscription(subscription, session)
-        if granted != _REFUSED and session.client_id is not None:
-            self._subscriptions.filters_of_client[session.client_id].add(subscription[0])
-        return granted
-
-    def _del_subscription(self, a_filter: str, session: Session) -> int:
-        deleted = super()._del_subscription(a_filter, session)
-        if deleted and session.client_id is not None:
-            filters = self._subscriptions.filters_of_client.get(session.client_id)
-            if filters is not None:
-                filters.discard(a_filter)
-                if not filters:
-                    del self._subscriptions.filters_of_client[session.client_id]
-        return deleted
-
-    async def _del_all_subscriptions(self, session: Session) -> None:
-        # amqtt scans every filter of every client here, at each disconnect and at each
-        # clean-session connect of a known client id.
-        filters = self._subscriptions.filters_of_client.get(session.client_id or "", set())
-        for topic_filter in list(filters):
-            self._del_subscription(topic_filter, session)
-            if not self._subscriptions.get(topic_filter, True):
-                del self._subscriptions[topic_filter]
-
-    def _matching_filters(self, topic: str) -> Iterable[tuple[str, Holders]]:
-        """The (filter, holders) pairs a message on ``topic`` goes to; what amqtt finds by
-        calling ``_matches`` on every filter."""
-        index = self._subscriptions
-        exact = index.exact_holders(topic)
-        if exact is not None:
-            yield topic, exact
-        for topic_filter in list(index.wildcards):
-            holders = dict.get(index, topic_filter)
-            if holders is not None and self._matches(topic, topic_filter):
-                yield topic_filter, holders
-
-    async def _run_broadcast(self, running_tasks: Any) -> None:  # noqa: ANN401
-        # amqtt 0.12.1's Broker._run_broadcast with the filter scan replaced by the index and
-        # its per-message debug f-strings built only when debug logging is on. Everything
-        # else (retention for offline persistent sessions, delivery tasks) is unchanged.
-        broadcast = await self._broadcast_queue.get()
-        debug = self.logger.isEnabledFor(logging.DEBUG)
-        if debug:
-            self.logger.debug(f"Processing broadcast message: {broadcast}")
-        topic = broadcast["topic"]
-        filtering = self.plugins_manager.is_topic_filtering_enabled()
-
-        for _filter, subscriptions in list(self._matching_filters(topic)):
-            for target_session, sub_qos in subscriptions:
-                qos = broadcast.get("qos", sub_qos)
-
-                if filtering and not await self._topic_filtering(
-                    target_session, topic=topic, action=Action.RECEIVE
-                ):
-                    self.logger.info(
-                        f"{target_session.client_id} not allowed to receive messages from "
-                        f"TOPIC {topic}."
-                    )
-                    continue
-
-                state = target_session.transitions.state
-                if (
-                    state != "connected"
-                    and not target_session.clean_session
-                    and qos in (QOS_1, QOS_2)
-                    and not target_session.is_anonymous
-                ):
-                    await self._retain_broadcast_message(broadcast, qos, target_session)
-                    continue
-                if state != "connected":
-                    continue
-                if debug:
-                    self.logger.debug(
-                        f"Broadcasting message from "
-                        f"{format_client_message(session=broadcast['session'])} on topic "
-                        f"'{topic}' to {format_client_message(session=target_session)}",
-                    )
-                handler = self._get_handler(target_session)
-                if handler:
-                    task = asyncio.ensure_future(
-                        handler.mqtt_publish(topic, broadcast["data"], qos, retain=False),
-                    )
-                    running_tasks.append(task)
 
     async def _handle_client_session(
         self,

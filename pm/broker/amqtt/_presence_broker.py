@@ -68,30 +68,6 @@ class PresenceBroker(PuppetmasterBroker):
                 self._announce(device, OFFLINE)
         return deleted
 
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
-    ) -> None:
-        # amqtt scans every retained message for every new subscription (an f-string and a
-        # _matches call each). Presence keeps one retained status per device, so connecting N
-        # devices cost O(N^2): an exact filter (a device's request topic) can only match the
-        # retained message of that very topic, found by one lookup.
-        topic_filter, qos = subscription
-        if "+" in topic_filter or "#" in topic_filter:
-            await super()._publish_retained_messages_for_subscription(subscription, session)
-            return
-        retained = self._retained_messages.get(topic_filter)
-        if retained is None:
-            return  # no await: amqtt's connect-time loop over all filters stays atomic
-        holders = self._subscriptions.get(topic_filter, ())
-        # As PuppetmasterBroker's fix 1: only a filter the session itself holds.
-        if not any(holder.client_id == session.client_id for holder, _qos in holders):
-            return
-        handler = self._get_handler(session)
-        if handler is not None:
-            await handler.mqtt_publish(
-                retained.topic, retained.data, min(qos, retained.qos or qos), retain=True
-            )
-
     async def _client_message_loop(
         self, client_session: Session, handler: BrokerProtocolHandler
     ) -> None:
