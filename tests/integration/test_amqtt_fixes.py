@@ -11,7 +11,7 @@ import sys
 import trio
 
 from pm.broker import run_embedded_broker
-from pm.broker._protocol import parse_ready_line
+from pm.broker._protocol import ReadyLine, parse_ready_line
 from pm.config import BrokerConfig
 from pm.mqtt import open_mqtt_client
 from tests.integration.mqtt_packets import (
@@ -135,6 +135,26 @@ async def _receive_packet(stream: trio.SocketStream, buffer: bytearray) -> bytes
         buffer += chunk
 
 
+async def _start_broker_child(*, stderr: int = subprocess.PIPE) -> tuple[trio.Process, ReadyLine]:
+    """``python -m pm.broker.amqtt`` on a free port, its stdout piped (and its stderr unless
+    told otherwise: a pipe nobody reads blocks a chatty broker); returns once it printed its
+    ready line."""
+    broker = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "pm.broker.amqtt", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+    assert broker.stdout is not None
+    ready_text = b""
+    while b"\n" not in ready_text:
+        chunk = await broker.stdout.receive_some(4096)
+        assert chunk, "the broker exited before it was ready"
+        ready_text += chunk
+    ready = parse_ready_line(ready_text.decode().splitlines()[0])
+    assert ready is not None, ready_text
+    return broker, ready
+
+
 async def test_a_burst_acknowledged_late_is_not_timed_out() -> None:
     """A burst whose PUBACKs reach the broker more than 5 s after their PUBLISH: amqtt 0.12.1
     gave up on each (a warning each, counted in the child's "PUBACK waits exceeded" line).
@@ -145,20 +165,9 @@ async def test_a_burst_acknowledged_late_is_not_timed_out() -> None:
     is left to report)."""
     burst = 200
     with trio.fail_after(40):
-        broker = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "pm.broker.amqtt", "--host", "127.0.0.1", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert broker.stdout is not None and broker.stderr is not None
+        broker, ready = await _start_broker_child()
+        assert broker.stderr is not None
         try:
-            ready_text = b""
-            while b"\n" not in ready_text:
-                chunk = await broker.stdout.receive_some(4096)
-                assert chunk, "the broker exited before it was ready"
-                ready_text += chunk
-            ready = parse_ready_line(ready_text.decode().splitlines()[0])
-            assert ready is not None, ready_text
             subscriber = await trio.open_tcp_stream(ready.host, ready.port)
             publisher = await trio.open_tcp_stream(ready.host, ready.port)
             received, published = bytearray(), bytearray()
@@ -196,3 +205,35 @@ async def test_a_burst_acknowledged_late_is_not_timed_out() -> None:
             stderr += chunk
     assert broker.returncode == 0, stderr
     assert b"PUBACK waits exceeded" not in stderr, stderr.decode()
+
+
+async def test_connections_arriving_while_the_broker_is_busy_are_queued_not_dropped() -> None:
+    """amqtt listened with asyncio's default backlog of 100: while the broker could not accept
+    (a reconnect storm, a loop seconds behind; here: stopped), the kernel dropped the SYN of
+    every connection beyond that and the device retried 1, 3, 7 s later."""
+    connections = 300
+    streams: list[trio.SocketStream] = []
+    with trio.fail_after(30):
+        # Its stderr is not read: 300 connections that never send CONNECT log 600 lines.
+        broker, ready = await _start_broker_child(stderr=subprocess.DEVNULL)
+        try:
+            broker.send_signal(signal.SIGSTOP)
+            try:
+
+                async def connect() -> None:
+                    # Queued connections complete at once; a dropped SYN's retries would all
+                    # meet the same full queue within this window.
+                    with trio.move_on_after(5):
+                        streams.append(await trio.open_tcp_stream(ready.host, ready.port))
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(connections):
+                        nursery.start_soon(connect)
+            finally:
+                broker.send_signal(signal.SIGCONT)
+            assert len(streams) == connections
+        finally:
+            for stream in streams:
+                await stream.aclose()
+            broker.send_signal(signal.SIGTERM)
+            await broker.wait()

@@ -48,6 +48,9 @@ when a persistent session is resumed; a clean-session CONNECT deleted the old se
 its connection open and deaf. Here any authenticated CONNECT of a connected client id closes the
 previous connection first.
 
+Fix 8, a listen backlog for fleets: amqtt listens with asyncio's default backlog of 100, which
+overflowed when thousands of devices connected at once; here it is :data:`LISTEN_BACKLOG`.
+
 Fixes 6 and 7, in :class:`pm.broker.amqtt._handler.ConnectionHandler`: a connection silent for
 1.5 times its keepalive is closed (MQTT 3.1.1 3.1.2.10; amqtt 0.12.1 did nothing; 0: none), and
 the PUBACK wait of a QoS 1 message outlasts a burst (amqtt 0.12.1's is a fixed 5 s).
@@ -57,10 +60,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import BrokerProtocolHandler, Server
+from amqtt.contexts import ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_0
@@ -76,6 +82,12 @@ SESSION_SCAN_INTERVAL = 60
 
 # Seconds a takeover waits for the old connection's disconnect handling (milliseconds normally).
 TAKEOVER_TIMEOUT = 5.0
+
+# Connections the kernel completes and queues before the broker accepts them (fix 8). asyncio's
+# default, which amqtt keeps, is 100: when a fleet reconnects at once (a broker restart) or a
+# busy broker accepts late, further SYNs are dropped and each device retries 1, 3, 7 s later.
+# Linux caps the figure at net.core.somaxconn (4096 by default since Linux 5.4).
+LISTEN_BACKLOG = 4096
 
 
 class PuppetmasterBroker(RoutingBroker):
@@ -191,6 +203,30 @@ class PuppetmasterBroker(RoutingBroker):
         if ended is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), TAKEOVER_TIMEOUT)
+
+    # -- fix 8: a listen backlog for fleets -----------------------------------------------------
+
+    async def _create_server_instance(
+        self,
+        listener_name: str,
+        listener_type: ListenerType,
+        address: str | None,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:  # noqa: ANN401 - asyncio.Server, or amqtt's websockets server
+        # amqtt 0.12.1's Broker._create_server_instance, TCP case, with LISTEN_BACKLOG.
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(
+                listener_name, listener_type, address, port, ssl_context
+            )
+        return await asyncio.start_server(
+            functools.partial(self.stream_connected, listener_name=listener_name),
+            address,
+            port,
+            reuse_address=True,
+            ssl=ssl_context,
+            backlog=LISTEN_BACKLOG,
+        )
 
     # -- fix 4: no per-second scan of every session -------------------------------------------
 
