@@ -90,13 +90,28 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker._topic_filtering": "9259ae5e1dd3e20d",
         "amqtt.broker:Broker.add_subscription": "07757b63113c395e",
         "amqtt.broker:Broker.start": "bd1c165101f6fcbb",
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_pingreq": "de126279f40d7031",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_read_timeout": "ffd79f12457f41e1",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.mqtt_acknowledge_subscription": "002366e76dc0b16a",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.mqtt_acknowledge_unsubscription": "ff00926898462a07",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.mqtt_connack_authorize": "4e64256ea1f5c73c",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.client_handler:ClientProtocolHandler.mqtt_connect": "1397b84b17cc020d",
+        "amqtt.mqtt.protocol.client_handler:ClientProtocolHandler.mqtt_disconnect": "efeb095a21d0e717",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.client_handler:ClientProtocolHandler.mqtt_ping": "47de68712c587118",
+        "amqtt.mqtt.protocol.client_handler:ClientProtocolHandler.mqtt_subscribe": "c4a8bdfad5ffd658",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.client_handler:ClientProtocolHandler.mqtt_unsubscribe": "ac93c4d9267188b3",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_message_flow": "610dae5c5d7f3b8d",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_qos0_message_flow": "e7a88a9f360ff322",
         "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_qos1_message_flow": "944e6a8130c70daf",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._handle_qos2_message_flow": "f2d96f1fc4eca34f",
         "amqtt.mqtt.protocol.handler:ProtocolHandler._puback_waiters": "152406d8471b6ae2",
         "amqtt.mqtt.protocol.handler:ProtocolHandler._reader_loop": "93f3b8e4483040d0",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._reader_ready": "65e570baacdee7b0",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._reader_stopped": "5fe17001e9efeea8",
         "amqtt.mqtt.protocol.handler:ProtocolHandler._send_packet": "9f0ae4e325319652",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler._write_lock": "59a1a38efe3708de",
         "amqtt.mqtt.protocol.handler:ProtocolHandler.handle_puback": "7d8487deb2d589ee",
+        "amqtt.mqtt.protocol.handler:ProtocolHandler.start": "684c58c16be73a2d",
         "amqtt.plugins.base:BaseAuthPlugin.authenticate": "474dbca3f34cfbdd",
         "amqtt.plugins.base:BaseTopicPlugin.topic_filtering": "001653f7e521a4b7",
         "amqtt.plugins.manager:PluginManager._is_topic_filtering_enabled": "4db198cf0eca0772",

@@ -4,9 +4,11 @@ tests/test_broker_amqtt.py (their amqtt internals are pinned by tests/test_priva
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import trio
 
@@ -237,3 +239,80 @@ async def test_connections_arriving_while_the_broker_is_busy_are_queued_not_drop
                 await stream.aclose()
             broker.send_signal(signal.SIGTERM)
             await broker.wait()
+
+
+def test_a_qos1_stream_arms_no_timer_per_packet_and_keeps_its_order() -> None:
+    """amqtt armed a timer for every packet read (``asyncio.wait_for`` with the keepalive)
+    and re-armed one for every packet sent: each a push onto the heap of every connection's
+    timers. Counted here on the broker's own loop, run in this process on real sockets; what
+    is left is the PUBACK wait of each QoS 1 message the broker sends."""
+    asyncio.run(_check_timers_per_message(200))
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    """The next whole MQTT packet, fixed header included."""
+    packet = await reader.readexactly(1)
+    length, multiplier = 0, 1
+    while True:
+        packet += await reader.readexactly(1)
+        length += (packet[-1] & 0x7F) * multiplier
+        multiplier *= 128
+        if not packet[-1] & 0x80:
+            return packet + await reader.readexactly(length)
+
+
+async def _check_timers_per_message(messages: int) -> None:
+    from pm.broker.amqtt._broker import PuppetmasterBroker
+    from pm.broker.amqtt._config import amqtt_config, bound_endpoint
+
+    broker = PuppetmasterBroker(amqtt_config("127.0.0.1", 0))
+    broker.plugins_manager._is_topic_filtering_enabled = False
+    await broker.start()
+    try:
+        host, port = bound_endpoint(broker)
+        subscriber = await asyncio.open_connection(host, port)
+        publisher = await asyncio.open_connection(host, port)
+        for (reader, writer), client_id in ((subscriber, "sub"), (publisher, "pub")):
+            writer.write(connect_packet(client_id))
+            assert (await _read_packet(reader))[:1] == b"\x20"  # CONNACK
+        subscriber[1].write(subscribe_packet("burst/x", 1, qos=1))
+        assert (await _read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
+
+        loop = asyncio.get_running_loop()
+        timers = 0
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            nonlocal timers
+            timers += 1
+            return call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        try:
+            publisher[1].write(
+                b"".join(
+                    publish_qos1_packet("burst/x", n, b"%d" % n) for n in range(1, messages + 1)
+                )
+            )
+            payloads = []
+            for _ in range(messages):
+                packet = await _read_packet(subscriber[0])
+                assert packet[0] & 0xF6 == 0x32, packet  # PUBLISH, QoS 1
+                topic_length = int.from_bytes(packet[2:4], "big")
+                packet_id = packet[4 + topic_length : 6 + topic_length]
+                payloads.append(packet[6 + topic_length :])
+                subscriber[1].write(puback_packet(int.from_bytes(packet_id, "big")))
+            acknowledged = [await _read_packet(publisher[0]) for _ in range(messages)]
+            # The subscriber's PUBACKs are handled once its PINGREQ is answered (in order).
+            subscriber[1].write(PINGREQ)
+            assert await _read_packet(subscriber[0]) == PINGRESP
+        finally:
+            loop.call_at = call_at  # type: ignore[method-assign]
+        assert payloads == [b"%d" % n for n in range(1, messages + 1)]
+        assert acknowledged == [puback_packet(n) for n in range(1, messages + 1)]
+        # amqtt's: ~5 per message (2 packets read, 2 sent, the PUBACK wait). Ours: the wait.
+        assert timers <= messages * 1.2, timers
+        for _, writer in (subscriber, publisher):
+            writer.close()
+    finally:
+        await broker.shutdown()

@@ -1,14 +1,125 @@
-"""amqtt's broker-side connection handler with fixes 6 and 7 of :mod:`pm.broker.amqtt._broker`:
-the keepalive enforced, and a PUBACK wait that outlasts a burst."""
+"""amqtt's broker-side connection handler with fixes 6, 7 and 9 of
+:mod:`pm.broker.amqtt._broker`: the keepalive enforced, a PUBACK wait that outlasts a burst,
+and no timer per packet."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+from collections.abc import Callable
+from typing import Any
 
 from amqtt.broker import BrokerProtocolHandler
-from amqtt.errors import AMQTTError
+from amqtt.errors import AMQTTError, MQTTError, NoDataError, ProtocolHandlerError
+from amqtt.events import MQTTEvents
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.connack import ConnackPacket
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.packet import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    RESERVED_0,
+    RESERVED_15,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    MQTTFixedHeader,
+)
+from amqtt.mqtt.pingreq import PingReqPacket
+from amqtt.mqtt.pingresp import PingRespPacket
 from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.pubcomp import PubcompPacket
+from amqtt.mqtt.publish import PublishPacket
+from amqtt.mqtt.pubrec import PubrecPacket
+from amqtt.mqtt.pubrel import PubrelPacket
+from amqtt.mqtt.suback import SubackPacket
+from amqtt.mqtt.subscribe import SubscribePacket
+from amqtt.mqtt.unsuback import UnsubackPacket
+from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
+
+# Packet type -> the handler method amqtt's reader loop dispatches it to.
+_HANDLERS: dict[int, str] = {
+    CONNACK: "handle_connack",
+    SUBSCRIBE: "handle_subscribe",
+    UNSUBSCRIBE: "handle_unsubscribe",
+    SUBACK: "handle_suback",
+    UNSUBACK: "handle_unsuback",
+    PUBACK: "handle_puback",
+    PUBREC: "handle_pubrec",
+    PUBREL: "handle_pubrel",
+    PUBCOMP: "handle_pubcomp",
+    PINGREQ: "handle_pingreq",
+    PINGRESP: "handle_pingresp",
+    PUBLISH: "handle_publish",
+    DISCONNECT: "handle_disconnect",
+    CONNECT: "handle_connect",
+}
+# The packet class each handler expects (amqtt checks it with isinstance before dispatching).
+_PACKET_CLASSES: dict[str, type] = {
+    "handle_connack": ConnackPacket,
+    "handle_subscribe": SubscribePacket,
+    "handle_unsubscribe": UnsubscribePacket,
+    "handle_suback": SubackPacket,
+    "handle_unsuback": UnsubackPacket,
+    "handle_puback": PubackPacket,
+    "handle_pubrec": PubrecPacket,
+    "handle_pubrel": PubrelPacket,
+    "handle_pubcomp": PubcompPacket,
+    "handle_pingreq": PingReqPacket,
+    "handle_pingresp": PingRespPacket,
+    "handle_publish": PublishPacket,
+    "handle_disconnect": DisconnectPacket,
+    "handle_connect": ConnectPacket,
+}
+# Awaited in the reader loop instead of in a task: CONNECT as amqtt does (the connection comes
+# first), PUBACK because its handler only resolves the waiter of the message it acknowledges.
+_INLINE = frozenset({"handle_connect", "handle_puback"})
+
+
+class _KeepaliveWatchdog:
+    """Calls ``expired`` once no packet was read for ``seconds`` (0: never).
+
+    One timer per connection, moved only when it fires: it then sleeps until ``seconds``
+    after the last packet, so a busy connection costs a timer per keepalive period, not one
+    per packet as ``asyncio.wait_for`` did.
+    """
+
+    def __init__(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._seconds = seconds
+        self._expired = expired
+        self._last_read = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        if seconds > 0:
+            self._timer = self._loop.call_at(self._last_read + seconds, self._check)
+
+    def packet_read(self) -> None:
+        self._last_read = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self._last_read + self._seconds
+        if self._loop.time() >= deadline:
+            self._timer = None
+            self._expired()
+        else:
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 # MQTT 3.1.1 section 3.1.2.10: a client silent for 1.5 times its keepalive is disconnected.
 KEEPALIVE_GRACE = 1.5
@@ -34,6 +145,12 @@ class ConnectionHandler(BrokerProtocolHandler):
     a resumed persistent session is not sent it again) and fails the delivery task. Here the
     wait is :data:`PUBACK_TIMEOUT`; everything else is amqtt's.
 
+    No timer per packet (fix 9): amqtt re-armed a keepalive timer after every packet it sent
+    (for ``handle_write_timeout``, which a broker leaves empty) and read every packet under
+    ``asyncio.wait_for`` (a task, a future and a timer each): two timer-heap pushes per packet,
+    among the timers of every connection. :meth:`_reader_loop` checks the keepalive with one
+    timer per connection and period instead (:class:`_KeepaliveWatchdog`).
+
     Error handling: as amqtt's: an expired wait raises ``TimeoutError`` in the delivery task
     (logged, counted by :class:`pm.broker.amqtt._logs.PubackTimeoutFilter`); a closed
     connection cancels every wait (amqtt's ``_stop_waiters``).
@@ -42,6 +159,87 @@ class ConnectionHandler(BrokerProtocolHandler):
     def handle_read_timeout(self) -> None:
         # Synchronous in amqtt; handle_connection_closed only resolves the disconnect waiter.
         self._keepalive_expiry = asyncio.ensure_future(self.handle_connection_closed())
+
+    async def _reader_loop(self) -> None:
+        # amqtt 0.12.1's ProtocolHandler._reader_loop with the keepalive checked by a watchdog
+        # instead of a wait_for per packet (fix 9), a PUBACK handled here instead of in a task
+        # of its own (it only resolves a waiter), and the debug lines dropped.
+        if self.session is None or self._reader_ready is None:
+            raise ProtocolHandlerError("Reader started before the handler was attached")
+        running_tasks: collections.deque[asyncio.Task[None]] = collections.deque()
+        watchdog = _KeepaliveWatchdog(self.session.keep_alive, self.handle_read_timeout)
+        try:
+            while True:
+                try:
+                    self._reader_ready.set()
+                    while running_tasks and running_tasks[0].done():
+                        running_tasks.popleft()
+                    if self.reader is None:
+                        self.logger.warning("Reader is not initialized!")
+                        break
+                    fixed_header = await MQTTFixedHeader.from_stream(self.reader)
+                    if not fixed_header:
+                        break  # EOF
+                    if fixed_header.packet_type in (RESERVED_0, RESERVED_15):
+                        self.logger.warning(
+                            f"{self.session.client_id} Received reserved packet, which is "
+                            "forbidden: closing connection"
+                        )
+                        await self.handle_connection_closed()
+                        continue
+                    packet = await packet_class(fixed_header).from_stream(
+                        self.reader, fixed_header=fixed_header
+                    )
+                    watchdog.packet_read()
+                    await self.plugins_manager.fire_event(
+                        MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session
+                    )
+                    handle = _HANDLERS.get(fixed_header.packet_type)
+                    if handle is None or not isinstance(packet, _PACKET_CLASSES[handle]):
+                        self.logger.warning(
+                            f"{self.session.client_id} Unhandled packet type: "
+                            f"{fixed_header.packet_type}"
+                        )
+                    elif handle in _INLINE:
+                        await getattr(self, handle)(packet)
+                    else:
+                        running_tasks.append(asyncio.create_task(getattr(self, handle)(packet)))
+                except MQTTError:
+                    self.logger.debug("Message discarded")
+                except asyncio.CancelledError:
+                    break
+                except NoDataError:
+                    pass
+                except Exception as error:
+                    self.logger.warning(
+                        f"{type(self).__name__} Unhandled exception in reader coro: {error!r}"
+                    )
+                    break
+        finally:
+            watchdog.cancel()
+        while running_tasks:
+            running_tasks.popleft().cancel()
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    async def _send_packet(self, packet: Any) -> None:  # noqa: ANN401 - any amqtt packet
+        # amqtt 0.12.1's ProtocolHandler._send_packet without re-arming the keepalive write
+        # timer after each packet (fix 9): BrokerProtocolHandler.handle_write_timeout is empty.
+        try:
+            if self.writer:
+                async with self._write_lock:
+                    await packet.to_stream(self.writer)
+            await self.plugins_manager.fire_event(
+                MQTTEvents.PACKET_SENT, packet=packet, session=self.session
+            )
+        except (ConnectionResetError, BrokenPipeError):
+            await self.handle_connection_closed()
+        except asyncio.CancelledError as error:
+            raise ProtocolHandlerError("Packet handling was cancelled") from error
+        except Exception as error:
+            self.logger.warning(f"Unhandled exception: {error}")
+            raise
 
     async def _handle_qos1_message_flow(
         self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage
