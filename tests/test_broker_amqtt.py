@@ -250,3 +250,19 @@ def test_the_gc_pacer_freezes_survivors_and_unfreezes_after_closes_or_growth(
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+def test_the_gc_pacer_makes_young_collections_rarer() -> None:
+    import gc
+
+    from pm.broker.amqtt._gc import GcPacer
+
+    pacer = GcPacer(lambda: 0, lambda: 0)
+    thresholds = gc.get_threshold()
+    try:
+        pacer.install()
+        assert gc.get_threshold() == (GcPacer.YOUNG_THRESHOLD, *thresholds[1:])
+        assert GcPacer.YOUNG_THRESHOLD > thresholds[0]
+    finally:
+        gc.callbacks.remove(pacer)
+        gc.set_threshold(*thresholds)
