@@ -107,10 +107,16 @@ class Service:
 
 
 def _start(
-    name: str, command: list[str], ready: str, env: dict[str, str] | None, workdir: Path
+    name: str,
+    command: list[str],
+    ready: str,
+    env: dict[str, str] | None,
+    workdir: Path,
+    ready_timeout: float = READY_TIMEOUT,
 ) -> Service:
-    """Start ``command`` and wait for a stdout line containing ``ready``; stdout is kept in a
-    log file (read back by polling, so a chatty process never blocks on a full pipe)."""
+    """Start ``command`` and wait (``ready_timeout`` s) for a stdout line containing ``ready``;
+    stdout is kept in a log file (read back by polling, so a chatty process never blocks on a
+    full pipe)."""
     log = workdir / f"{name}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -121,7 +127,7 @@ def _start(
             env={**os.environ, **(env or {})},
         )
     service = Service(name, process, log)
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
         if ready in text:
@@ -130,7 +136,7 @@ def _start(
             raise RuntimeError(f"{name} exited with {process.returncode}:\n{text[-3000:]}")
         time.sleep(0.05)
     service.stop()
-    raise RuntimeError(f"{name} not ready in {READY_TIMEOUT:g} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"{name} not ready in {ready_timeout:g} s:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager
@@ -257,10 +263,11 @@ def start_fleet(
     *,
     name: str = "fleet",
     options: tuple[str, ...] = (),
+    ready_timeout: float = READY_TIMEOUT,
 ) -> Service:
     """``python -m pm.cli simulate``: ``devices`` ids from :func:`fleet_ids`, answering at once
     (unless ``options`` say otherwise, e.g. ``--latency``), over ``connections`` MQTT
-    connections (one per device if ``None``)."""
+    connections (one per device if ``None``); ``ready_timeout`` s for all to connect."""
     command = [
         sys.executable,
         "-m",
@@ -278,7 +285,7 @@ def start_fleet(
     if connections is not None:
         command += ["--connections", str(connections)]
     command += options
-    return _start(name, command, "devices connected", None, directory)
+    return _start(name, command, "devices connected", None, directory, ready_timeout)
 
 
 def fleet_ids(devices: int) -> list[str]:

@@ -11,20 +11,24 @@ drifts). Memory per idle connection is (broker RSS with the fleet connected - RS
 
 ``--burst`` (issue 15's shape: a job is a burst, a fleet one connection per device): for each
 N in ``--connections``, N requests at once to N devices with one connection each, and the
-same burst to N devices multiplexed over one connection; the ratio of the two rates, broker
-and fleet CPU per round trip, and how many of amqtt's PUBACK waits expired (the broker child
-reports them at its stop).
+same burst to N devices multiplexed over one connection. Each of the two fleets gets
+``--bursts`` bursts in a row (its rate: their median), the two alternate (which goes first
+swaps every round) for ``--rounds`` rounds, and the ratio is the median of the rounds'
+ratios. Also: broker and fleet CPU per round trip, how many of amqtt's PUBACK waits expired
+(the broker child reports them at its stop), and the load average around the run (other
+processes on the machine move the rates; the CPU per round trip moves less).
 
 Usage::
 
     .venv/bin/python -m bench.broker_fanout [--connections 1000 10000] [--requests 2000]
-        [--brokers ours stock mosquitto] [--burst]
+        [--brokers ours stock mosquitto] [--burst [--bursts 3] [--rounds 1]]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import shlex
 import sys
@@ -34,6 +38,7 @@ import trio
 
 from bench._load import raw_round_trips
 from bench._processes import (
+    READY_TIMEOUT,
     cpu_seconds,
     fleet_ids,
     memory_kib,
@@ -41,7 +46,11 @@ from bench._processes import (
     start_fleet,
     workdir,
 )
-from bench._report import Report
+from bench._report import Report, median
+
+# Seconds per 1,000 devices the fleet may take to connect, beyond READY_TIMEOUT: 10,000 took
+# 9.4 s on a quiet machine, over 200 s while other sessions loaded it.
+_CONNECT_SECONDS_PER_1000 = 30.0
 
 
 def _one(
@@ -51,6 +60,7 @@ def _one(
     *,
     window: int = 1,
     multiplexed: bool = False,
+    bursts: int = 1,
 ) -> dict[str, float]:
     """One point; a fleet that cannot connect in time is recorded (rt/s 0), not fatal:
     stock amqtt does not connect 10,000 devices within the fleet's 120 s.
@@ -59,13 +69,15 @@ def _one(
       connections: devices, one MQTT connection each (``multiplexed``: all over one).
       requests: round trips, cycling over the devices.
       window: requests outstanding at once (1: sequential; ``requests``: one burst).
+      bursts: runs of ``requests`` on the same fleet; the rate is their median.
     """
     try:
-        return _measure_one(broker, connections, requests, window, multiplexed)
+        return _measure_one(broker, connections, requests, window, multiplexed, bursts)
     except RuntimeError as error:
         print(f"{broker} with {connections} connections failed: {str(error)[:200]}")
         return {
             "rt_per_second": 0.0,
+            "rates": [],
             "kib_per_connection": float("nan"),
             "connect_seconds": -1,
             "broker_cpu_ms_per_rt": float("nan"),
@@ -75,7 +87,7 @@ def _one(
 
 
 def _measure_one(
-    broker: str, connections: int, requests: int, window: int, multiplexed: bool
+    broker: str, connections: int, requests: int, window: int, multiplexed: bool, bursts: int
 ) -> dict[str, float]:
     with workdir() as directory:
         engine = "mosquitto" if broker == "mosquitto" else "amqtt"
@@ -85,7 +97,11 @@ def _measure_one(
             before = memory_kib(server.pid)
             started = time.monotonic()
             fleet = start_fleet(
-                directory, int(server.info["port"]), connections, 1 if multiplexed else None
+                directory,
+                int(server.info["port"]),
+                connections,
+                1 if multiplexed else None,
+                ready_timeout=READY_TIMEOUT + _CONNECT_SECONDS_PER_1000 * connections / 1000,
             )
             connect_seconds = time.monotonic() - started
             try:
@@ -97,9 +113,12 @@ def _measure_one(
                 # machine the fleet's own per-connection upkeep competes with the broker for
                 # the cores, and this tells the two apart.
                 broker_cpu, fleet_cpu = cpu_seconds(server.pid), cpu_seconds(fleet.pid)
-                rate = trio.run(
-                    lambda: raw_round_trips(int(server.info["port"]), sequence, window=window)
-                )
+                rates = [
+                    trio.run(
+                        lambda: raw_round_trips(int(server.info["port"]), sequence, window=window)
+                    )
+                    for _ in range(bursts)
+                ]
                 broker_cpu = cpu_seconds(server.pid) - broker_cpu
                 fleet_cpu = cpu_seconds(fleet.pid) - fleet_cpu
             finally:
@@ -112,12 +131,13 @@ def _measure_one(
             for found in re.findall(r"(\d+) PUBACK waits exceeded", server.log.read_text())
         )
     return {
-        "rt_per_second": rate,
+        "rt_per_second": median(rates),
+        "rates": rates,
         "puback_timeouts": timeouts,
         "kib_per_connection": (after - before) / connections,
         "connect_seconds": connect_seconds,
-        "broker_cpu_ms_per_rt": broker_cpu * 1000 / requests,
-        "fleet_cpu_ms_per_rt": fleet_cpu * 1000 / requests,
+        "broker_cpu_ms_per_rt": broker_cpu * 1000 / (requests * bursts),
+        "fleet_cpu_ms_per_rt": fleet_cpu * 1000 / (requests * bursts),
     }
 
 
@@ -139,6 +159,15 @@ def main(argv: list[str] | None = None) -> Report:
         action="store_true",
         help="N requests at once to N devices (N = each --connections), one connection per "
         "device against the same burst to N devices over one multiplexed connection",
+    )
+    parser.add_argument(
+        "--bursts", type=int, default=3, help="--burst: bursts per fleet (their median)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--burst: rounds per N, each a fleet of each kind, their order swapped each round",
     )
     args = parser.parse_args(argv)
     if args.burst:
@@ -202,8 +231,9 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 def _burst(args: argparse.Namespace, argv: list[str]) -> Report:
-    """Burst mode: per count N and broker, a burst of N requests to N devices with one
-    connection each, and the same burst to N devices multiplexed over one connection."""
+    """Burst mode: per count N and broker, ``--rounds`` rounds of a fleet of N devices with
+    one connection each and one of N devices over one connection, alternating, each given
+    ``--bursts`` bursts of N requests to its N devices."""
     report = Report(
         scenario="broker_fanout_burst",
         title="Broker alone: a burst of N QoS 1 round trips to N devices, per-device "
@@ -215,49 +245,85 @@ def _burst(args: argparse.Namespace, argv: list[str]) -> Report:
             "N devices, N requests",
             "rt/s, N connections",
             "rt/s, 1 connection",
-            "N conns / 1 conn",
-            "broker CPU ms/rt, N conns",
-            "fleet CPU ms/rt, N conns",
+            "N conns / 1 conn (median of rounds)",
+            "broker CPU ms/rt, N conns / 1 conn",
+            "fleet CPU ms/rt, N conns / 1 conn",
             "PUBACK waits expired, N conns / 1 conn",
         ],
     )
+    load_before = os.getloadavg()
     for broker in args.brokers:
         counts = args.connections
         if broker == "stock" and args.stock_connections:
             counts = args.stock_connections
         for count in counts:
-            spread = _one(broker, count, count, window=count)
-            multiplexed = _one(broker, count, count, window=count, multiplexed=True)
-            report.raw[f"{broker}_{count}"] = {"spread": spread, "multiplexed": multiplexed}
-            ratio = spread["rt_per_second"] / multiplexed["rt_per_second"]
-            report.rows.append(
-                [
-                    broker,
-                    count,
-                    spread["rt_per_second"],
-                    multiplexed["rt_per_second"],
-                    ratio,
-                    spread["broker_cpu_ms_per_rt"],
-                    spread["fleet_cpu_ms_per_rt"],
-                    f"{spread['puback_timeouts']:g} / {multiplexed['puback_timeouts']:g}",
-                ]
-            )
-            if broker == "ours":
-                report.target(
-                    f"burst rt/s {count:,} conns / 1 conn", ratio, ">= 0.80", ratio >= 0.8
-                )
-                report.target(
-                    f"PUBACK waits expired in a {count:,} burst",
-                    spread["puback_timeouts"] + multiplexed["puback_timeouts"],
-                    "= 0",
-                    spread["puback_timeouts"] + multiplexed["puback_timeouts"] == 0,
-                )
+            rounds: list[dict[str, dict[str, float]]] = []
+            for number in range(args.rounds):
+                points: dict[str, dict[str, float]] = {}
+                for kind in ("spread", "multiplexed")[:: 1 if number % 2 == 0 else -1]:
+                    points[kind] = _one(
+                        broker,
+                        count,
+                        count,
+                        window=count,
+                        multiplexed=kind == "multiplexed",
+                        bursts=args.bursts,
+                    )
+                rounds.append(points)
+            report.raw[f"{broker}_{count}"] = rounds
+            _burst_row(report, broker, count, rounds)
+    load_after = os.getloadavg()
+    report.raw["load_average"] = {"before": load_before, "after": load_after}
     report.notes.append(
-        "One run per point; the fleet (one pm simulate process) and the requester share the "
-        "machine's cores with the broker."
+        "Rates are medians of each fleet's bursts; the ratio is the median of the rounds' "
+        "ratios. The fleet (one pm simulate process) and the requester share the machine's "
+        "cores with the broker. Load average (1 min) before / after the run: "
+        f"{load_before[0]:.2f} / {load_after[0]:.2f}."
     )
     report.write()
     return report
+
+
+def _burst_row(
+    report: Report, broker: str, count: int, rounds: list[dict[str, dict[str, float]]]
+) -> None:
+    def both(key: str) -> list[float]:
+        return [points[kind][key] for points in rounds for kind in ("spread", "multiplexed")]
+
+    spread = {
+        key: median([r["spread"][key] for r in rounds])
+        for key in rounds[0]["spread"]
+        if key != "rates"
+    }
+    multiplexed = {
+        key: median([r["multiplexed"][key] for r in rounds])
+        for key in rounds[0]["multiplexed"]
+        if key != "rates"
+    }
+    ratios = [
+        r["spread"]["rt_per_second"] / r["multiplexed"]["rt_per_second"]
+        if r["multiplexed"]["rt_per_second"]
+        else 0.0
+        for r in rounds
+    ]
+    ratio = median(ratios)
+    expired = sum(both("puback_timeouts"))
+    report.rows.append(
+        [
+            broker,
+            count,
+            spread["rt_per_second"],
+            multiplexed["rt_per_second"],
+            ratio,
+            f"{spread['broker_cpu_ms_per_rt']:.3g} / {multiplexed['broker_cpu_ms_per_rt']:.3g}",
+            f"{spread['fleet_cpu_ms_per_rt']:.3g} / {multiplexed['fleet_cpu_ms_per_rt']:.3g}",
+            f"{sum(r['spread']['puback_timeouts'] for r in rounds):g} / "
+            f"{sum(r['multiplexed']['puback_timeouts'] for r in rounds):g}",
+        ]
+    )
+    if broker == "ours":
+        report.target(f"burst rt/s {count:,} conns / 1 conn", ratio, ">= 0.80", ratio >= 0.8)
+        report.target(f"PUBACK waits expired in a {count:,} burst", expired, "= 0", expired == 0)
 
 
 if __name__ == "__main__":
