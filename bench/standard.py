@@ -41,6 +41,11 @@ STANDARD: list[tuple[Callable[[list[str]], Report], list[str]]] = [
         ["--connections", "1000", "10000", "--stock-connections", "1000"]
         + ["--brokers", "ours", "stock"],
     ),
+    # Issue 15 item 2: a burst to N per-device connections against the same over one.
+    (
+        broker_fanout.main,
+        ["--burst", "--connections", "1000", "10000", "--brokers", "ours", "--rounds", "2"],
+    ),
     (watchers.main, ["--tasks", "10000", "--watchers", "1000", "--rounds", "2"]),
     (api_load.main, ["--tasks", "10000"]),
     (scale.main, ["--tasks", "100000", "--small", "10000", "--devices", "10000"]),
@@ -55,6 +60,7 @@ QUICK: list[tuple[Callable[[list[str]], Report], list[str]]] = [
     ),
     (latency.main, ["--jobs", "50"]),
     (broker_fanout.main, ["--connections", "100", "--requests", "300", "--brokers", "ours"]),
+    (broker_fanout.main, ["--burst", "--connections", "300", "--brokers", "ours", "--bursts", "1"]),
     (watchers.main, ["--tasks", "1000", "--watchers", "50", "--rounds", "1"]),
     (api_load.main, ["--tasks", "1000"]),
     (scale.main, ["--tasks", "5000", "--small", "1000", "--devices", "1000"]),
@@ -68,6 +74,7 @@ ORDER = [
     "latency",
     "latency-mosquitto",
     "broker_fanout",
+    "broker_fanout_burst",
     "watchers",
     "api_load",
     "scale",

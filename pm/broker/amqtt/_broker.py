@@ -48,12 +48,13 @@ when a persistent session is resumed; a clean-session CONNECT deleted the old se
 its connection open and deaf. Here any authenticated CONNECT of a connected client id closes the
 previous connection first.
 
-Fix 8, a listen backlog for fleets: amqtt listens with asyncio's default backlog of 100, which
-overflowed when thousands of devices connected at once; here it is :data:`LISTEN_BACKLOG`.
-
 Fixes 6 and 7, in :class:`pm.broker.amqtt._handler.ConnectionHandler`: a connection silent for
 1.5 times its keepalive is closed (MQTT 3.1.1 3.1.2.10; amqtt 0.12.1 did nothing; 0: none), and
-the PUBACK wait of a QoS 1 message outlasts a burst (amqtt 0.12.1's is a fixed 5 s).
+the PUBACK wait of a QoS 1 message outlasts a burst (amqtt 0.12.1's is a fixed 5 s); fix 9
+there: no timer armed per packet read or sent.
+
+Fix 8, a listen backlog for fleets: amqtt listens with asyncio's default backlog of 100, which
+overflowed when thousands of devices connected at once; here it is :data:`LISTEN_BACKLOG`.
 """
 
 from __future__ import annotations
