@@ -132,7 +132,7 @@ PUBACK_TIMEOUT = 60.0
 
 
 class ConnectionHandler(BrokerProtocolHandler):
-    """amqtt's broker-side protocol handler with two fixes.
+    """amqtt's broker-side protocol handler with three fixes.
 
     Keepalive (fix 6): amqtt 0.12.1 reads each packet header with the session's keepalive as
     timeout, then calls ``handle_read_timeout``, which its broker handler leaves empty: a
