@@ -72,6 +72,8 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker._del_subscription": "415f349273b0552d",
         "amqtt.broker:Broker._delete_session": "a8333dded50648a7",
         "amqtt.broker:Broker._get_handler": "169908c149fded36",
+        "amqtt.broker:Broker._handle_disconnect": "8c3b8702f3567055",
+        "amqtt.broker:Broker._handle_message_delivery": "89727723da550bed",
         "amqtt.broker:Broker._handle_client_session": "8b1b52a03df9daf5",
         "amqtt.broker:Broker._handle_subscription": "3dae18afa195209e",
         "amqtt.broker:Broker._handle_unsubscription": "29253b1b63036d7a",

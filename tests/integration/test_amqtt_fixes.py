@@ -19,6 +19,7 @@ from pm.mqtt import open_mqtt_client
 from tests.integration.mqtt_packets import (
     connect_packet,
     puback_packet,
+    publish_qos0_packet,
     publish_qos1_packet,
     subscribe_packet,
 )
@@ -28,6 +29,7 @@ from tests.waiting import poll_until
 AMQTT_PUBACK_WAIT = 5.0
 PINGREQ = b"\xc0\x00"
 PINGRESP = b"\xd0\x00"
+DISCONNECT = b"\xe0\x00"
 
 
 async def test_a_connecting_client_gets_no_retained_message_of_other_filters() -> None:
@@ -114,6 +116,35 @@ async def test_many_devices_each_get_only_their_own_requests_through_the_index()
             assert all(seen[f"/remote/d{n}"] == [str(n).encode()] for n in range(50))
             assert all(seen[f"gw:/remote/d{n}/response"] == [str(n).encode()] for n in range(50))
             nursery.cancel_scope.cancel()
+
+
+async def test_what_a_client_published_before_disconnecting_is_all_delivered() -> None:
+    """amqtt's message loop ended at the DISCONNECT and dropped the messages still queued
+    for delivery: a client that published a batch and disconnected lost its tail."""
+    messages = 500
+    received: list[bytes] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            broker = await nursery.start(run_embedded_broker, BrokerConfig(port=0))
+            async with open_mqtt_client(
+                broker.host,
+                broker.port,
+                client_id="listener",
+                on_message=lambda t, p: received.append(p),
+            ) as listener:
+                await listener.subscribe("batch/x")
+                publisher = await trio.open_tcp_stream(broker.host, broker.port)
+                buffer = bytearray()
+                await publisher.send_all(connect_packet("batcher"))
+                assert (await _receive_packet(publisher, buffer))[:1] == b"\x20"  # CONNACK
+                await publisher.send_all(
+                    b"".join(publish_qos0_packet("batch/x", b"%d" % n) for n in range(messages))
+                    + DISCONNECT
+                )
+                await publisher.aclose()
+                await poll_until(lambda: len(received) == messages)
+            nursery.cancel_scope.cancel()
+    assert received == [b"%d" % n for n in range(messages)]
 
 
 async def _receive_packet(stream: trio.SocketStream, buffer: bytearray) -> bytes:

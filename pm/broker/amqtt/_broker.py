@@ -259,6 +259,63 @@ class PuppetmasterBroker(RoutingBroker):
             await asyncio.sleep(1)
             since_scan += 1
 
+    # -- fix 10: what a client published before it left is delivered --------------------------
+
+    async def _client_message_loop(
+        self, client_session: Session, handler: BrokerProtocolHandler
+    ) -> None:
+        # amqtt 0.12.1's Broker._client_message_loop, except at the disconnect: amqtt ended the
+        # loop there and dropped the messages still queued for delivery, which a client that
+        # publishes and then disconnects (or whose packets were read in one go) lost. Here the
+        # message already taken and the rest of the queue are delivered, in order, before the
+        # disconnect (and its will) is handled.
+        disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
+        subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+        unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+        wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+        try:
+            while True:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if subscribe_waiter in done:
+                    await self._handle_subscription(client_session, handler, subscribe_waiter)
+                    subscribe_waiter = asyncio.ensure_future(
+                        handler.get_next_pending_subscription()
+                    )
+                if unsubscribe_waiter in done:
+                    await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+                    unsubscribe_waiter = asyncio.ensure_future(
+                        handler.get_next_pending_unsubscription()
+                    )
+                if wait_deliver in done:
+                    if not await self._handle_message_delivery(
+                        client_session, handler, wait_deliver
+                    ):
+                        break
+                    wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+                if disconnect_waiter in done:
+                    await self._deliver_queued(client_session, handler)
+                    await self._handle_disconnect(client_session, handler, disconnect_waiter)
+                    break
+                waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+        except asyncio.CancelledError:
+            pass  # amqtt's loop ends quietly when cancelled
+        finally:
+            waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _deliver_queued(
+        self, client_session: Session, handler: BrokerProtocolHandler
+    ) -> None:
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            taken.set_result(queue.get_nowait())
+            if not await self._handle_message_delivery(client_session, handler, taken):
+                return
+
     async def _handle_client_session(
         self,
         reader: ReaderAdapter,

@@ -217,6 +217,15 @@ class ConnectionHandler(BrokerProtocolHandler):
                     break
         finally:
             watchdog.cancel()
+        # Handlers of packets read in this turn have not started yet (amqtt's wait_for yielded
+        # after every packet, so its handlers had): let each take its first step, which queues
+        # a PUBLISH for delivery, before the rest is cancelled as amqtt does. A stop() arriving
+        # meanwhile cancels this wait; the loop must still reach _reader_stopped, which stop()
+        # awaits (amqtt's loop likewise ends quietly when cancelled).
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass
         while running_tasks:
             running_tasks.popleft().cancel()
         await self.handle_connection_closed()
