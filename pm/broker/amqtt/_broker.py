@@ -55,6 +55,10 @@ there: no timer armed per packet read or sent.
 
 Fix 8, a listen backlog for fleets: amqtt listens with asyncio's default backlog of 100, which
 overflowed when thousands of devices connected at once; here it is :data:`LISTEN_BACKLOG`.
+
+Fix 10, what a client published before it left is delivered: amqtt's message loop ended at the
+disconnect and dropped the messages still queued (rarely seen while its reader yielded after
+every packet; fix 9's reader reads a buffered batch at once). Here they are delivered first.
 """
 
 from __future__ import annotations
