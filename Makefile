@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
+# pytest workers for `make test` (pytest-xdist); 0 runs the suite in this process.
+TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
@@ -33,7 +35,7 @@ run: $(STAMP)
 ## missing)
 test: $(TEST_STAMP) mosquitto postgresql chromium
 	$(BIN)/ruff check pm actors tests bench
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(ARGS)
 
 # The tests start their own mosquitto on a free port; this only makes sure the binary exists.
 .PHONY: mosquitto
