@@ -107,6 +107,20 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture
+def migrated_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, migrated database of the throwaway server, dropped after the test."""
+    from pm.store import migrate
+    from pm.store._postgres_connection import connect_postgres
+
+    database = postgres_server.create_database()
+    connection = connect_postgres(database)
+    migrate(connection)
+    connection.close()
+    yield database
+    postgres_server.drop_database(database)
+
+
 @pytest.fixture(params=STORE_ENGINES)
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseUnderTest]:
     """An empty database for a store test, once per engine: a SQLite file in ``tmp_path``,

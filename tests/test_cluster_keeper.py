@@ -8,14 +8,13 @@ Each test needs one or two lease ttls of real time (rounds every ttl / 3), about
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import psycopg
 import pytest
 import trio
 
 from pm.cluster import LeaseBook, LeaseKeeper, ShardLease
-from pm.store import migrate
 from pm.store._postgres_connection import connect_postgres
 from tests.postgres_server import PostgresServer
 from tests.waiting import poll_until
@@ -26,14 +25,8 @@ GUARD = 30.0
 
 
 @pytest.fixture
-def url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A new, migrated database of the throwaway server, dropped after the test."""
-    database = postgres_server.create_database()
-    connection = connect_postgres(database)
-    migrate(connection)
-    connection.close()
-    yield database
-    postgres_server.drop_database(database)
+def url(migrated_postgres_url: str) -> str:
+    return migrated_postgres_url
 
 
 class Recorded:

@@ -17,9 +17,7 @@ import pytest
 
 from pm.cluster import FENCE, LeaseBook, ShardCountMismatch, ShardLease
 from pm.cluster._leases import FORGET_AFTER_TTLS
-from pm.store import migrate
 from pm.store._postgres_connection import PostgresConnection, connect_postgres
-from tests.postgres_server import PostgresServer
 
 SHARDS = 256
 TTL = 10.0
@@ -27,14 +25,8 @@ GUARD = 30.0
 
 
 @pytest.fixture
-def url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A new, migrated database of the throwaway server, dropped after the test."""
-    database = postgres_server.create_database()
-    connection = connect_postgres(database)
-    migrate(connection)
-    connection.close()
-    yield database
-    postgres_server.drop_database(database)
+def url(migrated_postgres_url: str) -> str:
+    return migrated_postgres_url
 
 
 @pytest.fixture
