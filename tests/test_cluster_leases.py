@@ -10,7 +10,7 @@ fence reads the server's real clock; leases it must accept therefore end in the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from pm.cluster import FENCE, LeaseBook, ShardCountMismatch, ShardLease
 from pm.cluster._leases import FORGET_AFTER_TTLS
 from pm.store._postgres_connection import PostgresConnection, connect_postgres
+from tests.racing import Racer, race
 
 SHARDS = 256
 TTL = 10.0
@@ -209,25 +210,18 @@ def test_gateways_racing_for_shards_never_both_hold_one(url: str) -> None:
         for connection, name in zip(connections, names, strict=True)
     ]
     last: dict[str, set[int]] = {}
-    failures: list[BaseException] = []
-    start = threading.Barrier(len(racing))
 
-    def run(book: LeaseBook) -> None:
-        try:
+    def racer(book: LeaseBook) -> Racer:
+        def run(released: Callable[[], None]) -> None:
             book.join()
-            start.wait(timeout=GUARD)
+            released()
             for _ in range(15):
                 last[book.gateway_id] = {lease.shard for lease in book.round()}
-        except BaseException as error:  # reported by the test, not lost in the thread
-            failures.append(error)
+
+        return run
 
     try:
-        workers = [threading.Thread(target=run, args=(book,)) for book in racing]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(GUARD)
-        assert failures == []
+        race([racer(book) for book in racing], GUARD)
         held = [shards for shards in last.values()]
         assert sum(len(shards) for shards in held) == len(set().union(*held))
         # Settled with one more round each, in turn: everything held, within the fair share.

@@ -6,6 +6,7 @@ migrations that run once when gateways start together. Real SQLite file and real
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ from pm.store._connection import Connection
 from pm.store._ids import JOB_ID_BLOCK, TASK_ID_BLOCK, reserve
 from pm.store._postgres_connection import connect_postgres
 from pm.store._sqlite_connection import connect_sqlite
+from tests.racing import race
 from tests.stores import DatabaseUnderTest, running_store
 
 GUARD = 30.0
@@ -68,32 +70,23 @@ def test_concurrent_reservations_from_many_connections_get_disjoint_blocks(
     # Few on SQLite: its writers queue on the file lock with sleeps of up to 100 ms each.
     threads, rounds, amount = (8 if database.engine == "postgresql" else 4), 10, 7
     blocks: list[range] = []
-    failures: list[BaseException] = []
-    start = threading.Barrier(threads)
     lock = threading.Lock()
 
-    def reserve_many() -> None:
+    def reserve_many(released: Callable[[], None]) -> None:
         connection = gateway_connection(database)
         try:
             if database.engine == "sqlite":
                 # Writers queue on SQLite's file lock: wait for it rather than fail at once.
                 connection.execute("PRAGMA busy_timeout = 20000")
-            start.wait(timeout=GUARD)
+            released()
             for _ in range(rounds):
                 high_water = reserve(connection, "task", amount)
                 with lock:
                     blocks.append(range(high_water - amount + 1, high_water + 1))
-        except BaseException as error:  # reported by the test, not lost in the thread
-            failures.append(error)
         finally:
             connection.close()
 
-    workers = [threading.Thread(target=reserve_many) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(GUARD)
-    assert failures == []
+    race([reserve_many] * threads, GUARD)
     assert len(blocks) == threads * rounds
     assert _overlaps(blocks) == []
     # Nothing skipped either: the counter row moved by exactly what was reserved.
@@ -125,28 +118,19 @@ def test_gateways_starting_together_migrate_the_database_once(
     setup.close()
     gateways = 6
     started: list[int] = []
-    failures: list[BaseException] = []
-    start = threading.Barrier(gateways)
     lock = threading.Lock()
 
-    def start_gateway() -> None:
+    def start_gateway(released: Callable[[], None]) -> None:
         connection = gateway_connection(database)
         try:
-            start.wait(timeout=GUARD)
+            released()
             from_version = migrate(connection)
             with lock:
                 started.append(from_version)
-        except BaseException as error:  # reported by the test, not lost in the thread
-            failures.append(error)
         finally:
             connection.close()
 
-    workers = [threading.Thread(target=start_gateway) for _ in range(gateways)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(GUARD)
-    assert failures == []
+    race([start_gateway] * gateways, GUARD)
     # Exactly one found the database as it was; the others found it already migrated.
     assert sorted(started) == [found] + [SCHEMA_VERSION] * (gateways - 1)
     assert database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
