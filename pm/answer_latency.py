@@ -27,13 +27,6 @@ class _Window:
         self.values = array("f")
         self.next = 0  # where the next value goes once the window is full
 
-    def add(self, seconds: float) -> None:
-        if len(self.values) < WINDOW:
-            self.values.append(seconds)
-            return
-        self.values[self.next] = seconds
-        self.next = (self.next + 1) % WINDOW
-
 
 class AnswerLatencies:
     """Request-to-final-answer seconds of each device's last :data:`WINDOW` answered tasks.
@@ -53,7 +46,13 @@ class AnswerLatencies:
         window = self._windows.get(device)
         if window is None:
             window = self._windows[device] = _Window()
-        window.add(max(seconds, 0.0))
+        # _Window.add, inlined: this runs once per answered task.
+        values = window.values
+        if len(values) < WINDOW:
+            values.append(max(seconds, 0.0))
+            return
+        values[window.next] = max(seconds, 0.0)
+        window.next = (window.next + 1) % WINDOW
 
     def p50(self, device: str) -> float | None:
         """The median of the device's window in seconds (rounded to the millisecond), or

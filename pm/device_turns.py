@@ -70,6 +70,9 @@ class DeviceTurns(Generic[Turn]):
         self._device = device
         self._inbox = inbox
         self._lanes = lanes
+        # Whether any device has a lane, read without a call: the per-task path (no job with
+        # priority "high") skips the lanes.
+        self._any_lane = lanes._lanes
         # A mailbox message taken while the lane had tasks: it goes after them.
         self._held: Turn | None = None
 
@@ -78,7 +81,7 @@ class DeviceTurns(Generic[Turn]):
 
     async def __anext__(self) -> Turn:
         while True:
-            turn = self._lanes.pop(self._device)
+            turn = self._lanes.pop(self._device) if self._any_lane else None
             if turn is not None:
                 return turn
             if self._held is not None:
@@ -87,7 +90,7 @@ class DeviceTurns(Generic[Turn]):
             message = await self._inbox.__anext__()
             if message is None:
                 continue  # a wake-up: the lane has a task (or had: taken meanwhile)
-            turn = self._lanes.pop(self._device)
+            turn = self._lanes.pop(self._device) if self._any_lane else None
             if turn is None:
                 return message
             # A high-priority task came while this one was on its way: it goes first.

@@ -90,6 +90,16 @@ class DeviceWaits:
                 parked += 1
         return parked
 
+    def sendable_now(self, device: str, task: TaskRecord, gate: SendGate | None) -> bool:
+        """Whether :meth:`wait_until_sendable` would return True at once, without waiting or
+        telling anything: the per-task path, which then needs no coroutine."""
+        if self.offline(device):
+            return False
+        expires_at = None if task.attempts else task.expires_at
+        if expires_at is not None and self._wall_clock() >= expires_at:
+            return False
+        return gate is None or not gate.held
+
     async def wait_until_sendable(
         self,
         device: str,

@@ -121,6 +121,8 @@ class Fleet:
             resend_on_reconnect=resend_on_reconnect,
         )
         self.presence.on_online = self._requests.device_online
+        # on_answer() for a parsed topic (its device level); bound here: a call less per answer.
+        self.on_device_answer = self._requests.route_answer
         self._lanes: PriorityLanes[Dispatch] = PriorityLanes()
         self.budget = FleetBudget(max_in_flight)
         self._registry: Registry[str, Dispatch | None] = Registry(
@@ -264,8 +266,10 @@ class Fleet:
         # timeout runs and an answer to the copy sent then is taken.
         resumed = task.status == "sent"
         try:
-            if not resumed and not await self._waits.wait_until_sendable(
-                device, task, reports, dispatch.gate
+            if (
+                not resumed
+                and not self._waits.sendable_now(device, task, dispatch.gate)
+                and not await self._waits.wait_until_sendable(device, task, reports, dispatch.gate)
             ):
                 return
         except ActorStopped:
@@ -280,9 +284,7 @@ class Fleet:
             # published: the first sign of its device sends one more copy (pm.in_flight).
             in_flight = self._requests.hold(device, task, answers_send, self._wall_clock())
         else:
-            in_flight, published = self._requests.publish(
-                device, task, answers_send, trio.current_time() + task.timeout
-            )
+            in_flight, published = self._requests.publish(device, task, answers_send)
             self.published += 1
             # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
             if logger.isEnabledFor(logging.DEBUG):
@@ -326,7 +328,8 @@ class Fleet:
         except ActorStopped:
             pass  # the job actor is gone: nobody is waiting for this task any more
         finally:
-            self.budget.release()
+            if budgeted:
+                self.budget.release()
             self._requests.remove(device, in_flight, settled=settled)
             self._requests.drop_stale_answers(
                 in_flight.machine.request_id, answers, settled=settled

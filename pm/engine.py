@@ -44,7 +44,7 @@ from .presence import PresenceBook
 from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView, TaskView
 from .state import JobRecord, TaskSelection, expand_batch, expires_in_default
-from .status_topic import StatusTopicSource
+from .status_topic import DeviceMessages, StatusTopicSource
 from .store import Store, StoreUnavailable, open_store
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ class Engine(JobControl):
         self.status_topic = StatusTopicSource(
             self.presence, self.topics, self.fleet.dropped, wall_clock=wall_clock
         )
+        # Every message the MQTT client receives: statuses, answers, anything else.
+        self.on_mqtt_message = DeviceMessages(self.topics, self.status_topic, self.fleet).route
         self._job_supervisor = Supervisor(nursery, self._on_job_failure)
         self._jobs: dict[int, Job] = {}
         # Finished jobs still in memory, oldest first, with their task counts.
@@ -334,10 +336,6 @@ class Engine(JobControl):
         return unanswered
 
     # -- MQTT hooks ----------------------------------------------------------------------
-
-    def on_mqtt_message(self, topic: str, payload: bytes) -> None:
-        if not self.status_topic.on_message(topic, payload):
-            self.fleet.on_answer(topic, payload)
 
     def on_mqtt_connect(self, generation: int) -> None:
         if generation > 1:

@@ -167,12 +167,12 @@ class InFlightRequests:
         device: str,
         task: TaskRecord,
         answers: trio.MemorySendChannel[SanjiAnswer | None],
-        deadline: float,
     ) -> tuple[InFlight, bool]:
-        """Publish ``task``'s request to ``device`` and register it until ``deadline`` (trio
-        time: the task timeout). Returns it and whether the MQTT client took the copy (if its
-        connection is down, the copy goes out when it is back: :meth:`connection_back`)."""
-        in_flight = self._register(device, task, answers, deadline)
+        """Publish ``task``'s request to ``device`` and register it until its timeout from now.
+        Returns it and whether the MQTT client took the copy (if its connection is down, the
+        copy goes out when it is back: :meth:`connection_back`)."""
+        now = trio.current_time()
+        in_flight = self._register(device, task, answers, now + task.timeout, now)
         return in_flight, self._publisher.publish(in_flight.topic, in_flight.payload)
 
     def hold(
@@ -192,7 +192,8 @@ class InFlightRequests:
         remaining = task.timeout
         if task.sent_at is not None:
             remaining = task.sent_at + task.timeout - wall_now
-        in_flight = self._register(device, task, answers, trio.current_time() + remaining)
+        now = trio.current_time()
+        in_flight = self._register(device, task, answers, now + remaining, now)
         if device in self._seen:
             self._make_due(in_flight)
         else:
@@ -242,6 +243,10 @@ class InFlightRequests:
         if device is None:
             self.dropped["foreign_topic"] += 1
             return
+        self.route_answer(device, payload)
+
+    def route_answer(self, device: str, payload: bytes) -> None:
+        """:meth:`route` for a message whose topic is the answer topic of ``device``."""
         self._seen.add(device)
         in_flight = self._by_device.get(device)
         answer: SanjiAnswer | None = None
@@ -327,7 +332,10 @@ class InFlightRequests:
         task: TaskRecord,
         answers: trio.MemorySendChannel[SanjiAnswer | None],
         deadline: float,
+        now: float,
     ) -> InFlight:
+        """Register the request of ``task`` to ``device`` until ``deadline``, sent or held
+        at ``now`` (both trio time)."""
         request_id = task.request_id  # the task id; a retry's own id (pm.task_record)
         payload = encode_request(
             SanjiRequest(
@@ -347,7 +355,7 @@ class InFlightRequests:
             payload,
             answers,
             scope,
-            trio.current_time(),
+            now,
         )
         self._by_device[device] = in_flight
         return in_flight

@@ -237,7 +237,8 @@ class Job(JobRollout, JobSchedule):
         fill its mailbox); it yields every AGGREGATE_CHUNK reports so others still run.
         """
         handled = 0
-        while not self.final:
+        record = self.record  # its `final` directly: this loop runs twice per task
+        while not record.final:
             try:
                 message = inbox.receive_nowait()
             except trio.WouldBlock:
@@ -264,7 +265,7 @@ class Job(JobRollout, JobSchedule):
             queue.handed_out(task, _trio_now())
             await self._devices.dispatch(task, reports, gate, high_priority=high)
         self._resumed_in_flight = []
-        while not self.final:
+        while not record.final:
             if gate.held:
                 await queue.wait_for_work()
                 continue
@@ -306,30 +307,22 @@ class Job(JobRollout, JobSchedule):
 
     def _handle(self, message: JobActorMessage) -> None:
         record = self.record
+        # Each task's two reports first: a case is an isinstance check, in order.
         match message:
-            case TaskWaiting(task_id, reason):
-                task = record.task(task_id)
-                if task is not None and record.mark_waiting(task, reason):
-                    self._waiting_changed(task)
-            case ExpiryDue(until):
-                self._expire_due(until)
             case TaskSent(task_id, published):
                 task = record.task(task_id)
                 if task is not None and record.mark_sent(
                     task, self._wall_clock(), published=published
                 ):
                     self._task_changed(task)
-            case TaskResent(task_id):
-                task = record.task(task_id)
-                if task is not None and record.mark_resent(task):
-                    self._task_changed(task)
-            case TaskProgress(task_id, progress):
-                task = record.task(task_id)
-                if task is not None and record.mark_progress(task, progress):
-                    self._task_changed(task)
             case TaskSettled(task_id, status, result, code):
                 task = record.task(task_id)
-                if task is not None and self._retry(task, status, result):
+                # _retry() only when the job retries at all (a call less per task without).
+                if (
+                    task is not None
+                    and record.options.retry is not None
+                    and self._retry(task, status, result)
+                ):
                     return
                 if task is not None and record.settle(
                     task, status, result, self._wall_clock(), code
@@ -350,6 +343,20 @@ class Job(JobRollout, JobSchedule):
                                 "status": status,
                             },
                         )
+            case TaskResent(task_id):
+                task = record.task(task_id)
+                if task is not None and record.mark_resent(task):
+                    self._task_changed(task)
+            case TaskProgress(task_id, progress):
+                task = record.task(task_id)
+                if task is not None and record.mark_progress(task, progress):
+                    self._task_changed(task)
+            case TaskWaiting(task_id, reason):
+                task = record.task(task_id)
+                if task is not None and record.mark_waiting(task, reason):
+                    self._waiting_changed(task)
+            case ExpiryDue(until):
+                self._expire_due(until)
             case TaskHeldBack(task_id):
                 task = record.task(task_id)
                 if task is not None and not task.final:

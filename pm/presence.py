@@ -74,7 +74,9 @@ class PresenceBook:
 
     def presence(self, device: str) -> Presence:
         """``UNKNOWN`` if never seen."""
-        record = self._records.get(normalize_device_id(device))
+        # Once per task: a known id as written (the fleet's ids are normalized) skips the
+        # normalization, as in seen().
+        record = self._records.get(device) or self._records.get(normalize_device_id(device))
         return Presence.UNKNOWN if record is None else record.presence
 
     def record(self, device: str) -> DevicePresence | None:

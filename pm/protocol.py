@@ -72,6 +72,9 @@ class TopicTemplates:
         self.status = status
         self._response_parts = response.partition("{device}")[::2]
         self._status_parts = status.partition("{device}")[::2]
+        # Whether no topic is both an answer and a status topic (true of the defaults): then
+        # an answer is recognized with one parse of its topic, the per-answer path.
+        self.answers_never_statuses = _disjoint(self._response_parts, self._status_parts)
 
     def request_topic(self, device: str) -> str:
         return self.request.replace("{device}", device)
@@ -99,6 +102,15 @@ class TopicTemplates:
     def device_of_status(self, topic: str) -> str | None:
         """The device id (as written, not normalized) a status topic belongs to, or ``None``."""
         return device_in_topic(topic, *self._status_parts)
+
+
+def _disjoint(first: tuple[str, str], second: tuple[str, str]) -> bool:
+    """Whether no topic matches both templates (each split at ``{device}``): it would have
+    to start with both prefixes and end with both suffixes."""
+    (prefix_a, suffix_a), (prefix_b, suffix_b) = first, second
+    prefixes_agree = prefix_a.startswith(prefix_b) or prefix_b.startswith(prefix_a)
+    suffixes_agree = suffix_a.endswith(suffix_b) or suffix_b.endswith(suffix_a)
+    return not (prefixes_agree and suffixes_agree)
 
 
 def device_in_topic(topic: str, prefix: str, suffix: str) -> str | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from .presence import Presence, PresenceBook
 from .protocol import InvalidDeviceId, TopicTemplates
@@ -64,10 +65,7 @@ class StatusTopicSource:
         if device is None:
             answering = self._topics.device_of_response(topic)
             if answering is not None:
-                try:
-                    self._book.seen(answering, self._wall_clock())
-                except InvalidDeviceId:
-                    pass  # the fleet drops and counts it
+                self.answer_seen(answering)
             return False
         if not payload:
             return True
@@ -80,3 +78,48 @@ class StatusTopicSource:
         except InvalidDeviceId:
             self._dropped[BAD_STATUS] += 1
         return True
+
+    def answer_seen(self, device: str) -> None:
+        """A message arrived on the answer topic of ``device`` (as written in the topic): its
+        ``lastSeen`` moves. An invalid id moves nothing (the fleet drops and counts it)."""
+        try:
+            self._book.seen(device, self._wall_clock())
+        except InvalidDeviceId:
+            pass
+
+
+class AnswerRouter(Protocol):
+    """What :class:`DeviceMessages` hands answers to (:class:`pm.devices.Fleet`)."""
+
+    def on_answer(self, topic: str, payload: bytes) -> None: ...
+    def on_device_answer(self, device: str, payload: bytes) -> None: ...
+
+
+class DeviceMessages:
+    """Routes every message the gateway's MQTT client receives: a status-topic message to
+    presence, an answer to ``lastSeen`` and then to the fleet, anything else to the fleet
+    (which counts it as ``foreign_topic``). A topic that is both a status and an answer topic
+    (possible only with unusual templates) is a status.
+
+    Error handling: that of :class:`StatusTopicSource` and of the fleet; nothing a device
+    sends can raise.
+    """
+
+    def __init__(
+        self, topics: TopicTemplates, status: StatusTopicSource, answers: AnswerRouter
+    ) -> None:
+        self._topics = topics
+        self._status = status
+        self._answers = answers
+        self._answers_first = topics.answers_never_statuses
+
+    def route(self, topic: str, payload: bytes) -> None:
+        if self._answers_first:
+            # The per-answer path: the topic is parsed once, for lastSeen and the routing.
+            device = self._topics.device_of_response(topic)
+            if device is not None:
+                self._status.answer_seen(device)
+                self._answers.on_device_answer(device, payload)
+                return
+        if not self._status.on_message(topic, payload):
+            self._answers.on_answer(topic, payload)

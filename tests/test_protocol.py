@@ -251,3 +251,19 @@ def test_error_result_keeps_code_resource_and_data() -> None:
         "resource": None,
         "data": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "disjoint"),
+    [
+        ("/remote/{device}/response", "/remote/{device}/status", True),
+        ("/a/{device}", "/b/{device}", True),
+        # "/remote/a/x" is the answer topic of "a" and the status topic of "x".
+        ("/remote/{device}/x", "/remote/a/{device}", False),
+        ("/{device}/response", "/{device}/x/response", False),
+    ],
+)
+def test_whether_an_answer_topic_can_also_be_a_status_topic(
+    response: str, status: str, disjoint: bool
+) -> None:
+    assert TopicTemplates("/req/{device}", response, status).answers_never_statuses is disjoint

@@ -8,7 +8,7 @@ import pytest
 
 from pm.presence import DevicePresence, Presence, PresenceBook
 from pm.protocol import TopicTemplates
-from pm.status_topic import BAD_STATUS, StatusTopicSource
+from pm.status_topic import BAD_STATUS, DeviceMessages, StatusTopicSource
 
 TOPICS = TopicTemplates("/remote/{device}", "/remote/{device}/response", "/remote/{device}/status")
 
@@ -71,3 +71,48 @@ def test_any_answer_moves_last_seen_and_an_invalid_id_moves_nothing() -> None:
     assert record.presence is Presence.ONLINE and record.connected_at == 50.0
     assert not source.on_message("/remote/not valid/response", b"{}")
     assert len(book) == 1 and not dropped  # the fleet counts what it drops
+
+
+class _Answers:
+    """Records what DeviceMessages hands the fleet."""
+
+    def __init__(self) -> None:
+        self.routed: list[tuple[str, str, bytes]] = []
+
+    def on_answer(self, topic: str, payload: bytes) -> None:
+        self.routed.append(("topic", topic, payload))
+
+    def on_device_answer(self, device: str, payload: bytes) -> None:
+        self.routed.append(("device", device, payload))
+
+
+@pytest.mark.parametrize(
+    "topics", [TOPICS, TopicTemplates("/r/{device}", "/r/{device}/x", "/r/a/{device}")]
+)
+def test_device_messages_route_statuses_answers_and_the_rest(topics: TopicTemplates) -> None:
+    book, dropped, answers = PresenceBook(), Counter[str](), _Answers()
+    status = StatusTopicSource(book, topics, dropped, wall_clock=lambda: 100.0)
+    route = DeviceMessages(topics, status, answers).route
+    route(topics.response_topic("dev"), b"{}")
+    route(topics.status_topic("x"), b"online")
+    route("/elsewhere", b"{}")
+    # An answer reaches the fleet once, after moving lastSeen; a status only presence.
+    assert answers.routed[0] in {
+        ("device", "dev", b"{}"),
+        ("topic", topics.response_topic("dev"), b"{}"),
+    }
+    assert answers.routed[1:] == [("topic", "/elsewhere", b"{}")]
+    assert book.record("dev") == DevicePresence(
+        id="dev", presence=Presence.UNKNOWN, last_seen=100.0
+    )
+    assert book.presence("x") is Presence.ONLINE and not dropped
+
+
+def test_a_topic_that_is_both_a_status_and_an_answer_is_a_status() -> None:
+    # "/r/a/x" is the answer topic of "a" and the status topic of "x".
+    topics = TopicTemplates("/r/{device}", "/r/{device}/x", "/r/a/{device}")
+    book, answers = PresenceBook(), _Answers()
+    status = StatusTopicSource(book, topics, Counter(), wall_clock=lambda: 100.0)
+    DeviceMessages(topics, status, answers).route("/r/a/x", b"online")
+    assert book.presence("x") is Presence.ONLINE
+    assert answers.routed == []

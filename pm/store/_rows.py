@@ -133,9 +133,8 @@ def task_rows(tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
             task.expires_at,
         )
         # First, unconditionally: it remembers that a whole row stores the rollout columns.
-        rollout = _rollout_columns_needed(task)
         if (
-            not rollout
+            not _rollout_columns_needed(task)
             and task.sends == 0
             and task.attempts == 0
             and task.sent_at is None
@@ -157,7 +156,14 @@ def task_updates(tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
     plain: list[Row] = []
     whole: list[Row] = []
     for task in tasks:
-        if _rollout_columns_needed(task):
+        # The default path's test first, inline (a call per row otherwise): none of the
+        # three is set and none was stored.
+        if (
+            task.waiting is not None
+            or task.next_attempt_at is not None
+            or task.previous_attempts is not None
+            or task.rollout_columns_stored
+        ) and _rollout_columns_needed(task):
             whole.append(
                 (
                     task.id,

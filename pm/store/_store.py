@@ -120,13 +120,15 @@ class Store:
         self._pending.job_created(record, batch)
         self._mark_dirty()
 
+    # These two run for every change of every task: the event is set here, not through
+    # _mark_dirty (a call more each).
     def job_changed(self, record: JobRecord) -> None:
         if self._pending.job_changed(record):
-            self._mark_dirty()
+            self._dirty.set()
 
     def task_changed(self, task: TaskRecord) -> None:
         if self._pending.task_changed(task):
-            self._mark_dirty()
+            self._dirty.set()
 
     def job_deleted(self, job_id: int) -> None:
         self._pending.job_deleted(job_id)
