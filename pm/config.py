@@ -1,7 +1,7 @@
 """Gateway configuration: a TOML file, then ``PM_<SECTION>_<KEY>`` environment overrides.
 
 Every key lives in a msgspec Struct with its default, so the defaults are written once, here
-(``[cluster]`` in :mod:`pm.config_cluster`).
+(``[cluster]`` in :mod:`pm.config_cluster`, ``[topics]`` in :mod:`pm.config_topics`).
 ``config.example.toml`` documents the same keys for people; ``tests/test_config.py`` checks the
 two agree.
 
@@ -38,6 +38,8 @@ from .config_fields import (
     ZeroOrMore,
 )
 from .config_fields import Section as _Section
+from .config_topics import TopicsConfig as TopicsConfig
+from .config_topics import check_answer_topic_for_cluster
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING
 from .schemas import MAX_EXPIRES_IN
 
@@ -142,31 +144,6 @@ class MqttConfig(_Section):
                 f"mqtt.reconnect_min_delay ({self.reconnect_min_delay:g}) must not exceed "
                 f"mqtt.reconnect_max_delay ({self.reconnect_max_delay:g})"
             )
-
-
-class TopicsConfig(_Section):
-    # "{device}" is replaced by the normalized device id.
-    request: str = "/remote/{device}"
-    response: str = "/remote/{device}/response"
-    # Presence (protocol v1.1): a device publishes a retained "online" here when it connects
-    # and sets "offline" as its last will; the embedded broker (either engine) publishes the
-    # same on behalf of every device it sees subscribe to its request topic (docs/protocol.md).
-    status: str = "/remote/{device}/status"
-
-    def __post_init__(self) -> None:
-        # Checked here, not only where the topics are used: a bad template must stop `pm
-        # serve` with one line naming the key, before the broker starts.
-        for name, template in (
-            ("request", self.request),
-            ("response", self.response),
-            ("status", self.status),
-        ):
-            if template.count("{device}") != 1:
-                raise ValueError(f"topics.{name} must contain {{device}} exactly once")
-            if "+" in template or "#" in template:
-                raise ValueError(f"topics.{name} must not contain the MQTT wildcards + or #")
-        if len({self.request, self.response, self.status}) != 3:
-            raise ValueError("topics.request, topics.response and topics.status must differ")
 
 
 class TasksConfig(_Section):
@@ -286,6 +263,9 @@ class Config(_Section):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        check_answer_topic_for_cluster(self.cluster.enabled, self.topics.response)
 
     @property
     def mqtt_endpoint(self) -> tuple[str, int]:

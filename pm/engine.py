@@ -30,6 +30,7 @@ import trio
 from actors import Directive, Failure, Supervisor
 
 from .config import Config
+from .config_topics import topic_templates
 from .devices import Fleet, Publisher
 from .engine_control import JobControl
 from .job_contract import JobStateError as JobStateError
@@ -41,7 +42,6 @@ from .job_limits import check_limits
 from .job_recovery import resume_unfinished
 from .jobs import Job
 from .presence import PresenceBook
-from .protocol import TopicTemplates
 from .schemas import JobRequest, JobView, TaskView
 from .state import JobRecord, TaskSelection, expand_batch, expires_in_default
 from .status_topic import DeviceMessages, StatusTopicSource
@@ -73,9 +73,7 @@ class Engine(JobControl):
         self.config = config
         self.store = store
         self.wall_clock = wall_clock
-        self.topics = TopicTemplates(
-            config.topics.request, config.topics.response, config.topics.status
-        )
+        self.topics = topic_templates(config)
         # Presence of every device ever seen, as the store last had it; fed by the status
         # topic (pm/status_topic.py), which the embedded amqtt broker also publishes on. The
         # fleet holds a device's tasks back while it is offline.

@@ -32,11 +32,13 @@ import hypercorn.config
 import trio
 
 from .broker import EmbeddedBroker, broker_auth, gateway_client_id, run_embedded_broker
+from .cluster import with_gateway_id
 from .config import Config, ConfigError, HttpConfig
+from .config_topics import topic_templates
 from .engine import Engine, open_engine
 from .http import HttpCounters, create_app, serve, set_websocket_compression
 from .mqtt import AnswerPathProbe, MqttClient, open_answer_path_probe, open_mqtt_client
-from .protocol import PROBE_DEVICE_ID, TopicTemplates
+from .protocol import PROBE_DEVICE_ID
 from .schemas import AnswerPathHealth, Health
 
 logger = logging.getLogger(__name__)
@@ -117,8 +119,11 @@ async def run_gateway(
       shutdown_trigger: awaited; when it returns the gateway stops gracefully: HTTP first
         (open WebSockets get ``HTTP_GRACEFUL_TIMEOUT``), then jobs, MQTT, broker.
     """
-    gateway = Gateway(config)
     check_cluster(config)
+    # One id for this run: its answer topic, subscription and probe (and, in a cluster, its
+    # leases) all name it. Generated when not configured.
+    config = with_gateway_id(config)
+    gateway = Gateway(config)
     check_http_tls(config)
     check_broker_tls(config)
     async with trio.open_nursery() as services:
@@ -157,9 +162,8 @@ async def run_gateway(
             tls_ca_file=config.mqtt_ca_file if config.mqtt_tls else None,
         ) as mqtt:
             gateway.mqtt = mqtt
-            topics = TopicTemplates(
-                config.topics.request, config.topics.response, config.topics.status
-            )
+            # This gateway's answers only, when topics.response has a {gateway} level.
+            topics = topic_templates(config)
             # Subscribed before the engine starts: resuming jobs re-send requests at once,
             # and a fast device's answer must find the subscription already in place.
             await mqtt.subscribe(topics.response_filter, qos=1)

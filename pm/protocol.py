@@ -27,6 +27,8 @@ PROGRESS_CODE = 206
 # destination or password-file entry can ever be this id; it does not start the topic level
 # with "$", which MQTT wildcards would not match.
 PROBE_DEVICE_ID = "~puppetmaster-probe"
+# The answer template's gateway level (topics.response, pm.config_topics).
+GATEWAY_PLACEHOLDER = "{gateway}"
 
 
 class InvalidDeviceId(ValueError):
@@ -57,17 +59,37 @@ def normalize_device_id(raw: str) -> str:
 
 class TopicTemplates:
     """Request, answer and status topics for a device, from the configured ``{device}``
-    templates."""
+    templates.
+
+    Args:
+      gateway: the id of the gateway that answers are for, put in place of the answer
+        template's ``{gateway}`` once, here (the answer topic of a task costs the same with
+        or without it); ``None`` for a user of the templates that receives no answers (the
+        simulator, which answers on each request's ``tunnel``).
+
+    Error handling: raises ValueError for a template without exactly one ``{device}``, and
+    for an answer template with ``{gateway}`` given an empty ``gateway``.
+    """
 
     def __init__(
-        self, request: str, response: str, status: str = "/remote/{device}/status"
+        self,
+        request: str,
+        response: str,
+        status: str = "/remote/{device}/status",
+        *,
+        gateway: str | None = None,
     ) -> None:
+        if gateway is not None and GATEWAY_PLACEHOLDER in response:
+            if not gateway:
+                raise ValueError(f"topics.response {response!r} needs a gateway id")
+            response = response.replace(GATEWAY_PLACEHOLDER, gateway)
         for name, template in (("request", request), ("response", response), ("status", status)):
             if template.count("{device}") != 1:
                 raise ValueError(
                     f"topics.{name} must contain {{device}} exactly once: {template!r}"
                 )
         self.request = request
+        # With the gateway's id in place of {gateway}: this gateway's answers only.
         self.response = response
         self.status = status
         self._response_parts = response.partition("{device}")[::2]

@@ -203,6 +203,10 @@ def test_a_wrong_environment_value_names_the_key(name: str, value: str, where: s
         ("PM_MQTT_RECONNECT_MIN_DELAY", "10", r"mqtt\.reconnect_min_delay \(10\) must not exceed"),
         ("PM_TOPICS_REQUEST", "/remote/all", r"topics\.request must contain \{device\} exactly"),
         ("PM_TOPICS_RESPONSE", "/r/{device}/#", r"topics\.response must not contain the MQTT"),
+        # {gateway}: a level of the answer topic only, once
+        ("PM_TOPICS_REQUEST", "/r/{device}/{gateway}", r"topics\.request must not contain \{gat"),
+        ("PM_TOPICS_STATUS", "/s/{device}/{gateway}", r"topics\.status must not contain \{gat"),
+        ("PM_TOPICS_RESPONSE", "/a/{device}/{gateway}/{gateway}", r"\{gateway\} at most once"),
         # store.url is a PostgreSQL URL or nothing
         ("PM_STORE_URL", "mysql://pm@db/pm", r"matching regex .* - at `\$\.store\.url`"),
         ("PM_STORE_URL", "./pm.db", r"- at `\$\.store\.url`"),
@@ -357,3 +361,16 @@ def test_store_url_when_set_is_what_the_store_opens() -> None:
     assert load_config(environ={}).store.location == "./puppetmaster.db"
     url = "postgresql://pm@db:5432/pm"
     assert load_config(environ={"PM_STORE_URL": url}).store.location == url
+
+
+def test_a_cluster_needs_a_gateway_level_in_the_answer_topic() -> None:
+    # Without it every gateway would subscribe to every answer: the message says what to set.
+    with pytest.raises(ConfigError, match=r"topics\.response = '/remote/\{device\}/response'"):
+        load_config(environ={"PM_CLUSTER_ENABLED": "true"})
+    with pytest.raises(ConfigError, match=r"'/remote/\{device\}/response/\{gateway\}'"):
+        load_config(environ={"PM_CLUSTER_ENABLED": "true"})
+    per_gateway = {"PM_TOPICS_RESPONSE": "/remote/{device}/response/{gateway}"}
+    config = load_config(environ={"PM_CLUSTER_ENABLED": "true", **per_gateway})
+    assert config.topics.response == "/remote/{device}/response/{gateway}"
+    # One gateway alone may use a gateway level too (its answers then carry its id).
+    assert load_config(environ=per_gateway).topics.response.endswith("/{gateway}")

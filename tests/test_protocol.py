@@ -99,6 +99,27 @@ def test_device_of_response_with_a_template_ending_in_device() -> None:
     assert topics.response_filter == "answers/+"
 
 
+def test_the_gateway_id_is_put_in_the_answer_template_once() -> None:
+    topics = TopicTemplates(
+        "/remote/{device}", "/remote/{device}/response/{gateway}", gateway="gw-1"
+    )
+    assert topics.response == "/remote/{device}/response/gw-1"
+    assert topics.response_topic("dev1") == "/remote/dev1/response/gw-1"
+    assert topics.response_filter == "/remote/+/response/gw-1"
+    assert topics.device_of_response("/remote/dev1/response/gw-1") == "dev1"
+    # Another gateway's answer is not this gateway's.
+    assert topics.device_of_response("/remote/dev1/response/gw-2") is None
+    assert topics.device_of_response("/remote/dev1/response") is None
+
+
+def test_an_answer_template_with_a_gateway_level_needs_a_gateway_id() -> None:
+    with pytest.raises(ValueError, match="needs a gateway id"):
+        TopicTemplates("/remote/{device}", "/remote/{device}/response/{gateway}", gateway="")
+    # Without a {gateway} level the id changes nothing (a single gateway's default topics).
+    plain = TopicTemplates("/remote/{device}", "/remote/{device}/response", gateway="gw-1")
+    assert plain.response_filter == "/remote/+/response"
+
+
 @pytest.mark.parametrize(
     ("request_template", "response_template"),
     [

@@ -13,6 +13,7 @@ import sys
 import msgspec
 
 from pm.config import BrokerConfig, Config
+from pm.config_topics import topic_templates
 from pm.passwords import DEFAULT_GATEWAY_USERNAME, GATEWAY_PASSWORD_ENV, generate_password
 
 from ._state import BrokerStartError
@@ -77,7 +78,8 @@ def broker_auth(config: Config) -> BrokerAuth | None:
         devices = {
             "password_file": broker.password_file,
             "request_topic": config.topics.request,
-            "response_topic": config.topics.response,
+            # With this gateway's id for {gateway}: a device answers only this gateway.
+            "response_topic": topic_templates(config).response,
             "status_topic": config.topics.status,
         }
     return BrokerAuth(

@@ -3,6 +3,7 @@ and their leases with fencing epochs. Inactive unless ``cluster.enabled`` (docs/
 says what exists and what is missing)."""
 
 from ._identity import gateway_id_for as gateway_id_for
+from ._identity import with_gateway_id as with_gateway_id
 from ._keeper import LeaseKeeper as LeaseKeeper
 from ._leases import FENCE as FENCE
 from ._leases import LeaseBook as LeaseBook

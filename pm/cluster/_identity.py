@@ -6,6 +6,9 @@ import re
 import secrets
 import socket
 
+import msgspec
+
+from ..config import Config
 from ..config_cluster import ClusterConfig
 
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._-]+")
@@ -20,3 +23,15 @@ def gateway_id_for(cluster: ClusterConfig, host_name: str | None = None) -> str:
         return cluster.gateway_id
     host = _NOT_ALLOWED.sub("-", host_name or socket.gethostname()).strip("-._")[:40]
     return f"{host or 'gateway'}-{secrets.token_hex(4)}"
+
+
+def with_gateway_id(config: Config) -> Config:
+    """``config`` with ``cluster.gateway_id`` set: the configured one, else one made up now.
+
+    Resolved once, when the gateway starts, so that everything naming this gateway (its
+    answer topic and subscription, its answer-path probe, its lease rows) names the same one.
+    """
+    if config.cluster.gateway_id:
+        return config
+    cluster = msgspec.structs.replace(config.cluster, gateway_id=gateway_id_for(config.cluster))
+    return msgspec.structs.replace(config, cluster=cluster)
