@@ -51,7 +51,7 @@ async def test_each_gateway_hears_only_the_answers_to_its_own_requests(
         # its own job is resolved.
         for client in clients:
             job = await wait_final(client, (await post_job(client, entry(devices)))["id"])
-            assert job["status"] == "resolved" and job["doneCount"] == 2
+            assert job["status"] == "resolved" and job["finishCount"] == 2
         for device in devices:
             tunnels = [request["tunnel"] for request in simulator.received_by(device)]
             assert tunnels == [f"/remote/{device}/response/gw-1", f"/remote/{device}/response/gw-2"]
@@ -88,5 +88,5 @@ async def test_a_generated_gateway_id_names_the_answer_topic(
         simulator = await start_simulator(gateway, ["dev-a"])
         client = http(gateway)
         job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
-        assert job["status"] == "resolved"
+        assert job["status"] == "resolved" and job["finishCount"] == 1
         assert simulator.received_by("dev-a")[0]["tunnel"] == f"/remote/dev-a/response/{name}"

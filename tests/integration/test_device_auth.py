@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from pm.mqtt import MqttSubscribeError, open_mqtt_client
+from pm.mqtt import MqttClient, MqttSubscribeError, open_mqtt_client
 from pm.passwords import hash_password, write_password_file
 from pm.presence import Presence
 from pm.protocol import PROBE_DEVICE_ID
@@ -197,6 +197,28 @@ async def test_a_job_reaches_authenticated_devices(
         assert probe.ok and probe.probes_lost == 0
 
 
+async def test_the_embedded_acl_lets_devices_answer_on_a_per_gateway_topic(
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    password_file: Path,
+    http: object,
+) -> None:
+    with trio.fail_after(_GUARD):
+        gateway = await start_gateway(
+            broker={"auth": True, "password_file": str(password_file)},
+            topics={"response": "/remote/{device}/response/{gateway}"},
+            cluster={"gateway_id": "gw-7"},
+            tasks={"default_timeout": 5},
+        )
+        simulator = await start_simulator(gateway, ["dev-a"], device_password=SECRET)
+        client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
+        job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
+        # The broker's ACL takes the answer topic with this gateway's id in it.
+        assert job["status"] == "resolved" and job["finishCount"] == 1
+        assert simulator.received_by("dev-a")[0]["tunnel"] == "/remote/dev-a/response/gw-7"
+        assert (await probe_came_back(gateway)).ok
+
+
 async def test_the_gateway_generates_its_own_broker_password(
     start_gateway: GatewayFactory, password_file: Path
 ) -> None:
@@ -273,7 +295,7 @@ async def test_mosquitto_password_and_acl_files(
         await start_simulator(gateway, ["dev-a", "dev-b"], device_password=SECRET)
         client: httpx.AsyncClient = http(gateway)  # type: ignore[operator]
         job = await wait_final(client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"])
-        assert job["status"] == "resolved" and job["doneCount"] == 2
+        assert job["status"] == "resolved" and job["finishCount"] == 2
         # A device with valid credentials that uses the gateway's client id takes nothing over
         # (use_username_as_clientid: every client's id is its username). Without it mosquitto
         # closed the gateway's connection, counted before a later job's round trip ended.
@@ -309,3 +331,131 @@ async def test_mosquitto_password_and_acl_files(
             await post_job(client, entry("dev-c"))
             topic, _ = await nosy.receive.receive()
             assert topic == "/remote/dev-c"
+
+
+# -- mosquitto: the cluster's acl_file (per-gateway answer topics, docs/scale-out.md) -------
+
+CLUSTER_GATEWAYS = {"gw-1": "gateway-one-secret", "gw-2": "gateway-two-secret"}
+
+
+def mosquitto_cluster_acl(gateway_users: list[str]) -> str:
+    """The acl_file of docs/scale-out.md: each gateway reads only the answers addressed to
+    it; a device answers on its own topic, to any gateway."""
+    gateways = "".join(
+        f"user {user}\n"
+        "topic write /remote/+\n"
+        f"topic read /remote/+/response/{user}\n"
+        f"topic write /remote/~puppetmaster-probe/response/{user}\n"
+        "topic read /remote/+/status\n\n"
+        for user in gateway_users
+    )
+    return (
+        gateways + "pattern read /remote/%u\n"
+        "pattern write /remote/%u/response/+\n"
+        "pattern write /remote/%u/status\n"
+    )
+
+
+def _write_cluster_mosquitto_files(passwords: Path, acl: Path) -> None:
+    mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(mosquitto_passwd).exists():
+        pytest.fail("mosquitto_passwd not found: it comes with the mosquitto package")
+    users = {**CLUSTER_GATEWAYS, "dev-a": SECRET, "dev-b": SECRET, "dev-c": SECRET}
+    for number, (user, password) in enumerate(users.items()):
+        create = ["-c"] if number == 0 else []
+        subprocess.run(
+            [mosquitto_passwd, *create, "-b", str(passwords), user, password],
+            check=True,
+            capture_output=True,
+        )
+    acl.write_text(mosquitto_cluster_acl(list(CLUSTER_GATEWAYS)))
+
+
+async def _published(client: MqttClient, topic: str, payload: bytes) -> None:
+    """Publish at QoS 1 and wait for the broker's PUBACK: the broker has routed it then."""
+    acknowledgement = client.publish_tracked(topic, payload, qos=1)
+    assert acknowledgement is not None
+    await poll_until(acknowledgement.is_published)
+
+
+async def test_mosquitto_cluster_acl_keeps_answers_per_gateway_and_devices_apart(
+    mosquitto: MosquittoBroker,
+    start_gateway: GatewayFactory,
+    start_simulator: SimulatorFactory,
+    http: object,
+    tmp_path: Path,
+) -> None:
+    passwords, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
+    await trio.to_thread.run_sync(_write_cluster_mosquitto_files, passwords, acl)
+    await trio.to_thread.run_sync(mosquitto.stop)
+    stay_root = "user root\n" if os.geteuid() == 0 else ""
+    mosquitto.configure(
+        f"password_file {passwords}\nacl_file {acl}\nallow_anonymous false\n"
+        f"use_username_as_clientid true\n{stay_root}"
+    )
+    await trio.to_thread.run_sync(mosquitto.start)
+    host, port = mosquitto.host, mosquitto.port
+
+    with trio.fail_after(_GUARD):
+        gateways = [
+            await start_gateway(
+                broker={"embedded": False},
+                mqtt={"username": name, "password": password, "host": host, "port": port},
+                topics={"response": "/remote/{device}/response/{gateway}"},
+                cluster={"gateway_id": name},
+                tasks={"default_timeout": 5},
+            )
+            for name, password in CLUSTER_GATEWAYS.items()
+        ]
+        first, second = gateways
+        assert first.engine is not None and second.engine is not None
+        assert second.mqtt is not None
+        simulator = await start_simulator(first, ["dev-a", "dev-b"], device_password=SECRET)
+        clients = [http(gateway) for gateway in gateways]  # type: ignore[operator]
+        # Devices answer on /remote/<itself>/response/<gateway>: the ACL lets them, for
+        # either gateway; each gateway's probe on its own answer topic comes back.
+        for client in clients:
+            job = await wait_final(
+                client, (await post_job(client, entry(["dev-a", "dev-b"])))["id"]
+            )
+            assert job["status"] == "resolved" and job["finishCount"] == 2
+        for gateway in gateways:
+            probe = await probe_came_back(gateway)
+            assert probe.ok and probe.probes_lost == 0
+
+        # A gateway user reads only its own answers: gw-2 asks for gw-1's too; mosquitto
+        # grants the SUBSCRIBE (MQTT 3.1.1) and delivers nothing of it. gw-1's answers from
+        # dev-a leave before gw-2's (one device connection): had gw-2 received them, it would
+        # have counted them ("foreign_topic": not its answer topic) by its own job's end.
+        await second.mqtt.subscribe("/remote/+/response/gw-1", qos=1)
+        for client in clients:
+            job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
+            assert job["status"] == "resolved" and job["finishCount"] == 1
+        assert dict(second.engine.fleet.dropped) == {}
+
+        # A device cannot answer for another device, nor send another device requests: dev-c
+        # (valid credentials) publishes a forged answer to gw-1 on dev-a's answer topic and a
+        # request on dev-a's request topic, then an answer on its own topic, which gw-1 drops
+        # as answering nothing ("unexpected_id"). One connection: gw-1 would have got the
+        # forgery first.
+        async with open_mqtt_client(
+            host, port, client_id="dev-c", on_message=Inbox(), username="dev-c", password=SECRET
+        ) as forger:
+            forged = b'{"id": 999999, "code": 200}'
+            await _published(forger, "/remote/dev-a/response/gw-1", forged)
+            await _published(
+                forger,
+                "/remote/dev-a",
+                b'{"id": 999998, "method": "get", "resource": "/x", "data": {}, '
+                b'"tunnel": "/remote/dev-c/response/gw-1"}',
+            )
+            await _published(forger, "/remote/dev-c/response/gw-1", b'{"id": 1, "code": 200}')
+            dropped = first.engine.fleet.dropped
+            await poll_until(lambda: dropped["unexpected_id"] >= 1)
+        # A last round trip through dev-a: the forged request, had mosquitto delivered it,
+        # reached dev-a before this one (acknowledged, so routed, first).
+        client = clients[0]
+        job = await wait_final(client, (await post_job(client, entry("dev-a")))["id"])
+        assert job["status"] == "resolved" and job["finishCount"] == 1
+        assert dict(dropped) == {"unexpected_id": 1}
+        assert 999998 not in [request["id"] for request in simulator.received_by("dev-a")]
