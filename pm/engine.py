@@ -32,7 +32,7 @@ from actors import Directive, Failure, Supervisor
 from .config import Config
 from .config_topics import topic_templates
 from .devices import Fleet, Publisher
-from .engine_control import JobControl
+from .engine_control import JobControl, refuse_if_elsewhere
 from .job_contract import JobStateError as JobStateError
 from .job_limits import DataTooLarge as DataTooLarge
 from .job_limits import JobRefused as JobRefused
@@ -195,7 +195,8 @@ class Engine(JobControl):
         return self._jobs.get(job_id)
 
     async def find(self, job_id: int) -> Job | None:
-        """A job from memory, else from the store (a finished job, read-only)."""
+        """A job from memory, else from the store (read-only: finished, or run by another
+        gateway)."""
         job = self._jobs.get(job_id)
         if job is not None:
             return job
@@ -208,11 +209,12 @@ class Engine(JobControl):
             self.fleet,
             self.store,
             watchers=self.config.watchers,
-            feed_capacity=1,
+            feed_capacity=1 if record.final else None,
             wall_clock=self.wall_clock,
         )
-        job.feed.close()  # watchers of a stored job get its final snapshot and the close
-        job.ended.set()
+        if record.final:  # its watchers get its final snapshot and the close
+            job.feed.close()
+            job.ended.set()
         return job
 
     async def list_tasks(
@@ -249,6 +251,7 @@ class Engine(JobControl):
         job = await self.find(job_id)
         if job is None:
             return None
+        refuse_if_elsewhere(job, "DELETE")
         view = await job.cancel()
         if with_tasks:
             view = job.record.view(collection="tasks")

@@ -4,8 +4,9 @@ A mixin of :class:`pm.engine.Engine`: each request goes to the job's actor, whic
 changes its job (:mod:`pm.job_rollout`), and comes back as the job's snapshot.
 
 Error handling: a job the request does not suit (finished, not paused, already paused or
-stopping) raises :class:`~pm.job_contract.JobStateError` with a sentence saying why (the
-HTTP layer answers 409); an unknown job gives ``None`` (404).
+stopping, or run by another gateway of a cluster) raises
+:class:`~pm.job_contract.JobStateError` with a sentence saying why (the HTTP layer answers
+409); an unknown job gives ``None`` (404).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class JobControl:
         job = await self.find(job_id)
         if job is None:
             return None
+        refuse_if_elsewhere(job, "this")
         if job.final or job.ref is None:
             raise JobStateError(f"job {job_id} is {job.record.status}: it has finished")
         try:
@@ -56,3 +58,17 @@ class JobControl:
         if isinstance(answer, Refused):
             raise JobStateError(answer.message)
         return cast(JobView, answer)
+
+
+def refuse_if_elsewhere(job: Job, action: str) -> None:
+    """Refuse to control a job another gateway runs: only its actor changes it, and it runs
+    there. (The job row names no owner yet: the client asks the gateway it posted it to.)
+
+    Error handling: raises :class:`JobStateError` (409) saying so.
+    """
+    if job.runs_elsewhere:
+        raise JobStateError(
+            f"job {job.id} is {job.record.status} on another gateway, not this one: send "
+            f"{action} request to the gateway that runs it (the one it was posted to), or "
+            "wait until it has finished"
+        )

@@ -162,6 +162,11 @@ class Job(JobRollout, JobSchedule):
         self.gate = SendGate()
         self.gate.held = bool(record.holds) or record.ending != "resolved"
 
+    @property
+    def runs_elsewhere(self) -> bool:
+        """Read from the store and not final: another gateway runs it, not this one."""
+        return self.ref is None and not self.final
+
     def watch(self, tasks: TaskMode = "each", interval: float = 0.0) -> Watcher:
         """A new watcher of this job; ``tasks`` says what it receives about tasks, ``interval``
         the least seconds between two of its snapshots (at least ``coalesce_interval``)."""

@@ -8,7 +8,7 @@ endpoint's (:mod:`pm.http.queries`).
 
 Error handling: a refusal by ``[limits]`` answers its status (429 with ``Retry-After``, 413,
 400) naming the limit and is counted in ``/metrics``; an unknown job is a 404; a DELETE whose
-job does not stop within :data:`DELETE_GRACE` is a 503.
+job does not stop within :data:`DELETE_GRACE` is a 503, of a job another gateway runs a 409.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..config import Config
 from ..dry_run import DryRunPlan, plan_dry_run
-from ..engine import DataTooLarge, Engine, JobRefused, TooManyJobsRunning, TooManyTasks
+from ..engine import (
+    DataTooLarge,
+    Engine,
+    JobRefused,
+    JobStateError,
+    TooManyJobsRunning,
+    TooManyTasks,
+)
 from ..job_limits import check_limits
 from ..jobs import Job
 from ..schedule import epoch_to_datetime
@@ -134,11 +141,14 @@ def add_job_routes(app: QuartTrio, engine: Engine, config: Config, counters: Htt
         # still removes its job instead of leaving it cancelled but listed. Bounded, so a
         # stuck job cannot hold server shutdown forever.
         with trio.move_on_after(DELETE_GRACE, shield=True):
-            view = (
-                await engine.delete(job_id, with_tasks=query.collection)
-                if job_id <= MAX_SQLITE_INTEGER
-                else None
-            )
+            try:
+                view = (
+                    await engine.delete(job_id, with_tasks=query.collection)
+                    if job_id <= MAX_SQLITE_INTEGER
+                    else None
+                )
+            except JobStateError as error:  # it runs on another gateway
+                return error_response(409, str(error))
             if view is None:
                 return error_response(404, f"no job {job_id}")
             return json_response(view)

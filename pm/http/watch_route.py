@@ -12,7 +12,8 @@ connection's stream directly (:data:`pm.http.server.CONNECTION_STREAM`), the mes
 a watcher together in one write, at most one write per update interval
 (:func:`_send_coalesced`); on TLS they go through hypercorn, one ASGI message each. The
 protocol is the same (:mod:`pm.watch`: one JSON text frame per message, the final job
-message, then close 1000).
+message, then close 1000), also for a job another gateway of a cluster runs, whose feed is
+fed from the database (:mod:`pm.stored_job_feed`).
 
 The handshake is checked in quart's order, with the same functions: the origin and the token
 (:class:`~pm.http.guards.RequestGuards`), the query string (:mod:`pm.http.queries`, unknown
@@ -32,6 +33,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -43,6 +45,7 @@ from ..config import Config
 from ..engine import Engine
 from ..jobs import Job
 from ..schemas import MAX_SQLITE_INTEGER
+from ..stored_job_feed import follow_stored_job
 from ..watch import TaskMode, Watcher, parse_task_mode
 from .auth import WATCH_SUBPROTOCOL, subprotocol_token
 from .guards import Refusal, RequestGuards
@@ -145,6 +148,9 @@ class WatchRoute:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+                    if job.runs_elsewhere:
+                        # Its feed is fed from the database (pm.stored_job_feed).
+                        await nursery.start(self._follow_stored(job, interval))
                     with job.watch(tasks, interval) as watcher:
                         client_stayed = await _send_coalesced(watcher, write)
                     nursery.cancel_scope.cancel()
@@ -154,6 +160,18 @@ class WatchRoute:
                 return
             if client_stayed:
                 await send({"type": "websocket.close", "code": CLOSE_NORMAL})
+
+    def _follow_stored(self, job: Job, interval: float) -> Callable[..., Awaitable[None]]:
+        """What feeds a watcher of a job another gateway runs: looks at the database at the
+        watcher's update interval."""
+        engine = self._engine
+        return partial(
+            follow_stored_job,
+            engine.store,
+            job,
+            interval=max(engine.config.watchers.coalesce_interval, interval),
+            tunnel_for=engine.topics.response_topic,
+        )
 
     async def _admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode, float] | Refusal:
         """The job, the ``tasks`` mode and the snapshot ``interval`` a handshake asks for, or

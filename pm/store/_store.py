@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from ..presence import DevicePresence
 from ..schemas import BatchEntry, JobView, TaskView
 from ..state import JobRecord, TaskRecord, TaskSelection
-from . import _jobs
+from . import _job_changes, _jobs
 from ._connection import Connection
 from ._devices import (
     DeviceTaskQuery,
@@ -295,6 +295,25 @@ class Store:
         stored job is finished, so none of its tasks waits. Reads what is committed."""
         return await self._in_thread(
             partial(_jobs.job_task_page, job_id=job_id, selection=selection, tunnel_for=tunnel_for)
+        )
+
+    async def look_at_job(
+        self, job_id: int, previously_unsettled: Collection[int]
+    ) -> _job_changes.JobLook | None:
+        """The committed row of a job and its task rows that may have changed since a look
+        that found ``previously_unsettled`` not final (:mod:`pm.store._job_changes`)."""
+        return await self._in_thread(
+            partial(
+                _job_changes.look_at_job, job_id=job_id, previously_unsettled=previously_unsettled
+            )
+        )
+
+    async def tasks_of_rows(
+        self, job_id: int, rows: Collection[tuple[Any, ...]], tunnel_for: Callable[[str], str]
+    ) -> list[TaskRecord]:
+        """The tasks of rows a :meth:`look_at_job` read, in id order."""
+        return await self._in_thread(
+            partial(_job_changes.tasks_of_rows, job_id=job_id, rows=rows, tunnel_for=tunnel_for)
         )
 
     def load_unfinished(self, tunnel_for: Callable[[str], str]) -> list[JobRecord]:
