@@ -105,7 +105,10 @@ def build_control_paths(
                         "content": {"application/json": {"schema": job_view}},
                     },
                     **common,
-                    "409": error(f"wrong state: {conflict} (the message says which)"),
+                    "409": error(
+                        f"wrong state: {conflict}, or the job runs on another gateway (the "
+                        "message says which)"
+                    ),
                 },
             },
         }
