@@ -72,12 +72,31 @@ async def test_a_cluster_is_refused_while_its_dispatch_path_does_not_exist(
         result = await pm(
             "serve",
             *ANY_PORTS,
-            env={"PM_CLUSTER_ENABLED": "true", "PM_STORE_PATH": str(tmp_path / "pm.db")},
+            env={
+                "PM_CLUSTER_ENABLED": "true",
+                # What a cluster needs besides (per-gateway answer topics exist): with it the
+                # missing dispatch path is the only reason left to refuse.
+                "PM_TOPICS_RESPONSE": "/remote/{device}/response/{gateway}",
+                "PM_STORE_PATH": str(tmp_path / "pm.db"),
+            },
         )
     assert_one_line(
         result, "cluster.enabled = true is not supported yet", "dispatch path", "does not exist"
     )
     # Refused before anything started: not even the database was created.
+    assert not (tmp_path / "pm.db").exists()
+
+
+async def test_a_cluster_without_a_gateway_level_in_its_answer_topic_is_refused(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        result = await pm(
+            "serve",
+            *ANY_PORTS,
+            env={"PM_CLUSTER_ENABLED": "true", "PM_STORE_PATH": str(tmp_path / "pm.db")},
+        )
+    assert_one_line(result, "topics.response", "has no {gateway} level", "cluster.enabled")
     assert not (tmp_path / "pm.db").exists()
 
 
