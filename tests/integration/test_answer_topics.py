@@ -10,10 +10,12 @@ import httpx
 import trio
 
 from pm.gateway import Gateway
+from pm.presence import Presence
 from pm.protocol import PROBE_DEVICE_ID
 from tests.integration.brokers import MosquittoBroker
 from tests.integration.gateways import GatewayFactory, SimulatorFactory, probe_came_back
 from tests.job_api import entry, post_job, wait_final
+from tests.waiting import poll_until
 
 PER_GATEWAY = {"response": "/remote/{device}/response/{gateway}"}
 _GUARD = 20.0
@@ -63,6 +65,11 @@ async def test_each_gateway_hears_only_the_answers_to_its_own_requests(
             assert dict(gateway.engine.fleet.dropped) == {}
             assert gateway.engine.fleet.answered == 2
             # Its answer-path probe runs on its own answer topic, and comes back.
+            # Presence is not per gateway: every device's status reaches both.
+            presence = gateway.engine.presence
+            await poll_until(
+                lambda: all(presence.presence(d) is Presence.ONLINE for d in devices)  # noqa: B023
+            )
             name = gateway.config.cluster.gateway_id
             probe = await probe_came_back(gateway)
             assert probe.topic == f"/remote/{PROBE_DEVICE_ID}/response/{name}"
