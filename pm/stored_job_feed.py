@@ -8,7 +8,8 @@ instead: it looks at the job's committed rows every ``interval`` seconds
 when it changed, logs each changed task as a task change, and closes the feed once the job
 row is final (or gone). The watchers, their messages and their protocol are the local ones
 (:mod:`pm.watch`); what they see lags the job by up to the owner's ``store.commit_interval``
-plus ``interval``.
+plus ``interval``. Each watcher has its own follower (watchers of one job do not share looks
+yet); a watcher of snapshots only reads the job row.
 
 What differs from a local job's feed: the snapshots are the job row's (as ``GET /jobs``
 lists it: no ``retriedCount``, ``rollout`` or ``abort`` blocks), and a task that changed
@@ -45,6 +46,7 @@ async def follow_stored_job(
     *,
     interval: float,
     tunnel_for: Callable[[str], str],
+    with_tasks: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Feed ``job.feed`` from the database until the job is final; see the module docstring.
@@ -53,12 +55,14 @@ async def follow_stored_job(
       job: a job read from the store (:meth:`pm.engine.Engine.find`) that is not final.
       interval: seconds between two looks (at least :data:`MIN_LOOK_INTERVAL`).
       tunnel_for: a device's answer topic, for the task views.
+      with_tasks: False for a watcher of snapshots only (``?tasks=none``): each look then
+        reads the job row alone.
 
     Reports ``started`` after the first look, so the watcher's first snapshot is current.
     """
     feed = job.feed
     interval = max(interval, MIN_LOOK_INTERVAL)
-    look = await store.look_at_job(job.id, ())
+    look = await store.look_at_job(job.id, (), with_tasks=with_tasks)
     if look is None:
         _end(job)
         task_status.started()
@@ -73,7 +77,7 @@ async def follow_stored_job(
     while latest.status not in FINAL_JOB_STATUSES:
         await trio.sleep(interval)
         try:
-            look = await store.look_at_job(job.id, unsettled)
+            look = await store.look_at_job(job.id, unsettled, with_tasks=with_tasks)
             if look is None:
                 break  # deleted: the watchers get the last state seen, then the close
             changed = [row for task_id, row in look.rows.items() if seen.get(task_id) != row]

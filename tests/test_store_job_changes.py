@@ -58,6 +58,11 @@ async def test_a_look_reads_the_job_row_and_only_the_tasks_that_can_have_changed
             many = await other.look_at_job(record.id, range(10_000_000, 10_001_200))
             assert many is not None and set(many.rows) == {a.id, c.id}
 
+            # A watcher of snapshots only reads the job row.
+            row_only = await other.look_at_job(record.id, second.unsettled, with_tasks=False)
+            assert row_only is not None and row_only.view == third.view
+            assert row_only.rows == {} and row_only.unsettled == frozenset()
+
             owner.job_deleted(record.id)
             await owner.sync()
             assert await other.look_at_job(record.id, ()) is None

@@ -150,7 +150,7 @@ class WatchRoute:
                     nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
                     if job.runs_elsewhere:
                         # Its feed is fed from the database (pm.stored_job_feed).
-                        await nursery.start(self._follow_stored(job, interval))
+                        await nursery.start(self._follow_stored(job, tasks, interval))
                     with job.watch(tasks, interval) as watcher:
                         client_stayed = await _send_coalesced(watcher, write)
                     nursery.cancel_scope.cancel()
@@ -161,7 +161,9 @@ class WatchRoute:
             if client_stayed:
                 await send({"type": "websocket.close", "code": CLOSE_NORMAL})
 
-    def _follow_stored(self, job: Job, interval: float) -> Callable[..., Awaitable[None]]:
+    def _follow_stored(
+        self, job: Job, tasks: TaskMode, interval: float
+    ) -> Callable[..., Awaitable[None]]:
         """What feeds a watcher of a job another gateway runs: looks at the database at the
         watcher's update interval."""
         engine = self._engine
@@ -171,6 +173,7 @@ class WatchRoute:
             job,
             interval=max(engine.config.watchers.coalesce_interval, interval),
             tunnel_for=engine.topics.response_topic,
+            with_tasks=tasks != "none",
         )
 
     async def _admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode, float] | Refusal:

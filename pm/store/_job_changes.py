@@ -41,15 +41,22 @@ class JobLook(msgspec.Struct, frozen=True):
 
 
 def look_at_job(
-    connection: Connection, *, job_id: int, previously_unsettled: Collection[int]
+    connection: Connection,
+    *,
+    job_id: int,
+    previously_unsettled: Collection[int],
+    with_tasks: bool = True,
 ) -> JobLook | None:
     """The job's row and its task rows that may have changed since a look that found
-    ``previously_unsettled`` not final; ``None``: the job is gone (deleted)."""
+    ``previously_unsettled`` not final (none without ``with_tasks``: a watcher of snapshots
+    only needs the job row); ``None``: the job is gone (deleted)."""
     job = connection.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if job is None:
         return None
     view = job_view(job, [])
     view.collection = msgspec.UNSET
+    if not with_tasks:
+        return JobLook(view, {}, frozenset())
     placeholders = ",".join("?" * len(_UNSETTLED))
     rows = {
         row[0]: row

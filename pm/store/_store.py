@@ -298,13 +298,17 @@ class Store:
         )
 
     async def look_at_job(
-        self, job_id: int, previously_unsettled: Collection[int]
+        self, job_id: int, previously_unsettled: Collection[int], *, with_tasks: bool = True
     ) -> _job_changes.JobLook | None:
-        """The committed row of a job and its task rows that may have changed since a look
-        that found ``previously_unsettled`` not final (:mod:`pm.store._job_changes`)."""
+        """The committed row of a job and (``with_tasks``) its task rows that may have changed
+        since a look that found ``previously_unsettled`` not final
+        (:mod:`pm.store._job_changes`)."""
         return await self._in_thread(
             partial(
-                _job_changes.look_at_job, job_id=job_id, previously_unsettled=previously_unsettled
+                _job_changes.look_at_job,
+                job_id=job_id,
+                previously_unsettled=previously_unsettled,
+                with_tasks=with_tasks,
             )
         )
 
