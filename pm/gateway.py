@@ -283,9 +283,8 @@ def check_cluster(config: Config) -> None:
     if config.cluster.enabled:
         raise ConfigError(
             "cluster.enabled = true is not supported yet: the cluster's dispatch path "
-            "(devices dispatched only by the gateway leasing their shard, answers routed to "
-            "the gateway that sent the request) does not exist in this release; set "
-            "cluster.enabled = false (docs/scale-out.md)"
+            "(devices dispatched only by the gateway leasing their shard) does not exist in "
+            "this release; set cluster.enabled = false (docs/scale-out.md)"
         )
 
 

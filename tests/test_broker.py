@@ -250,3 +250,20 @@ def test_on_the_embedded_mosquitto_the_gateway_connects_under_an_id_nobody_else_
     assert gateway_client_id(Config()) == "puppetmaster"
     external = Config(broker=BrokerConfig(engine="mosquitto", embedded=False))
     assert gateway_client_id(external) == "puppetmaster"
+
+
+def test_each_gateway_of_a_cluster_has_a_client_id_of_its_own() -> None:
+    cluster = {
+        "PM_CLUSTER_ENABLED": "true",
+        "PM_TOPICS_RESPONSE": "/r/{device}/{gateway}",
+        "PM_BROKER_EMBEDDED": "false",
+    }
+    ids = {
+        gateway_client_id(load_config(environ={**cluster, "PM_CLUSTER_GATEWAY_ID": name}))
+        for name in ("gw-1", "gw-2")
+    }
+    # One configuration for all: without the gateway's id both would connect as
+    # "puppetmaster" and take each other's session over.
+    assert ids == {"puppetmaster-gw-1", "puppetmaster-gw-2"}
+    # A single gateway keeps the configured id (an external broker's ACL may name it).
+    assert gateway_client_id(load_config(environ={"PM_BROKER_EMBEDDED": "false"})) == "puppetmaster"

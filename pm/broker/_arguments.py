@@ -102,8 +102,14 @@ def gateway_client_id(config: Config) -> str:
     is made once per gateway process (reconnects and broker restarts keep it), 96 random bits
     from :mod:`secrets`, never published. The embedded amqtt broker reserves the configured id
     itself (:func:`broker_auth`), and an external broker's ACLs may name it, so both keep it.
+
+    With ``cluster.enabled`` on an external broker (gateways sharing it and, usually, one
+    configuration): ``mqtt.client_id`` plus ``-`` and the gateway's id, so no gateway takes
+    another's session over (the ACLs of docs/scale-out.md name users, not client ids).
     """
     client_id = config.mqtt.client_id
+    if config.cluster.enabled and not config.broker.embedded:
+        return f"{client_id}-{config.cluster.gateway_id}"
     if config.broker.embedded and config.broker.engine == "mosquitto":
         return f"{client_id}-{secrets.token_hex(12)}"
     return client_id
