@@ -115,35 +115,42 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
 
 def task_rows(tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
     """The insert rows of new tasks: (fresh rows for ``insert_fresh_tasks``, whole rows for
-    ``insert_tasks``). A fresh task (every column after ``expires_at`` at its default: not
-    sent, no answer code, no rollout column) leaves those columns to the table's defaults."""
+    ``insert_tasks``). A fresh task is pending and never sent, with no answer code and no
+    rollout column: its row carries what a job's creation decides, the table's defaults and
+    the statement's constants fill the rest."""
     fresh: list[Row] = []
     whole: list[Row] = []
     for task in tasks:
-        first_columns = (
-            task.id,
-            task.job_id,
-            task.entry,
-            task.device,
-            task.timeout,
-            task.status,
-            task.progress,
-            result_text(task.result),
-            task.finish_at,
-            task.expires_at,
-        )
         # First, unconditionally: it remembers that a whole row stores the rollout columns.
         if (
             not _rollout_columns_needed(task)
+            and task.status == "pending"
             and task.sends == 0
             and task.attempts == 0
             and task.sent_at is None
             and task.code is None
         ):
-            fresh.append(first_columns)
+            fresh.append(
+                (task.id, task.job_id, task.entry, task.device, task.timeout, task.expires_at)
+            )
         else:
             whole.append(
-                (*first_columns, task.sends, task.sent_at, task.waiting, *_attempt_columns(task))
+                (
+                    task.id,
+                    task.job_id,
+                    task.entry,
+                    task.device,
+                    task.timeout,
+                    task.status,
+                    task.progress,
+                    result_text(task.result),
+                    task.finish_at,
+                    task.expires_at,
+                    task.sends,
+                    task.sent_at,
+                    task.waiting,
+                    *_attempt_columns(task),
+                )
             )
     return fresh, whole
 
