@@ -5,7 +5,8 @@ It speaks MQTT on a plain TCP stream (``TCP_NODELAY``, as trio sets it) with the
 QoS both ways: requests are QoS 1 PUBLISHes (the broker answers PUBACK), answers arrive on a
 QoS 1 subscription and each gets its PUBACK, like the gateway's ``/remote/+/response``. What
 it leaves out, and the gateway cannot: every request is encoded before the clock starts and
-written in large writes (~64 KiB of whole packets); an answer is found by its packet type and
+written in large writes (~64 KiB of whole packets), all at once or at most a window of
+them unanswered (:class:`RequestWindow`); an answer is found by its packet type and
 the digits after ``"id":`` (no JSON decode); no store, no HTTP, no per-device actor, no
 timeout, no retry.
 
@@ -149,16 +150,12 @@ def answer_id(payload: bytes | memoryview) -> int:
     return int(text[start:stop])
 
 
-def request_chunks(
-    devices: list[str], write_bytes: int = WRITE_BYTES
-) -> tuple[list[bytes], dict[int, str]]:
-    """One QoS 1 Sanji request per device (packet ids 1..N), joined into writes of whole
-    packets of about ``write_bytes`` each (PUBACKs owed are written between two writes, so
-    none may end inside a packet); and the device of each request id."""
+def request_packets(devices: list[str]) -> tuple[list[bytes], dict[int, str]]:
+    """One QoS 1 Sanji request per device (packet ids 1..N), each a whole PUBLISH packet; and
+    the device of each request id."""
     if len(devices) > MAX_PACKET_ID:
         raise FastRequesterError(f"{len(devices)} requests: at most {MAX_PACKET_ID} at once")
-    chunks: list[bytes] = []
-    chunk = bytearray()
+    packets: list[bytes] = []
     device_of: dict[int, str] = {}
     for packet_id, device in enumerate(devices, start=1):
         request_id = next(_request_ids)
@@ -170,12 +167,53 @@ def request_chunks(
             "data": {},
             "tunnel": f"/bench/{device}/answer",
         }
-        chunk += publish_qos1_packet(f"/remote/{device}", packet_id, _encode(request))
-        if len(chunk) >= write_bytes:
-            chunks.append(bytes(chunk))
-            chunk.clear()
-    if chunk:
-        chunks.append(bytes(chunk))
+        packets.append(publish_qos1_packet(f"/remote/{device}", packet_id, _encode(request)))
+    return packets, device_of
+
+
+class RequestWindow:
+    """Which requests go out next: whole packets joined into writes of about ``write_bytes``
+    (PUBACKs owed are written between two writes, so none may end inside a packet), with at
+    most ``window`` requests unanswered at any time (0: no limit, the whole burst at once).
+
+    Pure: the caller says how many answers arrived; no I/O, no clock.
+    """
+
+    def __init__(self, packets: list[bytes], *, write_bytes: int = WRITE_BYTES, window: int = 0):
+        if window < 0:
+            raise ValueError(f"window {window}: 0 (no limit) or more")
+        self._packets = packets
+        self._write_bytes = write_bytes
+        self._window = window or len(packets)
+        self.sent = 0
+
+    @property
+    def all_sent(self) -> bool:
+        return self.sent == len(self._packets)
+
+    def next_write(self, answered: int) -> bytes | None:
+        """The next write once ``answered`` requests were answered, or None if the window is
+        full (or every request was written)."""
+        allowed = min(len(self._packets), answered + self._window) - self.sent
+        if allowed <= 0:
+            return None
+        first = self.sent
+        size = 0
+        while self.sent < first + allowed and (size < self._write_bytes or self.sent == first):
+            size += len(self._packets[self.sent])
+            self.sent += 1
+        return b"".join(self._packets[first : self.sent])
+
+
+def request_chunks(
+    devices: list[str], write_bytes: int = WRITE_BYTES
+) -> tuple[list[bytes], dict[int, str]]:
+    """The whole burst's writes at once (no window), and the device of each request id."""
+    packets, device_of = request_packets(devices)
+    window = RequestWindow(packets, write_bytes=write_bytes)
+    chunks: list[bytes] = []
+    while (chunk := window.next_write(0)) is not None:
+        chunks.append(chunk)
     return chunks, device_of
 
 
@@ -183,11 +221,18 @@ def request_chunks(
 
 
 async def fast_round_trips(
-    port: int, devices: list[str], *, host: str = "127.0.0.1", write_bytes: int = WRITE_BYTES
+    port: int,
+    devices: list[str],
+    *,
+    host: str = "127.0.0.1",
+    write_bytes: int = WRITE_BYTES,
+    window: int = 0,
 ) -> float:
-    """One request to each device at once; returns round trips per second, first write to the
-    last answer. Every request must be answered once, and every request PUBACKed."""
-    requests, device_of = request_chunks(devices, write_bytes)
+    """One request to each device, at most ``window`` unanswered at once (0: all at once);
+    returns round trips per second, first write to the last answer. Every request must be
+    answered once, and every request PUBACKed."""
+    packets, device_of = request_packets(devices)
+    requests = RequestWindow(packets, write_bytes=write_bytes, window=window)
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         buffer = bytearray()
@@ -219,16 +264,17 @@ async def _expect(
 
 async def burst(
     stream: trio.abc.Stream,
-    requests: list[bytes],
+    requests: RequestWindow,
     device_of: dict[int, str],
     buffer: bytearray | None = None,
 ) -> float:
-    """Write ``requests`` (chunks of whole packets, :func:`request_chunks`) on a connected,
-    subscribed ``stream`` and read until every request is answered and PUBACKed; returns
-    round trips per second. ``buffer``: bytes already read past the SUBACK."""
+    """Write ``requests`` on a connected, subscribed ``stream`` as its window allows and read
+    until every request is answered and PUBACKed; returns round trips per second.
+    ``buffer``: bytes already read past the SUBACK."""
     buffer = bytearray() if buffer is None else buffer
     # One writer owns the stream (trio allows one send_all at a time): the reader queues the
-    # PUBACKs it owes and wakes it; owed PUBACKs go between two chunks of requests.
+    # PUBACKs it owes and wakes it; owed PUBACKs go between two writes of requests. Every
+    # answer owes a PUBACK, so every answer wakes the writer, which may then send more.
     owed = bytearray()
     wake = trio.Event()
     finished = trio.Event()
@@ -237,13 +283,12 @@ async def burst(
 
     async def write() -> None:
         nonlocal wake
-        unsent = iter(requests)
         while True:
             if owed:
                 acknowledgements = bytes(owed)
                 owed.clear()
                 await stream.send_all(acknowledgements)
-            elif (chunk := next(unsent, None)) is not None:
+            elif (chunk := requests.next_write(len(device_of) - len(unanswered))) is not None:
                 await stream.send_all(chunk)
             elif finished.is_set():
                 return  # the PUBACKs owed for the last answers went out first

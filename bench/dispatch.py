@@ -11,7 +11,11 @@ for several rounds, rotating which goes first:
 2. **fastest requester** (column "(1c)", :mod:`bench._fast_requester`): the same round trips
    from a minimal MQTT client that does strictly less per round trip than the gateway can
    (requests encoded before the clock starts and written 64 KiB at a time, answers found by
-   their id digits, QoS 1 both ways like the gateway);
+   their id digits, QoS 1 both ways like the gateway), in several shapes each round: the
+   whole burst at once, and at most W requests unanswered for each W of
+   ``--ceiling-windows`` (default 100 and 300); (1c) is the best shape of the round.
+   Through amqtt the broker is the bound, and how many requests it holds at once changes
+   what each costs it, so no one shape is the fastest every round;
 3. **plain threaded paho** (``--paho-threaded``, :mod:`bench._paho_requester`):
    paho with its network thread, the issue's own yardstick;
 4. **job**: ``POST /jobs`` with one command to the N devices; the time runs from the POST to
@@ -33,7 +37,7 @@ Usage::
 
     .venv/bin/python -m bench.dispatch [--sizes 1000 10000] [--rounds 3]
         [--brokers amqtt mosquitto] [--stores file memory] [--connections 100 0]
-        [--paho-threaded]
+        [--ceiling-windows 100 300] [--paho-threaded]
 """
 
 from __future__ import annotations
@@ -130,12 +134,19 @@ class Setup:
         return "1 per device" if self.connections == 0 else str(self.connections)
 
 
+# The fastest requester's shapes: "fast-w0" writes the whole burst at once, "fast-w100" keeps at
+# most 100 requests unanswered, and so on (bench/README.md, "The ceilings").
+FAST_PREFIX = "fast-w"
+DEFAULT_WINDOWS = (0, 100, 300)
+
+
 async def _requester_rate(kind: str, port: int, devices: list[str]) -> float:
     with trio.fail_after(HANG_GUARD):
         if kind == "raw":
             return await raw_round_trips(port, devices, window=len(devices))
-        if kind == "fast":
-            return await fast_round_trips(port, devices)
+        if kind.startswith(FAST_PREFIX):
+            window = int(kind.removeprefix(FAST_PREFIX))
+            return await fast_round_trips(port, devices, window=window)
         if kind == "paho-threaded":
             return await trio.to_thread.run_sync(
                 lambda: paho_threaded_round_trips(port, devices, timeout=HANG_GUARD)
@@ -147,6 +158,12 @@ async def _measure(
     gateway: Service, devices: list[str], rounds: int, ceilings: list[str]
 ) -> dict[str, list[float]]:
     port = int(gateway.info["mqtt_port"])
+    # A window of N requests or more is the whole burst at once: the same shape as window 0.
+    ceilings = [
+        kind
+        for kind in ceilings
+        if not kind.startswith(FAST_PREFIX) or int(kind.removeprefix(FAST_PREFIX)) < len(devices)
+    ]
     kinds = ["raw", *ceilings, "job"]
     figures: dict[str, list[float]] = {kind: [] for kind in kinds}
     cpu_per_task: list[float] = []
@@ -173,7 +190,26 @@ async def _measure(
                     raise RuntimeError(f"job ended {result.status}, {result.errors} errors")
                 figures["job"].append(result.tasks_per_second)
     figures["gateway_cpu_ms_per_task"] = [c * 1000 for c in cpu_per_task]
-    return with_ceilings(figures, ["raw", *ceilings])
+    figures = best_fast_shape(figures, [kind for kind in ceilings if kind.startswith(FAST_PREFIX)])
+    others = [kind for kind in ceilings if not kind.startswith(FAST_PREFIX)]
+    return with_ceilings(figures, ["raw", "fast", *others])
+
+
+def best_fast_shape(figures: dict[str, list[float]], shapes: list[str]) -> dict[str, list[float]]:
+    """``figures`` plus "fast": each round's best rate among the fastest requester's
+    ``shapes``, with "fast_cpu_ms_per_rt" that shape's CPU in that round."""
+    best = [
+        max(shapes, key=lambda shape: figures[shape][round_number])
+        for round_number in range(len(figures["job"]))
+    ]
+    return {
+        **figures,
+        "fast": [figures[shape][n] for n, shape in enumerate(best)],
+        "fast_cpu_ms_per_rt": [
+            figures[f"{shape}_cpu_ms_per_rt"][n] for n, shape in enumerate(best)
+        ],
+        "fast_window": [float(shape.removeprefix(FAST_PREFIX)) for shape in best],
+    }
 
 
 def with_ceilings(figures: dict[str, list[float]], requesters: list[str]) -> dict[str, list[float]]:
@@ -241,6 +277,15 @@ def _parser() -> argparse.ArgumentParser:
         help="MQTT connections the fleet shares (0: one per device)",
     )
     parser.add_argument(
+        "--ceiling-windows",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_WINDOWS),
+        help="shapes of the fastest requester, each measured every round: at most this many "
+        "requests unanswered (0, the whole burst at once, is always measured; windows of N or "
+        "more are the same shape); the best of them each round is (1c)",
+    )
+    parser.add_argument(
         "--paho-threaded",
         action="store_true",
         help="also measure a plain threaded paho requester (a third candidate ceiling)",
@@ -259,7 +304,9 @@ def main(argv: list[str] | None = None) -> Report:
         if store not in ("file", "memory") and not store.startswith("postgresql://"):
             raise SystemExit(f"--stores: {store!r} is not file, memory or a postgresql:// URL")
     paho = args.paho_threaded
-    ceilings = ["fast", "paho-threaded"] if paho else ["fast"]
+    windows = list(dict.fromkeys([0, *args.ceiling_windows]))  # the whole burst always
+    ceilings = [f"{FAST_PREFIX}{window}" for window in windows]
+    ceilings += ["paho-threaded"] if paho else []
     report = Report(
         scenario=args.scenario,
         title="Scenarios 1-3: one job of N tasks against the MQTT ceilings (medians)",
@@ -340,6 +387,20 @@ def add_row(
             median(figures["fast_cpu_ms_per_rt"]),
         ]
     )
+    shapes = sorted(
+        (kind for kind in figures if kind.startswith(FAST_PREFIX) and "_cpu" not in kind),
+        key=lambda kind: int(kind.removeprefix(FAST_PREFIX)),
+    )
+    if len(shapes) > 1:
+        report.notes.append(
+            f"{where}: (1c) by window (0: all at once), median rt/s: "
+            + ", ".join(
+                f"{kind.removeprefix(FAST_PREFIX)}: {median(figures[kind]):,.0f}" for kind in shapes
+            )
+            + "; the best each round: "
+            + ", ".join(f"{window:g}" for window in figures["fast_window"])
+            + "."
+        )
     label = f"{setup.broker} {setup.store_name} {setup.fleet_name}"
     plot_series.setdefault(f"{label} ceiling", []).append(median(figures["ceiling"]))
     plot_series.setdefault(f"{label} job", []).append(job)

@@ -13,6 +13,7 @@ from bench._fast_requester import (
     PUBACK,
     PUBLISH,
     FastRequesterError,
+    RequestWindow,
     answer_id,
     burst,
     connect_packet,
@@ -21,6 +22,7 @@ from bench._fast_requester import (
     publish_qos1_packet,
     remaining_length,
     request_chunks,
+    request_packets,
     split_packets,
     subscribe_packet,
 )
@@ -155,7 +157,7 @@ async def test_pubacks_owed_go_between_requests_never_inside_one() -> None:
     # broker receives must parse as whole packets: N requests and N PUBACKs.
     requester, broker = trio.testing.memory_stream_pair()
     devices = [f"device-{n}" for n in range(50)]
-    chunks, device_of = request_chunks(devices, write_bytes=100)
+    packets, device_of = request_packets(devices)
     received: list[int] = []
 
     async def answer_everything() -> None:
@@ -173,6 +175,46 @@ async def test_pubacks_owed_go_between_requests_never_inside_one() -> None:
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(answer_everything)
-            assert await burst(requester, chunks, device_of) > 0
+            requests = RequestWindow(packets, write_bytes=100)
+            assert await burst(requester, requests, device_of) > 0
     assert sorted(received) == [PUBLISH] * 50 + [PUBACK] * 50
     assert received[-1] == PUBLISH  # PUBACKs went out before the last request did
+
+
+def test_a_window_keeps_at_most_that_many_requests_unanswered() -> None:
+    packets, _ = request_packets([f"device-{n}" for n in range(10)])
+    window = RequestWindow(packets, write_bytes=1, window=3)
+    written: list[int] = []  # packets per write
+    answered = 0
+    while not window.all_sent:
+        while (write := window.next_write(answered)) is not None:
+            written.append(len(split_packets(bytearray(write))))
+            assert window.sent - answered <= 3
+        answered += 1  # one answer arrives: one more request may go
+    assert sum(written) == 10 and window.next_write(10) is None
+    # write_bytes=1 makes every write one packet; the window starts full.
+    assert written == [1] * 10 and window.sent == 10
+
+
+def test_a_window_joins_what_it_releases_into_writes_of_whole_packets() -> None:
+    packets, _ = request_packets([f"device-{n}" for n in range(100)])
+    size = len(packets[0])
+    window = RequestWindow(packets, write_bytes=10 * size, window=25)
+    first = window.next_write(0)
+    assert first is not None and len(split_packets(bytearray(first))) == 10
+    assert [
+        len(split_packets(bytearray(w))) for w in (window.next_write(0), window.next_write(0))
+    ] == [10, 5]
+    assert window.next_write(0) is None  # 25 unanswered: the window is full
+    more = window.next_write(7)  # 7 answered: 7 more may go, in one write
+    assert more is not None and len(split_packets(bytearray(more))) == 7
+    assert window.sent == 32
+
+
+def test_no_window_releases_the_whole_burst_at_once() -> None:
+    packets, _ = request_packets([f"device-{n}" for n in range(50)])
+    window = RequestWindow(packets, write_bytes=10**6)
+    assert window.next_write(0) == b"".join(packets)
+    assert window.all_sent and window.next_write(0) is None
+    with pytest.raises(ValueError, match="window -1"):
+        RequestWindow(packets, window=-1)

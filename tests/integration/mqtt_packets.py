@@ -3,6 +3,8 @@ client library reconnects, pings or retries behind the test's back)."""
 
 from __future__ import annotations
 
+import asyncio
+
 
 def mqtt_string(value: str) -> bytes:
     """A UTF-8 string with its two-byte length prefix (MQTT 3.1.1, 1.5.3)."""
@@ -61,3 +63,15 @@ def subscribe_packet(topic_filter: str, packet_id: int, qos: int) -> bytes:
 
 def puback_packet(packet_id: int) -> bytes:
     return b"\x40\x02" + packet_id.to_bytes(2, "big")
+
+
+async def read_packet(reader: asyncio.StreamReader) -> bytes:
+    """The next whole MQTT packet from an asyncio stream, fixed header included."""
+    packet = await reader.readexactly(1)
+    length, multiplier = 0, 1
+    while True:
+        packet += await reader.readexactly(1)
+        length += (packet[-1] & 0x7F) * multiplier
+        multiplier *= 128
+        if not packet[-1] & 0x80:
+            return packet + await reader.readexactly(length)

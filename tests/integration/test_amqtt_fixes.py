@@ -21,6 +21,7 @@ from tests.integration.mqtt_packets import (
     puback_packet,
     publish_qos0_packet,
     publish_qos1_packet,
+    read_packet,
     subscribe_packet,
 )
 from tests.waiting import poll_until
@@ -280,18 +281,6 @@ def test_a_qos1_stream_arms_no_timer_per_packet_and_keeps_its_order() -> None:
     asyncio.run(_check_timers_per_message(200))
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> bytes:
-    """The next whole MQTT packet, fixed header included."""
-    packet = await reader.readexactly(1)
-    length, multiplier = 0, 1
-    while True:
-        packet += await reader.readexactly(1)
-        length += (packet[-1] & 0x7F) * multiplier
-        multiplier *= 128
-        if not packet[-1] & 0x80:
-            return packet + await reader.readexactly(length)
-
-
 async def _check_timers_per_message(messages: int) -> None:
     from pm.broker.amqtt._broker import PuppetmasterBroker
     from pm.broker.amqtt._config import amqtt_config, bound_endpoint
@@ -305,9 +294,9 @@ async def _check_timers_per_message(messages: int) -> None:
         publisher = await asyncio.open_connection(host, port)
         for (reader, writer), client_id in ((subscriber, "sub"), (publisher, "pub")):
             writer.write(connect_packet(client_id))
-            assert (await _read_packet(reader))[:1] == b"\x20"  # CONNACK
+            assert (await read_packet(reader))[:1] == b"\x20"  # CONNACK
         subscriber[1].write(subscribe_packet("burst/x", 1, qos=1))
-        assert (await _read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
+        assert (await read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
 
         loop = asyncio.get_running_loop()
         timers = 0
@@ -327,16 +316,16 @@ async def _check_timers_per_message(messages: int) -> None:
             )
             payloads = []
             for _ in range(messages):
-                packet = await _read_packet(subscriber[0])
+                packet = await read_packet(subscriber[0])
                 assert packet[0] & 0xF6 == 0x32, packet  # PUBLISH, QoS 1
                 topic_length = int.from_bytes(packet[2:4], "big")
                 packet_id = packet[4 + topic_length : 6 + topic_length]
                 payloads.append(packet[6 + topic_length :])
                 subscriber[1].write(puback_packet(int.from_bytes(packet_id, "big")))
-            acknowledged = [await _read_packet(publisher[0]) for _ in range(messages)]
+            acknowledged = [await read_packet(publisher[0]) for _ in range(messages)]
             # The subscriber's PUBACKs are handled once its PINGREQ is answered (in order).
             subscriber[1].write(PINGREQ)
-            assert await _read_packet(subscriber[0]) == PINGRESP
+            assert await read_packet(subscriber[0]) == PINGRESP
         finally:
             loop.call_at = call_at  # type: ignore[method-assign]
         assert payloads == [b"%d" % n for n in range(1, messages + 1)]

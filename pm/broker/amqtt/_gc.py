@@ -43,19 +43,28 @@ class GcPacer:
     full walk at all. (The frozen set's size is not a usable signal: ``gc.get_freeze_count``
     walks the whole list: 100-200 ms for 3 million objects on a busy machine.)
 
-    Young collections are made rarer too (:attr:`YOUNG_THRESHOLD`). A burst keeps thousands of
-    messages in flight (tasks, futures, packets), each examined by the young collections it
-    lives through, and each examination reads the objects it refers to: with one connection
-    per device those are spread over every session's memory. With CPython's threshold of 700,
-    1,000 requests to 1,000 device connections spent ~17% of the broker's CPU in collections
-    (0.64 s of 3.9 s over 6 bursts, timed with ``gc.callbacks`` and ``time.thread_time``),
-    against ~3% for the same bursts over one connection; with 10,000, 0.14-0.18 s (~5%).
+    Young collections are made rarer too (:attr:`YOUNG_THRESHOLD`). A burst keeps every
+    delivery alive until its PUBACK (~25 tracked objects each: its task and coroutine,
+    futures, the message and its packet; ``tests/integration/test_amqtt_bursts.py`` measures
+    it), and each young collection that runs during a burst examines all of them again. With
+    one connection per device those objects point into every session's memory, so each
+    examination misses the caches: with CPython's threshold of 700, 1,000 requests to 1,000
+    device connections spent ~17% of the broker's CPU in collections (0.64 s of 3.9 s over 6
+    bursts, timed with ``gc.callbacks`` and ``time.thread_time``), against ~3% over one
+    connection. At 10,000 allocations the young generation still overflowed during a burst of
+    1,000 (its ~25,000 deliveries' objects): 6-11 young collections per 6,000 round trips,
+    20-40 ms each, 25,000-67,000 objects each, 7-14% of the broker's CPU over 1,000
+    connections against ~0.3% over one. The threshold now holds the deliveries of a burst of
+    10,000 requests, so a burst runs without young collections; the collections that remain
+    (connections arriving, ~330 objects each) cost the same in total, in fewer, longer pauses.
+    Cyclic garbage, which only collections free, is rare per message in amqtt (0-1,100
+    objects found per collection).
     """
 
     CONNECTION_BYTES = 64 * 1024  # resident memory of an idle connection: ~54 KiB measured
-    # Allocations (net of frees) between young collections; CPython's default is 700. Larger
-    # means fewer but longer pauses: 35-45 ms each at 10,000 (CPU time) during the bursts above.
-    YOUNG_THRESHOLD = 10_000
+    # Allocations (net of frees) between young collections; CPython's default is 700. A burst
+    # of 10,000 requests keeps ~250,000 tracked objects alive until its PUBACKs arrive.
+    YOUNG_THRESHOLD = 300_000
 
     def __init__(
         self,
