@@ -55,10 +55,18 @@ FORGET_AFTER_TTLS = 100
 # The server's clock in epoch seconds, unless the caller passes its own "now" (tests).
 _NOW = "coalesce(CAST(? AS DOUBLE PRECISION), extract(epoch FROM clock_timestamp()))"
 
-FENCE = (
-    "EXISTS (SELECT 1 FROM shard_leases WHERE shard = ? AND owner = ? AND epoch = ?"
-    " AND expires_at > extract(epoch FROM clock_timestamp()) FOR SHARE)"
-)
+
+def fence_on(shard: str, epoch: str) -> str:
+    """:data:`FENCE` for a statement that takes the shard and the epoch from its own rows
+    (SQL expressions, e.g. ``u.shard``); the owner stays a ``?`` parameter."""
+    return (
+        "EXISTS (SELECT 1 FROM shard_leases WHERE shard_leases.shard = "
+        f"{shard} AND shard_leases.owner = ? AND shard_leases.epoch = {epoch}"
+        " AND shard_leases.expires_at > extract(epoch FROM clock_timestamp()) FOR SHARE)"
+    )
+
+
+FENCE = fence_on("?", "?")
 """The condition that fences a write made on behalf of a shard: add it to the statement's
 ``WHERE`` with :meth:`ShardLease.fence` as its parameters. The write then changes nothing
 unless the gateway still holds that lease, at that epoch, unexpired by the server's clock."""

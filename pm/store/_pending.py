@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -10,10 +10,13 @@ import msgspec
 from ..presence import DevicePresence
 from ..schemas import BatchEntry
 from ..state import JobRecord, TaskRecord
-from ._rows import device_row, job_row, job_update, task_rows, task_updates
+from ._rows import Row, device_row, job_row, job_update, task_rows, task_updates
 from ._statements import WriteStatements
 
 _json_encode = msgspec.json.encode
+
+# New tasks to (fresh insert rows, whole insert rows): pm.store._rows.task_rows by default.
+TaskRows = Callable[[Iterable[TaskRecord]], tuple[list[Row], list[Row]]]
 
 
 class PendingChanges:
@@ -76,11 +79,14 @@ class PendingChanges:
         for device, record in failed.devices.items():
             self.devices.setdefault(device, record)  # a newer change wins
 
-    def statements(self, sql: WriteStatements) -> tuple[list[tuple[str, str]], int]:
+    def statements(
+        self, sql: WriteStatements, new_task_rows: TaskRows = task_rows
+    ) -> tuple[list[tuple[str, str]], int]:
         """The statements of ``sql`` (one engine's) that write these changes, each with its
-        JSON array of rows, and how many rows that is."""
+        JSON array of rows, and how many rows that is. ``new_task_rows`` builds the insert
+        rows of new tasks (a clustered gateway's add their shard)."""
         created_tasks = (task for record, _ in self.created.values() for task in record.tasks)
-        fresh_task_rows, whole_task_rows = task_rows(created_tasks)
+        fresh_task_rows, whole_task_rows = new_task_rows(created_tasks)
         plain_task_updates, whole_task_updates = task_updates(self.tasks.values())
         deletions = [[job_id] for job_id in self.deleted]
         writes: list[tuple[str, list[Any]]] = [

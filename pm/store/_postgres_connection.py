@@ -59,7 +59,7 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-def _rows_from(types: Sequence[str]) -> str:
+def rows_from(types: Sequence[str]) -> str:
     # ->> gives text; each column is cast to its type (text needs none).
     columns = ", ".join(
         f"(value->>{index})::{_POSTGRES_TYPES[kind]}" if kind in _POSTGRES_TYPES
@@ -69,7 +69,7 @@ def _rows_from(types: Sequence[str]) -> str:
     return f"SELECT {columns} FROM json_array_elements(?::json) AS rows (value)"
 
 
-STATEMENTS = write_statements(_rows_from)
+STATEMENTS = write_statements(rows_from)
 
 
 def redacted(url: str) -> str:

@@ -180,6 +180,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX shard_leases_by_owner ON shard_leases (owner, shard);
     """,
+    # 8 -> 9: a task's device shard (pm/cluster/_shards.py), written at insert by a gateway
+    # with cluster.enabled, which reads its shards' unfinished tasks by it. NULL for a single
+    # gateway (it never reads it) and for tasks stored before: the two engines share no hash
+    # function, so a clustered gateway fills the unfinished ones in Python at start
+    # (pm/cluster/_backfill.py). The index holds the unfinished tasks only.
+    """
+    ALTER TABLE tasks ADD COLUMN shard INTEGER;
+    CREATE INDEX tasks_by_shard_unfinished ON tasks (shard, status, job_id)
+        WHERE status IN ('pending', 'sent');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -148,6 +148,15 @@ def write_statements(rows_from: RowsFrom) -> WriteStatements:
     )
 
 
+def insert_statement(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> str:
+    """``INSERT`` of JSON rows of ``row``'s columns (a clustered gateway's task rows)."""
+    return _insert(table, row, rows_from)
+
+
+# The columns of the whole task rows, for the cluster's writes (pm/cluster/_writes.py).
+TASK_ROW = _TASK_ROW
+TASK_UPDATE = _TASK_UPDATE
+
 DEVICE_COLUMNS = _names(_DEVICE_ROW)
 
 JOB_COLUMNS = _names(_JOB_ROW)

@@ -28,7 +28,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -46,7 +46,11 @@ from ._devices import (
 )
 from ._errors import StoreUnavailable
 from ._ids import IdBlocks, reserve
-from ._pending import PendingChanges
+from ._pending import PendingChanges, TaskRows
+from ._rows import task_rows
+
+if TYPE_CHECKING:
+    from ..cluster._writes import ClusterWrites
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,18 @@ class Store:
         self.failed_commits = 0
         self._ids = IdBlocks()
         self._reserving = trio.Lock()
+        # A clustered gateway's writes (attach_cluster); None for a single gateway.
+        self._cluster: ClusterWrites | None = None
+        self._statements = connection.statements
+        self._new_task_rows: TaskRows = task_rows
+
+    def attach_cluster(self, cluster: ClusterWrites) -> None:
+        """Write ``cluster``'s changes in every commit from now on, and new tasks with their
+        shard (``cluster.enabled``: :mod:`pm.cluster._writes`)."""
+        self._cluster = cluster
+        self._statements = cluster.statements
+        self._new_task_rows = cluster.task_rows
+        cluster.mark_dirty = self._mark_dirty
 
     # -- ids (unique across gateways sharing the database: _ids.py) ----------------------------
 
@@ -209,13 +225,18 @@ class Store:
         self._flush_now = trio.Event()
         window, self._pending = self._pending, PendingChanges()
         # Rows are built here, on the trio thread, so no row mixes two states of a record.
-        statements, rows = window.statements(self._connection.statements)
+        statements, rows = window.statements(self._statements, self._new_task_rows)
+        cluster = self._cluster
+        cluster_window = None if cluster is None else cluster.take_window()
 
         def write(connection: Connection) -> int:
+            written = rows
             with connection.transaction():
                 for sql, rows_json in statements:
                     connection.execute(sql, (rows_json,))
-            return rows
+                if cluster is not None and cluster_window:
+                    written += cluster.write(connection, cluster_window)
+            return written
 
         try:
             with trio.CancelScope(shield=True):
@@ -225,12 +246,16 @@ class Store:
             if not self._connection.is_storage_fault(error):
                 raise
             self._pending.give_back(window)
+            if cluster is not None and cluster_window is not None:
+                cluster.give_back(cluster_window)
             self._mark_dirty()
             self._fault_seen(error)
             return False
         else:
             self.commits += 1
             self._last_good_commit = this_commit
+            if cluster is not None and cluster_window is not None:
+                cluster.committed(cluster_window)
             if self.fault is not None:
                 logger.warning(
                     "store: commits work again after %d failed; nothing was lost",
