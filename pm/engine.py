@@ -155,14 +155,13 @@ class Engine(JobControl):
         device is first seen (or ended ``error``), a job whose timeout passed meanwhile ends
         ``timeout``.
         """
-        resumed = resume_unfinished(
+        return resume_unfinished(
             self.store,
             resend_inflight=self.config.recovery.resend_inflight,
             tunnel_for=self.topics.response_topic,
             wall_clock=self.wall_clock,
             start=self._start,
         )
-        return resumed
 
     def _start(self, record: JobRecord, deadline: float) -> Job:
         job = Job(
@@ -363,6 +362,7 @@ async def open_engine(
     store: Store | None = None,
     *,
     wall_clock: Callable[[], float] = time.time,
+    engine_type: type[Engine] = Engine,
 ) -> AsyncIterator[Engine]:
     """Run an engine until the block exits; its jobs and device actors stop with it.
 
@@ -370,6 +370,7 @@ async def open_engine(
       store: an open store whose actor (``store.run``) the caller runs and outlives the
         engine; ``None`` opens and runs one here from ``config.store``.
       wall_clock: epoch seconds (see :class:`Engine`).
+      engine_type: ``pm.cluster_engine.ClusterEngine`` with ``cluster.enabled``.
 
     Unfinished jobs in the store are resumed before the engine is handed out.
     """
@@ -383,7 +384,7 @@ async def open_engine(
             if own_store:
                 await outer.start(store.run)
             async with trio.open_nursery() as nursery:
-                engine = Engine(config, nursery, publisher, store, wall_clock=wall_clock)
+                engine = engine_type(config, nursery, publisher, store, wall_clock=wall_clock)
                 engine.recover()
                 nursery.start_soon(engine.run_retention, name="retention")
                 try:

@@ -33,6 +33,7 @@ import trio
 
 from .broker import EmbeddedBroker, broker_auth, gateway_client_id, run_embedded_broker
 from .cluster import with_gateway_id
+from .cluster_engine import ClusterEngine
 from .config import Config, ConfigError, HttpConfig
 from .config_topics import topic_templates
 from .engine import Engine, open_engine
@@ -175,7 +176,9 @@ async def run_gateway(
                     round_trip_timeout=config.mqtt.answer_probe_timeout,
                     on_resubscribed=gateway._on_resubscribed,
                 ) as answer_probe,
-                open_engine(config, mqtt) as engine,
+                open_engine(
+                    config, mqtt, engine_type=ClusterEngine if config.cluster.enabled else Engine
+                ) as engine,
             ):
                 gateway.answer_probe = answer_probe
                 # No checkpoint between the engine's start and this line: nothing it
@@ -274,17 +277,30 @@ async def _disconnect_all_when_the_broker_exits(
 
 
 def check_cluster(config: Config) -> None:
-    """Refuse ``cluster.enabled = true`` before anything starts: the cluster's foundations
-    exist (:mod:`pm.cluster`), its dispatch path does not, and a gateway that joined a
-    cluster while dispatching alone would break per-device serialization across gateways.
+    """Refuse, before anything starts, a ``cluster.enabled = true`` the cluster cannot run
+    with: a SQLite store (the gateways share one PostgreSQL database), the embedded broker
+    (they share one external broker) or ``tasks.max_in_flight`` (a fleet-wide limit that
+    would hold per gateway).
 
     Error handling: raises :class:`~pm.config.ConfigError` naming the key.
     """
-    if config.cluster.enabled:
+    if not config.cluster.enabled:
+        return
+    if not config.store.url:
         raise ConfigError(
-            "cluster.enabled = true is not supported yet: the cluster's dispatch path "
-            "(devices dispatched only by the gateway leasing their shard) does not exist in "
-            "this release; set cluster.enabled = false (docs/scale-out.md)"
+            "cluster.enabled = true needs store.url (the PostgreSQL database the gateways "
+            "share); store.path is a SQLite file of one gateway (docs/scale-out.md)"
+        )
+    if config.broker.embedded:
+        raise ConfigError(
+            "cluster.enabled = true needs broker.embedded = false and [mqtt] pointing at the "
+            "broker the gateways share (docs/scale-out.md)"
+        )
+    if config.tasks.max_in_flight:
+        raise ConfigError(
+            f"tasks.max_in_flight = {config.tasks.max_in_flight} is not supported with "
+            "cluster.enabled = true yet: it would limit each gateway, not the fleet; set it "
+            "to 0 (docs/scale-out.md)"
         )
 
 

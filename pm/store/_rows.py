@@ -269,7 +269,7 @@ DEVICE_TASK_JOINS = (
 )
 
 
-def _entries(connection: Connection, job_id: int) -> dict[int, tuple[str, str, Any]]:
+def entries_of(connection: Connection, job_id: int) -> dict[int, tuple[str, str, Any]]:
     return {
         position: (method, resource, _json_decode(data))
         for position, method, resource, data in connection.execute(
@@ -333,30 +333,37 @@ def load_records(
     for job in connection.execute(
         f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id", parameters
     ).fetchall():
-        job_id, created_at, finish_at, timeout, status = job[:5]
-        options, holds, ending, rollout_state = job[12:16]
-        entries = _entries(connection, job_id)
+        job_id, created_at = job[:2]
+        entries = entries_of(connection, job_id)
         tasks = [
             task_record(row, job_id, created_at, entries[row[1]], tunnel_for)
             for row in connection.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY id", (job_id,)
             )
         ]
-        record = JobRecord.restore(
-            job_id,
-            tasks,
-            timeout,
-            created_at,
-            status,
-            finish_at,
-            DEFAULT_OPTIONS if options is None else _json_decode(options, type=JobOptions),
-        )
-        record.holds = [] if holds is None else _json_decode(holds)
-        record.ending = ending
-        if rollout_state is not None:
-            record.rollout_state = _json_decode(rollout_state, type=RolloutState)
-        records.append(record)
+        records.append(restore_job(job, tasks))
     return records
+
+
+def restore_job(job: Row, tasks: list[TaskRecord]) -> JobRecord:
+    """A job from its row of ``JOB_COLUMNS`` and its tasks (all of them, or a clustered
+    gateway's part of them)."""
+    job_id, created_at, finish_at, timeout, status = job[:5]
+    options, holds, ending, rollout_state = job[12:16]
+    record = JobRecord.restore(
+        job_id,
+        tasks,
+        timeout,
+        created_at,
+        status,
+        finish_at,
+        DEFAULT_OPTIONS if options is None else _json_decode(options, type=JobOptions),
+    )
+    record.holds = [] if holds is None else _json_decode(holds)
+    record.ending = ending
+    if rollout_state is not None:
+        record.rollout_state = _json_decode(rollout_state, type=RolloutState)
+    return record
 
 
 def load_task_page(
@@ -381,7 +388,7 @@ def load_task_page(
         f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ?{where} ORDER BY id LIMIT ? OFFSET ?",
         (*parameters, limit, offset),
     ).fetchall()
-    entries = _entries(connection, job_id) if rows else {}
+    entries = entries_of(connection, job_id) if rows else {}
     return [task_record(row, job_id, job[0], entries[row[1]], tunnel_for) for row in rows], int(
         total
     )

@@ -65,24 +65,43 @@ async def test_a_config_value_out_of_range(variable: str, value: str, expected: 
     assert_one_line(result, "invalid configuration", expected)
 
 
-async def test_a_cluster_is_refused_while_its_dispatch_path_does_not_exist(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, ("cluster.enabled = true needs store.url", "SQLite")),
+        (
+            {"PM_STORE_URL": "postgresql://pm@127.0.0.1:1/pm"},
+            ("cluster.enabled = true needs broker.embedded = false",),
+        ),
+        (
+            {
+                "PM_STORE_URL": "postgresql://pm@127.0.0.1:1/pm",
+                "PM_BROKER_EMBEDDED": "false",
+                "PM_TASKS_MAX_IN_FLIGHT": "10",
+            },
+            ("tasks.max_in_flight = 10 is not supported with cluster.enabled",),
+        ),
+    ],
+    ids=["sqlite", "embedded-broker", "max-in-flight"],
+)
+async def test_a_cluster_it_cannot_run_is_refused_at_start(
+    tmp_path: Path, settings: dict[str, str], expected: tuple[str, ...]
 ) -> None:
+    ports = ANY_PORTS[:2] if "PM_BROKER_EMBEDDED" in settings else ANY_PORTS
     with trio.fail_after(30):
         result = await pm(
             "serve",
-            *ANY_PORTS,
+            *ports,
             env={
                 "PM_CLUSTER_ENABLED": "true",
-                # What a cluster needs besides (per-gateway answer topics exist): with it the
-                # missing dispatch path is the only reason left to refuse.
+                # What a cluster needs besides (a per-gateway answer topic): with it the
+                # setting under test is the only reason left to refuse.
                 "PM_TOPICS_RESPONSE": "/remote/{device}/response/{gateway}",
                 "PM_STORE_PATH": str(tmp_path / "pm.db"),
+                **settings,
             },
         )
-    assert_one_line(
-        result, "cluster.enabled = true is not supported yet", "dispatch path", "does not exist"
-    )
+    assert_one_line(result, *expected)
     # Refused before anything started: not even the database was created.
     assert not (tmp_path / "pm.db").exists()
 

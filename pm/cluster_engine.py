@@ -1,0 +1,200 @@
+"""The engine of a gateway with ``cluster.enabled``: jobs are stored here and dispatched by
+the gateways holding their devices' shards (pm/shard_dispatch.py), this one included.
+
+What differs from :class:`pm.engine.Engine` (one gateway, every job in memory):
+
+- :meth:`ClusterEngine.submit` stores the job (its tasks with their shards) and starts no
+  actor for it: every gateway, this one too, finds it in the database within a commit window
+  and dispatches its part. The answer to ``POST /jobs`` is the job as created.
+- Nothing is resumed at start: each gateway reads the unfinished tasks of each shard as it
+  gains the shard's lease.
+- Job-wide options are refused (400 naming the field) until they are coordinated across
+  gateways: ``rollout``, ``abort``, ``retry``, ``schedule`` and ``priority: high`` would act
+  per gateway (``tasks.max_in_flight`` is refused at start, pm/gateway.py). So are pause,
+  resume and cancel of a job, and deleting one not finished (409): its parts run on other
+  gateways, which this one cannot reach yet.
+
+Restart and error policy: the cluster's parts run in the engine's nursery: the lease keeper
+(:class:`pm.cluster.LeaseKeeper`, its own policy) and the dispatcher
+(:class:`pm.shard_dispatch.ShardDispatcher`). Anything they raise (a bug, a failed join: the
+database unreachable at start, another ``cluster.shards``) ends the engine and the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .cluster import LeaseBook, LeaseKeeper, gateway_id_for
+from .cluster._backfill import fill_missing_shards
+from .cluster._writes import ClusterWrites
+from .config import Config
+from .devices import Publisher
+from .engine import Engine
+from .job_contract import JobStateError
+from .job_limits import JobOptionRefused
+from .jobs import Job
+from .schemas import JobRequest, JobView
+from .shard_dispatch import ShardDispatcher
+from .state import JobRecord
+from .store import Store
+from .store._postgres_connection import connect_postgres
+
+logger = logging.getLogger(__name__)
+
+# Job options that would act per gateway (see the module docstring), with their JSON names.
+_PER_GATEWAY_OPTIONS = ("rollout", "abort", "retry", "schedule")
+
+
+class ClusterEngine(Engine):
+    """An :class:`~pm.engine.Engine` whose jobs are dispatched by shard (module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        nursery: trio.Nursery,
+        publisher: Publisher,
+        store: Store,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(config, nursery, publisher, store, wall_clock=wall_clock)
+        self.gateway_id = gateway_id_for(config.cluster)
+        self.writes = ClusterWrites(self.gateway_id, config.cluster.shards)
+        store.attach_cluster(self.writes)
+        self._publisher = publisher
+        self.dispatcher: ShardDispatcher | None = None
+        self.keeper: LeaseKeeper | None = None
+        nursery.start_soon(self._run_cluster, name="cluster")
+
+    def recover(self) -> int:
+        """Nothing at start: each shard's unfinished tasks are read when its lease is gained."""
+        return 0
+
+    async def submit(self, request: JobRequest) -> Job:
+        """Store a new job for the shards' owners to dispatch (see the module docstring).
+
+        Error handling: as :meth:`pm.engine.Engine.submit`, and
+        :class:`~pm.job_limits.JobOptionRefused` for an option that would act per gateway.
+        """
+        for name in _PER_GATEWAY_OPTIONS:
+            if getattr(request, name) is not None:
+                raise JobOptionRefused(_refusal(name))
+        if request.priority != "normal":
+            raise JobOptionRefused(_refusal("priority"))
+        return await super().submit(request)
+
+    def _start(self, record: JobRecord, deadline: float) -> Job:
+        # Stored by submit(), not run here: the job's parts run on their shards' owners.
+        job = Job(
+            record,
+            self.fleet,
+            self.store,
+            watchers=self.config.watchers,
+            feed_capacity=1,
+            wall_clock=self.wall_clock,
+        )
+        job.feed.close()
+        return job
+
+    async def _ask(self, job_id: int, message: Callable[[Any], Any]) -> JobView | None:
+        job = await self.find(job_id)
+        if job is None:
+            return None
+        raise JobStateError(
+            f"job {job_id}: pause, resume and cancel are not supported with cluster.enabled "
+            "yet (its parts run on several gateways)"
+        )
+
+    async def delete(self, job_id: int, *, with_tasks: bool = False) -> JobView | None:
+        job = await self.find(job_id)
+        if job is not None and not job.final:
+            raise JobStateError(
+                f"job {job_id} is {job.record.status}: deleting a job before it ends is not "
+                "supported with cluster.enabled yet (its parts run on several gateways)"
+            )
+        return await super().delete(job_id, with_tasks=with_tasks)
+
+    # -- the cluster's actors ---------------------------------------------------------------
+
+    async def _run_cluster(self) -> None:
+        config = self.config
+        url = config.store.url
+        keeper_connection = await trio.to_thread.run_sync(connect_postgres, url)
+        reader_connection = await trio.to_thread.run_sync(connect_postgres, url)
+        try:
+            filled = await trio.to_thread.run_sync(
+                fill_missing_shards, reader_connection, config.cluster.shards
+            )
+            if filled:
+                logger.info("cluster: %d stored unfinished tasks given their shard", filled)
+            self.dispatcher = ShardDispatcher(
+                config=config,
+                publisher=self._publisher,
+                topics=self.topics,
+                presence=self.presence,
+                status_topic=self.status_topic,
+                fallback=self.fleet,
+                writes=self.writes,
+                connection=reader_connection,
+                wall_clock=self.wall_clock,
+            )
+            book = LeaseBook(
+                keeper_connection,
+                self.gateway_id,
+                lease_ttl=config.cluster.lease_ttl,
+                shards=config.cluster.shards,
+            )
+            self.keeper = LeaseKeeper(book, on_change=self.dispatcher.leases_changed)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.dispatcher.run)
+                await nursery.start(self.keeper.run)
+                logger.info(
+                    "cluster: gateway %s joined (%d shards, lease_ttl %g s)",
+                    self.gateway_id,
+                    config.cluster.shards,
+                    config.cluster.lease_ttl,
+                    extra={"gateway_id": self.gateway_id},
+                )
+        finally:
+            keeper_connection.close()
+            reader_connection.close()
+
+    # -- MQTT hooks and shutdown -------------------------------------------------------------
+
+    def on_mqtt_message(self, topic: str, payload: bytes) -> None:
+        if self.dispatcher is None:
+            super().on_mqtt_message(topic, payload)
+        else:
+            self.dispatcher.on_mqtt_message(topic, payload)
+
+    def on_mqtt_connect(self, generation: int) -> None:
+        super().on_mqtt_connect(generation)
+        if self.dispatcher is not None:
+            self.dispatcher.on_mqtt_connect(generation)
+
+    def stop_dispatching(self) -> None:
+        super().stop_dispatching()
+        if self.dispatcher is not None:
+            self.dispatcher.stop_publishing()
+
+    async def settle(self, grace: float) -> int:
+        """As :meth:`pm.engine.Engine.settle` for every shard served; then the store
+        commits what settled, while the leases are still held (the fence would refuse it
+        once they are released, at the stop that follows)."""
+        unanswered = await super().settle(grace)
+        if self.dispatcher is not None:
+            unanswered += await self.dispatcher.settle(grace)
+        await self.store.sync_for_reading()
+        return unanswered
+
+
+def _refusal(field: str) -> str:
+    return (
+        f"`$.{field}` is not supported with cluster.enabled yet: it would act per gateway, "
+        "not job-wide (docs/scale-out.md)"
+    )

@@ -1,0 +1,313 @@
+"""A clustered gateway's dispatch path: it serves exactly the device shards it holds leases
+on, and finds the work of those shards in the shared database.
+
+The :class:`ShardDispatcher` is one actor (its :meth:`~ShardDispatcher.run` loop) that alone
+starts and stops :class:`~pm.shard_service.ShardService`\\ s. Each turn of its loop:
+
+1. **Leases.** The lease keeper (:class:`pm.cluster.LeaseKeeper`) reports the leases held
+   (:meth:`~ShardDispatcher.leases_changed`, on the trio thread). A shard no longer held,
+   or held at another epoch, is stopped at once (its devices' actors and its job parts are
+   cancelled; nothing is settled: :mod:`pm.shard_service`). A gained shard is started, then
+   its unfinished tasks (pending and sent, of every job, oldest job first) are read and
+   adopted: each job's part goes to the shard's feeder in that order, so each device gets
+   its tasks in job order. ``sent`` ones are held as in flight and re-sent once with the same
+   id at the first sign of their device (as ``recovery.resend_inflight`` after a restart:
+   :mod:`pm.in_flight`); the previous owner was fenced, so what the database holds is the
+   truth.
+2. **Refusals.** A shard whose task writes the fence refused
+   (:attr:`pm.cluster._writes.ClusterWrites.on_refused`) is stopped, as lost; it is started
+   again only under a new lease (a new epoch).
+3. **New jobs.** Jobs posted on any gateway (this one included: a clustered gateway never
+   runs a job it was posted directly, it stores it) are found by polling the database every
+   ``store.commit_interval``: the ids of the unfinished jobs, and for those not seen before,
+   their unfinished tasks on the shards served here.
+
+Why polling and not PostgreSQL's ``LISTEN/NOTIFY``: psycopg's notifications come through
+its asyncio API or a blocking generator on a connection of their own, and neither fits a
+trio loop without a thread parked on it; a notification also carries no order across
+gateways, so the poll would still be needed after a reconnect. A poll every commit window
+adds at most a window to a job's start on other gateways, and costs one indexed query
+(``jobs_by_status``) per window per gateway. The poll reads job ids, not task ids above a
+watermark: ids are reserved in blocks per gateway (pm/store/_ids.py), so a task id is not an
+order in time across gateways and a watermark would skip the jobs of a gateway on a lower
+block.
+
+Answers: every gateway subscribes to every device's answer topic until answer topics per
+gateway exist, so it hands an answer to the fleet of the answering device's shard and drops
+one for a shard it does not serve, counted as ``other_gateway`` in the gateway's
+``droppedMessages`` (it is not malformed: another gateway sent that request).
+
+Restart policy: a database error in a read is a fault like the store's
+(``Connection.is_storage_fault``): logged, and the read is retried at the next turn; any
+other error is a bug and ends the dispatcher (and the gateway). Losing the database also
+stops the lease renewals, so the shards lapse and are stopped (1.).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+
+import trio
+
+from .cluster import ShardLease
+from .cluster._writes import ClusterWrites
+from .config import Config
+from .devices import Fleet, Publisher
+from .presence import PresenceBook
+from .protocol import TopicTemplates
+from .shard_service import ShardService, serve_shard
+from .state import JobRecord
+from .status_topic import StatusTopicSource
+from .store._connection import Connection
+from .store._shard_tasks import load_shard_parts, unfinished_jobs
+
+logger = logging.getLogger(__name__)
+
+# The least seconds between two polls for new jobs (store.commit_interval may be 0).
+MIN_POLL_INTERVAL = 0.01
+
+
+class ShardDispatcher:
+    """Serves the shards this gateway holds (see the module docstring).
+
+    Args:
+      config: the gateway's configuration.
+      publisher: the MQTT client.
+      topics: request and answer topics.
+      presence: the gateway's presence book; the dispatcher becomes its listener and tells
+        each online device's shard.
+      status_topic: the engine's presence source (messages on status topics go there).
+      fallback: the engine's own fleet, for messages on no device's answer topic (it counts
+        them), and whose ``dropped`` counter takes ``other_gateway``.
+      writes: the cluster's writes (refusals come back from them).
+      connection: a connection of the dispatcher's own, for its reads.
+      wall_clock: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        publisher: Publisher,
+        topics: TopicTemplates,
+        presence: PresenceBook,
+        status_topic: StatusTopicSource,
+        fallback: Fleet,
+        writes: ClusterWrites,
+        connection: Connection,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._publisher = publisher
+        self._topics = topics
+        self._presence = presence
+        self._status_topic = status_topic
+        self._fallback = fallback
+        self._dropped: Counter[str] = fallback.dropped
+        self._writes = writes
+        self._connection = connection
+        self._wall_clock = wall_clock
+        self._poll_interval = max(config.store.commit_interval, MIN_POLL_INTERVAL)
+        self.services: dict[int, ShardService] = {}
+        self._leases: list[ShardLease] | None = None  # reported, not applied yet
+        self._refused: set[int] = set()
+        self._fenced: set[tuple[int, int]] = set()  # (shard, epoch) never served again
+        self._known_jobs: set[int] = set()
+        # Shards started whose unfinished tasks are not read yet (a read failed: retried).
+        self._unloaded: set[int] = set()
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._outage: str | None = None
+        self._stopping = False
+        presence.on_online = self._device_online
+        writes.on_refused = self._writes_refused
+
+    # -- hooks (synchronous, on the trio thread) ---------------------------------------------
+
+    def leases_changed(self, leases: Sequence[ShardLease]) -> None:
+        """The lease keeper's ``on_change``: applied at the dispatcher's next turn, at once."""
+        self._leases = list(leases)
+        self._wake.set()
+
+    def _writes_refused(self, shards: set[int]) -> None:
+        self._refused |= shards
+        self._wake.set()
+
+    def _device_online(self, device: str, came_back: bool) -> None:
+        service = self.services.get(self._writes.shard_of(device))
+        if service is not None and service.device_online is not None:
+            service.device_online(device, came_back)
+
+    def on_mqtt_message(self, topic: str, payload: bytes) -> None:
+        """Every message the gateway receives (status topics, then answers by shard)."""
+        if self._status_topic.on_message(topic, payload):
+            return
+        device = self._topics.device_of_response(topic)
+        if device is None:
+            self._fallback.on_answer(topic, payload)  # counted there as a foreign topic
+            return
+        service = self.services.get(self._writes.shard_of(device))
+        if service is None:
+            self._dropped["other_gateway"] += 1
+        else:
+            service.fleet.on_answer(topic, payload)
+
+    def on_mqtt_connect(self, generation: int) -> None:
+        """The broker connection is back: each shard's requests in flight go out again."""
+        if generation > 1 and not self._stopping:
+            for service in self.services.values():
+                service.fleet.resend_after_reconnect()
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def stop_publishing(self) -> None:
+        """A graceful stop begins: no request leaves any shard's fleet from now on."""
+        self._stopping = True
+        for service in self.services.values():
+            service.fleet.stop_publishing()
+
+    async def settle(self, grace: float) -> int:
+        """After :meth:`stop_publishing`: wait up to ``grace`` seconds for the requests in
+        flight, then until every job part applied its reports. Returns how many requests
+        were left unanswered."""
+        services = list(self.services.values())
+        with trio.move_on_after(grace):
+            for service in services:
+                await service.fleet.wait_nothing_in_flight()
+        for service in services:
+            for job in list(service.jobs.values()):
+                await job.apply_reports(timeout=max(grace, 1.0))
+        return sum(service.fleet.in_flight for service in services)
+
+    # -- the actor ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply lease changes and poll for new jobs until cancelled (the shards it served
+        stop with it)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                await self._apply_changes()
+                if self._unloaded:
+                    await self._read(self._load_gained)
+                await self._read(self._poll)
+                with trio.move_on_after(self._poll_interval):
+                    await self._wake.wait()
+
+    async def _apply_changes(self) -> None:
+        refused, self._refused = self._refused, set()
+        for shard in refused:
+            service = self.services.get(shard)
+            if service is not None:
+                self._fenced.add((shard, service.lease.epoch))
+                self._stop(shard, "the database refused its writes (fenced)")
+        leases, self._leases = self._leases, None
+        if leases is None:
+            return
+        held = {lease.shard: lease for lease in leases}
+        for shard, service in list(self.services.items()):
+            if held.get(shard) != service.lease:
+                self._stop(shard, "its lease is no longer held at this epoch")
+        gained = [
+            lease
+            for shard, lease in held.items()
+            if shard not in self.services and (shard, lease.epoch) not in self._fenced
+        ]
+        if not gained:
+            return
+        for lease in gained:
+            await self._start(lease)
+        logger.info(
+            "cluster: serving %d shards (%d gained)",
+            len(self.services),
+            len(gained),
+            extra={"shards": len(self.services), "gained": len(gained)},
+        )
+        self._unloaded |= {lease.shard for lease in gained}
+
+    async def _load_gained(self) -> None:
+        """Adopt the unfinished tasks of the shards started and not read yet (all jobs)."""
+        shards = sorted(shard for shard in self._unloaded if shard in self.services)
+        if shards:
+            await self._adopt_parts(shards, None)
+        self._unloaded.clear()
+
+    async def _start(self, lease: ShardLease) -> None:
+        assert self._nursery is not None, "started by run()"
+        service = await self._nursery.start(
+            serve_shard,
+            partial(
+                ShardService,
+                lease,
+                self._config,
+                publisher=self._publisher,
+                topics=self._topics,
+                presence=self._presence,
+                writes=self._writes,
+                wall_clock=self._wall_clock,
+            ),
+        )
+        if self._stopping:
+            service.fleet.stop_publishing()
+        self.services[lease.shard] = service
+
+    def _stop(self, shard: int, why: str) -> None:
+        service = self.services.pop(shard)
+        service.stop()
+        logger.warning(
+            "cluster: stopped serving shard %d: %s (%d job parts, %d requests in flight "
+            "left to its next owner)",
+            shard,
+            why,
+            len(service.jobs),
+            service.fleet.in_flight,
+            extra={"shard": shard},
+        )
+
+    async def _poll(self) -> None:
+        unfinished = await trio.to_thread.run_sync(unfinished_jobs, self._connection)
+        new, self._known_jobs = unfinished - self._known_jobs, unfinished
+        for service in self.services.values():
+            service.adopted &= unfinished  # a finished job is never adopted again
+        # Not on a shard whose tasks are not read yet: that read takes every job, in order.
+        loaded = [shard for shard in self.services if shard not in self._unloaded]
+        if new and loaded:
+            await self._adopt_parts(loaded, sorted(new))
+
+    async def _adopt_parts(self, shards: list[int], job_ids: list[int] | None) -> None:
+        parts: list[tuple[int, JobRecord]] = await trio.to_thread.run_sync(
+            load_shard_parts, self._connection, shards, self._topics.response_topic, job_ids
+        )
+        for shard, record in parts:
+            service = self.services.get(shard)
+            # Gone meanwhile (stopped: its next owner reads it), or adopted already (a
+            # job found by the poll and by a gain in the same turn).
+            if service is not None and record.id not in service.adopted:
+                service.adopt(record)
+
+    async def _read(self, read: Callable[[], Awaitable[None]]) -> None:
+        """Run one database read of the loop; a storage fault is logged once per outage and
+        the read is tried again at the next turn."""
+        try:
+            await read()
+        except self._connection.error_types as error:
+            if not self._connection.is_storage_fault(error):
+                raise
+            reason = self._connection.fault_reason(error)
+            if self._outage is None:
+                logger.error(
+                    "cluster: cannot read the shards' tasks: %s; retried every %g s",
+                    reason,
+                    self._poll_interval,
+                )
+            self._outage = reason
+            return
+        if self._outage is not None:
+            logger.warning("cluster: reading the shards' tasks works again")
+            self._outage = None
