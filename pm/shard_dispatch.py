@@ -139,7 +139,7 @@ class ShardDispatcher:
 
     def _device_online(self, device: str, came_back: bool) -> None:
         service = self.services.get(self._writes.shard_of(device))
-        if service is not None and service.device_online is not None:
+        if service is not None:
             service.device_online(device, came_back)
 
     def on_mqtt_message(self, topic: str, payload: bytes) -> None:
@@ -212,7 +212,9 @@ class ShardDispatcher:
             return
         held = {lease.shard: lease for lease in leases}
         for shard, service in list(self.services.items()):
-            if held.get(shard) != service.lease:
+            lease = held.get(shard)
+            # A renewal only moves expires_at: the lease is the same while its epoch is.
+            if lease is None or lease.epoch != service.lease.epoch:
                 self._stop(shard, "its lease is no longer held at this epoch")
         gained = [
             lease

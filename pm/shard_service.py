@@ -36,11 +36,13 @@ from .cluster._writes import ClusterWrites, ShardRecorder
 from .config import Config
 from .devices import Fleet, Publisher
 from .jobs import Job
-from .presence import PresenceBook
+from .presence import Presence, PresenceBook
 from .protocol import TopicTemplates
 from .state import JobRecord
 
 logger = logging.getLogger(__name__)
+
+OFFLINE = Presence.OFFLINE
 
 # Reports a job part buffers from its devices before they wait for it (as pm.engine's jobs).
 JOB_MAILBOX = 4096
@@ -111,8 +113,12 @@ class ShardService:
         )
         # The fleet made itself the presence book's listener: it is told through the
         # dispatcher (by shard) instead, which stays the book's one listener.
-        self.device_online = presence.on_online
+        online = presence.on_online
+        if online is None:
+            raise AssertionError("a fleet listens to its presence book")
+        self.device_online: Callable[[str, bool], None] = online
         presence.on_online = before
+        self._presence = presence
         self._supervisor = Supervisor(nursery, self._on_job_failure)
         # Job parts running here, by job id; and every job ever adopted here (a job is
         # adopted once per shard: the poll for new jobs skips those).
@@ -153,6 +159,13 @@ class ShardService:
             on_exit=lambda: self._part_ended(job),
         )
         self.jobs[record.id] = job
+        for task in record.tasks:
+            # In flight under the previous owner (dead or fenced): one more copy goes out
+            # when its turn comes, unless the device is known offline (then when it is
+            # back), rather than at the device's next announcement as after a restart: it
+            # may have announced itself long ago, to this gateway too.
+            if task.status == "sent" and self._presence.presence(task.device) != OFFLINE:
+                self.device_online(task.device, False)
         self._to_feed.send_nowait(job)
 
     def _part_ended(self, job: ShardJob) -> None:
