@@ -78,15 +78,21 @@ class ClusterEngine(Engine):
     async def submit(self, request: JobRequest) -> Job:
         """Store a new job for the shards' owners to dispatch (see the module docstring).
 
-        Error handling: as :meth:`pm.engine.Engine.submit`, and
-        :class:`~pm.job_limits.JobOptionRefused` for an option that would act per gateway.
+        Returns once the job is committed. Error handling: as
+        :meth:`pm.engine.Engine.submit` (:class:`~pm.store.StoreUnavailable` also when the
+        commit fails), and :class:`~pm.job_limits.JobOptionRefused` for an option that would
+        act per gateway.
         """
         for name in _PER_GATEWAY_OPTIONS:
             if getattr(request, name) is not None:
                 raise JobOptionRefused(_refusal(name))
         if request.priority != "normal":
             raise JobOptionRefused(_refusal("priority"))
-        return await super().submit(request)
+        job = await super().submit(request)
+        # Answered once stored: only then can the other gateways find it, and a job posted
+        # anywhere after this answer is found after this one (per-device FIFO across jobs).
+        await self.store.sync()
+        return job
 
     def _start(self, record: JobRecord, deadline: float) -> Job:
         # Stored by submit(), not run here: the job's parts run on their shards' owners.

@@ -168,3 +168,60 @@ async def test_three_gateways_share_a_job_and_finish_a_killed_ones_part(
     owners = shard_owners(url)
     assert set(owners) == {"gw-0", "gw-1"} and sum(owners.values()) == SHARDS
     print(f"\nkilled gw-2; the job ended {finished_in:.2f} s later (lease_ttl {LEASE_TTL} s)")
+
+
+async def test_jobs_posted_to_different_gateways_keep_each_devices_order(
+    cluster: list[ClusterGateway],
+    mosquitto: MosquittoBroker,
+    migrated_postgres_url: str,
+    nursery: trio.Nursery,
+) -> None:
+    """Jobs posted one after the other, alternately to two gateways, reach every device in
+    that order, whichever gateway holds its shard; what would act per gateway is refused."""
+    url = migrated_postgres_url
+    gateways = cluster[:2]
+    devices = [f"f{i:02d}" for i in range(60)]
+    with trio.fail_after(GUARD):
+        for gateway in gateways:
+            gateway.start()
+        async with httpx.AsyncClient(timeout=10) as client:
+            for gateway in gateways:
+                await gateway.wait_ready(client)
+            await poll_until(lambda: set(shard_owners(url)) == {"gw-0", "gw-1"})
+            simulator = await nursery.start(
+                run_simulator,
+                SimulatorSettings(
+                    host=mosquitto.host,
+                    port=mosquitto.port,
+                    devices=devices,
+                    latency=0.01,
+                    connections=6,
+                    record_requests=True,
+                ),
+            )
+            created = []
+            for step in range(4):
+                target = gateways[step % 2]
+                body = {"batch": [entry(devices, f"/job/{step}")]}
+                response = await client.post(f"{target.url}/jobs", json=body)
+                assert response.status_code == 200, response.text
+                created.append(response.json()["id"])
+
+            refused = await client.post(
+                f"{gateways[1].url}/jobs",
+                json={"batch": [entry(devices, "/paced")], "rollout": {"maxInFlight": 5}},
+            )
+            assert refused.status_code == 400, refused.text
+            assert "`$.rollout` is not supported with cluster.enabled" in refused.text
+            paused = await client.post(f"{gateways[0].url}/jobs/{created[-1]}/pause", json={})
+            assert paused.status_code == 409, paused.text
+            assert "not supported with cluster.enabled" in paused.text
+
+            async with httpx.AsyncClient(base_url=gateways[1].url, timeout=10) as reader:
+                jobs = [await wait_final(reader, job_id) for job_id in created]
+
+    assert [job["status"] for job in jobs] == ["resolved"] * 4
+    for device in devices:
+        resources = [request["resource"] for request in simulator.requests[device]]
+        assert resources == [f"/job/{step}" for step in range(4)], device
+    assert simulator.stats.overlaps == 0
