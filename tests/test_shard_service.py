@@ -101,12 +101,12 @@ async def test_a_task_taken_over_in_flight_is_sent_again_at_its_turn(
     record = JobRecord.restore(1, [task], None, 0.0, "dispatching", None)
     with trio.fail_after(GUARD):
         service.adopt(record)
+        job = service.jobs[record.id]
         # Not waiting for the device to announce itself (it did, long ago, perhaps).
         await trio.testing.wait_all_tasks_blocked()
         assert [request["id"] for _, request in publisher.published] == [task.id]
         answer(publisher.published[0][1])
-        while record.finish_at is None:
-            await trio.sleep(0.01)
+        await job.ended.wait()
     assert task.status == "resolved" and task.sends == 2
 
 
