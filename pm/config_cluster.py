@@ -17,7 +17,7 @@ GatewayId = Annotated[str, msgspec.Meta(pattern="^([A-Za-z0-9][A-Za-z0-9._-]{0,6
 
 class ClusterConfig(Section):
     # true: this gateway is one of several sharing store.url (PostgreSQL) and an external
-    # broker. Refused at start in this release: the cluster's dispatch path does not exist.
+    # broker, dispatching the devices of the shards it leases (pm/cluster_engine.py).
     enabled: bool = False
     # This gateway's id in the cluster; empty = "<host name>-<random>", new at each start.
     gateway_id: GatewayId = ""

@@ -142,7 +142,9 @@ def build_openapi(
                             "malformed JSON or UTF-8, a field that does not validate (a "
                             "schedule whose endAt is past included), nesting "
                             "deeper than limits.max_json_depth, a batch entry's data larger "
-                            "than limits.max_data_bytes, or an unknown query parameter"
+                            "than limits.max_data_bytes, an unknown query parameter, or "
+                            "(cluster.enabled) rollout, abort, retry, schedule or a high "
+                            "priority, which would act per gateway"
                         ),
                         "413": error(
                             "body larger than http.max_body_bytes, or more tasks than "
