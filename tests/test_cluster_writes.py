@@ -8,7 +8,6 @@ import threading
 
 import msgspec
 import psycopg
-import pytest
 import trio
 
 from pm.cluster import LeaseBook, ShardLease, shard_of
@@ -24,6 +23,7 @@ GUARD = 30.0
 
 def settle(task, status: str = "resolved", code: int | None = 200) -> None:  # type: ignore[no-untyped-def]
     task.status = status
+    task.waiting = None
     task.progress = 100
     task.result = {"ok": task.id}
     task.finish_at = 1_700_000_100.0 + task.id
@@ -96,7 +96,12 @@ async def test_task_updates_are_fenced_by_their_lease_and_refusals_are_reported(
         async with running_store(url) as store:
             store.attach_cluster(writes)
             record = await create_job(store, batch((devices, "/r")))
+            waited = record.tasks[-1]
+            waited.waiting = "device-offline"  # a whole row (rollout columns) at insert
             await store.sync()
+            assert read(url, "SELECT waiting FROM tasks WHERE id = ?", (waited.id,)) == [
+                ("device-offline",)
+            ]
             lost = writes.shard_of(devices[0])
             stale = ShardLease(lost, leases[lost].epoch - 1, 0.0, "a")  # a former epoch
             for task in record.tasks:
@@ -110,6 +115,11 @@ async def test_task_updates_are_fenced_by_their_lease_and_refusals_are_reported(
     doomed = {device for device in devices if shard_of(device, SHARDS) == lost}
     assert {d for d, status in statuses.items() if status == "pending"} == doomed
     assert all(statuses[d] == "resolved" for d in devices if d not in doomed)
+    # The whole row's update cleared its reason (unless the fence refused it).
+    expected_waiting = "device-offline" if waited.device in doomed else None
+    assert read(url, "SELECT waiting FROM tasks WHERE id = ?", (waited.id,)) == [
+        (expected_waiting,)
+    ]
     assert writes.refused_rows == len(doomed)
     assert refused == [{lost}]
     # The job is recounted from its tasks: the refused ones are still pending.
@@ -183,10 +193,8 @@ def test_two_gateways_settling_a_job_at_once_end_it(migrated_postgres_url: str) 
             data=None, tunnel="", timeout=30, created_at=0,
         )  # fmt: skip
         settle(task)
-        changes = ClusterWindow()
-        changes.tasks[task_id] = (task, ShardLease(shard, 1, 1e12, gateway))
-        changes.jobs[1] = None  # neither part knows it is the last
-        return changes
+        # Neither part knows it settles the job's last task.
+        return ClusterWindow({task_id: (task, ShardLease(shard, 1, 1e12, gateway))}, {1: None})
 
     a, b = connect_postgres(url), connect_postgres(url)
     try:
@@ -211,19 +219,3 @@ def test_two_gateways_settling_a_job_at_once_end_it(migrated_postgres_url: str) 
     assert read(url, "SELECT status, finish_count, outcome FROM jobs") == [
         ("resolved", 2, "succeeded")
     ]
-
-
-@pytest.mark.parametrize("shards", [SHARDS])
-def test_the_update_row_matches_the_update_columns(shards: int) -> None:
-    from pm.cluster._writes import _UPDATE_ROW, _update_row
-    from pm.state import TaskRecord
-
-    task = TaskRecord(
-        task_id=7, job_id=1, entry=0, device="x", method="get", resource="/r", data=None,
-        tunnel="", timeout=30, created_at=0,
-    )  # fmt: skip
-    settle(task)
-    row = dict(zip([name for name, _ in _UPDATE_ROW], (*_update_row(task), 0, 1), strict=True))
-    assert (row["id"], row["status"], row["finish_at"], row["code"], row["epoch"]) == (
-        7, "resolved", task.finish_at, 200, 1,
-    )  # fmt: skip

@@ -10,8 +10,9 @@ lease their tasks were taken under), not in the store's own pending rows; the st
 
 In that transaction, after the store's own statements:
 
-1. the task updates, one statement, each row with its shard and epoch: ``UPDATE tasks ...
-   WHERE tasks.id = u.id AND <FENCE on u.shard, u.epoch>``. A row whose lease expired or
+1. the task updates (the single gateway's narrow and whole rows, a statement each), each
+   row with its shard and epoch: ``UPDATE tasks ... WHERE tasks.id = u.id AND <FENCE on
+   u.shard, u.epoch>``. A row whose lease expired or
    changed hands changes nothing (``RETURNING`` says which went through); those rows are
    *refused*: counted, and their shard reported lost (:attr:`ClusterWrites.on_refused`);
 2. the rows of the jobs whose tasks changed are locked, in id order (``FOR UPDATE``), then
@@ -30,8 +31,7 @@ fault gives the window back with :meth:`ClusterWrites.give_back`, retried whole)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 
@@ -39,9 +39,11 @@ from ..schemas import JobStatus
 from ..state import JobRecord, TaskRecord
 from ..store._connection import Connection
 from ..store._postgres_connection import STATEMENTS, rows_from
-from ..store._rows import Row, result_text
+from ..store._rows import Row, task_rows, task_updates
 from ..store._statements import (
     INTEGER,
+    TASK_FRESH_ROW,
+    TASK_PLAIN_UPDATE,
     TASK_ROW,
     TASK_UPDATE,
     TEXT,
@@ -53,19 +55,29 @@ from ._shards import shard_of
 
 _json_encode = msgspec.json.encode
 
-_SHARD_COLUMNS = (("shard", INTEGER), ("epoch", INTEGER))
-_UPDATE_ROW = (*TASK_UPDATE, *_SHARD_COLUMNS)
+_SHARD = ("shard", INTEGER)
+_EPOCH = ("epoch", INTEGER)
 
-INSERT_TASKS = insert_statement("tasks", (*TASK_ROW, ("shard", INTEGER)), rows_from)
 
-_assignments = ", ".join(f"{name} = u.{name}" for name, _ in TASK_UPDATE[1:])
-_update_names = ", ".join(name for name, _ in _UPDATE_ROW)
-UPDATE_TASKS_FENCED = (
-    f"WITH u ({_update_names}) AS ({rows_from([kind for _, kind in _UPDATE_ROW])})"
-    f" UPDATE tasks SET {_assignments} FROM u"
-    f" WHERE tasks.id = u.id AND {fence_on('u.shard', 'u.epoch')}"
-    " RETURNING tasks.id"
-)
+def _fenced_update(row: Sequence[tuple[str, str]]) -> str:
+    """The update of task rows of ``row``'s columns, each followed by its shard and epoch,
+    that changes only those whose lease is still held (see the module docstring)."""
+    columns = (*row, _SHARD, _EPOCH)
+    names = ", ".join(name for name, _ in columns)
+    assignments = ", ".join(f"{name} = u.{name}" for name, _ in row[1:])
+    return (
+        f"WITH u ({names}) AS ({rows_from([kind for _, kind in columns])})"
+        f" UPDATE tasks SET {assignments} FROM u"
+        f" WHERE tasks.id = u.id AND {fence_on('u.shard', 'u.epoch')}"
+        " RETURNING tasks.id"
+    )
+
+
+# The single gateway's narrow and whole rows (pm/store/_rows.py), with the shard.
+INSERT_FRESH_TASKS = insert_statement("tasks", (*TASK_FRESH_ROW, _SHARD), rows_from)
+INSERT_TASKS = insert_statement("tasks", (*TASK_ROW, _SHARD), rows_from)
+UPDATE_PLAIN_TASKS_FENCED = _fenced_update(TASK_PLAIN_UPDATE)
+UPDATE_TASKS_FENCED = _fenced_update(TASK_UPDATE)
 
 LOCK_JOBS = (
     f"SELECT id FROM jobs WHERE id IN (SELECT id FROM ({rows_from([INTEGER])}) AS j (id))"
@@ -131,14 +143,34 @@ WHERE jobs.id = c.job_id
 
 
 class ClusterWindow:
-    """The cluster's changes of one commit window: changed tasks with the lease each was
-    made under, and the jobs to recount with the status their part here ended with (None
-    while it runs)."""
+    """The cluster's changes of one commit window, as rows built on the trio thread (a row
+    never mixes two states of a record): the fenced task updates with the shard of each
+    task, and the jobs to recount with the status their part here ended with (None while
+    it runs)."""
 
-    def __init__(self) -> None:
-        self.tasks: dict[int, tuple[TaskRecord, ShardLease]] = {}
-        self.jobs: dict[int, JobStatus | None] = {}
-        # Set by the write: ids of the task rows the fence refused, and their shards.
+    def __init__(
+        self,
+        tasks: dict[int, tuple[TaskRecord, ShardLease]],
+        jobs: dict[int, JobStatus | None],
+    ) -> None:
+        self.tasks = tasks
+        self.jobs = jobs
+        plain: list[Row] = []
+        whole: list[Row] = []
+        for task, lease in tasks.values():
+            plain_rows, whole_rows = task_updates((task,))
+            for row in plain_rows:
+                plain.append((*row, lease.shard, lease.epoch))
+            for row in whole_rows:
+                whole.append((*row, lease.shard, lease.epoch))
+        self.updates = [
+            (sql, _json_encode(rows).decode())
+            for sql, rows in ((UPDATE_PLAIN_TASKS_FENCED, plain), (UPDATE_TASKS_FENCED, whole))
+            if rows
+        ]
+        self.locked = _json_encode([[job_id] for job_id in sorted(jobs)]).decode()
+        self.recounted = _json_encode(list(jobs.items())).decode()
+        # Set by the write: the shard of each task row the fence refused, by task id.
         self.refused: dict[int, int] = {}
 
     def __bool__(self) -> bool:
@@ -157,8 +189,11 @@ class ClusterWrites:
         self.gateway_id = gateway_id
         self.shards = shards
         # The store's insert statements with the shard written with every new task.
-        self.statements: WriteStatements = STATEMENTS._replace(insert_tasks=INSERT_TASKS)
-        self._window = ClusterWindow()
+        self.statements: WriteStatements = STATEMENTS._replace(
+            insert_fresh_tasks=INSERT_FRESH_TASKS, insert_tasks=INSERT_TASKS
+        )
+        self._tasks: dict[int, tuple[TaskRecord, ShardLease]] = {}
+        self._jobs: dict[int, JobStatus | None] = {}
         # Set by the store it is attached to: wakes the store actor.
         self.mark_dirty: Callable[[], None] = lambda: None
         # Told the shards of rows the fence refused, after the commit (the dispatch path
@@ -178,50 +213,46 @@ class ClusterWrites:
     # -- the store's hooks -------------------------------------------------------------------
 
     def task_rows(self, tasks: Iterable[TaskRecord]) -> tuple[list[Row], list[Row]]:
-        """The insert rows of a new job's tasks: every one whole, with its shard (see
-        :func:`pm.store._rows.task_rows` for the single gateway's)."""
-        return [], [(*_whole_row(task), self.shard_of(task.device)) for task in tasks]
+        """The insert rows of a new job's tasks: the single gateway's
+        (:func:`pm.store._rows.task_rows`), each with its shard (the device is column 4)."""
+        fresh, whole = task_rows(tasks)
+        return (
+            [(*row, self.shard_of(row[3])) for row in fresh],
+            [(*row, self.shard_of(row[3])) for row in whole],
+        )
 
     def take_window(self) -> ClusterWindow:
-        window, self._window = self._window, ClusterWindow()
+        """The changes recorded since the last window, as rows (on the trio thread)."""
+        window = ClusterWindow(self._tasks, self._jobs)
+        self._tasks, self._jobs = {}, {}
         return window
 
     def give_back(self, failed: ClusterWindow) -> None:
         """A commit failed: its changes are written with the next (the newer record of a
         task is the same object, so nothing goes backwards)."""
         for task_id, change in failed.tasks.items():
-            self._window.tasks.setdefault(task_id, change)
+            self._tasks.setdefault(task_id, change)
         for job_id, status in failed.jobs.items():
-            self._window.jobs.setdefault(job_id, status)
+            self._jobs.setdefault(job_id, status)
 
     def write(self, connection: Connection, window: ClusterWindow) -> int:
         """Write ``window`` in the transaction under way (the store's worker thread);
         returns how many rows were sent. Fills ``window.refused``."""
-        rows = 0
-        if window.tasks:
-            updates = [
-                (*_update_row(task), lease.shard, lease.epoch)
-                for task, lease in window.tasks.values()
-            ]
-            written = {
+        written: set[int] = set()
+        for sql, rows_json in window.updates:
+            written.update(
                 task_id
-                for (task_id,) in connection.execute(
-                    UPDATE_TASKS_FENCED, (_json_encode(updates).decode(), self.gateway_id)
-                ).fetchall()
-            }
-            window.refused = {
-                task_id: lease.shard
-                for task_id, (_, lease) in window.tasks.items()
-                if task_id not in written
-            }
-            rows += len(updates)
+                for (task_id,) in connection.execute(sql, (rows_json, self.gateway_id)).fetchall()
+            )
+        window.refused = {
+            task_id: lease.shard
+            for task_id, (_, lease) in window.tasks.items()
+            if task_id not in written
+        }
         if window.jobs:
-            ids = _json_encode([[job_id] for job_id in sorted(window.jobs)]).decode()
-            connection.execute(LOCK_JOBS, (ids,)).fetchall()
-            wished = _json_encode(list(window.jobs.items())).decode()
-            connection.execute(RECOUNT_JOBS, (wished,))
-            rows += len(window.jobs)
-        return rows
+            connection.execute(LOCK_JOBS, (window.locked,)).fetchall()
+            connection.execute(RECOUNT_JOBS, (window.recounted,))
+        return len(window.tasks) + len(window.jobs)
 
     def committed(self, window: ClusterWindow) -> None:
         """After the commit took ``window`` (on the trio thread): count the refused rows and
@@ -233,11 +264,11 @@ class ClusterWrites:
     # -- what job actors record (through a ShardRecorder) ------------------------------------
 
     def task_changed(self, task: TaskRecord, lease: ShardLease) -> None:
-        self._window.tasks[task.id] = (task, lease)
+        self._tasks[task.id] = (task, lease)
         self.mark_dirty()
 
     def job_changed(self, record: JobRecord) -> None:
-        self._window.jobs[record.id] = record.status if record.final else None
+        self._jobs[record.id] = record.status if record.final else None
         self.mark_dirty()
 
 
@@ -254,33 +285,3 @@ class ShardRecorder:
 
     def job_changed(self, record: JobRecord) -> None:
         self._writes.job_changed(record)
-
-
-def _whole_row(task: TaskRecord) -> tuple[Any, ...]:
-    previous = task.previous_attempts
-    return (
-        task.id,
-        task.job_id,
-        task.entry,
-        task.device,
-        task.timeout,
-        task.status,
-        task.progress,
-        result_text(task.result),
-        task.finish_at,
-        task.expires_at,
-        task.sends,
-        task.sent_at,
-        task.waiting,
-        task.attempts,
-        task.next_attempt_at,
-        None if previous is None else _json_encode(previous).decode(),
-        task.code,
-    )
-
-
-def _update_row(task: TaskRecord) -> tuple[Any, ...]:
-    row = _whole_row(task)
-    # TASK_UPDATE: id, then the columns from status on, without job_id, entry, device,
-    # timeout, expires_at.
-    return (row[0], *row[5:9], *row[10:])

@@ -153,9 +153,12 @@ def insert_statement(table: str, row: Sequence[tuple[str, str]], rows_from: Rows
     return _insert(table, row, rows_from)
 
 
-# The columns of the whole task rows, for the cluster's writes (pm/cluster/_writes.py).
+# The columns of the task rows, for the cluster's writes (pm/cluster/_writes.py), which add
+# the shard (inserts) or the shard and epoch (fenced updates) after them.
 TASK_ROW = _TASK_ROW
+TASK_FRESH_ROW = _TASK_FRESH_ROW
 TASK_UPDATE = _TASK_UPDATE
+TASK_PLAIN_UPDATE = _TASK_PLAIN_UPDATE
 
 DEVICE_COLUMNS = _names(_DEVICE_ROW)
 

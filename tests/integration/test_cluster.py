@@ -21,6 +21,7 @@ import trio
 
 from pm.simulator import SimulatorSettings, run_simulator
 from tests.integration.brokers import MosquittoBroker, free_port
+from tests.integration.test_recovery import wait_ready
 from tests.job_api import entry, wait_final
 from tests.waiting import poll_until
 
@@ -67,18 +68,6 @@ class ClusterGateway:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    async def wait_ready(self, client: httpx.AsyncClient) -> None:
-        while True:
-            try:
-                if (await client.get(f"{self.url}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process is not None and self.process.poll() is not None:
-                log = self.log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{log}")
-            await trio.sleep(0.05)
-
 
 @pytest.fixture
 def cluster(
@@ -90,6 +79,17 @@ def cluster(
     yield gateways
     for gateway in gateways:
         gateway.kill()
+
+
+async def start_cluster(gateways: list[ClusterGateway], url: str) -> None:
+    """Start ``gateways``; returns once each answers and holds shards (each its share)."""
+    for gateway in gateways:
+        gateway.start()
+    for gateway in gateways:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            await wait_ready(client, gateway)  # type: ignore[arg-type]
+    names = {gateway.name for gateway in gateways}
+    await poll_until(lambda: set(shard_owners(url)) == names)
 
 
 def shard_owners(url: str) -> dict[str | None, int]:
@@ -118,13 +118,8 @@ async def test_three_gateways_share_a_job_and_finish_a_killed_ones_part(
     url = migrated_postgres_url
     devices = [f"c{i:03d}" for i in range(300)]
     with trio.fail_after(GUARD):
-        for gateway in cluster:
-            gateway.start()
+        await start_cluster(cluster, url)
         async with httpx.AsyncClient(timeout=10) as client:
-            for gateway in cluster:
-                await gateway.wait_ready(client)
-            # Every gateway holds a share before the job comes (each may hold at most 11).
-            await poll_until(lambda: len(shard_owners(url)) == 3 and None not in shard_owners(url))
             simulator = await nursery.start(
                 run_simulator,
                 SimulatorSettings(
@@ -182,12 +177,8 @@ async def test_jobs_posted_to_different_gateways_keep_each_devices_order(
     gateways = cluster[:2]
     devices = [f"f{i:02d}" for i in range(60)]
     with trio.fail_after(GUARD):
-        for gateway in gateways:
-            gateway.start()
+        await start_cluster(gateways, url)
         async with httpx.AsyncClient(timeout=10) as client:
-            for gateway in gateways:
-                await gateway.wait_ready(client)
-            await poll_until(lambda: set(shard_owners(url)) == {"gw-0", "gw-1"})
             simulator = await nursery.start(
                 run_simulator,
                 SimulatorSettings(
