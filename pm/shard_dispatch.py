@@ -202,20 +202,21 @@ class ShardDispatcher:
 
     async def _apply_changes(self) -> None:
         refused, self._refused = self._refused, set()
-        for shard in refused:
-            service = self.services.get(shard)
-            if service is not None:
-                self._fenced.add((shard, service.lease.epoch))
-                self._stop(shard, "the database refused its writes (fenced)")
+        fenced = [shard for shard in sorted(refused) if shard in self.services]
+        for shard in fenced:
+            self._fenced.add((shard, self.services[shard].lease.epoch))
+        self._stop(fenced, "the database refused their writes (fenced)", logging.WARNING)
         leases, self._leases = self._leases, None
         if leases is None:
             return
         held = {lease.shard: lease for lease in leases}
-        for shard, service in list(self.services.items()):
-            lease = held.get(shard)
-            # A renewal only moves expires_at: the lease is the same while its epoch is.
-            if lease is None or lease.epoch != service.lease.epoch:
-                self._stop(shard, "its lease is no longer held at this epoch")
+        # A renewal only moves expires_at: the lease is the same while its epoch is.
+        lost = [
+            shard
+            for shard, service in sorted(self.services.items())
+            if shard not in held or held[shard].epoch != service.lease.epoch
+        ]
+        self._stop(lost, "their leases are no longer held at those epochs", logging.INFO)
         gained = [
             lease
             for shard, lease in held.items()
@@ -259,17 +260,22 @@ class ShardDispatcher:
             service.fleet.stop_publishing()
         self.services[lease.shard] = service
 
-    def _stop(self, shard: int, why: str) -> None:
-        service = self.services.pop(shard)
-        service.stop()
-        logger.warning(
-            "cluster: stopped serving shard %d: %s (%d job parts, %d requests in flight "
-            "left to its next owner)",
-            shard,
+    def _stop(self, shards: list[int], why: str, level: int) -> None:
+        if not shards:
+            return
+        stopped = [self.services.pop(shard) for shard in shards]
+        for service in stopped:
+            service.stop()
+        logger.log(
+            level,
+            "cluster: stopped serving %d shards (%s): %s; %d job parts and %d requests in "
+            "flight left to their next owners",
+            len(shards),
+            ", ".join(map(str, shards)),
             why,
-            len(service.jobs),
-            service.fleet.in_flight,
-            extra={"shard": shard},
+            sum(len(service.jobs) for service in stopped),
+            sum(service.fleet.in_flight for service in stopped),
+            extra={"shards": shards},
         )
 
     async def _poll(self) -> None:

@@ -10,11 +10,13 @@ A gateway owns the devices of the shards it holds a lease on. Every lease has:
   gateway's own clock is never used).
 
 One lease round (:meth:`LeaseBook.round`, every ``lease_ttl / 3`` seconds) is one
-transaction: the gateway's heartbeat; renewal of its unexpired leases; release of what it
-holds above its fair share (``ceil(shards / live gateways)``; a gateway is live while its
-heartbeat is younger than ``lease_ttl``); acquisition of free or expired shards up to its
-share. No gateway takes a shard another one holds: a gateway that joins or rejoins gets
-shards only as the others release their excess or let leases expire.
+transaction: the gateway's heartbeat; release of what the previous round set aside; renewal
+of its unexpired leases; setting aside what it holds above its fair share (``ceil(shards /
+live gateways)``; a gateway is live while its heartbeat is younger than ``lease_ttl``): no
+longer returned as held, so the gateway stops serving it, and released by the next round;
+acquisition of free or expired shards up to its share. No gateway takes a shard another one
+holds: a gateway that joins or rejoins gets shards only as the others release their excess
+(a round after they stopped serving it) or let leases expire.
 
 **Fencing.** A gateway that lost a lease (it paused past the ttl, its database connection
 hung) may not know it yet. Every write it makes on behalf of a shard carries
@@ -108,6 +110,9 @@ class LeaseBook:
         self.gateway_id = gateway_id
         self.lease_ttl = lease_ttl
         self.shards = shards
+        # Shards over the fair share, no longer returned as held by the last round and
+        # released by the next (see round()).
+        self._releasing: list[int] = []
 
     def _now(self, now: float | None) -> float:
         (server_now,) = self.connection.execute(f"SELECT {_NOW}", (now,)).fetchone()
@@ -149,6 +154,7 @@ class LeaseBook:
 
         ``now`` (epoch seconds) replaces the server's clock: tests pass it to step time.
         """
+        releasing: list[int] = []
         with self.connection.transaction():
             now = self._now(now)
             self._heartbeat(now)
@@ -156,13 +162,16 @@ class LeaseBook:
                 "DELETE FROM gateways WHERE heartbeat_at < ?",
                 (now - FORGET_AFTER_TTLS * self.lease_ttl,),
             )
+            if self._releasing:
+                self._release(self._releasing)
             expires_at = now + self.lease_ttl
             held = self._renew(now, expires_at)
             share = fair_share(self.shards, self._live_gateways(now))
             if len(held) > share:
-                held = self._release_excess(held, share)
+                held, releasing = self._set_aside_excess(held, share)
             elif len(held) < share:
                 held += self._acquire(now, expires_at, share - len(held))
+        self._releasing = releasing
         return sorted(held, key=lambda lease: lease.shard)
 
     def _live_gateways(self, now: float) -> int:
@@ -182,12 +191,15 @@ class LeaseBook:
         ).fetchall()
         return self._leases(rows)
 
-    def _release_excess(self, held: list[ShardLease], share: int) -> list[ShardLease]:
+    def _set_aside_excess(
+        self, held: list[ShardLease], share: int
+    ) -> tuple[list[ShardLease], list[int]]:
         # The highest shards go: which ones does not matter, only that the choice is stable.
+        # Not released in this round: the gateway stops serving them when this round's
+        # leases reach it, and the next round releases them, so no other gateway can send
+        # to their devices while this one still might (a handover, not an overlap).
         ordered = sorted(held, key=lambda lease: lease.shard)
-        kept, excess = ordered[:share], ordered[share:]
-        self._release([lease.shard for lease in excess])
-        return kept
+        return ordered[:share], [lease.shard for lease in ordered[share:]]
 
     def _release(self, shards: Sequence[int]) -> None:
         # Free at once (expired now), epoch kept: the next owner raises it.

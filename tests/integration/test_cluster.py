@@ -165,19 +165,22 @@ async def test_three_gateways_share_a_job_and_finish_a_killed_ones_part(
     print(f"\nkilled gw-2; the job ended {finished_in:.2f} s later (lease_ttl {LEASE_TTL} s)")
 
 
-async def test_jobs_posted_to_different_gateways_keep_each_devices_order(
+async def test_jobs_posted_to_different_gateways_keep_each_devices_order_across_a_join(
     cluster: list[ClusterGateway],
     mosquitto: MosquittoBroker,
     migrated_postgres_url: str,
     nursery: trio.Nursery,
 ) -> None:
     """Jobs posted one after the other, alternately to two gateways, reach every device in
-    that order, whichever gateway holds its shard; what would act per gateway is refused."""
+    that order, whichever gateway holds its shard, and still do when a third gateway joins
+    mid-way and takes shards over (the others stop serving them a lease round before they
+    release them: never two requests at once on a device). What would act per gateway is
+    refused."""
     url = migrated_postgres_url
-    gateways = cluster[:2]
     devices = [f"f{i:02d}" for i in range(60)]
+    steps = 8
     with trio.fail_after(GUARD):
-        await start_cluster(gateways, url)
+        await start_cluster(cluster[:2], url)
         async with httpx.AsyncClient(timeout=10) as client:
             simulator = await nursery.start(
                 run_simulator,
@@ -185,34 +188,42 @@ async def test_jobs_posted_to_different_gateways_keep_each_devices_order(
                     host=mosquitto.host,
                     port=mosquitto.port,
                     devices=devices,
-                    latency=0.01,
+                    latency=0.6,  # 8 steps: ~5 s a device, so the join lands mid-way
                     connections=6,
                     record_requests=True,
                 ),
             )
             created = []
-            for step in range(4):
-                target = gateways[step % 2]
+            for step in range(steps):
+                target = cluster[step % 2]
                 body = {"batch": [entry(devices, f"/job/{step}")]}
                 response = await client.post(f"{target.url}/jobs", json=body)
                 assert response.status_code == 200, response.text
                 created.append(response.json()["id"])
+            cluster[2].start()  # joins while the jobs run
 
             refused = await client.post(
-                f"{gateways[1].url}/jobs",
+                f"{cluster[1].url}/jobs",
                 json={"batch": [entry(devices, "/paced")], "rollout": {"maxInFlight": 5}},
             )
             assert refused.status_code == 400, refused.text
             assert "`$.rollout` is not supported with cluster.enabled" in refused.text
-            paused = await client.post(f"{gateways[0].url}/jobs/{created[-1]}/pause", json={})
+            paused = await client.post(f"{cluster[0].url}/jobs/{created[-1]}/pause", json={})
             assert paused.status_code == 409, paused.text
             assert "not supported with cluster.enabled" in paused.text
 
-            async with httpx.AsyncClient(base_url=gateways[1].url, timeout=10) as reader:
+            names = {gateway.name for gateway in cluster}
+            await poll_until(lambda: set(shard_owners(url)) == names)  # shards moved to it
+            last = await client.get(f"{cluster[0].url}/jobs/{created[-1]}")
+            assert last.json()["finishAt"] is None, "the jobs ended before the join: no test"
+
+            async with httpx.AsyncClient(base_url=cluster[2].url, timeout=10) as reader:
                 jobs = [await wait_final(reader, job_id) for job_id in created]
 
-    assert [job["status"] for job in jobs] == ["resolved"] * 4
+    assert [job["status"] for job in jobs] == ["resolved"] * steps
     for device in devices:
-        resources = [request["resource"] for request in simulator.requests[device]]
-        assert resources == [f"/job/{step}" for step in range(4)], device
+        # A request re-sent by the new owner of a shard (same id) counts once.
+        distinct = dict.fromkeys((r["id"], r["resource"]) for r in simulator.requests[device])
+        resources = [resource for _, resource in distinct]
+        assert resources == [f"/job/{step}" for step in range(steps)], device
     assert simulator.stats.overlaps == 0
