@@ -71,6 +71,12 @@ class ClusterEngine(Engine):
         self.keeper: LeaseKeeper | None = None
         nursery.start_soon(self._run_cluster, name="cluster")
 
+    @property
+    def jobs_running(self) -> int:
+        """The cluster's unfinished jobs, as of the dispatcher's last poll (within a commit
+        window): ``limits.max_jobs_running`` holds for the cluster, not each gateway."""
+        return 0 if self.dispatcher is None else self.dispatcher.unfinished_jobs
+
     def recover(self) -> int:
         """Nothing at start: each shard's unfinished tasks are read when its lease is gained."""
         return 0

@@ -126,6 +126,11 @@ class ShardDispatcher:
         presence.on_online = self._device_online
         writes.on_refused = self._writes_refused
 
+    @property
+    def unfinished_jobs(self) -> int:
+        """Jobs not final in the whole cluster, as of the last poll."""
+        return len(self._known_jobs)
+
     # -- hooks (synchronous, on the trio thread) ---------------------------------------------
 
     def leases_changed(self, leases: Sequence[ShardLease]) -> None:

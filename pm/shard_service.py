@@ -55,6 +55,19 @@ class ShardJob(Job):
     async def _feed_devices(self) -> None:
         return
 
+    def _log_finished(self) -> None:
+        # One line per job and shard would be hundreds per job: DEBUG only (the job ends
+        # in the database, where the last part's commit recounts it).
+        if logger.isEnabledFor(logging.DEBUG):
+            record = self.record
+            logger.debug(
+                "job %d: its part of %d tasks here ended %s",
+                record.id,
+                len(record.tasks),
+                record.status,
+                extra={"job_id": record.id, "status": record.status},
+            )
+
 
 async def serve_shard(
     make: Callable[[trio.Nursery], ShardService],

@@ -201,6 +201,13 @@ async def test_jobs_posted_to_different_gateways_keep_each_devices_order_across_
                 assert response.status_code == 200, response.text
                 created.append(response.json()["id"])
             cluster[2].start()  # joins while the jobs run
+            # limits.max_jobs_running counts the cluster's jobs: any gateway sees all eight.
+            for _ in range(200):
+                health = (await client.get(f"{cluster[1].url}/healthz")).json()
+                if health["jobsRunning"] == steps:
+                    break
+                await trio.sleep(0.02)
+            assert health["jobsRunning"] == steps, health
 
             refused = await client.post(
                 f"{cluster[1].url}/jobs",
