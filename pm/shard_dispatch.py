@@ -285,13 +285,15 @@ class ShardDispatcher:
 
     async def _poll(self) -> None:
         unfinished = await trio.to_thread.run_sync(unfinished_jobs, self._connection)
-        new, self._known_jobs = unfinished - self._known_jobs, unfinished
+        new = unfinished - self._known_jobs
         for service in self.services.values():
             service.adopted &= unfinished  # a finished job is never adopted again
         # Not on a shard whose tasks are not read yet: that read takes every job, in order.
         loaded = [shard for shard in self.services if shard not in self._unloaded]
         if new and loaded:
             await self._adopt_parts(loaded, sorted(new))
+        # Only once their parts are adopted: a failed read finds the same jobs new again.
+        self._known_jobs = unfinished
 
     async def _adopt_parts(self, shards: list[int], job_ids: list[int] | None) -> None:
         parts: list[tuple[int, JobRecord]] = await trio.to_thread.run_sync(
