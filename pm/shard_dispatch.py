@@ -123,6 +123,8 @@ class ShardDispatcher:
         self._nursery: trio.Nursery | None = None
         self._outage: str | None = None
         self._stopping = False
+        # Turns of the dispatcher's loop completed (tests, diagnostics).
+        self.turns = 0
         presence.on_online = self._device_online
         writes.on_refused = self._writes_refused
 
@@ -202,6 +204,7 @@ class ShardDispatcher:
                 if self._unloaded:
                     await self._read(self._load_gained)
                 await self._read(self._poll)
+                self.turns += 1
                 with trio.move_on_after(self._poll_interval):
                     await self._wake.wait()
 
