@@ -14,10 +14,12 @@ What differs from :class:`pm.engine.Engine` (one gateway, every job in memory):
   resume and cancel of a job, and deleting one not finished (409): its parts run on other
   gateways, which this one cannot reach yet.
 
-Restart and error policy: the cluster's parts run in the engine's nursery: the lease keeper
+Restart and error policy: the gateway joins the cluster at start (:meth:`ClusterEngine.recover`):
+a database it cannot reach, or whose cluster has another ``cluster.shards``, ends the start
+with one line. Then the cluster's parts run in the engine's nursery: the lease keeper
 (:class:`pm.cluster.LeaseKeeper`, its own policy) and the dispatcher
-(:class:`pm.shard_dispatch.ShardDispatcher`). Anything they raise (a bug, a failed join: the
-database unreachable at start, another ``cluster.shards``) ends the engine and the gateway.
+(:class:`pm.shard_dispatch.ShardDispatcher`, its own policy); anything else they raise is a
+bug and ends the engine and the gateway.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from typing import Any
 
 import trio
 
-from .cluster import LeaseBook, LeaseKeeper, gateway_id_for
+from .cluster import LeaseBook, LeaseKeeper, ShardCountMismatch, gateway_id_for
 from .cluster._backfill import fill_missing_shards
 from .cluster._writes import ClusterWrites
-from .config import Config
+from .config import Config, ConfigError
 from .devices import Publisher
 from .engine import Engine
 from .job_contract import JobStateError
@@ -41,8 +43,9 @@ from .jobs import Job
 from .schemas import JobRequest, JobView
 from .shard_dispatch import ShardDispatcher
 from .state import JobRecord
-from .store import Store
-from .store._postgres_connection import connect_postgres
+from .store import Store, StoreOpenError
+from .store._connection import Connection
+from .store._postgres_connection import connect_postgres, driver_errors
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +70,9 @@ class ClusterEngine(Engine):
         self.writes = ClusterWrites(self.gateway_id, config.cluster.shards)
         store.attach_cluster(self.writes)
         self._publisher = publisher
+        self._nursery = nursery
         self.dispatcher: ShardDispatcher | None = None
         self.keeper: LeaseKeeper | None = None
-        nursery.start_soon(self._run_cluster, name="cluster")
 
     @property
     def jobs_running(self) -> int:
@@ -78,7 +81,49 @@ class ClusterEngine(Engine):
         return 0 if self.dispatcher is None else self.dispatcher.unfinished_jobs
 
     def recover(self) -> int:
-        """Nothing at start: each shard's unfinished tasks are read when its lease is gained."""
+        """Join the cluster (at start, before the gateway is ready, like a single gateway's
+        recovery) and start its actors; nothing is resumed here: each shard's unfinished
+        tasks are read when its lease is gained.
+
+        Error handling: raises :class:`~pm.config.ConfigError` when the database's cluster
+        has another ``cluster.shards``, :class:`~pm.store.StoreOpenError` when the database
+        cannot be reached (``pm serve`` prints either as one line).
+        """
+        config = self.config
+        url = config.store.url
+        try:
+            keeper_connection = connect_postgres(url)
+        except driver_errors() as error:
+            raise StoreOpenError(f"cluster: cannot connect to store.url: {error}") from error
+        reader_connection = connect_postgres(url)
+        book = LeaseBook(
+            keeper_connection,
+            self.gateway_id,
+            lease_ttl=config.cluster.lease_ttl,
+            shards=config.cluster.shards,
+        )
+        try:
+            book.join()
+            filled = fill_missing_shards(reader_connection, config.cluster.shards)
+        except ShardCountMismatch as error:
+            keeper_connection.close()
+            reader_connection.close()
+            raise ConfigError(str(error)) from None
+        if filled:
+            logger.info("cluster: %d stored unfinished tasks given their shard", filled)
+        self.dispatcher = ShardDispatcher(
+            config=config,
+            publisher=self._publisher,
+            topics=self.topics,
+            presence=self.presence,
+            status_topic=self.status_topic,
+            fallback=self.fleet,
+            writes=self.writes,
+            connection=reader_connection,
+            wall_clock=self.wall_clock,
+        )
+        self.keeper = LeaseKeeper(book, on_change=self.dispatcher.leases_changed)
+        self._nursery.start_soon(self._run_cluster, keeper_connection, reader_connection)
         return 0
 
     async def submit(self, request: JobRequest) -> Job:
@@ -133,48 +178,22 @@ class ClusterEngine(Engine):
 
     # -- the cluster's actors ---------------------------------------------------------------
 
-    async def _run_cluster(self) -> None:
-        config = self.config
-        url = config.store.url
-        keeper_connection = await trio.to_thread.run_sync(connect_postgres, url)
-        reader_connection = await trio.to_thread.run_sync(connect_postgres, url)
+    async def _run_cluster(self, *connections: Connection) -> None:
+        assert self.dispatcher is not None and self.keeper is not None, "set by recover()"
         try:
-            filled = await trio.to_thread.run_sync(
-                fill_missing_shards, reader_connection, config.cluster.shards
-            )
-            if filled:
-                logger.info("cluster: %d stored unfinished tasks given their shard", filled)
-            self.dispatcher = ShardDispatcher(
-                config=config,
-                publisher=self._publisher,
-                topics=self.topics,
-                presence=self.presence,
-                status_topic=self.status_topic,
-                fallback=self.fleet,
-                writes=self.writes,
-                connection=reader_connection,
-                wall_clock=self.wall_clock,
-            )
-            book = LeaseBook(
-                keeper_connection,
-                self.gateway_id,
-                lease_ttl=config.cluster.lease_ttl,
-                shards=config.cluster.shards,
-            )
-            self.keeper = LeaseKeeper(book, on_change=self.dispatcher.leases_changed)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dispatcher.run)
                 await nursery.start(self.keeper.run)
                 logger.info(
                     "cluster: gateway %s joined (%d shards, lease_ttl %g s)",
                     self.gateway_id,
-                    config.cluster.shards,
-                    config.cluster.lease_ttl,
+                    self.config.cluster.shards,
+                    self.config.cluster.lease_ttl,
                     extra={"gateway_id": self.gateway_id},
                 )
         finally:
-            keeper_connection.close()
-            reader_connection.close()
+            for connection in connections:
+                connection.close()
 
     # -- MQTT hooks and shutdown -------------------------------------------------------------
 

@@ -194,11 +194,16 @@ def test_a_gateway_with_another_shard_count_refuses_to_join(
     books["a"].join()
     connection = connect_postgres(url)
     try:
-        other = LeaseBook(connection, "b", lease_ttl=TTL, shards=SHARDS // 2)
+        fewer = LeaseBook(connection, "b", lease_ttl=TTL, shards=SHARDS // 2)
         with pytest.raises(ShardCountMismatch, match="cluster.shards is 128 but .* has 256"):
-            other.join()
+            fewer.join()
+        # More is refused too (it was once taken as the first gateway's and added to).
+        more = LeaseBook(connection, "b", lease_ttl=TTL, shards=SHARDS * 2)
+        with pytest.raises(ShardCountMismatch, match="cluster.shards is 512 but .* has 256"):
+            more.join()
     finally:
         connection.close()
+    assert len(owners(url)) == SHARDS
     # Nothing of the refused gateway was recorded: it never joined.
     with psycopg.connect(url) as admin:
         assert admin.execute("SELECT id FROM gateways").fetchall() == [("a",)]

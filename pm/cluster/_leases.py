@@ -126,13 +126,18 @@ class LeaseBook:
         """
         with self.connection.transaction():
             now = self._now(now)
-            self.connection.execute(
-                "INSERT INTO shard_leases (shard, owner, epoch, expires_at)"
-                " SELECT shard, NULL, 0, 0 FROM generate_series(0, ? - 1) AS shard"
-                " ON CONFLICT (shard) DO NOTHING",
-                (self.shards,),
-            )
+            # Gateways joining at once take turns here (self-conflicting; lease rounds and
+            # fenced writes take weaker locks and go on), so the first one alone makes the
+            # rows and every other compares its number with them.
+            self.connection.execute("LOCK TABLE shard_leases IN SHARE ROW EXCLUSIVE MODE")
             (count,) = self.connection.execute("SELECT count(*) FROM shard_leases").fetchone()
+            if count == 0:
+                self.connection.execute(
+                    "INSERT INTO shard_leases (shard, owner, epoch, expires_at)"
+                    " SELECT shard, NULL, 0, 0 FROM generate_series(0, ? - 1) AS shard",
+                    (self.shards,),
+                )
+                count = self.shards
             if count != self.shards:
                 raise ShardCountMismatch(
                     f"cluster.shards is {self.shards} but the cluster in this database has "

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from pm.cluster import LeaseBook
 from pm.store import SCHEMA_VERSION, open_store
-from tests.integration.brokers import free_port
+from pm.store._postgres_connection import connect_postgres
+from tests.integration.brokers import MosquittoBroker, free_port
 from tests.integration.gateways import REPOSITORY, cli_environment, pm
 from tests.small_filesystem import SmallFilesystem
 
@@ -117,6 +119,29 @@ async def test_a_cluster_without_a_gateway_level_in_its_answer_topic_is_refused(
         )
     assert_one_line(result, "topics.response", "has no {gateway} level", "cluster.enabled")
     assert not (tmp_path / "pm.db").exists()
+
+
+async def test_a_gateway_with_another_shard_count_than_its_cluster_refuses_to_start(
+    mosquitto: MosquittoBroker, migrated_postgres_url: str
+) -> None:
+    connection = connect_postgres(migrated_postgres_url)
+    LeaseBook(connection, "gw-first", lease_ttl=10, shards=4).join()
+    connection.close()
+    with trio.fail_after(30):
+        result = await pm(
+            "serve",
+            *ANY_PORTS[:2],
+            env={
+                "PM_CLUSTER_ENABLED": "true",
+                "PM_CLUSTER_SHARDS": "8",
+                "PM_TOPICS_RESPONSE": "/remote/{device}/response/{gateway}",
+                "PM_STORE_URL": migrated_postgres_url,
+                "PM_BROKER_EMBEDDED": "false",
+                "PM_MQTT_HOST": mosquitto.host,
+                "PM_MQTT_PORT": str(mosquitto.port),
+            },
+        )
+    assert_one_line(result, "cluster.shards is 8 but the cluster in this database has 4 shards")
 
 
 @pytest.mark.parametrize("section", ["http", "broker"])
