@@ -123,6 +123,9 @@ class ClusterEngine(Engine):
             wall_clock=self.wall_clock,
         )
         self.keeper = LeaseKeeper(book, on_change=self.dispatcher.leases_changed)
+        # Every message the gateway receives goes to the dispatcher (answers by shard), in
+        # place of the engine's router (Engine.__init__), before the gateway hands any on.
+        self.on_mqtt_message = self.dispatcher.on_mqtt_message
         self._nursery.start_soon(self._run_cluster, keeper_connection, reader_connection)
         return 0
 
@@ -196,12 +199,6 @@ class ClusterEngine(Engine):
                 connection.close()
 
     # -- MQTT hooks and shutdown -------------------------------------------------------------
-
-    def on_mqtt_message(self, topic: str, payload: bytes) -> None:
-        if self.dispatcher is None:
-            super().on_mqtt_message(topic, payload)
-        else:
-            self.dispatcher.on_mqtt_message(topic, payload)
 
     def on_mqtt_connect(self, generation: int) -> None:
         super().on_mqtt_connect(generation)

@@ -150,18 +150,29 @@ class ShardDispatcher:
             service.device_online(device, came_back)
 
     def on_mqtt_message(self, topic: str, payload: bytes) -> None:
-        """Every message the gateway receives (status topics, then answers by shard)."""
+        """Every message the gateway receives, routed as
+        :class:`pm.status_topic.DeviceMessages` routes a single gateway's, except that an
+        answer goes to the fleet of its device's shard."""
+        if self._topics.answers_never_statuses:
+            device = self._topics.device_of_response(topic)
+            if device is not None:
+                self._status_topic.answer_seen(device)
+                self._route_answer(device, payload)
+                return
         if self._status_topic.on_message(topic, payload):
             return
-        device = self._topics.device_of_response(topic)
+        device = self._topics.device_of_response(topic)  # lastSeen moved by on_message
         if device is None:
             self._fallback.on_answer(topic, payload)  # counted there as a foreign topic
-            return
+        else:
+            self._route_answer(device, payload)
+
+    def _route_answer(self, device: str, payload: bytes) -> None:
         service = self.services.get(self._writes.shard_of(device))
         if service is None:
             self._dropped["other_gateway"] += 1
         else:
-            service.fleet.on_answer(topic, payload)
+            service.fleet.on_device_answer(device, payload)
 
     def on_mqtt_connect(self, generation: int) -> None:
         """The broker connection is back: each shard's requests in flight go out again."""
