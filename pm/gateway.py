@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -65,6 +66,7 @@ class Gateway:
         engine, mqtt, probe = self.engine, self.mqtt, self.answer_probe
         connected = mqtt is not None and mqtt.connected
         hearing = probe is None or probe.ok
+        actors, dropped = (0, {}) if engine is None else _fleet_figures(engine)
         return Health(
             status="ok" if connected and hearing else "degraded",
             broker_connected=connected,
@@ -72,8 +74,8 @@ class Gateway:
             embedded_broker_restarts=None if self.broker is None else self.broker.restarts,
             jobs=0 if engine is None else len(engine),
             jobs_running=0 if engine is None else engine.jobs_running,
-            device_actors=0 if engine is None else engine.fleet.live_actors,
-            dropped_messages={} if engine is None else dict(engine.fleet.dropped),
+            device_actors=actors,
+            dropped_messages=dropped,
             answer_path=None if probe is None else _answer_path_health(probe),
         )
 
@@ -92,6 +94,17 @@ class Gateway:
         if self.engine is not None:
             due = self.engine.fleet.resend_after_reconnect()
             logger.info("answer subscription restored: %d in-flight requests re-sent", due)
+
+
+def _fleet_figures(engine: Engine) -> tuple[int, dict[str, int]]:
+    """Live device actors and dropped messages by reason, of the engine's fleet and, in a
+    cluster, of the fleet of every shard the gateway serves."""
+    actors, dropped = engine.fleet.live_actors, Counter(engine.fleet.dropped)
+    if isinstance(engine, ClusterEngine) and engine.dispatcher is not None:
+        for service in engine.dispatcher.services.values():
+            actors += service.fleet.live_actors
+            dropped.update(service.fleet.dropped)
+    return actors, dict(dropped)
 
 
 def _answer_path_health(probe: AnswerPathProbe) -> AnswerPathHealth:

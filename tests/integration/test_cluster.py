@@ -145,7 +145,8 @@ async def test_three_gateways_share_a_job_and_finish_a_killed_ones_part(
 
             async with httpx.AsyncClient(base_url=cluster[1].url, timeout=10) as survivor:
                 job = await wait_final(survivor, created["id"])
-            finished_in = trio.current_time() - killed_at
+                finished_in = trio.current_time() - killed_at
+                health = (await survivor.get("/healthz")).json()
 
     assert job["status"] == "resolved", job
     assert (job["finishCount"], job["errorCount"], job["totalCount"]) == (600, 0, 600)
@@ -160,6 +161,10 @@ async def test_three_gateways_share_a_job_and_finish_a_killed_ones_part(
         assert json.loads(result) == {"resource": f"/step/{position}", "echo": {}}
     # Never two commands at once on a device, whichever gateway sent them.
     assert simulator.stats.overlaps == 0
+    # /healthz counts its shards' fleets; the others' answers are dropped, not malformed.
+    assert health["deviceActors"] > 0, health
+    assert health["droppedMessages"].get("other_gateway", 0) > 0, health
+    assert "malformed" not in health["droppedMessages"], health
     owners = shard_owners(url)
     assert set(owners) == {"gw-0", "gw-1"} and sum(owners.values()) == SHARDS
     print(f"\nkilled gw-2; the job ended {finished_in:.2f} s later (lease_ttl {LEASE_TTL} s)")
