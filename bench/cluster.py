@@ -94,6 +94,7 @@ def start_cluster(
                 "PM_CLUSTER_GATEWAY_ID": f"gw-{n}",
                 "PM_CLUSTER_SHARDS": str(args.shards),
                 "PM_CLUSTER_LEASE_TTL": str(args.lease_ttl),
+                "PM_TOPICS_RESPONSE": "/remote/{device}/response/{gateway}",
             },
         )
         for n in range(gateways)

@@ -32,10 +32,13 @@ watermark: ids are reserved in blocks per gateway (pm/store/_ids.py), so a task 
 order in time across gateways and a watermark would skip the jobs of a gateway on a lower
 block.
 
-Answers: every gateway subscribes to every device's answer topic until answer topics per
-gateway exist, so it hands an answer to the fleet of the answering device's shard and drops
-one for a shard it does not serve, counted as ``other_gateway`` in the gateway's
-``droppedMessages`` (it is not malformed: another gateway sent that request).
+Answers: a clustered gateway hears only the answers on its own answer topic
+(``topics.response`` with its ``{gateway}`` level), to the requests it sent. It hands each to
+the fleet of the answering device's shard; one for a shard it no longer serves (a late
+answer to a request it sent before the shard moved on: the new owner re-sent it, with its
+own topic) is dropped, counted as ``shard_not_served`` in the gateway's ``droppedMessages``
+(not malformed). Were the answer topic shared, every other gateway's answers would be
+counted so.
 
 Restart policy: a database error in a read is a fault like the store's
 (``Connection.is_storage_fault``): logged, and the read is retried at the next turn; any
@@ -82,7 +85,7 @@ class ShardDispatcher:
         each online device's shard.
       status_topic: the engine's presence source (messages on status topics go there).
       fallback: the engine's own fleet, for messages on no device's answer topic (it counts
-        them), and whose ``dropped`` counter takes ``other_gateway``.
+        them), and whose ``dropped`` counter takes ``shard_not_served``.
       writes: the cluster's writes (refusals come back from them).
       connection: a connection of the dispatcher's own, for its reads.
       wall_clock: epoch seconds.
@@ -170,7 +173,7 @@ class ShardDispatcher:
     def _route_answer(self, device: str, payload: bytes) -> None:
         service = self.services.get(self._writes.shard_of(device))
         if service is None:
-            self._dropped["other_gateway"] += 1
+            self._dropped["shard_not_served"] += 1
         else:
             service.fleet.on_device_answer(device, payload)
 

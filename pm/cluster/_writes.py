@@ -41,6 +41,7 @@ from ..store._connection import Connection
 from ..store._postgres_connection import STATEMENTS, rows_from
 from ..store._rows import Row, task_rows, task_updates
 from ..store._statements import (
+    FRESH_CONSTANTS,
     INTEGER,
     TASK_FRESH_ROW,
     TASK_PLAIN_UPDATE,
@@ -74,7 +75,9 @@ def _fenced_update(row: Sequence[tuple[str, str]]) -> str:
 
 
 # The single gateway's narrow and whole rows (pm/store/_rows.py), with the shard.
-INSERT_FRESH_TASKS = insert_statement("tasks", (*TASK_FRESH_ROW, _SHARD), rows_from)
+INSERT_FRESH_TASKS = insert_statement(
+    "tasks", (*TASK_FRESH_ROW, _SHARD), rows_from, FRESH_CONSTANTS
+)
 INSERT_TASKS = insert_statement("tasks", (*TASK_ROW, _SHARD), rows_from)
 UPDATE_PLAIN_TASKS_FENCED = _fenced_update(TASK_PLAIN_UPDATE)
 UPDATE_TASKS_FENCED = _fenced_update(TASK_UPDATE)

@@ -18,7 +18,7 @@ import msgspec
 from ..schemas import FINAL_TASK_STATUSES, JobView
 from ..state import TaskRecord
 from ._connection import Connection
-from ._rows import JOB_COLUMNS, TASK_COLUMNS, _entries, job_view, task_record
+from ._rows import JOB_COLUMNS, TASK_COLUMNS, entries_of, job_view, task_record
 
 # Task ids asked for in one IN (...): well under SQLite's 32,766 host parameters.
 _IDS_PER_STATEMENT = 500
@@ -91,7 +91,7 @@ def tasks_of_rows(
     job = connection.execute("SELECT created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if job is None:
         return []
-    entries = _entries(connection, job_id)
+    entries = entries_of(connection, job_id)
     return [
         task_record(row, job_id, job[0], entries[row[1]], tunnel_for)
         for row in sorted(rows, key=lambda row: row[0])

@@ -148,8 +148,16 @@ def write_statements(rows_from: RowsFrom) -> WriteStatements:
     )
 
 
-def insert_statement(table: str, row: Sequence[tuple[str, str]], rows_from: RowsFrom) -> str:
-    """``INSERT`` of JSON rows of ``row``'s columns (a clustered gateway's task rows)."""
+def insert_statement(
+    table: str,
+    row: Sequence[tuple[str, str]],
+    rows_from: RowsFrom,
+    constants: Sequence[tuple[str, str]] = (),
+) -> str:
+    """``INSERT`` of JSON rows of ``row``'s columns, and of ``constants`` (column, SQL literal)
+    if any (a clustered gateway's task rows)."""
+    if constants:
+        return _insert_with_constants(table, row, constants, rows_from)
     return _insert(table, row, rows_from)
 
 
@@ -157,6 +165,7 @@ def insert_statement(table: str, row: Sequence[tuple[str, str]], rows_from: Rows
 # the shard (inserts) or the shard and epoch (fenced updates) after them.
 TASK_ROW = _TASK_ROW
 TASK_FRESH_ROW = _TASK_FRESH_ROW
+FRESH_CONSTANTS = _FRESH_CONSTANTS
 TASK_UPDATE = _TASK_UPDATE
 TASK_PLAIN_UPDATE = _TASK_PLAIN_UPDATE
 
