@@ -38,7 +38,7 @@ from .cluster_engine import ClusterEngine
 from .config import Config, ConfigError, HttpConfig
 from .config_topics import topic_templates
 from .engine import Engine, open_engine
-from .http import HttpCounters, create_app, serve, set_websocket_compression
+from .http import HttpCounters, create_app, serve, set_websocket_compression, watch_connections
 from .mqtt import AnswerPathProbe, MqttClient, open_answer_path_probe, open_mqtt_client
 from .protocol import PROBE_DEVICE_ID
 from .schemas import AnswerPathHealth, Health
@@ -226,6 +226,7 @@ async def run_gateway(
                             send_timeout=config.http.send_timeout,
                             send_buffer_bytes=config.http.send_buffer_bytes,
                             on_send_timeout=http_counters.count_send_timeout,
+                            claim_connection=watch_connections(app, config.http).claim,
                             shutdown_trigger=stop_http.wait,
                             task_status=task_status,
                         )

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed
 from pm.config import Config, HttpConfig
 from pm.engine import Engine, open_engine
 from pm.gateway import http_server_config
-from pm.http import HttpCounters, create_app, serve
+from pm.http import HttpCounters, create_app, serve, watch_connections
 from pm.jobs import Job
 from pm.schemas import Health
 from tests.fakes import FakeDevices, RecordingPublisher
@@ -126,6 +126,7 @@ async def serve_app(
                     send_timeout=config.http.send_timeout,
                     send_buffer_bytes=config.http.send_buffer_bytes,
                     on_send_timeout=counters.count_send_timeout,
+                    claim_connection=watch_connections(app, config.http).claim,
                     shutdown_trigger=stop.wait,
                 )
             )

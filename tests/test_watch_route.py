@@ -11,7 +11,7 @@ import trio.testing
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from pm.http.watch_route import MAX_WRITE_BYTES, _send_coalesced
+from pm.http.watch_route import MAX_WRITE_BYTES, send_coalesced
 from pm.http.websocket_frames import text_frames
 from pm.watch import Watcher
 from tests.test_watch import INTERVAL, job_of, make_feed, task_of, view_of
@@ -40,7 +40,7 @@ async def test_messages_due_together_go_in_one_write_and_the_final_one_at_once(
 
     with Watcher(feed, INTERVAL) as watcher:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_send_coalesced, watcher, write)
+            nursery.start_soon(send_coalesced, watcher, write)
             await trio.sleep(0.01)
             for index in range(3):
                 job.mark_sent(job.tasks[index], 1.0)
@@ -69,7 +69,7 @@ async def test_a_client_gone_during_a_write_ends_the_writes(
         return False
 
     with Watcher(feed, INTERVAL) as watcher:
-        assert await _send_coalesced(watcher, write) is False
+        assert await send_coalesced(watcher, write) is False
     assert calls == 1
 
 
@@ -104,6 +104,6 @@ async def test_a_backlog_is_written_in_bounded_pieces(
         writes.append(sum(map(len, messages)))
         return True
 
-    assert await _send_coalesced(_Backlog([b"{}"] + [piece] * 6), write)  # type: ignore[arg-type]
+    assert await send_coalesced(_Backlog([b"{}"] + [piece] * 6), write)  # type: ignore[arg-type]
     assert writes == [2] + [2 * len(piece)] * 3
     assert trio.current_time() == 0  # none of it waited for the interval

@@ -21,6 +21,9 @@ and ``http.max_websocket_message_bytes`` its ``websocket_max_message_size`` (100
 A plain TCP connection's stream is also handed to the app, in the ASGI scope's ``state``
 (:data:`CONNECTION_STREAM`): the watchers' route writes its frames there directly
 (:mod:`pm.http.watch_route`); the stream's lock keeps its writes and hypercorn's whole.
+Before that, a plain TCP connection is offered to ``claim_connection``: the watchers' plain
+handshakes are served there without hypercorn at all (:mod:`pm.http.watch_connection`), and
+every other connection goes to hypercorn with the bytes looked at put back.
 
 hypercorn is pinned exactly: ``tests/test_private_names.py`` pins the sources this module
 mirrors (``hypercorn.trio.serve``) and replaces (``WebsocketBuffer``).
@@ -31,6 +34,7 @@ of file descriptors); a connection's errors end that connection only.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -54,6 +58,11 @@ CONNECTION_STREAM = "pm.connection_stream"
 # Bytes of a write that must get through within one send_timeout: a client reading at least
 # this much per send_timeout (2 KiB/s with the default 30 s) is slow, not stalled.
 SEND_CHUNK = 64 * 1024
+# Offered each plain TCP connection before hypercorn: True if it served the connection (and
+# closed it), False if it left it to hypercorn, every byte it read unread
+# (:meth:`SendDeadlineStream.unread`). The watchers' connections are served so
+# (pm.http.watch_connection).
+ConnectionClaim = Callable[["SendDeadlineStream"], Awaitable[bool]]
 
 
 class BoundedWebsocketBuffer(ws_stream.WebsocketBuffer):
@@ -104,6 +113,34 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         # WebSocket the server closes while its reader answers the client's close frame did
         # both at once, and trio raised BusyResourceError, which ended the whole server.
         self._sending = trio.Lock()
+        # Bytes read before hypercorn took the connection (see unread).
+        self._unread = b""
+
+    def unread(self, data: bytes) -> None:
+        """Make ``data`` (read from this stream, not used) what the next reads return first:
+        a connection looked at by a :data:`ConnectionClaim` and not taken goes to hypercorn
+        whole."""
+        self._unread = data + self._unread
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes at once, without waiting or yielding: the bytes written
+        (0 if it would block, or while another write is under way).
+
+        The watchers' connections write through it (:mod:`pm.http.watch_connection`): most
+        writes fit the socket's buffer, and then cost one system call instead of a trip
+        through trio's scheduler. The rest of ``data`` is then the caller's to
+        :meth:`send_all`, at once (nothing else writes in between: the lock was free).
+
+        Error handling: a client gone raises :class:`trio.BrokenResourceError`.
+        """
+        if self._sending.locked():
+            return 0
+        try:
+            return os.write(self.socket.fileno(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            raise trio.BrokenResourceError(f"the client is gone: {error}") from None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._sending:
@@ -130,6 +167,12 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
             await self.transport.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._unread:
+            await trio.lowlevel.checkpoint()
+            data, self._unread = self._unread, b""
+            if max_bytes is not None and len(data) > max_bytes:
+                data, self._unread = data[:max_bytes], data[max_bytes:]
+            return data
         return await self.transport.receive_some(max_bytes)
 
     async def aclose(self) -> None:
@@ -171,6 +214,7 @@ async def serve(
     send_timeout: float,
     send_buffer_bytes: int | None = None,
     on_send_timeout: Callable[[], None] = lambda: None,
+    claim_connection: ConnectionClaim | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -182,6 +226,8 @@ async def serve(
       send_timeout: seconds 64 KiB of a write may take before the client is disconnected.
       send_buffer_bytes: each client connection's kernel send buffer (None: autotuned).
       on_send_timeout: called for each client disconnected so (a counter).
+      claim_connection: offered each plain TCP connection before hypercorn; what it does not
+        take (it returns False, having unread what it read) hypercorn serves.
       shutdown_trigger: returns when the server should stop; open requests and WebSockets
         then get ``server_config.graceful_timeout`` seconds, and are cancelled after it.
       task_status: started with the URLs served (``http://127.0.0.1:8080``).
@@ -211,8 +257,11 @@ async def serve(
             )
             task_status.started(binds)
 
-            def handle_connection(stream: trio.abc.Stream) -> TCPServer:
-                return TCPServer(
+            async def handle_connection(stream: trio.abc.Stream) -> None:
+                if claim_connection is not None and isinstance(stream, SendDeadlineStream):
+                    if await claim_connection(stream):
+                        return
+                await TCPServer(
                     wrapped,
                     server_config,
                     context,

@@ -10,7 +10,7 @@ hypercorn for the handshake and the close; every other scope (HTTP requests, the
 other paths) goes to quart unchanged. On a plain TCP connection the frames are written to the
 connection's stream directly (:data:`pm.http.server.CONNECTION_STREAM`), the messages due to
 a watcher together in one write, at most one write per update interval
-(:func:`_send_coalesced`); on TLS they go through hypercorn, one ASGI message each. The
+(:func:`send_coalesced`); on TLS they go through hypercorn, one ASGI message each. The
 protocol is the same (:mod:`pm.watch`: one JSON text frame per message, the final job
 message, then close 1000), also for a job another gateway of a cluster runs, whose feed is
 fed from the database (:mod:`pm.stored_job_feed`).
@@ -32,7 +32,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
@@ -113,35 +114,16 @@ class WatchRoute:
         await self.inner(scope, receive, send)
 
     async def _watch(self, job_id: int, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            admitted = await self._admit(job_id, scope)
-        except Exception as error:
-            # Only bugs get here (bad input is refused above), as with quart's routes: log
-            # it with the path (never the query string: ?token=), keep the details private.
-            logger.error("WebSocket %s failed", scope["path"], exc_info=error)
-            admitted = Refusal(500, "internal server error")
+        admitted = await self.admit(job_id, scope)
         if isinstance(admitted, Refusal):
             await _refuse(send, admitted)
             return
         job, tasks, interval = admitted
-        with self._slots.claim(job_id) as claimed:
-            if not claimed:
-                self._counters.refused["max_watchers_per_job"] += 1
-                await _refuse(
-                    send,
-                    Refusal(
-                        429,
-                        f"job {job_id} has {self._max_watchers} watchers, the most allowed "
-                        "(limits.max_watchers_per_job)",
-                        {"Retry-After": str(RETRY_AFTER)},
-                    ),
-                )
+        with self.slot(job_id) as full:
+            if full is not None:
+                await _refuse(send, full)
                 return
-            # A browser that offered subprotocols fails the connection unless one is selected.
-            offered = WATCH_SUBPROTOCOL in (scope.get("subprotocols") or [])
-            await send(
-                {"type": "websocket.accept", "subprotocol": WATCH_SUBPROTOCOL if offered else None}
-            )
+            await send({"type": "websocket.accept", "subprotocol": selected_subprotocol(scope)})
             stream = scope.get("state", {}).get(CONNECTION_STREAM)
             write = _asgi_writer(send) if stream is None else _stream_writer(stream)
             client_stayed = False  # stays so if the client's disconnect cancels the watching
@@ -150,9 +132,9 @@ class WatchRoute:
                     nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
                     if job.runs_elsewhere:
                         # Its feed is fed from the database (pm.stored_job_feed).
-                        await nursery.start(self._follow_stored(job, tasks, interval))
+                        await nursery.start(self.follow_stored(job, tasks, interval))
                     with job.watch(tasks, interval) as watcher:
-                        client_stayed = await _send_coalesced(watcher, write)
+                        client_stayed = await send_coalesced(watcher, write)
                     nursery.cancel_scope.cancel()
             except Exception:
                 logger.exception("watching job %d failed", job_id)
@@ -161,7 +143,7 @@ class WatchRoute:
             if client_stayed:
                 await send({"type": "websocket.close", "code": CLOSE_NORMAL})
 
-    def _follow_stored(
+    def follow_stored(
         self, job: Job, tasks: TaskMode, interval: float
     ) -> Callable[..., Awaitable[None]]:
         """What feeds a watcher of a job another gateway runs: looks at the database at the
@@ -175,6 +157,33 @@ class WatchRoute:
             tunnel_for=engine.topics.response_topic,
             with_tasks=tasks != "none",
         )
+
+    @contextmanager
+    def slot(self, job_id: int) -> Iterator[Refusal | None]:
+        """A watcher slot of the job, held until exit: yields None, or the 429 refusal (counted)
+        when the job has ``limits.max_watchers_per_job`` watchers already."""
+        with self._slots.claim(job_id) as claimed:
+            if claimed:
+                yield None
+                return
+            self._counters.refused["max_watchers_per_job"] += 1
+            yield Refusal(
+                429,
+                f"job {job_id} has {self._max_watchers} watchers, the most allowed "
+                "(limits.max_watchers_per_job)",
+                {"Retry-After": str(RETRY_AFTER)},
+            )
+
+    async def admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode, float] | Refusal:
+        """The job, the ``tasks`` mode and the snapshot ``interval`` a handshake asks for, or
+        why it is refused (a bug is logged and refused with 500)."""
+        try:
+            return await self._admit(job_id, scope)
+        except Exception as error:
+            # Only bugs get here (bad input is refused above), as with quart's routes: log
+            # it with the path (never the query string: ?token=), keep the details private.
+            logger.error("WebSocket %s failed", scope["path"], exc_info=error)
+            return Refusal(500, "internal server error")
 
     async def _admit(self, job_id: int, scope: Scope) -> tuple[Job, TaskMode, float] | Refusal:
         """The job, the ``tasks`` mode and the snapshot ``interval`` a handshake asks for, or
@@ -211,7 +220,7 @@ class WatchRoute:
         return job, tasks, interval
 
 
-async def _send_coalesced(watcher: Watcher, write: Writer) -> bool:
+async def send_coalesced(watcher: Watcher, write: Writer) -> bool:
     """Write the watcher's messages, those due together in one write, at most one write per
     :meth:`~pm.watch.Watcher.update_interval` (sooner once :data:`MAX_WRITE_BYTES` are due);
     the first and the final message at once.
@@ -295,14 +304,27 @@ def _headers(scope: Scope) -> dict[str, str]:
     return found
 
 
-async def _refuse(send: Send, refusal: Refusal) -> None:
-    """The refusal as the handshake's HTTP answer, the JSON error quart's routes give."""
+def selected_subprotocol(scope: Scope) -> str | None:
+    """The subprotocol the answer selects: ``pm.watch`` if offered (a browser that offered
+    subprotocols fails the connection unless one is selected), else none."""
+    return WATCH_SUBPROTOCOL if WATCH_SUBPROTOCOL in (scope.get("subprotocols") or []) else None
+
+
+def refusal_parts(refusal: Refusal) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of a refused handshake's answer: the JSON error quart's routes
+    give."""
     body = error_body(refusal.message)
     headers = [
         (b"content-type", JSON.encode()),
         (b"content-length", str(len(body)).encode()),
         *((name.lower().encode(), value.encode()) for name, value in refusal.headers.items()),
     ]
+    return headers, body
+
+
+async def _refuse(send: Send, refusal: Refusal) -> None:
+    """The refusal as the handshake's HTTP answer."""
+    headers, body = refusal_parts(refusal)
     await send(
         {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
     )

@@ -1,0 +1,271 @@
+"""Watchers' connections served without hypercorn: the cheapest path to a WebSocket watcher.
+
+After :mod:`pm.http.watch_route` served ``/jobs/{id}/ws`` in front of quart, what a watcher
+still cost the gateway was mostly hypercorn's handling of its connection: h11 parsing the
+handshake, its WebSocket stream and wsproto handshake, a task for the app and a queue to it,
+its idle-timer task restarted at each state change, the 101 answer and the close frame each
+through its send lock and a shielded scope (bench/README.md, scenario 6, has the profile).
+
+:class:`WatchConnections` is offered each plain TCP connection before hypercorn
+(:data:`pm.http.server.ConnectionClaim`). It reads the request head; if it is the plainest
+WebSocket handshake to ``/jobs/{id}/ws`` (:mod:`pm.http.websocket_handshake`) the connection
+is served here to its end: the same checks as the route (:meth:`WatchRoute.admit` and
+:meth:`WatchRoute.slot`, so a refusal says and counts the same), the same answers as
+hypercorn writes them, the same messages (:func:`~pm.http.watch_route.send_coalesced`), each
+write one system call when the socket takes it at once
+(:meth:`~pm.http.server.SendDeadlineStream.send_now`). What the client sends is parsed by
+wsproto: pings are answered, messages dropped (a message over
+``http.max_websocket_message_bytes`` closes with 1009, as hypercorn does), a close frame is
+answered and ends the watcher. Every other connection (another path, an extension offer when
+``http.websocket_compression`` is on, any unusual handshake) goes to hypercorn with the bytes
+read put back, and is served as before; so is every connection after a refused handshake
+(keep-alive, as hypercorn does).
+
+Error handling: a head not complete within ``http.idle_timeout`` closes the connection (as
+hypercorn's idle timer does). A watcher that fails after the handshake is logged and closes
+with 1011. A client gone (or a write that missed ``http.send_timeout``) ends the watcher.
+After the server's close frame the client gets ``http.idle_timeout`` to answer it; the
+connection is closed then in any case. A graceful stop of the server cancels the watcher
+with the other connections once its ``graceful_timeout`` is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+from quart_trio import QuartTrio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.frame_protocol import CloseReason
+
+from ..config import HttpConfig
+from .guards import Refusal
+from .server import SendDeadlineStream
+from .watch_route import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    WATCH_PATH,
+    WatchRoute,
+    refusal_parts,
+    selected_subprotocol,
+    send_coalesced,
+)
+from .websocket_frames import text_frames
+from .websocket_handshake import (
+    WatchHandshake,
+    accept_response,
+    parse_watch_handshake,
+    refusal_response,
+)
+
+logger = logging.getLogger(__name__)
+
+# A head longer than this is not a plain handshake: hypercorn (h11's limit is 16 KiB) reads it.
+MAX_HEAD_BYTES = 16 * 1024
+_END_OF_HEAD = b"\r\n\r\n"
+# What a request head the watchers' path might take begins with; another beginning is
+# handed to hypercorn as soon as it is seen.
+_WATCH_PREFIX = b"GET /jobs/"
+_RECEIVE_BYTES = 64 * 1024
+
+
+class WatchConnections:
+    """Serves the watchers' plain handshakes on the connection itself (see the module).
+
+    Args:
+      route: the watchers' ASGI route, whose checks, slots and counters are used here too.
+      http: ``idle_timeout``, ``max_websocket_message_bytes`` and ``websocket_compression``.
+    """
+
+    def __init__(self, route: WatchRoute, http: HttpConfig) -> None:
+        self._route = route
+        self._idle_timeout = http.idle_timeout
+        self._max_message = http.max_websocket_message_bytes
+        self._compression = http.websocket_compression
+
+    async def claim(self, stream: SendDeadlineStream) -> bool:
+        """Serve ``stream`` if it opens with a watcher's plain handshake (True), else put back
+        what was read and leave it to hypercorn (False)."""
+        read: tuple[bytes | None, bytes] | None = None
+        with trio.move_on_after(self._idle_timeout):
+            read = await _read_head(stream)
+        if read is None:
+            # No complete head within idle_timeout: closed, as hypercorn's idle timer does.
+            await trio.aclose_forcefully(stream)
+            return True
+        head, rest = read
+        handshake = None if head is None else parse_watch_handshake(head)
+        matched = None if handshake is None else WATCH_PATH.fullmatch(handshake.path)
+        if (
+            head is None
+            or handshake is None
+            or matched is None
+            or (handshake.extensions_offered and self._compression)
+        ):
+            stream.unread(rest if head is None else head + _END_OF_HEAD + rest)
+            return False
+        # After a refusal the connection goes on with hypercorn (keep-alive).
+        return not await self._serve(stream, int(matched[1]), handshake, rest)
+
+    async def _serve(
+        self, stream: SendDeadlineStream, job_id: int, handshake: WatchHandshake, rest: bytes
+    ) -> bool:
+        """The watcher, to the connection's end (False), or its refusal written (True)."""
+        scope = {
+            "type": "websocket",
+            "path": handshake.path,
+            "query_string": handshake.query_string,
+            "headers": handshake.headers,
+            "subprotocols": handshake.subprotocols,
+        }
+        admitted = await self._route.admit(job_id, scope)
+        if isinstance(admitted, Refusal):
+            await _refuse(stream, admitted, rest)
+            return True
+        job, tasks, interval = admitted
+        with self._route.slot(job_id) as full:
+            if full is not None:
+                await _refuse(stream, full, rest)
+                return True
+            client = _ClientSide(stream, self._max_message)
+            try:
+                answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
+                if not await client.write(answer):
+                    return False
+                client.receive(rest)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
+                    with client.watching:
+                        try:
+                            with job.watch(tasks, interval) as watcher:
+                                if await send_coalesced(watcher, client.write_messages):
+                                    await client.close(CLOSE_NORMAL)
+                        except Exception:
+                            logger.exception("watching job %d failed", job_id)
+                            await client.close(CLOSE_INTERNAL_ERROR)
+                    # The client answers the close frame; a client that does not is not
+                    # waited for long.
+                    nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout
+            finally:
+                await trio.aclose_forcefully(stream)
+        return False
+
+
+def watch_connections(app: QuartTrio, http: HttpConfig) -> WatchConnections:
+    """The watchers' connections of an app made by :func:`pm.http.create_app` (its ASGI app is
+    the watchers' route), for :func:`pm.http.serve`'s ``claim_connection``."""
+    route = app.asgi_app
+    if not isinstance(route, WatchRoute):
+        raise TypeError(f"{app!r} does not serve the watchers' route (made by create_app?)")
+    return WatchConnections(route, http)
+
+
+class _ClientSide:
+    """One watcher's connection after the handshake: the server's frames out, the client's
+    frames in (wsproto, server side). ``watching`` is cancelled when the client closes,
+    goes away, or broke the protocol."""
+
+    def __init__(self, stream: SendDeadlineStream, max_message: int) -> None:
+        self._stream = stream
+        self._max_message = max_message
+        self._protocol = Connection(ConnectionType.SERVER)
+        self._message_length = 0
+        self._discarding = False
+        self.watching = trio.CancelScope()
+
+    async def write(self, data: bytes) -> bool:
+        """Write ``data`` whole; False if the client is gone."""
+        try:
+            sent = self._stream.send_now(data)
+            if sent < len(data):
+                # Shielded as hypercorn's own writes are: a cancelled write would leave half
+                # a frame on the connection; the stream's send deadline bounds it instead.
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(memoryview(data)[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.watching.cancel()
+            return False
+        return True
+
+    async def write_messages(self, messages: list[bytes]) -> bool:
+        """The watcher's :data:`~pm.http.watch_route.Writer`: one text frame per message."""
+        return await self.write(text_frames(messages))
+
+    async def close(self, code: int) -> None:
+        """Send the close frame (once; not after the client's own)."""
+        if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            await self.write(self._protocol.send(CloseConnection(code=code)))
+
+    def receive(self, data: bytes) -> None:
+        if data:
+            self._protocol.receive_data(data)
+
+    async def read_until_closed(self, connection_scope: trio.CancelScope) -> None:
+        """Read the client's frames until its close frame or its end of stream, then end the
+        connection's tasks (``connection_scope``)."""
+        try:
+            while self._discarding or await self._handle_events():
+                data = await self._stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    break
+                if not self._discarding:
+                    self._protocol.receive_data(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self.watching.cancel()
+        connection_scope.cancel()
+
+    async def _handle_events(self) -> bool:
+        """Act on what the client sent; False once the connection is over."""
+        for event in self._protocol.events():
+            if isinstance(event, Message):
+                self._message_length += len(event.data)
+                if self._message_length > self._max_message:
+                    self.watching.cancel()
+                    await self.close(CloseReason.MESSAGE_TOO_BIG)
+                    # What it sends next is read and dropped unparsed until it closes (a
+                    # client still sending would see a reset, and lose our close frame).
+                    self._discarding = True
+                    return True
+                if event.message_finished:
+                    self._message_length = 0
+            elif isinstance(event, Ping):
+                await self.write(self._protocol.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.watching.cancel()
+                if self._protocol.state is ConnectionState.REMOTE_CLOSING:
+                    await self.write(self._protocol.send(event.response()))
+                else:
+                    # A frame that broke the protocol (wsproto says which code), or the
+                    # answer to our own close frame.
+                    await self.close(event.code)
+                return False
+        return True
+
+
+async def _read_head(stream: SendDeadlineStream) -> tuple[bytes | None, bytes]:
+    """The request head (without its blank line) and what followed it; or None and all that
+    was read, as soon as it cannot be a watcher's handshake."""
+    data = b""
+    while True:
+        chunk = await stream.receive_some(_RECEIVE_BYTES)
+        if not chunk:
+            return None, data
+        data += chunk
+        if not data.startswith(_WATCH_PREFIX[: len(data)]):
+            return None, data
+        head, found, rest = data.partition(_END_OF_HEAD)
+        if found:
+            return head, rest
+        if len(data) > MAX_HEAD_BYTES:
+            return None, data
+
+
+async def _refuse(stream: SendDeadlineStream, refusal: Refusal, rest: bytes) -> None:
+    """The refusal as the handshake's HTTP answer; what the client sent after the head stays
+    for hypercorn (the connection goes on)."""
+    headers, body = refusal_parts(refusal)
+    await stream.send_all(refusal_response(refusal.status, headers, body, time.time()))
+    stream.unread(rest)
