@@ -106,13 +106,13 @@ class WatchConnections:
         ):
             stream.unread(rest if head is None else head + _END_OF_HEAD + rest)
             return False
-        # After a refusal the connection goes on with hypercorn (keep-alive).
-        return not await self._serve(stream, int(matched[1]), handshake, rest)
+        await self._serve(stream, int(matched[1]), handshake, rest)
+        return True
 
     async def _serve(
         self, stream: SendDeadlineStream, job_id: int, handshake: WatchHandshake, rest: bytes
-    ) -> bool:
-        """The watcher, to the connection's end (False), or its refusal written (True)."""
+    ) -> None:
+        """The watcher, or its refusal, to the connection's end."""
         scope = {
             "type": "websocket",
             "path": handshake.path,
@@ -122,18 +122,18 @@ class WatchConnections:
         }
         admitted = await self._route.admit(job_id, scope)
         if isinstance(admitted, Refusal):
-            await _refuse(stream, admitted, rest)
-            return True
+            await _refuse(stream, admitted)
+            return
         job, tasks, interval = admitted
         with self._route.slot(job_id) as full:
             if full is not None:
-                await _refuse(stream, full, rest)
-                return True
+                await _refuse(stream, full)
+                return
             client = _ClientSide(stream, self._max_message)
             try:
                 answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
                 if not await client.write(answer):
-                    return False
+                    return
                 client.receive(rest)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
@@ -149,8 +149,7 @@ class WatchConnections:
                     # waited for long.
                     nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout
             finally:
-                await trio.aclose_forcefully(stream)
-        return False
+                await stream.aclose()
 
 
 def watch_connections(app: QuartTrio, http: HttpConfig) -> WatchConnections:
@@ -263,9 +262,13 @@ async def _read_head(stream: SendDeadlineStream) -> tuple[bytes | None, bytes]:
             return None, data
 
 
-async def _refuse(stream: SendDeadlineStream, refusal: Refusal, rest: bytes) -> None:
-    """The refusal as the handshake's HTTP answer; what the client sent after the head stays
-    for hypercorn (the connection goes on)."""
+async def _refuse(stream: SendDeadlineStream, refusal: Refusal) -> None:
+    """The refusal as the handshake's HTTP answer, then the connection closed (as hypercorn
+    does after a refused handshake)."""
     headers, body = refusal_parts(refusal)
-    await stream.send_all(refusal_response(refusal.status, headers, body, time.time()))
-    stream.unread(rest)
+    try:
+        await stream.send_all(refusal_response(refusal.status, headers, body, time.time()))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client is gone
+    finally:
+        await stream.aclose()
