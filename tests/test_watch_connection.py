@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypercorn.trio.tcp_server import TCPServer
 from trio_websocket import open_websocket_url
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
 import pm.http.server
+from pm.http.server import SendDeadlineListener
 from tests.job_api import entry
 from tests.served_app import ServedGateway, app_config, receive_all, serve_app
 from tests.test_http_hostile_clients import WEBSOCKET_KEY, read_head
@@ -175,3 +177,42 @@ async def test_a_watch_head_not_finished_is_closed_after_idle_timeout() -> None:
                 assert await stream.receive_some(1024) == b""
                 open_for = time.monotonic() - started
     assert idle_timeout * 0.8 <= open_for < idle_timeout + 3.0
+
+
+async def test_send_now_writes_at_once_or_leaves_the_rest_to_send_all() -> None:
+    with trio.fail_after(GUARD):
+        (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listener = SendDeadlineListener(
+            inner, send_timeout=5.0, on_timeout=lambda: None, send_buffer_bytes=8192
+        )
+        async with listener, await trio.open_tcp_stream(*inner.socket.getsockname()) as client:
+            async with await listener.accept() as accepted:
+                assert accepted.send_now(b"hello") == 5
+                assert await client.receive_some(5) == b"hello"
+                # Once the buffers are full it writes what fits, then nothing.
+                written = [accepted.send_now(b"x" * 65536) for _ in range(64)]
+                assert 0 < sum(written) < 64 * 65536 and written[-1] == 0
+                # While a send_all waits its turn, nothing is written past it.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(accepted.send_all, b"y" * 65536)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert accepted.send_now(b"z") == 0
+                    nursery.cancel_scope.cancel()
+            with pytest.raises(trio.ClosedResourceError):
+                accepted.send_now(b"after close")
+
+
+async def test_bytes_unread_are_read_first() -> None:
+    with trio.fail_after(GUARD):
+        (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listener = SendDeadlineListener(inner, send_timeout=5.0, on_timeout=lambda: None)
+        async with listener, await trio.open_tcp_stream(*inner.socket.getsockname()) as client:
+            async with await listener.accept() as accepted:
+                await client.send_all(b"later")
+                accepted.unread(b"first, ")
+                assert await accepted.receive_some(3) == b"fir"
+                assert await accepted.receive_some() == b"st, "
+                received = b""
+                while len(received) < 5:
+                    received += await accepted.receive_some()
+                assert received == b"later"

@@ -131,12 +131,16 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         through trio's scheduler. The rest of ``data`` is then the caller's to
         :meth:`send_all`, at once (nothing else writes in between: the lock was free).
 
-        Error handling: a client gone raises :class:`trio.BrokenResourceError`.
+        Error handling: a client gone raises :class:`trio.BrokenResourceError`, a stream
+        closed here :class:`trio.ClosedResourceError`.
         """
         if self._sending.locked():
             return 0
+        descriptor = self.socket.fileno()
+        if descriptor < 0:
+            raise trio.ClosedResourceError("this stream was closed")
         try:
-            return os.write(self.socket.fileno(), data)
+            return os.write(descriptor, data)
         except BlockingIOError:
             return 0
         except OSError as error:
