@@ -19,13 +19,16 @@ dispatch rate is tasks / (first POST -> last ``finishAt``); the figure is the ra
 median over rounds, per mode. The gateway's CPU seconds per job (POST to the last watcher's
 close) say what the watchers cost it, a figure less sensitive than rates to other load on
 the machine. The watchers run in the benchmark process, which shares the
-machine's two cores with the gateway, the broker and the fleet.
+machine's two cores with the gateway, the broker and the fleet: ``--client lean`` (the
+default) runs them as the cheapest client the benchmark has (:mod:`bench._lean_watcher`),
+so that CPU goes to what is measured; ``--client trio-websocket`` as the figures before
+2026-12-01's evening were taken.
 
 Usage::
 
     .venv/bin/python -m bench.watchers [--tasks 10000] [--watchers 1000] [--rounds 2]
         [--jobs 1]
-        [--modes each,batch,none]
+        [--modes each,batch,none] [--client lean|trio-websocket]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from bench._lean_watcher import watch as _lean_watch
 from bench._load import FINAL_STATUSES, http_client, job_body, parse_time, post_job, wait_final
 from bench._processes import (
     children_of,
@@ -60,14 +64,31 @@ MODES = ("each", "batch", "none")
 
 
 async def _watch(
-    url: str, handshakes: trio.Semaphore, finals: list[str], messages: list[int]
+    url: str,
+    handshakes: trio.Semaphore,
+    finals: list[str],
+    messages: list[int],
+    client: str = "trio-websocket",
 ) -> None:
+    """One watcher to the end: its final status into ``finals``, its message count into
+    ``messages``. ``client``: ``lean`` (:mod:`bench._lean_watcher`) or ``trio-websocket``."""
     await handshakes.acquire()  # released once connected: at most 50 handshakes at a time
     released = False
+
+    def connected() -> None:
+        nonlocal released
+        handshakes.release()
+        released = True
+
     try:
+        if client == "lean":
+            status, received = await _lean_watch(url, connected)
+            if status in FINAL_STATUSES:
+                finals.append(status)
+                messages.append(received)
+            return
         async with open_websocket_url(url, connect_timeout=120) as connection:
-            handshakes.release()
-            released = True
+            connected()
             received = 0
             while True:
                 message = await connection.get_message()
@@ -104,6 +125,7 @@ async def _one_job(
     watchers: int,
     mode: str,
     jobs: int = 1,
+    client: str = "trio-websocket",
 ) -> tuple[float, int, float, dict[str, float]]:
     """``jobs`` jobs at once over ``devices`` (split evenly), ``watchers`` spread evenly over
     them. Returns the dispatch rate (all tasks / first POST -> last ``finishAt``), the
@@ -124,7 +146,7 @@ async def _one_job(
         for n in range(watchers):
             job_id = posted[n % len(posted)][0]
             ws_url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws?tasks={mode}"
-            nursery.start_soon(_watch, ws_url, handshakes, finals, messages)
+            nursery.start_soon(_watch, ws_url, handshakes, finals, messages, client)
         finished = [await wait_final(client, job_id, poll=0.1) for job_id, _ in posted]
     total = sum(job["totalCount"] for job in finished)
     last = max(parse_time(job["finishAt"]) for job in finished)
@@ -144,6 +166,7 @@ async def _measure(
     rounds: int,
     modes: list[str],
     jobs: int,
+    client: str,
 ) -> dict[str, Any]:
     without: list[float] = []
     without_cpu: list[dict[str, float]] = []
@@ -151,13 +174,19 @@ async def _measure(
         mode: {"with": [], "ratio": [], "final_received": [], "messages": [], "cpu": []}
         for mode in modes
     }
-    await _one_job(base, processes, devices, 0, "each", jobs)  # warm-up
+    await _one_job(base, processes, devices, 0, "each", jobs, client)  # warm-up
     for round_number in range(rounds):
         runs = [None, *modes]
         for mode in runs if round_number % 2 == 0 else reversed(runs):
             with trio.fail_after(600):
                 rate, resolved, messages, cpu = await _one_job(
-                    base, processes, devices, watchers if mode else 0, mode or "each", jobs
+                    base,
+                    processes,
+                    devices,
+                    watchers if mode else 0,
+                    mode or "each",
+                    jobs,
+                    client,
                 )
             if mode is None:
                 without.append(rate)
@@ -208,6 +237,14 @@ def main(argv: list[str] | None = None) -> Report:
         default=",".join(MODES),
         help="comma-separated ?tasks= modes to measure (each, batch, none)",
     )
+    parser.add_argument(
+        "--client",
+        choices=("lean", "trio-websocket"),
+        default="lean",
+        help="the watchers' WebSocket client: lean (bench/_lean_watcher.py, the cheapest, so "
+        "the machine's CPU goes to the gateway) or trio-websocket (the figures before "
+        "2026-12-01 evening)",
+    )
     parser.add_argument("--scenario", default="watchers", help="result file name")
     args = parser.parse_args(argv)
     modes = [mode for mode in args.modes.split(",") if mode]
@@ -234,6 +271,7 @@ def main(argv: list[str] | None = None) -> Report:
                 args.rounds,
                 modes,
                 args.jobs,
+                args.client,
             )
         finally:
             fleet.stop()
@@ -256,6 +294,7 @@ def main(argv: list[str] | None = None) -> Report:
     )
     without = median(figures["without"])
     without_cpu = median([run["gateway"] for run in figures["without_cpu"]])
+    report.notes.append(f"watchers' client: {args.client} (--client)")
     report.notes.append(_cpu_note("without watchers", figures["without_cpu"]))
     size = f"{args.watchers:,} watchers, {args.tasks:,} tasks"
     if args.jobs > 1:
