@@ -1,5 +1,10 @@
 """``/jobs/{id}/ws`` served at the ASGI level, in front of quart.
 
+A plain handshake on a plain TCP connection does not even get here: it is served on the
+connection itself, with this route's checks and slots (:mod:`pm.http.watch_connection`). What
+hypercorn still brings here is the rest: TLS connections, HTTP/2, a handshake after other
+requests on a kept-alive connection, any handshake out of the ordinary.
+
 A watcher is one long WebSocket that mostly waits; what it costs the gateway is its handshake
 and its writes. Through quart each handshake built a websocket object, its request and app
 contexts, a receive queue, a task group and a URL match, and each message was a frame sent
