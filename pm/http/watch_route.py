@@ -35,7 +35,6 @@ client messages never fills and a disconnect is always noticed.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -251,16 +250,32 @@ async def send_coalesced(watcher: Watcher, write: Writer) -> bool:
             due, due_bytes = [], 0
             write_at = trio.current_time() + watcher.update_interval()
             continue
-        # Cancelling the wait loses nothing (pm.watch): the watcher keeps what it took.
-        with trio.move_on_at(write_at if due else math.inf):
-            try:
-                message = await anext(watcher)
-            except StopAsyncIteration:
-                more = False
-            else:
-                due.append(message)
-                due_bytes += len(message)
+        # Cancelling the wait loses nothing (pm.watch): the watcher keeps what it took. With
+        # nothing due there is no deadline, and no cancel scope (one per message, entered and
+        # left, was a fifth of this loop's CPU in a profile of 1,000 watchers).
+        message = await (_next_before(watcher, write_at) if due else _next(watcher))
+        if message is None:
+            more = False
+        elif message:
+            due.append(message)
+            due_bytes += len(message)
     return True
+
+
+async def _next(watcher: Watcher) -> bytes | None:
+    """The watcher's next message, None at its end."""
+    try:
+        return await anext(watcher)
+    except StopAsyncIteration:
+        return None
+
+
+async def _next_before(watcher: Watcher, deadline: float) -> bytes | None:
+    """The watcher's next message if it comes before ``deadline`` (else ``b""``), None at
+    its end."""
+    with trio.move_on_at(deadline):
+        return await _next(watcher)
+    return b""
 
 
 def _stream_writer(stream: SendDeadlineStream) -> Writer:
