@@ -47,6 +47,12 @@ STANDARD: list[tuple[Callable[[list[str]], Report], list[str]]] = [
         ["--burst", "--connections", "1000", "10000", "--brokers", "ours", "--rounds", "2"],
     ),
     (watchers.main, ["--tasks", "10000", "--watchers", "1000", "--rounds", "2"]),
+    # Issue 15 item 4's more common shape: 1,000 watchers spread over 100 running jobs.
+    (
+        watchers.main,
+        ["--tasks", "10000", "--watchers", "1000", "--rounds", "2", "--jobs", "100"]
+        + ["--scenario", "watchers_100jobs"],
+    ),
     (api_load.main, ["--tasks", "10000"]),
     (scale.main, ["--tasks", "100000", "--small", "10000", "--devices", "10000"]),
     (reconnect_storm.main, ["--devices", "10000"]),
@@ -76,6 +82,7 @@ ORDER = [
     "broker_fanout",
     "broker_fanout_burst",
     "watchers",
+    "watchers_100jobs",
     "api_load",
     "scale",
     "reconnect_storm",
