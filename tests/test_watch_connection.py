@@ -6,6 +6,8 @@ tests/test_http_*.py WebSocket tests, which run over this same path."""
 from __future__ import annotations
 
 import re
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -216,3 +218,17 @@ async def test_bytes_unread_are_read_first() -> None:
                 while len(received) < 5:
                     received += await accepted.receive_some()
                 assert received == b"later"
+
+
+async def test_a_client_reset_during_the_head_ends_that_connection_only() -> None:
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            for partial in (b"GET /jobs/1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"GET /jo"):
+                stream = await connect(gateway)
+                await stream.send_all(partial)
+                await trio.testing.wait_all_tasks_blocked()
+                # Closed with a reset (SO_LINGER 0): the server's next read fails.
+                stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await stream.aclose()
+            await trio.sleep(0.2)  # the server's reads of the reset connections
+            assert (await gateway.client.get("/healthz")).status_code == 200

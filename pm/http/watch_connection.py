@@ -87,7 +87,21 @@ class WatchConnections:
 
     async def claim(self, stream: SendDeadlineStream) -> bool:
         """Serve ``stream`` if it opens with a watcher's plain handshake (True), else put back
-        what was read and leave it to hypercorn (False)."""
+        what was read and leave it to hypercorn (False).
+
+        Error handling: a client gone (reset, closed) ends its connection; any other error is
+        a bug, logged, and ends that connection only (it must not reach the server's
+        nursery, which would end every connection)."""
+        try:
+            return await self._claim(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            logger.exception("a watcher's connection failed")
+        await stream.aclose()
+        return True
+
+    async def _claim(self, stream: SendDeadlineStream) -> bool:
         read: tuple[bytes | None, bytes] | None = None
         with trio.move_on_after(self._idle_timeout):
             read = await _read_head(stream)
