@@ -230,5 +230,5 @@ async def test_a_client_reset_during_the_head_ends_that_connection_only() -> Non
                 # Closed with a reset (SO_LINGER 0): the server's next read fails.
                 stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 await stream.aclose()
-            await trio.sleep(0.2)  # the server's reads of the reset connections
+            await trio.testing.wait_all_tasks_blocked()  # the server has read the resets
             assert (await gateway.client.get("/healthz")).status_code == 200
