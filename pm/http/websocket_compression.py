@@ -16,6 +16,10 @@ server (it is read from that server's hypercorn config), so several gateways in 
 hypercorn is pinned exactly; ``tests/test_private_names.py`` pins the sources this relies on
 (``WSStream.handle``, ``Handshake.accept`` and the ``_create_stream`` that build the streams).
 
+The watchers' plain handshakes do not reach hypercorn at all (:mod:`pm.http.watch_connection`):
+with compression off their answer accepts no extension either; with it on, a handshake that
+offers one is left to hypercorn.
+
 Error handling: none needed; a request without the header passes unchanged.
 """
 
