@@ -41,6 +41,8 @@ from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
 
 from ..config import HttpConfig
+from ..jobs import Job
+from ..watch import TaskMode
 from .guards import Refusal
 from .server import SendDeadlineStream
 from .watch_route import (
@@ -153,9 +155,8 @@ class WatchConnections:
                     nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
                     with client.watching:
                         try:
-                            with job.watch(tasks, interval) as watcher:
-                                if await send_coalesced(watcher, client.write_messages):
-                                    await client.close(CLOSE_NORMAL)
+                            if await self._watch(client, job, tasks, interval):
+                                await client.close(CLOSE_NORMAL)
                         except Exception:
                             logger.exception("watching job %d failed", job_id)
                             await client.close(CLOSE_INTERNAL_ERROR)
@@ -164,6 +165,17 @@ class WatchConnections:
                     nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout
             finally:
                 await stream.aclose()
+
+    async def _watch(self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float) -> bool:
+        """The watcher's messages to the client; False if the client went away meanwhile."""
+        async with trio.open_nursery() as feeding:
+            if job.runs_elsewhere:
+                # Its feed is fed from the database (pm.stored_job_feed) while it is watched.
+                await feeding.start(self._route.follow_stored(job, tasks, interval))
+            with job.watch(tasks, interval) as watcher:
+                client_stayed = await send_coalesced(watcher, client.write_messages)
+            feeding.cancel_scope.cancel()
+        return client_stayed
 
 
 def watch_connections(app: QuartTrio, http: HttpConfig) -> WatchConnections:
