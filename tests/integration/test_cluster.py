@@ -18,6 +18,7 @@ import httpx
 import psycopg
 import pytest
 import trio
+import trio_websocket
 
 from pm.simulator import SimulatorSettings, run_simulator
 from tests.integration.brokers import MosquittoBroker, free_port
@@ -105,69 +106,169 @@ def shard_owners(url: str) -> dict[str | None, int]:
 def task_rows(url: str, job_id: int) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as connection:
         return connection.execute(
-            "SELECT device, entry, status, result FROM tasks WHERE job_id = %s ORDER BY id",
+            "SELECT id, device, entry, status, result FROM tasks WHERE job_id = %s ORDER BY id",
             (job_id,),
         ).fetchall()
 
 
-async def test_three_gateways_share_a_job_and_finish_a_killed_ones_part(
+class JobWatch:
+    """What one WebSocket client saw of a job: the messages of each connection it opened, in
+    order, the close code of each, and when it got the job's final snapshot."""
+
+    def __init__(self) -> None:
+        self.connections: list[list[dict[str, Any]]] = []
+        self.closes: list[int] = []
+        self.first_message = trio.Event()
+        self.ended_at: float | None = None
+
+
+async def watch_job(
+    gateways: list[ClusterGateway], job_id: int, query: str, watch: JobWatch
+) -> None:
+    """Watch ``job_id`` through the first of ``gateways``; when a gateway drops the connection
+    (anything but a normal close: it died), reconnect through the next one, as a client of a
+    cluster would. Returns at the normal close that follows the job's final snapshot."""
+    for gateway in gateways:
+        messages: list[dict[str, Any]] = []
+        watch.connections.append(messages)
+        url = gateway.url.replace("http://", "ws://") + f"/jobs/{job_id}/ws?{query}"
+        async with trio_websocket.open_websocket_url(url) as connection:
+            try:
+                while True:
+                    messages.append(json.loads(await connection.get_message()))
+                    watch.first_message.set()
+            except trio_websocket.ConnectionClosed as error:
+                watch.closes.append(error.reason.code)
+        if watch.closes[-1] == 1000:
+            watch.ended_at = trio.current_time()
+            return
+    raise AssertionError(f"every gateway dropped the watcher: {watch.closes}")
+
+
+async def test_a_3000_task_job_watched_on_another_gateway_survives_a_sigkill(
     cluster: list[ClusterGateway],
     mosquitto: MosquittoBroker,
     migrated_postgres_url: str,
     nursery: trio.Nursery,
 ) -> None:
+    """Issue 16's own test: a 3,000-task job over 1,000 devices posted to one gateway of
+    three, watched on another, a third SIGKILLed mid-job. Every task settles once, by the
+    answer to its own request; the devices saw no two requests at once, each device its three
+    in the job's order, every id once cluster-wide; the watcher gets the final counts; a
+    watcher of the killed gateway reconnects to another and gets the job's current state."""
     url = migrated_postgres_url
-    devices = [f"c{i:03d}" for i in range(300)]
+    steps = 3
+    devices = [f"c{i:04d}" for i in range(1000)]
+    poster, watched, victim = cluster
+    for gateway in cluster:
+        # Watchers that must see every task change: no job-wide budget of task messages
+        # (by default 5,000 a second: the burst of a takeover exceeds it, and a watcher over
+        # it drops its backlog at the job's end, as designed), and a log that holds every
+        # change of the job (a look at the database hands its changes over at once).
+        gateway.environment["PM_WATCHERS_MAX_TASK_MESSAGES_PER_SECOND"] = "0"
+        gateway.environment["PM_WATCHERS_QUEUE_SIZE"] = "8192"
     with trio.fail_after(GUARD):
         await start_cluster(cluster, url)
-        async with httpx.AsyncClient(timeout=10) as client:
-            simulator = await nursery.start(
-                run_simulator,
-                SimulatorSettings(
-                    host=mosquitto.host,
-                    port=mosquitto.port,
-                    devices=devices,
-                    latency=0.05,
-                    connections=10,
-                    track_request_ids=True,
-                ),
-            )
-            batch = [entry(devices, f"/step/{step}") for step in range(2)]
-            response = await client.post(f"{cluster[0].url}/jobs", json={"batch": batch})
+        simulator = await nursery.start(
+            run_simulator,
+            SimulatorSettings(
+                host=mosquitto.host,
+                port=mosquitto.port,
+                devices=devices,
+                latency=0.05,
+                connections=20,  # 50 devices a connection: 1,000 clients would load the test
+                record_requests=True,
+                track_request_ids=True,
+            ),
+        )
+        batch = [entry(devices, f"/step/{step}") for step in range(steps)]
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(f"{poster.url}/jobs", json={"batch": batch})
             assert response.status_code == 200, response.text
             created = response.json()
-            assert created["totalCount"] == 600
+            assert created["totalCount"] == 3000
+            on_watched = JobWatch()  # every task message, on a gateway that survives
+            on_victim = JobWatch()  # snapshots, on the gateway killed, then on the poster
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(watch_job, [watched], created["id"], "tasks=each", on_watched)
+                watchers.start_soon(
+                    watch_job, [victim, poster], created["id"], "tasks=none", on_victim
+                )
+                await on_watched.first_message.wait()
+                await on_victim.first_message.wait()
+                # A fifth of the job: the victim (a third of the shards) has work left.
+                await poll_until(lambda: simulator.stats.answered >= 600)
+                victim.kill()
+                killed_at = trio.current_time()
+                answered_at_kill = simulator.stats.answered
+                seen_before_kill = dict(on_victim.connections[0][-1]["job"])
+            assert answered_at_kill < 3000, "the job finished before the kill: no test"
+            health = (await client.get(f"{watched.url}/healthz")).json()
+    assert on_watched.ended_at is not None
+    finished_in = on_watched.ended_at - killed_at
 
-            await poll_until(lambda: simulator.stats.answered >= 200)
-            victim = cluster[2]
-            victim.kill()
-            killed_at = trio.current_time()
-            assert simulator.stats.answered < 600, "the job finished before the kill: no test"
+    # The watcher on the surviving gateway: the final snapshot with every count right.
+    assert on_watched.closes == [1000]
+    (messages,) = on_watched.connections
+    final = messages[-1]
+    assert final["type"] == "job", final
+    counts = ("status", "totalCount", "doneCount", "finishCount", "errorCount", "expiredCount")
+    assert [final["job"][name] for name in counts] == ["resolved", 3000, 3000, 3000, 0, 0]
+    # Its task messages: no task settles twice, none changes after it settled, and every task
+    # still unanswered at the kill (so unsettled at the watcher's first look) settles in one.
+    settled: dict[int, str] = {}
+    for task in (message["task"] for message in messages if message["type"] == "task"):
+        assert task["id"] not in settled, f"task {task['id']} changed after it settled"
+        if task["__task"]["status"] in {"resolved", "error", "timeout", "expired", "cancelled"}:
+            settled[task["id"]] = task["__task"]["status"]
+    assert set(settled.values()) == {"resolved"}
+    assert len(settled) >= 3000 - answered_at_kill, (len(settled), answered_at_kill)
 
-            async with httpx.AsyncClient(base_url=cluster[1].url, timeout=10) as survivor:
-                job = await wait_final(survivor, created["id"])
-                finished_in = trio.current_time() - killed_at
-                health = (await survivor.get("/healthz")).json()
+    # The watcher of the killed gateway: dropped (not a normal close), reconnected through
+    # the poster, whose first message is the job's current state, then its end.
+    assert on_victim.closes[0] != 1000 and on_victim.closes[1:] == [1000], on_victim.closes
+    _, after = on_victim.connections
+    current = after[0]["job"]
+    assert current["status"] in {"dispatching", "resolved"}, current
+    assert current["doneCount"] >= seen_before_kill["doneCount"], (current, seen_before_kill)
+    assert [after[-1]["job"][name] for name in counts] == ["resolved", 3000, 3000, 3000, 0, 0]
 
-    assert job["status"] == "resolved", job
-    assert (job["finishCount"], job["errorCount"], job["totalCount"]) == (600, 0, 600)
-    assert job["outcome"] == "succeeded"
+    # The store: every task once, resolved by the answer to its own request.
     rows = task_rows(url, created["id"])
-    # Every task resolved, each by the answer to its own request.
-    assert sorted((device, position) for device, position, _, _ in rows) == sorted(
-        (device, position) for device in devices for position in range(2)
+    assert sorted((device, position) for _, device, position, _, _ in rows) == sorted(
+        (device, position) for device in devices for position in range(steps)
     )
-    for _, position, status, result in rows:
+    for _, _, position, status, result in rows:
         assert status == "resolved"
         assert json.loads(result) == {"resource": f"/step/{position}", "echo": {}}
-    # Never two commands at once on a device, whichever gateway sent them.
+    task_of = {(device, position): task_id for task_id, device, position, _, _ in rows}
+    assert sorted(task_of.values()) == sorted(created["collection"])
+
+    # The devices: each got its three requests in the job's order (a re-send by a shard's
+    # new owner repeats an id: counted once), with the ids the store holds for them; no id
+    # went to two devices; never two requests at once on a device.
+    ids_received: list[int] = []
+    gateways_of: dict[str, list[str]] = {}
+    for device in devices:
+        requests = simulator.received_by(device)
+        distinct = list(dict.fromkeys((r["id"], r["resource"]) for r in requests))
+        assert distinct == [(task_of[device, n], f"/step/{n}") for n in range(steps)], device
+        ids_received += [task_id for task_id, _ in distinct]
+        gateways_of[device] = [r["tunnel"].rsplit("/", 1)[1] for r in requests]
+    assert len(ids_received) == len(set(ids_received)) == 3000
     assert simulator.stats.overlaps == 0
-    # /healthz counts its shards' fleets; nothing a device sent was malformed or foreign.
-    assert health["deviceActors"] > 0, health
+    # The kill mattered: devices the victim served got the rest of their requests from a
+    # survivor (its shards taken over), and the survivors hold every shard.
+    taken_over = [d for d, names in gateways_of.items() if "gw-2" in names and names[-1] != "gw-2"]
+    assert taken_over, "no device of the killed gateway was served by another"
     assert not {"malformed", "foreign_topic"} & set(health["droppedMessages"]), health
     owners = shard_owners(url)
     assert set(owners) == {"gw-0", "gw-1"} and sum(owners.values()) == SHARDS
-    print(f"\nkilled gw-2; the job ended {finished_in:.2f} s later (lease_ttl {LEASE_TTL} s)")
+    print(
+        f"\nkilled gw-2 after {answered_at_kill} answers; the watcher on gw-1 got the job's end"
+        f" {finished_in:.2f} s later (lease_ttl {LEASE_TTL} s); {len(taken_over)} devices"
+        f" taken over, {simulator.stats.redelivered} requests re-sent"
+    )
 
 
 async def test_jobs_posted_to_different_gateways_keep_each_devices_order_across_a_join(
