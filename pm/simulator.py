@@ -14,8 +14,8 @@ What a fleet is (devices, latency, rates, topics, presence) is
 
 The simulator also checks the gateway: a request that arrives at a device still working on
 another one is counted in ``overlaps`` (the gateway promises one command in flight per
-device); the same request arriving again while it is being worked on (at-least-once re-send)
-is counted in ``duplicates``. With ``track_request_ids`` every id a device ever received is
+device); a copy of the request being worked on (a re-send) in ``duplicates``, and its answer
+goes to that latest copy's tunnel. With ``track_request_ids`` every id a device ever received is
 kept, and a request whose id the device received before is counted in ``redelivered``
 (whether or not the device recognized it as a duplicate: ``redelivered - duplicates`` is
 work a device did twice). With ``record_requests``, every request is kept per device, in
@@ -89,8 +89,8 @@ class Simulator:
         self.stats = DeviceStats()
         self.requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.paused = False
-        # Device -> id of the request it is working on (answering after a latency).
-        self._busy: dict[str, int] = {}
+        # Device -> (id, the latest copy's tunnel) of the request it is working on.
+        self._busy: dict[str, tuple[int, str]] = {}
         # Device -> (id, answer) of the last request it answered, replayed for a re-send.
         self._last_answer: dict[str, tuple[int, bytes]] = {}
         # Device -> every request id it received (track_request_ids only).
@@ -190,9 +190,10 @@ class Simulator:
             else:
                 received.add(request.id)
         # At-least-once delivery: a re-sent request is recognized by its id. One being
-        # worked on is ignored (its answer will come); one already answered gets the same
-        # answer again at once, without doing the work twice (docs/protocol.md).
-        if self._busy.get(device) == request.id:
+        # worked on is not done again, its answer goes to the latest copy's tunnel; one
+        # already answered gets the same answer again at once (docs/protocol.md).
+        if self._busy.get(device, (None,))[0] == request.id:
+            self._busy[device] = (request.id, request.tunnel)
             self.stats.duplicates += 1
             return
         last_id, last_answer = self._last_answer.get(device, (None, b""))
@@ -214,7 +215,7 @@ class Simulator:
         if latency <= 0 and self.settings.progress_steps == 0:
             self._answer(client, device, request, failed)  # fast path: no task per request
             return
-        self._busy[device] = request.id
+        self._busy[device] = (request.id, request.tunnel)
         self.stats.max_working = max(self.stats.max_working, len(self._busy))
         # In the connection's nursery: a device that goes offline loses the work under way.
         answering.start_soon(self._answer_later, client, device, request, failed, latency)
@@ -227,19 +228,22 @@ class Simulator:
     async def _answer_later(
         self, client: MqttClient, device: str, request: SanjiRequest, failed: bool, latency: float
     ) -> None:
+        tunnel = request.tunnel
         try:
             steps = self.settings.progress_steps
             pause = latency / (steps + 1)
             for step in range(1, steps + 1):
                 await trio.sleep(pause)
                 progress = {"progress": step * 100 // (steps + 1)}
-                client.publish(request.tunnel, self._message(request, PROGRESS_CODE, progress))
+                working = self._busy.get(device)  # another request's, after an overlap
+                tunnel = working[1] if working and working[0] == request.id else tunnel
+                client.publish(tunnel, self._message(request, PROGRESS_CODE, progress))
                 self.stats.progress_messages += 1
             await trio.sleep(pause)
         finally:
-            if self._busy.get(device) == request.id:
-                del self._busy[device]
-        self._answer(client, device, request, failed)
+            if self._busy.get(device, (None,))[0] == request.id:
+                tunnel = self._busy.pop(device)[1]
+        self._answer(client, device, msgspec.structs.replace(request, tunnel=tunnel), failed)
 
     def _answer(self, client: MqttClient, device: str, request: SanjiRequest, failed: bool) -> None:
         if failed:

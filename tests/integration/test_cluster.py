@@ -342,13 +342,6 @@ async def test_jobs_posted_to_different_gateways_keep_each_devices_order_across_
     assert simulator.stats.overlaps == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found at issue 16's size: a device still working on a request when its shard "
-    "moves answers on the old owner's tunnel (docs/protocol.md: a copy of the request in "
-    "progress is ignored, its answer will come); the old owner drops that answer as "
-    "shard_not_served and the new owner's task ends timeout",
-)
 async def test_a_request_in_progress_when_its_shard_moves_is_settled_by_its_answer(
     cluster: list[ClusterGateway],
     mosquitto: MosquittoBroker,
