@@ -64,7 +64,7 @@ from .presence import PresenceBook
 from .protocol import TopicTemplates
 from .shard_service import ShardService, serve_shard
 from .state import JobRecord
-from .status_topic import StatusTopicSource
+from .status_topic import DeviceMessages, StatusTopicSource
 from .store._connection import Connection
 from .store._shard_tasks import load_shard_parts, unfinished_jobs
 
@@ -130,6 +130,8 @@ class ShardDispatcher:
         self.turns = 0
         presence.on_online = self._device_online
         writes.on_refused = self._writes_refused
+        # Every message the gateway receives (pm.status_topic.DeviceMessages).
+        self.on_mqtt_message = DeviceMessages(topics, status_topic, self).route
 
     @property
     def unfinished_jobs(self) -> int:
@@ -152,25 +154,16 @@ class ShardDispatcher:
         if service is not None:
             service.device_online(device, came_back)
 
-    def on_mqtt_message(self, topic: str, payload: bytes) -> None:
-        """Every message the gateway receives, routed as
-        :class:`pm.status_topic.DeviceMessages` routes a single gateway's, except that an
-        answer goes to the fleet of its device's shard."""
-        if self._topics.answers_never_statuses:
-            device = self._topics.device_of_response(topic)
-            if device is not None:
-                self._status_topic.answer_seen(device)
-                self._route_answer(device, payload)
-                return
-        if self._status_topic.on_message(topic, payload):
-            return
-        device = self._topics.device_of_response(topic)  # lastSeen moved by on_message
+    # The answer router of this gateway's DeviceMessages (on_mqtt_message): the same routing
+    # as a single gateway's, except that an answer goes to the fleet of its device's shard.
+    def on_answer(self, topic: str, payload: bytes) -> None:
+        device = self._topics.device_of_response(topic)
         if device is None:
             self._fallback.on_answer(topic, payload)  # counted there as a foreign topic
         else:
-            self._route_answer(device, payload)
+            self.on_device_answer(device, payload)
 
-    def _route_answer(self, device: str, payload: bytes) -> None:
+    def on_device_answer(self, device: str, payload: bytes) -> None:
         service = self.services.get(self._writes.shard_of(device))
         if service is None:
             self._dropped["shard_not_served"] += 1
