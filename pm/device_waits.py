@@ -95,7 +95,7 @@ class DeviceWaits:
         telling anything: the per-task path, which then needs no coroutine."""
         if self.offline(device):
             return False
-        expires_at = None if task.attempts else task.expires_at
+        expires_at = _unsent_expiry(task)
         if expires_at is not None and self._wall_clock() >= expires_at:
             return False
         return gate is None or not gate.held
@@ -112,9 +112,7 @@ class DeviceWaits:
         not if its job ended meanwhile, or if its ``expires_at`` came first: then it is
         reported ``expired``, and never reaches the device; nor if its job's ``gate`` is
         held (paused, stopping): then it goes back to its job (``TaskHeldBack``)."""
-        # A retry waiting for its device was sent before: it never "expired before it could
-        # be sent".
-        expires_at = None if task.attempts else task.expires_at
+        expires_at = _unsent_expiry(task)
         if self.offline(device):
             reason: WaitingReason = "device-offline"
             if task.waiting != reason:
@@ -158,3 +156,9 @@ class DeviceWaits:
         if epoch_seconds is None:
             return math.inf
         return trio.current_time() + (epoch_seconds - self._wall_clock())
+
+
+def _unsent_expiry(task: TaskRecord) -> float | None:
+    """When ``task`` expires unsent: a retry waiting for its device was sent before, so it
+    never "expired before it could be sent"."""
+    return None if task.attempts else task.expires_at
