@@ -10,8 +10,8 @@ The contract with jobs is narrow: a device actor receives a :class:`Dispatch` (t
 a reference to its job's mailbox), reports with :mod:`pm.task_machine`'s messages only, and
 owns the cancel scope of its task; a job that ends early calls :meth:`Fleet.abandon`, and
 the device side cancels its own scopes of that job's tasks. What to do with each answer is
-decided by the pure :class:`~pm.task_machine.TaskMachine`; the actor here is the thin
-adapter doing the I/O and the waiting around it.
+decided by the pure :class:`~pm.task_machine.TaskMachine`; the actor is the thin adapter
+doing the I/O and the waiting around it (:mod:`pm.device_task`).
 
 In-flight work across disconnects and restarts: a task stays ``sent`` while its device is
 away, and its timeout keeps running from its first send. One more copy of the request (same
@@ -37,46 +37,34 @@ requests in flight are still routed and reported.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import msgspec
 import trio
 
-from actors import ActorRef, ActorStopped, Directive, Failure, IdleInbox, Registry, Supervisor
+from actors import ActorRef, Directive, Failure, IdleInbox, Registry, Supervisor
 
 from .device_failures import fail_device_tasks
-from .device_turns import DeviceTurns, FleetBudget, PriorityLanes, take_budget_slot
+from .device_task import DeviceTaskRunner
+from .device_task import Dispatch as Dispatch
+from .device_turns import DeviceTurns, FleetBudget, PriorityLanes
 from .device_waits import DeviceWaits
-from .in_flight import InFlight, InFlightRequests, Publisher
+from .in_flight import InFlightRequests, Publisher
 from .job_contract import SendGate
 from .json_nesting import DEFAULT_MAX_JSON_DEPTH
 from .presence import PresenceBook
 from .protocol import SanjiAnswer, TopicTemplates
 from .schemas import WaitingReason
 from .state import TaskRecord
-from .task_machine import TaskReport, TaskResent, TaskSent, TaskSettled
-
-logger = logging.getLogger(__name__)
+from .task_machine import TaskReport
 
 # Answers buffered for the one in-flight task; a device flooding beyond this is dropped.
 ANSWER_BUFFER = 16
 
 
-class Dispatch(msgspec.Struct, frozen=True, tag=True):
-    """Run ``task`` on this device when its turn comes (unless its job's ``gate`` is held);
-    tell ``reports`` (its job's mailbox) what became of it. The actor never writes ``task``."""
-
-    task: TaskRecord
-    reports: ActorRef[TaskReport]
-    gate: SendGate | None = None
-    high_priority: bool = False
-
-
-class Fleet:
-    """Device actors and answer routing.
+class Fleet(DeviceTaskRunner):
+    """Device actors and answer routing (each task's I/O: :mod:`pm.device_task`).
 
     Args:
       nursery: where device actors run (under this fleet's own supervisor).
@@ -248,137 +236,6 @@ class Fleet:
                 del self._current[device]
                 self._waits.task_done(device)
 
-    async def _run_task(
-        self,
-        device: str,
-        dispatch: Dispatch,
-        answers_send: trio.MemorySendChannel[SanjiAnswer | None],
-        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
-    ) -> None:
-        """Publish one task's request and feed its machine until it settles or is
-        abandoned: the I/O around :class:`~pm.task_machine.TaskMachine`."""
-        task, reports = dispatch.task, dispatch.reports
-        if task.final:
-            return  # its job ended while it was queued: it never reaches the device
-        if self._stopping:
-            await trio.sleep_forever()  # shutdown: it stays unsent, resumed at the next start
-        # Sent before a restart: held at once, whatever its device's presence, so that its
-        # timeout runs and an answer to the copy sent then is taken.
-        resumed = task.status == "sent"
-        try:
-            if (
-                not resumed
-                and not self._waits.sendable_now(device, task, dispatch.gate)
-                and not await self._waits.wait_until_sendable(device, task, reports, dispatch.gate)
-            ):
-                return
-        except ActorStopped:
-            return  # the job actor is gone: nobody is waiting for this task any more
-        if self._stopping:
-            await trio.sleep_forever()
-        budgeted = self.budget.limit is not None  # else no coroutine per task (default path)
-        if budgeted and not await take_budget_slot(self.budget, dispatch, lambda: self._stopping):
-            return
-        if resumed:
-            # Sent before a restart: its timeout still counts from that send. It is held, not
-            # published: the first sign of its device sends one more copy (pm.in_flight).
-            in_flight = self._requests.hold(device, task, answers_send, self._wall_clock())
-        else:
-            in_flight, published = self._requests.publish(device, task, answers_send)
-            self.published += 1
-            # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "task %d of job %d sent to device %s",
-                    task.id,
-                    task.job_id,
-                    device,
-                    extra=_ids(task, device),
-                )
-        settled = False
-        try:
-            # The task timeout (the scope's deadline) counts from the first send.
-            with in_flight.scope:
-                if not resumed:
-                    await reports.tell(TaskSent(task.id, published))
-                report = await self._await_final_answer(device, task, reports, in_flight, answers)
-                settled = True
-                self.answered += 1
-                await reports.tell(report)
-                return
-            if in_flight.abandoned:
-                logger.info(
-                    "task %d of job %d on device %s: abandoned, its job ended %s",
-                    task.id,
-                    task.job_id,
-                    device,
-                    task.status,
-                    extra=_ids(task, device, status=task.status, abandoned=True),
-                )
-            else:
-                logger.info(
-                    "task %d of job %d on device %s: timeout after %g s without a final answer",
-                    task.id,
-                    task.job_id,
-                    device,
-                    task.timeout,
-                    extra=_ids(task, device, status="timeout", timeout=task.timeout),
-                )
-                await reports.tell(in_flight.machine.on_timeout())
-        except ActorStopped:
-            pass  # the job actor is gone: nobody is waiting for this task any more
-        finally:
-            if budgeted:
-                self.budget.release()
-            self._requests.remove(device, in_flight, settled=settled)
-            self._requests.drop_stale_answers(
-                in_flight.machine.request_id, answers, settled=settled
-            )
-            if self._stopping and not len(self._requests):
-                self._nothing_in_flight.set()
-
-    async def _await_final_answer(
-        self,
-        device: str,
-        task: TaskRecord,
-        reports: ActorRef[TaskReport],
-        in_flight: InFlight,
-        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
-    ) -> TaskSettled:
-        """Wait for the answer that settles the task, reporting progress on the way and
-        publishing one more copy whenever :mod:`pm.in_flight` marks the request due."""
-        machine = in_flight.machine
-        while True:
-            if in_flight.resend_due and not self._stopping:
-                await self._resend(device, task, reports, in_flight)
-            # No timer of its own (the task scope bounds it): a cancel scope per answer wait
-            # cost ~3% of the gateway's CPU.
-            answer = await answers.receive()
-            if answer is None:
-                continue  # a wake-up: a copy is due
-            report = machine.on_answer(answer)
-            if isinstance(report, TaskSettled):
-                return report
-            if report is not None:
-                await reports.tell(report)
-
-    async def _resend(
-        self, device: str, task: TaskRecord, reports: ActorRef[TaskReport], in_flight: InFlight
-    ) -> None:
-        sent = self._requests.publish_again(in_flight)
-        # DEBUG: a broker restart re-sends to every device at once (the engine logs the count).
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "task %d of job %d on device %s: %s",
-                task.id,
-                task.job_id,
-                device,
-                "re-sent, same id" if sent else "re-send deferred (broker disconnected)",
-                extra=_ids(task, device, resent=sent),
-            )
-        if sent:
-            await reports.tell(TaskResent(task.id))
-
     # -- supervision ---------------------------------------------------------------------
 
     def on_device_failure(self, failure: Failure[Any]) -> Directive:
@@ -393,8 +250,3 @@ class Fleet:
         self._waits.forget(device)  # its queue is gone: what was handed to it is failed below
         fail_device_tasks(self._nursery, device, failure.error, doomed)
         return Directive.STOP
-
-
-def _ids(task: TaskRecord, device: str, **fields: Any) -> dict[str, Any]:
-    """``extra=`` fields of a log line about one task (see :mod:`pm.logs`)."""
-    return {"job_id": task.job_id, "task_id": task.id, "device": device, **fields}
