@@ -2,8 +2,8 @@
 
 A job actor runs two tasks in its own nursery:
 
-- the *feeder* hands tasks to device actors in order, waiting when a device's mailbox is
-  full (back-pressure), and
+- the *feeder* (:mod:`pm.job_feeder`) hands tasks to device actors in order, waiting when a
+  device's mailbox is full (back-pressure), and
 - the *aggregator* consumes the job's mailbox: reports from device actors and cancel
   requests, applied to the :class:`~pm.state.JobRecord` it alone writes.
 
@@ -68,6 +68,8 @@ from .job_contract import (
     StopJob,
     TaskDispatcher,
 )
+from .job_feeder import FEED_CHUNK as FEED_CHUNK
+from .job_feeder import JobFeeder
 from .job_rollout import JobRollout
 from .job_schedule import JobSchedule
 from .rollout import AbortWatch, Pacer
@@ -86,13 +88,11 @@ from .watch import JobFeed, TaskMode, Watcher
 
 logger = logging.getLogger(__name__)
 
-# Tasks a job hands to device actors between two yields to the scheduler.
-FEED_CHUNK = 64
 # Reports a job's aggregator applies between two yields to the scheduler.
 AGGREGATE_CHUNK = 256
 
 
-class Job(JobRollout, JobSchedule):
+class Job(JobFeeder, JobRollout, JobSchedule):
     """A job: its record, its mailbox reference and its feed for watchers.
 
     Args:
@@ -256,58 +256,6 @@ class Job(JobRollout, JobSchedule):
             self._handle(message)
             handled += 1
             if handled % AGGREGATE_CHUNK == 0:
-                await trio.lowlevel.checkpoint()
-
-    async def _feed_devices(self) -> None:
-        reports = self.ref
-        if reports is None:
-            raise AssertionError(f"job {self.id} runs without a mailbox reference")
-        handed_out = 0
-        queue, gate, record = self._queue, self.gate, self.record
-        pacer = queue.pacer
-        high = record.options.priority == "high"
-        for task in self._resumed_in_flight:
-            queue.handed_out(task, _trio_now())
-            await self._devices.dispatch(task, reports, gate, high_priority=high)
-        self._resumed_in_flight = []
-        while not record.final:
-            if gate.held:
-                await queue.wait_for_work()
-                continue
-            task = queue.take()
-            if task is None:
-                await queue.wait_for_work()
-                continue
-            if task.final:
-                continue  # ended while it waited here (expired, or its job is stopping)
-            if pacer is not None:
-                now = _trio_now()
-                blocked = pacer.blocked(now)
-                if blocked is not None:
-                    queue.put_back(task)
-                    if record.mark_waiting(task, blocked):
-                        self._waiting_changed(task)
-                    await queue.wait_for_work(
-                        pacer.next_send_at if blocked == "rollout-rate" else math.inf
-                    )
-                    continue
-                queue.handed_out(task, now)
-            # The feeder writes only this live field of a task it has not handed out yet.
-            reason = self._devices.waiting_reason(task.device)
-            if reason is not None:
-                if record.mark_waiting(task, reason):
-                    self._waiting_changed(task)
-            elif task.waiting is not None and record.clear_waiting(task):
-                self._waiting_changed(task)
-            await self._devices.dispatch(task, reports, gate, high_priority=high)
-            handed_out += 1
-            # dispatch() does not yield while the device's mailbox has room: yield every
-            # FEED_CHUNK tasks so the devices (and everyone else) get to run. The devices
-            # woken by one chunk publish in one scheduler batch, so their requests leave
-            # in one write (a yield per task cost a socket write per request); each
-            # device's own requests stay in order, the order *across* devices within a
-            # chunk is trio's (forwards or backwards).
-            if handed_out % FEED_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
 
     def _handle(self, message: JobActorMessage) -> None:
