@@ -33,6 +33,7 @@ from .config import Config
 from .config_topics import topic_templates
 from .devices import Fleet, Publisher
 from .engine_control import JobControl, refuse_if_elsewhere
+from .engine_retention import JobRetention
 from .job_contract import JobStateError as JobStateError
 from .job_limits import DataTooLarge as DataTooLarge
 from .job_limits import JobRefused as JobRefused
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 JOB_MAILBOX = 4096
 
 
-class Engine(JobControl):
+class Engine(JobControl, JobRetention):
     """Jobs by id, and the fleet they dispatch to. Create with :func:`open_engine`.
 
     ``wall_clock`` gives epoch seconds (``createdAt``, ``finishAt``, job timeouts across a
@@ -258,46 +259,12 @@ class Engine(JobControl):
         self.store.job_deleted(job_id)
         return view
 
-    async def run_retention(self) -> None:
-        """The retention actor: delete finished jobs older than ``store.retention``.
-
-        Error handling: a sweep the store cannot run (a storage fault) is skipped, not fatal.
-        """
-        while True:
-            cutoff = self.wall_clock() - self.config.store.retention
-            try:
-                deleted = await self.store.delete_finished_before(cutoff)
-            except StoreUnavailable as error:
-                # The store retries its own commits; the sweep waits for its next turn.
-                logger.warning("retention skipped: %s", error)
-                await trio.sleep(self.config.store.retention_interval)
-                continue
-            for job_id in [i for i, job in self._jobs.items() if _finished_before(job, cutoff)]:
-                del self._jobs[job_id]
-            if deleted:
-                logger.info("retention: deleted %d finished jobs", deleted)
-            await trio.sleep(self.config.store.retention_interval)
-
     @property
     def jobs_running(self) -> int:
         return self._job_supervisor.running
 
     def __len__(self) -> int:
         return len(self._jobs)
-
-    def _job_ended(self, job: Job) -> None:
-        if job.id not in self._jobs:
-            return
-        tasks = len(job.record.tasks)
-        self._finished.append((job.id, tasks))
-        self._finished_tasks += tasks
-        # Keep memory bounded: forget the oldest finished jobs beyond the configured number
-        # of tasks (the store has them). A job deleted meanwhile still counts until popped:
-        # the bound errs on the side of holding less.
-        while self._finished_tasks > self.config.tasks.max_finished_tasks:
-            job_id, tasks = self._finished.popleft()
-            self._finished_tasks -= tasks
-            self._jobs.pop(job_id, None)
 
     def _on_job_failure(self, failure: Failure[Any]) -> Directive:
         # The supervisor logs the traceback; this line says what it means for the job.
@@ -349,10 +316,6 @@ class Engine(JobControl):
                 self.fleet.in_flight,
                 extra={"generation": generation, "in_flight": self.fleet.in_flight, "resent": due},
             )
-
-
-def _finished_before(job: Job, cutoff: float) -> bool:
-    return job.record.finish_at is not None and job.record.finish_at < cutoff
 
 
 @asynccontextmanager
