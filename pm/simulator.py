@@ -42,19 +42,17 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-import msgspec
 import trio
 
 from .mqtt import LastWill, MqttClient, open_mqtt_client
-from .protocol import PROGRESS_CODE, SanjiRequest, TopicTemplates, normalize_device_id
+from .protocol import TopicTemplates, normalize_device_id
+from .simulator_answers import DeviceStats as DeviceStats
+from .simulator_answers import RequestAnswering
 from .simulator_settings import SimulatorSettings as SimulatorSettings
 from .simulator_settings import generate_mac_ids as generate_mac_ids
 from .simulator_settings import read_device_ids as read_device_ids
 
 logger = logging.getLogger(__name__)
-
-_decode_request = msgspec.json.Decoder(SanjiRequest).decode
-_encode = msgspec.json.Encoder().encode
 
 # Seconds a device taken offline waits for the broker to acknowledge its "offline".
 OFFLINE_ACK_TIMEOUT = 2.0
@@ -62,23 +60,9 @@ OFFLINE_ACK_TIMEOUT = 2.0
 CONNECT_CONCURRENCY = 50
 
 
-class DeviceStats(msgspec.Struct):
-    received: int = 0
-    answered: int = 0
-    errors: int = 0
-    silent: int = 0
-    progress_messages: int = 0
-    overlaps: int = 0
-    duplicates: int = 0
-    redelivered: int = 0
-    malformed: int = 0
-    # The most requests the fleet worked on at once (with a latency): what the gateway had in
-    # flight, as the devices saw it (a rollout's window is checked against it).
-    max_working: int = 0
-
-
-class Simulator:
-    """A running fleet. Created by :func:`run_simulator`."""
+class Simulator(RequestAnswering):
+    """A running fleet. Created by :func:`run_simulator` (how its devices answer:
+    :mod:`pm.simulator_answers`)."""
 
     def __init__(self, settings: SimulatorSettings, nursery: trio.Nursery) -> None:
         self.settings = settings
@@ -168,105 +152,6 @@ class Simulator:
         if index in self._open_connections:
             raise RuntimeError(f"device {device} is online already")
         await self._nursery.start(_serve_devices, self, index, group)
-
-    def _on_request(
-        self, client: MqttClient, topic: str, payload: bytes, answering: trio.Nursery
-    ) -> None:
-        device = self._device_of_topic.get(topic)
-        if device is None or not payload:
-            return  # an empty payload is not a request (older gateways cleared retained ones)
-        try:
-            request = _decode_request(payload)
-        except msgspec.DecodeError:
-            self.stats.malformed += 1
-            return
-        self.stats.received += 1
-        if self.settings.record_requests:
-            self.requests[device].append(msgspec.to_builtins(request))
-        if self.settings.track_request_ids:
-            received = self._ids_received[device]
-            if request.id in received:
-                self.stats.redelivered += 1
-            else:
-                received.add(request.id)
-        # At-least-once delivery: a re-sent request is recognized by its id. One being
-        # worked on is not done again, its answer goes to the latest copy's tunnel; one
-        # already answered gets the same answer again at once (docs/protocol.md).
-        if self._busy.get(device, (None,))[0] == request.id:
-            self._busy[device] = (request.id, request.tunnel)
-            self.stats.duplicates += 1
-            return
-        last_id, last_answer = self._last_answer.get(device, (None, b""))
-        if last_id == request.id:
-            self.stats.duplicates += 1
-            if client.publish(request.tunnel, last_answer):
-                self.stats.answered += 1
-            return
-        if device in self._busy:
-            self.stats.overlaps += 1
-        if self.paused:
-            return
-        fate = self._random.random()
-        if fate < self.settings.silent_rate:
-            self.stats.silent += 1
-            return
-        failed = self._random.random() < self.settings.error_rate
-        latency = self._draw_latency()
-        if latency <= 0 and self.settings.progress_steps == 0:
-            self._answer(client, device, request, failed)  # fast path: no task per request
-            return
-        self._busy[device] = (request.id, request.tunnel)
-        self.stats.max_working = max(self.stats.max_working, len(self._busy))
-        # In the connection's nursery: a device that goes offline loses the work under way.
-        answering.start_soon(self._answer_later, client, device, request, failed, latency)
-
-    def _draw_latency(self) -> float:
-        low, high = self.settings.latency, self.settings.latency_max
-        # No draw for a fixed latency: a seed gives the same fates as before ranges existed.
-        return low if high is None or high <= low else self._random.uniform(low, high)
-
-    async def _answer_later(
-        self, client: MqttClient, device: str, request: SanjiRequest, failed: bool, latency: float
-    ) -> None:
-        tunnel = request.tunnel
-        try:
-            steps = self.settings.progress_steps
-            pause = latency / (steps + 1)
-            for step in range(1, steps + 1):
-                await trio.sleep(pause)
-                progress = {"progress": step * 100 // (steps + 1)}
-                working = self._busy.get(device)  # another request's, after an overlap
-                tunnel = working[1] if working and working[0] == request.id else tunnel
-                client.publish(tunnel, self._message(request, PROGRESS_CODE, progress))
-                self.stats.progress_messages += 1
-            await trio.sleep(pause)
-        finally:
-            if self._busy.get(device, (None,))[0] == request.id:
-                tunnel = self._busy.pop(device)[1]
-        self._answer(client, device, msgspec.structs.replace(request, tunnel=tunnel), failed)
-
-    def _answer(self, client: MqttClient, device: str, request: SanjiRequest, failed: bool) -> None:
-        if failed:
-            self.stats.errors += 1
-            body = self._message(request, self.settings.error_code, {"message": "simulated error"})
-        else:
-            body = self._message(request, 200, {"resource": request.resource, "echo": request.data})
-        self._last_answer[device] = (request.id, body)
-        if client.publish(request.tunnel, body):
-            self.stats.answered += 1
-
-    @staticmethod
-    def _message(request: SanjiRequest, code: int, data: Any) -> bytes:
-        return _encode(
-            {
-                "id": request.id,
-                "code": code,
-                "method": request.method,
-                "resource": request.resource,
-                "sign": ["simulator"],
-                "data": data,
-            }
-        )
 
 
 def _groups(devices: list[str], connections: int | None) -> Iterable[list[str]]:
