@@ -8,11 +8,18 @@ What differs from :class:`pm.engine.Engine` (one gateway, every job in memory):
   and dispatches its part. The answer to ``POST /jobs`` is the job as created.
 - Nothing is resumed at start: each gateway reads the unfinished tasks of each shard as it
   gains the shard's lease.
-- Job-wide options are refused (400 naming the field) until they are coordinated across
-  gateways: ``rollout``, ``abort``, ``retry``, ``schedule`` and ``priority: high`` would act
-  per gateway (``tasks.max_in_flight`` is refused at start, pm/gateway.py). So are pause,
-  resume and cancel of a job, and deleting one not finished (409): its parts run on other
-  gateways, which this one cannot reach yet.
+- Control from any gateway (pm/cluster/_control.py): :meth:`pause`, :meth:`resume` and
+  :meth:`cancel` record the request in the job's row with a conditional write (two
+  gateways racing: one wins, the other gets the single gateway's 409), and answer the job
+  as stored after it; every gateway applies it to its parts of the job at its next poll
+  (pm/shard_control.py). :meth:`delete` of a running job ends it ``cancelled`` and deletes
+  it, as on one gateway; its parts elsewhere end at their next poll.
+- Job options: ``abort`` criteria are evaluated on the job-wide counts and tripped once
+  for the whole job (pm/shard_control.py); ``retry`` (per task), ``schedule`` (the same
+  wall-clock rule on every gateway) and ``priority`` (per device, and a device is on one
+  shard) act job-wide when each gateway applies them to its own parts. ``rollout`` would
+  act per gateway: refused (400 naming it), as ``tasks.max_in_flight`` is at start
+  (pm/gateway.py).
 
 Restart and error policy: the gateway joins the cluster at start (:meth:`ClusterEngine.recover`):
 a database it cannot reach, or whose cluster has another ``cluster.shards``, ends the start
@@ -27,30 +34,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from .cluster import LeaseBook, LeaseKeeper, ShardCountMismatch, gateway_id_for
 from .cluster._backfill import fill_missing_shards
+from .cluster._control import ControlAction, request_control
 from .cluster._writes import ClusterWrites
 from .config import Config, ConfigError
 from .devices import Publisher
 from .engine import Engine
-from .job_contract import JobStateError
 from .job_limits import JobOptionRefused
 from .jobs import Job
 from .schemas import JobRequest, JobView
 from .shard_dispatch import ShardDispatcher
 from .state import JobRecord
-from .store import Store, StoreOpenError
+from .store import Store, StoreOpenError, StoreUnavailable
 from .store._connection import Connection
 from .store._postgres_connection import connect_postgres, driver_errors
 
 logger = logging.getLogger(__name__)
 
 # Job options that would act per gateway (see the module docstring), with their JSON names.
-_PER_GATEWAY_OPTIONS = ("rollout", "abort", "retry", "schedule")
+_PER_GATEWAY_OPTIONS = ("rollout",)
 
 
 class ClusterEngine(Engine):
@@ -73,6 +79,9 @@ class ClusterEngine(Engine):
         self._nursery = nursery
         self.dispatcher: ShardDispatcher | None = None
         self.keeper: LeaseKeeper | None = None
+        # Control requests' writes (pm/cluster/_control.py), one at a time.
+        self._control_connection: Connection | None = None
+        self._control_lock = trio.Lock()
 
     @property
     def jobs_running(self) -> int:
@@ -96,6 +105,7 @@ class ClusterEngine(Engine):
         except driver_errors() as error:
             raise StoreOpenError(f"cluster: cannot connect to store.url: {error}") from error
         reader_connection = connect_postgres(url)
+        self._control_connection = connect_postgres(url)
         book = LeaseBook(
             keeper_connection,
             self.gateway_id,
@@ -108,6 +118,7 @@ class ClusterEngine(Engine):
         except ShardCountMismatch as error:
             keeper_connection.close()
             reader_connection.close()
+            self._control_connection.close()
             raise ConfigError(str(error)) from None
         if filled:
             logger.info("cluster: %d stored unfinished tasks given their shard", filled)
@@ -126,7 +137,9 @@ class ClusterEngine(Engine):
         # Every message the gateway receives goes to the dispatcher (answers by shard), in
         # place of the engine's router (Engine.__init__), before the gateway hands any on.
         self.on_mqtt_message = self.dispatcher.on_mqtt_message
-        self._nursery.start_soon(self._run_cluster, keeper_connection, reader_connection)
+        self._nursery.start_soon(
+            self._run_cluster, keeper_connection, reader_connection, self._control_connection
+        )
         return 0
 
     async def submit(self, request: JobRequest) -> Job:
@@ -140,8 +153,6 @@ class ClusterEngine(Engine):
         for name in _PER_GATEWAY_OPTIONS:
             if getattr(request, name) is not None:
                 raise JobOptionRefused(_refusal(name))
-        if request.priority != "normal":
-            raise JobOptionRefused(_refusal("priority"))
         job = await super().submit(request)
         # Answered once stored: only then can the other gateways find it, and a job posted
         # anywhere after this answer is found after this one (per-device FIFO across jobs).
@@ -161,23 +172,60 @@ class ClusterEngine(Engine):
         job.feed.close()
         return job
 
-    async def _ask(self, job_id: int, message: Callable[[Any], Any]) -> JobView | None:
-        job = await self.find(job_id)
-        if job is None:
-            return None
-        raise JobStateError(
-            f"job {job_id}: pause, resume and cancel are not supported with cluster.enabled "
-            "yet (its parts run on several gateways)"
-        )
+    # -- control from any gateway ----------------------------------------------------------
+
+    async def pause(self, job_id: int) -> JobView | None:
+        """Pause the job on every gateway (see the module docstring); as
+        :meth:`pm.engine_control.JobControl.pause` otherwise."""
+        return await self._control(job_id, "pause")
+
+    async def resume(self, job_id: int) -> JobView | None:
+        """Resume the job on every gateway; as :meth:`pm.engine_control.JobControl.resume`."""
+        return await self._control(job_id, "resume")
+
+    async def cancel(self, job_id: int) -> JobView | None:
+        """Stop the job gracefully on every gateway: each ends its parts' unsent tasks
+        ``cancelled`` at its next poll, and the job ends ``cancelled`` once the tasks in
+        flight have settled; as :meth:`pm.engine_control.JobControl.cancel`."""
+        return await self._control(job_id, "cancel")
+
+    async def _control(self, job_id: int, action: ControlAction) -> JobView | None:
+        """Record ``action`` in the job's row; answer the job as stored after it.
+
+        Error handling: :class:`JobStateError` (409) when the job's state does not allow
+        it, :class:`~pm.store.StoreUnavailable` (503) when the database cannot be reached.
+        """
+        connection = self._control_connection
+        if connection is None:
+            raise AssertionError("the control connection is opened by recover()")
+        async with self._control_lock:
+            try:
+                found = await trio.to_thread.run_sync(
+                    request_control, connection, job_id, action, self.wall_clock()
+                )
+            except connection.error_types as error:
+                if not connection.is_storage_fault(error):
+                    raise
+                raise StoreUnavailable(
+                    f"job {job_id}: the {action} could not be recorded "
+                    f"({connection.fault_reason(error)}); retry when GET /readyz answers 200"
+                ) from None
+        job = await self.find(job_id) if found else None
+        return None if job is None else job.record.view()
 
     async def delete(self, job_id: int, *, with_tasks: bool = False) -> JobView | None:
+        """As :meth:`pm.engine.Engine.delete`: a running job ends ``cancelled`` at once (its
+        tasks not settled end so; answers still on their way are dropped) and is deleted;
+        returns its final snapshot once the deletion is committed. Its parts on every
+        gateway end at their next poll (their rows are gone)."""
         job = await self.find(job_id)
-        if job is not None and not job.final:
-            raise JobStateError(
-                f"job {job_id} is {job.record.status}: deleting a job before it ends is not "
-                "supported with cluster.enabled yet (its parts run on several gateways)"
-            )
-        return await super().delete(job_id, with_tasks=with_tasks)
+        if job is None or job.final:
+            return await super().delete(job_id, with_tasks=with_tasks)
+        job.record.finish("cancelled", self.wall_clock())
+        view = job.record.view(collection="tasks" if with_tasks else "ids")
+        self.store.job_deleted(job_id)
+        await self.store.sync()
+        return view
 
     # -- the cluster's actors ---------------------------------------------------------------
 

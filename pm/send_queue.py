@@ -80,6 +80,11 @@ class SendQueue:
             return self._fresh.popleft()
         return None
 
+    def hand_fresh_elsewhere(self) -> None:
+        """The job's tasks in job order are handed out by someone else (a clustered
+        gateway's shard feeder, pm/shard_service.py); only what comes back goes from here."""
+        self._fresh.clear()
+
     def put_back(self, task: TaskRecord) -> None:
         """``task`` was taken but may not go yet (pacing): it is the next one taken."""
         self._returned.appendleft(task)

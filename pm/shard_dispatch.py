@@ -17,10 +17,12 @@ starts and stops :class:`~pm.shard_service.ShardService`\\ s. Each turn of its l
 2. **Refusals.** A shard whose task writes the fence refused
    (:attr:`pm.cluster._writes.ClusterWrites.on_refused`) is stopped, as lost; it is started
    again only under a new lease (a new epoch).
-3. **New jobs.** Jobs posted on any gateway (this one included: a clustered gateway never
-   runs a job it was posted directly, it stores it) are found by polling the database every
-   ``store.commit_interval``: the ids of the unfinished jobs, and for those not seen before,
-   their unfinished tasks on the shards served here.
+3. **New jobs and job-wide control.** Jobs posted on any gateway (this one included: a
+   clustered gateway never runs a job it was posted directly, it stores it) are found by
+   polling the database every ``store.commit_interval``: the ids of the unfinished jobs,
+   and for those not seen before, their unfinished tasks on the shards served here. The
+   same read carries each job's job-wide control (pause, resume, stop, abort trips),
+   which the parts here follow (:mod:`pm.shard_control`).
 
 Why polling and not PostgreSQL's ``LISTEN/NOTIFY``: psycopg's notifications come through
 its asyncio API or a blocking generator on a connection of their own, and neither fits a
@@ -62,11 +64,12 @@ from .config import Config
 from .devices import Fleet, Publisher
 from .presence import PresenceBook
 from .protocol import TopicTemplates
+from .shard_control import JobWideControl, read_unfinished
 from .shard_service import ShardService, serve_shard
 from .state import JobRecord
 from .status_topic import DeviceMessages, StatusTopicSource
 from .store._connection import Connection
-from .store._shard_tasks import load_shard_parts, unfinished_jobs
+from .store._shard_tasks import load_shard_parts
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,7 @@ class ShardDispatcher:
         self._refused: set[int] = set()
         self._fenced: set[tuple[int, int]] = set()  # (shard, epoch) never served again
         self._known_jobs: set[int] = set()
+        self.control = JobWideControl()
         # Shards started whose unfinished tasks are not read yet (a read failed: retried).
         self._unloaded: set[int] = set()
         self._wake = trio.Event()
@@ -294,7 +298,8 @@ class ShardDispatcher:
         )
 
     async def _poll(self) -> None:
-        unfinished = await trio.to_thread.run_sync(unfinished_jobs, self._connection)
+        polled = await trio.to_thread.run_sync(read_unfinished, self._connection)
+        unfinished = polled.ids
         new = unfinished - self._known_jobs
         for service in self.services.values():
             service.adopted &= unfinished  # a finished job is never adopted again
@@ -304,6 +309,9 @@ class ShardDispatcher:
             await self._adopt_parts(loaded, sorted(new))
         # Only once their parts are adopted: a failed read finds the same jobs new again.
         self._known_jobs = unfinished
+        # Job-wide control: pauses, resumes, stops and abort trips (pm/shard_control.py).
+        await self.control.follow(polled, self.services.values())
+        await trio.to_thread.run_sync(self.control.check_aborts, self._connection, polled)
 
     async def _adopt_parts(self, shards: list[int], job_ids: list[int] | None) -> None:
         parts: list[tuple[int, JobRecord]] = await trio.to_thread.run_sync(

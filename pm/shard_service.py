@@ -38,6 +38,7 @@ from .devices import Fleet, Publisher
 from .jobs import Job
 from .presence import Presence, PresenceBook
 from .protocol import TopicTemplates
+from .shard_control import FollowJobWide, JobWideFollower
 from .state import JobRecord
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,25 @@ OFFLINE = Presence.OFFLINE
 JOB_MAILBOX = 4096
 
 
-class ShardJob(Job):
-    """A job's part on one shard: the job actor without its own feeder (the shard's feeder
-    hands its tasks to the devices; see the module docstring)."""
+class ShardJob(JobWideFollower, Job):
+    """A job's part on one shard: the job actor, whose tasks the shard's feeder hands to the
+    devices (see the module docstring), following the job's job-wide control (pause,
+    resume, stop, abort trips: pm/shard_control.py)."""
 
-    async def _feed_devices(self) -> None:
-        return
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The shard's feeder hands out the part's tasks, in adoption order (the ones in
+        # flight under a former owner included); the part's own feeder only what comes back
+        # to its queue: tasks held back by a pause or a schedule, and retries after their
+        # backoff.
+        self._queue.hand_fresh_elsewhere()
+        self._resumed_in_flight = []
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, FollowJobWide):
+            self._follow(message)
+        else:
+            super()._handle(message)
 
     def _log_finished(self) -> None:
         # One line per job and shard would be hundreds per job: DEBUG only (the job ends
@@ -158,6 +172,7 @@ class ShardService:
             feed_capacity=1,
             wall_clock=self._wall_clock,
         )
+        job._follow_from_start()
         now = self._wall_clock()
         remaining = math.inf if record.timeout is None else record.created_at + record.timeout - now
 
@@ -191,10 +206,13 @@ class ShardService:
             reports, gate = job.ref, job.gate
             if reports is None:
                 raise AssertionError(f"job {job.id} part runs without a mailbox reference")
+            high = job.record.options.priority == "high"
             for task in job.record.tasks:
-                if task.final:
-                    continue  # ended meanwhile (the job part timed out, or expired it)
-                await self.fleet.dispatch(task, reports, gate)
+                # Ended meanwhile (the part timed out, was stopped, or expired it), or a
+                # retry waiting for its backoff (its part's own feeder sends it then).
+                if task.final or task.next_attempt_at is not None:
+                    continue
+                await self.fleet.dispatch(task, reports, gate, high_priority=high)
                 handed_out += 1
                 # As a job's feeder: let the devices run every so often.
                 if handed_out % 64 == 0:

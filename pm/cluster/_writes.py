@@ -14,14 +14,17 @@ In that transaction, after the store's own statements:
    row with its shard and epoch: ``UPDATE tasks ... WHERE tasks.id = u.id AND <FENCE on
    u.shard, u.epoch>``. A row whose lease expired or
    changed hands changes nothing (``RETURNING`` says which went through); those rows are
-   *refused*: counted, and their shard reported lost (:attr:`ClusterWrites.on_refused`);
+   *refused*: counted, and their shard reported lost (:attr:`ClusterWrites.on_refused`),
+   unless the task is gone (its job deleted while its parts ran: dropped, not refused);
 2. the rows of the jobs whose tasks changed are locked, in id order (``FOR UPDATE``), then
    recounted from their tasks in a new statement (so from a snapshot taken after the lock:
    under READ COMMITTED it sees every commit of another gateway that held the lock before).
    The last gateway to settle a task of the job therefore always sees every task final,
    and the job's final status is set once: only while ``finish_at`` is NULL (a conditional
-   UPDATE). Its status is what the job part that settled last ended with (``resolved``, or
-   ``timeout``), else the job's ``ending``.
+   UPDATE). Its status is the job's ``ending`` when it was stopped job-wide (``cancelled``,
+   ``aborted``: pm/cluster/_control.py), else what the job part that settled last ended
+   with (``resolved``, or ``timeout``). A job paused job-wide stays ``paused`` while it has
+   tasks unsettled.
 
 PostgreSQL only (``FOR SHARE`` in the fence, ``FILTER``, ``json_object_agg``).
 
@@ -82,6 +85,8 @@ INSERT_TASKS = insert_statement("tasks", (*TASK_ROW, _SHARD), rows_from)
 UPDATE_PLAIN_TASKS_FENCED = _fenced_update(TASK_PLAIN_UPDATE)
 UPDATE_TASKS_FENCED = _fenced_update(TASK_UPDATE)
 
+_EXISTING_TASKS = "SELECT id FROM tasks WHERE id = ANY(CAST(? AS BIGINT[]))"
+
 LOCK_JOBS = (
     f"SELECT id FROM jobs WHERE id IN (SELECT id FROM ({rows_from([INTEGER])}) AS j (id))"
     " ORDER BY id FOR UPDATE"
@@ -127,7 +132,9 @@ UPDATE jobs SET
     ) AS TEXT),
     status = CASE
         WHEN jobs.finish_at IS NOT NULL THEN jobs.status
+        WHEN {_UNSETTLED} = 0 AND jobs.ending <> 'resolved' THEN jobs.ending
         WHEN {_UNSETTLED} = 0 THEN coalesce(w.status, jobs.ending)
+        WHEN jobs.status = 'paused' THEN 'paused'
         WHEN c.pending < c.total THEN 'dispatching'
         ELSE jobs.status END,
     outcome = CASE
@@ -173,8 +180,10 @@ class ClusterWindow:
         ]
         self.locked = _json_encode([[job_id] for job_id in sorted(jobs)]).decode()
         self.recounted = _json_encode(list(jobs.items())).decode()
-        # Set by the write: the shard of each task row the fence refused, by task id.
+        # Set by the write: the shard of each task row the fence refused, by task id, and
+        # how many rows had no task left to update (their job was deleted).
         self.refused: dict[int, int] = {}
+        self.gone = 0
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.jobs)
@@ -247,11 +256,20 @@ class ClusterWrites:
                 task_id
                 for (task_id,) in connection.execute(sql, (rows_json, self.gateway_id)).fetchall()
             )
-        window.refused = {
-            task_id: lease.shard
-            for task_id, (_, lease) in window.tasks.items()
-            if task_id not in written
-        }
+        missing = [task_id for task_id in window.tasks if task_id not in written]
+        if missing:
+            # A row the fence refused, or no row at all: its job was deleted meanwhile (a
+            # DELETE of a running job on any gateway), which is no sign of a lost lease.
+            existing = {
+                int(task_id)
+                for (task_id,) in connection.execute(_EXISTING_TASKS, (missing,)).fetchall()
+            }
+            window.refused = {
+                task_id: window.tasks[task_id][1].shard
+                for task_id in missing
+                if task_id in existing
+            }
+            window.gone = len(missing) - len(window.refused)
         if window.jobs:
             connection.execute(LOCK_JOBS, (window.locked,)).fetchall()
             connection.execute(RECOUNT_JOBS, (window.recounted,))

@@ -1,6 +1,7 @@
 """A clustered gateway's reads of the tasks it is to dispatch: the unfinished tasks of the
 shards it holds (all jobs, when it gains a shard; some jobs, when it finds new ones), and
-which jobs are unfinished (its poll for jobs posted on other gateways).
+the statuses of the jobs not final (its poll for jobs posted on other gateways,
+pm/shard_control.py).
 
 Plain functions of a connection, run in a worker thread on the dispatch path's own
 connection (pm/shard_dispatch.py). PostgreSQL only (``ANY`` of an array parameter).
@@ -17,18 +18,7 @@ from ._connection import Connection
 from ._rows import JOB_COLUMNS, TASK_COLUMNS, entries_of, restore_job, task_record
 
 # jobs_by_status serves an IN list of the statuses not final (not a NOT IN).
-_UNFINISHED = tuple(status for status in JOB_STATUSES if status not in FINAL_JOB_STATUSES)
-
-
-def unfinished_jobs(connection: Connection) -> set[int]:
-    """The ids of the jobs not final."""
-    placeholders = ", ".join("?" * len(_UNFINISHED))
-    return {
-        int(job_id)
-        for (job_id,) in connection.execute(
-            f"SELECT id FROM jobs WHERE status IN ({placeholders})", _UNFINISHED
-        )
-    }
+UNFINISHED_STATUSES = tuple(status for status in JOB_STATUSES if status not in FINAL_JOB_STATUSES)
 
 
 def load_shard_parts(
