@@ -1,0 +1,211 @@
+"""Job-wide control and options in a cluster (issue 16): real clustered gateways in this
+process (each its own MQTT client, engine, shard dispatcher and HTTP server) on one
+mosquitto and one throwaway PostgreSQL database, simulated devices on real MQTT connections.
+
+A job posted to one gateway is paused, resumed and cancelled through others; an abort
+criterion trips on the job-wide counts when no gateway alone has enough outcomes; failed
+attempts are retried on every gateway. Small fleets: each test runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from pm.cluster import shard_of
+from pm.cluster_engine import ClusterEngine
+from pm.gateway import Gateway
+from pm.simulator import Simulator, SimulatorSettings, run_simulator
+from tests.integration.brokers import MosquittoBroker
+from tests.integration.gateways import GatewayFactory
+from tests.job_api import entry, wait_final
+from tests.waiting import poll_until
+
+SHARDS = 8
+# A lease round each lease_ttl / 3: a gateway that joins gets its share within a round or two.
+LEASE_TTL = 1.5
+COMMIT_INTERVAL = 0.02
+GUARD = 60.0
+
+ClusterFactory = Callable[[int], Awaitable[list[Gateway]]]
+
+
+@pytest.fixture
+def start_cluster(
+    start_gateway: GatewayFactory, mosquitto: MosquittoBroker, migrated_postgres_url: str
+) -> ClusterFactory:
+    """``await start_cluster(3)``: that many clustered gateways, ``gw-0`` .. , returned once
+    each serves its share of the shards."""
+
+    async def start(count: int) -> list[Gateway]:
+        gateways = [
+            await start_gateway(
+                cluster={
+                    "enabled": True,
+                    "gateway_id": f"gw-{n}",
+                    "shards": SHARDS,
+                    "lease_ttl": LEASE_TTL,
+                },
+                broker={"embedded": False},
+                mqtt={
+                    "host": mosquitto.host,
+                    "port": mosquitto.port,
+                    "client_id": f"pm-{uuid.uuid4().hex[:8]}",
+                },
+                store={"url": migrated_postgres_url, "commit_interval": COMMIT_INTERVAL},
+                topics={"response": "/remote/{device}/response/{gateway}"},
+            )
+            for n in range(count)
+        ]
+        share = -(-SHARDS // count)
+        # A joining gateway gets shards as the others release their excess (a lease round,
+        # lease_ttl / 3, each): wait until the split is even.
+        await poll_until(
+            lambda: (
+                all(len(dispatcher(g).services) >= SHARDS - share * (count - 1) for g in gateways)
+                and sum(len(dispatcher(g).services) for g in gateways) == SHARDS
+            ),
+            interval=0.05,
+        )
+        return gateways
+
+    return start
+
+
+def dispatcher(gateway: Gateway) -> Any:  # noqa: ANN401
+    engine = gateway.engine
+    assert isinstance(engine, ClusterEngine) and engine.dispatcher is not None
+    return engine.dispatcher
+
+
+def served_by(gateway: Gateway, device: str) -> bool:
+    return shard_of(device, SHARDS) in dispatcher(gateway).services
+
+
+def devices_on(gateways: list[Gateway], each: int, prefix: str) -> list[str]:
+    """``each`` device names served by every one of ``gateways`` (so each gets work)."""
+    picked: dict[str, list[str]] = {gateway.config.cluster.gateway_id: [] for gateway in gateways}
+    n = 0
+    while any(len(names) < each for names in picked.values()):
+        device = f"{prefix}{n:03d}"
+        n += 1
+        for gateway in gateways:
+            names = picked[gateway.config.cluster.gateway_id]
+            if served_by(gateway, device) and len(names) < each:
+                names.append(device)
+    return [device for names in picked.values() for device in names]
+
+
+async def start_devices(
+    nursery: trio.Nursery, broker: MosquittoBroker, devices: list[str], **settings: Any
+) -> Simulator:
+    return await nursery.start(
+        run_simulator,
+        SimulatorSettings(
+            host=broker.host,
+            port=broker.port,
+            devices=devices,
+            record_requests=True,
+            connections=2,
+            **settings,
+        ),
+    )
+
+
+async def turns(gateways: list[Gateway], count: int) -> None:
+    """Return once every gateway's dispatcher has polled ``count`` more times."""
+    targets = [(dispatcher(gateway), dispatcher(gateway).turns + count) for gateway in gateways]
+    await poll_until(lambda: all(d.turns >= target for d, target in targets), interval=0.01)
+
+
+def client(gateway: Gateway) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=gateway.http_url, timeout=10)
+
+
+def gateways_that_sent(
+    simulator: Simulator, devices: list[str], after: dict[str, int] | None = None
+) -> set[str]:
+    """The gateway ids in the tunnels of the requests the devices received (each device's
+    from its index in ``after``, if given)."""
+    return {
+        request["tunnel"].rsplit("/", 1)[1]
+        for device in devices
+        for request in simulator.received_by(device)[(after or {}).get(device, 0) :]
+    }
+
+
+async def test_a_job_posted_to_one_gateway_is_paused_on_another_and_resumed_on_a_third(
+    start_cluster: ClusterFactory, mosquitto: MosquittoBroker, nursery: trio.Nursery
+) -> None:
+    steps = 6
+    with trio.fail_after(GUARD):
+        cluster = await start_cluster(3)
+        posted_to, pauser, resumer = cluster
+        devices = devices_on(cluster, 3, "p")
+        simulator = await start_devices(nursery, mosquitto, devices, latency=0.2)
+        batch = [entry(devices, f"/step/{step}") for step in range(steps)]
+        total = len(devices) * steps
+        async with client(posted_to) as poster, client(pauser) as a, client(resumer) as b:
+            created = (await poster.post("/jobs", json={"batch": batch})).json()
+            job_id = created["id"]
+            await poll_until(lambda: simulator.stats.answered >= len(devices))
+            # Two gateways pause at once: one wins, the other is told it is paused already.
+            answers: list[httpx.Response] = []
+
+            async def pause(through: httpx.AsyncClient) -> None:
+                answers.append(await through.post(f"/jobs/{job_id}/pause", json={}))
+
+            async with trio.open_nursery() as racing:
+                racing.start_soon(pause, a)
+                racing.start_soon(pause, b)
+            codes = sorted(answer.status_code for answer in answers)
+            assert codes == [200, 409], [answer.text for answer in answers]
+            (won,) = [answer.json() for answer in answers if answer.status_code == 200]
+            (lost,) = [answer.json() for answer in answers if answer.status_code == 409]
+            assert won["status"] == "paused" and won["holds"] == ["paused"], won
+            assert lost["message"] == f"job {job_id} is already held (paused)", lost
+
+            # Every gateway stops sending: the requests in flight settle, then nothing new
+            # goes out while each gateway polls a few more times.
+            await poll_until(lambda: paused_everywhere(cluster, job_id))
+            received = simulator.stats.received
+            await turns(cluster, 5)
+            assert simulator.stats.received == received, "a request left a paused job"
+            paused = (await a.get(f"/jobs/{job_id}")).json()
+            assert paused["status"] == "paused" and paused["sentCount"] == 0, paused
+            assert 0 < paused["doneCount"] < total, paused
+            per_device = {device: len(simulator.received_by(device)) for device in devices}
+
+            resumed = await b.post(f"/jobs/{job_id}/resume", json={})
+            assert resumed.status_code == 200, resumed.text
+            assert resumed.json()["status"] == "dispatching" and resumed.json()["holds"] == []
+            again = await a.post(f"/jobs/{job_id}/resume", json={})
+            assert again.status_code == 409, again.text
+            assert again.json()["message"] == (
+                f"job {job_id} is not held (paused): it is dispatching"
+            )
+            final = await wait_final(poster, job_id)
+    assert (final["status"], final["finishCount"], final["doneCount"]) == (
+        "resolved",
+        total,
+        total,
+    ), final
+    # After the resume, every gateway sent again (each serves some of the devices).
+    after = gateways_that_sent(simulator, devices, per_device)
+    assert after == {"gw-0", "gw-1", "gw-2"}, after
+    assert simulator.stats.overlaps == 0
+
+
+def paused_everywhere(cluster: list[Gateway], job_id: int) -> bool:
+    """Every part of the job on every gateway follows its pause, and no request is in
+    flight on any of them."""
+    services = [service for gateway in cluster for service in dispatcher(gateway).services.values()]
+    parts = [service.jobs[job_id] for service in services if job_id in service.jobs]
+    return all(part.followed.paused for part in parts) and not any(
+        service.fleet.in_flight for service in services
+    )
