@@ -24,6 +24,7 @@ from pm.simulator import Simulator, SimulatorSettings, run_simulator
 from tests.integration.brokers import MosquittoBroker
 from tests.integration.gateways import GatewayFactory
 from tests.job_api import entry, wait_final
+from tests.stores import read
 from tests.waiting import poll_until
 
 SHARDS = 8
@@ -209,3 +210,95 @@ def paused_everywhere(cluster: list[Gateway], job_id: int) -> bool:
     return all(part.followed.paused for part in parts) and not any(
         service.fleet.in_flight for service in services
     )
+
+
+def stored_tasks(url: str, job_id: int) -> list[tuple[Any, ...]]:
+    """(device, status, attempts) of the job's task rows, in id order."""
+    return read(
+        url, f"SELECT device, status, attempts FROM tasks WHERE job_id = {job_id} ORDER BY id"
+    )
+
+
+async def test_a_job_cancelled_through_a_third_gateway_ends_cancelled_with_the_right_counts(
+    start_cluster: ClusterFactory,
+    mosquitto: MosquittoBroker,
+    migrated_postgres_url: str,
+    nursery: trio.Nursery,
+) -> None:
+    steps = 8
+    with trio.fail_after(GUARD):
+        cluster = await start_cluster(3)
+        devices = devices_on(cluster, 3, "c")
+        simulator = await start_devices(nursery, mosquitto, devices, latency=0.2)
+        total = len(devices) * steps
+        batch = [entry(devices, f"/step/{step}") for step in range(steps)]
+        async with client(cluster[0]) as poster, client(cluster[2]) as third:
+            job_id = (await poster.post("/jobs", json={"batch": batch})).json()["id"]
+            await poll_until(lambda: simulator.stats.answered >= 2 * len(devices))
+            cancelled = await third.post(f"/jobs/{job_id}/cancel", json={})
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["finishAt"] is None  # tasks in flight finish first
+            again = await third.post(f"/jobs/{job_id}/cancel", json={})
+            assert again.status_code == 409, again.text
+            assert "nothing to cancel" in again.json()["message"]
+            final = await wait_final(third, job_id)
+            received = simulator.stats.received
+            # Nothing leaves for the ended job afterwards (each gateway polls again).
+            await turns(cluster, 3)
+            assert simulator.stats.received == received
+            refused = await poster.post(f"/jobs/{job_id}/pause", json={})
+            assert refused.status_code == 409, refused.text
+    rows = stored_tasks(migrated_postgres_url, job_id)
+    resolved = sum(status == "resolved" for _, status, _ in rows)
+    stopped = sum(status == "cancelled" for _, status, _ in rows)
+    assert resolved + stopped == total, rows
+    assert final["status"] == "cancelled" and final["outcome"] == "partial", final
+    assert (final["finishCount"], final["errorCount"]) == (resolved, stopped), final
+    assert final["outcomes"]["cancelled"] == stopped and stopped > 0, final
+    # Each task answered was received; none cancelled was (its device never got it).
+    assert resolved == len({(r["id"]) for d in devices for r in simulator.received_by(d)})
+    assert gateways_that_sent(simulator, devices) == {"gw-0", "gw-1", "gw-2"}
+
+
+async def test_deleting_a_running_job_through_another_gateway_ends_its_parts_everywhere(
+    start_cluster: ClusterFactory,
+    mosquitto: MosquittoBroker,
+    migrated_postgres_url: str,
+    nursery: trio.Nursery,
+) -> None:
+    steps = 8
+    with trio.fail_after(GUARD):
+        cluster = await start_cluster(2)
+        devices = devices_on(cluster, 3, "d")
+        simulator = await start_devices(nursery, mosquitto, devices, latency=0.2)
+        batch = [entry(devices, f"/step/{step}") for step in range(steps)]
+        async with client(cluster[0]) as poster, client(cluster[1]) as other:
+            job_id = (await poster.post("/jobs", json={"batch": batch})).json()["id"]
+            await poll_until(lambda: simulator.stats.answered >= len(devices))
+            deleted = await other.delete(f"/jobs/{job_id}")
+            assert deleted.status_code == 200, deleted.text
+            view = deleted.json()
+            assert view["status"] == "cancelled" and view["finishAt"] is not None, view
+            assert view["doneCount"] == view["totalCount"] == len(devices) * steps, view
+            assert (await poster.get(f"/jobs/{job_id}")).status_code == 404
+            # Every gateway's parts of it end (their rows are gone), without taking the
+            # answers still on their way for a sign of a lost lease.
+            await poll_until(
+                lambda: (
+                    not any(
+                        job_id in service.jobs
+                        for gateway in cluster
+                        for service in dispatcher(gateway).services.values()
+                    )
+                )
+            )
+            received = simulator.stats.received
+            await turns(cluster, 3)
+            assert simulator.stats.received == received
+    assert read(migrated_postgres_url, f"SELECT count(*) FROM tasks WHERE job_id = {job_id}") == [
+        (0,)
+    ]
+    for gateway in cluster:
+        assert len(dispatcher(gateway).services) == SHARDS // 2, "a shard was stopped as fenced"
+        engine = gateway.engine
+        assert isinstance(engine, ClusterEngine) and engine.writes.refused_rows == 0
