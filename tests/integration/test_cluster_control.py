@@ -302,3 +302,77 @@ async def test_deleting_a_running_job_through_another_gateway_ends_its_parts_eve
         assert len(dispatcher(gateway).services) == SHARDS // 2, "a shard was stopped as fenced"
         engine = gateway.engine
         assert isinstance(engine, ClusterEngine) and engine.writes.refused_rows == 0
+
+
+async def test_an_abort_criterion_trips_on_the_job_wide_counts_when_no_gateway_alone_could(
+    start_cluster: ClusterFactory,
+    mosquitto: MosquittoBroker,
+    migrated_postgres_url: str,
+    nursery: trio.Nursery,
+) -> None:
+    """Every answer is an error. Each gateway serves 4 devices, so after two rounds of sends
+    each has 8 outcomes and the cluster 16: the criterion (minSettled 12) can only hold on
+    the job-wide counts. The trip reaches every gateway within a few commit windows, well
+    inside a round of sends (latency 0.5 s): the job ends ``aborted`` with most of its tasks
+    never sent."""
+    steps = 10
+    min_settled = 12
+    with trio.fail_after(GUARD):
+        cluster = await start_cluster(2)
+        devices = devices_on(cluster, 4, "a")
+        per_gateway = len(devices) // 2
+        assert 2 * per_gateway < min_settled <= 2 * len(devices), "no test"
+        simulator = await start_devices(
+            nursery, mosquitto, devices, latency=0.5, error_rate=1.0, error_code=500
+        )
+        body = {
+            "batch": [entry(devices, f"/step/{step}") for step in range(steps)],
+            "abort": [{"on": "error", "thresholdPercent": 50, "minSettled": min_settled}],
+        }
+        async with client(cluster[0]) as poster, client(cluster[1]) as other:
+            created = await poster.post("/jobs", json=body)
+            assert created.status_code == 200, created.text
+            job_id = created.json()["id"]
+            final = await wait_final(other, job_id)
+    total = len(devices) * steps
+    rows = stored_tasks(migrated_postgres_url, job_id)
+    errors = sum(status == "error" for _, status, _ in rows)
+    assert final["status"] == "aborted" and final["stoppedBy"] == 0, final
+    assert errors + sum(status == "cancelled" for _, status, _ in rows) == total
+    # Tripped on the round that reached minSettled (the second); the round already sent
+    # when it tripped finishes. One more round of slack for a loaded machine.
+    rounds = -(-min_settled // len(devices))
+    assert min_settled <= errors <= (rounds + 2) * len(devices), errors
+    assert gateways_that_sent(simulator, devices) == {"gw-0", "gw-1"}
+    print(f"\nabort tripped job-wide: {errors} of {total} tasks sent (minSettled {min_settled})")
+
+
+async def test_failed_attempts_are_retried_on_every_gateway_of_a_cluster(
+    start_cluster: ClusterFactory,
+    mosquitto: MosquittoBroker,
+    migrated_postgres_url: str,
+    nursery: trio.Nursery,
+) -> None:
+    steps = 3
+    with trio.fail_after(GUARD):
+        cluster = await start_cluster(2)
+        devices = devices_on(cluster, 4, "r")
+        simulator = await start_devices(
+            nursery, mosquitto, devices, latency=0.02, error_rate=0.4, error_code=503, seed=7
+        )
+        body = {
+            "batch": [entry(devices, f"/step/{step}") for step in range(steps)],
+            "retry": {"on": ["error"], "codes": [503], "max": 10, "delay": 0.05, "factor": 1},
+        }
+        async with client(cluster[1]) as poster:
+            created = await poster.post("/jobs", json=body)
+            assert created.status_code == 200, created.text
+            final = await wait_final(poster, created.json()["id"])
+    assert (final["status"], final["finishCount"]) == ("resolved", len(devices) * steps), final
+    rows = stored_tasks(migrated_postgres_url, final["id"])
+    retried = {device for device, _, attempts in rows if attempts > 1}
+    # Devices of both gateways had attempts retried (each gateway retries its own tasks).
+    assert {any(served_by(gateway, device) for device in retried) for gateway in cluster} == {
+        True
+    }, retried
+    assert simulator.stats.overlaps == 0
