@@ -41,7 +41,9 @@ from .cluster._control import (
     JobWide,
     control_row,
     first_trip,
+    schedule_end_change,
     trip_abort,
+    write_change,
 )
 from .job_options import AbortCriterion, HoldReason, JobOptions
 from .outcomes import OutcomeHistogram
@@ -140,10 +142,11 @@ class JobWideControl:
 
     def __init__(self) -> None:
         self._previous: dict[int, JobWide] = {}
-        # Abort criteria by job (None: it has none), decoded once; and the outcome counts
-        # each job's criteria were last checked on.
-        self._criteria: dict[int, list[AbortCriterion] | None] = {}
+        # Each job's options (None: none), decoded once; the outcome counts its abort
+        # criteria were last checked on; the jobs whose schedule's end is written.
+        self._options: dict[int, JobOptions | None] = {}
         self._checked: dict[int, str] = {}
+        self._schedule_ended: set[int] = set()
         self.trips = 0
 
     async def follow(self, polled: PolledJobs, services: Iterable[ShardService]) -> None:
@@ -162,30 +165,53 @@ class JobWideControl:
                 elif wide != part.followed:
                     await _tell(part, FollowJobWide(wide))
 
-    def check_aborts(self, connection: Connection, polled: PolledJobs) -> None:
-        """Trip the first criterion that holds on each job's job-wide counts (a worker
-        thread); the next poll of every gateway applies the trip."""
-        for job_id in set(self._criteria) - polled.ids:
-            del self._criteria[job_id]
+    def check(self, connection: Connection, polled: PolledJobs, now: float) -> None:
+        """Write what the jobs' own rules decide job-wide (a worker thread; the next poll of
+        every gateway applies it): an abort criterion that holds on a job's job-wide counts
+        trips, and a schedule whose ``endAt`` passed pauses or stops its job (every part
+        does so itself at that instant too; the row then says so, and a resume is refused
+        as on one gateway). ``now``: epoch seconds."""
+        for job_id in set(self._options) - polled.ids:
+            del self._options[job_id]
             self._checked.pop(job_id, None)
+            self._schedule_ended.discard(job_id)
         for job_id, row in polled.rows.items():
-            criteria = self._criteria_of(job_id, row[6])
-            outcomes = row[7]
-            if criteria is None or outcomes is None or self._checked.get(job_id) == outcomes:
+            options = self._options_of(job_id, row[6])
+            if options is None:
                 continue
-            self._checked[job_id] = outcomes
-            control = control_row(row[:7])
-            histogram = msgspec.json.decode(outcomes, type=OutcomeHistogram)
-            index = first_trip(criteria, control.rollout_state().tripped, histogram)
-            if index is not None and trip_abort(connection, control, index):
-                self.trips += 1
-                _log_trip(control, criteria[index], index, histogram)
+            if options.abort:
+                self._check_abort(connection, row, options.abort)
+            schedule = options.schedule
+            if (
+                schedule is not None
+                and schedule.end_at is not None
+                and job_id not in self._schedule_ended
+                and now >= schedule.end_at.timestamp()
+            ):
+                control = control_row(row[:7])
+                change = schedule_end_change(control)
+                if change is None or write_change(connection, control, change):
+                    self._schedule_ended.add(job_id)  # else the row moved: next poll
 
-    def _criteria_of(self, job_id: int, options: str | None) -> list[AbortCriterion] | None:
-        if job_id not in self._criteria:
+    def _check_abort(
+        self, connection: Connection, row: tuple[Any, ...], criteria: list[AbortCriterion]
+    ) -> None:
+        job_id, outcomes = int(row[0]), row[7]
+        if outcomes is None or self._checked.get(job_id) == outcomes:
+            return  # no outcome since the last look
+        self._checked[job_id] = outcomes
+        control = control_row(row[:7])
+        histogram = msgspec.json.decode(outcomes, type=OutcomeHistogram)
+        index = first_trip(criteria, control.rollout_state().tripped, histogram)
+        if index is not None and trip_abort(connection, control, index):
+            self.trips += 1
+            _log_trip(control, criteria[index], index, histogram)
+
+    def _options_of(self, job_id: int, options: str | None) -> JobOptions | None:
+        if job_id not in self._options:
             decoded = None if options is None else msgspec.json.decode(options, type=JobOptions)
-            self._criteria[job_id] = None if decoded is None else decoded.abort
-        return self._criteria[job_id]
+            self._options[job_id] = decoded
+        return self._options[job_id]
 
 
 async def _tell(part: ShardJob, message: FollowJobWide) -> None:

@@ -311,7 +311,9 @@ class ShardDispatcher:
         self._known_jobs = unfinished
         # Job-wide control: pauses, resumes, stops and abort trips (pm/shard_control.py).
         await self.control.follow(polled, self.services.values())
-        await trio.to_thread.run_sync(self.control.check_aborts, self._connection, polled)
+        await trio.to_thread.run_sync(
+            self.control.check, self._connection, polled, self._wall_clock()
+        )
 
     async def _adopt_parts(self, shards: list[int], job_ids: list[int] | None) -> None:
         parts: list[tuple[int, JobRecord]] = await trio.to_thread.run_sync(

@@ -15,6 +15,7 @@ from pm.cluster._control import (
     JobWide,
     decide,
     first_trip,
+    schedule_end_change,
     tripped_change,
 )
 from pm.job_contract import JobStateError
@@ -113,3 +114,18 @@ def test_a_trip_stops_the_job_aborted_or_pauses_it_and_is_recorded() -> None:
     late = tripped_change(row(options=options, ending="cancelled"), 1)
     assert (late.ending, late.holds, late.rollout_state.stopped_by) == ("cancelled", [], None)
     assert late.rollout_state.tripped == [1]
+
+
+def test_a_schedules_end_pauses_or_stops_the_job_once() -> None:
+    pause_at_end = msgspec.convert({"schedule": {"endAt": "2026-12-01T11:00:00Z"}}, JobOptions)
+    change = schedule_end_change(row(options=pause_at_end, holds_text='["outside-window"]'))
+    assert change is not None and change.holds == ["outside-window", "paused"]
+    assert schedule_end_change(row(options=pause_at_end, holds_text='["paused"]')) is None
+    cancel_at_end = msgspec.convert(
+        {"schedule": {"endAt": "2026-12-01T11:00:00Z", "endBehavior": "cancel"}}, JobOptions
+    )
+    stop = schedule_end_change(row(options=cancel_at_end))
+    assert stop is not None and stop.ending == "cancelled"
+    assert schedule_end_change(row(options=cancel_at_end, ending="aborted")) is None
+    assert schedule_end_change(row(options=pause_at_end, final=True)) is None
+    assert schedule_end_change(row()) is None  # no schedule

@@ -177,6 +177,23 @@ def tripped_change(row: ControlRow, index: int) -> ControlChange:
     return msgspec.structs.replace(change, ending="aborted")
 
 
+def schedule_end_change(row: ControlRow) -> ControlChange | None:
+    """What the job's schedule decides at its ``endAt`` (pm/job_schedule.py
+    ``_end_schedule``): a pause, or a graceful stop ``cancelled``; ``None`` if the job is
+    final or so already."""
+    schedule = row.options.schedule
+    if row.final or schedule is None:
+        return None
+    change = ControlChange(holds=row.holds, ending=row.ending, rollout_state=row.rollout_state())
+    if schedule.end_behavior == "cancel":
+        if row.ending != "resolved":
+            return None
+        return msgspec.structs.replace(change, ending="cancelled")
+    if "paused" in change.holds:
+        return None
+    return msgspec.structs.replace(change, holds=[*change.holds, "paused"])
+
+
 # -- the database --------------------------------------------------------------------------
 
 _READ = "SELECT id, status, finish_at, holds, ending, rollout_state, options FROM jobs WHERE id = ?"
@@ -218,13 +235,16 @@ def read_control_row(connection: Connection, job_id: int) -> ControlRow | None:
 def write_change(connection: Connection, row: ControlRow, change: ControlChange) -> bool:
     """Write ``change`` if the row is still as ``row`` read it; returns whether it was."""
     state = _json_encode(change.rollout_state).decode()
+    # Only the job-wide hold: a schedule's holds are each part's own, from the clock (the
+    # row shows the one it had when it was created until the first write here).
+    paused = "paused" in change.holds
     written = connection.execute(
         _WRITE,
         (
-            _json_encode(change.holds).decode() if change.holds else None,
+            '["paused"]' if paused else None,
             change.ending,
             None if state == "{}" else state,
-            "paused" in change.holds,
+            paused,
             row.id,
             row.holds_text or "",
             row.ending,

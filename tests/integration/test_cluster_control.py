@@ -9,6 +9,7 @@ attempts are retried on every gateway. Small fleets: each test runs in a few sec
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ import trio
 from pm.cluster import shard_of
 from pm.cluster_engine import ClusterEngine
 from pm.gateway import Gateway
+from pm.schedule import epoch_to_datetime
 from pm.simulator import Simulator, SimulatorSettings, run_simulator
 from tests.integration.brokers import MosquittoBroker
 from tests.integration.gateways import GatewayFactory
@@ -76,6 +78,10 @@ def start_cluster(
         return gateways
 
     return start
+
+
+def iso(epoch: float) -> str:
+    return epoch_to_datetime(epoch).isoformat()
 
 
 def dispatcher(gateway: Gateway) -> Any:  # noqa: ANN401
@@ -376,3 +382,49 @@ async def test_failed_attempts_are_retried_on_every_gateway_of_a_cluster(
         True
     }, retried
     assert simulator.stats.overlaps == 0
+
+
+async def test_a_schedule_starts_and_pauses_a_job_on_every_gateway_at_the_same_instants(
+    start_cluster: ClusterFactory, mosquitto: MosquittoBroker, nursery: trio.Nursery
+) -> None:
+    """``startAt`` in a second, ``endAt`` a second later (``endBehavior`` pause by default),
+    slow devices: nothing reaches a device before ``startAt``; at ``endAt`` every gateway
+    stops sending, the job reads ``paused`` through any gateway, and a resume is refused as
+    on one gateway."""
+    steps = 8
+    with trio.fail_after(GUARD):
+        cluster = await start_cluster(2)
+        devices = devices_on(cluster, 3, "s")
+        simulator = await start_devices(nursery, mosquitto, devices, latency=0.3)
+        start_at = time.time() + 1.0
+        end_at = start_at + 1.0
+        body = {
+            "batch": [entry(devices, f"/step/{step}") for step in range(steps)],
+            "schedule": {"startAt": iso(start_at), "endAt": iso(end_at)},
+        }
+        async with client(cluster[0]) as poster, client(cluster[1]) as other:
+            created = await poster.post("/jobs", json=body)
+            assert created.status_code == 200, created.text
+            job_id = created.json()["id"]
+            await poll_until(lambda: simulator.stats.received > 0)
+            assert time.time() >= start_at, "a request left before startAt"
+            assert gateways_that_sent(simulator, devices) <= {"gw-0", "gw-1"}
+
+            async def job() -> dict[str, Any]:
+                return (await other.get(f"/jobs/{job_id}")).json()
+
+            while (await job())["status"] != "paused":  # noqa: ASYNC110 - a remote state
+                await trio.sleep(0.05)
+            assert time.time() >= end_at
+            await poll_until(lambda: paused_everywhere(cluster, job_id))
+            received = simulator.stats.received
+            await turns(cluster, 3)
+            assert simulator.stats.received == received, "a request left after endAt"
+            paused = await job()
+            # (A job read from the database has its schedule's holds from the clock: the
+            # ended schedule's "outside-window" beside the pause.)
+            assert "paused" in paused["holds"], paused
+            assert 0 < paused["doneCount"] < paused["totalCount"], paused
+            refused = await poster.post(f"/jobs/{job_id}/resume", json={})
+            assert refused.status_code == 409 and "its schedule ended" in refused.text
+    assert gateways_that_sent(simulator, devices) == {"gw-0", "gw-1"}
