@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import trio
 
-from actors import ActorStopped
+from actors import ActorRef, ActorStopped
 
 from .cluster._control import (
     RUNNING,
@@ -217,8 +217,10 @@ class JobWideControl:
 async def _tell(part: ShardJob, message: FollowJobWide) -> None:
     if part.ref is None:
         return
+    # A part's mailbox takes FollowJobWide beside a job's messages (ShardJob._handle).
+    mailbox = cast("ActorRef[Any]", part.ref)
     try:
-        await part.ref.tell(message)
+        await mailbox.tell(message)
     except ActorStopped:
         pass  # it ended meanwhile: nothing left to follow
     await trio.lowlevel.checkpoint()
