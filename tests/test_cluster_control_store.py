@@ -133,3 +133,29 @@ async def test_an_abort_trip_is_written_once(migrated_postgres_url: str) -> None
     assert read(url, "SELECT ending, rollout_state FROM jobs") == [
         ("aborted", '{"tripped":[0],"stopped_by":0}')
     ]
+
+
+async def test_a_job_stopped_job_wide_whose_last_part_timed_out_ends_timeout(
+    migrated_postgres_url: str,
+) -> None:
+    """As on one gateway: a job timeout ends the job ``timeout`` even while it stops."""
+    url = migrated_postgres_url
+    leases = held_leases(url, "a")
+    writes = ClusterWrites("a", SHARDS)
+    connection = connect_postgres(url)
+    try:
+        with trio.fail_after(GUARD):
+            async with running_store(url) as store:
+                store.attach_cluster(writes)
+                record = await create_job(store, batch((["dev-0", "dev-1"], "/r")))
+                await store.sync()
+                request_control(connection, record.id, "cancel", NOW)
+                for task in record.tasks:
+                    settle(task, "timeout", None)
+                    writes.task_changed(task, leases[writes.shard_of(task.device)])
+                record.status, record.finish_at = "timeout", 1_700_000_999.0
+                writes.job_changed(record)
+                await store.sync()
+    finally:
+        connection.close()
+    assert read(url, "SELECT status, ending FROM jobs") == [("timeout", "cancelled")]

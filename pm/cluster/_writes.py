@@ -21,9 +21,9 @@ In that transaction, after the store's own statements:
    under READ COMMITTED it sees every commit of another gateway that held the lock before).
    The last gateway to settle a task of the job therefore always sees every task final,
    and the job's final status is set once: only while ``finish_at`` is NULL (a conditional
-   UPDATE). Its status is the job's ``ending`` when it was stopped job-wide (``cancelled``,
-   ``aborted``: pm/cluster/_control.py), else what the job part that settled last ended
-   with (``resolved``, or ``timeout``). A job paused job-wide stays ``paused`` while it has
+   UPDATE). Its status is ``timeout`` if the job part that settled last timed out (every
+   part has the job's deadline), else the job's ``ending`` when it was stopped job-wide
+   (``cancelled``, ``aborted``: pm/cluster/_control.py), else what that part ended with. A job paused job-wide stays ``paused`` while it has
    tasks unsettled.
 
 PostgreSQL only (``FOR SHARE`` in the fence, ``FILTER``, ``json_object_agg``).
@@ -132,7 +132,8 @@ UPDATE jobs SET
     ) AS TEXT),
     status = CASE
         WHEN jobs.finish_at IS NOT NULL THEN jobs.status
-        WHEN {_UNSETTLED} = 0 AND jobs.ending <> 'resolved' THEN jobs.ending
+        WHEN {_UNSETTLED} = 0 AND jobs.ending <> 'resolved' AND w.status IS DISTINCT FROM
+            'timeout' THEN jobs.ending
         WHEN {_UNSETTLED} = 0 THEN coalesce(w.status, jobs.ending)
         WHEN jobs.status = 'paused' THEN 'paused'
         WHEN c.pending < c.total THEN 'dispatching'
