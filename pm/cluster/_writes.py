@@ -23,8 +23,8 @@ In that transaction, after the store's own statements:
    and the job's final status is set once: only while ``finish_at`` is NULL (a conditional
    UPDATE). Its status is ``timeout`` if the job part that settled last timed out (every
    part has the job's deadline), else the job's ``ending`` when it was stopped job-wide
-   (``cancelled``, ``aborted``: pm/cluster/_control.py), else what that part ended with. A job paused job-wide stays ``paused`` while it has
-   tasks unsettled.
+   (``cancelled``, ``aborted``: pm/cluster/_control.py), else what that part ended with.
+   A job paused job-wide stays ``paused`` while it has tasks unsettled.
 
 PostgreSQL only (``FOR SHARE`` in the fence, ``FILTER``, ``json_object_agg``).
 
