@@ -74,7 +74,7 @@ def test_a_cancel_stops_the_job_once() -> None:
 
 @pytest.mark.parametrize("action", ["pause", "resume", "cancel"])
 def test_nothing_is_done_to_a_final_job(action: Any) -> None:  # noqa: ANN401
-    with pytest.raises(JobStateError, match="^job 7 is resolved: "):
+    with pytest.raises(JobStateError, match="^job 7 is resolved: it has finished$"):
         decide(action, row(status="resolved", final=True, holds_text='["paused"]'), NOW)
 
 

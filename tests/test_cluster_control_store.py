@@ -71,7 +71,7 @@ async def test_control_of_a_job_that_is_not_there_or_has_finished(
         connection.execute(
             "UPDATE jobs SET status = 'resolved', finish_at = 1 WHERE id = ?", (job_id,)
         )
-        with pytest.raises(JobStateError, match=f"^job {job_id} is resolved: nothing to cancel$"):
+        with pytest.raises(JobStateError, match=f"^job {job_id} is resolved: it has finished$"):
             request_control(connection, job_id, "cancel", NOW)
     finally:
         connection.close()

@@ -101,16 +101,14 @@ def decide(action: ControlAction, row: ControlRow, now: float) -> ControlChange:
     when the job's state does not allow it.
     """
     holds, job_id = row.holds, row.id
+    if row.final:  # pm.engine_control.JobControl._ask's sentence
+        raise JobStateError(f"job {job_id} is {row.status}: it has finished")
     change = ControlChange(holds=holds, ending=row.ending, rollout_state=row.rollout_state())
     if action == "pause":
-        if row.final:
-            raise JobStateError(f"job {job_id} is {row.status}: it cannot be held")
         if "paused" in holds:
             raise JobStateError(f"job {job_id} is already held (paused)")
         return msgspec.structs.replace(change, holds=[*holds, "paused"])
     if action == "resume":
-        if row.final:
-            raise JobStateError(f"job {job_id} is {row.status}: nothing to resume")
         if "paused" not in holds:
             raise JobStateError(f"job {job_id} is not held (paused): it is {row.status}")
         end_at = _schedule_ended_at(row.options, now)
@@ -122,7 +120,7 @@ def decide(action: ControlAction, row: ControlRow, now: float) -> ControlChange:
             )
         return msgspec.structs.replace(change, holds=[h for h in holds if h != "paused"])
     if action == "cancel":
-        if row.final or row.ending != "resolved":
+        if row.ending != "resolved":
             raise JobStateError(f"job {job_id} is {row.status}: nothing to cancel")
         return msgspec.structs.replace(change, ending="cancelled")
     raise AssertionError(f"unknown control action {action!r}")
