@@ -87,7 +87,7 @@ class JobWideFollower:
     _set_hold: Callable[[HoldReason], object]
     _clear_hold: Callable[[HoldReason], object]
 
-    def _follow_from_start(self) -> None:
+    def start_following(self) -> None:
         """Before the part's actor starts: its record holds the job's control as read with
         its tasks; the criteria are job-wide, never evaluated on this part's share."""
         self._abort = None

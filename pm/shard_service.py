@@ -160,7 +160,8 @@ class ShardService:
 
     def adopt(self, record: JobRecord) -> None:
         """Run ``record`` (a job's unfinished tasks on this shard) as a job part: its actor
-        starts now, its tasks go to their devices after those of the parts adopted before."""
+        starts now, paused or stopping if its job is so job-wide (as ``record`` was read),
+        and its tasks go to their devices after those of the parts adopted before."""
         self.adopted.add(record.id)
         if record.id in self.jobs:
             raise AssertionError(f"job {record.id} adopted twice on shard {self.lease.shard}")
@@ -172,7 +173,7 @@ class ShardService:
             feed_capacity=1,
             wall_clock=self._wall_clock,
         )
-        job._follow_from_start()
+        job.start_following()
         now = self._wall_clock()
         remaining = math.inf if record.timeout is None else record.created_at + record.timeout - now
 
