@@ -204,7 +204,10 @@ def build_openapi(
                         "200": job_response,
                         "400": error("an invalid or unknown query parameter"),
                         "404": error("no such job"),
-                        "409": error("the job runs on another gateway (ask that one)"),
+                        "409": error(
+                            "the job runs on another gateway that shares the database without "
+                            "cluster.enabled (ask that one); in a cluster any gateway deletes it"
+                        ),
                         "415": error(
                             "a body that is not declared `Content-Type: application/json` "
                             "(none is needed)"

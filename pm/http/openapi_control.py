@@ -106,8 +106,10 @@ def build_control_paths(
                     },
                     **common,
                     "409": error(
-                        f"wrong state: {conflict}, or the job runs on another gateway (the "
-                        "message says which)"
+                        f"wrong state: {conflict} (with cluster.enabled, as the job's row has it: "
+                        "of two gateways racing one request, one wins and the other gets this), "
+                        "or the job runs on another gateway sharing the database without "
+                        "cluster.enabled (the message says which)"
                     ),
                 },
             },
