@@ -39,7 +39,7 @@ import trio
 
 from .cluster import LeaseBook, LeaseKeeper, ShardCountMismatch, gateway_id_for
 from .cluster._backfill import fill_missing_shards
-from .cluster._control import ControlAction, request_control
+from .cluster._control import ControlAction, ControlRequests
 from .cluster._writes import ClusterWrites
 from .config import Config, ConfigError
 from .devices import Publisher
@@ -49,7 +49,7 @@ from .jobs import Job
 from .schemas import JobRequest, JobView
 from .shard_dispatch import ShardDispatcher
 from .state import JobRecord
-from .store import Store, StoreOpenError, StoreUnavailable
+from .store import Store, StoreOpenError
 from .store._connection import Connection
 from .store._postgres_connection import connect_postgres, driver_errors
 
@@ -79,9 +79,8 @@ class ClusterEngine(Engine):
         self._nursery = nursery
         self.dispatcher: ShardDispatcher | None = None
         self.keeper: LeaseKeeper | None = None
-        # Control requests' writes (pm/cluster/_control.py), one at a time.
-        self._control_connection: Connection | None = None
-        self._control_lock = trio.Lock()
+        # Control requests' writes (pm/cluster/_control.py), on a connection of their own.
+        self._requests: ControlRequests | None = None
 
     @property
     def jobs_running(self) -> int:
@@ -105,7 +104,7 @@ class ClusterEngine(Engine):
         except driver_errors() as error:
             raise StoreOpenError(f"cluster: cannot connect to store.url: {error}") from error
         reader_connection = connect_postgres(url)
-        self._control_connection = connect_postgres(url)
+        control_connection = connect_postgres(url)
         book = LeaseBook(
             keeper_connection,
             self.gateway_id,
@@ -118,7 +117,7 @@ class ClusterEngine(Engine):
         except ShardCountMismatch as error:
             keeper_connection.close()
             reader_connection.close()
-            self._control_connection.close()
+            control_connection.close()
             raise ConfigError(str(error)) from None
         if filled:
             logger.info("cluster: %d stored unfinished tasks given their shard", filled)
@@ -137,8 +136,9 @@ class ClusterEngine(Engine):
         # Every message the gateway receives goes to the dispatcher (answers by shard), in
         # place of the engine's router (Engine.__init__), before the gateway hands any on.
         self.on_mqtt_message = self.dispatcher.on_mqtt_message
+        self._requests = ControlRequests(control_connection)
         self._nursery.start_soon(
-            self._run_cluster, keeper_connection, reader_connection, self._control_connection
+            self._run_cluster, keeper_connection, reader_connection, control_connection
         )
         return 0
 
@@ -195,21 +195,9 @@ class ClusterEngine(Engine):
         Error handling: :class:`JobStateError` (409) when the job's state does not allow
         it, :class:`~pm.store.StoreUnavailable` (503) when the database cannot be reached.
         """
-        connection = self._control_connection
-        if connection is None:
-            raise AssertionError("the control connection is opened by recover()")
-        async with self._control_lock:
-            try:
-                found = await trio.to_thread.run_sync(
-                    request_control, connection, job_id, action, self.wall_clock()
-                )
-            except connection.error_types as error:
-                if not connection.is_storage_fault(error):
-                    raise
-                raise StoreUnavailable(
-                    f"job {job_id}: the {action} could not be recorded "
-                    f"({connection.fault_reason(error)}); retry when GET /readyz answers 200"
-                ) from None
+        if self._requests is None:
+            raise AssertionError("control requests are opened by recover()")
+        found = await self._requests.record(job_id, action, self.wall_clock())
         job = await self.find(job_id) if found else None
         return None if job is None else job.record.view()
 

@@ -10,12 +10,14 @@ import threading
 import pytest
 import trio
 
-from pm.cluster._control import read_control_row, request_control, trip_abort
+from pm.cluster._control import ControlRequests, read_control_row, request_control, trip_abort
 from pm.cluster._writes import ClusterWrites
 from pm.job_contract import JobStateError
+from pm.store import StoreUnavailable
 from pm.store._postgres_connection import connect_postgres
 from tests.stores import batch, create_job, read, running_store
 from tests.test_cluster_writes import SHARDS, held_leases, settle
+from tests.test_shard_dispatch import FlakyConnection
 
 GUARD = 30.0
 NOW = 1_700_000_500.0
@@ -159,3 +161,22 @@ async def test_a_job_stopped_job_wide_whose_last_part_timed_out_ends_timeout(
     finally:
         connection.close()
     assert read(url, "SELECT status, ending FROM jobs") == [("timeout", "cancelled")]
+
+
+async def test_a_request_the_database_cannot_take_is_refused_503_and_recorded_on_retry(
+    migrated_postgres_url: str,
+) -> None:
+    url = migrated_postgres_url
+    with trio.fail_after(GUARD):
+        job_id = await stored_job(url)
+        connection = FlakyConnection(url)
+        requests = ControlRequests(connection)
+        try:
+            connection.fail_on, connection.failures = "UPDATE jobs", 1
+            with pytest.raises(StoreUnavailable, match=f"^job {job_id}: the pause could not be"):
+                await requests.record(job_id, "pause", NOW)
+            assert read(url, "SELECT status FROM jobs") == [("pending",)]  # nothing recorded
+            assert await requests.record(job_id, "pause", NOW) is True
+        finally:
+            connection.close()
+    assert read(url, "SELECT status FROM jobs") == [("paused",)]

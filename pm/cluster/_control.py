@@ -17,8 +17,9 @@ Python (:func:`decide`, pure, the single gateway's rules and messages), and writ
 job is not final. Two gateways racing get one winner; the loser reads again and, the state
 having moved, gets the single gateway's refusal (HTTP 409), e.g. "already held (paused)".
 
-Error handling: the database's errors propagate (the caller turns a storage fault into a
-503 or retries at its next poll); a refusal raises :class:`~pm.job_contract.JobStateError`.
+Error handling: the database's errors propagate (:class:`ControlRequests` turns a storage
+fault into a 503; the poll retries at its next turn); a refusal raises
+:class:`~pm.job_contract.JobStateError`.
 PostgreSQL or SQLite: plain SQL, ``?`` placeholders.
 """
 
@@ -29,6 +30,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
+import trio
 
 from ..job_contract import JobStateError
 from ..job_options import DEFAULT_OPTIONS, AbortCriterion, HoldReason, JobOptions
@@ -37,6 +39,7 @@ from ..rollout import RolloutState, matches
 from ..schedule import epoch_to_datetime
 from ..schemas import FINAL_JOB_STATUSES, JobStatus
 from ..store._connection import Connection
+from ..store._errors import StoreUnavailable
 
 ControlAction = Literal["pause", "resume", "cancel"]
 
@@ -275,3 +278,33 @@ def trip_abort(connection: Connection, row: ControlRow, index: int) -> bool:
     """Record that criterion ``index`` tripped (``row`` as last read): only the first
     gateway's write goes through; returns whether it was this one's."""
     return write_change(connection, row, tripped_change(row, index))
+
+
+class ControlRequests:
+    """A gateway's control requests (``POST /jobs/{id}/pause|resume|cancel``), recorded one at
+    a time on a connection of their own, in a worker thread.
+
+    Error handling: :class:`JobStateError` as :func:`request_control`; a storage fault (the
+    database lost, read-only) raises :class:`~pm.store.StoreUnavailable` (503) naming it,
+    nothing recorded; any other database error propagates.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._lock = trio.Lock()
+
+    async def record(self, job_id: int, action: ControlAction, now: float) -> bool:
+        """:func:`request_control`, from the trio thread."""
+        connection = self.connection
+        async with self._lock:
+            try:
+                return await trio.to_thread.run_sync(
+                    request_control, connection, job_id, action, now
+                )
+            except connection.error_types as error:
+                if not connection.is_storage_fault(error):
+                    raise
+                raise StoreUnavailable(
+                    f"job {job_id}: the {action} could not be recorded "
+                    f"({connection.fault_reason(error)}); retry when GET /readyz answers 200"
+                ) from None
