@@ -4,7 +4,10 @@ mosquitto and one throwaway PostgreSQL database, simulated devices on real MQTT 
 
 A job posted to one gateway is paused, resumed and cancelled through others; an abort
 criterion trips on the job-wide counts when no gateway alone has enough outcomes; failed
-attempts are retried on every gateway. Small fleets: each test runs in a few seconds.
+attempts are retried on every gateway. Small fleets: each test runs in 2-4 s, which is what it
+takes for gateways that join one after the other to split the shards evenly (a lease round or
+two, ``lease_ttl / 3`` each) and for a job to run a few rounds of sends at the devices'
+latency (the control must land mid-job, between rounds).
 """
 
 from __future__ import annotations
