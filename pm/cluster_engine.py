@@ -8,9 +8,13 @@ What differs from :class:`pm.engine.Engine` (one gateway, every job in memory):
   and dispatches its part. The answer to ``POST /jobs`` is the job as created.
 - Nothing is resumed at start: each gateway reads the unfinished tasks of each shard as it
   gains the shard's lease.
-- Job-wide options are refused (400 naming the field) until they are coordinated across
-  gateways: ``rollout``, ``abort``, ``retry``, ``schedule`` and ``priority: high`` would act
-  per gateway (``tasks.max_in_flight`` is refused at start, pm/gateway.py). So are pause,
+- ``rollout`` (window, rate, ramp) holds job-wide: the gateway holding the lease of shard
+  ``job_id % cluster.shards`` coordinates the job, granting each shard's part what it may
+  send (pm/shard_pacing.py, pm/cluster/_grants.py), and a job's view shows its job-wide
+  pacing from any gateway (:meth:`ClusterEngine.find`). ``tasks.max_in_flight`` is split
+  between the gateways by the shards each serves (pm/shard_dispatch.py).
+- Job-wide options not coordinated yet are refused (400 naming the field): ``abort``,
+  ``retry``, ``schedule`` and ``priority: high`` would act per gateway. So are pause,
   resume and cancel of a job, and deleting one not finished (409): its parts run on other
   gateways, which this one cannot reach yet.
 
@@ -50,7 +54,7 @@ from .store._postgres_connection import connect_postgres, driver_errors
 logger = logging.getLogger(__name__)
 
 # Job options that would act per gateway (see the module docstring), with their JSON names.
-_PER_GATEWAY_OPTIONS = ("rollout", "abort", "retry", "schedule")
+_PER_GATEWAY_OPTIONS = ("abort", "retry", "schedule")
 
 
 class ClusterEngine(Engine):
@@ -128,6 +132,15 @@ class ClusterEngine(Engine):
         self.on_mqtt_message = self.dispatcher.on_mqtt_message
         self._nursery.start_soon(self._run_cluster, keeper_connection, reader_connection)
         return 0
+
+    async def find(self, job_id: int) -> Job | None:
+        """As :meth:`pm.engine.Engine.find` (every job is read from the store here); a paced
+        job's ``rollout`` shows its job-wide pacing: the window and rate after the ramp steps
+        its coordinator stored, and its tasks sent and not settled as committed."""
+        job = await super().find(job_id)
+        if job is not None and job.record.pacer is not None:
+            job.record.pacer.in_flight = job.record.sent_count
+        return job
 
     async def submit(self, request: JobRequest) -> Job:
         """Store a new job for the shards' owners to dispatch (see the module docstring).

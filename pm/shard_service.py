@@ -34,10 +34,12 @@ from actors import Directive, Failure, Supervisor
 from .cluster import ShardLease
 from .cluster._writes import ClusterWrites, ShardRecorder
 from .config import Config
+from .device_turns import FleetBudget
 from .devices import Fleet, Publisher
 from .jobs import Job
 from .presence import Presence, PresenceBook
 from .protocol import TopicTemplates
+from .shard_pacing import GrantPacer
 from .state import JobRecord
 
 logger = logging.getLogger(__name__)
@@ -50,10 +52,22 @@ JOB_MAILBOX = 4096
 
 class ShardJob(Job):
     """A job's part on one shard: the job actor without its own feeder (the shard's feeder
-    hands its tasks to the devices; see the module docstring)."""
+    hands its tasks to the devices; see the module docstring), unless the job is paced: then
+    a :class:`~pm.shard_pacing.GrantPacer` paces it within the shard's grant, and it feeds
+    its devices itself (as a single gateway's job), holding up no other job of the shard."""
+
+    def __init__(self, record: JobRecord, *args: Any, **kwargs: Any) -> None:
+        super().__init__(record, *args, **kwargs)
+        rollout = record.options.rollout
+        self.pacer: GrantPacer | None = None
+        if rollout is not None:
+            self.pacer = GrantPacer(rollout, record.rollout_state, record)
+            self.pacer.on_grant = self._queue.poke
+            self._queue.pacer = record.pacer = self.pacer
 
     async def _feed_devices(self) -> None:
-        return
+        if self.pacer is not None:
+            await super()._feed_devices()
 
     def _log_finished(self) -> None:
         # One line per job and shard would be hundreds per job: DEBUG only (the job ends
@@ -92,6 +106,8 @@ class ShardService:
       presence: the gateway's presence book (shared by every shard's fleet).
       writes: where the job parts record their changes.
       wall_clock: epoch seconds.
+      budget: the gateway's share of ``tasks.max_in_flight``, shared by every shard it
+        serves (``None``: no budget).
     """
 
     def __init__(
@@ -104,6 +120,7 @@ class ShardService:
         presence: PresenceBook,
         writes: ClusterWrites,
         wall_clock: Callable[[], float] = time.time,
+        budget: FleetBudget | None = None,
     ) -> None:
         self.lease = lease
         self._config = config
@@ -124,6 +141,9 @@ class ShardService:
             presence=presence,
             wall_clock=wall_clock,
         )
+        if budget is not None:
+            # One budget for all the shards this gateway serves (pm/shard_dispatch.py).
+            self.fleet.budget = budget
         # The fleet made itself the presence book's listener: it is told through the
         # dispatcher (by shard) instead, which stays the book's one listener.
         online = presence.on_online
@@ -179,7 +199,12 @@ class ShardService:
             # may have announced itself long ago, to this gateway too.
             if task.status == "sent" and self._presence.presence(task.device) != OFFLINE:
                 self.device_online(task.device, False)
-        self._to_feed.send_nowait(job)
+        if job.pacer is None:  # a paced part feeds its devices itself
+            self._to_feed.send_nowait(job)
+
+    def paced_parts(self) -> dict[int, ShardJob]:
+        """The parts running here of jobs with ``rollout``, by job id."""
+        return {job_id: job for job_id, job in self.jobs.items() if job.pacer is not None}
 
     def _part_ended(self, job: ShardJob) -> None:
         if self.jobs.get(job.id) is job:
