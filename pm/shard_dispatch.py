@@ -122,7 +122,9 @@ class ShardDispatcher:
         self._refused: set[int] = set()
         self._fenced: set[tuple[int, int]] = set()  # (shard, epoch) never served again
         self._known_jobs: set[int] = set()
-        self.pacing = ShardPacing(connection, config.cluster.shards, wall_clock)
+        self.pacing = ShardPacing(
+            connection, config.cluster.shards, self._poll_interval, wall_clock
+        )
         # tasks.max_in_flight: this gateway's share, for the shards it serves (resized with
         # them); shared by their fleets.
         self.budget = FleetBudget(0) if config.tasks.max_in_flight else None

@@ -122,14 +122,21 @@ class ShardPacing:
     Args:
       connection: the dispatcher's connection (used from its loop only).
       shards: ``cluster.shards`` (a job's coordinating shard is ``job_id % shards``).
+      poll_interval: seconds between two turns (the dispatcher's).
       wall_clock: epoch seconds (the rate's anchor is stored in them).
     """
 
     def __init__(
-        self, connection: Connection, shards: int, wall_clock: Callable[[], float] = time.time
+        self,
+        connection: Connection,
+        shards: int,
+        poll_interval: float,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._connection = connection
         self._shards = shards
+        # A round late by up to a poll interval still grants what the rate allowed.
+        self._catch_up = 2 * poll_interval
         self._wall_clock = wall_clock
         self.paced: dict[int, RolloutOptions] = {}
         self._looked_up: set[int] = set()
@@ -159,6 +166,7 @@ class ShardPacing:
                     options,
                     service.lease,
                     self._wall_clock(),
+                    self._catch_up,
                 )
                 self.rounds += 1
         parts = {shard: service.paced_parts() for shard, service in services.items()}

@@ -86,9 +86,11 @@ def coordinate(
     options: RolloutOptions,
     lease: ShardLease,
     now: float,
+    catch_up: float,
 ) -> GrantRound | None:
     """One coordinator round for ``job_id`` under ``lease`` (the lease of its coordinating
-    shard), in one transaction: read the shards' counts, decide, write. Returns the round,
+    shard), in one transaction: read the shards' counts, decide, write (``catch_up``: see
+    :func:`~pm.cluster._grants.grant_round`). Returns the round,
     or ``None`` when the lease is no longer held (nothing written) or the job has ended."""
     with connection.transaction():
         if not connection.execute(_HOLDS_LEASE, lease.fence()).fetchone()[0]:
@@ -115,7 +117,9 @@ def coordinate(
             )
             for shard, granted, total, granted_at in stored
         ]
-        decided = grant_round(options, shards, resolved=resolved, rate_anchor=anchor, now=now)
+        decided = grant_round(
+            options, shards, resolved=resolved, rate_anchor=anchor, now=now, catch_up=catch_up
+        )
         rows = [
             (s.shard, decided.grants[s.shard], s.total, now)
             if s.shard in decided.grants

@@ -19,11 +19,13 @@ is a row, and a shard's new owner reads it with the shard.
 
 Grants accrue at the rate (job-wide sends a minute): the coordinator keeps an *anchor* (a
 wall-clock time, stored with the job) and may grant ``floor((now - anchor) * rate / 60)``
-more, moving the anchor by what it granted; unused time is not saved up beyond one send
-(the anchor never falls more than one interval behind ``now``), as :class:`pm.rollout.Pacer`
-spaces a single gateway's sends. So over any span of ``t`` seconds the job gets at most
-``t * rate / 60 + 1`` new grants (a grant is used by at most one send of a task: re-sends
-of the same task after a handover use none).
+more, moving the anchor by what it granted. Unused time is not saved up beyond one send and
+a round's catch-up (``catch_up``: the anchor never falls further behind ``now``), as
+:class:`pm.rollout.Pacer` spaces a single gateway's sends. So over any span of ``t``
+seconds the job gets at most ``(t + catch_up) * rate / 60 + 1`` new grants, and a grant is
+used by one task once (a re-send of the same task after a handover uses none). The anchor
+is on the coordinator's wall clock: gateways' clocks that disagree move it by their skew at
+a coordinator change.
 
 The ramp grows the window and the rate from the job-wide count of resolved tasks
 (:func:`pm.rollout.ramp_steps_after`), as a single gateway's pacer does one outcome at a time.
@@ -88,6 +90,7 @@ def grant_round(
     resolved: int,
     rate_anchor: float | None,
     now: float,
+    catch_up: float = 0.0,
 ) -> GrantRound:
     """The next grants of a job paced by ``options`` (see the module docstring).
 
@@ -97,6 +100,9 @@ def grant_round(
       resolved: the job's resolved tasks, as committed (the ramp's count).
       rate_anchor: the stored anchor (None: the first round, one send allowed at once).
       now: wall-clock epoch seconds.
+      catch_up: seconds of grants a round may give beyond one send when the previous round
+        was that long ago (the coordinator's rounds come every poll interval, or later
+        under load); a longer gap (no coordinator for a while) is not made up for.
     """
     steps = ramp_steps_after(options, resolved)
     window, rate = ramped(options, steps)
@@ -105,8 +111,8 @@ def grant_round(
     interval = 0.0
     if rate is not None:
         interval = 60.0 / rate
-        if rate_anchor is None:
-            rate_anchor = now - interval
+        earliest = now - interval - catch_up
+        rate_anchor = earliest if rate_anchor is None else max(rate_anchor, earliest)
         tokens = max(0, math.floor((now - rate_anchor) / interval))
     budget = min(room, tokens)
     # (room held, last grant, -work left, shard): the smallest goes next.

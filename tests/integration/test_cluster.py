@@ -317,10 +317,13 @@ async def test_jobs_posted_to_different_gateways_keep_each_devices_order_across_
 
             refused = await client.post(
                 f"{cluster[1].url}/jobs",
-                json={"batch": [entry(devices, "/paced")], "rollout": {"maxInFlight": 5}},
+                json={
+                    "batch": [entry(devices, "/aborted")],
+                    "abort": [{"on": "error", "thresholdPercent": 50}],
+                },
             )
             assert refused.status_code == 400, refused.text
-            assert "`$.rollout` is not supported with cluster.enabled" in refused.text
+            assert "`$.abort` is not supported with cluster.enabled" in refused.text
             paused = await client.post(f"{cluster[0].url}/jobs/{created[-1]}/pause", json={})
             assert paused.status_code == 409, paused.text
             assert "not supported with cluster.enabled" in paused.text
