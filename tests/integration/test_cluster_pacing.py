@@ -57,7 +57,9 @@ async def test_a_jobs_window_holds_across_three_gateways_and_its_coordinators_si
     window = 4
     devices = [f"w{i:02d}" for i in range(40)]
     with trio.fail_after(GUARD):
+        began = trio.current_time()
         await start_cluster(cluster, url)
+        started = trio.current_time()
         simulator = await nursery.start(
             run_simulator,
             SimulatorSettings(
@@ -78,10 +80,17 @@ async def test_a_jobs_window_holds_across_three_gateways_and_its_coordinators_si
             await poll_until(lambda: simulator.stats.answered >= 8)
             view = (await client.get(f"{reader.url}/jobs/{job_id}")).json()
             coordinator.kill()
+            killed_at = trio.current_time()
             answered_at_kill = simulator.stats.answered
             survivors = [g for g in cluster if g is not coordinator]
             async with httpx.AsyncClient(base_url=survivors[0].url, timeout=10) as other:
                 job = await wait_final(other, job_id)
+    print(
+        f"\nstarted in {started - began:.2f} s, killed {coordinator.name} after"
+        f" {killed_at - started:.2f} s ({answered_at_kill} answers), the job ended"
+        f" {trio.current_time() - killed_at:.2f} s later; devices held at most"
+        f" {simulator.stats.max_working} requests at once"
+    )
     assert answered_at_kill < len(devices), "the job ended before the kill: no test"
     rollout = view["rollout"]
     assert (rollout["maxInFlight"], rollout["rampSteps"]) == (window, 0), view
