@@ -143,8 +143,8 @@ def build_openapi(
                             "schedule whose endAt is past included), nesting "
                             "deeper than limits.max_json_depth, a batch entry's data larger "
                             "than limits.max_data_bytes, an unknown query parameter, or "
-                            "(cluster.enabled) rollout, abort, retry, schedule or a high "
-                            "priority, which would act per gateway"
+                            "(cluster.enabled) abort, retry, schedule or a high priority, "
+                            "which would act per gateway (rollout holds job-wide there)"
                         ),
                         "413": error(
                             "body larger than http.max_body_bytes, or more tasks than "
