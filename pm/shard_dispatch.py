@@ -21,6 +21,10 @@ starts and stops :class:`~pm.shard_service.ShardService`\\ s. Each turn of its l
    runs a job it was posted directly, it stores it) are found by polling the database every
    ``store.commit_interval``: the ids of the unfinished jobs, and for those not seen before,
    their unfinished tasks on the shards served here.
+4. **Paced jobs.** After the poll, the paced jobs' coordinator rounds (for the jobs whose
+   coordinating shard is served here) and their parts' grants (:mod:`pm.shard_pacing`).
+   ``tasks.max_in_flight`` is shared by the shards served here, resized with them
+   (:meth:`~ShardDispatcher._resize_budget`).
 
 Why polling and not PostgreSQL's ``LISTEN/NOTIFY``: psycopg's notifications come through
 its asyncio API or a blocking generator on a connection of their own, and neither fits a
