@@ -190,8 +190,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_by_shard_unfinished ON tasks (shard, status, job_id)
         WHERE status IN ('pending', 'sent');
     """,
-    # 10 -> 11 (issue 16's order: h-control's 9 -> 10 comes first): a paced job's window
-    # and rate across a cluster (pm/cluster/_grants.py). Per job and shard, the cumulative
+    # 9 -> 10: a paced job's window and rate across a cluster (pm/cluster/_grants.py). Per job and shard, the cumulative
     # grant its coordinator gave the shard, the job's tasks on it and when it last got one;
     # per job, the anchor of its rate (wall-clock seconds). Written only by the gateway
     # holding the job's coordinating shard, fenced by that lease; unused by a single gateway.
