@@ -190,10 +190,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_by_shard_unfinished ON tasks (shard, status, job_id)
         WHERE status IN ('pending', 'sent');
     """,
-    # 9 -> 10: a paced job's window and rate across a cluster (pm/cluster/_grants.py). Per job and shard, the cumulative
-    # grant its coordinator gave the shard, the job's tasks on it and when it last got one;
-    # per job, the anchor of its rate (wall-clock seconds). Written only by the gateway
-    # holding the job's coordinating shard, fenced by that lease; unused by a single gateway.
+    # 9 -> 10: a paced job's window and rate across a cluster (pm/cluster/_grants.py). Per
+    # job and shard, the cumulative grant its coordinator gave the shard, the job's tasks on
+    # it and when it last got one; per job, the anchor of its rate (wall-clock seconds).
+    # Written only by the gateway holding the job's coordinating shard, fenced by that
+    # lease; unused by a single gateway.
     """
     CREATE TABLE job_grants (
         job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
