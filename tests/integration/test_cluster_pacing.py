@@ -126,7 +126,9 @@ async def test_a_jobs_rate_holds_job_wide(
     """``maxPerMinute: 600`` (10 a second) for 16 tasks on two gateways: job-wide, the sends
     spread over at least 1.5 s, and no span holds more sends than the rate allows plus one
     and a round's catch-up (two poll intervals, 0.04 s here), with a margin of one send for
-    the time between a grant and the send it records."""
+    the time between a grant and the send it records. (Not with the fleet budget of the
+    next test: the rate spaces hand-outs, as on a single gateway, and a task handed out that
+    waits for a slot of the budget is sent when one frees, so sends can bunch.)"""
     url = migrated_postgres_url
     rate = 600.0
     devices = [f"r{i:02d}" for i in range(16)]
