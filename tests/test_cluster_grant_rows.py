@@ -112,3 +112,36 @@ async def test_the_rate_anchor_is_kept_across_rounds(migrated_postgres_url: str)
         assert anchor == pytest.approx(1003.4)
     finally:
         connection.close()
+
+
+async def test_finished_tasks_a_single_gateway_stored_without_a_shard_are_left_out(
+    migrated_postgres_url: str,
+) -> None:
+    """A database a single gateway used: its tasks have no shard, and a clustered gateway
+    gives one only to the unfinished ones at start. The finished ones count in no shard."""
+    url = migrated_postgres_url
+    options = RolloutOptions(max_in_flight=3)
+    entries = batch(([f"dev-{n}" for n in range(10)], "/r"))
+    with trio.fail_after(GUARD):
+        async with running_store(url) as store:
+            store.attach_cluster(ClusterWrites("a", SHARDS))
+            job_id, first_task = await store.allocate_ids(1, 10)
+            record = make_job(job_id, first_task, entries)
+            record.options = JobOptions(rollout=options)
+            store.job_created(record, entries)
+            await store.sync()
+    write(
+        url,
+        "UPDATE tasks SET shard = NULL, status = 'resolved' WHERE job_id = ? AND id < ?",
+        (job_id, first_task + 4),
+    )
+    lease = held_leases(url, "a")[job_id % SHARDS]
+    connection = connect_postgres(url)
+    try:
+        decided = coordinate(connection, job_id, options, lease, 1000.0, 0.1)
+    finally:
+        connection.close()
+    assert decided is not None
+    rows = read(url, "SELECT shard, granted, total FROM job_grants WHERE job_id = ?", (job_id,))
+    assert sum(total for _, _, total in rows) == 6
+    assert sum(granted for _, granted, _ in rows) == 3

@@ -32,7 +32,11 @@ _HOLDS_LEASE = f"SELECT {FENCE}"
 _STORED_GRANTS = (
     "SELECT shard, granted, total, granted_at FROM job_grants WHERE job_id = ? ORDER BY shard"
 )
-_TASKS_BY_SHARD = "SELECT shard, count(*) FROM tasks WHERE job_id = ? GROUP BY shard"
+# Tasks a single gateway stored have no shard; a clustered one gives one to the unfinished
+# ones only (pm/cluster/_backfill.py): the finished ones are in no shard's part.
+_TASKS_BY_SHARD = (
+    "SELECT shard, count(*) FROM tasks WHERE job_id = ? AND shard IS NOT NULL GROUP BY shard"
+)
 _UNFINISHED_BY_SHARD = (
     "SELECT shard, count(*) FROM tasks WHERE job_id = ? AND status IN ('pending', 'sent')"
     " GROUP BY shard"
