@@ -17,9 +17,12 @@ What differs from :class:`pm.engine.Engine` (one gateway, every job in memory):
 - Job options: ``abort`` criteria are evaluated on the job-wide counts and tripped once
   for the whole job (pm/shard_control.py); ``retry`` (per task), ``schedule`` (the same
   wall-clock rule on every gateway) and ``priority`` (per device, and a device is on one
-  shard) act job-wide when each gateway applies them to its own parts. ``rollout`` would
-  act per gateway: refused (400 naming it), as ``tasks.max_in_flight`` is at start
-  (pm/gateway.py).
+  shard) act job-wide when each gateway applies them to its own parts.
+- ``rollout`` (window, rate, ramp) holds job-wide: the gateway holding the lease of shard
+  ``job_id % cluster.shards`` coordinates the job, granting each shard's part what it may
+  send (pm/shard_pacing.py, pm/cluster/_grants.py), and a job's view shows its job-wide
+  pacing from any gateway (:meth:`ClusterEngine.find`). ``tasks.max_in_flight`` is split
+  between the gateways by the shards each serves (pm/shard_dispatch.py).
 
 Restart and error policy: the gateway joins the cluster at start (:meth:`ClusterEngine.recover`):
 a database it cannot reach, or whose cluster has another ``cluster.shards``, ends the start
@@ -44,7 +47,6 @@ from .cluster._writes import ClusterWrites
 from .config import Config, ConfigError
 from .devices import Publisher
 from .engine import Engine
-from .job_limits import JobOptionRefused
 from .jobs import Job
 from .schemas import JobRequest, JobView
 from .shard_dispatch import ShardDispatcher
@@ -54,9 +56,6 @@ from .store._connection import Connection
 from .store._postgres_connection import connect_postgres, driver_errors
 
 logger = logging.getLogger(__name__)
-
-# Job options that would act per gateway (see the module docstring), with their JSON names.
-_PER_GATEWAY_OPTIONS = ("rollout",)
 
 
 class ClusterEngine(Engine):
@@ -142,17 +141,22 @@ class ClusterEngine(Engine):
         )
         return 0
 
+    async def find(self, job_id: int) -> Job | None:
+        """As :meth:`pm.engine.Engine.find` (every job is read from the store here); a paced
+        job's ``rollout`` shows its job-wide pacing: the window and rate after the ramp steps
+        its coordinator stored, and its tasks sent and not settled as committed."""
+        job = await super().find(job_id)
+        if job is not None and job.record.pacer is not None:
+            job.record.pacer.in_flight = job.record.sent_count
+        return job
+
     async def submit(self, request: JobRequest) -> Job:
         """Store a new job for the shards' owners to dispatch (see the module docstring).
 
         Returns once the job is committed. Error handling: as
         :meth:`pm.engine.Engine.submit` (:class:`~pm.store.StoreUnavailable` also when the
-        commit fails), and :class:`~pm.job_limits.JobOptionRefused` for an option that would
-        act per gateway.
+        commit fails).
         """
-        for name in _PER_GATEWAY_OPTIONS:
-            if getattr(request, name) is not None:
-                raise JobOptionRefused(_refusal(name))
         job = await super().submit(request)
         # Answered once stored: only then can the other gateways find it, and a job posted
         # anywhere after this answer is found after this one (per-device FIFO across jobs).
@@ -255,10 +259,3 @@ class ClusterEngine(Engine):
             unanswered += await self.dispatcher.settle(grace)
         await self.store.sync_for_reading()
         return unanswered
-
-
-def _refusal(field: str) -> str:
-    return (
-        f"`$.{field}` is not supported with cluster.enabled yet: it would act per gateway, "
-        "not job-wide (docs/scale-out.md)"
-    )

@@ -138,15 +138,30 @@ class FleetBudget:
                 queue.remove(granted)
             raise
 
-    def release(self) -> None:
-        """A request left flight: its slot goes to the next waiter, else is freed."""
-        if self.limit is None:
-            return
+    def resize(self, limit: int) -> None:
+        """Change the limit (a clustered gateway's share, as it gains and loses shards): the
+        waiters a larger one makes room for go now; above a smaller one, slots are freed as
+        requests leave flight, and none is handed on until it is below."""
+        self.limit = limit
+        while self.in_flight < limit and self.waiting:
+            self.in_flight += 1
+            self._wake_next()
+
+    def _wake_next(self) -> None:
         for high_priority in (True, False):
             queue = self._waiting[high_priority]
             if queue:
-                queue.popleft().set()  # the slot passes on: in_flight unchanged
+                queue.popleft().set()
                 return
+
+    def release(self) -> None:
+        """A request left flight: its slot goes to the next waiter, else is freed (also when
+        the limit was made smaller and is still exceeded)."""
+        if self.limit is None:
+            return
+        if self.waiting and self.in_flight <= self.limit:
+            self._wake_next()  # the slot passes on: in_flight unchanged
+            return
         self.in_flight -= 1
 
 

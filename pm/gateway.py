@@ -293,8 +293,8 @@ async def _disconnect_all_when_the_broker_exits(
 def check_cluster(config: Config) -> None:
     """Refuse, before anything starts, a ``cluster.enabled = true`` the cluster cannot run
     with: a SQLite store (the gateways share one PostgreSQL database), the embedded broker
-    (they share one external broker) or ``tasks.max_in_flight`` (a fleet-wide limit that
-    would hold per gateway).
+    (they share one external broker) or a ``tasks.max_in_flight`` below ``cluster.shards``
+    (split by shards, some gateway's share would be none).
 
     Error handling: raises :class:`~pm.config.ConfigError` naming the key.
     """
@@ -310,11 +310,12 @@ def check_cluster(config: Config) -> None:
             "cluster.enabled = true needs broker.embedded = false and [mqtt] pointing at the "
             "broker the gateways share (docs/scale-out.md)"
         )
-    if config.tasks.max_in_flight:
+    if 0 < config.tasks.max_in_flight < config.cluster.shards:
         raise ConfigError(
-            f"tasks.max_in_flight = {config.tasks.max_in_flight} is not supported with "
-            "cluster.enabled = true yet: it would limit each gateway, not the fleet; set it "
-            "to 0 (docs/scale-out.md)"
+            f"tasks.max_in_flight = {config.tasks.max_in_flight} is below cluster.shards = "
+            f"{config.cluster.shards}: each gateway gets the budget times the shards it "
+            "serves over all shards, rounded down, and one serving few shards would get none; "
+            f"set it to at least {config.cluster.shards}, or 0 (docs/scale-out.md)"
         )
 
 

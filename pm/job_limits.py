@@ -28,11 +28,6 @@ class DataTooLarge(JobRefused):
     """A batch entry's ``data`` encodes to more than ``limits.max_data_bytes``."""
 
 
-class JobOptionRefused(JobRefused):
-    """A job option this gateway cannot honour as asked (with ``cluster.enabled``, one that
-    would act per gateway instead of job-wide); the message names the field."""
-
-
 class TooManyJobsRunning(JobRefused):
     """``limits.max_jobs_running`` jobs are running already; try again when one ends."""
 

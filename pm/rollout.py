@@ -37,6 +37,37 @@ class RolloutState(msgspec.Struct, kw_only=True, omit_defaults=True):
     stopped_by: int | None = None
 
 
+def ramped(options: RolloutOptions, steps: int) -> tuple[int | None, float | None]:
+    """The window and the rate of ``options`` after ``steps`` ramp steps."""
+    ramp, window = options.ramp, options.max_in_flight
+    if ramp is None or window is None:
+        return window, options.max_per_minute
+    for step in range(1, steps + 1):
+        # At least one more per step: a small window with a small factor still grows.
+        window = min(
+            ramp.max_in_flight,
+            max(window + 1, round(options.max_in_flight * ramp.factor**step)),
+        )
+    rate = options.max_per_minute
+    return window, None if rate is None else rate * ramp.factor**steps
+
+
+def ramp_steps_after(options: RolloutOptions, resolved: int) -> int:
+    """The ramp steps a job has taken once ``resolved`` of its tasks resolved (what
+    :class:`Pacer` counts one outcome at a time): one per ``afterSucceeded``, until the
+    window reaches the ramp's cap."""
+    ramp = options.ramp
+    if ramp is None or options.max_in_flight is None:
+        return 0
+    steps = 0
+    while resolved >= (steps + 1) * ramp.after_succeeded:
+        window, _ = ramped(options, steps)
+        if window is None or window >= ramp.max_in_flight:
+            break
+        steps += 1
+    return steps
+
+
 class Pacer:
     """The job's window (tasks handed out and not settled) and rate (sends per minute,
     evenly spaced), grown by the ramp.
@@ -56,20 +87,7 @@ class Pacer:
         self._apply_steps()
 
     def _apply_steps(self) -> None:
-        options, steps = self._options, self._state.ramp_steps
-        ramp = options.ramp
-        if ramp is None or options.max_in_flight is None:
-            return
-        window = options.max_in_flight
-        for step in range(1, steps + 1):
-            # At least one more per step: a small window with a small factor still grows.
-            window = min(
-                ramp.max_in_flight,
-                max(window + 1, round(options.max_in_flight * ramp.factor**step)),
-            )
-        self.window = window
-        if options.max_per_minute is not None:
-            self.rate = options.max_per_minute * ramp.factor**steps
+        self.window, self.rate = ramped(self._options, self._state.ramp_steps)
 
     def blocked(self, now: float) -> WaitingReason | None:
         """Why nothing may be handed out at ``now``, if so: the window first, then the rate."""

@@ -23,6 +23,10 @@ starts and stops :class:`~pm.shard_service.ShardService`\\ s. Each turn of its l
    and for those not seen before, their unfinished tasks on the shards served here. The
    same read carries each job's job-wide control (pause, resume, stop, abort trips),
    which the parts here follow (:mod:`pm.shard_control`).
+4. **Paced jobs.** After the poll, the paced jobs' coordinator rounds (for the jobs whose
+   coordinating shard is served here) and their parts' grants (:mod:`pm.shard_pacing`).
+   ``tasks.max_in_flight`` is shared by the shards served here, resized with them
+   (:meth:`~ShardDispatcher._resize_budget`).
 
 Why polling and not PostgreSQL's ``LISTEN/NOTIFY``: psycopg's notifications come through
 its asyncio API or a blocking generator on a connection of their own, and neither fits a
@@ -61,10 +65,12 @@ import trio
 from .cluster import ShardLease
 from .cluster._writes import ClusterWrites
 from .config import Config
+from .device_turns import FleetBudget
 from .devices import Fleet, Publisher
 from .presence import PresenceBook
 from .protocol import TopicTemplates
 from .shard_control import JobWideControl, read_unfinished
+from .shard_pacing import ShardPacing
 from .shard_service import ShardService, serve_shard
 from .state import JobRecord
 from .status_topic import DeviceMessages, StatusTopicSource
@@ -124,6 +130,12 @@ class ShardDispatcher:
         self._fenced: set[tuple[int, int]] = set()  # (shard, epoch) never served again
         self._known_jobs: set[int] = set()
         self.control = JobWideControl()
+        self.pacing = ShardPacing(
+            connection, config.cluster.shards, self._poll_interval, wall_clock
+        )
+        # tasks.max_in_flight: this gateway's share, for the shards it serves (resized with
+        # them); shared by their fleets.
+        self.budget = FleetBudget(0) if config.tasks.max_in_flight else None
         # Shards started whose unfinished tasks are not read yet (a read failed: retried).
         self._unloaded: set[int] = set()
         self._wake = trio.Event()
@@ -215,11 +227,26 @@ class ShardDispatcher:
                 if self._unloaded:
                     await self._read(self._load_gained)
                 await self._read(self._poll)
+                await self._read(self._pace)
                 self.turns += 1
                 with trio.move_on_after(self._poll_interval):
                     await self._wake.wait()
 
     async def _apply_changes(self) -> None:
+        try:
+            await self._apply_lease_changes()
+        finally:
+            self._resize_budget()
+
+    def _resize_budget(self) -> None:
+        """This gateway's share of ``tasks.max_in_flight``: the budget times the shards it
+        serves over all the shards, rounded down, so the gateways' shares never add up to
+        more than the budget (a shard is served by one gateway at a time)."""
+        if self.budget is not None:
+            shares = self._config.tasks.max_in_flight * len(self.services)
+            self.budget.resize(shares // self._config.cluster.shards)
+
+    async def _apply_lease_changes(self) -> None:
         refused, self._refused = self._refused, set()
         fenced = [shard for shard in sorted(refused) if shard in self.services]
         for shard in fenced:
@@ -273,6 +300,7 @@ class ShardDispatcher:
                 presence=self._presence,
                 writes=self._writes,
                 wall_clock=self._wall_clock,
+                budget=self.budget,
             ),
         )
         if self._stopping:
@@ -314,6 +342,9 @@ class ShardDispatcher:
         await trio.to_thread.run_sync(
             self.control.check, self._connection, polled, self._wall_clock()
         )
+
+    async def _pace(self) -> None:
+        await self.pacing.turn(self._known_jobs, self.services)
 
     async def _adopt_parts(self, shards: list[int], job_ids: list[int] | None) -> None:
         parts: list[tuple[int, JobRecord]] = await trio.to_thread.run_sync(

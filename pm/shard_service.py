@@ -34,11 +34,13 @@ from actors import Directive, Failure, Supervisor
 from .cluster import ShardLease
 from .cluster._writes import ClusterWrites, ShardRecorder
 from .config import Config
+from .device_turns import FleetBudget
 from .devices import Fleet, Publisher
 from .jobs import Job
 from .presence import Presence, PresenceBook
 from .protocol import TopicTemplates
 from .shard_control import FollowJobWide, JobWideFollower
+from .shard_pacing import GrantPacer
 from .state import JobRecord
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,19 @@ JOB_MAILBOX = 4096
 class ShardJob(JobWideFollower, Job):
     """A job's part on one shard: the job actor, whose tasks the shard's feeder hands to the
     devices (see the module docstring), following the job's job-wide control (pause,
-    resume, stop, abort trips: pm/shard_control.py)."""
+    resume, stop, abort trips: pm/shard_control.py). A paced job's part (``rollout``) is fed
+    by its own feeder instead, paced by a :class:`~pm.shard_pacing.GrantPacer` within the
+    shard's grant (as a single gateway's job), holding up no other job of the shard."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, record: JobRecord, *args: Any, **kwargs: Any) -> None:
+        super().__init__(record, *args, **kwargs)
+        rollout = record.options.rollout
+        self.pacer: GrantPacer | None = None
+        if rollout is not None:
+            self.pacer = GrantPacer(rollout, record.rollout_state, record)
+            self.pacer.on_grant = self._queue.poke
+            self._queue.pacer = record.pacer = self.pacer
+            return
         # The shard's feeder hands out the part's tasks, in adoption order (the ones in
         # flight under a former owner included); the part's own feeder only what comes back
         # to its queue: tasks held back by a pause or a schedule, and retries after their
@@ -106,6 +117,8 @@ class ShardService:
       presence: the gateway's presence book (shared by every shard's fleet).
       writes: where the job parts record their changes.
       wall_clock: epoch seconds.
+      budget: the gateway's share of ``tasks.max_in_flight``, shared by every shard it
+        serves (``None``: no budget).
     """
 
     def __init__(
@@ -118,6 +131,7 @@ class ShardService:
         presence: PresenceBook,
         writes: ClusterWrites,
         wall_clock: Callable[[], float] = time.time,
+        budget: FleetBudget | None = None,
     ) -> None:
         self.lease = lease
         self._config = config
@@ -138,6 +152,9 @@ class ShardService:
             presence=presence,
             wall_clock=wall_clock,
         )
+        if budget is not None:
+            # One budget for all the shards this gateway serves (pm/shard_dispatch.py).
+            self.fleet.budget = budget
         # The fleet made itself the presence book's listener: it is told through the
         # dispatcher (by shard) instead, which stays the book's one listener.
         online = presence.on_online
@@ -195,7 +212,12 @@ class ShardService:
             # may have announced itself long ago, to this gateway too.
             if task.status == "sent" and self._presence.presence(task.device) != OFFLINE:
                 self.device_online(task.device, False)
-        self._to_feed.send_nowait(job)
+        if job.pacer is None:  # a paced part feeds its devices itself
+            self._to_feed.send_nowait(job)
+
+    def paced_parts(self) -> dict[int, ShardJob]:
+        """The parts running here of jobs with ``rollout``, by job id."""
+        return {job_id: job for job_id, job in self.jobs.items() if job.pacer is not None}
 
     def _part_ended(self, job: ShardJob) -> None:
         if self.jobs.get(job.id) is job:

@@ -67,6 +67,37 @@ async def test_a_cancelled_waiter_gives_its_place_up() -> None:
         assert budget.in_flight == 0
 
 
+async def test_a_resized_budget_wakes_whom_it_has_room_for_and_drains_when_smaller() -> None:
+    """A clustered gateway's share grows and shrinks with the shards it serves."""
+    with trio.fail_after(5):
+        budget = FleetBudget(2)
+        woken: list[int] = []
+        for _ in range(2):
+            await budget.acquire(high_priority=False)
+
+        async def waiter(number: int) -> None:
+            await budget.acquire(high_priority=False)
+            woken.append(number)
+
+        async with trio.open_nursery() as nursery:
+            for number in range(3):
+                nursery.start_soon(waiter, number)
+                await trio.testing.wait_all_tasks_blocked()
+            budget.resize(3)  # room for one more
+            await trio.testing.wait_all_tasks_blocked()
+            assert (woken, budget.in_flight, budget.waiting) == ([0], 3, 2)
+            budget.resize(1)  # two over: freed as they end, nothing handed on
+            for in_flight in (2, 1):
+                budget.release()
+                await trio.testing.wait_all_tasks_blocked()
+                assert (woken, budget.in_flight) == ([0], in_flight)
+            budget.release()  # at the limit: this slot passes on
+            await trio.testing.wait_all_tasks_blocked()
+            assert (woken, budget.in_flight) == ([0, 1], 1)
+            budget.resize(2)
+        assert woken == [0, 1, 2] and budget.in_flight == 2
+
+
 @asynccontextmanager
 async def running_engine(**tasks: Any) -> AsyncIterator[tuple[Engine, RecordingPublisher]]:
     """An engine with these ``[tasks]`` settings, a recording publisher, an inline in-memory

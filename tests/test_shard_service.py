@@ -17,6 +17,7 @@ import trio.testing
 from pm.cluster import ShardLease
 from pm.cluster._writes import ClusterWrites
 from pm.config import Config
+from pm.job_options import JobOptions, RolloutOptions
 from pm.presence import PresenceBook
 from pm.protocol import TopicTemplates
 from pm.shard_service import ShardService, serve_shard
@@ -133,3 +134,50 @@ async def test_losing_the_shard_stops_it_without_settling_anything(
     assert {task.id: task.status for task, _ in window.tasks.values()} == expected
     assert window.jobs == {1: None}
     assert service.fleet.in_flight == 0
+
+
+async def test_a_paced_part_sends_within_its_grant_and_holds_up_no_other_part(
+    config: Config, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A job with ``rollout`` hands out tasks only while the shard's grant allows (the
+    tasks final before it was adopted count as used), and a job adopted after it on the same
+    shard is not held up while it waits for grants."""
+    publisher, writes = RecordingPublisher(), ClusterWrites("gw-a", 8)
+    service, answer = await start_service(nursery, config, publisher, writes)
+    paced_devices = [f"p{n}" for n in range(6)]
+    plain = part(1, 1, paced_devices[:1], "/first")
+    paced = part(2, 100, paced_devices, "/paced")
+    paced.options = JobOptions(rollout=RolloutOptions(max_in_flight=2))
+    later = part(3, 200, [f"q{n}" for n in range(4)], "/later")
+
+    def sent(resource: str) -> list[dict[str, object]]:
+        return [r for _, r in publisher.published if r["resource"] == resource]
+
+    with trio.fail_after(GUARD):
+        service.adopt(plain)
+        service.adopt(paced)
+        service.adopt(later)
+        pacer = service.jobs[2].pacer
+        assert pacer is not None and set(service.paced_parts()) == {2}
+        await trio.testing.wait_all_tasks_blocked()
+        # No grant read yet: nothing of the paced job, all of the job adopted after it.
+        assert (len(sent("/paced")), len(sent("/later"))) == (0, 4)
+        answer(sent("/first")[0])  # else p0's paced task, handed out, waits behind it
+        # The shard holds 8 of the job's tasks, 2 of them final before the part (6 tasks)
+        # was adopted: a grant of 4 leaves room for 2.
+        pacer.grant(4, 8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(sent("/paced")) == 2
+        answer(sent("/paced")[0])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(sent("/paced")) == 2  # settled, but its task counts as used: no more room
+        pacer.grant(7, 8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(sent("/paced")) == 5
+        for request in sent("/paced")[1:]:
+            answer(request)
+        pacer.grant(8, 8)
+        await trio.testing.wait_all_tasks_blocked()
+        answer(sent("/paced")[-1])
+        await service.jobs[2].ended.wait()
+    assert paced.status == "resolved" and len(sent("/paced")) == 6

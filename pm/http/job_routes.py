@@ -30,7 +30,7 @@ from ..engine import (
     TooManyJobsRunning,
     TooManyTasks,
 )
-from ..job_limits import JobOptionRefused, check_limits
+from ..job_limits import check_limits
 from ..jobs import Job
 from ..schedule import epoch_to_datetime
 from ..schemas import MAX_SQLITE_INTEGER, JobRequest
@@ -48,7 +48,6 @@ _REFUSALS: dict[type[JobRefused], tuple[int, str]] = {
     TooManyJobsRunning: (429, "max_jobs_running"),
     TooManyTasks: (413, "max_tasks_per_job"),
     DataTooLarge: (400, "max_data_bytes"),
-    JobOptionRefused: (400, "cluster"),
 }
 
 

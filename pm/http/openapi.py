@@ -142,8 +142,7 @@ def build_openapi(
                             "malformed JSON or UTF-8, a field that does not validate (a "
                             "schedule whose endAt is past included), nesting "
                             "deeper than limits.max_json_depth, a batch entry's data larger "
-                            "than limits.max_data_bytes, an unknown query parameter, or "
-                            "(cluster.enabled) rollout, which would act per gateway"
+                            "than limits.max_data_bytes, or an unknown query parameter"
                         ),
                         "413": error(
                             "body larger than http.max_body_bytes, or more tasks than "

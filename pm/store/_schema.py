@@ -190,6 +190,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_by_shard_unfinished ON tasks (shard, status, job_id)
         WHERE status IN ('pending', 'sent');
     """,
+    # 9 -> 10: a paced job's window and rate across a cluster (pm/cluster/_grants.py). Per
+    # job and shard, the cumulative grant its coordinator gave the shard, the job's tasks on
+    # it and when it last got one; per job, the anchor of its rate (wall-clock seconds).
+    # Written only by the gateway holding the job's coordinating shard, fenced by that
+    # lease; unused by a single gateway.
+    """
+    CREATE TABLE job_grants (
+        job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        shard       INTEGER NOT NULL,
+        granted     INTEGER NOT NULL,
+        total       INTEGER NOT NULL,
+        granted_at  REAL,
+        PRIMARY KEY (job_id, shard)
+    );
+    CREATE TABLE job_pacing (
+        job_id       INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        rate_anchor  REAL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

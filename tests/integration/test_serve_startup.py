@@ -81,7 +81,7 @@ async def test_a_config_value_out_of_range(variable: str, value: str, expected: 
                 "PM_BROKER_EMBEDDED": "false",
                 "PM_TASKS_MAX_IN_FLIGHT": "10",
             },
-            ("tasks.max_in_flight = 10 is not supported with cluster.enabled",),
+            ("tasks.max_in_flight = 10 is below cluster.shards = 256", "set it to at least 256"),
         ),
     ],
     ids=["sqlite", "embedded-broker", "max-in-flight"],
