@@ -61,6 +61,9 @@ LIBRARIES = (
 # carry the change into our code, then update the digest.
 PINNED: dict[str, dict[str, str]] = {
     "amqtt": {
+        "amqtt.adapters:StreamWriterAdapter._writer": "a4210c7dd24c77ae",
+        "amqtt.adapters:StreamWriterAdapter.close": "9f228a1f968d964e",
+        "amqtt.adapters:StreamWriterAdapter.write": "a204e5a548e08184",
         "amqtt.broker:Broker._authenticate": "4d7db8cc6fe2c3f6",
         "amqtt.broker:Broker._broadcast_loop": "371196a6242c2e35",
         "amqtt.broker:Broker._broadcast_queue": "2741302510426b86",
@@ -72,9 +75,9 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker._del_subscription": "415f349273b0552d",
         "amqtt.broker:Broker._delete_session": "a8333dded50648a7",
         "amqtt.broker:Broker._get_handler": "169908c149fded36",
+        "amqtt.broker:Broker._handle_client_session": "8b1b52a03df9daf5",
         "amqtt.broker:Broker._handle_disconnect": "8c3b8702f3567055",
         "amqtt.broker:Broker._handle_message_delivery": "89727723da550bed",
-        "amqtt.broker:Broker._handle_client_session": "8b1b52a03df9daf5",
         "amqtt.broker:Broker._handle_subscription": "3dae18afa195209e",
         "amqtt.broker:Broker._handle_unsubscription": "29253b1b63036d7a",
         "amqtt.broker:Broker._initialize_client_session": "5dd89158bbe46266",
@@ -92,6 +95,9 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker._topic_filtering": "9259ae5e1dd3e20d",
         "amqtt.broker:Broker.add_subscription": "07757b63113c395e",
         "amqtt.broker:Broker.start": "bd1c165101f6fcbb",
+        "amqtt.broker:Broker.stream_connected": "d1c68240cb49f94a",
+        "amqtt.contrib.auth_db.managers:TopicManager.__aexit__": "25cf7885dbb18116",
+        "amqtt.contrib.auth_db.managers:UserManager.__aexit__": "25cf7885dbb18116",
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_pingreq": "de126279f40d7031",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_read_timeout": "ffd79f12457f41e1",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.mqtt_acknowledge_subscription": "002366e76dc0b16a",  # noqa: E501 - a qualified name

@@ -27,7 +27,7 @@ client's subscriptions without scanning all of them, and its ``repr`` is short b
 logs ``repr(self._subscriptions)`` (built even when debug logging is off) on every SUBSCRIBE,
 which made connecting N devices cost O(N^2).
 
-Fixes 1 and 2 live in :class:`pm.broker.amqtt._routing.RoutingBroker`, the base class here.
+Fixes 1 and 2 live in :class:`pm.broker.amqtt._routing.RoutingBroker`, the root of our classes.
 
 Fix 3, authenticate before touching sessions: amqtt 0.12.1
 (``Broker._initialize_client_session``) acts on a CONNECT *before* authenticating it: a
@@ -53,25 +53,29 @@ Fixes 6 and 7, in :class:`pm.broker.amqtt._handler.ConnectionHandler`: a connect
 the PUBACK wait of a QoS 1 message outlasts a burst (amqtt 0.12.1's is a fixed 5 s); fix 9
 there: no timer armed per packet read or sent.
 
-Fix 8, a listen backlog for fleets: amqtt listens with asyncio's default backlog of 100, which
-overflowed when thousands of devices connected at once; here it is :data:`LISTEN_BACKLOG`.
+Fix 8, a listen backlog for fleets, and fix 11, one write per connection and event-loop turn
+(amqtt sends every packet with its own system call), live in
+:class:`pm.broker.amqtt._listening.ListeningBroker`, between the two.
 
 Fix 10, what a client published before it left is delivered: amqtt's message loop ended at the
 disconnect and dropped the messages still queued (rarely seen while its reader yielded after
 every packet; fix 9's reader reads a buffered batch at once). Here they are delivered first.
+
+Fix 12, a burst routed at once: amqtt's message loop takes one published message per
+``asyncio.wait`` (a few loop turns each), and its broadcast loop routes one per task, so a
+burst read in one go was routed, and its deliveries written, one message at a time. Here each
+takes every message already queued (the routing half in
+:class:`pm.broker.amqtt._routing.RoutingBroker`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ssl
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import BrokerProtocolHandler, Server
-from amqtt.contexts import ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_0
@@ -80,7 +84,7 @@ from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
 from ._handler import KEEPALIVE_GRACE, ConnectionHandler
-from ._routing import RoutingBroker
+from ._listening import ListeningBroker
 
 # Seconds between scans for disconnected sessions when no connection was seen ending.
 SESSION_SCAN_INTERVAL = 60
@@ -88,14 +92,8 @@ SESSION_SCAN_INTERVAL = 60
 # Seconds a takeover waits for the old connection's disconnect handling (milliseconds normally).
 TAKEOVER_TIMEOUT = 5.0
 
-# Connections the kernel completes and queues before the broker accepts them (fix 8). asyncio's
-# default, which amqtt keeps, is 100: when a fleet reconnects at once (a broker restart) or a
-# busy broker accepts late, further SYNs are dropped and each device retries 1, 3, 7 s later.
-# Linux caps the figure at net.core.somaxconn (4096 by default since Linux 5.4).
-LISTEN_BACKLOG = 4096
 
-
-class PuppetmasterBroker(RoutingBroker):
+class PuppetmasterBroker(ListeningBroker):
     """amqtt's broker with the fixes of this module.
 
     Restart policy: none inside the child; the gateway's supervisor restarts the whole process.
@@ -209,30 +207,6 @@ class PuppetmasterBroker(RoutingBroker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), TAKEOVER_TIMEOUT)
 
-    # -- fix 8: a listen backlog for fleets -----------------------------------------------------
-
-    async def _create_server_instance(
-        self,
-        listener_name: str,
-        listener_type: ListenerType,
-        address: str | None,
-        port: int,
-        ssl_context: ssl.SSLContext | None,
-    ) -> Any:  # noqa: ANN401 - asyncio.Server, or amqtt's websockets server
-        # amqtt 0.12.1's Broker._create_server_instance, TCP case, with LISTEN_BACKLOG.
-        if listener_type != ListenerType.TCP:
-            return await super()._create_server_instance(
-                listener_name, listener_type, address, port, ssl_context
-            )
-        return await asyncio.start_server(
-            functools.partial(self.stream_connected, listener_name=listener_name),
-            address,
-            port,
-            reuse_address=True,
-            ssl=ssl_context,
-            backlog=LISTEN_BACKLOG,
-        )
-
     # -- fix 4: no per-second scan of every session -------------------------------------------
 
     async def _session_monitor(self) -> None:
@@ -263,7 +237,7 @@ class PuppetmasterBroker(RoutingBroker):
             await asyncio.sleep(1)
             since_scan += 1
 
-    # -- fix 10: what a client published before it left is delivered --------------------------
+    # -- fixes 10 and 12: what a client published is delivered, all that is queued at once -----
 
     async def _client_message_loop(
         self, client_session: Session, handler: BrokerProtocolHandler
@@ -272,7 +246,8 @@ class PuppetmasterBroker(RoutingBroker):
         # loop there and dropped the messages still queued for delivery, which a client that
         # publishes and then disconnects (or whose packets were read in one go) lost. Here the
         # message already taken and the rest of the queue are delivered, in order, before the
-        # disconnect (and its will) is handled.
+        # disconnect (and its will) is handled. And amqtt took one message per asyncio.wait;
+        # here every message queued is routed at once (fix 12).
         disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
         subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
         unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
@@ -294,7 +269,7 @@ class PuppetmasterBroker(RoutingBroker):
                 if wait_deliver in done:
                     if not await self._handle_message_delivery(
                         client_session, handler, wait_deliver
-                    ):
+                    ) or not await self._deliver_queued(client_session, handler):
                         break
                     wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
                 if disconnect_waiter in done:
@@ -312,13 +287,17 @@ class PuppetmasterBroker(RoutingBroker):
 
     async def _deliver_queued(
         self, client_session: Session, handler: BrokerProtocolHandler
-    ) -> None:
+    ) -> bool:
+        """Hands every message the client published that is queued now to the broadcast
+        queue (fix 12), in order; False, like ``_handle_message_delivery``, when one of them
+        ends the connection."""
         queue = client_session.delivered_message_queue
         while not queue.empty():
             taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             taken.set_result(queue.get_nowait())
             if not await self._handle_message_delivery(client_session, handler, taken):
-                return
+                return False
+        return True
 
     async def _handle_client_session(
         self,

@@ -8,6 +8,10 @@ session holds gets retained messages, and an exact filter gets its topic's by on
 
 Fix 2, the subscription index (:class:`pm.broker.amqtt._subscriptions.SubscriptionIndex`):
 exact filters by one lookup instead of ``_matches`` on every filter per message.
+
+Fix 12, a burst routed at once: amqtt's broadcast loop routes one message per task and
+``asyncio.wait``; here each of its steps routes every message queued, so a burst's deliveries
+start together (and, with fix 11, a connection's leave in one write).
 """
 
 from __future__ import annotations
@@ -104,10 +108,25 @@ class RoutingBroker(Broker):
                 yield topic_filter, holders
 
     async def _run_broadcast(self, running_tasks: Any) -> None:  # noqa: ANN401
-        # amqtt 0.12.1's Broker._run_broadcast with the filter scan replaced by the index and
-        # its per-message debug f-strings built only when debug logging is on. Everything
-        # else (retention for offline persistent sessions, delivery tasks) is unchanged.
-        broadcast = await self._broadcast_queue.get()
+        # amqtt 0.12.1's Broker._run_broadcast routes one message per call, and its
+        # _broadcast_loop makes a task and an asyncio.wait for each call: in a burst the
+        # deliveries were made one or two loop turns apart, each written on its own. Here a
+        # call routes every message already queued (fix 12), so the deliveries of a burst
+        # start in the same turn and a connection's go out in one write (fix 11). The queue
+        # is filled only by other tasks, so the loop ends.
+        queue = self._broadcast_queue
+        broadcast = await queue.get()
+        while True:
+            await self._route_broadcast(broadcast, running_tasks)
+            if queue.empty():
+                return
+            broadcast = queue.get_nowait()
+
+    async def _route_broadcast(self, broadcast: dict[str, Any], running_tasks: Any) -> None:  # noqa: ANN401
+        # amqtt 0.12.1's Broker._run_broadcast after its queue.get, with the filter scan
+        # replaced by the index and its per-message debug f-strings built only when debug
+        # logging is on. Everything else (retention for offline persistent sessions, delivery
+        # tasks) is unchanged.
         debug = self.logger.isEnabledFor(logging.DEBUG)
         if debug:
             self.logger.debug(f"Processing broadcast message: {broadcast}")
