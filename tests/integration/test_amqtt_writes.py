@@ -115,6 +115,44 @@ async def _relay_burst(messages: int, padding: bytes) -> tuple[int, int]:
         await broker.shutdown()
 
 
+def test_closing_sends_the_pending_bytes_first_and_later_writes_are_dropped() -> None:
+    """A refused client is written its CONNACK and closed in the same turn: the pending bytes
+    must go before the EOF. After the close, writes (a delivery racing the disconnect) are
+    dropped, and a flush of a connection asyncio already shut for writing does not raise
+    (it runs in the callback that flushes every connection)."""
+    received = asyncio.run(asyncio.wait_for(_write_then_close(), GUARD_SECONDS))
+    assert received == b"first second"
+
+
+async def _write_then_close() -> bytes:
+    from pm.broker.amqtt._writes import CoalescingStreamWriter, WriteCoalescer
+
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, client = await asyncio.open_connection("127.0.0.1", port)
+        stream = await accepted.get()
+        writer = CoalescingStreamWriter(stream, WriteCoalescer())
+        writer.write(b"first ")
+        writer.write(b"second")
+        await writer.close()
+        writer.write(b" after")
+        writer.flush()
+        received = await reader.read()  # to EOF
+        late = CoalescingStreamWriter(stream, WriteCoalescer())
+        late.write(b"after write_eof")
+        late.flush()
+        client.close()
+        return received
+    finally:
+        server.close()
+
+
 def _qos1_publish_contents(packet: bytes) -> tuple[int, bytes]:
     """A QoS 1 PUBLISH's packet id and payload (its remaining length may take several bytes)."""
     start = 2

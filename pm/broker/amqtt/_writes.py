@@ -32,9 +32,10 @@ class WriteCoalescer:
     """The connections with bytes pending in this turn of the event loop; flushes them all
     with one callback at the start of the next.
 
-    Error handling: a flush never raises (a lost connection's transport drops the bytes, as
-    it drops any write after the loss); one callback serves every connection, so its cost per
-    turn does not grow with the fleet.
+    Error handling: a flush never raises (a lost or closing connection's bytes are dropped,
+    as asyncio drops any write after the loss), so one connection cannot keep the others'
+    bytes back. One callback serves every connection: its cost per turn does not grow with
+    the fleet.
     """
 
     def __init__(self) -> None:
@@ -85,7 +86,12 @@ class CoalescingStreamWriter(StreamWriterAdapter):
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._pending_bytes = 0
-        self._writer.write(data)
+        try:
+            self._writer.write(data)
+        except RuntimeError:
+            # asyncio refuses writes after write_eof(): the connection is closing, and its
+            # bytes are dropped like those written after a lost connection.
+            pass
 
     async def close(self) -> None:
         # The pending packets (a refused client's CONNACK) go before the EOF.
