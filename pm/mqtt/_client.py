@@ -204,7 +204,7 @@ class MqttClient:
         connection = self._connection
         if not self.connected or connection is None:
             return False
-        rc = connection.paho.publish(topic, payload, qos, retain).rc
+        rc = connection.paho.publish_fast(topic, payload, qos, retain)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return True
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:

@@ -79,6 +79,8 @@ class Connection:
         client.on_connect = self._on_connack
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # The PUBLISH packets ReadAheadClient reads itself (nearly all) skip _on_message.
+        client.on_publish_received = owner._dispatch
         client.on_subscribe = self._on_suback
         client.on_socket_register_write = self._on_register_write
         client.on_socket_close = self._on_socket_close

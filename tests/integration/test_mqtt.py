@@ -100,6 +100,38 @@ async def test_every_tracked_publish_of_a_burst_learns_of_its_puback(
             await poll_until(lambda: all(a.is_published() for a in acknowledgements if a))
 
 
+@pytest.mark.parametrize("max_inflight", [0, 3])
+async def test_publishes_coded_here_and_by_paho_keep_their_order_and_the_inflight_cap(
+    mosquitto: MosquittoBroker, max_inflight: int
+) -> None:
+    # publish() encodes its packets itself (pm/mqtt/_paho.py) and publish_tracked() through
+    # paho: on one topic they must arrive in the order published, with paho's in-flight cap
+    # (3: paho queues behind it) counting both and freeing every slot at its PUBACK.
+    host, port = mosquitto.host, mosquitto.port
+    inbox = Inbox()
+    with trio.fail_after(_GUARD):
+        async with (
+            open_mqtt_client(host, port, client_id="sink", on_message=inbox) as sink,
+            open_mqtt_client(
+                host, port, client_id="source", on_message=Inbox(), max_inflight=max_inflight
+            ) as source,
+        ):
+            await sink.subscribe("order", qos=1)
+            acknowledgements = []
+            for burst in range(3):  # a leaked slot would stall a later burst behind the cap
+                for n in range(40):
+                    payload = f"{burst}:{n}".encode()
+                    if n % 7 == 3:
+                        acknowledgements.append(source.publish_tracked("order", payload))
+                    else:
+                        assert source.publish("order", payload)
+                received = [(await inbox.receive.receive())[1] for _ in range(40)]
+                assert received == [f"{burst}:{n}".encode() for n in range(40)]
+            await poll_until(
+                lambda: all(a is not None and a.is_published() for a in acknowledgements)
+            )
+
+
 async def test_reconnects_after_broker_restart_and_restores_subscription(
     mosquitto: MosquittoBroker,
 ) -> None:

@@ -1,0 +1,295 @@
+"""CPU per task on the default single-gateway path through mosquitto, by process, and where it
+goes (issue 15 item 3: >= 8,000 tasks/s needs the gateway and the fleet cheaper per task).
+
+Two modes:
+
+- **processes** (default): one gateway process (``pm serve``, embedded mosquitto, the default
+  file store) and one fleet process (``pm simulate``, devices answering at once over
+  ``--connections`` connections), as ``bench.dispatch`` runs them; after a warm-up job,
+  ``--jobs`` jobs of ``--tasks`` tasks each. Per job: CPU ms per task of the gateway, of its
+  mosquitto child and of the fleet (``/proc``, 10 ms ticks), and the job's tasks/s. With
+  ``--trees A B`` every round runs each tree's gateway and fleet in turn (``PYTHONPATH``),
+  alternating which goes first: the A/B of a change on a machine others are loading, where
+  CPU per task moves far less than the rates do.
+- **--profile gateway** or **--profile fleet**: that side runs in this process under
+  cProfile (the other as a process), enabled for the measured jobs only: Python calls per
+  task (exact, however loaded the machine) and the functions that make them. The gateway's
+  jobs are submitted with ``engine.submit`` (no HTTP); the fleet's are posted from a thread
+  cProfile does not see. cProfile traces the trio thread only: the store's commits in their
+  worker thread are not counted.
+
+Usage::
+
+    python -m bench.cpu_per_task [--tasks 10000] [--jobs 3] [--rounds 3] [--connections 100]
+        [--store file|memory] [--trees TREE_A TREE_B] [--profile gateway|fleet] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import shlex
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from bench._load import HANG_GUARD, http_client, job_body
+from bench._processes import (
+    Service,
+    children_of,
+    cpu_seconds,
+    fleet_ids,
+    start_fleet,
+    start_gateway,
+    workdir,
+)
+from bench.dispatch import _run_job
+from pm.cli._runtime import tune_garbage_collector
+from pm.config import Config
+from pm.gateway import run_gateway
+from pm.schemas import JobRequest
+from pm.simulator import SimulatorSettings, run_simulator
+
+FIGURES = ("gateway", "broker", "fleet")
+
+
+# -- processes: CPU per task by process --------------------------------------------------
+
+
+def _tree_env(tree: str | None, store_path: Path | None) -> dict[str, str]:
+    env = {"PM_STORE_PATH": str(store_path)} if store_path is not None else {}
+    return env | ({"PYTHONPATH": tree} if tree else {})
+
+
+def run_tree(tree: str | None, arguments: argparse.Namespace) -> list[dict[str, float]]:
+    """Gateway and fleet from ``tree`` (``None``: this one); one dict of figures per job."""
+    with workdir() as directory:
+        store = directory / "puppetmaster.db" if arguments.store == "file" else None
+        env = _tree_env(tree, store) | {"PM_MQTT_ANSWER_PROBE_TIMEOUT": "300"}
+        services: list[Service] = []
+        try:
+            gateway = start_gateway(directory, engine="mosquitto", extra_env=env)
+            services.append(gateway)
+            fleet = start_fleet_from(tree, directory, int(gateway.info["mqtt_port"]), arguments)
+            services.append(fleet)
+            return trio.run(_measure_jobs, gateway, fleet, arguments)
+        finally:
+            for service in reversed(services):
+                service.stop()
+
+
+def start_fleet_from(
+    tree: str | None, directory: Path, port: int, arguments: argparse.Namespace
+) -> Service:
+    """``pm simulate`` with ``tree`` first on its path (start_fleet takes the environment of
+    this process)."""
+    import os
+
+    saved = os.environ.get("PYTHONPATH")
+    if tree:
+        os.environ["PYTHONPATH"] = tree
+    try:
+        return start_fleet(directory, port, arguments.tasks, arguments.connections or None)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+async def _measure_jobs(
+    gateway: Service, fleet: Service, arguments: argparse.Namespace
+) -> list[dict[str, float]]:
+    devices = fleet_ids(arguments.tasks)
+    (broker_pid,) = children_of(gateway.pid)
+    pids = {"gateway": gateway.pid, "broker": broker_pid, "fleet": fleet.pid}
+    figures = []
+    async with http_client(str(gateway.info["url"])) as client:
+        await _run_job(client, devices)  # warm-up: device actors, routes, code paths
+        for _ in range(arguments.jobs):
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            with trio.fail_after(HANG_GUARD):
+                run = await _run_job(client, devices)
+            if run.status != "resolved" or run.errors:
+                raise RuntimeError(f"job ended {run.status}, {run.errors} errors")
+            row = {
+                name: (cpu_seconds(pid) - before[name]) * 1000 / run.tasks
+                for name, pid in pids.items()
+            }
+            row["tasks/s"] = run.tasks_per_second
+            figures.append(row)
+    return figures
+
+
+def processes(arguments: argparse.Namespace) -> None:
+    trees: list[str | None] = arguments.trees or [None]
+    results: dict[str, list[dict[str, float]]] = {str(tree): [] for tree in trees}
+    print(f"{'round':>5} {'tree':<28} {'gw ms/t':>8} {'mqtt ms/t':>9} {'fleet ms/t':>10} t/s")
+    for round_number in range(arguments.rounds):
+        shift = round_number % len(trees)
+        for tree in trees[shift:] + trees[:shift]:
+            for row in run_tree(tree, arguments):
+                results[str(tree)].append(row)
+                print(
+                    f"{round_number + 1:>5} {str(tree)[-28:]:<28} {row['gateway']:>8.4f}"
+                    f" {row['broker']:>9.4f} {row['fleet']:>10.4f} {row['tasks/s']:,.0f}",
+                    flush=True,
+                )
+    print("medians:")
+    for tree, rows in results.items():
+        medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        print(
+            f"      {tree[-28:]:<28} {medians['gateway']:>8.4f} {medians['broker']:>9.4f}"
+            f" {medians['fleet']:>10.4f} {medians['tasks/s']:,.0f}  ({len(rows)} jobs)"
+        )
+
+
+# -- profile: Python calls per task of one side -------------------------------------------
+
+
+def gateway_config(store_path: str) -> Config:
+    return msgspec.convert(
+        {
+            "http": {"host": "127.0.0.1", "port": 0},
+            "broker": {"host": "127.0.0.1", "port": 0, "engine": "mosquitto"},
+            "mqtt": {"client_id": f"pm-bench-{uuid.uuid4().hex[:8]}"},
+            "store": {"path": store_path},
+        },
+        Config,
+    )
+
+
+async def profile_gateway(arguments: argparse.Namespace, profiler: cProfile.Profile) -> int:
+    """The gateway here, the fleet a process; returns the tasks profiled."""
+    devices = fleet_ids(arguments.tasks)
+    body = msgspec.json.decode(job_body(devices), type=JobRequest)
+    with workdir() as directory:
+        store = str(directory / "pm.db") if arguments.store == "file" else ":memory:"
+        async with trio.open_nursery() as nursery:
+            gateway = await nursery.start(run_gateway, gateway_config(store))
+            engine = gateway.engine
+            fleet = await trio.to_thread.run_sync(
+                lambda: start_fleet(
+                    directory, gateway.mqtt_port, arguments.tasks, arguments.connections or None
+                )
+            )
+            try:
+                tune_garbage_collector()  # as `pm serve` does
+
+                async def one_job() -> None:
+                    job = await engine.submit(body)
+                    await job.ended.wait()
+                    if job.record.status != "resolved":
+                        raise RuntimeError(f"job ended {job.record.status}")
+
+                await one_job()  # warm-up
+                await _profiled(profiler, one_job, arguments.jobs)
+            finally:
+                fleet.stop()
+            nursery.cancel_scope.cancel()
+    return arguments.jobs * arguments.tasks
+
+
+async def profile_fleet(arguments: argparse.Namespace, profiler: cProfile.Profile) -> int:
+    """The fleet here, the gateway a process; returns the tasks profiled."""
+    devices = fleet_ids(arguments.tasks)
+    body = job_body(devices)
+    with workdir() as directory:
+        store = directory / "puppetmaster.db" if arguments.store == "file" else None
+        gateway = start_gateway(directory, engine="mosquitto", extra_env=_tree_env(None, store))
+        try:
+            settings = SimulatorSettings(
+                host="127.0.0.1",
+                port=int(gateway.info["mqtt_port"]),
+                devices=devices,
+                connections=arguments.connections or None,
+            )
+            async with trio.open_nursery() as nursery:
+                simulator = await nursery.start(run_simulator, settings)
+                tune_garbage_collector()  # as `pm simulate` does
+                url = str(gateway.info["url"])
+
+                async def one_job() -> None:
+                    answered = simulator.stats.answered + arguments.tasks
+                    # From a thread: cProfile sees only this one.
+                    await trio.to_thread.run_sync(_post_job, url, body)
+                    while simulator.stats.answered < answered:  # noqa: ASYNC110 - a counter
+                        await trio.sleep(0.01)
+
+                await one_job()  # warm-up
+                await _profiled(profiler, one_job, arguments.jobs)
+                nursery.cancel_scope.cancel()
+        finally:
+            gateway.stop()
+    return arguments.jobs * arguments.tasks
+
+
+def _post_job(url: str, body: bytes) -> None:
+    response = httpx.post(
+        f"{url}/jobs", content=body, headers={"content-type": "application/json"}, timeout=120
+    )
+    response.raise_for_status()
+
+
+async def _profiled(
+    profiler: cProfile.Profile, one_job: Callable[[], Awaitable[None]], jobs: int
+) -> None:
+    with trio.fail_after(HANG_GUARD):
+        for _ in range(jobs):
+            before = time.process_time()
+            profiler.enable()
+            await one_job()
+            profiler.disable()
+            print(f"job: {time.process_time() - before:.2f} s of this process's CPU under cProfile")
+
+
+def profile(arguments: argparse.Namespace) -> None:
+    profiler = cProfile.Profile()
+    side = {"gateway": profile_gateway, "fleet": profile_fleet}[arguments.profile]
+    tasks = trio.run(side, arguments, profiler)
+    stats = pstats.Stats(profiler)
+    entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    calls = sum(entry[1] for entry in entries.values())
+    print(f"{arguments.profile}: {calls:,} Python calls for {tasks:,} tasks:")
+    print(f"  {calls / tasks:.1f} calls per task")
+    print(f"  by own calls per task (top {arguments.top}):")
+    ranked = sorted(entries.items(), key=lambda item: item[1][1], reverse=True)
+    for (path, line, name), entry in ranked[: arguments.top]:
+        where = "/".join(Path(path).parts[-2:]) if path != "~" else "builtin"
+        print(f"  {entry[1] / tasks:7.2f}  {where}:{line}({name})")
+    if arguments.save:
+        stats.dump_stats(arguments.save)
+        print(f"  saved to {arguments.save} (python -m pstats {arguments.save})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10000, help="= devices; one task each")
+    parser.add_argument("--jobs", type=int, default=3, help="measured jobs per gateway")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=100, help="0: one per device")
+    parser.add_argument("--store", choices=["file", "memory"], default="file")
+    parser.add_argument("--trees", nargs="+", help="source trees to alternate (PYTHONPATH)")
+    parser.add_argument("--profile", choices=["gateway", "fleet"])
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--save", help="profile: write the pstats file here")
+    arguments = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    print("command: python -m bench.cpu_per_task", shlex.join(given))
+    if arguments.profile:
+        profile(arguments)
+    else:
+        processes(arguments)
+
+
+if __name__ == "__main__":
+    main()
