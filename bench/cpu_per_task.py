@@ -21,7 +21,8 @@ Two modes:
 Usage::
 
     python -m bench.cpu_per_task [--tasks 10000] [--jobs 3] [--rounds 3] [--connections 100]
-        [--store file|memory] [--trees TREE_A TREE_B] [--profile gateway|fleet] [--top 25]
+        [--store file|memory] [--trees TREE_A TREE_B] [--py-spy FILE]
+        [--profile gateway|fleet] [--top 25] [--save FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import argparse
 import cProfile
 import pstats
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -110,24 +113,45 @@ async def _measure_jobs(
     gateway: Service, fleet: Service, arguments: argparse.Namespace
 ) -> list[dict[str, float]]:
     devices = fleet_ids(arguments.tasks)
-    (broker_pid,) = children_of(gateway.pid)
-    pids = {"gateway": gateway.pid, "broker": broker_pid, "fleet": fleet.pid}
+    # The embedded broker: a Python wrapper (pm.broker.mosquitto) and its mosquitto child.
+    pids = {"gateway": [gateway.pid], "broker": _descendants(gateway.pid), "fleet": [fleet.pid]}
     figures = []
     async with http_client(str(gateway.info["url"])) as client:
         await _run_job(client, devices)  # warm-up: device actors, routes, code paths
+        spy = _start_py_spy(gateway.pid, arguments.py_spy) if arguments.py_spy else None
         for _ in range(arguments.jobs):
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            before = {name: _cpu(group) for name, group in pids.items()}
             with trio.fail_after(HANG_GUARD):
                 run = await _run_job(client, devices)
             if run.status != "resolved" or run.errors:
                 raise RuntimeError(f"job ended {run.status}, {run.errors} errors")
             row = {
-                name: (cpu_seconds(pid) - before[name]) * 1000 / run.tasks
-                for name, pid in pids.items()
+                name: (_cpu(group) - before[name]) * 1000 / run.tasks
+                for name, group in pids.items()
             }
             row["tasks/s"] = run.tasks_per_second
             figures.append(row)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            await trio.to_thread.run_sync(spy.wait)
     return figures
+
+
+def _start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling the gateway's Python stacks (all threads, 250 Hz) until SIGINT."""
+    executable = Path(sys.executable).with_name("py-spy")
+    command = [str(executable), "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
+    command += ["--threads", "--output", output]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _descendants(pid: int) -> list[int]:
+    children = children_of(pid)
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def processes(arguments: argparse.Namespace) -> None:
@@ -282,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=["gateway", "fleet"])
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--save", help="profile: write the pstats file here")
+    parser.add_argument(
+        "--py-spy", help="processes: py-spy the gateway's measured jobs to this file"
+    )
     arguments = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
     print("command: python -m bench.cpu_per_task", shlex.join(given))

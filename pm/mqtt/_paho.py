@@ -141,6 +141,11 @@ class ReadAheadClient(paho.Client):
     def want_write(self) -> bool:
         return bool(self._outgoing or self._out_packet)
 
+    @property
+    def several_writes_queued(self) -> bool:
+        """Whether the next ``loop_write`` sends more than one buffer (one ``send`` each)."""
+        return len(self._out_packet) + (1 if self._outgoing else 0) > 1
+
     def loop_write(self) -> MQTTErrorCode:
         self._hand_over_outgoing()
         return super().loop_write()
