@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import shlex
 import signal
@@ -37,7 +38,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,45 +70,48 @@ FIGURES = ("gateway", "broker", "fleet")
 # -- processes: CPU per task by process --------------------------------------------------
 
 
-def _tree_env(tree: str | None, store_path: Path | None) -> dict[str, str]:
-    env = {"PM_STORE_PATH": str(store_path)} if store_path is not None else {}
-    return env | ({"PYTHONPATH": tree} if tree else {})
+def _store_env(store_path: Path | None) -> dict[str, str]:
+    return {} if store_path is None else {"PM_STORE_PATH": str(store_path)}
+
+
+@contextmanager
+def _in_tree(tree: str | None) -> Iterator[None]:
+    """Processes started meanwhile run ``tree``'s code: ``python -m`` puts its working
+    directory first on ``sys.path`` (before ``PYTHONPATH``), so both are set."""
+    if not tree:
+        yield
+        return
+    saved_directory, saved_path = os.getcwd(), os.environ.get("PYTHONPATH")
+    os.chdir(tree)
+    os.environ["PYTHONPATH"] = tree
+    try:
+        yield
+    finally:
+        os.chdir(saved_directory)
+        if saved_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_path
 
 
 def run_tree(tree: str | None, arguments: argparse.Namespace) -> list[dict[str, float]]:
     """Gateway and fleet from ``tree`` (``None``: this one); one dict of figures per job."""
     with workdir() as directory:
         store = directory / "puppetmaster.db" if arguments.store == "file" else None
-        env = _tree_env(tree, store) | {"PM_MQTT_ANSWER_PROBE_TIMEOUT": "300"}
+        env = _store_env(store) | {"PM_MQTT_ANSWER_PROBE_TIMEOUT": "300"}
         services: list[Service] = []
         try:
-            gateway = start_gateway(directory, engine="mosquitto", extra_env=env)
-            services.append(gateway)
-            fleet = start_fleet_from(tree, directory, int(gateway.info["mqtt_port"]), arguments)
-            services.append(fleet)
-            return trio.run(_measure_jobs, gateway, fleet, arguments)
+            with _in_tree(tree):
+                gateway = start_gateway(directory, engine="mosquitto", extra_env=env)
+                services.append(gateway)
+                port = int(gateway.info["mqtt_port"])
+                services.append(
+                    start_fleet(directory, port, arguments.tasks, arguments.connections or None)
+                )
+            return trio.run(_measure_jobs, gateway, services[-1], arguments)
         finally:
             for service in reversed(services):
                 service.stop()
-
-
-def start_fleet_from(
-    tree: str | None, directory: Path, port: int, arguments: argparse.Namespace
-) -> Service:
-    """``pm simulate`` with ``tree`` first on its path (start_fleet takes the environment of
-    this process)."""
-    import os
-
-    saved = os.environ.get("PYTHONPATH")
-    if tree:
-        os.environ["PYTHONPATH"] = tree
-    try:
-        return start_fleet(directory, port, arguments.tasks, arguments.connections or None)
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 async def _measure_jobs(
@@ -229,7 +234,7 @@ async def profile_fleet(arguments: argparse.Namespace, profiler: cProfile.Profil
     body = job_body(devices)
     with workdir() as directory:
         store = directory / "puppetmaster.db" if arguments.store == "file" else None
-        gateway = start_gateway(directory, engine="mosquitto", extra_env=_tree_env(None, store))
+        gateway = start_gateway(directory, engine="mosquitto", extra_env=_store_env(store))
         try:
             settings = SimulatorSettings(
                 host="127.0.0.1",

@@ -37,7 +37,8 @@ def test_an_encoded_publish_is_what_paho_reads_and_read_back_the_same(
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     packet = encode_publish("dév/ice".encode(), payload, 513, qos, retain)
     assert _paho_reads(packet) == (qos, retain, "dév/ice".encode(), 513 if qos else 0, payload)
-    assert read_hot_packets(packet, 0) == ([("dév/ice", payload, 513 if qos else 0)], len(packet))
+    taken = [("dév/ice", payload, 513 if qos else 0)]
+    assert read_hot_packets(packet, 0) == (taken, len(packet), 0)
 
 
 def test_packets_built_by_hand_are_read_in_order_from_any_start() -> None:
@@ -58,6 +59,7 @@ def test_packets_built_by_hand_are_read_in_order_from_any_start() -> None:
             ("/remote/c/response", b"x" * 300, 258),
         ],
         len(stream),
+        0,
     )
 
 
@@ -71,24 +73,45 @@ def _suback() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("name", "packet"),
+    ("name", "packet", "missing"),
     [
-        ("another type", subscribe_packet("a/#", 1, 1)),
-        ("a SUBACK", _suback()),
-        ("QoS 2", b"\x34" + remaining_length(7) + b"\x00\x01a\x00\x05xy"),
-        ("QoS 3", b"\x36" + remaining_length(7) + b"\x00\x01a\x00\x05xy"),
-        ("an empty topic", b"\x30\x03\x00\x00x"),
-        ("a topic longer than the packet", b"\x30\x04\x00\x09ab"),
-        ("no room for the packet id", b"\x32\x04\x00\x01ab"),
-        ("packet id 0", publish_qos1_packet("a", 0, b"x")),
-        ("a topic not UTF-8", b"\x30\x05\x00\x02\xff\xfex"),
-        ("a PUBACK of length 3", b"\x40\x03\x00\x01\x00"),
-        ("a remaining length of five bytes", b"\x30\xff\xff\xff\xff\x01"),
-        ("a packet cut short", publish_qos1_packet("topic", 7, b"payload")[:-1]),
-        ("a remaining length cut short", b"\x30\xff\xff"),
-        ("one byte", b"\x30"),
+        ("another type", subscribe_packet("a/#", 1, 1), 0),
+        ("a SUBACK", _suback(), 0),
+        ("QoS 2", b"\x34" + remaining_length(7) + b"\x00\x01a\x00\x05xy", 0),
+        ("QoS 3", b"\x36" + remaining_length(7) + b"\x00\x01a\x00\x05xy", 0),
+        ("an empty topic", b"\x30\x03\x00\x00x", 0),
+        ("a topic longer than the packet", b"\x30\x04\x00\x09ab", 0),
+        ("no room for the packet id", b"\x32\x04\x00\x01ab", 0),
+        ("packet id 0", publish_qos1_packet("a", 0, b"x"), 0),
+        ("a topic not UTF-8", b"\x30\x05\x00\x02\xff\xfex", 0),
+        ("a PUBACK of length 3", b"\x40\x03\x00\x01\x00", 0),
+        ("a remaining length of five bytes", b"\x30\xff\xff\xff\xff\x01", 0),
+        ("a packet cut short", publish_qos1_packet("topic", 7, b"payload")[:-3], 3),
+        ("a remaining length cut short", b"\x30\xff\xff", 1),
+        ("one byte", b"\x30", 1),
+        ("a SUBACK cut short (paho's)", _suback()[:-1], 0),
     ],
 )
-def test_reading_stops_at_a_packet_it_does_not_take_whole(name: str, packet: bytes) -> None:
+def test_reading_stops_at_a_packet_it_does_not_take_whole(
+    name: str, packet: bytes, missing: int
+) -> None:
     taken = publish_qos0_packet("t", b"first")
-    assert read_hot_packets(taken + packet, 0) == ([("t", b"first", 0)], len(taken)), name
+    assert read_hot_packets(taken + packet, 0) == ([("t", b"first", 0)], len(taken), missing), name
+
+
+def test_a_stream_cut_anywhere_gives_the_whole_packets_before_the_cut() -> None:
+    packets = [
+        publish_qos1_packet("/remote/a/response", 9, b"y" * 200),
+        encode_puback(3),
+        publish_qos0_packet("/remote/b/status", b"offline"),
+    ]
+    stream = b"".join(packets)
+    ends = [sum(map(len, packets[: n + 1])) for n in range(len(packets))]
+    for cut in range(len(stream) + 1):
+        taken, position, missing = read_hot_packets(stream[:cut], 0)
+        whole = [end for end in ends if end <= cut]
+        assert len(taken) == len(whole)
+        assert position == (whole[-1] if whole else 0)
+        assert (missing > 0) == (cut != position), cut
+        if missing and cut - position > 4:  # its length is read: exactly what it lacks
+            assert position + (cut - position) + missing == min(e for e in ends if e > cut)

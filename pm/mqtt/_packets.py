@@ -60,9 +60,10 @@ def _remaining_length(length: int) -> tuple[int, ...]:
             return tuple(digits)
 
 
-def read_hot_packets(buffer: bytes, start: int) -> tuple[list[HotPacket], int]:
-    """The whole PUBLISH (QoS 0 or 1) and PUBACK packets at ``buffer[start:]``, in order, and
-    where the first packet not taken begins.
+def read_hot_packets(buffer: bytes, start: int) -> tuple[list[HotPacket], int, int]:
+    """The whole PUBLISH (QoS 0 or 1) and PUBACK packets at ``buffer[start:]``, in order;
+    where the first packet not taken begins; and, if that one is a PUBLISH or PUBACK cut
+    short, how many more bytes it needs at least (else 0).
 
     Stops at the first packet that is incomplete, of another type (QoS 2 included), or
     unusual in any way (a topic longer than its packet, an empty topic, a topic that is not
@@ -72,11 +73,13 @@ def read_hot_packets(buffer: bytes, start: int) -> tuple[list[HotPacket], int]:
     packets: list[HotPacket] = []
     end = len(buffer)
     position = start
-    while position + 1 < end:
+    while position < end:
         header = buffer[position]
         kind = header & 0xF0
         if kind != PUBLISH and kind != PUBACK:
             break
+        if position + 1 == end:
+            return packets, position, 1  # its remaining length is still to come
         # The remaining length: one byte below 128, else up to four of seven bits each.
         length = buffer[position + 1]
         body = position + 2
@@ -84,8 +87,10 @@ def read_hot_packets(buffer: bytes, start: int) -> tuple[list[HotPacket], int]:
             length &= 0x7F
             shift = 7
             while True:
-                if body >= end or shift > 21:
-                    return packets, position  # incomplete, or longer than four bytes
+                if shift > 21:
+                    return packets, position, 0  # longer than four bytes: paho refuses it
+                if body >= end:
+                    return packets, position, 1
                 digit = buffer[body]
                 body += 1
                 length |= (digit & 0x7F) << shift
@@ -94,7 +99,7 @@ def read_hot_packets(buffer: bytes, start: int) -> tuple[list[HotPacket], int]:
                 shift += 7
         following = body + length
         if following > end:
-            break  # incomplete: paho reads the rest of it
+            return packets, position, following - end
         if kind == PUBACK:
             if length != 2:
                 break
@@ -118,4 +123,4 @@ def read_hot_packets(buffer: bytes, start: int) -> tuple[list[HotPacket], int]:
             else:
                 packets.append((topic, buffer[topic_end:following], 0))
         position = following
-    return packets, position
+    return packets, position, 0

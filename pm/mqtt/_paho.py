@@ -54,6 +54,8 @@ class ReadAheadClient(paho.Client):
         super().__init__(*args, **kwargs)
         self._read_ahead = b""
         self._read_position = 0
+        # The start of a hot packet cut short at the end of a read, put before the next read.
+        self._cut_short = b""
         # Packets encoded here, not yet handed to paho's queue.
         self._outgoing = bytearray()
         # With an in-flight cap: ids of the PUBLISH packets sent here and not acknowledged.
@@ -158,26 +160,43 @@ class ReadAheadClient(paho.Client):
         if self._sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         if self._in_packet["command"] == 0 and self._protocol == paho.MQTTv311:
-            if self._read_position >= len(self._read_ahead):
-                self._read_more()
-            packets, position = read_hot_packets(self._read_ahead, self._read_position)
+            if self._read_position >= len(self._read_ahead) and not self._read_more():
+                # Nothing read: paho's reader reads again and reports the end of the stream or
+                # an error as it always did (or finds nothing there either).
+                return super().loop_read(max_packets)
+            read = self._read_ahead
+            packets, position, missing = read_hot_packets(read, self._read_position)
+            self._read_position = position
             if packets:
-                self._read_position = position
                 self._last_bytes_received = time.monotonic()
                 rc = self._handle_hot_packets(packets)
                 if rc != _SUCCESS:
                     return self._loop_rc_handle(rc)
-                if position >= len(self._read_ahead):
-                    return _SUCCESS
+            if missing and len(read) - position + missing <= _READ_AHEAD_BYTES:
+                # Kept for the next read rather than read by paho's slower reader (one packet
+                # a read would be); a larger one is paho's, read without copies.
+                self._cut_short, self._read_ahead = read[position:], b""
+                return _SUCCESS
+            if position >= len(read):
+                return _SUCCESS
         return super().loop_read(max_packets)
 
-    def _read_more(self) -> None:
+    def _read_more(self) -> bool:
         try:
-            data = super()._sock_recv(_READ_AHEAD_BYTES)
+            data = self._receive()
         except OSError:
-            return  # nothing there yet (BlockingIOError), or an error paho's read meets again
-        if data:
-            self._read_ahead, self._read_position = data, 0
+            return False  # nothing there yet (BlockingIOError), or an error
+        if not data:
+            return False  # the end of the stream
+        self._read_ahead, self._read_position = data, 0
+        return True
+
+    def _receive(self) -> bytes:
+        """One read from the socket, after what the last one cut short; paho's errors."""
+        data = super()._sock_recv(_READ_AHEAD_BYTES)
+        if self._cut_short and data:  # at EOF (b"") the cut packet is lost with the connection
+            data, self._cut_short = self._cut_short + data, b""
+        return data
 
     def _handle_hot_packets(self, packets: list[tuple[str | None, bytes, int]]) -> MQTTErrorCode:
         on_message = self.on_publish_received
@@ -233,7 +252,7 @@ class ReadAheadClient(paho.Client):
         start = self._read_position
         if start >= len(self._read_ahead):
             # Raises BlockingIOError when nothing is there, and returns b"" at EOF, as before.
-            data = super()._sock_recv(_READ_AHEAD_BYTES)
+            data = self._receive()
             if len(data) <= bufsize:
                 return data
             self._read_ahead, start = data, 0
