@@ -139,9 +139,7 @@ class DeviceTaskRunner:
             if budgeted:
                 self.budget.release()
             self._requests.remove(device, in_flight, settled=settled)
-            self._requests.drop_stale_answers(
-                in_flight.machine.request_id, answers, settled=settled
-            )
+            self._requests.drop_stale_answers(in_flight, answers, settled=settled)
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
 
@@ -162,6 +160,7 @@ class DeviceTaskRunner:
             # No timer of its own (the task scope bounds it): a cancel scope per answer wait
             # cost ~3% of the gateway's CPU.
             answer = await answers.receive()
+            in_flight.queued -= 1  # no checkpoint since the receive: it counts what it holds
             if answer is None:
                 continue  # a wake-up: a copy is due
             report = machine.on_answer(answer)

@@ -70,7 +70,8 @@ class InFlight:
     ``resend_due``: one more copy is to go out (the actor publishes it when it wakes, woken
     by a ``None`` on ``answers``). ``awaiting_sighting``: the next sign of its device (an
     ``online`` statement or a message from it) makes it due: set for a request sent before a
-    restart, and after a reconnect for a device known online.
+    restart, and after a reconnect for a device known online. ``queued``: what was put on
+    ``answers`` for it and the actor has not taken (it takes one per ``receive``).
     """
 
     __slots__ = (
@@ -81,6 +82,7 @@ class InFlight:
         "job_id",
         "machine",
         "payload",
+        "queued",
         "resend_due",
         "scope",
         "sent_at",
@@ -111,6 +113,7 @@ class InFlight:
         self.answered = False
         self.resend_due = False
         self.awaiting_sighting = False
+        self.queued = 0
 
     @property
     def task_id(self) -> int:
@@ -218,7 +221,7 @@ class InFlightRequests:
 
     def drop_stale_answers(
         self,
-        request_id: int,
+        in_flight: InFlight,
         answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
         *,
         settled: bool,
@@ -226,6 +229,10 @@ class InFlightRequests:
         """The task is over: answers that slipped into its actor's channel before are stale.
         A final one is a second answer to a ``settled`` task (say, to the other copy of a
         re-send), or an answer to an abandoned one."""
+        if not in_flight.queued:
+            return  # the usual case, known without a receive that raises WouldBlock
+        in_flight.queued = 0
+        request_id = in_flight.machine.request_id
         reason = "duplicate_answer" if settled else "unexpected_id"
         while True:
             try:
@@ -270,6 +277,8 @@ class InFlightRequests:
                 in_flight.answers.send_nowait(answer)
             except trio.WouldBlock:
                 self.dropped["answer_overflow"] += 1
+            else:
+                in_flight.queued += 1
             return
         if in_flight is not None and in_flight.awaiting_sighting:
             in_flight.awaiting_sighting = False
@@ -369,3 +378,5 @@ class InFlightRequests:
             in_flight.answers.send_nowait(None)  # wakes the actor
         except trio.WouldBlock:
             pass  # answers are queued: the actor wakes anyway and sees the flag
+        else:
+            in_flight.queued += 1
