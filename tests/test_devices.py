@@ -151,6 +151,30 @@ async def test_a_task_reports_sent_then_its_final_answer_to_the_jobs_mailbox(
     assert devices.in_flight == 0 and devices.answered == 1
 
 
+async def test_a_second_answer_queued_behind_the_first_is_dropped_not_given_to_the_next_task(
+    fleet: tuple[Fleet, RecordingPublisher], autojump_clock: trio.testing.MockClock
+) -> None:
+    # Both answers reach the actor's channel before it runs: the first settles task 1, the
+    # second is left there when the task ends, counted as a duplicate and drained, so the
+    # device's next task starts on an empty channel.
+    devices, publisher = fleet
+    reports, inbox = job_mailbox(1)
+    await devices.dispatch(task(1, "a"), reports)
+    await trio.testing.wait_all_tasks_blocked()
+    answer(devices, "a", 1)
+    answer(devices, "a", 1, code=500)
+    await trio.testing.wait_all_tasks_blocked()
+    assert drain(inbox) == [TaskSent(1), TaskSettled(1, "resolved", {"n": 1}, 200)]
+    assert devices.dropped["duplicate_answer"] == 1
+    await devices.dispatch(task(2, "a"), reports)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [r["id"] for r in publisher.requests_to("/remote/a")] == [1, 2]
+    answer(devices, "a", 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert drain(inbox) == [TaskSent(2), TaskSettled(2, "resolved", {"n": 2}, 200)]
+    assert devices.dropped["duplicate_answer"] == 1
+
+
 async def test_a_task_without_answer_reports_timeout_at_its_deadline(
     fleet: tuple[Fleet, RecordingPublisher], autojump_clock: trio.testing.MockClock
 ) -> None:
