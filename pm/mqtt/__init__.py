@@ -1,6 +1,8 @@
 """An MQTT 3.1.1 client for trio: paho-mqtt driven by trio's I/O waits, no threads at steady state.
 
-paho does the protocol (packet codec, QoS 1 bookkeeping, keepalive); this module does the I/O.
+paho does the protocol (packet codec, QoS 1 bookkeeping, keepalive), except the packets of the
+hot path (PUBLISH QoS 0/1 and PUBACK, both ways), coded by :mod:`pm.mqtt._packets` with far
+fewer Python calls (docs/mqtt-client.md); this module does the I/O.
 Once connected, one task calls ``loop_read()`` whenever the socket is readable, another calls
 ``loop_write()`` whenever paho has queued bytes (paho tells us through its
 ``on_socket_register_write`` callback), and the supervising task calls ``loop_misc()`` four
