@@ -125,6 +125,15 @@ class JobFeed:
     def next_sequence(self) -> int:
         return self._next_sequence
 
+    def count_watchers(self, tasks: TaskMode, change: int) -> None:
+        """Count ``change`` watchers of mode ``tasks`` in (or, negative, out): the counts that
+        decide what is encoded and how the budgets are shared."""
+        self.watchers += change
+        if tasks != "none":
+            self.task_watchers += change
+        if tasks == "each":
+            self.each_watchers += change
+
     def views_from(self, sequence: int) -> Iterator[bytes]:
         """The encoded task views logged from ``sequence`` (at least ``first_sequence``)."""
         return islice(self._log, sequence - self.first_sequence, None)
@@ -215,20 +224,34 @@ class Watcher:
         self._next_at = -float("inf")
         self._done = False
         self.missed = 0
-        feed.watchers += 1
-        if self._tasks != "none":
-            feed.task_watchers += 1
-        if self._tasks == "each":
-            feed.each_watchers += 1
+        # Task views returned in task messages so far (a group of watchers fed by this one
+        # tells from it which feed sequences a message holds: pm.watch_group).
+        self.views_sent = 0
+        self._counted = True
+        feed.count_watchers(self._tasks, 1)
+
+    def uncount(self) -> None:
+        """Stop counting this watcher among the feed's watchers: a group it feeds
+        (:mod:`pm.watch_group`) counts its members instead."""
+        if self._counted and not self._done:
+            self._counted = False
+            self._feed.count_watchers(self._tasks, -1)
+
+    @property
+    def sent_sequence(self) -> int:
+        """The feed sequence before which every task change was returned or missed."""
+        return self._cursor - len(self._pending)
+
+    @property
+    def job_version_sent(self) -> int:
+        """The job version of the last job snapshot returned (-1 before the first)."""
+        return self._sent_job_version
 
     def close(self) -> None:
         if not self._done:
             self._done = True
-            self._feed.watchers -= 1
-            if self._tasks != "none":
-                self._feed.task_watchers -= 1
-            if self._tasks == "each":
-                self._feed.each_watchers -= 1
+            if self._counted:
+                self._feed.count_watchers(self._tasks, -1)
 
     def __enter__(self) -> Watcher:
         return self
@@ -251,9 +274,13 @@ class Watcher:
         while not self._done:
             if self._pending:
                 if not each:
-                    return take_batch(self._pending)
+                    held = len(self._pending)
+                    batch = take_batch(self._pending)
+                    self.views_sent += held - len(self._pending)
+                    return batch
                 now = trio.current_time()
                 if self._within_share(now):
+                    self.views_sent += 1
                     return task_message(self._pending.popleft())
                 # Over its share of the job's task-message budget: a slow watcher.
                 if feed.final_message is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import trio
 from quart_trio import QuartTrio
@@ -43,6 +44,7 @@ from wsproto.frame_protocol import CloseReason
 from ..config import HttpConfig
 from ..jobs import Job
 from ..watch import TaskMode
+from ..watch_group import WatchGroup
 from .guards import Refusal
 from .server import SendDeadlineStream
 from .watch_route import (
@@ -86,6 +88,8 @@ class WatchConnections:
         self._idle_timeout = http.idle_timeout
         self._max_message = http.max_websocket_message_bytes
         self._compression = http.websocket_compression
+        # By (the job's feed, mode, interval): watchers written to together.
+        self._groups: dict[tuple[int, TaskMode, float], WatchGroup] = {}
 
     async def claim(self, stream: SendDeadlineStream) -> bool:
         """Serve ``stream`` if it opens with a watcher's plain handshake (True), else put back
@@ -167,7 +171,15 @@ class WatchConnections:
                 await stream.aclose()
 
     async def _watch(self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float) -> bool:
-        """The watcher's messages to the client; False if the client went away meanwhile."""
+        """The watcher's messages to the client; False if the client went away meanwhile.
+
+        A job that runs here and is not final yet is watched in a group (:mod:`pm.watch_group`)
+        with its other watchers of the same mode and interval; the others (another gateway's
+        job, fed per watcher from the database; a final job, one message) on their own."""
+        if not job.runs_elsewhere and job.feed.final_message is None:
+            group = self._group(job, tasks, interval)
+            with group.membership(client) as member:
+                return await group.watch(member)
         async with trio.open_nursery() as feeding:
             if job.runs_elsewhere:
                 # Its feed is fed from the database (pm.stored_job_feed) while it is watched.
@@ -176,6 +188,18 @@ class WatchConnections:
                 client_stayed = await send_coalesced(watcher, client.write_messages)
             feeding.cancel_scope.cancel()
         return client_stayed
+
+    def _group(self, job: Job, tasks: TaskMode, interval: float) -> WatchGroup:
+        """The group of the job's watchers of this mode and interval, made if none yet."""
+        key = (id(job.feed), tasks, interval)
+        group = self._groups.get(key)
+        if group is None:
+            # The group holds the feed until its last member leaves: the key cannot be reused.
+            group = WatchGroup(
+                job.feed, job.watch(tasks, interval), tasks, partial(self._groups.pop, key)
+            )
+            self._groups[key] = group
+        return group
 
 
 def watch_connections(app: QuartTrio, http: HttpConfig) -> WatchConnections:
@@ -203,12 +227,26 @@ class _ClientSide:
     async def write(self, data: bytes) -> bool:
         """Write ``data`` whole; False if the client is gone."""
         try:
-            sent = self._stream.send_now(data)
-            if sent < len(data):
-                # Shielded as hypercorn's own writes are: a cancelled write would leave half
-                # a frame on the connection; the stream's send deadline bounds it instead.
-                with trio.CancelScope(shield=True):
-                    await self._stream.send_all(memoryview(data)[sent:])
+            sent = self.send_now(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.watching.cancel()
+            return False
+        return sent == len(data) or await self.send_rest(memoryview(data)[sent:])
+
+    def send_now(self, data: bytes) -> int:
+        """What the socket takes of ``data`` at once (a group's write, :mod:`pm.watch_group`).
+
+        Error handling: a client gone raises :class:`trio.BrokenResourceError` or
+        :class:`trio.ClosedResourceError`."""
+        return self._stream.send_now(data)
+
+    async def send_rest(self, data: memoryview) -> bool:
+        """Write ``data`` whole, waiting for the socket; False if the client is gone."""
+        try:
+            # Shielded as hypercorn's own writes are: a cancelled write would leave half a
+            # frame on the connection; the stream's send deadline bounds it instead.
+            with trio.CancelScope(shield=True):
+                await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.watching.cancel()
             return False

@@ -51,8 +51,10 @@ from ..engine import Engine
 from ..jobs import Job
 from ..schemas import MAX_SQLITE_INTEGER
 from ..stored_job_feed import follow_stored_job
-from ..watch import TaskMode, Watcher, parse_task_mode
+from ..watch import TaskMode, parse_task_mode
 from .auth import WATCH_SUBPROTOCOL, subprotocol_token
+from .coalesced_writes import MAX_WRITE_BYTES as MAX_WRITE_BYTES
+from .coalesced_writes import Writer, send_coalesced
 from .guards import Refusal, RequestGuards
 from .metrics import HttpCounters
 from .queries import InvalidQuery, WatchJobQuery, parse_query
@@ -67,17 +69,10 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-# Writes a watcher's messages (encoded JSON), one text frame each; False if the client is gone.
-Writer = Callable[[list[bytes]], Awaitable[bool]]
 
 # The path of quart's "/jobs/<int:job_id>/ws" rule: werkzeug's int converter is \d+ then
 # int(), as here, so a path matches here exactly when it would match quart's rule.
 WATCH_PATH = re.compile(r"/jobs/(\d+)/ws")
-# A write goes out as soon as it holds this many bytes of messages, whatever the interval: a
-# backlog (a batch watcher catching up) is then written in pieces, and a watcher whose client
-# stalls holds at most about this much, never a copy of all it has not sent (the watcher
-# keeps the rest as references into the job's feed, and lags, then skips, as before).
-MAX_WRITE_BYTES = 64 * 1024
 # WebSocket close codes (RFC 6455): normal end, and "the server hit an unexpected condition".
 CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
@@ -222,60 +217,6 @@ class WatchRoute:
         if job is None:
             return Refusal(404, f"no job {job_id}")
         return job, tasks, interval
-
-
-async def send_coalesced(watcher: Watcher, write: Writer) -> bool:
-    """Write the watcher's messages, those due together in one write, at most one write per
-    :meth:`~pm.watch.Watcher.update_interval` (sooner once :data:`MAX_WRITE_BYTES` are due);
-    the first and the final message at once.
-
-    A write is what a watcher costs (a socket write, through trio's scheduler), whatever its
-    frames: with 1,000 watchers of one job (an update interval of 1 s with the default
-    ``watchers.max_updates_per_second``) that is at most 1,000 writes a second, however
-    many task messages ``?tasks=each`` carries. The watcher never buffers for us: while a
-    write waits on a slow client the watcher lags, then skips task messages, so the job and
-    the other watchers never wait.
-
-    Returns:
-      False if the client went away during a write (nothing more can be sent).
-    """
-    due: list[bytes] = []
-    due_bytes = 0
-    write_at = trio.current_time()
-    more = True
-    while more or due:
-        if due and (not more or due_bytes >= MAX_WRITE_BYTES or trio.current_time() >= write_at):
-            if not await write(due):
-                return False
-            due, due_bytes = [], 0
-            write_at = trio.current_time() + watcher.update_interval()
-            continue
-        # Cancelling the wait loses nothing (pm.watch): the watcher keeps what it took. With
-        # nothing due there is no deadline, and no cancel scope (one per message, entered and
-        # left, was a fifth of this loop's CPU in a profile of 1,000 watchers).
-        message = await (_next_before(watcher, write_at) if due else _next(watcher))
-        if message is None:
-            more = False
-        elif message:
-            due.append(message)
-            due_bytes += len(message)
-    return True
-
-
-async def _next(watcher: Watcher) -> bytes | None:
-    """The watcher's next message, None at its end."""
-    try:
-        return await anext(watcher)
-    except StopAsyncIteration:
-        return None
-
-
-async def _next_before(watcher: Watcher, deadline: float) -> bytes | None:
-    """The watcher's next message if it comes before ``deadline`` (else ``b""``), None at
-    its end."""
-    with trio.move_on_at(deadline):
-        return await _next(watcher)
-    return b""
 
 
 def _stream_writer(stream: SendDeadlineStream) -> Writer:

@@ -1,0 +1,306 @@
+"""Watchers of one job that share a mode and an interval, written to together.
+
+What a crowd of watchers cost the gateway was per watcher: each had its own
+:class:`~pm.watch.Watcher` and its own task, woken by its own timer at each of its ticks to
+take the job's changes, join the same task views into the same messages and frame them again
+(bench/README.md, scenario 6, has the profile). A :class:`WatchGroup` has one watcher, the
+*lead*, for all its members: at each write its messages are built and framed once, and the
+same bytes go to every member with one non-blocking write (``send_now``); a member's own
+task sleeps meanwhile, and is woken only for what its socket did not take at once.
+
+What a member receives is what a watcher of its own would (:mod:`pm.watch`), written at the
+group's writes:
+
+- Its first message is the job's snapshot at its join (or, written by the caller, the final
+  message of a job already final). From then on it gets the lead's messages, less what it
+  already has: task views from before its join (a message of them straddling its join is
+  rebuilt from the feed's log for it alone) and job snapshots not newer than its own. So the
+  first write after a join may come sooner than one interval after it; from then on the
+  member is in step with the group.
+- A member whose socket did not take a write at once is written the rest by its own task;
+  later writes are queued behind it (references to the group's bytes, not copies) up to
+  :data:`MAX_QUEUED_BYTES`; past that it skips writes: it lags, and misses task changes as any
+  slow watcher, then gets the next writes from where the group is, with the latest snapshot.
+  The final message is never skipped, and is the last message of every member.
+
+The feed counts every member, not the lead: ``watchers.max_updates_per_second`` sets the
+group's interval from all the job's watchers, and each ``each`` member counts in the share of
+``watchers.max_task_messages_per_second`` as a watcher of its own would.
+
+Restart and error policy: the writes are run by the task of one member at a time (the
+leader); when its member leaves (its client went away), the next member's task runs them
+on, losing nothing (:class:`~pm.http.coalesced_writes.CoalescedWrites`). A member whose
+client is gone (``send_now`` raised, or ``send_rest`` returned False) is only marked gone;
+its own task then ends its watch. A bug raised by the lead ends the leader's watch, which its
+connection reports (1011); the next member's task then runs the lead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Protocol
+
+import trio
+
+from .http.coalesced_writes import CoalescedWrites
+from .http.websocket_frames import text_frames
+from .watch import JobFeed, TaskMode, Watcher, take_batch
+
+# Bytes of writes a member may have queued behind one its socket did not take at once; past
+# this it skips writes (and lags) instead.
+MAX_QUEUED_BYTES = 256 * 1024
+
+
+class MemberSocket(Protocol):
+    """Where a member's frames are written."""
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes at once, without waiting: the bytes written.
+
+        Error handling: raises :class:`trio.BrokenResourceError` or
+        :class:`trio.ClosedResourceError` when the client is gone."""
+        ...
+
+    async def send_rest(self, data: memoryview) -> bool:
+        """Write ``data`` whole; False if the client is gone."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What one of the lead's messages holds: task views of feed sequences ``[first, end)``
+    (a task message), or a job snapshot of ``job_version`` (``first == end``)."""
+
+    message: bytes
+    first: int
+    end: int
+    job_version: int
+    final: bool
+
+
+class _Lead:
+    """The group's watcher, noting what each message it returns holds."""
+
+    def __init__(self, watcher: Watcher, feed: JobFeed) -> None:
+        self.watcher = watcher
+        self._feed = feed
+        self.held: deque[_Held] = deque()
+
+    def __aiter__(self) -> _Lead:
+        return self
+
+    async def __anext__(self) -> bytes:
+        watcher = self.watcher
+        views_before = watcher.views_sent
+        message = await anext(watcher)
+        views = watcher.views_sent - views_before
+        end = watcher.sent_sequence
+        final = message is self._feed.final_message
+        self.held.append(
+            _Held(message, end - views, end, -1 if views else watcher.job_version_sent, final)
+        )
+        return message
+
+    def update_interval(self) -> float:
+        return self.watcher.update_interval()
+
+
+class GroupMember:
+    """One watcher's connection in a group: what it has, what its task still has to write."""
+
+    def __init__(self, socket: MemberSocket, cursor: int, job_version: int) -> None:
+        self.socket = socket
+        # Task changes from this feed sequence on are owed to it; snapshots newer than this.
+        self.cursor = cursor
+        self.job_version = job_version
+        self.queue: deque[memoryview] = deque()
+        self.queued_bytes = 0
+        self.final = False
+        self.gone = False
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+        self._wake = trio.Event()
+
+
+class WatchGroup:
+    """The watchers of one job with one mode and interval (see the module docstring).
+
+    Args:
+      feed: the job's feed.
+      watcher: the lead, made by :meth:`pm.jobs.Job.watch` with the members' mode and
+        interval; closed with the group.
+      tasks: its mode.
+      on_empty: called when the last member leaves (the group is then over).
+    """
+
+    def __init__(
+        self, feed: JobFeed, watcher: Watcher, tasks: TaskMode, on_empty: Callable[[], None]
+    ) -> None:
+        self._feed = feed
+        self._tasks = tasks
+        # The members are counted, each as the watcher of its own it stands for.
+        watcher.uncount()
+        self._lead = _Lead(watcher, feed)
+        self._writes = CoalescedWrites(self._lead, self._fan_out)
+        self._on_empty = on_empty
+        self._members: set[GroupMember] = set()
+        self._leading = False
+        self._leader_gone = trio.Event()
+        # The last job snapshot the lead wrote, for members that skipped it.
+        self._snapshot_version = -1
+        self._snapshot = b""
+
+    @contextmanager
+    def membership(self, socket: MemberSocket) -> Iterator[GroupMember]:
+        """A new member, written its first message (the job's snapshot) at once; it leaves
+        the group on exit."""
+        feed = self._feed
+        member = GroupMember(socket, feed.next_sequence, feed.job_version)
+        feed.count_watchers(self._tasks, 1)
+        self._members.add(member)
+        try:
+            self._send(member, text_frames([feed.snapshot_message()]), final=False)
+            yield member
+        finally:
+            self._members.discard(member)
+            feed.count_watchers(self._tasks, -1)
+            if not self._members:
+                self._lead.watcher.close()
+                self._on_empty()
+
+    async def watch(self, member: GroupMember) -> bool:
+        """Until the member's final message is written; False if its client went away. Runs
+        the group's writes meanwhile when no other member's task does."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._lead_when_needed)
+            stayed = await _write_queued(member)
+            nursery.cancel_scope.cancel()
+        return stayed
+
+    async def _lead_when_needed(self) -> None:
+        while not self._writes.over:
+            if self._leading:
+                await self._leader_gone.wait()
+                continue
+            self._leading = True
+            try:
+                await self._writes.run()
+            finally:
+                self._leading = False
+                self._leader_gone.set()
+                self._leader_gone = trio.Event()
+
+    async def _fan_out(self, messages: list[bytes]) -> bool:
+        """One write of the lead: the same frames to every member in step, its own to the
+        others (see the module docstring). Never waits."""
+        held = [self._lead.held.popleft() for _ in messages]
+        first_task = next((item.first for item in held if item.end > item.first), None)
+        versions = [item.job_version for item in held if item.end == item.first and not item.final]
+        end = held[-1].end
+        final = held[-1].final
+        snapshot_before = self._snapshot_version
+        for item in held:
+            if item.end == item.first and not item.final:
+                self._snapshot_version, self._snapshot = item.job_version, item.message
+        shared: bytes | None = None
+        for member in list(self._members):
+            if member.final or member.gone:
+                continue
+            if member.queued_bytes > MAX_QUEUED_BYTES:
+                if final:  # never skipped
+                    self._send(member, text_frames([held[-1].message]), final=True)
+                continue
+            if (
+                (first_task is None or member.cursor <= first_task)
+                and member.job_version >= snapshot_before
+                and (not versions or member.job_version < min(versions))
+            ):
+                if shared is None:
+                    shared = text_frames(messages)
+                member.cursor = max(member.cursor, end)
+                member.job_version = max(member.job_version, self._snapshot_version)
+                self._send(member, shared, final)
+            elif own := self._own_messages(member, held):
+                self._send(member, text_frames(own), final)
+        return True
+
+    def _own_messages(self, member: GroupMember, held: list[_Held]) -> list[bytes]:
+        """What of the lead's write a member out of step gets, as its own watcher would."""
+        messages: list[bytes] = []
+        for item in held:
+            if item.final:
+                messages.append(item.message)
+            elif item.end > item.first:
+                if item.end <= member.cursor:
+                    continue  # from before its join
+                if item.first >= member.cursor:
+                    messages.append(item.message)
+                else:
+                    messages += self._rebuilt(member.cursor, item.end)
+                member.cursor = item.end
+            elif item.job_version > member.job_version:
+                messages.append(item.message)
+                member.job_version = item.job_version
+        if member.job_version < self._snapshot_version and not held[-1].final:
+            # It skipped the latest snapshot while lagging.
+            messages.append(self._snapshot)
+            member.job_version = self._snapshot_version
+        return messages
+
+    def _rebuilt(self, first: int, end: int) -> list[bytes]:
+        """Batch messages of the task views of feed sequences ``[first, end)`` still logged
+        (a member's share of a batch message that straddles its join)."""
+        feed = self._feed
+        first = max(first, feed.first_sequence)
+        views = deque(islice(feed.views_from(first), max(0, end - first)))
+        messages = []
+        while views:
+            messages.append(take_batch(views))
+        return messages
+
+    def _send(self, member: GroupMember, data: bytes, final: bool) -> None:
+        """``data`` to the member: written at once if its socket takes it, else the rest (and
+        anything after it) queued for its task."""
+        view = memoryview(data)
+        if not member.queue:
+            try:
+                written = member.socket.send_now(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                member.gone = True
+                member.wake()
+                return
+            view = view[written:]
+        if view:
+            member.queue.append(view)
+            member.queued_bytes += len(view)
+            member.wake()
+        if final:
+            member.final = True
+            member.wake()
+
+
+async def _write_queued(member: GroupMember) -> bool:
+    """The member's task: what its socket did not take at once, until its final message is
+    written; False if its client went away."""
+    while not member.gone:
+        if member.queue:
+            view = member.queue[0]
+            if not await member.socket.send_rest(view):
+                member.gone = True
+                break
+            member.queue.popleft()
+            member.queued_bytes -= len(view)
+            continue
+        if member.final:
+            return True
+        await member.wait()
+    return False
