@@ -17,11 +17,14 @@ group's writes:
   rebuilt from the feed's log for it alone) and job snapshots not newer than its own. So the
   first write after a join may come sooner than one interval after it; from then on the
   member is in step with the group.
-- A member whose socket did not take a write at once is written the rest by its own task;
-  later writes are queued behind it (references to the group's bytes, not copies) up to
-  :data:`MAX_QUEUED_BYTES`; past that it skips writes: it lags, and misses task changes as any
-  slow watcher, then gets the next writes from where the group is, with the latest snapshot.
-  The final message is never skipped, and is the last message of every member.
+- A member whose socket did not take a write at once is written the rest by its own task,
+  and lags: the group's writes meanwhile are not queued for it. When the rest is written, its
+  task catches up as a watcher of its own would: ``batch``, the task changes since its last
+  write still in the feed's log (those the log lost are missed), at most
+  :data:`~pm.http.coalesced_writes.MAX_WRITE_BYTES` of them per write; ``each``, none (a
+  lagging ``each`` watcher misses task messages); then the latest snapshot. From there it is
+  in step with the group again. The final message is never skipped, and is the last message
+  of every member.
 
 The feed counts every member, not the lead: ``watchers.max_updates_per_second`` sets the
 group's interval from all the job's watchers, and each ``each`` member counts in the share of
@@ -46,13 +49,9 @@ from typing import Protocol
 
 import trio
 
-from .http.coalesced_writes import CoalescedWrites
+from .http.coalesced_writes import MAX_WRITE_BYTES, CoalescedWrites
 from .http.websocket_frames import text_frames
 from .watch import JobFeed, TaskMode, Watcher, take_batch
-
-# Bytes of writes a member may have queued behind one its socket did not take at once; past
-# this it skips writes (and lags) instead.
-MAX_QUEUED_BYTES = 256 * 1024
 
 
 class MemberSocket(Protocol):
@@ -117,8 +116,11 @@ class GroupMember:
         # Task changes from this feed sequence on are owed to it; snapshots newer than this.
         self.cursor = cursor
         self.job_version = job_version
-        self.queue: deque[memoryview] = deque()
-        self.queued_bytes = 0
+        # What its socket did not take at once, for its task to write.
+        self.rest: memoryview | None = None
+        # It missed group writes while its rest was written (and owes the final, if so).
+        self.behind = False
+        self.final_due = False
         self.final = False
         self.gone = False
         self._wake = trio.Event()
@@ -155,9 +157,11 @@ class WatchGroup:
         self._members: set[GroupMember] = set()
         self._leading = False
         self._leader_gone = trio.Event()
-        # The last job snapshot the lead wrote, for members that skipped it.
+        # The last job snapshot the lead wrote, and where its task views ended: what a
+        # member that lagged catches up to.
         self._snapshot_version = -1
         self._snapshot = b""
+        self._written_end = feed.next_sequence
 
     @contextmanager
     def membership(self, socket: MemberSocket) -> Iterator[GroupMember]:
@@ -182,7 +186,7 @@ class WatchGroup:
         the group's writes meanwhile when no other member's task does."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._lead_when_needed)
-            stayed = await _write_queued(member)
+            stayed = await self._write_member(member)
             nursery.cancel_scope.cancel()
         return stayed
 
@@ -211,13 +215,16 @@ class WatchGroup:
         for item in held:
             if item.end == item.first and not item.final:
                 self._snapshot_version, self._snapshot = item.job_version, item.message
+        self._written_end = end
         shared: bytes | None = None
         for member in list(self._members):
             if member.final or member.gone:
                 continue
-            if member.queued_bytes > MAX_QUEUED_BYTES:
-                if final:  # never skipped
-                    self._send(member, text_frames([held[-1].message]), final=True)
+            if member.rest is not None or member.behind:
+                # Its task is still writing: it lags, and catches up after (_catch_up).
+                member.behind = True
+                member.final_due = member.final_due or final
+                member.wake()
                 continue
             if (
                 (first_task is None or member.cursor <= first_task)
@@ -267,40 +274,63 @@ class WatchGroup:
             messages.append(take_batch(views))
         return messages
 
-    def _send(self, member: GroupMember, data: bytes, final: bool) -> None:
-        """``data`` to the member: written at once if its socket takes it, else the rest (and
-        anything after it) queued for its task."""
-        view = memoryview(data)
-        if not member.queue:
-            try:
-                written = member.socket.send_now(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                member.gone = True
-                member.wake()
+    def _catch_up(self, member: GroupMember) -> None:
+        """One write of what a member that lagged missed (see the module docstring); it is
+        in step again once nothing is left."""
+        feed = self._feed
+        messages: list[bytes] = []
+        if self._tasks == "batch" and member.cursor < self._written_end:
+            first = max(member.cursor, feed.first_sequence)
+            views = deque(islice(feed.views_from(first), max(0, self._written_end - first)))
+            size = 0
+            while views and size < MAX_WRITE_BYTES:
+                messages.append(take_batch(views))
+                size += len(messages[-1])
+            member.cursor = self._written_end - len(views)
+            if views:
+                self._send(member, text_frames(messages), final=False)
                 return
-            view = view[written:]
-        if view:
-            member.queue.append(view)
-            member.queued_bytes += len(view)
+        member.cursor = max(member.cursor, self._written_end)
+        member.behind = False
+        if member.final_due:
+            assert feed.final_message is not None
+            messages.append(feed.final_message)
+        elif member.job_version < self._snapshot_version:
+            messages.append(self._snapshot)
+            member.job_version = self._snapshot_version
+        if messages:
+            self._send(member, text_frames(messages), final=member.final_due)
+
+    async def _write_member(self, member: GroupMember) -> bool:
+        """The member's task: what its socket did not take at once, and its catching up,
+        until its final message is written; False if its client went away."""
+        while not member.gone:
+            if (rest := member.rest) is not None:
+                # Left set while written: group writes meanwhile see the member busy.
+                if not await member.socket.send_rest(rest):
+                    member.gone = True
+                    break
+                member.rest = None
+            elif member.behind:
+                self._catch_up(member)
+            elif member.final:
+                return True
+            else:
+                await member.wait()
+        return False
+
+    def _send(self, member: GroupMember, data: bytes, final: bool) -> None:
+        """``data`` to the member: written at once if its socket takes it, else the rest left
+        to its task."""
+        try:
+            written = member.socket.send_now(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            member.gone = True
+            member.wake()
+            return
+        if written < len(data):
+            member.rest = memoryview(data)[written:]
             member.wake()
         if final:
             member.final = True
             member.wake()
-
-
-async def _write_queued(member: GroupMember) -> bool:
-    """The member's task: what its socket did not take at once, until its final message is
-    written; False if its client went away."""
-    while not member.gone:
-        if member.queue:
-            view = member.queue[0]
-            if not await member.socket.send_rest(view):
-                member.gone = True
-                break
-            member.queue.popleft()
-            member.queued_bytes -= len(view)
-            continue
-        if member.final:
-            return True
-        await member.wait()
-    return False
