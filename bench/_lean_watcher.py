@@ -58,16 +58,25 @@ class FrameWalker:
     # Payload bytes of the current (skipped) frame still to come.
     _skipping: int = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Walk the frames in ``data``: walked where they lie, only a frame's beginning cut
+        off at the end of ``data`` (a header, or a job message) is copied for the next call;
+        the rest of a task message is skipped as it comes, never copied. ``data`` may be
+        reused by the caller once this returns."""
+        view = memoryview(data)
         if self._skipping:
-            taken = min(self._skipping, len(data))
+            taken = min(self._skipping, len(view))
             self._skipping -= taken
-            data = data[taken:]
-        self._buffer += data
-        buffer = self._buffer
+            view = view[taken:]
+        if self._buffer:
+            self._buffer += view
+            work: bytearray | memoryview = self._buffer
+        else:
+            work = view
+        end = len(work)
         start = 0
-        while len(buffer) - start >= 2 and self.close is None:
-            first, second = buffer[start], buffer[start + 1]
+        while end - start >= 2 and self.close is None:
+            first, second = work[start], work[start + 1]
             if second & 0x80 or not first & _FIN:
                 raise LeanWatcherError("a masked or fragmented server frame")
             length = second & 0x7F
@@ -76,35 +85,35 @@ class FrameWalker:
                 header = 4
             elif length == 127:
                 header = 10
-            if len(buffer) - start < header:
+            if end - start < header:
                 break
             if header > 2:
-                length = int.from_bytes(buffer[start + 2 : start + header], "big")
+                length = int.from_bytes(work[start + 2 : start + header], "big")
             opcode = first & 0x0F
             body = start + header
-            available = len(buffer) - body
+            available = end - body
             if opcode == _OPCODE_TEXT:
                 if available < min(len(_JOB_PREFIX), length):
                     break  # not enough yet to tell a job message from a task message
-                if buffer[body : body + len(_JOB_PREFIX)] != _JOB_PREFIX:
-                    # A task message: counted and skipped, never copied out of the buffer.
+                if work[body : body + len(_JOB_PREFIX)] != _JOB_PREFIX:
+                    # A task message: counted and skipped, never copied.
                     self.messages += 1
                     if available < length:
                         self._skipping = length - available
-                        start = len(buffer)
+                        start = end
                         break
                     start = body + length
                     continue
             if available < length:
                 break
-            payload = bytes(buffer[body : body + length])
+            payload = bytes(work[body : body + length])
             start = body + length
             if opcode == _OPCODE_TEXT:
                 self.messages += 1
                 self.jobs.append(payload)
             elif opcode == _OPCODE_CLOSE:
                 self.close = payload
-        del buffer[:start]
+        self._buffer = bytearray(work[start:])
 
 
 async def watch(
@@ -147,6 +156,9 @@ async def watch(
         walker = FrameWalker()
         walker.feed(rest)
         status: str | None = None
+        # One buffer for every read: a read allocates nothing (receive_some allocates its
+        # size at each call).
+        buffer = bytearray(READ_BYTES)
         while True:
             for message in walker.jobs:
                 job = _decode(message)
@@ -158,10 +170,10 @@ async def watch(
                 except trio.BrokenResourceError:
                     pass  # the server closed first
                 return status, walker.messages
-            chunk = await stream.receive_some(READ_BYTES)
-            if not chunk:
+            received_bytes = await sock.recv_into(buffer)
+            if not received_bytes:
                 raise LeanWatcherError("the server closed without a close frame")
-            walker.feed(chunk)
+            walker.feed(memoryview(buffer)[:received_bytes])
 
 
 def _close_frame(code: bytes) -> bytes:

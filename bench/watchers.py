@@ -214,6 +214,17 @@ def _cpu_note(label: str, runs: list[dict[str, float]]) -> str:
     )
 
 
+def _cpu_bound(without: list[dict[str, float]], with_watchers: list[dict[str, float]]) -> float:
+    """What the ratio can be at most if the job is bound by the machine's CPU (every process
+    of the run sharing its cores, as here): the CPU seconds of all processes per job without
+    watchers over those with them (medians), the watchers' clients included."""
+
+    def total(runs: list[dict[str, float]]) -> float:
+        return median([sum(value for name, value in run.items() if name != "wall") for run in runs])
+
+    return total(without) / total(with_watchers)
+
+
 def _jobs_text(args: argparse.Namespace) -> str:
     if args.jobs == 1:
         return f"a {args.tasks:,}-task job"
@@ -290,6 +301,9 @@ def main(argv: list[str] | None = None) -> Report:
             "messages per watcher",
             "gateway CPU s without",
             "gateway CPU s with",
+            "gateway CPU ms per watcher",
+            "watchers' clients CPU s",
+            "CPU bound of the ratio",
         ],
     )
     without = median(figures["without"])
@@ -304,6 +318,8 @@ def main(argv: list[str] | None = None) -> Report:
         report.notes.append(_cpu_note(f"{args.watchers:,} watchers, ?tasks={mode}", by_mode["cpu"]))
         ratio = median(by_mode["ratio"])
         all_final = min(by_mode["final_received"])
+        with_cpu = median([run["gateway"] for run in by_mode["cpu"]])
+        clients_cpu = median([run["bench"] for run in by_mode["cpu"]])
         report.rows.append(
             [
                 mode,
@@ -313,7 +329,10 @@ def main(argv: list[str] | None = None) -> Report:
                 f"{all_final}/{args.watchers} (worst round)",
                 round(median(by_mode["messages"])),
                 round(without_cpu, 1),
-                round(median([run["gateway"] for run in by_mode["cpu"]]), 1),
+                round(with_cpu, 1),
+                round((with_cpu - without_cpu) * 1000 / args.watchers, 2),
+                round(clients_cpu, 1),
+                round(_cpu_bound(figures["without_cpu"], by_mode["cpu"]), 3),
             ]
         )
         report.target(
