@@ -9,9 +9,11 @@ lower.
 
 Updates (``--updates S``): a job of 200 tasks whose devices answer spread over S seconds
 (``pm simulate --latency 0..S``: the job changes all along, but its dispatching costs little)
-is run once unwatched and once with ``--watchers`` watchers (``?tasks=none``); the gateway's
-extra CPU, less the connections' (measured as above in the same run), over the messages the
-watchers received is the price of one update written to one watcher, in microseconds.
+is run once unwatched and once with ``--watchers`` watchers (``?tasks=`` each of ``--modes``,
+``none`` unless said); the gateway's extra CPU, less the connections' (measured as above in
+the same run), over the messages the watchers received is the price of one message written
+to one watcher, in microseconds (in ``batch`` a message holds every task change since the
+last; in ``each`` one).
 
 ``--rounds`` repetitions, each figure printed. The watchers use the benchmark's lean client
 (:mod:`bench._lean_watcher`) unless ``--client trio-websocket``.
@@ -19,7 +21,7 @@ watchers received is the price of one update written to one watcher, in microsec
 Usage::
 
     .venv/bin/python -m bench.watcher_connections [--watchers 1000] [--rounds 3]
-        [--updates 10] [--client lean|trio-websocket]
+        [--updates 10] [--modes none,batch,each] [--client lean|trio-websocket]
 """
 
 from __future__ import annotations
@@ -60,10 +62,20 @@ async def _connection_ms(url: str, pid: int, watchers: int, client: str) -> floa
 
 
 async def _rounds(
-    url: str, pid: int, devices: list[str], watchers: int, rounds: int, updates: float, client: str
+    url: str,
+    pid: int,
+    devices: list[str],
+    watchers: int,
+    rounds: int,
+    updates: float,
+    client: str,
+    modes: list[str],
 ) -> dict[str, list[float]]:
     ws = url.replace("http://", "ws://")
-    figures: dict[str, list[float]] = {"ms_per_watcher": [], "us_per_update": [], "updates": []}
+    figures: dict[str, list[float]] = {"ms_per_watcher": []}
+    for mode in modes:
+        figures[f"us_per_update_{mode}"] = []
+        figures[f"updates_{mode}"] = []
     async with http_client(url) as client_http:
         finished, _ = await post_job(client_http, job_body(devices[:DEVICES]))
         await wait_final(client_http, finished)
@@ -75,24 +87,27 @@ async def _rounds(
             figures["ms_per_watcher"].append(connection)
             if not updates:
                 continue
-            with trio.fail_after(300):
-                before = cpu_seconds(pid)
-                job_id, _ = await post_job(client_http, job_body(devices))
-                await wait_final(client_http, job_id, poll=0.5)
-                unwatched = cpu_seconds(pid) - before
-                before = cpu_seconds(pid)
-                job_id, _ = await post_job(client_http, job_body(devices))
-                finals, messages = await _watched(
-                    f"{ws}/jobs/{job_id}/ws?tasks=none", watchers, client
+            for mode in modes:
+                with trio.fail_after(300):
+                    before = cpu_seconds(pid)
+                    job_id, _ = await post_job(client_http, job_body(devices))
+                    await wait_final(client_http, job_id, poll=0.5)
+                    unwatched = cpu_seconds(pid) - before
+                    before = cpu_seconds(pid)
+                    job_id, _ = await post_job(client_http, job_body(devices))
+                    finals, messages = await _watched(
+                        f"{ws}/jobs/{job_id}/ws?tasks={mode}", watchers, client
+                    )
+                    watched = cpu_seconds(pid) - before
+                if finals != watchers:
+                    raise RuntimeError(f"{finals} of {watchers} watchers got the final message")
+                # What the updates cost: the extra CPU less the connections' (first and final
+                # message included), over the messages beyond those two.
+                extra = watched - unwatched - connection * watchers / 1000
+                figures[f"us_per_update_{mode}"].append(
+                    extra * 1e6 / max(1, messages - 2 * watchers)
                 )
-                watched = cpu_seconds(pid) - before
-            if finals != watchers:
-                raise RuntimeError(f"{finals} of {watchers} watchers got the final message")
-            # What the updates cost: the extra CPU less the connections' (first and final
-            # message included), over the messages beyond those two.
-            extra = watched - unwatched - connection * watchers / 1000
-            figures["us_per_update"].append(extra * 1e6 / max(1, messages - 2 * watchers))
-            figures["updates"].append(messages / watchers)
+                figures[f"updates_{mode}"].append(messages / watchers)
     return figures
 
 
@@ -106,9 +121,17 @@ def main(argv: list[str] | None = None) -> Report:
         default=0.0,
         help="also the cost per update: a job whose answers are spread over this many seconds",
     )
+    parser.add_argument(
+        "--modes",
+        default="none",
+        help="comma-separated ?tasks= modes whose cost per update is measured (none, batch, each)",
+    )
     parser.add_argument("--client", choices=("lean", "trio-websocket"), default="lean")
     parser.add_argument("--scenario", default="watcher_connections", help="result file name")
     args = parser.parse_args(argv)
+    modes = [mode for mode in args.modes.split(",") if mode]
+    if not modes or set(modes) - {"none", "batch", "each"}:
+        parser.error("--modes takes a comma-separated subset of none,batch,each")
     devices = SLOW_DEVICES if args.updates else DEVICES
     with workdir() as directory:
         gateway = start_gateway(
@@ -126,6 +149,7 @@ def main(argv: list[str] | None = None) -> Report:
                 args.rounds,
                 args.updates,
                 args.client,
+                modes,
             )
         finally:
             fleet.stop()
@@ -139,12 +163,14 @@ def main(argv: list[str] | None = None) -> Report:
         parameters=vars(args),
         columns=["watchers", "measure", "each round", "median"],
     )
-    for key, label in (
-        ("ms_per_watcher", "gateway CPU ms per watcher connection"),
-        ("us_per_update", "gateway CPU µs per update written to a watcher"),
-        ("updates", "updates per watcher"),
-    ):
-        if figures[key]:
+    labels = [("ms_per_watcher", "gateway CPU ms per watcher connection")]
+    for mode in modes:
+        labels.append(
+            (f"us_per_update_{mode}", f"gateway CPU µs per update written to a watcher, {mode}")
+        )
+        labels.append((f"updates_{mode}", f"updates per watcher, {mode}"))
+    for key, label in labels:
+        if figures.get(key):
             report.rows.append(
                 [
                     args.watchers,
