@@ -18,17 +18,22 @@ Each watcher reads until its final ``{"type": "job"}`` message (then the server 
 dispatch rate is tasks / (first POST -> last ``finishAt``); the figure is the ratio with / without,
 median over rounds, per mode. The gateway's CPU seconds per job (POST to the last watcher's
 close) say what the watchers cost it, a figure less sensitive than rates to other load on
-the machine. The watchers run in the benchmark process, which shares the
-machine's two cores with the gateway, the broker and the fleet: ``--client lean`` (the
-default) runs them as the cheapest client the benchmark has (:mod:`bench._lean_watcher`),
-so that CPU goes to what is measured; ``--client trio-websocket`` as the figures before
-2026-12-01's evening were taken.
+the machine. The watchers share the machine's two cores with the gateway, the broker and
+the fleet: ``--client process`` (the default) runs them all in one process of their own on
+one ``epoll`` loop (:mod:`bench._watcher_fleet`), the cheapest client the benchmark has,
+its CPU reported apart (``watchers``), so that CPU goes to what is measured; ``--client
+lean`` as trio tasks in the benchmark process (:mod:`bench._lean_watcher`); ``--client
+trio-websocket`` as every figure up to 2026-12-01 was taken (a bug ran every watcher that
+way, whatever ``--client`` said). The table's last columns say what bounds the ratio: the
+gateway's CPU per watcher, the watchers' clients' CPU, and the CPU bound of the ratio (all
+processes' CPU per job without watchers over with them: on a machine whose cores the run
+fills, as it fills 2, the ratio cannot be higher).
 
 Usage::
 
     .venv/bin/python -m bench.watchers [--tasks 10000] [--watchers 1000] [--rounds 2]
         [--jobs 1]
-        [--modes each,batch,none] [--client lean|trio-websocket]
+        [--modes each,batch,none] [--client process|lean|trio-websocket]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from bench._processes import (
     workdir,
 )
 from bench._report import Report, median
+from bench._watcher_fleet import open_watcher_fleet, run_watcher_fleet
 
 _decode = msgspec.json.Decoder().decode
 
@@ -134,25 +140,35 @@ async def _one_job(
     this process) and the ``wall`` seconds."""
     finals: list[str] = []
     messages: list[int] = []
+    fleet = await open_watcher_fleet() if client == "process" and watchers else None
     cpu_before = _cpu_by_process(processes)
     started = time.monotonic()
     share = -(-len(devices) // jobs)
-    async with http_client(base) as client, trio.open_nursery() as nursery:
+    # (Named apart from ``client``: the watchers' kind was once shadowed by the HTTP client,
+    # and every watcher ran as trio-websocket whatever --client said.)
+    async with http_client(base) as http, trio.open_nursery() as nursery:
         handshakes = trio.Semaphore(50)
         posted = []
         for first in range(0, len(devices), share):
-            job_id, sent = await post_job(client, job_body(devices[first : first + share]))
+            job_id, sent = await post_job(http, job_body(devices[first : first + share]))
             posted.append((job_id, sent))
-        for n in range(watchers):
-            job_id = posted[n % len(posted)][0]
-            ws_url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws?tasks={mode}"
-            nursery.start_soon(_watch, ws_url, handshakes, finals, messages, client)
-        finished = [await wait_final(client, job_id, poll=0.1) for job_id, _ in posted]
+        urls = [
+            base.replace("http://", "ws://") + f"/jobs/{posted[n % len(posted)][0]}/ws?tasks={mode}"
+            for n in range(watchers)
+        ]
+        if fleet is not None:
+            nursery.start_soon(run_watcher_fleet, fleet, urls, finals, messages)
+        else:
+            for url in urls:
+                nursery.start_soon(_watch, url, handshakes, finals, messages, client)
+        finished = [await wait_final(http, job_id, poll=0.1) for job_id, _ in posted]
     total = sum(job["totalCount"] for job in finished)
     last = max(parse_time(job["finishAt"]) for job in finished)
     rate = total / (last - posted[0][1])
     cpu_after = _cpu_by_process(processes)
     cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    if client == "process":
+        cpu["watchers"] = fleet.cpu if fleet is not None else 0.0
     cpu["wall"] = time.monotonic() - started
     mean_messages = sum(messages) / len(messages) if messages else 0.0
     return rate, sum(status == "resolved" for status in finals), mean_messages, cpu
@@ -250,11 +266,12 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument(
         "--client",
-        choices=("lean", "trio-websocket"),
-        default="lean",
-        help="the watchers' WebSocket client: lean (bench/_lean_watcher.py, the cheapest, so "
-        "the machine's CPU goes to the gateway) or trio-websocket (the figures before "
-        "2026-12-01 evening)",
+        choices=("process", "lean", "trio-websocket"),
+        default="process",
+        help="the watchers' WebSocket client: process (bench/_watcher_fleet.py: all of them in "
+        "one process of their own, one epoll loop, the cheapest, its CPU reported apart), "
+        "lean (bench/_lean_watcher.py, trio tasks in this process) or trio-websocket (the "
+        "figures of 2026-12-01 and before: a bug ran every watcher as trio-websocket)",
     )
     parser.add_argument("--scenario", default="watchers", help="result file name")
     args = parser.parse_args(argv)
@@ -319,7 +336,7 @@ def main(argv: list[str] | None = None) -> Report:
         ratio = median(by_mode["ratio"])
         all_final = min(by_mode["final_received"])
         with_cpu = median([run["gateway"] for run in by_mode["cpu"]])
-        clients_cpu = median([run["bench"] for run in by_mode["cpu"]])
+        clients_cpu = median([run.get("watchers", run["bench"]) for run in by_mode["cpu"]])
         report.rows.append(
             [
                 mode,
