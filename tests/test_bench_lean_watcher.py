@@ -1,8 +1,10 @@
-"""The benchmark's lean watcher (bench/_lean_watcher.py): its frame walking against frames
-made by wsproto (an independent encoder), fed in every split, and a whole watch of a real
-server's job."""
+"""The benchmark's lean watchers (bench/_lean_watcher.py, bench/_watcher_fleet.py): the frame
+walking against frames made by wsproto (an independent encoder), fed in every split, and
+whole watches of a real server's job."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import trio
@@ -10,8 +12,10 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, TextMessage
 
 from bench._lean_watcher import FrameWalker, LeanWatcherError, watch
+from bench._watcher_fleet import watch_all
 from tests.job_api import entry
 from tests.served_app import app_config, serve_app
+from tests.waiting import poll_until
 
 GUARD = 30.0
 
@@ -66,3 +70,27 @@ async def test_a_lean_watcher_sees_the_final_status_of_a_real_job() -> None:
                 gateway.devices.answer_all()
     # The first snapshot, the two task messages, the final snapshot at least.
     assert seen[0][0] == "resolved" and seen[0][1] >= 4
+
+
+async def test_the_watcher_process_loop_sees_the_final_status_of_real_jobs() -> None:
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            gateway.devices.auto_answer = False
+            job = await gateway.submit(entry(["a", "b"]))
+            url = f"{gateway.ws_url}/jobs/{job['id']}/ws?tasks=batch"
+            refused = f"{gateway.ws_url}/jobs/424242/ws"
+            async with trio.open_nursery() as nursery:
+                results: list[dict[str, Any]] = []
+
+                async def watchers() -> None:
+                    # More watchers than handshakes at once: the rest wait their turn.
+                    urls = [url] * 5 + [refused]
+                    results.append(await trio.to_thread.run_sync(watch_all, urls, 2))
+
+                nursery.start_soon(watchers)
+                await poll_until(lambda: gateway.job(job["id"]).feed.watchers == 5)
+                gateway.devices.answer_all()
+    (result,) = results
+    assert result["statuses"] == ["resolved"] * 5 + [None]
+    assert all(received >= 3 for received in result["messages"][:5])
+    assert len(result["errors"]) == 1 and "404" in result["errors"][0]
