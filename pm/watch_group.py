@@ -16,7 +16,10 @@ group's writes:
   already has: task views from before its join (a message of them straddling its join is
   rebuilt from the feed's log for it alone) and job snapshots not newer than its own. So the
   first write after a join may come sooner than one interval after it; from then on the
-  member is in step with the group.
+  member is in step with the group. In ``each`` mode a new member gets the group's task
+  messages from its next write on, as they come: they lag the job (its budget of task
+  messages), and may be of changes its first snapshot already counts, as a lagging ``each``
+  watcher's always could.
 - A member whose socket did not take a write at once is written the rest by its own task,
   and lags: the group's writes meanwhile are not queued for it. When the rest is written, its
   task catches up as a watcher of its own would: ``batch``, the task changes since its last
@@ -168,7 +171,12 @@ class WatchGroup:
         """A new member, written its first message (the job's snapshot) at once; it leaves
         the group on exit."""
         feed = self._feed
-        member = GroupMember(socket, feed.next_sequence, feed.job_version)
+        # "each": the lead's task messages lag the job by design (the job's budget of them);
+        # a new member takes them from where the group is, as a lagging watcher of its own
+        # would take its own, not only those of changes after its join (which the lead may
+        # reach only much later).
+        cursor = self._written_end if self._tasks == "each" else feed.next_sequence
+        member = GroupMember(socket, cursor, feed.job_version)
         feed.count_watchers(self._tasks, 1)
         self._members.add(member)
         try:

@@ -79,6 +79,30 @@ async def test_a_late_member_gets_exactly_the_changes_after_its_first_snapshot()
     assert counts == sorted(counts)
 
 
+async def test_a_late_each_member_gets_the_groups_lagging_task_messages() -> None:
+    # A budget of 8 task messages a second for 2 "each" watchers: 1 each per 0.25 s window.
+    # The group's lead lags the job; a member that joins meanwhile gets its task messages as
+    # they come (as a lagging watcher of its own would), not nothing until the lead reaches
+    # the changes after its join (at the job's end the lead drops what it still holds).
+    config = app_config(watchers={"coalesce_interval": 0.25, "max_task_messages_per_second": 8})
+    with trio.fail_after(GUARD):
+        async with serve_app(config) as gateway:
+            job_id, requests = await held_job(gateway, 40)
+            url = f"{gateway.ws_url}/jobs/{job_id}/ws?tasks=each"
+            async with open_websocket_url(url) as early:
+                await early.get_message()
+                await answer(gateway, job_id, requests[:20])
+                async with open_websocket_url(url) as late:
+                    task_messages = 0
+                    while task_messages < 3:
+                        message = json.loads(await late.get_message())
+                        task_messages += message["type"] == "task"
+                    await answer(gateway, job_id, requests[20:])
+                    messages, code = await receive_all(late)
+    assert code == 1000
+    assert messages[-1]["job"]["status"] == "resolved"
+
+
 async def test_the_messages_of_a_write_are_built_once_for_all_members(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
