@@ -167,9 +167,10 @@ class WatchGroup:
         self._written_end = feed.next_sequence
 
     @contextmanager
-    def membership(self, socket: MemberSocket) -> Iterator[GroupMember]:
-        """A new member, written its first message (the job's snapshot) at once; it leaves
-        the group on exit."""
+    def membership(self, socket: MemberSocket, before: bytes = b"") -> Iterator[GroupMember]:
+        """A new member, written its first message (the job's snapshot) at once, after
+        ``before`` in the same write (the handshake's answer: one system call, not two); it
+        leaves the group on exit."""
         feed = self._feed
         # "each": the lead's task messages lag the job by design (the job's budget of them);
         # a new member takes them from where the group is, as a lagging watcher of its own
@@ -180,7 +181,7 @@ class WatchGroup:
         feed.count_watchers(self._tasks, 1)
         self._members.add(member)
         try:
-            self._send(member, text_frames([feed.snapshot_message()]), final=False)
+            self._send(member, before + text_frames([feed.snapshot_message()]), final=False)
             yield member
         finally:
             self._members.discard(member)

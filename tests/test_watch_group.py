@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 import pm.watch
+from pm.http.server import SendDeadlineStream
 from tests.job_api import entry
 from tests.served_app import ServedGateway, app_config, receive_all, serve_app
 from tests.test_http_hostile_clients import heavy_job, never_reading_watcher, read_until_closed
@@ -77,6 +79,33 @@ async def test_a_late_member_gets_exactly_the_changes_after_its_first_snapshot()
     # No snapshot older than the first: the counts never go back.
     counts = [message["job"]["doneCount"] for message in late_messages if message["type"] == "job"]
     assert counts == sorted(counts)
+
+
+async def test_the_handshakes_answer_and_the_first_message_go_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[bytes] = []
+    send_now = SendDeadlineStream.send_now
+
+    def recorded(stream: SendDeadlineStream, data: bytes) -> int:
+        writes.append(bytes(data))
+        return send_now(stream, data)
+
+    monkeypatch.setattr(SendDeadlineStream, "send_now", recorded)
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            job_id, requests = await held_job(gateway, 2)
+            async with open_websocket_url(f"{gateway.ws_url}/jobs/{job_id}/ws") as watcher:
+                first = json.loads(await watcher.get_message())
+                gateway.devices.answer_all()
+                await receive_all(watcher)
+    assert first["type"] == "job"
+    (answer,) = [data for data in writes if data.startswith(b"HTTP/1.1 101 ")]
+    _, _, frames = answer.partition(b"\r\n\r\n")
+    # After the answer, in the same write: one whole text frame (its length in 16 bits), the
+    # first job snapshot.
+    assert frames[:2] == b"\x81\x7e" and int.from_bytes(frames[2:4], "big") == len(frames) - 4
+    assert msgspec.json.decode(frames[4:]) == first
 
 
 async def test_a_late_each_member_gets_the_groups_lagging_task_messages() -> None:

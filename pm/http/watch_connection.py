@@ -152,14 +152,12 @@ class WatchConnections:
             client = _ClientSide(stream, self._max_message)
             try:
                 answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
-                if not await client.write(answer):
-                    return
                 client.receive(rest)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
                     with client.watching:
                         try:
-                            if await self._watch(client, job, tasks, interval):
+                            if await self._watch(client, job, tasks, interval, answer):
                                 await client.close(CLOSE_NORMAL)
                         except Exception:
                             logger.exception("watching job %d failed", job_id)
@@ -170,16 +168,22 @@ class WatchConnections:
             finally:
                 await stream.aclose()
 
-    async def _watch(self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float) -> bool:
-        """The watcher's messages to the client; False if the client went away meanwhile.
+    async def _watch(
+        self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float, answer: bytes
+    ) -> bool:
+        """The handshake's ``answer``, then the watcher's messages to the client; False if the
+        client went away meanwhile.
 
         A job that runs here and is not final yet is watched in a group (:mod:`pm.watch_group`)
-        with its other watchers of the same mode and interval; the others (another gateway's
-        job, fed per watcher from the database; a final job, one message) on their own."""
+        with its other watchers of the same mode and interval, the answer and the first
+        message in one write; the others (another gateway's job, fed per watcher from the
+        database; a final job, one message) on their own."""
         if not job.runs_elsewhere and job.feed.final_message is None:
             group = self._group(job, tasks, interval)
-            with group.membership(client) as member:
+            with group.membership(client, answer) as member:
                 return await group.watch(member)
+        if not await client.write(answer):
+            return False
         async with trio.open_nursery() as feeding:
             if job.runs_elsewhere:
                 # Its feed is fed from the database (pm.stored_job_feed) while it is watched.
