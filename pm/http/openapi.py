@@ -248,7 +248,11 @@ def build_openapi(
                         'Task changes by ?tasks=: each (default) one {"type": "task"} per '
                         'change, batch one {"type": "tasks"} per update with every change '
                         "since the last, none no task messages. A slow client may miss task "
-                        "changes, never the final message. Close code 1011 means the server "
+                        "changes, never the final message. Watchers of a job with the same "
+                        "tasks and interval get the same updates at the same time: a new one's "
+                        "first update may come sooner than interval after its first snapshot, "
+                        "and with each its task messages lag the job as the others' do. "
+                        "Close code 1011 means the server "
                         "failed. With api.tokens, a browser (which cannot set headers on a "
                         "handshake) offers the subprotocols pm.watch and pm.bearer.<the token "
                         "in base64url, unpadded>; the server selects pm.watch."
