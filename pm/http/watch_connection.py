@@ -11,10 +11,12 @@ through its send lock and a shielded scope (bench/README.md, scenario 6, has the
 WebSocket handshake to ``/jobs/{id}/ws`` (:mod:`pm.http.websocket_handshake`) the connection
 is served here to its end: the same checks as the route (:meth:`WatchRoute.admit` and
 :meth:`WatchRoute.slot`, so a refusal says and counts the same), the same answers as
-hypercorn writes them, the same messages (:func:`~pm.http.watch_route.send_coalesced`), each
-write one system call when the socket takes it at once
-(:meth:`~pm.http.server.SendDeadlineStream.send_now`). What the client sends is parsed by
-wsproto: pings are answered, messages dropped (a message over
+hypercorn writes them, the same messages, each write one system call when the socket takes it
+at once (:meth:`~pm.http.server.SendDeadlineStream.send_now`). The watchers of a running job
+with the same mode and interval are written together, one lead watcher's messages framed once
+for all of them (:mod:`pm.watch_group`), the 101 answer and the first message in one write;
+any other watcher has its own (:func:`~pm.http.watch_route.send_coalesced`). What the client
+sends is parsed by wsproto: pings are answered, messages dropped (a message over
 ``http.max_websocket_message_bytes`` closes with 1009, as hypercorn does), a close frame is
 answered and ends the watcher. Every other connection (another path, an extension offer when
 ``http.websocket_compression`` is on, any unusual handshake) goes to hypercorn with the bytes
