@@ -24,6 +24,10 @@ from email.utils import formatdate
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 9110 section 5.6.2: a header name is a token.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A control character in a header value (a tab is allowed): found by one regex search, not a
+# Python loop over each byte (a third of the head's parsing in a py-spy profile of 3,000
+# handshakes).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # The request target: an origin-form path and query, visible ASCII only.
 _TARGET = re.compile(rb"/[!-~]*")
 # Headers that would make the request something else than a bare handshake (a body), or
@@ -71,7 +75,7 @@ def parse_watch_handshake(head: bytes) -> WatchHandshake | None:
         value = value.strip(b" \t")
         if name in _NOT_TAKEN or (name in _SINGLE and name in seen):
             return None
-        if any(byte < 0x20 and byte != 0x09 or byte == 0x7F for byte in value):
+        if _CONTROL.search(value) is not None:
             return None
         seen.add(name)
         headers.append((name, value))
