@@ -203,9 +203,17 @@ class JobWideControl:
         control = control_row(row[:7])
         histogram = msgspec.json.decode(outcomes, type=OutcomeHistogram)
         index = first_trip(criteria, control.rollout_state().tripped, histogram)
-        if index is not None and trip_abort(connection, control, index):
+        if index is None:
+            return
+        if trip_abort(connection, control, index):
             self.trips += 1
             _log_trip(control, criteria[index], index, histogram)
+        else:
+            # The row moved on since the poll read it: another gateway's trip (the next
+            # read shows it tripped), a control request, or a paced job's coordinator
+            # storing a ramp step in the same column. Look again at the next poll even if
+            # no outcome comes meanwhile (the last ones may be in already).
+            del self._checked[job_id]
 
     def _options_of(self, job_id: int, options: str | None) -> JobOptions | None:
         if job_id not in self._options:

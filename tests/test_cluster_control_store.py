@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 import pytest
 import trio
 
 from pm.cluster._control import ControlRequests, read_control_row, request_control, trip_abort
+from pm.cluster._grant_rows import _SAVE_RAMP_STEPS
 from pm.cluster._writes import ClusterWrites
 from pm.job_contract import JobStateError
+from pm.shard_control import JobWideControl, read_unfinished
 from pm.store import StoreUnavailable
 from pm.store._postgres_connection import connect_postgres
 from tests.stores import batch, create_job, read, running_store
@@ -180,3 +183,37 @@ async def test_a_request_the_database_cannot_take_is_refused_503_and_recorded_on
         finally:
             connection.close()
     assert read(url, "SELECT status FROM jobs") == [("paused",)]
+
+
+async def test_a_trip_whose_write_lost_to_a_ramp_step_is_tried_again_at_the_next_poll(
+    migrated_postgres_url: str,
+) -> None:
+    """A paced job's coordinator writes its ramp steps into ``rollout_state`` too: a trip
+    decided on a poll's read loses its conditional write when a step lands in between. The
+    criterion still holds on the same counts: the next poll trips it, though no outcome
+    came meanwhile (a job whose last outcomes are in would otherwise never stop)."""
+    url = migrated_postgres_url
+    with trio.fail_after(GUARD):
+        job_id = await stored_job(url, devices=1)
+    connection = connect_postgres(url)
+    connection.execute(
+        "UPDATE jobs SET options = ?, outcomes = ?",
+        (
+            '{"rollout":{"maxInFlight":1,"ramp":{"factor":2,"afterSucceeded":1,'
+            '"maxInFlight":4}},"abort":[{"on":"error","thresholdPercent":50}]}',
+            '{"resolved":{"200":1},"error":{"500":3},"timeout":0,"expired":0,"cancelled":0}',
+        ),
+    )
+    control = JobWideControl()
+    try:
+        polled = read_unfinished(connection)
+        connection.execute(_SAVE_RAMP_STEPS, (1, job_id))  # the coordinator, in between
+        control.check(connection, polled, NOW)
+        assert control.trips == 0  # the row moved on: not written
+        control.check(connection, read_unfinished(connection), NOW)
+        assert control.trips == 1
+    finally:
+        connection.close()
+    ((ending, state),) = read(url, "SELECT ending, rollout_state FROM jobs")
+    assert ending == "aborted"
+    assert msgspec.json.decode(state) == {"ramp_steps": 1, "tripped": [0], "stopped_by": 0}
