@@ -50,6 +50,8 @@ class SendQueue:
         # Ids of tasks handed to their devices and not back (settled or returned): what
         # counts against the window. Tracked only for a paced job.
         self._at_device: set[int] = set()
+        # Ids of tasks held back and not handed out since (a paced job's; see put_back).
+        self._held_back_ids: set[int] = set()
         self._wake = trio.Event()
 
     def __len__(self) -> int:
@@ -86,12 +88,21 @@ class SendQueue:
         self._fresh.clear()
 
     def put_back(self, task: TaskRecord) -> None:
-        """``task`` was taken but may not go yet (pacing): it is the next one taken."""
-        self._returned.appendleft(task)
+        """``task`` was taken but may not go yet (pacing): it is the next one taken among
+        those it was taken from. A fresh one goes back to the fresh tasks, not before the
+        tasks held back: one held back meanwhile (by a pause) had its turn before it, and
+        may be for the same device. (Told apart here, not in :meth:`take`: a paced job's
+        rare path, not every job's per-task one.)"""
+        if task.id in self._held_back_ids or task.attempts:
+            self._returned.appendleft(task)  # held back, or a retry due: first of all
+        else:
+            self._fresh.appendleft(task)
 
     def held_back(self, task: TaskRecord) -> None:
         """``task`` was handed out and came back unsent (its job held sending)."""
         self._left_device(task)
+        if self.pacer is not None:
+            self._held_back_ids.add(task.id)
         self._returned.append(task)
         self.poke()
 
@@ -105,6 +116,7 @@ class SendQueue:
         if self.pacer is not None:
             self.pacer.on_handed_out(now)
             self._at_device.add(task.id)
+            self._held_back_ids.discard(task.id)
 
     def settled(self, task: TaskRecord, *, resolved: bool) -> bool:
         """``task``'s attempt has its outcome (or ended while queued). Returns whether the

@@ -153,19 +153,26 @@ async def test_a_part_of_a_deleted_job_ends_at_once(
     assert record.status == "cancelled" and service.fleet.in_flight == 0
 
 
+@pytest.mark.parametrize("paced", [False, True], ids=["plain", "paced"])
 @pytest.mark.parametrize("control", [JobWide(paused=True), JobWide(ending="cancelled")])
 async def test_a_part_adopted_while_its_job_is_paused_or_stopping_sends_nothing(
     shard: tuple[ShardService, RecordingPublisher, Answer],
     autojump_clock: trio.testing.MockClock,
     control: JobWide,
+    paced: bool,
 ) -> None:
+    """Also a paced part (its own feeder, pm/shard_pacing.py) with a grant for every task."""
     service, publisher, answer = shard
-    record = job(1, 1, ["d0", "d1"], 2)
+    options = {"rollout": {"maxInFlight": 4}} if paced else {}
+    record = job(1, 1, ["d0", "d1"], 2, **options)
     # As read from the job's row (pm/store/_rows.py restore_job).
     record.set_holds(["paused"] if control.paused else [])
     record.ending = control.ending
     with trio.fail_after(GUARD):
         service.adopt(record)
+        pacer = service.jobs[1].pacer if 1 in service.jobs else None
+        if paced and pacer is not None:
+            pacer.grant(4, 4)
         await trio.sleep(60)
     assert publisher.published == []
     if control.paused:
@@ -237,3 +244,46 @@ async def test_a_scheduled_part_sends_nothing_before_its_start(
         await answer_all(publisher, answer)
         await part.ended.wait()
     assert record.status == "resolved"
+
+
+async def test_a_paced_part_paused_with_a_task_at_its_device_sends_it_on_resume_within_grant(
+    shard: tuple[ShardService, RecordingPublisher, Answer],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A paced part's task handed to a device still busy with another job's comes back
+    unsent when the pause holds the part (``TaskHeldBack``): it no longer counts as used,
+    and after the resume it goes first, the part's sends staying within its grant."""
+    service, publisher, answer = shard
+    busy = job(1, 1, ["d0"], 1)
+    paced = job(2, 100, ["d0", "d1"], 2, rollout={"maxInFlight": 2})
+
+    def sent_of_paced() -> list[dict[str, Any]]:
+        return [request for _, request in publisher.published if request["id"] >= 100]
+
+    with trio.fail_after(GUARD):
+        service.adopt(busy)
+        service.adopt(paced)
+        part = service.jobs[2]
+        pacer = part.pacer
+        assert pacer is not None
+        pacer.grant(2, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        # d1's first task went out; d0's waits at its device behind job 1's.
+        assert [request["id"] for request in sent_of_paced()] == [101]
+        assert pacer.used == 2
+        await follow(part, JobWide(paused=True))
+        answer(sent_of_paced()[0])
+        await trio.testing.wait_all_tasks_blocked()
+        answer(publisher.published[0][1])  # job 1's: d0's turn comes for the paused part
+        await trio.testing.wait_all_tasks_blocked()
+        assert pacer.used == 1, "the task held back still counts as used"
+        assert [request["id"] for request in sent_of_paced()] == [101]
+        await follow(part, JobWide())
+        # One more may go (1 final + 1 in flight = the grant of 2): the one held back.
+        assert [request["id"] for request in sent_of_paced()] == [101, 100]
+        pacer.grant(4, 4)
+        while part.record.finish_at is None:
+            await answer_all(publisher, answer)
+            assert pacer.used <= 4
+            await trio.sleep(0.01)
+    assert paced.status == "resolved" and len(sent_of_paced()) == 4
