@@ -31,6 +31,17 @@ class OutcomeHistogram(msgspec.Struct, kw_only=True):
     cancelled: int = 0
 
 
+def counts_by_status(outcomes: OutcomeHistogram) -> dict[str, int]:
+    """How many final tasks have each final status (the abort criteria's counts)."""
+    return {
+        "resolved": sum(outcomes.resolved.values()),
+        "error": sum(outcomes.error.values()),
+        "timeout": outcomes.timeout,
+        "expired": outcomes.expired,
+        "cancelled": outcomes.cancelled,
+    }
+
+
 # The job view's fields, as the OpenAPI document describes them.
 OUTCOMES_DOC = msgspec.Meta(
     description="final tasks by status, resolved and error ones by answer code; counted as "

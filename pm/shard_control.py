@@ -46,7 +46,7 @@ from .cluster._control import (
     write_change,
 )
 from .job_options import AbortCriterion, HoldReason, JobOptions
-from .outcomes import OutcomeHistogram
+from .outcomes import OutcomeHistogram, counts_by_status
 from .rollout import AbortWatch
 from .schemas import JobStatus
 from .state import JobRecord
@@ -237,13 +237,7 @@ async def _tell(part: ShardJob, message: FollowJobWide) -> None:
 def _log_trip(
     row: ControlRow, criterion: AbortCriterion, index: int, outcomes: OutcomeHistogram
 ) -> None:
-    settled = (
-        sum(outcomes.resolved.values())
-        + sum(outcomes.error.values())
-        + outcomes.timeout
-        + outcomes.expired
-        + outcomes.cancelled
-    )
+    settled = sum(counts_by_status(outcomes).values())
     logger.warning(
         "job %d: abort criterion %d tripped job-wide (%s at %g%% of %d outcomes): %s",
         row.id,

@@ -144,9 +144,13 @@ async def test_jobs_are_recounted_from_tasks_and_end_once_with_their_outcomes(
             for task in first:
                 settle(task, "error", 503) if task is first[0] else settle(task)
                 writes.task_changed(task, leases[writes.shard_of(task.device)])
+            first[1].attempts = 2  # sent twice: retried
             writes.job_changed(record)
             await store.sync()
-            running = read(url, "SELECT status, pending_count, finish_count, error_count FROM jobs")
+            running = read(
+                url,
+                "SELECT status, pending_count, finish_count, error_count, retried_count FROM jobs",
+            )
             for task in rest:
                 settle(task, "timeout", None)
                 writes.task_changed(task, leases[writes.shard_of(task.device)])
@@ -158,7 +162,7 @@ async def test_jobs_are_recounted_from_tasks_and_end_once_with_their_outcomes(
             writes.job_changed(record)
             await store.sync()
 
-    assert running == [("dispatching", 6, 3, 1)]
+    assert running == [("dispatching", 6, 3, 1, 1)]
     [(status, finish_at, outcome, outcomes, progress)] = ended
     assert (status, finish_at, outcome, progress) == (
         "timeout",

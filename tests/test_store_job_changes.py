@@ -4,9 +4,20 @@ watcher does. Both engines (``database`` fixture), real time with a hang guard."
 
 from __future__ import annotations
 
+import msgspec
 import trio
 
-from tests.stores import CREATED, DatabaseUnderTest, batch, create_job, running_store, tunnel_for
+from pm.job_options import AbortStatus, JobOptions, RolloutStatus
+from pm.rollout import AbortWatch
+from tests.stores import (
+    CREATED,
+    DatabaseUnderTest,
+    batch,
+    create_job,
+    make_job,
+    running_store,
+    tunnel_for,
+)
 
 GUARD = 15.0
 
@@ -66,3 +77,82 @@ async def test_a_look_reads_the_job_row_and_only_the_tasks_that_can_have_changed
             owner.job_deleted(record.id)
             await owner.sync()
             assert await other.look_at_job(record.id, ()) is None
+
+
+async def test_a_look_shows_the_retried_count_and_the_rollout_and_abort_figures_of_the_row(
+    database: DatabaseUnderTest,
+) -> None:
+    """What a job actor shows live, made from the row (pm/job_wide_view.py): ``retriedCount``
+    as the owner stored it, ``rollout`` after the stored ramp steps with the tasks sent, and
+    each abort criterion's figures on the outcome counts."""
+    options = {
+        "rollout": {
+            "maxInFlight": 2,
+            "ramp": {"factor": 2, "afterSucceeded": 1, "maxInFlight": 8},
+        },
+        "abort": [
+            {"on": "error", "thresholdPercent": 50, "minSettled": 2},
+            {"on": "timeout", "thresholdPercent": 10},
+        ],
+    }
+    with trio.fail_after(GUARD):
+        async with (
+            running_store(database.location) as owner,
+            running_store(database.location) as other,
+        ):
+            entries = batch((["a", "b", "c", "d"], "/x"))
+            job_id, first_task = await owner.allocate_ids(1, 4)
+            record = make_job(job_id, first_task, entries)
+            record.options = msgspec.convert(options, JobOptions)
+            owner.job_created(record, entries)
+            a, b, c, d = record.tasks
+            for task in (a, b, c):
+                record.mark_sent(task, CREATED + 1)
+            # a failed once and went again: retried.
+            record.retry_later(a, "error", None, CREATED + 2, CREATED + 3)
+            record.mark_sent(a, CREATED + 3)
+            record.settle(a, "resolved", {}, CREATED + 4, 200)
+            record.settle(b, "error", {}, CREATED + 4, 500)
+            record.rollout_state.ramp_steps = 1
+            record.rollout_state.tripped.append(0)
+            for task in record.tasks:
+                owner.task_changed(task)
+            owner.job_changed(record)
+            await owner.sync()
+            look = await other.look_at_job(record.id, (), with_tasks=False)
+    assert look is not None
+    view = look.view
+    assert view.retried_count == 1 == record.retried_count
+    assert view.rollout == RolloutStatus(
+        max_in_flight=4, max_per_minute=None, ramp_steps=1, in_flight=1
+    )
+    assert view.abort == [
+        AbortStatus(
+            on="error",
+            threshold_percent=50,
+            min_settled=2,
+            action="cancel",
+            matching=1,
+            settled=2,
+            percent=50.0,
+            tripped=True,
+        ),
+        AbortStatus(
+            on="timeout",
+            threshold_percent=10,
+            min_settled=1,
+            action="cancel",
+            matching=0,
+            settled=2,
+            percent=0.0,
+            tripped=False,
+        ),
+    ]
+    # As the job actor's own watch shows them, on the same outcomes.
+    assert (
+        view.abort
+        == AbortWatch(
+            record.options.abort or [], record.rollout_state, ["resolved", "error"]
+        ).status()
+    )
+    assert d.status == "pending"

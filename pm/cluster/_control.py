@@ -34,7 +34,7 @@ import trio
 
 from ..job_contract import JobStateError
 from ..job_options import DEFAULT_OPTIONS, AbortCriterion, HoldReason, JobOptions
-from ..outcomes import OutcomeHistogram
+from ..outcomes import OutcomeHistogram, counts_by_status
 from ..rollout import RolloutState, matches
 from ..schedule import epoch_to_datetime
 from ..schemas import FINAL_JOB_STATUSES, JobStatus
@@ -145,13 +145,7 @@ def first_trip(
     """The first criterion not tripped before that holds on the job-wide ``outcomes`` (the
     counts every gateway's commit recomputes from the tasks), or ``None``. The test is
     :class:`pm.rollout.AbortWatch`'s, on the counts as they are now."""
-    by_status = {
-        "resolved": sum(outcomes.resolved.values()),
-        "error": sum(outcomes.error.values()),
-        "timeout": outcomes.timeout,
-        "expired": outcomes.expired,
-        "cancelled": outcomes.cancelled,
-    }
+    by_status = counts_by_status(outcomes)
     settled = sum(by_status.values())
     for index, criterion in enumerate(criteria):
         if index in tripped or settled < criterion.min_settled:

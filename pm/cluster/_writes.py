@@ -104,6 +104,7 @@ counts AS (
         count(*) FILTER (WHERE status = 'expired') AS expired,
         count(*) FILTER (WHERE status = 'timeout') AS timed_out,
         count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+        count(*) FILTER (WHERE attempts > 1) AS retried,
         sum(progress) AS progress_sum,
         max(finish_at) AS last_finish
     FROM tasks WHERE job_id IN (SELECT id FROM wished) GROUP BY job_id
@@ -122,6 +123,7 @@ UPDATE jobs SET
     finish_count = c.resolved,
     error_count = c.total - c.pending - c.sent - c.resolved,
     expired_count = c.expired,
+    retried_count = c.retried,
     progress = c.progress_sum / c.total,
     outcomes = CAST(json_build_object(
         'resolved', coalesce((SELECT by_code FROM codes

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..job_options import DEFAULT_OPTIONS, AttemptView, JobOptions
+from ..job_wide_view import add_stored_figures
 from ..outcomes import OutcomeHistogram, summary_outcome
 from ..presence import DevicePresence, Presence
 from ..rollout import RolloutState
@@ -31,8 +32,8 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
     state = (
         RolloutState() if rollout_state is None else _json_decode(rollout_state, type=RolloutState)
     )
-    watched = options is not None and _json_decode(options, type=JobOptions).abort
-    return JobView(
+    decoded = DEFAULT_OPTIONS if options is None else _json_decode(options, type=JobOptions)
+    view = JobView(
         id=job_id,
         created_at=iso_timestamp(created_at),
         finish_at=None if finish_at is None else iso_timestamp(finish_at),
@@ -47,12 +48,14 @@ def job_view(row: tuple[Any, ...], task_ids: list[int]) -> JobView:
         sent_count=sent,
         expired_count=expired,
         holds=[] if holds is None else _json_decode(holds),
-        stopped_by=state.stopped_by if watched else msgspec.UNSET,
+        stopped_by=state.stopped_by if decoded.abort else msgspec.UNSET,
         outcomes=OutcomeHistogram() if outcomes is None else _decode_outcomes(outcomes),
         outcome=outcome,
         eta=None if eta is None else iso_timestamp(eta),
         collection=task_ids,
     )
+    add_stored_figures(view, decoded, state, retried=row[19])
+    return view
 
 
 def _decode_outcomes(text: str) -> OutcomeHistogram:
@@ -84,6 +87,7 @@ def job_row(record: JobRecord) -> tuple[Any, ...]:
         None if record.options == DEFAULT_OPTIONS else _json_encode(record.options).decode(),
         *_rollout_columns(record),
         *_outcome_columns(record),
+        record.retried_count,
     )
 
 
@@ -110,6 +114,7 @@ def job_update(record: JobRecord) -> tuple[Any, ...]:
         record.expired_count,
         *_rollout_columns(record),
         *_outcome_columns(record),
+        record.retried_count,
     )
 
 

@@ -209,6 +209,14 @@ MIGRATIONS: tuple[str, ...] = (
         rate_anchor  REAL
     );
     """,
+    # 10 -> 11: the job's tasks sent more than once (retriedCount) in its row, so a view made
+    # from the row (GET /jobs, a cluster's WebSocket snapshots of a job run elsewhere) shows
+    # it without reading the tasks. A single gateway writes its count with the job's row; a
+    # cluster's commit recounts it from the tasks (pm/cluster/_writes.py). Rows written
+    # before read 0 until their job's row is written again.
+    """
+    ALTER TABLE jobs ADD COLUMN retried_count INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

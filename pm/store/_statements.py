@@ -39,7 +39,7 @@ _JOB_ROW = (
     ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
     ("sent_count", INTEGER), ("expired_count", INTEGER), ("options", TEXT), ("holds", TEXT),
     ("ending", TEXT), ("rollout_state", TEXT), ("outcomes", TEXT), ("outcome", TEXT),
-    ("eta", REAL),
+    ("eta", REAL), ("retried_count", INTEGER),
 )  # fmt: skip
 _ENTRY_ROW = (
     ("job_id", INTEGER), ("position", INTEGER), ("method", TEXT), ("resource", TEXT),
@@ -57,6 +57,7 @@ _JOB_UPDATE = (
     ("error_count", INTEGER), ("progress", INTEGER), ("pending_count", INTEGER),
     ("sent_count", INTEGER), ("expired_count", INTEGER), ("holds", TEXT), ("ending", TEXT),
     ("rollout_state", TEXT), ("outcomes", TEXT), ("outcome", TEXT), ("eta", REAL),
+    ("retried_count", INTEGER),
 )  # fmt: skip
 _TASK_UPDATE = (
     ("id", INTEGER), ("status", TEXT), ("progress", INTEGER), ("result", TEXT),

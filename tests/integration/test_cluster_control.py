@@ -373,13 +373,19 @@ async def test_failed_attempts_are_retried_on_every_gateway_of_a_cluster(
             "batch": [entry(devices, f"/step/{step}") for step in range(steps)],
             "retry": {"on": ["error"], "codes": [503], "max": 10, "delay": 0.05, "factor": 1},
         }
-        async with client(cluster[1]) as poster:
+        async with client(cluster[1]) as poster, client(cluster[0]) as other:
             created = await poster.post("/jobs", json=body)
             assert created.status_code == 200, created.text
             final = await wait_final(poster, created.json()["id"])
+            (listed,) = [
+                job for job in (await other.get("/jobs")).json() if job["id"] == final["id"]
+            ]
     assert (final["status"], final["finishCount"]) == ("resolved", len(devices) * steps), final
     rows = stored_tasks(migrated_postgres_url, final["id"])
     retried = {device for device, _, attempts in rows if attempts > 1}
+    # Job-wide, from the tasks (GET /jobs/{id}) and from the job's row (GET /jobs).
+    retried_tasks = sum(attempts > 1 for _, _, attempts in rows)
+    assert final["retriedCount"] == listed["retriedCount"] == retried_tasks > 0, listed
     # Devices of both gateways had attempts retried (each gateway retries its own tasks).
     assert {any(served_by(gateway, device) for device in retried) for gateway in cluster} == {
         True

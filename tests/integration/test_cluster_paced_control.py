@@ -16,11 +16,14 @@ shards and a few rounds of sends at the devices' latency.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import trio
 
 from pm.rollout import RolloutState
 from tests.integration.brokers import MosquittoBroker
+from tests.integration.test_any_gateway import watch, ws_url
 from tests.integration.test_cluster_control import (
     GUARD,
     ClusterFactory,
@@ -76,14 +79,20 @@ async def test_a_paced_job_aborts_job_wide_and_its_window_held_across_three_gate
             },
             "abort": [{"on": "error", "thresholdPercent": 25, "minSettled": min_settled}],
         }
+        snapshots: list[dict[str, Any]] = []
+        closes: list[int] = []
         async with client(cluster[0]) as poster, client(cluster[1]) as reader:
             created = await poster.post("/jobs", json=body)
             assert created.status_code == 200, created.text
             job_id = created.json()["id"]
+            # A watcher on a third gateway: its snapshots come from the job's row.
+            watcher = ws_url(cluster[2].http_url, job_id, "tasks=none")
+            nursery.start_soon(watch, watcher, snapshots, closes)
             # Fewer than 3 answers: fewer than 3 resolved, no ramp step can have been taken.
             await poll_until(lambda: simulator.stats.answered >= 2)
             before_step = simulator.stats.max_working
             final = await wait_final(reader, job_id)
+            await poll_until(lambda: bool(closes))
     total = len(devices) * steps
     rows = stored_tasks(url, job_id)
     sent = sum(status in {"resolved", "error"} for _, status, _ in rows)
@@ -95,6 +104,17 @@ async def test_a_paced_job_aborts_job_wide_and_its_window_held_across_three_gate
         f" stored rollout state {state}"
     )
     assert final["status"] == "aborted" and final["stoppedBy"] == 0, final
+    # The job-wide figures, in GET /jobs/{id} (the job read with its tasks) and in the last
+    # snapshot of a watcher elsewhere (the job's row alone): the criterion tripped, on the
+    # counts it tripped on (every final task, the cancelled ones too), and the ramp's step.
+    last = snapshots[-1]["job"]
+    assert closes == [1000] and last["status"] == "aborted", (closes, last)
+    for view in (final, last):
+        ((criterion,),) = [view["abort"]]
+        assert criterion["tripped"] is True and criterion["settled"] == total, criterion
+        assert criterion["matching"] == final["outcomes"]["error"]["500"], criterion
+        assert view["rollout"]["rampSteps"] == 1 and view["rollout"]["maxInFlight"] == 4, view
+    assert [view["retriedCount"] for view in (final, last)] == [0, 0]
     assert sent + cancelled == total, rows
     # Tripped at 12 outcomes or soon after (the error share is ~50%, the threshold 25%):
     # what was in flight then, and what each gateway sent before it applied the trip (about
@@ -161,3 +181,7 @@ async def test_a_paced_job_paused_and_resumed_through_other_gateways_keeps_its_w
     assert simulator.stats.max_working == window, simulator.stats
     assert simulator.stats.overlaps == 0
     assert gateways_that_sent(simulator, devices, per_device), "nothing sent after the resume"
+    # Per-device order held through the pause: each device got its steps in job order.
+    for device in devices:
+        resources = [request["resource"] for request in simulator.received_by(device)]
+        assert resources == [f"/step/{step}" for step in range(steps)], (device, resources)
