@@ -12,9 +12,10 @@ plus ``interval``. Each watcher has its own follower (watchers of one job do not
 yet); a watcher of snapshots only reads the job row.
 
 What differs from a local job's feed: the snapshots are the job row's (as ``GET /jobs``
-lists it: no ``retriedCount``, ``rollout`` or ``abort`` blocks), and a task that changed
-several times between two looks is one task message (its latest state), as a watcher that
-lags locally also coalesces.
+lists it; its ``retriedCount``, ``rollout`` and ``abort`` figures made from the row's
+job-wide counts: pm/job_wide_view.py), and a task that changed several times between two
+looks is one task message (its latest state), as a watcher that lags locally also
+coalesces.
 
 Error handling: a look the store cannot make (a storage fault) is retried at the next
 interval, logged once per outage; the watcher meanwhile keeps its last state. Anything
