@@ -140,7 +140,7 @@ async def test_a_paced_job_paused_and_resumed_through_other_gateways_keeps_its_w
     resolves, and the devices never worked on more than 3 of its requests at once, before
     the pause or after the resume, and did on 3."""
     window = 3
-    steps = 4
+    steps = 3
     with trio.fail_after(GUARD):
         cluster = await start_cluster(3)
         posted_to, pauser, resumer = cluster
