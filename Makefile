@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
-# pytest workers for `make test` (pytest-xdist); 0 runs the suite in this process.
+# pytest workers for `make test` (pytest-xdist); 0 runs the suite in this process. Work
+# stealing: a worker that runs out takes queued tests from the other, so the long real-time
+# tests (chaos, cluster, recovery) do not leave one worker idle at the end.
 TEST_WORKERS ?= 2
 
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -35,7 +37,7 @@ run: $(STAMP)
 ## missing)
 test: $(TEST_STAMP) mosquitto postgresql chromium
 	$(BIN)/ruff check pm actors tests bench
-	$(BIN)/pytest -n $(TEST_WORKERS) $(ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 # The tests start their own mosquitto on a free port; this only makes sure the binary exists.
 .PHONY: mosquitto
