@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -38,6 +37,7 @@ from .cluster_engine import ClusterEngine
 from .config import Config, ConfigError, HttpConfig
 from .config_topics import topic_templates
 from .engine import Engine, open_engine
+from .fleet_counters import gateway_fleet_counters
 from .http import HttpCounters, create_app, serve, set_websocket_compression, watch_connections
 from .mqtt import AnswerPathProbe, MqttClient, open_answer_path_probe, open_mqtt_client
 from .protocol import PROBE_DEVICE_ID
@@ -66,7 +66,7 @@ class Gateway:
         engine, mqtt, probe = self.engine, self.mqtt, self.answer_probe
         connected = mqtt is not None and mqtt.connected
         hearing = probe is None or probe.ok
-        actors, dropped = (0, {}) if engine is None else _fleet_figures(engine)
+        fleet = None if engine is None else gateway_fleet_counters(engine)
         return Health(
             status="ok" if connected and hearing else "degraded",
             broker_connected=connected,
@@ -74,8 +74,8 @@ class Gateway:
             embedded_broker_restarts=None if self.broker is None else self.broker.restarts,
             jobs=0 if engine is None else len(engine),
             jobs_running=0 if engine is None else engine.jobs_running,
-            device_actors=actors,
-            dropped_messages=dropped,
+            device_actors=0 if fleet is None else fleet.live_actors,
+            dropped_messages={} if fleet is None else fleet.dropped,
             answer_path=None if probe is None else _answer_path_health(probe),
         )
 
@@ -94,17 +94,6 @@ class Gateway:
         if self.engine is not None:
             due = self.engine.fleet.resend_after_reconnect()
             logger.info("answer subscription restored: %d in-flight requests re-sent", due)
-
-
-def _fleet_figures(engine: Engine) -> tuple[int, dict[str, int]]:
-    """Live device actors and dropped messages by reason, of the engine's fleet and, in a
-    cluster, of the fleet of every shard the gateway serves."""
-    actors, dropped = engine.fleet.live_actors, Counter(engine.fleet.dropped)
-    if isinstance(engine, ClusterEngine) and engine.dispatcher is not None:
-        for service in engine.dispatcher.services.values():
-            actors += service.fleet.live_actors
-            dropped.update(service.fleet.dropped)
-    return actors, dict(dropped)
 
 
 def _answer_path_health(probe: AnswerPathProbe) -> AnswerPathHealth:

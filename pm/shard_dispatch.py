@@ -67,6 +67,7 @@ from .cluster._writes import ClusterWrites
 from .config import Config
 from .device_turns import FleetBudget
 from .devices import Fleet, Publisher
+from .fleet_counters import RetiredFleets
 from .presence import PresenceBook
 from .protocol import TopicTemplates
 from .shard_control import JobWideControl, read_unfinished
@@ -125,6 +126,8 @@ class ShardDispatcher:
         self._wall_clock = wall_clock
         self._poll_interval = max(config.store.commit_interval, MIN_POLL_INTERVAL)
         self.services: dict[int, ShardService] = {}
+        # The counters of the shard fleets no longer served (pm/fleet_counters.py).
+        self.retired = RetiredFleets()
         self._leases: list[ShardLease] | None = None  # reported, not applied yet
         self._refused: set[int] = set()
         self._fenced: set[tuple[int, int]] = set()  # (shard, epoch) never served again
@@ -313,6 +316,7 @@ class ShardDispatcher:
         stopped = [self.services.pop(shard) for shard in shards]
         for service in stopped:
             service.stop()
+            self.retired.retire(service.fleet)
         logger.log(
             level,
             "cluster: stopped serving %d shards (%s): %s; %d job parts and %d requests in "

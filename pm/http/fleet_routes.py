@@ -1,5 +1,9 @@
 """``GET /fleet``: the fleet overview the dashboard's first page shows (:mod:`pm.fleet_overview`).
 
+The task counters and the throughput are this gateway's (:mod:`pm.fleet_counters`: in a
+cluster, summed over the shards it serves and served); devices online and offline and
+``jobsRunning`` are the cluster's.
+
 Kept beside :mod:`pm.http.app`, which registers it after its guards. The throughput sampler
 runs in the app's nursery from ``before_serving``: it lives and dies with the server.
 
@@ -14,6 +18,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from ..engine import Engine
+from ..fleet_counters import gateway_fleet_counters
 from ..fleet_overview import (
     SAMPLE_INTERVAL,
     FleetView,
@@ -28,13 +33,14 @@ from .responses import json_response
 def add_fleet_routes(app: QuartTrio, engine: Engine, health: Callable[[], Health]) -> None:
     """Register ``GET /fleet`` on ``app`` and start its sampler when the app starts serving."""
     history = ThroughputHistory()
-    fleet = engine.fleet
+
+    def totals() -> tuple[int, int]:
+        counters = gateway_fleet_counters(engine)
+        return counters.published, counters.answered
 
     @app.before_serving
     async def start_sampling() -> None:
-        app.nursery.start_soon(
-            sample_throughput, history, lambda: (fleet.published, fleet.answered)
-        )
+        app.nursery.start_soon(sample_throughput, history, totals)
 
     @app.get("/fleet")
     async def fleet_overview() -> TrioResponse:
@@ -44,6 +50,8 @@ def add_fleet_routes(app: QuartTrio, engine: Engine, health: Callable[[], Health
                 online += 1
             elif record.presence == Presence.OFFLINE:
                 offline += 1
+        # This gateway's (in a cluster, its shards'); presence and jobs are the cluster's.
+        fleet = gateway_fleet_counters(engine)
         return json_response(
             FleetView(
                 devices_online=online,

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..fleet_counters import gateway_fleet_counters
 from ..schemas import JOB_STATUSES, TASK_STATUSES, AnswerPathHealth, Health
 
 if TYPE_CHECKING:
@@ -76,7 +77,9 @@ class GatewayCollector(Collector):
         self._finished_counts: dict[int, Counter[str]] = {}
 
     def collect(self) -> Iterator[Metric]:
-        engine, fleet, health = self._engine, self._engine.fleet, self._health()
+        engine, health = self._engine, self._health()
+        # This gateway's: in a cluster, summed over the shards it serves and served.
+        fleet = gateway_fleet_counters(engine)
         jobs: Counter[str] = Counter()
         tasks: Counter[str] = Counter()
         held: set[int] = set()
