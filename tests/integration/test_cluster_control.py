@@ -50,22 +50,7 @@ def start_cluster(
 
     async def start(count: int) -> list[Gateway]:
         gateways = [
-            await start_gateway(
-                cluster={
-                    "enabled": True,
-                    "gateway_id": f"gw-{n}",
-                    "shards": SHARDS,
-                    "lease_ttl": LEASE_TTL,
-                },
-                broker={"embedded": False},
-                mqtt={
-                    "host": mosquitto.host,
-                    "port": mosquitto.port,
-                    "client_id": f"pm-{uuid.uuid4().hex[:8]}",
-                },
-                store={"url": migrated_postgres_url, "commit_interval": COMMIT_INTERVAL},
-                topics={"response": "/remote/{device}/response/{gateway}"},
-            )
+            await start_gateway(**cluster_settings(f"gw-{n}", mosquitto, migrated_postgres_url))
             for n in range(count)
         ]
         share = -(-SHARDS // count)
@@ -81,6 +66,26 @@ def start_cluster(
         return gateways
 
     return start
+
+
+def cluster_settings(gateway_id: str, mosquitto: MosquittoBroker, url: str) -> dict[str, Any]:
+    """The configuration sections of one clustered gateway of these tests."""
+    return {
+        "cluster": {
+            "enabled": True,
+            "gateway_id": gateway_id,
+            "shards": SHARDS,
+            "lease_ttl": LEASE_TTL,
+        },
+        "broker": {"embedded": False},
+        "mqtt": {
+            "host": mosquitto.host,
+            "port": mosquitto.port,
+            "client_id": f"pm-{uuid.uuid4().hex[:8]}",
+        },
+        "store": {"url": url, "commit_interval": COMMIT_INTERVAL},
+        "topics": {"response": "/remote/{device}/response/{gateway}"},
+    }
 
 
 def iso(epoch: float) -> str:
