@@ -43,7 +43,7 @@ class FleetView(msgspec.Struct, rename="camel", kw_only=True):
     devices_offline: int
     # Requests published and awaiting their final answer, now.
     tasks_in_flight: int
-    # Totals since the gateway started.
+    # Totals since the gateway started (in a cluster, this gateway's: pm.fleet_counters).
     tasks_dispatched: int
     tasks_answered: int
     jobs_running: int

@@ -1,10 +1,11 @@
 """``GET /metrics``: the gateway's state in Prometheus text format.
 
-Everything is read at scrape time from the engine, the fleet, the gateway's health and the
-HTTP layer's own counters (a custom :class:`~prometheus_client.registry.Collector`): the
-dispatch path increments nothing for the metrics' sake. Each app has its own
-:class:`~prometheus_client.CollectorRegistry`, so several gateways can run in one process
-(tests) without their metrics mixing.
+Everything is read at scrape time from the engine, the gateway's fleet counters
+(:mod:`pm.fleet_counters`: in a cluster, this gateway's shard fleets, so a sum over the
+gateways gives the cluster's), the gateway's health and the HTTP layer's own counters (a
+custom :class:`~prometheus_client.registry.Collector`): the dispatch path increments nothing
+for the metrics' sake. Each app has its own :class:`~prometheus_client.CollectorRegistry`, so
+several gateways can run in one process (tests) without their metrics mixing.
 
 Cost of a scrape: one pass over the jobs held in memory, plus one over the tasks of each
 running job (a finished job's task counts cannot change, so they are counted once and kept

@@ -305,6 +305,11 @@ def build_openapi(
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus metrics: jobs, tasks, drops, broker, watchers",
+                    "description": (
+                        "In a cluster the fleet series (pm_tasks_dispatched_total, "
+                        "pm_tasks_answered_total, pm_tasks_in_flight, ...) are this gateway's: "
+                        "a sum over the gateways gives the cluster's."
+                    ),
                     "responses": {
                         "200": {
                             "description": "Prometheus text exposition format 0.0.4",

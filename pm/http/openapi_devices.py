@@ -57,7 +57,11 @@ def build_device_paths(
                 "description": (
                     "What the dashboard's fleet page shows. throughput holds one sample per "
                     "sampleInterval seconds (5), oldest first, at most 60; each is the rate of "
-                    "requests published and final answers received over that interval."
+                    "requests published and final answers received over that interval. In a "
+                    "cluster, tasksInFlight, tasksDispatched, tasksAnswered and throughput are "
+                    "this gateway's (the shards it serves and served: add them up over the "
+                    "gateways for the cluster's); devicesOnline, devicesOffline and jobsRunning "
+                    "are the cluster's."
                 ),
                 "responses": {
                     "200": {"description": "the overview", "content": json_content(fleet_view)}
