@@ -1,6 +1,13 @@
 """What the device API answers: each device's presence (:class:`pm.presence.PresenceBook`),
 its stored tasks (:class:`pm.store.Store`) and its task in flight (:class:`pm.devices.Fleet`).
 
+Which fleet: on one gateway the engine's. In a cluster (``cluster.enabled``) the engine's fleet
+dispatches nothing: a device's task in flight and its answer latencies are those of the shard
+fleet serving it if this gateway serves its shard (exact, now); else its task in flight is the
+one the store has as ``sent`` (committed by the gateway serving it, so as of that gateway's
+last commit window, ``store.commit_interval``) and its latency is unknown (null: latencies
+are kept in the serving gateway's memory only).
+
 Read-only: nothing here changes a device, a task or the fleet. Known devices are those some
 presence source spoke of and those some stored task is for; any other id is unknown (404).
 
@@ -11,7 +18,7 @@ device id that is not a valid id raises :class:`pm.protocol.InvalidDeviceId` (40
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .answer_latency import AnswerLatencies
 from .device_views import DeviceTaskView, DeviceView
@@ -20,11 +27,35 @@ from .protocol import normalize_device_id
 from .state import iso_timestamp
 from .store import DeviceTaskQuery, Store
 
+if TYPE_CHECKING:
+    from .engine import Engine
+
 
 class InFlightTasks(Protocol):
     latencies: AnswerLatencies
 
     def task_in_flight(self, device: str) -> int | None: ...
+
+
+FleetOf = Callable[[str], InFlightTasks | None]
+
+
+def fleet_serving(engine: Engine) -> FleetOf:
+    """Which fleet holds a device's task in flight on ``engine``'s gateway: the engine's on one
+    gateway; in a cluster that of the shard serving the device, ``None`` if another gateway
+    serves it (module docstring)."""
+    # Imported here: pm.cluster_engine imports the engine, whose modules import this one's.
+    from .cluster_engine import ClusterEngine
+
+    if not isinstance(engine, ClusterEngine):
+        fleet = engine.fleet
+        return lambda device: fleet
+
+    def shard_fleet(device: str) -> InFlightTasks | None:
+        dispatcher = engine.dispatcher
+        return None if dispatcher is None else dispatcher.fleet_serving(device)
+
+    return shard_fleet
 
 
 def _iso(moment: float | None) -> str | None:
@@ -38,7 +69,9 @@ class DeviceDirectory:
       presence: the engine's presence book.
       store: the engine's store (read after :meth:`Store.sync_for_reading`, so a view
         includes every task change made before the request).
-      fleet: what each device has in flight now, and its recent answer latencies.
+      fleet_of: the fleet that has what a device has in flight now and its recent answer
+        latencies, ``None`` for a device another clustered gateway serves (its task in
+        flight is then read from the store).
       tunnel_for: a device's answer topic (a stored task's ``tunnel``).
     """
 
@@ -46,12 +79,12 @@ class DeviceDirectory:
         self,
         presence: PresenceBook,
         store: Store,
-        fleet: InFlightTasks,
+        fleet_of: FleetOf,
         tunnel_for: Callable[[str], str],
     ) -> None:
         self._presence = presence
         self._store = store
-        self._fleet = fleet
+        self._fleet_of = fleet_of
         self._tunnel_for = tunnel_for
 
     async def list(
@@ -109,9 +142,13 @@ class DeviceDirectory:
 
     async def _views(self, devices: list[str]) -> list[DeviceView]:
         counts = await self._store.task_counts(devices)
+        fleets = {device: self._fleet_of(device) for device in devices}
+        elsewhere = [device for device, fleet in fleets.items() if fleet is None]
+        stored_in_flight = await self._store.sent_tasks(elsewhere) if elsewhere else {}
         views = []
         for device in devices:
             record = self._presence.record(device)
+            fleet = fleets[device]
             views.append(
                 DeviceView(
                     id=device,
@@ -120,8 +157,12 @@ class DeviceDirectory:
                     connected_at=None if record is None else _iso(record.connected_at),
                     disconnected_at=None if record is None else _iso(record.disconnected_at),
                     pending=counts.get(device, {}).get("pending", 0),
-                    in_flight=self._fleet.task_in_flight(device),
-                    latency_p50=self._fleet.latencies.p50(device),
+                    in_flight=(
+                        stored_in_flight.get(device)
+                        if fleet is None
+                        else fleet.task_in_flight(device)
+                    ),
+                    latency_p50=None if fleet is None else fleet.latencies.p50(device),
                     counts=counts.get(device, {}),
                 )
             )

@@ -182,6 +182,11 @@ class ShardDispatcher:
         else:
             self.on_device_answer(device, payload)
 
+    def fleet_serving(self, device: str) -> Fleet | None:
+        """The fleet of ``device``'s shard, ``None`` if this gateway does not serve it."""
+        service = self.services.get(self._writes.shard_of(device))
+        return None if service is None else service.fleet
+
     def on_device_answer(self, device: str, payload: bytes) -> None:
         service = self.services.get(self._writes.shard_of(device))
         if service is None:

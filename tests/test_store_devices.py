@@ -63,3 +63,22 @@ async def test_a_devices_tasks_across_jobs_newest_first(database: DatabaseUnderT
     assert tasks[0].view() == second.tasks[1].view()
     assert counts == {"a": {"pending": 2, "resolved": 1}, "b": {"pending": 1}}
     assert devices == {"a", "b"}
+
+
+async def test_each_devices_sent_task_in_one_read(database: DatabaseUnderTest) -> None:
+    # What a clustered gateway shows as the task in flight of a device another gateway serves.
+    with trio.fail_after(GUARD):
+        async with running_store(database.location) as store:
+            job = await create_job(store, batch(("a", "/1"), ("a", "/2"), ("b", "/1"), ("c", "/1")))
+            a_first, a_second, b_only, c_only = job.tasks
+            a_first.status = "resolved"
+            a_second.status = "sent"
+            b_only.status = "sent"
+            for task in (a_first, a_second, b_only):
+                store.task_changed(task)
+            await store.sync()
+            sent = await store.sent_tasks(["a", "b", "c", "nobody"])
+            nothing = await store.sent_tasks([])
+    # c's task is pending, not sent: nothing in flight.
+    assert sent == {"a": a_second.id, "b": b_only.id}
+    assert nothing == {}

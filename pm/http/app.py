@@ -40,7 +40,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import WebsocketMismatch
 
 from ..config import Config
-from ..device_directory import DeviceDirectory
+from ..device_directory import DeviceDirectory, fleet_serving
 from ..engine import Engine
 from ..schemas import Health, Readiness
 from ..store import StoreUnavailable
@@ -260,7 +260,7 @@ def create_app(
     # what their frames cost, not quart's per-connection and per-frame machinery.
     app.asgi_app = WatchRoute(app.asgi_app, engine, config, counters, guards)  # type: ignore[method-assign]
     directory = DeviceDirectory(
-        engine.presence, engine.store, engine.fleet, engine.topics.response_topic
+        engine.presence, engine.store, fleet_serving(engine), engine.topics.response_topic
     )
     add_device_routes(app, directory, json_response, error_response)
     add_fleet_routes(app, engine, health)

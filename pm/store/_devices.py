@@ -53,6 +53,23 @@ def task_counts(connection: Connection, *, devices: Sequence[str]) -> dict[str, 
     return counts
 
 
+def sent_tasks(connection: Connection, *, devices: Sequence[str]) -> dict[str, int]:
+    # One statement for a page of devices; tasks_by_device (device, id) finds each device's
+    # rows. A device works on one task at a time; should two rows say ``sent`` (a task moved
+    # between shards mid-commit), the newest is the one it works on.
+    if not devices:
+        return {}
+    marks = ", ".join("?" * len(devices))
+    return {
+        device: int(task_id)
+        for device, task_id in connection.execute(
+            f"SELECT device, max(id) FROM tasks WHERE device IN ({marks}) AND status = 'sent'"
+            " GROUP BY device",
+            tuple(devices),
+        )
+    }
+
+
 def device_tasks(
     connection: Connection, *, device: str, query: DeviceTaskQuery
 ) -> tuple[list[TaskRecord], int]:

@@ -42,6 +42,7 @@ from ._devices import (
     device_tasks,
     devices_with_tasks,
     load_presences,
+    sent_tasks,
     task_counts,
 )
 from ._errors import StoreUnavailable
@@ -362,6 +363,11 @@ class Store:
     async def task_counts(self, devices: Sequence[str]) -> dict[str, dict[str, int]]:
         """Committed tasks of each device by status (devices without tasks left out)."""
         return await self._in_thread(partial(task_counts, devices=devices))
+
+    async def sent_tasks(self, devices: Sequence[str]) -> dict[str, int]:
+        """The committed task each device has been sent and not yet answered (devices without
+        one left out): its task in flight as of the last commit of whichever gateway serves it."""
+        return await self._in_thread(partial(sent_tasks, devices=devices))
 
     async def device_tasks(
         self, device: str, query: DeviceTaskQuery
