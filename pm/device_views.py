@@ -31,14 +31,21 @@ class DeviceView(msgspec.Struct, rename="camel", kw_only=True):
     disconnected_at: str | None
     # Its tasks not yet sent (status "pending"), across jobs.
     pending: int
-    # The id of the task it is working on now, if any.
-    in_flight: int | None
+    in_flight: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="the id of the task it is working on now, if any. In a cluster, "
+            "through a gateway that does not serve its shard: its task stored as sent, as of "
+            "the serving gateway's last commit"
+        ),
+    ]
     latency_p50: Annotated[
         float | None,
         msgspec.Meta(
             description="median seconds from publishing a request to the device's final "
             "answer, over its last 32 answered tasks since the gateway started (kept in "
-            "memory only); null before its first answer"
+            "memory only); null before its first answer, and in a cluster through a gateway "
+            "that does not serve its shard"
         ),
     ]
     # Its stored tasks by status (every status it has tasks in).
