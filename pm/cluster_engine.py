@@ -48,6 +48,7 @@ from .config import Config, ConfigError
 from .devices import Publisher
 from .engine import Engine
 from .jobs import Job
+from .outcomes import SettleRate
 from .schemas import JobRequest, JobView
 from .shard_dispatch import ShardDispatcher
 from .state import JobRecord
@@ -144,10 +145,19 @@ class ClusterEngine(Engine):
     async def find(self, job_id: int) -> Job | None:
         """As :meth:`pm.engine.Engine.find` (every job is read from the store here); a paced
         job's ``rollout`` shows its job-wide pacing: the window and rate after the ramp steps
-        its coordinator stored, and its tasks sent and not settled as committed."""
+        its coordinator stored, and its tasks sent and not settled as committed; its ``eta``
+        is at the job-wide rate its tasks settled at (every gateway's), as the stored row's
+        (pm/cluster/_writes.py)."""
         job = await super().find(job_id)
-        if job is not None and job.record.pacer is not None:
-            job.record.pacer.in_flight = job.record.sent_count
+        if job is None:
+            return None
+        record = job.record
+        if record.pacer is not None:
+            record.pacer.in_flight = record.sent_count
+        if not record.final:
+            record.settle_rate = SettleRate.of_settle_times(
+                task.finish_at for task in record.tasks if task.finish_at is not None
+            )
         return job
 
     async def submit(self, request: JobRequest) -> Job:

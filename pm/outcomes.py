@@ -7,6 +7,7 @@ from its stored tasks (their answer codes are stored with them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -130,6 +131,17 @@ class SettleRate:
         self.first: float | None = None
         self.latest = 0.0
         self.settled = 0
+
+    @classmethod
+    def of_settle_times(cls, times: Iterable[float]) -> SettleRate:
+        """The rate of tasks that settled at ``times`` (any order): for a view of a job read
+        from the store, whose tasks settled on several gateways (pm/cluster_engine.py)."""
+        rate = cls()
+        for moment in times:
+            rate.first = moment if rate.first is None else min(rate.first, moment)
+            rate.latest = max(rate.latest, moment)
+            rate.settled += 1
+        return rate
 
     def observe(self, now: float) -> None:
         """A task settled at ``now`` (epoch seconds)."""

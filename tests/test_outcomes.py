@@ -9,6 +9,7 @@ from pm.outcomes import (
     MAX_CACHED_CODES,
     OutcomeCounter,
     OutcomeHistogram,
+    SettleRate,
     summary_outcome,
 )
 from pm.state import JobRecord
@@ -90,3 +91,14 @@ def test_the_code_key_cache_is_bounded_whatever_devices_answer() -> None:
         counter.add("error", code)
     assert len(counter.error) == MAX_CACHED_CODES + 50
     assert len(_CODE_KEYS) <= MAX_CACHED_CODES
+
+
+def test_a_rate_from_settle_times_in_any_order_is_the_observed_ones() -> None:
+    # Tasks settled on several gateways are read back in task order, not settle order.
+    observed = SettleRate()
+    for moment in (10.0, 12.0, 16.0):
+        observed.observe(moment)
+    read_back = SettleRate.of_settle_times([16.0, 10.0, 12.0])
+    assert read_back.eta(3) == observed.eta(3) == 16.0 + 3 * 3.0
+    assert SettleRate.of_settle_times([5.0]).eta(1) is None
+    assert SettleRate.of_settle_times([]).eta(1) is None

@@ -25,6 +25,10 @@ In that transaction, after the store's own statements:
    part has the job's deadline), else the job's ``ending`` when it was stopped job-wide
    (``cancelled``, ``aborted``: pm/cluster/_control.py), else what that part ended with.
    A job paused job-wide stays ``paused`` while it has tasks unsettled.
+   Its ``eta`` is derived as a single gateway's (:class:`pm.outcomes.SettleRate`) from the
+   job-wide settle times of its tasks (every gateway's): the latest settle plus the tasks
+   unsettled at the rate seen from the first settle to the latest; NULL until two tasks
+   settled at different instants, and once final.
 
 PostgreSQL only (``FOR SHARE`` in the fence, ``FILTER``, ``json_object_agg``).
 
@@ -106,7 +110,9 @@ counts AS (
         count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
         count(*) FILTER (WHERE attempts > 1) AS retried,
         sum(progress) AS progress_sum,
-        max(finish_at) AS last_finish
+        max(finish_at) AS last_finish,
+        min(finish_at) AS first_finish,
+        count(finish_at) AS settled
     FROM tasks WHERE job_id IN (SELECT id FROM wished) GROUP BY job_id
 ),
 codes AS (
@@ -149,7 +155,11 @@ UPDATE jobs SET
     finish_at = CASE
         WHEN jobs.finish_at IS NOT NULL THEN jobs.finish_at
         WHEN {_UNSETTLED} = 0 THEN c.last_finish END,
-    eta = NULL
+    eta = CASE
+        WHEN jobs.finish_at IS NOT NULL OR {_UNSETTLED} = 0 OR c.settled < 2
+            OR c.last_finish <= c.first_finish THEN NULL
+        ELSE c.last_finish
+            + {_UNSETTLED} * (c.last_finish - c.first_finish) / (c.settled - 1) END
 FROM counts AS c JOIN wished AS w ON w.id = c.job_id
 WHERE jobs.id = c.job_id
 """
