@@ -75,3 +75,21 @@ async def read_packet(reader: asyncio.StreamReader) -> bytes:
         multiplier *= 128
         if not packet[-1] & 0x80:
             return packet + await reader.readexactly(length)
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def subscriber_and_publisher(
+    host: str, port: int, topic_filter: str
+) -> tuple[Stream, Stream]:
+    """Two connected MQTT clients of a broker: ``sub``, subscribed to ``topic_filter`` at QoS 1,
+    and ``pub`` (each CONNACK and the SUBACK checked)."""
+    subscriber = await asyncio.open_connection(host, port)
+    publisher = await asyncio.open_connection(host, port)
+    for (reader, writer), client_id in ((subscriber, "sub"), (publisher, "pub")):
+        writer.write(connect_packet(client_id))
+        assert (await read_packet(reader))[:1] == b"\x20"  # CONNACK
+    subscriber[1].write(subscribe_packet(topic_filter, 1, qos=1))
+    assert (await read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
+    return subscriber, publisher

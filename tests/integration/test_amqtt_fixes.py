@@ -23,6 +23,7 @@ from tests.integration.mqtt_packets import (
     publish_qos1_packet,
     read_packet,
     subscribe_packet,
+    subscriber_and_publisher,
 )
 from tests.waiting import poll_until
 
@@ -290,13 +291,7 @@ async def _check_timers_per_message(messages: int) -> None:
     await broker.start()
     try:
         host, port = bound_endpoint(broker)
-        subscriber = await asyncio.open_connection(host, port)
-        publisher = await asyncio.open_connection(host, port)
-        for (reader, writer), client_id in ((subscriber, "sub"), (publisher, "pub")):
-            writer.write(connect_packet(client_id))
-            assert (await read_packet(reader))[:1] == b"\x20"  # CONNACK
-        subscriber[1].write(subscribe_packet("burst/x", 1, qos=1))
-        assert (await read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
+        subscriber, publisher = await subscriber_and_publisher(host, port, "burst/x")
 
         loop = asyncio.get_running_loop()
         timers = 0

@@ -12,11 +12,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from tests.integration.mqtt_packets import (
-    connect_packet,
     puback_packet,
     publish_qos1_packet,
     read_packet,
-    subscribe_packet,
+    subscriber_and_publisher,
 )
 
 GUARD_SECONDS = 30.0
@@ -81,13 +80,7 @@ async def _relay_burst(messages: int, padding: bytes) -> tuple[int, int]:
     await broker.start()
     try:
         host, port = bound_endpoint(broker)
-        subscriber = await asyncio.open_connection(host, port)
-        publisher = await asyncio.open_connection(host, port)
-        for (reader, writer), client_id in ((subscriber, "sub"), (publisher, "pub")):
-            writer.write(connect_packet(client_id))
-            assert (await read_packet(reader))[:1] == b"\x20"  # CONNACK
-        subscriber[1].write(subscribe_packet("burst/+", 1, qos=1))
-        assert (await read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
+        subscriber, publisher = await subscriber_and_publisher(host, port, "burst/+")
         burst = b"".join(
             publish_qos1_packet(f"burst/{n}", n, b'{"id":%d}' % n + padding)
             for n in range(1, messages + 1)
