@@ -61,6 +61,8 @@ LIBRARIES = (
 # carry the change into our code, then update the digest.
 PINNED: dict[str, dict[str, str]] = {
     "amqtt": {
+        "amqtt.adapters:ReaderAdapter.feed_eof": "fa376a147c7b03bf",
+        "amqtt.adapters:ReaderAdapter.read": "df37082e4d5c0561",
         "amqtt.adapters:StreamWriterAdapter._writer": "a4210c7dd24c77ae",
         "amqtt.adapters:StreamWriterAdapter.close": "9f228a1f968d964e",
         "amqtt.adapters:StreamWriterAdapter.write": "a204e5a548e08184",
@@ -122,6 +124,7 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.mqtt.protocol.handler:ProtocolHandler.start": "684c58c16be73a2d",
         "amqtt.plugins.base:BaseAuthPlugin.authenticate": "474dbca3f34cfbdd",
         "amqtt.plugins.base:BaseTopicPlugin.topic_filtering": "001653f7e521a4b7",
+        "amqtt.plugins.manager:PluginManager._event_plugin_callbacks": "cf0ecea3307f7332",
         "amqtt.plugins.manager:PluginManager._is_topic_filtering_enabled": "4db198cf0eca0772",
     },
     "paho.mqtt": {

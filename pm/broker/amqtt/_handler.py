@@ -1,15 +1,13 @@
-"""amqtt's broker-side connection handler with fixes 6, 7 and 9 of
+"""amqtt's broker-side connection handler with fixes 6, 7, 9 and 13 of
 :mod:`pm.broker.amqtt._broker`: the keepalive enforced, a PUBACK wait that outlasts a burst,
-and no timer per packet."""
+no timer per packet, and the hot packets taken where they are read."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Callable
 from typing import Any
 
-from amqtt.broker import BrokerProtocolHandler
 from amqtt.errors import AMQTTError, MQTTError, NoDataError, ProtocolHandlerError
 from amqtt.events import MQTTEvents
 from amqtt.mqtt import packet_class
@@ -47,6 +45,9 @@ from amqtt.mqtt.subscribe import SubscribePacket
 from amqtt.mqtt.unsuback import UnsubackPacket
 from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
+
+from ._hot_packets import HotPacketHandler
+from ._incoming import IncomingBytes
 
 # Packet type -> the handler method amqtt's reader loop dispatches it to.
 _HANDLERS: dict[int, str] = {
@@ -131,7 +132,7 @@ KEEPALIVE_GRACE = 1.5
 PUBACK_TIMEOUT = 60.0
 
 
-class ConnectionHandler(BrokerProtocolHandler):
+class ConnectionHandler(HotPacketHandler):
     """amqtt's broker-side protocol handler with three fixes.
 
     Keepalive (fix 6): amqtt 0.12.1 reads each packet header with the session's keepalive as
@@ -163,11 +164,17 @@ class ConnectionHandler(BrokerProtocolHandler):
     async def _reader_loop(self) -> None:
         # amqtt 0.12.1's ProtocolHandler._reader_loop with the keepalive checked by a watchdog
         # instead of a wait_for per packet (fix 9), a PUBACK handled here instead of in a task
-        # of its own (it only resolves a waiter), and the debug lines dropped.
+        # of its own (it only resolves a waiter), the hot packets taken without a task where
+        # they are read (fix 13: from the buffer here, and from data_received while this loop
+        # waits at a packet boundary), and the debug lines dropped.
         if self.session is None or self._reader_ready is None:
             raise ProtocolHandlerError("Reader started before the handler was attached")
-        running_tasks: collections.deque[asyncio.Task[None]] = collections.deque()
         watchdog = _KeepaliveWatchdog(self.session.keep_alive, self.handle_read_timeout)
+        self.start_taking(watchdog.packet_read)
+        running_tasks = self.handler_tasks
+        incoming = self.reader if isinstance(self.reader, IncomingBytes) else None
+        if incoming is not None:
+            incoming.hot_packets = self
         try:
             while True:
                 try:
@@ -177,7 +184,14 @@ class ConnectionHandler(BrokerProtocolHandler):
                     if self.reader is None:
                         self.logger.warning("Reader is not initialized!")
                         break
-                    fixed_header = await MQTTFixedHeader.from_stream(self.reader)
+                    if incoming is not None:
+                        incoming.take_hot_packets()
+                        incoming.at_packet_boundary = True
+                    try:
+                        fixed_header = await MQTTFixedHeader.from_stream(self.reader)
+                    finally:
+                        if incoming is not None:
+                            incoming.at_packet_boundary = False
                     if not fixed_header:
                         break  # EOF
                     if fixed_header.packet_type in (RESERVED_0, RESERVED_15):
@@ -202,7 +216,7 @@ class ConnectionHandler(BrokerProtocolHandler):
                         )
                     elif handle in _INLINE:
                         await getattr(self, handle)(packet)
-                    else:
+                    elif not self._took_publish(packet):
                         running_tasks.append(asyncio.create_task(getattr(self, handle)(packet)))
                 except MQTTError:
                     self.logger.debug("Message discarded")
@@ -217,6 +231,9 @@ class ConnectionHandler(BrokerProtocolHandler):
                     break
         finally:
             watchdog.cancel()
+            self.stop_taking()
+            if incoming is not None:
+                incoming.hot_packets = None
         # Handlers of packets read in this turn have not started yet (amqtt's wait_for yielded
         # after every packet, so its handlers had): let each take its first step, which queues
         # a PUBLISH for delivery, before the rest is cancelled as amqtt does. A stop() arriving
@@ -231,6 +248,24 @@ class ConnectionHandler(BrokerProtocolHandler):
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
+
+    def _took_publish(self, packet: object) -> bool:
+        """A PUBLISH amqtt's path read (one cut across reads, say) taken as a hot one (fix
+        13) when that is what amqtt's task would do; False leaves it to that task."""
+        if not isinstance(packet, PublishPacket) or not self.can_take_hot_packets():
+            return False
+        qos = packet.qos
+        if qos > 1 or (qos == 0 and packet.dup_flag) or packet.topic_name is None:
+            return False
+        header = packet.variable_header
+        data = packet.data
+        if header is None or data is None:
+            return False
+        first_byte = packet.fixed_header.flags if packet.fixed_header is not None else 0
+        self.take_publish(
+            packet.topic_name, bytes(data), header.packet_id, qos, first_byte & 0x08, first_byte
+        )
+        return True
 
     async def _send_packet(self, packet: Any) -> None:  # noqa: ANN401 - any amqtt packet
         # amqtt 0.12.1's ProtocolHandler._send_packet without re-arming the keepalive write

@@ -1,4 +1,4 @@
-"""How our amqtt broker accepts TCP connections (fixes 8 and 11 of
+"""How our amqtt broker accepts TCP connections (fixes 8, 11 and 13 of
 :mod:`pm.broker.amqtt._broker`, which has the whole list and the pinning policy).
 
 Fix 8, a listen backlog for fleets: amqtt listens with asyncio's default backlog of 100, which
@@ -8,6 +8,11 @@ Fix 11, one write per connection and loop turn: amqtt sends every packet with it
 call; here each connection writes through a
 :class:`pm.broker.amqtt._writes.CoalescingStreamWriter`, so the packets it is sent in one turn
 of the event loop go together.
+
+Fix 13, hot packets taken where they are read: each connection is read by a
+:class:`pm.broker.amqtt._incoming.ConnectionProtocol` instead of asyncio's ``StreamReader``, so
+the PUBLISH and PUBACK packets of a read are handled in ``data_received`` without waking the
+connection's reader task.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import functools
 import ssl
 from typing import Any
 
-from amqtt.adapters import StreamReaderAdapter
 from amqtt.contexts import ListenerType
 
+from ._incoming import ConnectionProtocol, IncomingBytes
 from ._routing import RoutingBroker
 from ._writes import CoalescingStreamWriter, WriteCoalescer
 
@@ -31,7 +36,8 @@ LISTEN_BACKLOG = 4096
 
 
 class ListeningBroker(RoutingBroker):
-    """amqtt's broker with its TCP listeners' backlog and writers replaced (fixes 8 and 11).
+    """amqtt's broker with its TCP listeners' backlog, readers and writers replaced (fixes 8,
+    11 and 13).
 
     Error handling: as amqtt's (a listener that cannot bind fails ``start``; a connection's
     errors are handled by its protocol handler).
@@ -50,13 +56,16 @@ class ListeningBroker(RoutingBroker):
         port: int,
         ssl_context: ssl.SSLContext | None,
     ) -> Any:  # noqa: ANN401 - asyncio.Server, or amqtt's websockets server
-        # amqtt 0.12.1's Broker._create_server_instance, TCP case, with LISTEN_BACKLOG.
+        # amqtt 0.12.1's Broker._create_server_instance, TCP case, with LISTEN_BACKLOG and
+        # asyncio.start_server's protocol replaced by ConnectionProtocol (fix 13).
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
             )
-        return await asyncio.start_server(
-            functools.partial(self.stream_connected, listener_name=listener_name),
+        loop = asyncio.get_running_loop()
+        connected = functools.partial(self.stream_connected, listener_name=listener_name)
+        return await loop.create_server(
+            lambda: ConnectionProtocol(connected, loop),
             address,
             port,
             reuse_address=True,
@@ -65,11 +74,13 @@ class ListeningBroker(RoutingBroker):
         )
 
     async def stream_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+        self,
+        reader: IncomingBytes,  # type: ignore[override]
+        writer: asyncio.StreamWriter,
+        listener_name: str,
     ) -> None:
-        # amqtt 0.12.1's Broker.stream_connected with the coalescing writer (fix 11).
+        # amqtt 0.12.1's Broker.stream_connected with our reader (fix 13) and the coalescing
+        # writer (fix 11).
         await self._client_connected(
-            listener_name,
-            StreamReaderAdapter(reader),
-            CoalescingStreamWriter(writer, self._write_coalescer),
+            listener_name, reader, CoalescingStreamWriter(writer, self._write_coalescer)
         )
