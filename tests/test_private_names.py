@@ -100,6 +100,8 @@ PINNED: dict[str, dict[str, str]] = {
         "amqtt.broker:Broker.stream_connected": "d1c68240cb49f94a",
         "amqtt.contrib.auth_db.managers:TopicManager.__aexit__": "25cf7885dbb18116",
         "amqtt.contrib.auth_db.managers:UserManager.__aexit__": "25cf7885dbb18116",
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler._pending_subscriptions": "ca08d7de79be9a17",  # noqa: E501 - a qualified name
+        "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler._pending_unsubscriptions": "b35706cd6acc3002",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_pingreq": "de126279f40d7031",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.handle_read_timeout": "ffd79f12457f41e1",  # noqa: E501 - a qualified name
         "amqtt.mqtt.protocol.broker_handler:BrokerProtocolHandler.mqtt_acknowledge_subscription": "002366e76dc0b16a",  # noqa: E501 - a qualified name

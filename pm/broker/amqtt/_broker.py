@@ -84,6 +84,7 @@ from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
 from ._handler import KEEPALIVE_GRACE, ConnectionHandler
+from ._hot_packets import HotPacketHandler
 from ._listening import ListeningBroker
 
 # Seconds between scans for disconnected sessions when no connection was seen ending.
@@ -253,6 +254,11 @@ class PuppetmasterBroker(ListeningBroker):
         unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
         wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
         waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+        # Fix 13: while every waiter waits (and their queues are empty) nothing of this client
+        # is on its way through this loop, so its hot messages may be routed at once.
+        hot = handler if isinstance(handler, HotPacketHandler) else None
+        if hot is not None:
+            hot.route_published, hot.message_loop_waiters = self.route_published_now, waiters
         try:
             while True:
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -277,6 +283,8 @@ class PuppetmasterBroker(ListeningBroker):
                     await self._handle_disconnect(client_session, handler, disconnect_waiter)
                     break
                 waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+                if hot is not None:
+                    hot.message_loop_waiters = waiters
         except asyncio.CancelledError:
             pass  # amqtt's loop ends quietly when cancelled
         finally:

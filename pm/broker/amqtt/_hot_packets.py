@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
+from typing import Any
 
 from amqtt.broker import BrokerProtocolHandler
 from amqtt.events import MQTTEvents
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import IncomingApplicationMessage
+from amqtt.session import IncomingApplicationMessage, Session
 
 _PUBACK_FIRST_BYTE = 0x40
 _PUBLISH_TYPE = 3
@@ -63,6 +64,12 @@ class HotPacketHandler(BrokerProtocolHandler):
     :meth:`start_taking` when it starts and :meth:`stop_taking` when it ends; between the two
     :attr:`handler_tasks` holds the tasks it started for packets of amqtt's path.
     """
+
+    #: Set by the broker's message loop for this connection (fix 13): routes a message at
+    #: once, or returns False; and what the loop waits on (a message, a subscription, an
+    #: unsubscription, the disconnect).
+    route_published: Callable[[Session, str, bytes, int, bool], bool] | None = None
+    message_loop_waiters: list[asyncio.Future[Any]] = []  # noqa: RUF012 - replaced, never mutated
 
     def start_taking(self, packet_read: Callable[[], None]) -> None:
         self.handler_tasks: collections.deque[asyncio.Task[None]] = collections.deque()
@@ -136,18 +143,39 @@ class HotPacketHandler(BrokerProtocolHandler):
         """amqtt's ``handle_publish`` for QoS 0 (without DUP) and 1, without a task: the
         message onto the session's delivery queue, then (QoS 1) its PUBACK."""
         retain = bool(first_byte & _RETAIN)
-        message = IncomingApplicationMessage(packet_id, topic, qos, payload, retain)
-        # The broker reads its retain flag (and plugins may read it) as amqtt's path sets it.
-        message.publish_packet = PublishPacket.build(
-            topic, payload, packet_id, bool(dup), qos, retain
-        )
         session = self.session
         assert session is not None  # can_take_hot_packets checked it
-        session.delivered_message_queue.put_nowait(message)
+        queue = session.delivered_message_queue
+        route = self.route_published
+        if (
+            route is None
+            or not self._message_loop_idle()
+            or not queue.empty()
+            or not route(session, topic, payload, qos, retain)
+        ):
+            # Through the connection's message loop, behind what is on its way there.
+            message = IncomingApplicationMessage(packet_id, topic, qos, payload, retain)
+            # The broker reads its retain flag (and plugins may read it) as amqtt's path
+            # sets it.
+            message.publish_packet = PublishPacket.build(
+                topic, payload, packet_id, bool(dup), qos, retain
+            )
+            queue.put_nowait(message)
         if qos and self.writer is not None and packet_id is not None:
             # The message is not handled again, so nothing reads its puback_packet, which
             # amqtt sets to the PubackPacket it writes.
             self.writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+
+    def _message_loop_idle(self) -> bool:
+        """Whether the message loop waits on everything with nothing queued for it: no
+        message, subscription or unsubscription of this client is on its way through it."""
+        waiters = self.message_loop_waiters
+        return (
+            bool(waiters)
+            and not any(waiter.done() for waiter in waiters)
+            and self._pending_subscriptions.empty()
+            and self._pending_unsubscriptions.empty()
+        )
 
     def _acknowledged(self, packet_id: int) -> None:
         # amqtt 0.12.1's ProtocolHandler.handle_puback, its warnings included.

@@ -21,8 +21,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
+from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.session import Session
 from amqtt.utils import format_client_message
@@ -94,6 +95,38 @@ class RoutingBroker(Broker):
             self._del_subscription(topic_filter, session)
             if not self._subscriptions.get(topic_filter, True):
                 del self._subscriptions[topic_filter]
+
+    # -- fix 13: a hot PUBLISH routed where it is read ---------------------------------------
+
+    def route_published_now(
+        self, session: Session, topic: str, data: bytes, qos: int, retain: bool
+    ) -> bool:
+        """What amqtt's ``_handle_message_delivery`` does with a valid message a client
+        published (queue it for routing, then retain it or clear the retained one), without
+        its awaits; False, having done nothing, where amqtt's path could do otherwise: a
+        plugin listening to message events or filtering topics, or a topic amqtt refuses
+        (it warns, and closes the connection for an empty or wildcard one)."""
+        manager = self.plugins_manager
+        callbacks = manager._event_plugin_callbacks
+        if (
+            not topic
+            or "#" in topic
+            or "+" in topic
+            or topic[0] == "$"
+            or manager.is_topic_filtering_enabled()
+            or BrokerEvents.MESSAGE_RECEIVED in callbacks
+            or BrokerEvents.MESSAGE_BROADCAST in callbacks
+            or BrokerEvents.RETAINED_MESSAGE in callbacks
+        ):
+            return False
+        self._broadcast_queue.put_nowait({"session": session, "topic": topic, "data": data})
+        if retain:
+            retained = self._retained_messages
+            if data:
+                retained[topic] = RetainedApplicationMessage(session, topic, data, qos)
+            elif topic in retained:
+                retained[topic].data = b""  # amqtt keeps the cleared message, emptied
+        return True
 
     def _matching_filters(self, topic: str) -> Iterable[tuple[str, Holders]]:
         """The (filter, holders) pairs a message on ``topic`` goes to; what amqtt finds by
