@@ -14,8 +14,9 @@ path could behave differently: while a handler task of this connection is still 
 SUBSCRIBE, a PUBLISH read by amqtt's path: a message taken now would overtake it), while
 another coroutine holds the write lock or the transport asked to stop writing (amqtt would
 wait in ``drain``), and when a plugin listens to packet events. A QoS 0 PUBLISH with the DUP
-flag (amqtt warns and drops it), a QoS 2 one, a topic that is not UTF-8 or a malformed packet
-stops the taking at that packet, for amqtt's path.
+flag (amqtt warns and drops it), a QoS 2 one, a topic that is not UTF-8 or holds a wildcard
+(amqtt's parser refuses it), or a malformed packet stops the taking at that packet, for
+amqtt's path.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class HotPacketHandler(BrokerProtocolHandler):
                     topic = bytes(data[body + 2 : topic_end]).decode()
                 except UnicodeDecodeError:
                     break  # amqtt names such a topic by its bytes' repr
+                if "#" in topic or "+" in topic:
+                    break  # amqtt's parser refuses it (and discards the packet)
                 packet_id = ((data[topic_end] << 8) | data[topic_end + 1]) if qos else None
                 self.take_publish(
                     topic, bytes(data[payload_start:end]), packet_id, qos, first & _DUP, first

@@ -105,13 +105,12 @@ class RoutingBroker(Broker):
         published (queue it for routing, then retain it or clear the retained one), without
         its awaits; False, having done nothing, where amqtt's path could do otherwise: a
         plugin listening to message events or filtering topics, or a topic amqtt refuses
-        (it warns, and closes the connection for an empty or wildcard one)."""
+        (it warns, and closes the connection for an empty one; the hot packets' parser
+        leaves a wildcard topic to amqtt's, which refuses it)."""
         manager = self.plugins_manager
         callbacks = manager._event_plugin_callbacks
         if (
             not topic
-            or "#" in topic
-            or "+" in topic
             or topic[0] == "$"
             or manager.is_topic_filtering_enabled()
             or BrokerEvents.MESSAGE_RECEIVED in callbacks
