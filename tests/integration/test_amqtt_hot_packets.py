@@ -153,8 +153,9 @@ def reads_by_the_broker() -> Iterator[asyncio.Queue[bytes]]:
 
 def test_packets_cut_across_reads_are_delivered_whole_and_in_order() -> None:
     """A stream of QoS 1 and QoS 0 PUBLISHes written in pieces, each piece read by the broker
-    before the next is written: cut inside a two-byte remaining length, inside a topic,
-    inside a payload, and between packets. Every message arrives whole, in order, and every
+    before the next is written: cut inside a two-byte remaining length (once where the rest
+    of it reads like a packet of its own), inside a topic, inside a payload, and between
+    packets. Every message arrives whole, in order, and every
     QoS 1 one is acknowledged in order."""
     asyncio.run(asyncio.wait_for(_publish_in_pieces(), GUARD_SECONDS))
 
@@ -163,20 +164,28 @@ async def _publish_in_pieces() -> None:
     async with running_broker() as (host, port):
         subscriber, publisher = await subscriber_and_publisher(host, port, "cut/#")
         long_payload = b"L" * 300  # a remaining length of two bytes
+        # A remaining length whose second byte reads as a PUBACK's first (0x40: 8,192-8,319)
+        # followed by a topic length of 0x0203: read from that byte as if a packet started
+        # there, it is a PUBACK (0x40 0x02 ...) and the stream is lost.
+        long_topic = "cut/" + "t" * (0x0203 - 4)
+        tricky_payload = b"T" * (8200 - 2 - 0x0203)
         packets = [
             publish_qos1_packet("cut/a", 1, b"first"),
             publish_qos1_packet("cut/b", 2, long_payload),
             publish_qos0_packet("cut/c", b"third"),
             publish_qos1_packet("cut/d", 3, b"fourth"),
+            publish_qos0_packet(long_topic, tricky_payload),
             publish_qos1_packet("cut/e", 4, b"fifth"),
         ]
         stream = b"".join(packets)
         second = len(packets[0])
+        tricky = sum(len(packet) for packet in packets[:4])
         cuts = [
             second + 2,  # inside the second packet's remaining length
             second + 6,  # inside its topic
             second + 100,  # inside its payload
             second + len(packets[1]),  # between packets
+            tricky + 2,  # after the first byte of a remaining length of two
             len(stream) - 3,  # inside the last packet's payload
         ]
         with reads_by_the_broker() as chunks:
@@ -193,10 +202,37 @@ async def _publish_in_pieces() -> None:
             ("cut/b", long_payload),
             ("cut/c", b"third"),
             ("cut/d", b"fourth"),
+            (long_topic, tricky_payload),
             ("cut/e", b"fifth"),
         ]
         assert [await read_packet(publisher[0]) for _ in range(4)] == [
             puback_packet(n) for n in (1, 2, 3, 4)
+        ]
+        for _, writer in (subscriber, publisher):
+            writer.close()
+
+
+def test_a_message_larger_than_the_read_pause_threshold_is_delivered() -> None:
+    """A 300 KiB message: the broker stops reading a connection while more than
+    PAUSE_READING_AT bytes wait for its reader, and reads on when the reader needs more than
+    that to finish a packet (else neither would move); the next message follows it."""
+    asyncio.run(asyncio.wait_for(_publish_a_large_message(300 * 1024), GUARD_SECONDS))
+
+
+async def _publish_a_large_message(size: int) -> None:
+    from pm.broker.amqtt._incoming import PAUSE_READING_AT
+
+    assert size > PAUSE_READING_AT
+    async with running_broker() as (host, port):
+        subscriber, publisher = await subscriber_and_publisher(host, port, "large/#")
+        large = bytes(range(256)) * (size // 256)
+        publisher[1].write(
+            publish_qos1_packet("large/1", 1, large) + publish_qos1_packet("large/2", 2, b"next")
+        )
+        assert await receive(subscriber, 2) == [("large/1", large), ("large/2", b"next")]
+        assert [await read_packet(publisher[0]) for _ in range(2)] == [
+            puback_packet(1),
+            puback_packet(2),
         ]
         for _, writer in (subscriber, publisher):
             writer.close()

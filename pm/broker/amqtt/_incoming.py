@@ -59,7 +59,8 @@ class IncomingBytes(ReaderAdapter):
         self._reading_paused = False
         #: Set by the reader loop while it runs: it takes the hot packets.
         self.hot_packets: HotPacketTaker | None = None
-        #: True while the reader loop waits for the next packet's first byte.
+        #: Set by the reader loop before it reads the next packet's first byte; cleared by
+        #: the read that returns it (the rest of that packet's header is not a packet start).
         self.at_packet_boundary = False
         #: Whether the transport asked to stop writing (over its high-water mark).
         self.writing_paused = False
@@ -101,6 +102,13 @@ class IncomingBytes(ReaderAdapter):
             await self._wait()
         return self._take(n)
 
+    def _take(self, n: int) -> bytes:
+        self.at_packet_boundary = False
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self._resume_reading()
+        return data
+
     def take_hot_packets(self) -> None:
         """Let the taker handle the hot packets at the front of what is buffered."""
         taker = self.hot_packets
@@ -110,20 +118,21 @@ class IncomingBytes(ReaderAdapter):
                 del self._buffer[:taken]
                 self._resume_reading()
 
-    def _take(self, n: int) -> bytes:
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self._resume_reading()
-        return data
-
     def _resume_reading(self) -> None:
         if self._reading_paused and len(self._buffer) <= RESUME_READING_AT:
-            self._reading_paused = False
-            transport = self._transport
-            if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
-                transport.resume_reading()
+            self._read_on()
+
+    def _read_on(self) -> None:
+        self._reading_paused = False
+        transport = self._transport
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+            transport.resume_reading()
 
     async def _wait(self) -> None:
+        if self._reading_paused:
+            # The reader needs more than is buffered (a packet larger than PAUSE_READING_AT):
+            # read on, as asyncio's StreamReader does when a read waits.
+            self._read_on()
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
