@@ -66,6 +66,16 @@ Fix 12, a burst routed at once: amqtt's message loop takes one published message
 burst read in one go was routed, and its deliveries written, one message at a time. Here each
 takes every message already queued (the routing half in
 :class:`pm.broker.amqtt._routing.RoutingBroker`).
+
+Fix 13, hot packets taken where they are read: amqtt woke a connection's reader task for every
+read, parsed each packet with a few awaits, started a task per PUBLISH, and its message loop
+woke (an ``asyncio.wait`` and a task) for every message; with one connection per device every
+packet paid all of it. Here a connection is read by an asyncio protocol
+(:mod:`pm.broker.amqtt._incoming`) whose ``data_received`` hands whole PUBLISH (QoS 0/1) and
+PUBACK packets to the handler (:mod:`pm.broker.amqtt._hot_packets`), which acknowledges,
+resolves PUBACK waiters and routes each message at once when the message loop has nothing of
+that client on its way (``RoutingBroker.route_published_now``); anything else goes through
+amqtt's path, in order.
 """
 
 from __future__ import annotations
