@@ -144,7 +144,9 @@ class HotPacketHandler(BrokerProtocolHandler):
         first_byte: int,
     ) -> None:
         """amqtt's ``handle_publish`` for QoS 0 (without DUP) and 1, without a task: the
-        message onto the session's delivery queue, then (QoS 1) its PUBACK."""
+        message routed at once (when the message loop has nothing of this client on its way
+        and the broker takes it) or onto the session's delivery queue, then (QoS 1) its
+        PUBACK."""
         retain = bool(first_byte & _RETAIN)
         session = self.session
         assert session is not None  # can_take_hot_packets checked it
