@@ -22,6 +22,7 @@ import trio
 
 from actors import ActorRef, ActorStopped
 
+from .answer_inbox import AnswerInbox
 from .device_turns import FleetBudget, take_budget_slot
 from .device_waits import DeviceWaits
 from .in_flight import InFlight, InFlightRequests
@@ -60,8 +61,7 @@ class DeviceTaskRunner:
         self,
         device: str,
         dispatch: Dispatch,
-        answers_send: trio.MemorySendChannel[SanjiAnswer | None],
-        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
+        answers: AnswerInbox[SanjiAnswer | None],
     ) -> None:
         """Publish one task's request and feed its machine until it settles or is
         abandoned: the I/O around :class:`~pm.task_machine.TaskMachine`."""
@@ -90,9 +90,9 @@ class DeviceTaskRunner:
         if resumed:
             # Sent before a restart: its timeout still counts from that send. It is held, not
             # published: the first sign of its device sends one more copy (pm.in_flight).
-            in_flight = self._requests.hold(device, task, answers_send, self._wall_clock())
+            in_flight = self._requests.hold(device, task, answers, self._wall_clock())
         else:
-            in_flight, published = self._requests.publish(device, task, answers_send)
+            in_flight, published = self._requests.publish(device, task, answers)
             self.published += 1
             # The per-task hot path: DEBUG only, and no extra dict built unless enabled.
             if logger.isEnabledFor(logging.DEBUG):
@@ -139,7 +139,7 @@ class DeviceTaskRunner:
             if budgeted:
                 self.budget.release()
             self._requests.remove(device, in_flight, settled=settled)
-            self._requests.drop_stale_answers(in_flight, answers, settled=settled)
+            self._requests.drop_stale_answers(in_flight, settled=settled)
             if self._stopping and not len(self._requests):
                 self._nothing_in_flight.set()
 
@@ -149,7 +149,7 @@ class DeviceTaskRunner:
         task: TaskRecord,
         reports: ActorRef[TaskReport],
         in_flight: InFlight,
-        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
+        answers: AnswerInbox[SanjiAnswer | None],
     ) -> TaskSettled:
         """Wait for the answer that settles the task, reporting progress on the way and
         publishing one more copy whenever :mod:`pm.in_flight` marks the request due."""
@@ -159,8 +159,7 @@ class DeviceTaskRunner:
                 await self._resend(device, task, reports, in_flight)
             # No timer of its own (the task scope bounds it): a cancel scope per answer wait
             # cost ~3% of the gateway's CPU.
-            answer = await answers.receive()
-            in_flight.queued -= 1  # no checkpoint since the receive: it counts what it holds
+            answer = await answers.get()
             if answer is None:
                 continue  # a wake-up: a copy is due
             report = machine.on_answer(answer)

@@ -45,6 +45,7 @@ import trio
 
 from actors import ActorRef, Directive, Failure, IdleInbox, Registry, Supervisor
 
+from .answer_inbox import AnswerInbox
 from .device_failures import fail_device_tasks
 from .device_task import DeviceTaskRunner
 from .device_task import Dispatch as Dispatch
@@ -223,18 +224,18 @@ class Fleet(DeviceTaskRunner):
     # -- the actor -----------------------------------------------------------------------
 
     async def _run_device(self, device: str, inbox: IdleInbox[Dispatch | None]) -> None:
-        answers_send, answers_receive = trio.open_memory_channel[SanjiAnswer | None](ANSWER_BUFFER)
-        with answers_send, answers_receive:
-            async for dispatch in DeviceTurns(device, inbox, self._lanes):
-                # Kept on an exception: the failure policy fails this task explicitly.
-                self._current[device] = dispatch
-                try:
-                    await self._run_task(device, dispatch, answers_send, answers_receive)
-                except trio.Cancelled:
-                    del self._current[device]
-                    raise
+        # One for the actor's life: each of its requests in flight in turn is answered here.
+        answers: AnswerInbox[SanjiAnswer | None] = AnswerInbox(ANSWER_BUFFER)
+        async for dispatch in DeviceTurns(device, inbox, self._lanes):
+            # Kept on an exception: the failure policy fails this task explicitly.
+            self._current[device] = dispatch
+            try:
+                await self._run_task(device, dispatch, answers)
+            except trio.Cancelled:
                 del self._current[device]
-                self._waits.task_done(device)
+                raise
+            del self._current[device]
+            self._waits.task_done(device)
 
     # -- supervision ---------------------------------------------------------------------
 

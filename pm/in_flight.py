@@ -37,6 +37,7 @@ from typing import Protocol
 
 import trio
 
+from .answer_inbox import AnswerInbox
 from .answer_latency import AnswerLatencies
 from .presence import Presence
 from .protocol import (
@@ -64,14 +65,13 @@ class Publisher(Protocol):
 
 class InFlight:
     """One device's request in flight: its task's state machine, the device actor's answer
-    channel, and the actor's own cancel scope for the task (its deadline is the task
+    inbox, and the actor's own cancel scope for the task (its deadline is the task
     timeout; only :meth:`InFlightRequests.abandon` cancels it, setting ``abandoned`` first).
 
     ``resend_due``: one more copy is to go out (the actor publishes it when it wakes, woken
     by a ``None`` on ``answers``). ``awaiting_sighting``: the next sign of its device (an
     ``online`` statement or a message from it) makes it due: set for a request sent before a
-    restart, and after a reconnect for a device known online. ``queued``: what was put on
-    ``answers`` for it and the actor has not taken (it takes one per ``receive``).
+    restart, and after a reconnect for a device known online.
     """
 
     __slots__ = (
@@ -82,7 +82,6 @@ class InFlight:
         "job_id",
         "machine",
         "payload",
-        "queued",
         "resend_due",
         "scope",
         "sent_at",
@@ -95,7 +94,7 @@ class InFlight:
         job_id: int,
         topic: str,
         payload: bytes,
-        answers: trio.MemorySendChannel[SanjiAnswer | None],
+        answers: AnswerInbox[SanjiAnswer | None],
         scope: trio.CancelScope,
         sent_at: float,
     ) -> None:
@@ -113,7 +112,6 @@ class InFlight:
         self.answered = False
         self.resend_due = False
         self.awaiting_sighting = False
-        self.queued = 0
 
     @property
     def task_id(self) -> int:
@@ -169,7 +167,7 @@ class InFlightRequests:
         self,
         device: str,
         task: TaskRecord,
-        answers: trio.MemorySendChannel[SanjiAnswer | None],
+        answers: AnswerInbox[SanjiAnswer | None],
     ) -> tuple[InFlight, bool]:
         """Publish ``task``'s request to ``device`` and register it until its timeout from now.
         Returns it and whether the MQTT client took the copy (if its connection is down, the
@@ -182,7 +180,7 @@ class InFlightRequests:
         self,
         device: str,
         task: TaskRecord,
-        answers: trio.MemorySendChannel[SanjiAnswer | None],
+        answers: AnswerInbox[SanjiAnswer | None],
         wall_now: float,
     ) -> InFlight:
         """Register the request of a task sent before a restart without publishing it: its
@@ -219,26 +217,15 @@ class InFlightRequests:
         if settled:
             self._last_settled[device] = in_flight.machine.request_id
 
-    def drop_stale_answers(
-        self,
-        in_flight: InFlight,
-        answers: trio.MemoryReceiveChannel[SanjiAnswer | None],
-        *,
-        settled: bool,
-    ) -> None:
-        """The task is over: answers that slipped into its actor's channel before are stale.
+    def drop_stale_answers(self, in_flight: InFlight, *, settled: bool) -> None:
+        """The task is over: answers that slipped into its actor's inbox before are stale.
         A final one is a second answer to a ``settled`` task (say, to the other copy of a
         re-send), or an answer to an abandoned one."""
-        if not in_flight.queued:
-            return  # the usual case, known without a receive that raises WouldBlock
-        in_flight.queued = 0
+        if not len(in_flight.answers):
+            return  # the usual case
         request_id = in_flight.machine.request_id
         reason = "duplicate_answer" if settled else "unexpected_id"
-        while True:
-            try:
-                answer = answers.receive_nowait()
-            except trio.WouldBlock:
-                return
+        for answer in in_flight.answers.take_all():
             if answer is not None and answer.id == request_id and answer.code != PROGRESS_CODE:
                 self.dropped[reason] += 1
 
@@ -273,12 +260,8 @@ class InFlightRequests:
             if answer.code != PROGRESS_CODE and not in_flight.answered:
                 in_flight.answered = True
                 self.latencies.record(device, trio.current_time() - in_flight.sent_at)
-            try:
-                in_flight.answers.send_nowait(answer)
-            except trio.WouldBlock:
+            if not in_flight.answers.put_nowait(answer):
                 self.dropped["answer_overflow"] += 1
-            else:
-                in_flight.queued += 1
             return
         if in_flight is not None and in_flight.awaiting_sighting:
             in_flight.awaiting_sighting = False
@@ -339,7 +322,7 @@ class InFlightRequests:
         self,
         device: str,
         task: TaskRecord,
-        answers: trio.MemorySendChannel[SanjiAnswer | None],
+        answers: AnswerInbox[SanjiAnswer | None],
         deadline: float,
         now: float,
     ) -> InFlight:
@@ -374,9 +357,6 @@ class InFlightRequests:
         if in_flight.resend_due:
             return
         in_flight.resend_due = True
-        try:
-            in_flight.answers.send_nowait(None)  # wakes the actor
-        except trio.WouldBlock:
-            pass  # answers are queued: the actor wakes anyway and sees the flag
-        else:
-            in_flight.queued += 1
+        # Wakes the actor; if its inbox is full, answers are queued: it wakes anyway and sees
+        # the flag.
+        in_flight.answers.put_nowait(None)
