@@ -17,18 +17,23 @@ Two modes:
   jobs are submitted with ``engine.submit`` (no HTTP); the fleet's are posted from a thread
   cProfile does not see. cProfile traces the trio thread only: the store's commits in their
   worker thread are not counted.
+- **--collector gateway** or **--collector fleet**: that side in this process as above, without
+  cProfile: its trio thread's CPU per task and what the cyclic garbage collector took of it
+  (``gc.callbacks``), with ``pm serve``'s collector settings or ``--young N``.
 
 Usage::
 
     python -m bench.cpu_per_task [--tasks 10000] [--jobs 3] [--rounds 3] [--connections 100]
         [--store file|memory] [--trees TREE_A TREE_B] [--py-spy FILE]
-        [--profile gateway|fleet] [--top 25] [--save FILE]
+        [--gil] [--profile gateway|fleet] [--top 25] [--save FILE]
+        [--collector gateway|fleet [--young N]]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import shlex
@@ -38,10 +43,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -123,7 +129,9 @@ async def _measure_jobs(
     figures = []
     async with http_client(str(gateway.info["url"])) as client:
         await _run_job(client, devices)  # warm-up: device actors, routes, code paths
-        spy = _start_py_spy(gateway.pid, arguments.py_spy) if arguments.py_spy else None
+        spy = None
+        if arguments.py_spy:
+            spy = _start_py_spy(gateway.pid, arguments.py_spy, gil=arguments.gil)
         for _ in range(arguments.jobs):
             before = {name: _cpu(group) for name, group in pids.items()}
             with trio.fail_after(HANG_GUARD):
@@ -142,11 +150,12 @@ async def _measure_jobs(
     return figures
 
 
-def _start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
-    """py-spy sampling the gateway's Python stacks (all threads, 250 Hz) until SIGINT."""
+def _start_py_spy(pid: int, output: str, *, gil: bool) -> subprocess.Popen[bytes]:
+    """py-spy sampling the gateway's Python stacks (all threads, 250 Hz; with ``gil`` only the
+    thread holding the GIL: the trio thread's share) until SIGINT."""
     executable = Path(sys.executable).with_name("py-spy")
     command = [str(executable), "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
-    command += ["--threads", "--output", output]
+    command += ["--threads", "--output", output] + (["--gil"] if gil else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -197,7 +206,14 @@ def gateway_config(store_path: str) -> Config:
     )
 
 
-async def profile_gateway(arguments: argparse.Namespace, profiler: cProfile.Profile) -> int:
+class Profiler(Protocol):
+    """What the in-process modes switch on for the measured jobs only."""
+
+    def enable(self) -> None: ...
+    def disable(self) -> None: ...
+
+
+async def profile_gateway(arguments: argparse.Namespace, profiler: Profiler) -> int:
     """The gateway here, the fleet a process; returns the tasks profiled."""
     devices = fleet_ids(arguments.tasks)
     body = msgspec.json.decode(job_body(devices), type=JobRequest)
@@ -212,7 +228,7 @@ async def profile_gateway(arguments: argparse.Namespace, profiler: cProfile.Prof
                 )
             )
             try:
-                tune_garbage_collector()  # as `pm serve` does
+                _tune_garbage_collector(arguments)  # as `pm serve` does
 
                 async def one_job() -> None:
                     job = await engine.submit(body)
@@ -228,7 +244,7 @@ async def profile_gateway(arguments: argparse.Namespace, profiler: cProfile.Prof
     return arguments.jobs * arguments.tasks
 
 
-async def profile_fleet(arguments: argparse.Namespace, profiler: cProfile.Profile) -> int:
+async def profile_fleet(arguments: argparse.Namespace, profiler: Profiler) -> int:
     """The fleet here, the gateway a process; returns the tasks profiled."""
     devices = fleet_ids(arguments.tasks)
     body = job_body(devices)
@@ -244,7 +260,7 @@ async def profile_fleet(arguments: argparse.Namespace, profiler: cProfile.Profil
             )
             async with trio.open_nursery() as nursery:
                 simulator = await nursery.start(run_simulator, settings)
-                tune_garbage_collector()  # as `pm simulate` does
+                _tune_garbage_collector(arguments)  # as `pm simulate` does
                 url = str(gateway.info["url"])
 
                 async def one_job() -> None:
@@ -269,9 +285,7 @@ def _post_job(url: str, body: bytes) -> None:
     response.raise_for_status()
 
 
-async def _profiled(
-    profiler: cProfile.Profile, one_job: Callable[[], Awaitable[None]], jobs: int
-) -> None:
+async def _profiled(profiler: Profiler, one_job: Callable[[], Awaitable[None]], jobs: int) -> None:
     with trio.fail_after(HANG_GUARD):
         for _ in range(jobs):
             before = time.process_time()
@@ -279,6 +293,56 @@ async def _profiled(
             await one_job()
             profiler.disable()
             print(f"job: {time.process_time() - before:.2f} s of this process's CPU under cProfile")
+
+
+def _tune_garbage_collector(arguments: argparse.Namespace) -> None:
+    tune_garbage_collector()
+    if arguments.young:
+        # Another young-generation threshold, to compare (--collector).
+        gc.set_threshold(arguments.young, *gc.get_threshold()[1:])
+
+
+class CollectorClock:
+    """--collector: the trio thread's CPU and the garbage collector's, during measured jobs
+    only (``gc.callbacks``; the collector runs on whichever thread allocates, holding the
+    GIL, so its CPU is that thread's ``thread_time``)."""
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.thread_cpu = 0.0
+        self.collector_cpu = 0.0
+        self.collections: Counter[int] = Counter()
+        self._started = 0.0
+        self._collection_started = 0.0
+
+    def enable(self) -> None:
+        self.measuring = True
+        self._started = time.thread_time()
+
+    def disable(self) -> None:
+        self.measuring = False
+        self.thread_cpu += time.thread_time() - self._started
+
+    def on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if not self.measuring:
+            return
+        if phase == "start":
+            self._collection_started = time.thread_time()
+        else:
+            self.collector_cpu += time.thread_time() - self._collection_started
+            self.collections[info["generation"]] += 1
+
+
+def collector(arguments: argparse.Namespace) -> None:
+    clock = CollectorClock()
+    gc.callbacks.append(clock.on_collection)
+    side = {"gateway": profile_gateway, "fleet": profile_fleet}[arguments.collector]
+    tasks = trio.run(side, arguments, clock)
+    gc.callbacks.remove(clock.on_collection)
+    print(f"{arguments.collector}, young generation threshold {gc.get_threshold()[0]:,}:")
+    print(f"  trio thread CPU {clock.thread_cpu * 1e6 / tasks:.1f} us a task")
+    print(f"  collector CPU {clock.collector_cpu * 1e6 / tasks:.1f} us a task", end="")
+    print(f" (collections by generation: {dict(sorted(clock.collections.items()))})")
 
 
 def profile(arguments: argparse.Namespace) -> None:
@@ -309,16 +373,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", choices=["file", "memory"], default="file")
     parser.add_argument("--trees", nargs="+", help="source trees to alternate (PYTHONPATH)")
     parser.add_argument("--profile", choices=["gateway", "fleet"])
+    parser.add_argument(
+        "--collector", choices=["gateway", "fleet"], help="that side's CPU and its GC's"
+    )
+    parser.add_argument("--young", type=int, help="--collector: young-generation threshold")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--save", help="profile: write the pstats file here")
     parser.add_argument(
         "--py-spy", help="processes: py-spy the gateway's measured jobs to this file"
     )
+    parser.add_argument("--gil", action="store_true", help="--py-spy: only the GIL's holder")
     arguments = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
     print("command: python -m bench.cpu_per_task", shlex.join(given))
     if arguments.profile:
         profile(arguments)
+    elif arguments.collector:
+        collector(arguments)
     else:
         processes(arguments)
 
