@@ -56,6 +56,10 @@ class ReadAheadClient(paho.Client):
         self._read_position = 0
         # The start of a hot packet cut short at the end of a read, put before the next read.
         self._cut_short = b""
+        #: Whether the last read from the socket took all the kernel had then (it was shorter
+        #: than asked for, or found nothing): a plain TCP socket has nothing more until
+        #: readiness says so. (Not for TLS: a TLS read returns one record at most.)
+        self.socket_drained = False
         # Packets encoded here, not yet handed to paho's queue.
         self._outgoing = bytearray()
         # With an in-flight cap: ids of the PUBLISH packets sent here and not acknowledged.
@@ -193,7 +197,12 @@ class ReadAheadClient(paho.Client):
 
     def _receive(self) -> bytes:
         """One read from the socket, after what the last one cut short; paho's errors."""
-        data = super()._sock_recv(_READ_AHEAD_BYTES)
+        try:
+            data = super()._sock_recv(_READ_AHEAD_BYTES)
+        except BlockingIOError:
+            self.socket_drained = True
+            raise
+        self.socket_drained = len(data) < _READ_AHEAD_BYTES
         if self._cut_short and data:  # at EOF (b"") the cut packet is lost with the connection
             data, self._cut_short = self._cut_short + data, b""
         return data
