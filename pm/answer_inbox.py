@@ -12,8 +12,9 @@ it).
 
 Only the owning actor waits on it, one wait at a time (it is not a channel: no cloning, no
 closing). Its wait is cancellable like a channel's receive (the task timeout is the actor's
-cancel scope around it). An answer already queued is returned without a checkpoint: the
-actor's loop waits on an empty inbox, or on its mailbox, before long (the inbox is bounded).
+cancel scope around it). An answer already queued is returned without yielding (a cancelled
+scope still raises first): the actor's loop waits on an empty inbox, or on its mailbox,
+before long (the inbox is bounded).
 
 Error handling: none; a second waiter is a bug and raises :class:`RuntimeError`.
 """
@@ -58,8 +59,11 @@ class AnswerInbox(Generic[Item]):
         return True
 
     async def get(self) -> Item:
-        """The oldest item; waits (cancellably) while there is none."""
+        """The oldest item; waits while there is none. Cancellable as a channel's receive:
+        in a cancelled scope it raises even with an item queued (which stays queued)."""
         if self._items:
+            # The task's timeout or its job's end, already due, comes first (no yield else).
+            await trio.lowlevel.checkpoint_if_cancelled()
             return self._items.popleft()
         if self._waiter is not None:
             raise RuntimeError("AnswerInbox has one waiter at a time")

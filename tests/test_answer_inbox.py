@@ -63,6 +63,18 @@ async def test_a_cancelled_wait_leaves_the_inbox_as_it_was(
     assert await inbox.get() == 7
 
 
+async def test_a_cancelled_scope_raises_before_an_item_queued_is_taken() -> None:
+    # As a channel's receive: a task whose timeout (or job's end) is already due does not
+    # take the answer that waited in its inbox meanwhile.
+    inbox: AnswerInbox[int] = AnswerInbox(2)
+    assert inbox.put_nowait(1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await inbox.get()
+    assert scope.cancelled_caught
+    assert inbox.take_all() == [1]
+
+
 async def test_a_second_waiter_is_a_bug() -> None:
     inbox: AnswerInbox[int] = AnswerInbox(1)
     with trio.fail_after(5):
