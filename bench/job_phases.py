@@ -83,10 +83,10 @@ class Processes:
         return {name: (after[name] - before[name]) * 1000 for name in before}
 
 
-async def _job_phases(
-    client: httpx.AsyncClient, devices: list[str], database: Path, poll: float
-) -> dict[str, float]:
-    """One job; its phases in ms from the POST (see the module docstring)."""
+async def _run_job(
+    client: httpx.AsyncClient, devices: list[str], poll: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """One job, POST to its final status seen; returns the job and the client's stamps."""
     sent = time.time()
     response = await client.post(
         "/jobs", content=job_body(devices), headers={"content-type": "application/json"}
@@ -102,21 +102,29 @@ async def _job_phases(
         await trio.sleep(poll)
     if job["status"] != "resolved" or job["errorCount"]:
         raise RuntimeError(f"job {job_id} ended {job['status']}, {job['errorCount']} errors")
-    tasks = (await client.get(f"/jobs/{job_id}", params={"collection": "true"})).json()
+    return job, {"sent": sent, "201": answered, "final seen": seen}
+
+
+async def _phases(
+    client: httpx.AsyncClient, job: dict[str, Any], stamps: dict[str, float], database: Path
+) -> dict[str, float]:
+    """A finished job's phases in ms from its POST (see the module docstring): its tasks'
+    stamps read back through the API and from the store's file."""
+    tasks = (await client.get(f"/jobs/{job['id']}", params={"collection": "true"})).json()
     finished = sorted(parse_time(task["__task"]["finishAt"]) for task in tasks["collection"])
     (await client.get("/jobs", params={"limit": 1})).raise_for_status()  # waits for a commit
-    first_sent, last_sent = _sent_range(database, job_id)
-    stamps = {
-        "201": answered,
+    first_sent, last_sent = _sent_range(database, int(job["id"]))
+    moments = {
+        "201": stamps["201"],
         "created": parse_time(job["createdAt"]),
         "first sent": first_sent,
         "last sent": last_sent,
         "first done": finished[0],
         "half done": finished[len(finished) // 2],
         "finishAt": parse_time(job["finishAt"]),
-        "final seen": seen,
+        "final seen": stamps["final seen"],
     }
-    return {phase: (stamp - sent) * 1000 for phase, stamp in stamps.items()}
+    return {phase: (moment - stamps["sent"]) * 1000 for phase, moment in moments.items()}
 
 
 def _sent_range(database: Path, job_id: int) -> tuple[float, float]:
@@ -141,7 +149,7 @@ async def _measure(
     raw: dict[str, Any] = {"jobs": [], "requesters": []}
     async with http_client(gateway_url) as client:
         # Warm-up: device actors spawned, broker routes learned, code paths imported.
-        await _job_phases(client, devices, database, args.poll)
+        await _run_job(client, devices, args.poll)
         await fast_round_trips(mqtt_port, devices, window=0)
         for round_number in range(args.rounds):
             kinds = ["job", *shapes]
@@ -150,7 +158,7 @@ async def _measure(
                 with trio.fail_after(HANG_GUARD):
                     before, started = processes.now(), time.perf_counter()
                     if kind == "job":
-                        phases = await _job_phases(client, devices, database, args.poll)
+                        job, stamps = await _run_job(client, devices, args.poll)
                     else:
                         window = int(kind.removeprefix(FAST_PREFIX))
                         rate = await fast_round_trips(mqtt_port, devices, window=window)
@@ -159,6 +167,7 @@ async def _measure(
                     await trio.sleep(0.2)
                     cpu = Processes.ms_between(before, processes.now())
                 if kind == "job":
+                    phases = await _phases(client, job, stamps, database)
                     raw["jobs"].append({"phases": phases, "cpu_ms": cpu, "wall_s": wall})
                 else:
                     raw["requesters"].append(
@@ -263,11 +272,12 @@ def build_report(args: argparse.Namespace, command: list[str], raw: dict[str, An
     ]
     report.notes += [
         f"job / ceiling (each round's best requester shape), median of {args.rounds} rounds: "
-        f"{median(ratios):.3f}; fleet {args.connections or 'one connection per device'} "
-        "connections, the default file store, amqtt.",
-        "CPU ms: each process during the job (POST to final status seen, plus 0.2 s) or the "
-        "requester's burst (plus 0.2 s); bench = this process (the requester, or the HTTP "
-        "client and its polls).",
+        f"{median(ratios):.3f}; fleet: "
+        + (f"{args.connections} connections" if args.connections else "a connection per device")
+        + ", the default file store, amqtt.",
+        "CPU ms: each process from the job's POST to its final status seen, plus 0.2 s, or "
+        "during a requester's burst, plus 0.2 s; bench = this process (the requester, or the "
+        "HTTP client and its polls).",
     ]
     return report
 
