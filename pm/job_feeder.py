@@ -24,13 +24,12 @@ from .send_queue import SendQueue
 from .state import JobRecord, TaskRecord
 
 # Tasks a job hands to device actors between two yields to the scheduler: the requests of
-# one chunk leave in one write, and the broker and the fleet behind it pay per read and per
-# write, not only per message. 256 against 64, jobs alternated on one loaded machine (amqtt,
-# file store; bench/README.md, "The 1,000-task job, phase by phase"): with a fleet of 100
-# connections 1k jobs 3-13% shorter, 10k jobs 6%, and 5-9% less CPU over gateway, broker
-# and fleet; with one connection per device 0-4% less CPU but 5-10% longer (latency-bound
-# there). The price: the event loop runs a chunk's dispatches and its devices' publishes
-# (a few ms) before anything else gets a turn.
+# one chunk leave in one write, and the broker (and the fleet behind it) pays per read and
+# per write, not only per message. 256 against 64, alternated jobs on one machine (amqtt,
+# file store, fleet of 100 connections; bench/README.md, "The 1,000-task job, phase by
+# phase"): 1k jobs 3-8% shorter in three runs, the three processes' CPU per job 5-9% lower
+# (the fleet's ~20%); 10k jobs 6% shorter. The price: the event loop runs a chunk's
+# dispatches and its devices' publishes (a few ms) before anything else gets a turn.
 FEED_CHUNK = 256
 
 
