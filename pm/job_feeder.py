@@ -23,14 +23,8 @@ from .job_contract import JobActorMessage, SendGate, TaskDispatcher
 from .send_queue import SendQueue
 from .state import JobRecord, TaskRecord
 
-# Tasks a job hands to device actors between two yields to the scheduler: the requests of
-# one chunk leave in one write, and the broker (and the fleet behind it) pays per read and
-# per write, not only per message. 256 against 64, alternated jobs on one machine (amqtt,
-# file store, fleet of 100 connections; bench/README.md, "The 1,000-task job, phase by
-# phase"): 1k jobs 3-8% shorter in three runs, the three processes' CPU per job 5-9% lower
-# (the fleet's ~20%); 10k jobs 6% shorter. The price: the event loop runs a chunk's
-# dispatches and its devices' publishes (a few ms) before anything else gets a turn.
-FEED_CHUNK = 256
+# Tasks a job hands to device actors between two yields to the scheduler.
+FEED_CHUNK = 64
 
 
 class JobFeeder:
