@@ -371,3 +371,31 @@ async def _only_acknowledges() -> None:
         assert await read_packet(reader) == PINGRESP
         for writer_ in (writer, publisher[1]):
             writer_.close()
+
+
+def test_a_publish_behind_an_unsubscribe_of_the_same_write_is_not_delivered_to_it() -> None:
+    """The converse of test_amqtt_hot_packets' SUBSCRIBE case: a client unsubscribes from a
+    topic and publishes on it in one write (and the same in pieces read apart). amqtt's
+    message loop takes the unsubscription before the message, so the client does not get its
+    own message back; a subscriber of another connection does."""
+    asyncio.run(asyncio.wait_for(_unsubscribe_then_publish(), GUARD_SECONDS))
+
+
+async def _unsubscribe_then_publish() -> None:
+    async with broker_and_endpoint() as (_broker, host, port):
+        subscriber, _publisher = await subscriber_and_publisher(host, port, "echo/#")
+        reader, writer = await connected_client(host, port, "echo")
+        for round_ in range(2):
+            writer.write(subscribe_packet("echo/topic", 1, qos=1))
+            assert (await read_packet(reader))[:1] == b"\x90"
+            stream = unsubscribe_packet("echo/topic", 2) + publish_qos1_packet(
+                "echo/topic", 3, b"%d" % round_
+            )
+            await write_read_apart((reader, writer), stream, [] if round_ == 0 else [5, 14])
+            writer.write(PINGREQ)
+            packets = [await read_packet(reader) for _ in range(3)]
+            assert sorted(packet[0] >> 4 for packet in packets) == [4, 11, 13], packets
+            assert await receive(subscriber, 1) == [("echo/topic", b"%d" % round_)]
+        writer.close()
+        for _, writer_ in (subscriber, _publisher):
+            writer_.close()
