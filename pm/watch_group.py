@@ -27,7 +27,7 @@ group's writes:
   :data:`~pm.http.coalesced_writes.MAX_WRITE_BYTES` of them per write; ``each``, none (a
   lagging ``each`` watcher misses task messages); then the latest snapshot. From there it is
   in step with the group again. The final message is never skipped, and is the last message
-  of every member.
+  of every member; the connection's close frame follows it in the same write.
 
 The feed counts every member, not the lead: ``watchers.max_updates_per_second`` sets the
 group's interval from all the job's watchers, and each ``each`` member counts in the share of
@@ -69,6 +69,11 @@ class MemberSocket(Protocol):
 
     async def send_rest(self, data: memoryview) -> bool:
         """Write ``data`` whole; False if the client is gone."""
+        ...
+
+    def normal_close_frame(self) -> bytes:
+        """The close frame (1000) that follows the final message in the same write, the
+        socket then closing (``b""`` if a close frame was already sent)."""
         ...
 
 
@@ -330,7 +335,9 @@ class WatchGroup:
 
     def _send(self, member: GroupMember, data: bytes, final: bool) -> None:
         """``data`` to the member: written at once if its socket takes it, else the rest left
-        to its task."""
+        to its task. After the ``final`` message comes the close frame, in the same write."""
+        if final:
+            data += member.socket.normal_close_frame()
         try:
             written = member.socket.send_now(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

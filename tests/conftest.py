@@ -134,3 +134,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield DatabaseUnderTest("postgresql", url)
     finally:
         server.drop_database(url)
+
+
+@pytest.fixture
+def watcher_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every write of the watchers' own path (``SendDeadlineStream.send_now``), in order."""
+    from pm.http.server import SendDeadlineStream
+
+    writes: list[bytes] = []
+    send_now = SendDeadlineStream.send_now
+
+    def recorded(stream: SendDeadlineStream, data: bytes) -> int:
+        writes.append(bytes(data))
+        return send_now(stream, data)
+
+    monkeypatch.setattr(SendDeadlineStream, "send_now", recorded)
+    yield writes

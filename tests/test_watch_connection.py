@@ -5,6 +5,8 @@ tests/test_http_*.py WebSocket tests, which run over this same path."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import socket
 import struct
@@ -232,3 +234,56 @@ async def test_a_client_reset_during_the_head_ends_that_connection_only() -> Non
                 await stream.aclose()
             await trio.testing.wait_all_tasks_blocked()  # the server has read the resets
             assert (await gateway.client.get("/healthz")).status_code == 200
+
+
+async def finished_job(gateway: ServedGateway) -> int:
+    """A job already final (its devices answered), still in the gateway's memory."""
+    job_id = int((await gateway.submit(entry(["a", "b"])))["id"])
+    await poll_until(lambda: gateway.job(job_id).feed.final_message is not None)
+    return job_id
+
+
+async def test_a_finished_jobs_watcher_is_answered_in_one_write(
+    watcher_writes: list[bytes],
+) -> None:
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            job_id = await finished_job(gateway)
+            client = Connection(ConnectionType.CLIENT)
+            async with await connect(gateway) as stream:
+                await stream.send_all(handshake(f"/jobs/{job_id}/ws?tasks=none"))
+                head, rest = await _head_and_rest(stream)
+                events = await _events_until(stream, client, rest, CloseConnection)
+                await stream.send_all(client.send(events[-1].response()))
+                assert await stream.receive_some(1024) == b""  # then the server closes
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert [type(event) for event in events] == [TextMessage, CloseConnection]
+    assert json.loads(events[0].data)["job"]["status"] == "resolved"
+    assert events[1].code == 1000
+    # The answer, the final message and the close frame: one write, the only one.
+    (write,) = watcher_writes
+    assert write.startswith(b"HTTP/1.1 101 ") and write.endswith(b"\x88\x02\x03\xe8")
+
+
+async def test_a_ping_after_the_servers_close_is_neither_answered_nor_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            job_id = await finished_job(gateway)
+            client = Connection(ConnectionType.CLIENT)
+            async with await connect(gateway) as stream:
+                # The ping reaches the server with the handshake: it reads it after it wrote
+                # the final message and its close frame, after which nothing may be sent.
+                await stream.send_all(
+                    handshake(f"/jobs/{job_id}/ws?tasks=none") + client.send(Ping(b"late"))
+                )
+                _, rest = await _head_and_rest(stream)
+                events = await _events_until(stream, client, rest, CloseConnection)
+                await stream.send_all(client.send(events[-1].response()))
+                received = b""
+                while chunk := await stream.receive_some(1024):
+                    received += chunk
+    assert [type(event) for event in events] == [TextMessage, CloseConnection]
+    assert received == b""  # no pong after the close frame
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

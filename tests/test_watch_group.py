@@ -13,9 +13,10 @@ import msgspec
 import pytest
 import trio
 from trio_websocket import open_websocket_url
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import CloseConnection, TextMessage
 
 import pm.watch
-from pm.http.server import SendDeadlineStream
 from tests.job_api import entry
 from tests.served_app import ServedGateway, app_config, receive_all, serve_app
 from tests.test_http_hostile_clients import heavy_job, never_reading_watcher, read_until_closed
@@ -82,16 +83,8 @@ async def test_a_late_member_gets_exactly_the_changes_after_its_first_snapshot()
 
 
 async def test_the_handshakes_answer_and_the_first_message_go_in_one_write(
-    monkeypatch: pytest.MonkeyPatch,
+    watcher_writes: list[bytes],
 ) -> None:
-    writes: list[bytes] = []
-    send_now = SendDeadlineStream.send_now
-
-    def recorded(stream: SendDeadlineStream, data: bytes) -> int:
-        writes.append(bytes(data))
-        return send_now(stream, data)
-
-    monkeypatch.setattr(SendDeadlineStream, "send_now", recorded)
     with trio.fail_after(GUARD):
         async with serve_app(app_config()) as gateway:
             job_id, requests = await held_job(gateway, 2)
@@ -100,7 +93,7 @@ async def test_the_handshakes_answer_and_the_first_message_go_in_one_write(
                 gateway.devices.answer_all()
                 await receive_all(watcher)
     assert first["type"] == "job"
-    (answer,) = [data for data in writes if data.startswith(b"HTTP/1.1 101 ")]
+    (answer,) = [data for data in watcher_writes if data.startswith(b"HTTP/1.1 101 ")]
     _, _, frames = answer.partition(b"\r\n\r\n")
     # After the answer, in the same write: one whole text frame (its length in 16 bits), the
     # first job snapshot.
@@ -222,3 +215,26 @@ async def test_a_stalled_member_is_cut_off_alone_and_the_others_get_everything()
                 # take, until http.send_timeout cuts it off.
                 await poll_until(lambda: feed.watchers == 0)
                 await read_until_closed(stalled)
+
+
+async def test_the_final_message_and_the_close_frame_go_in_one_write(
+    watcher_writes: list[bytes],
+) -> None:
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            job_id, requests = await held_job(gateway, 2)
+            received: list[list[dict[str, Any]]] = []
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):  # two members, written to together
+                    await nursery.start(
+                        _watch_to_end, f"{gateway.ws_url}/jobs/{job_id}/ws?tasks=none", received
+                    )
+                gateway.devices.answer_all()
+    assert [messages[-1]["job"]["status"] for messages in received] == ["resolved"] * 2
+    finals = [data for data in watcher_writes if data.endswith(b"\x88\x02\x03\xe8")]
+    assert len(finals) == 2 and finals[0] == finals[1]
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(finals[0])
+    final, close = client.events()
+    assert isinstance(final, TextMessage) and isinstance(close, CloseConnection)
+    assert json.loads(final.data)["job"]["status"] == "resolved" and close.code == 1000

@@ -155,6 +155,10 @@ class WatchConnections:
             try:
                 answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
                 client.receive(rest)
+                final = None if job.runs_elsewhere else job.feed.final_message
+                if final is not None:
+                    await self._serve_final(client, answer, final)
+                    return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
                     with client.watching:
@@ -169,6 +173,19 @@ class WatchConnections:
                     nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout
             finally:
                 await stream.aclose()
+
+    async def _serve_final(self, client: _ClientSide, answer: bytes, final: bytes) -> None:
+        """A watcher of a job already final: the handshake's ``answer``, the final message and
+        the close frame in one write, then the client's frames read in this same task until
+        it answers the close (``http.idle_timeout`` at most).
+
+        All a watcher of its own would send (:class:`~pm.watch.Watcher` gives such a watcher
+        the final message alone), without a watcher, a second task or three writes: with
+        1,000 watchers of finished jobs, those were a third of the gateway's CPU per watcher
+        (bench/README.md, "2026-12-01 late")."""
+        if await client.write(answer + text_frames([final]) + client.close_frame(CLOSE_NORMAL)):
+            with trio.move_on_after(self._idle_timeout):
+                await client.read_until_closed()
 
     async def _watch(
         self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float, answer: bytes
@@ -262,18 +279,29 @@ class _ClientSide:
         """The watcher's :data:`~pm.http.watch_route.Writer`: one text frame per message."""
         return await self.write(text_frames(messages))
 
+    def close_frame(self, code: int) -> bytes:
+        """The close frame, to be written now (with what precedes it, in one write); ``b""``
+        once a close frame was sent, or after the client's close was answered."""
+        if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return self._protocol.send(CloseConnection(code=code))
+        return b""
+
+    def normal_close_frame(self) -> bytes:
+        """The close frame that follows the final message (1000), as :meth:`close_frame`."""
+        return self.close_frame(CLOSE_NORMAL)
+
     async def close(self, code: int) -> None:
         """Send the close frame (once; not after the client's own)."""
-        if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            await self.write(self._protocol.send(CloseConnection(code=code)))
+        if frame := self.close_frame(code):
+            await self.write(frame)
 
     def receive(self, data: bytes) -> None:
         if data:
             self._protocol.receive_data(data)
 
-    async def read_until_closed(self, connection_scope: trio.CancelScope) -> None:
+    async def read_until_closed(self, connection_scope: trio.CancelScope | None = None) -> None:
         """Read the client's frames until its close frame or its end of stream, then end the
-        connection's tasks (``connection_scope``)."""
+        connection's tasks (``connection_scope``, if any)."""
         try:
             while self._discarding or await self._handle_events():
                 data = await self._stream.receive_some(_RECEIVE_BYTES)
@@ -284,7 +312,8 @@ class _ClientSide:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         self.watching.cancel()
-        connection_scope.cancel()
+        if connection_scope is not None:
+            connection_scope.cancel()
 
     async def _handle_events(self) -> bool:
         """Act on what the client sent; False once the connection is over."""
@@ -301,7 +330,10 @@ class _ClientSide:
                 if event.message_finished:
                     self._message_length = 0
             elif isinstance(event, Ping):
-                await self.write(self._protocol.send(event.response()))
+                if self._protocol.state is ConnectionState.OPEN:
+                    # After our close frame a ping is not answered (RFC 6455 section 5.5.1:
+                    # nothing may follow a close frame; wsproto refuses to make one).
+                    await self.write(self._protocol.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self.watching.cancel()
                 if self._protocol.state is ConnectionState.REMOTE_CLOSING:
