@@ -58,7 +58,7 @@ from .watch_route import (
     selected_subprotocol,
     send_coalesced,
 )
-from .websocket_frames import text_frames
+from .websocket_frames import ClientFramesAfterClose, close_frame, text_frames
 from .websocket_handshake import (
     WatchHandshake,
     accept_response,
@@ -151,41 +151,54 @@ class WatchConnections:
             if full is not None:
                 await _refuse(stream, full)
                 return
+            # (The connection is closed by trio's serve_listeners when this returns.)
+            answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
+            final = None if job.runs_elsewhere else job.feed.final_message
+            if final is not None:
+                await self._serve_final(stream, answer, final, rest)
+                return
             client = _ClientSide(stream, self._max_message)
-            try:
-                answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
-                client.receive(rest)
-                final = None if job.runs_elsewhere else job.feed.final_message
-                if final is not None:
-                    await self._serve_final(client, answer, final)
-                    return
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
-                    with client.watching:
-                        try:
-                            if await self._watch(client, job, tasks, interval, answer):
-                                await client.close(CLOSE_NORMAL)
-                        except Exception:
-                            logger.exception("watching job %d failed", job_id)
-                            await client.close(CLOSE_INTERNAL_ERROR)
-                    # The client answers the close frame; a client that does not is not
-                    # waited for long.
-                    nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout
-            finally:
-                await stream.aclose()
+            client.receive(rest)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
+                with client.watching:
+                    try:
+                        if await self._watch(client, job, tasks, interval, answer):
+                            await client.close(CLOSE_NORMAL)
+                    except Exception:
+                        logger.exception("watching job %d failed", job_id)
+                        await client.close(CLOSE_INTERNAL_ERROR)
+                # The client answers the close frame; a client that does not is not waited
+                # for long.
+                nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout
 
-    async def _serve_final(self, client: _ClientSide, answer: bytes, final: bytes) -> None:
+    async def _serve_final(
+        self, stream: SendDeadlineStream, answer: bytes, final: bytes, rest: bytes
+    ) -> None:
         """A watcher of a job already final: the handshake's ``answer``, the final message and
-        the close frame in one write, then the client's frames read in this same task until
-        it answers the close (``http.idle_timeout`` at most).
+        the close frame in one write, then, in this same task, the client's frames (``rest``
+        first) walked until its own close frame (``http.idle_timeout`` at most).
 
         All a watcher of its own would send (:class:`~pm.watch.Watcher` gives such a watcher
-        the final message alone), without a watcher, a second task or three writes: with
-        1,000 watchers of finished jobs, those were a third of the gateway's CPU per watcher
-        (bench/README.md, "2026-12-01 late")."""
-        if await client.write(answer + text_frames([final]) + client.close_frame(CLOSE_NORMAL)):
-            with trio.move_on_after(self._idle_timeout):
-                await client.read_until_closed()
+        the final message alone), without a watcher, a second task, wsproto or three writes
+        (bench/README.md, "2026-12-01 late", has the profile). After the close frame nothing
+        is sent, pings are not answered (:class:`ClientFramesAfterClose`).
+
+        Error handling: a client gone raises as the stream does (:meth:`claim` ends the
+        connection)."""
+        data = answer + text_frames([final]) + close_frame(CLOSE_NORMAL)
+        written = stream.send_now(data)
+        if written < len(data):
+            # Shielded as every write here: half a frame cannot be taken back.
+            with trio.CancelScope(shield=True):
+                await stream.send_all(memoryview(data)[written:])
+        frames = ClientFramesAfterClose()
+        if frames.feed(rest):
+            return
+        with trio.move_on_after(self._idle_timeout):
+            while received := await stream.receive_some(_RECEIVE_BYTES):
+                if frames.feed(received):
+                    return
 
     async def _watch(
         self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float, answer: bytes
