@@ -206,6 +206,22 @@ async def test_send_now_writes_at_once_or_leaves_the_rest_to_send_all() -> None:
                 accepted.send_now(b"after close")
 
 
+async def test_close_now_closes_at_once_and_the_later_aclose_has_nothing_to_do() -> None:
+    with trio.fail_after(GUARD):
+        (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listener = SendDeadlineListener(inner, send_timeout=5.0, on_timeout=lambda: None)
+        async with listener, await trio.open_tcp_stream(*inner.socket.getsockname()) as client:
+            accepted = await listener.accept()
+            accepted.close_now()
+            assert await client.receive_some(1024) == b""
+            # As trio's serve_listeners closes every connection after its handler: in a
+            # cancelled scope, which a checkpoint would raise Cancelled into.
+            with trio.CancelScope() as closing:
+                closing.cancel()
+                await accepted.aclose()
+            assert not closing.cancelled_caught
+
+
 async def test_bytes_unread_are_read_first() -> None:
     with trio.fail_after(GUARD):
         (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")

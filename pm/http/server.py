@@ -115,6 +115,7 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         self._sending = trio.Lock()
         # Bytes read before hypercorn took the connection (see unread).
         self._unread = b""
+        self._closed_now = False
 
     def unread(self, data: bytes) -> None:
         """Make ``data`` (read from this stream, not used) what the next reads return first:
@@ -179,7 +180,18 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
             return data
         return await self.transport.receive_some(max_bytes)
 
+    def close_now(self) -> None:
+        """Close the connection at once, without a checkpoint: a connection served to its end
+        by a :data:`ConnectionClaim`. The close that trio's ``serve_listeners`` then gives
+        every connection (:meth:`aclose`, in a cancelled scope) returns at once, instead of
+        a checkpoint raising ``Cancelled`` into that scope (a tenth of a watcher's connection
+        in a profile of 3,000)."""
+        self._closed_now = True
+        self.transport.socket.close()
+
     async def aclose(self) -> None:
+        if self._closed_now:
+            return  # nothing left to close
         await self.transport.aclose()
 
 

@@ -101,13 +101,15 @@ class WatchConnections:
         a bug, logged, and ends that connection only (it must not reach the server's
         nursery, which would end every connection)."""
         try:
-            return await self._claim(stream)
+            taken = await self._claim(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            taken = True
         except Exception:
             logger.exception("a watcher's connection failed")
-        await stream.aclose()
-        return True
+            taken = True
+        if taken:
+            stream.close_now()
+        return taken
 
     async def _claim(self, stream: SendDeadlineStream) -> bool:
         read: tuple[bytes | None, bytes] | None = None
@@ -151,7 +153,7 @@ class WatchConnections:
             if full is not None:
                 await _refuse(stream, full)
                 return
-            # (The connection is closed by trio's serve_listeners when this returns.)
+            # (The connection is closed by claim when this returns.)
             answer = accept_response(handshake.key, selected_subprotocol(scope), time.time())
             final = None if job.runs_elsewhere else job.feed.final_message
             if final is not None:
