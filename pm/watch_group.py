@@ -33,12 +33,13 @@ The feed counts every member, not the lead: ``watchers.max_updates_per_second`` 
 group's interval from all the job's watchers, and each ``each`` member counts in the share of
 ``watchers.max_task_messages_per_second`` as a watcher of its own would.
 
-Restart and error policy: the writes are run by the task of one member at a time (the
-leader); when its member leaves (its client went away), the next member's task runs them
-on, losing nothing (:class:`~pm.http.coalesced_writes.CoalescedWrites`). A member whose
-client is gone (``send_now`` raised, or ``send_rest`` returned False) is only marked gone;
-its own task then ends its watch. A bug raised by the lead ends the leader's watch, which its
-connection reports (1011); the next member's task then runs the lead.
+Restart and error policy: the writes are run by one task at a time, in the connection's
+nursery of one member (the host); when the host leaves (its final message written, or its
+client went away), another member's nursery runs them on, losing nothing
+(:class:`~pm.http.coalesced_writes.CoalescedWrites`). A member whose client is gone
+(``send_now`` raised, or ``send_rest`` returned False) is only marked gone; its own task
+then ends its watch. A bug raised by the lead ends the host's watch, which its connection
+reports (1011); another member's nursery then runs the lead.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ class GroupMember:
         self.final_due = False
         self.final = False
         self.gone = False
+        # Its connection's nursery, where the group's writes run while it hosts them; the
+        # scope that moves them away when it leaves; a bug they raised there, for its task.
+        self.nursery: trio.Nursery | None = None
+        self.lead_scope = trio.CancelScope()
+        self.lead_error: Exception | None = None
         self._wake = trio.Event()
 
     def wake(self) -> None:
@@ -163,6 +169,8 @@ class WatchGroup:
         self._writes = CoalescedWrites(self._lead, self._fan_out)
         self._on_empty = on_empty
         self._members: set[GroupMember] = set()
+        # The member in whose connection's nursery the group's writes run (one at a time).
+        self._lead_host: GroupMember | None = None
         self._leading = False
         self._leader_gone = trio.Event()
         # The last job snapshot the lead wrote, and where its task views ended: what a
@@ -191,18 +199,46 @@ class WatchGroup:
         finally:
             self._members.discard(member)
             feed.count_watchers(self._tasks, -1)
+            if self._lead_host is member:
+                # The writes move to another member's connection, losing nothing.
+                member.lead_scope.cancel()
+                self._lead_host = None
+                self._host_writes()
             if not self._members:
                 self._lead.watcher.close()
                 self._on_empty()
 
-    async def watch(self, member: GroupMember) -> bool:
-        """Until the member's final message is written; False if its client went away. Runs
-        the group's writes meanwhile when no other member's task does."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._lead_when_needed)
-            stayed = await self._write_member(member)
-            nursery.cancel_scope.cancel()
-        return stayed
+    async def watch(self, member: GroupMember, nursery: trio.Nursery) -> bool:
+        """Until the member's final message is written; False if its client went away.
+
+        The group's writes run in a task of one member's connection ``nursery`` at a time
+        (not one standby task per member: a task spawned is a tenth of a member's cost),
+        moved to another member's when that member leaves.
+
+        Error handling: a bug raised by the group's writes is raised here, in the task of the
+        member whose nursery ran them (its connection reports it: 1011)."""
+        member.nursery = nursery
+        if self._lead_host is None:
+            self._host_writes()
+        return await self._write_member(member)
+
+    def _host_writes(self) -> None:
+        """Run the group's writes in a member's connection nursery, if any member is left
+        and anything is left to write."""
+        if self._writes.over:
+            return
+        host = next((member for member in self._members if member.nursery is not None), None)
+        if host is not None and host.nursery is not None:
+            self._lead_host = host
+            host.nursery.start_soon(self._run_writes, host)
+
+    async def _run_writes(self, host: GroupMember) -> None:
+        with host.lead_scope:
+            try:
+                await self._lead_when_needed()
+            except Exception as error:
+                host.lead_error = error
+                host.wake()
 
     async def _lead_when_needed(self) -> None:
         while not self._writes.over:
@@ -319,6 +355,8 @@ class WatchGroup:
         """The member's task: what its socket did not take at once, and its catching up,
         until its final message is written; False if its client went away."""
         while not member.gone:
+            if member.lead_error is not None:
+                raise member.lead_error
             if (rest := member.rest) is not None:
                 # Left set while written: group writes meanwhile see the member busy.
                 if not await member.socket.send_rest(rest):

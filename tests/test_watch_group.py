@@ -17,6 +17,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, TextMessage
 
 import pm.watch
+from pm.watch_group import WatchGroup
 from tests.job_api import entry
 from tests.served_app import ServedGateway, app_config, receive_all, serve_app
 from tests.test_http_hostile_clients import heavy_job, never_reading_watcher, read_until_closed
@@ -238,3 +239,33 @@ async def test_the_final_message_and_the_close_frame_go_in_one_write(
     final, close = client.events()
     assert isinstance(final, TextMessage) and isinstance(close, CloseConnection)
     assert json.loads(final.data)["job"]["status"] == "resolved" and close.code == 1000
+
+
+async def test_a_bug_in_the_groups_writes_closes_its_hosts_connection_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fan_out = WatchGroup._fan_out
+    failed = False
+
+    async def failing_once(group: WatchGroup, messages: list[bytes]) -> bool:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("a bug in the group's writes")
+        return await fan_out(group, messages)
+
+    monkeypatch.setattr(WatchGroup, "_fan_out", failing_once)
+    with trio.fail_after(GUARD):
+        async with serve_app(app_config()) as gateway:
+            job_id, requests = await held_job(gateway, 2)
+            url = f"{gateway.ws_url}/jobs/{job_id}/ws?tasks=none"
+            async with open_websocket_url(url) as host, open_websocket_url(url) as other:
+                await host.get_message()
+                await other.get_message()
+                await answer(gateway, job_id, requests[:1])
+                _, host_code = await receive_all(host)
+                await answer(gateway, job_id, requests[1:])
+                messages, other_code = await receive_all(other)
+    # The first member's connection ran the writes: it reports the bug; the other goes on.
+    assert (host_code, other_code) == (1011, 1000)
+    assert messages[-1]["job"]["status"] == "resolved"

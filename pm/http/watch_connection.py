@@ -165,7 +165,7 @@ class WatchConnections:
                 nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
                 with client.watching:
                     try:
-                        if await self._watch(client, job, tasks, interval, answer):
+                        if await self._watch(client, job, tasks, interval, answer, nursery):
                             await client.close(CLOSE_NORMAL)
                     except Exception:
                         logger.exception("watching job %d failed", job_id)
@@ -203,7 +203,13 @@ class WatchConnections:
                     return
 
     async def _watch(
-        self, client: _ClientSide, job: Job, tasks: TaskMode, interval: float, answer: bytes
+        self,
+        client: _ClientSide,
+        job: Job,
+        tasks: TaskMode,
+        interval: float,
+        answer: bytes,
+        nursery: trio.Nursery,
     ) -> bool:
         """The handshake's ``answer``, then the watcher's messages to the client; False if the
         client went away meanwhile.
@@ -211,11 +217,12 @@ class WatchConnections:
         A job that runs here and is not final yet is watched in a group (:mod:`pm.watch_group`)
         with its other watchers of the same mode and interval, the answer and the first
         message in one write; the others (another gateway's job, fed per watcher from the
-        database; a final job, one message) on their own."""
+        database; a final job, one message) on their own. The group's writes may run in a
+        task of this connection's ``nursery`` (:meth:`WatchGroup.watch`)."""
         if not job.runs_elsewhere and job.feed.final_message is None:
             group = self._group(job, tasks, interval)
             with group.membership(client, answer) as member:
-                return await group.watch(member)
+                return await group.watch(member, nursery)
         if not await client.write(answer):
             return False
         async with trio.open_nursery() as feeding:
