@@ -281,25 +281,36 @@ async def test_a_finished_jobs_watcher_is_answered_in_one_write(
     assert write.startswith(b"HTTP/1.1 101 ") and write.endswith(b"\x88\x02\x03\xe8")
 
 
+@pytest.mark.parametrize("job", ["finished", "running"])
 async def test_a_ping_after_the_servers_close_is_neither_answered_nor_an_error(
-    caplog: pytest.LogCaptureFixture,
+    job: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(GUARD):
         async with serve_app(app_config()) as gateway:
-            job_id = await finished_job(gateway)
+            if job == "finished":
+                job_id = await finished_job(gateway)
+            else:
+                gateway.devices.auto_answer = False
+                job_id = int((await gateway.submit(entry(["a"])))["id"])
             client = Connection(ConnectionType.CLIENT)
             async with await connect(gateway) as stream:
-                # The ping reaches the server with the handshake: it reads it after it wrote
-                # the final message and its close frame, after which nothing may be sent.
-                await stream.send_all(
-                    handshake(f"/jobs/{job_id}/ws?tasks=none") + client.send(Ping(b"late"))
-                )
+                await stream.send_all(handshake(f"/jobs/{job_id}/ws?tasks=none"))
                 _, rest = await _head_and_rest(stream)
+                if job == "running":
+                    await _events_until(stream, client, rest, TextMessage)  # the first snapshot
+                    gateway.devices.answer_all()
+                    rest = b""
                 events = await _events_until(stream, client, rest, CloseConnection)
+                # After the server's close frame nothing may be sent (RFC 6455 section 5.5.1):
+                # the ping is neither answered nor an error. (Made by a client still open:
+                # this one, having read the close, refuses to.)
+                late_ping = Connection(ConnectionType.CLIENT).send(Ping(b"late"))
+                await stream.send_all(late_ping)
                 await stream.send_all(client.send(events[-1].response()))
                 received = b""
                 while chunk := await stream.receive_some(1024):
                     received += chunk
-    assert [type(event) for event in events] == [TextMessage, CloseConnection]
-    assert received == b""  # no pong after the close frame
+    assert isinstance(events[-2], TextMessage) and events[-1].code == 1000
+    assert json.loads(events[-2].data)["job"]["status"] == "resolved"
+    assert received == b""  # no pong after the close frame: the server closed
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -15,13 +15,15 @@ hypercorn writes them, the same messages, each write one system call when the so
 at once (:meth:`~pm.http.server.SendDeadlineStream.send_now`). The watchers of a running job
 with the same mode and interval are written together, one lead watcher's messages framed once
 for all of them (:mod:`pm.watch_group`), the 101 answer and the first message in one write;
-any other watcher has its own (:func:`~pm.http.watch_route.send_coalesced`). What the client
-sends is parsed by wsproto: pings are answered, messages dropped (a message over
-``http.max_websocket_message_bytes`` closes with 1009, as hypercorn does), a close frame is
-answered and ends the watcher. Every other connection (another path, an extension offer when
-``http.websocket_compression`` is on, any unusual handshake) goes to hypercorn with the bytes
-read put back, and is served as before; so is every connection after a refused handshake
-(keep-alive, as hypercorn does).
+a watcher of a job already final gets the 101 answer, the final message and the close
+frame in one write; any other watcher has its own writes
+(:func:`~pm.http.watch_route.send_coalesced`). What the client sends is parsed by wsproto
+(:class:`~pm.http.watcher_socket.WatcherSocket`): pings are answered, messages dropped (a
+message over ``http.max_websocket_message_bytes`` closes with 1009, as hypercorn does), a
+close frame is answered and ends the watcher. Every other connection (another path, an
+extension offer when ``http.websocket_compression`` is on, any unusual handshake) goes to
+hypercorn with the bytes read put back, and is served as before; so is every connection
+after a refused handshake (keep-alive, as hypercorn does).
 
 Error handling: a head not complete within ``http.idle_timeout`` closes the connection (as
 hypercorn's idle timer does). A watcher that fails after the handshake is logged and closes
@@ -39,9 +41,6 @@ from functools import partial
 
 import trio
 from quart_trio import QuartTrio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import CloseConnection, Message, Ping
-from wsproto.frame_protocol import CloseReason
 
 from ..config import HttpConfig
 from ..jobs import Job
@@ -58,6 +57,7 @@ from .watch_route import (
     selected_subprotocol,
     send_coalesced,
 )
+from .watcher_socket import RECEIVE_BYTES, WatcherSocket
 from .websocket_frames import ClientFramesAfterClose, close_frame, text_frames
 from .websocket_handshake import (
     WatchHandshake,
@@ -74,7 +74,6 @@ _END_OF_HEAD = b"\r\n\r\n"
 # What a request head the watchers' path might take begins with; another beginning is
 # handed to hypercorn as soon as it is seen.
 _WATCH_PREFIX = b"GET /jobs/"
-_RECEIVE_BYTES = 64 * 1024
 
 
 class WatchConnections:
@@ -159,7 +158,7 @@ class WatchConnections:
             if final is not None:
                 await self._serve_final(stream, answer, final, rest)
                 return
-            client = _ClientSide(stream, self._max_message)
+            client = WatcherSocket(stream, self._max_message)
             client.receive(rest)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.read_until_closed, nursery.cancel_scope)
@@ -198,13 +197,13 @@ class WatchConnections:
         if frames.feed(rest):
             return
         with trio.move_on_after(self._idle_timeout):
-            while received := await stream.receive_some(_RECEIVE_BYTES):
+            while received := await stream.receive_some(RECEIVE_BYTES):
                 if frames.feed(received):
                     return
 
     async def _watch(
         self,
-        client: _ClientSide,
+        client: WatcherSocket,
         job: Job,
         tasks: TaskMode,
         interval: float,
@@ -256,124 +255,12 @@ def watch_connections(app: QuartTrio, http: HttpConfig) -> WatchConnections:
     return WatchConnections(route, http)
 
 
-class _ClientSide:
-    """One watcher's connection after the handshake: the server's frames out, the client's
-    frames in (wsproto, server side). ``watching`` is cancelled when the client closes,
-    goes away, or broke the protocol."""
-
-    def __init__(self, stream: SendDeadlineStream, max_message: int) -> None:
-        self._stream = stream
-        self._max_message = max_message
-        self._protocol = Connection(ConnectionType.SERVER)
-        self._message_length = 0
-        self._discarding = False
-        self.watching = trio.CancelScope()
-
-    async def write(self, data: bytes) -> bool:
-        """Write ``data`` whole; False if the client is gone."""
-        try:
-            sent = self.send_now(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.watching.cancel()
-            return False
-        return sent == len(data) or await self.send_rest(memoryview(data)[sent:])
-
-    def send_now(self, data: bytes) -> int:
-        """What the socket takes of ``data`` at once (a group's write, :mod:`pm.watch_group`).
-
-        Error handling: a client gone raises :class:`trio.BrokenResourceError` or
-        :class:`trio.ClosedResourceError`."""
-        return self._stream.send_now(data)
-
-    async def send_rest(self, data: memoryview) -> bool:
-        """Write ``data`` whole, waiting for the socket; False if the client is gone."""
-        try:
-            # Shielded as hypercorn's own writes are: a cancelled write would leave half a
-            # frame on the connection; the stream's send deadline bounds it instead.
-            with trio.CancelScope(shield=True):
-                await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.watching.cancel()
-            return False
-        return True
-
-    async def write_messages(self, messages: list[bytes]) -> bool:
-        """The watcher's :data:`~pm.http.watch_route.Writer`: one text frame per message."""
-        return await self.write(text_frames(messages))
-
-    def close_frame(self, code: int) -> bytes:
-        """The close frame, to be written now (with what precedes it, in one write); ``b""``
-        once a close frame was sent, or after the client's close was answered."""
-        if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            return self._protocol.send(CloseConnection(code=code))
-        return b""
-
-    def normal_close_frame(self) -> bytes:
-        """The close frame that follows the final message (1000), as :meth:`close_frame`."""
-        return self.close_frame(CLOSE_NORMAL)
-
-    async def close(self, code: int) -> None:
-        """Send the close frame (once; not after the client's own)."""
-        if frame := self.close_frame(code):
-            await self.write(frame)
-
-    def receive(self, data: bytes) -> None:
-        if data:
-            self._protocol.receive_data(data)
-
-    async def read_until_closed(self, connection_scope: trio.CancelScope | None = None) -> None:
-        """Read the client's frames until its close frame or its end of stream, then end the
-        connection's tasks (``connection_scope``, if any)."""
-        try:
-            while self._discarding or await self._handle_events():
-                data = await self._stream.receive_some(_RECEIVE_BYTES)
-                if not data:
-                    break
-                if not self._discarding:
-                    self._protocol.receive_data(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        self.watching.cancel()
-        if connection_scope is not None:
-            connection_scope.cancel()
-
-    async def _handle_events(self) -> bool:
-        """Act on what the client sent; False once the connection is over."""
-        for event in self._protocol.events():
-            if isinstance(event, Message):
-                self._message_length += len(event.data)
-                if self._message_length > self._max_message:
-                    self.watching.cancel()
-                    await self.close(CloseReason.MESSAGE_TOO_BIG)
-                    # What it sends next is read and dropped unparsed until it closes (a
-                    # client still sending would see a reset, and lose our close frame).
-                    self._discarding = True
-                    return True
-                if event.message_finished:
-                    self._message_length = 0
-            elif isinstance(event, Ping):
-                if self._protocol.state is ConnectionState.OPEN:
-                    # After our close frame a ping is not answered (RFC 6455 section 5.5.1:
-                    # nothing may follow a close frame; wsproto refuses to make one).
-                    await self.write(self._protocol.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                self.watching.cancel()
-                if self._protocol.state is ConnectionState.REMOTE_CLOSING:
-                    await self.write(self._protocol.send(event.response()))
-                else:
-                    # A frame that broke the protocol (wsproto says which code), or the
-                    # answer to our own close frame.
-                    await self.close(event.code)
-                return False
-        return True
-
-
 async def _read_head(stream: SendDeadlineStream) -> tuple[bytes | None, bytes]:
     """The request head (without its blank line) and what followed it; or None and all that
     was read, as soon as it cannot be a watcher's handshake."""
     data = b""
     while True:
-        chunk = await stream.receive_some(_RECEIVE_BYTES)
+        chunk = await stream.receive_some(RECEIVE_BYTES)
         if not chunk:
             return None, data
         data += chunk
