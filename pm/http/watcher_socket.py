@@ -23,6 +23,7 @@ from wsproto.frame_protocol import CloseReason
 from .server import SendDeadlineStream
 from .watch_route import CLOSE_NORMAL
 from .websocket_frames import ClientFramesAfterClose, text_frames
+from .websocket_frames import close_frame as server_close_frame
 
 # The most read from a watcher's socket at once.
 RECEIVE_BYTES = 64 * 1024
@@ -36,12 +37,14 @@ class WatcherSocket:
     def __init__(self, stream: SendDeadlineStream, max_message: int) -> None:
         self._stream = stream
         self._max_message = max_message
-        self._protocol = Connection(ConnectionType.SERVER)
+        # Made at the client's first bytes: most watchers' clients send nothing before the
+        # server's close frame (wsproto's connection was a twentieth of a watcher's cost).
+        self._protocol: Connection | None = None
         self._message_length = 0
         self._discarding = False
-        # Whether wsproto was given any of the client's bytes (else, after the server's close
-        # frame, the client's frames start at a frame's start: walked, not parsed).
-        self._fed = False
+        # The server's close frame sent while the client had sent nothing: from there its
+        # frames are walked by their headers (they start at a frame's start), not parsed.
+        self._closed_unparsed = False
         self._after_close = ClientFramesAfterClose()
         self.watching = trio.CancelScope()
 
@@ -80,8 +83,14 @@ class WatcherSocket:
     def close_frame(self, code: int) -> bytes:
         """The close frame, to be written now (with what precedes it, in one write); ``b""``
         once a close frame was sent, or after the client's close was answered."""
-        if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            return self._protocol.send(CloseConnection(code=code))
+        protocol = self._protocol
+        if protocol is None:
+            if self._closed_unparsed:
+                return b""
+            self._closed_unparsed = True
+            return server_close_frame(code)
+        if protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return protocol.send(CloseConnection(code=code))
         return b""
 
     def normal_close_frame(self) -> bytes:
@@ -94,8 +103,10 @@ class WatcherSocket:
             await self.write(frame)
 
     def receive(self, data: bytes) -> None:
+        """What the client sent, for wsproto (not after a close frame sent unparsed)."""
         if data:
-            self._fed = True
+            if self._protocol is None:
+                self._protocol = Connection(ConnectionType.SERVER)
             self._protocol.receive_data(data)
 
     async def read_until_closed(self, connection_scope: trio.CancelScope) -> None:
@@ -110,7 +121,7 @@ class WatcherSocket:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
-                if not self._fed and self._protocol.state is ConnectionState.LOCAL_CLOSING:
+                if self._closed_unparsed:
                     if self._after_close.feed(data):
                         break
                 elif not self._discarding:
@@ -122,7 +133,10 @@ class WatcherSocket:
 
     async def _handle_events(self) -> bool:
         """Act on what the client sent; False once the connection is over."""
-        for event in self._protocol.events():
+        protocol = self._protocol
+        if protocol is None:
+            return True  # nothing sent yet
+        for event in protocol.events():
             if isinstance(event, Message):
                 self._message_length += len(event.data)
                 if self._message_length > self._max_message:
@@ -135,14 +149,14 @@ class WatcherSocket:
                 if event.message_finished:
                     self._message_length = 0
             elif isinstance(event, Ping):
-                if self._protocol.state is ConnectionState.OPEN:
+                if protocol.state is ConnectionState.OPEN:
                     # After our close frame a ping is not answered (RFC 6455 section 5.5.1:
                     # nothing may follow a close frame; wsproto refuses to make one).
-                    await self.write(self._protocol.send(event.response()))
+                    await self.write(protocol.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self.watching.cancel()
-                if self._protocol.state is ConnectionState.REMOTE_CLOSING:
-                    await self.write(self._protocol.send(event.response()))
+                if protocol.state is ConnectionState.REMOTE_CLOSING:
+                    await self.write(protocol.send(event.response()))
                 else:
                     # A frame that broke the protocol (wsproto says which code), or the
                     # answer to our own close frame.
