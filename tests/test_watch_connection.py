@@ -206,6 +206,26 @@ async def test_send_now_writes_at_once_or_leaves_the_rest_to_send_all() -> None:
                 accepted.send_now(b"after close")
 
 
+async def test_receive_now_reads_what_is_there_without_waiting() -> None:
+    with trio.fail_after(GUARD):
+        (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listener = SendDeadlineListener(inner, send_timeout=5.0, on_timeout=lambda: None)
+        async with listener, await trio.open_tcp_stream(*inner.socket.getsockname()) as client:
+            async with await listener.accept() as accepted:
+                assert accepted.receive_now(1024) is None  # nothing yet
+                await client.send_all(b"head")
+                await trio.lowlevel.wait_readable(accepted.socket)
+                accepted.unread(b"first, ")
+                assert accepted.receive_now(3) == b"fir"
+                assert accepted.receive_now(1024) == b"st, "
+                assert accepted.receive_now(1024) == b"head"
+                await client.send_eof()
+                await trio.lowlevel.wait_readable(accepted.socket)
+                assert accepted.receive_now(1024) == b""  # its end
+            with pytest.raises(trio.ClosedResourceError):
+                accepted.receive_now(1024)
+
+
 async def test_close_now_closes_at_once_and_the_later_aclose_has_nothing_to_do() -> None:
     with trio.fail_after(GUARD):
         (inner,) = await trio.open_tcp_listeners(0, host="127.0.0.1")

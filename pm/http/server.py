@@ -147,6 +147,26 @@ class SendDeadlineStream(trio.abc.HalfCloseableStream):
         except OSError as error:
             raise trio.BrokenResourceError(f"the client is gone: {error}") from None
 
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What the client sent that can be read at once, without waiting or yielding (``b""``
+        at its end); None if nothing is there yet. Bytes unread are returned first.
+
+        Error handling: a client gone raises :class:`trio.BrokenResourceError`, a stream
+        closed here :class:`trio.ClosedResourceError`.
+        """
+        if self._unread:
+            data, self._unread = self._unread[:max_bytes], self._unread[max_bytes:]
+            return data
+        descriptor = self.socket.fileno()
+        if descriptor < 0:
+            raise trio.ClosedResourceError("this stream was closed")
+        try:
+            return os.read(descriptor, max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            raise trio.BrokenResourceError(f"the client is gone: {error}") from None
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._sending:
             await self._send_all_in_turn(data)

@@ -111,9 +111,13 @@ class WatchConnections:
         return taken
 
     async def _claim(self, stream: SendDeadlineStream) -> bool:
-        read: tuple[bytes | None, bytes] | None = None
-        with trio.move_on_after(self._idle_timeout):
-            read = await _read_head(stream)
+        # Most clients' heads are there when the connection's task first runs: taken at once,
+        # without the idle timer's cancel scope or a trip through trio's scheduler.
+        at_once = stream.receive_now(RECEIVE_BYTES)
+        read = None if at_once is None else _split_head(at_once)
+        if read is None:
+            with trio.move_on_after(self._idle_timeout):
+                read = await _read_head(stream, at_once or b"")
         if read is None:
             # No complete head within idle_timeout: closed, as hypercorn's idle timer does.
             await trio.aclose_forcefully(stream)
@@ -255,22 +259,30 @@ def watch_connections(app: QuartTrio, http: HttpConfig) -> WatchConnections:
     return WatchConnections(route, http)
 
 
-async def _read_head(stream: SendDeadlineStream) -> tuple[bytes | None, bytes]:
-    """The request head (without its blank line) and what followed it; or None and all that
-    was read, as soon as it cannot be a watcher's handshake."""
-    data = b""
+async def _read_head(stream: SendDeadlineStream, data: bytes) -> tuple[bytes | None, bytes]:
+    """The request head (without its blank line) and what followed it, ``data`` (read
+    already) first; or None and all that was read, as soon as it cannot be a watcher's
+    handshake."""
     while True:
         chunk = await stream.receive_some(RECEIVE_BYTES)
         if not chunk:
             return None, data
         data += chunk
-        if not data.startswith(_WATCH_PREFIX[: len(data)]):
-            return None, data
-        head, found, rest = data.partition(_END_OF_HEAD)
-        if found:
-            return head, rest
-        if len(data) > MAX_HEAD_BYTES:
-            return None, data
+        if (split := _split_head(data)) is not None:
+            return split
+
+
+def _split_head(data: bytes) -> tuple[bytes | None, bytes] | None:
+    """``data`` as the request head and what followed it; None and ``data`` if it cannot be a
+    watcher's handshake; None if the head may go on."""
+    if not data.startswith(_WATCH_PREFIX[: len(data)]):
+        return None, data
+    head, found, rest = data.partition(_END_OF_HEAD)
+    if found:
+        return head, rest
+    if len(data) > MAX_HEAD_BYTES:
+        return None, data
+    return None
 
 
 async def _refuse(stream: SendDeadlineStream, refusal: Refusal) -> None:
