@@ -172,7 +172,8 @@ class WatchConnections:
                             await client.close(CLOSE_NORMAL)
                     except Exception:
                         logger.exception("watching job %d failed", job_id)
-                        await client.close(CLOSE_INTERNAL_ERROR)
+                        if client.written_any or await client.write(answer):
+                            await client.close(CLOSE_INTERNAL_ERROR)
                 # The client answers the close frame; a client that does not is not waited
                 # for long.
                 nursery.cancel_scope.deadline = trio.current_time() + self._idle_timeout

@@ -47,6 +47,9 @@ class WatcherSocket:
         self._closed_unparsed = False
         self._after_close = ClientFramesAfterClose()
         self.watching = trio.CancelScope()
+        # Whether any byte went out (else a failure before the handshake's answer must write
+        # the answer before its close frame).
+        self.written_any = False
 
     async def write(self, data: bytes) -> bool:
         """Write ``data`` whole; False if the client is gone."""
@@ -62,7 +65,9 @@ class WatcherSocket:
 
         Error handling: a client gone raises :class:`trio.BrokenResourceError` or
         :class:`trio.ClosedResourceError`."""
-        return self._stream.send_now(data)
+        written = self._stream.send_now(data)
+        self.written_any = self.written_any or written > 0
+        return written
 
     async def send_rest(self, data: memoryview) -> bool:
         """Write ``data`` whole, waiting for the socket; False if the client is gone."""
