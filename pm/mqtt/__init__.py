@@ -25,8 +25,9 @@ reconnecting (:meth:`MqttClient.drop_connection`); see :mod:`pm.mqtt._probe`.
 """
 
 from ._client import Acknowledgement, MqttClient
-from ._connection import LastWill, MqttError, MqttSubscribeError
+from ._connection import MqttError, MqttSubscribeError
 from ._open_client import open_mqtt_client
+from ._open_connection import LastWill
 from ._probe import AnswerPathProbe, open_answer_path_probe
 
 __all__ = [

@@ -12,7 +12,8 @@ import paho.mqtt.client as paho
 import trio
 from paho.mqtt.enums import MQTTErrorCode
 
-from ._connection import Connection, ConnectionLost, LastWill, MqttError, open_connection
+from ._connection import Connection, ConnectionLost, MqttError
+from ._open_connection import LastWill, open_connection
 
 # One logger for the package: "pm.mqtt" is what log configurations name.
 log = logging.getLogger("pm.mqtt")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from ._client import MqttClient
-from ._connection import LastWill
+from ._open_connection import LastWill
 
 
 @asynccontextmanager
