@@ -67,8 +67,11 @@ class Connection:
         self._short_read_drains = not isinstance(sock, ssl.SSLSocket)
         self.scope: trio.CancelScope | None = None
         self.write_wanted = trio.Event()
-        self.connack_received = trio.Event()
-        self.connack: ReasonCode | None = None
+        # While the reader handles packets, what they queue waits for the reader to write it.
+        self._reading = False
+        self._write_after_read = False
+        # While the writer waits for room in the kernel's send buffer.
+        self._writer_awaits_room = False
         self.lost = trio.Event()
         self.closed = trio.Event()
         self.lost_reason = "socket closed"
@@ -102,56 +105,99 @@ class Connection:
             except trio.ClosedResourceError:
                 self.mark_lost("socket closed")
                 return
-            for _ in range(_MAX_READS_PER_WAKEUP):
-                # loop_read() handles the packets of one read (paho's reader one packet), and
-                # its return code cannot tell "read something" from "nothing left".
-                rc = self.paho.loop_read()
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._lost_with(rc)
+            # What the packets of this wake-up queue (PUBACKs, answers published from
+            # on_message) is written from here once they are handled, not by waking the writer
+            # task for it: a device answering one request at a time paid a task wake-up per
+            # answer for that (a fifth of a simulated fleet's CPU with a connection per device).
+            self._reading = True
+            try:
+                if not self._read_packets():
                     return
-                if self.paho.read_ahead_pending:
-                    continue
-                # The last read took all there was: readiness says when more comes. A peek
-                # here (a syscall) found nothing for most reads of a simulated fleet's
-                # connections, one or two requests each.
-                if self._short_read_drains and self.paho.socket_drained:
-                    break
-                # Peek to know whether to go on: what arrived meanwhile is handled in this
-                # wake-up (a gateway's answers in fewer, larger batches).
-                if not _has_pending_bytes(self.sock):
-                    break
+            finally:
+                self._reading = False
+            if self._write_after_read and not self._write_from_reader():
+                return
+
+    def _read_packets(self) -> bool:
+        """Handle what the socket has now (one wake-up's worth); False if the connection is
+        lost."""
+        for _ in range(_MAX_READS_PER_WAKEUP):
+            # loop_read() handles the packets of one read (paho's reader one packet), and
+            # its return code cannot tell "read something" from "nothing left".
+            rc = self.paho.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost_with(rc)
+                return False
+            if self.paho.read_ahead_pending:
+                continue
+            # The last read took all there was: readiness says when more comes. A peek
+            # here (a syscall) found nothing for most reads of a simulated fleet's
+            # connections, one or two requests each.
+            if self._short_read_drains and self.paho.socket_drained:
+                break
+            # Peek to know whether to go on: what arrived meanwhile is handled in this
+            # wake-up (a gateway's answers in fewer, larger batches).
+            if not _has_pending_bytes(self.sock):
+                break
+        return True
+
+    def _write_from_reader(self) -> bool:
+        """Write what the reader's packets queued, without blocking; False if the connection
+        is lost. What the kernel cannot take now is left to the writer task, woken for it."""
+        self._write_after_read = False
+        if self._writer_awaits_room:
+            # The writer waits for the kernel's buffer to drain, with bytes of its own ahead
+            # of these: it writes them all, in order, once there is room.
+            return True
+        if not self._write_queued():
+            return False
+        if self.paho.want_write():
+            # The kernel's buffer is full: the writer waits for room and writes the rest.
+            # (paho does not call on_socket_register_write again: it did for the first packet.)
+            self.write_wanted.set()
+        return True
 
     async def write_loop(self) -> None:
         while True:
             if self.paho.want_write():
-                # paho sends each queued buffer with its own send(): corked, the kernel packs
-                # them into full segments instead of pushing one loopback/TCP segment per
-                # packet through the stack (that was ~16% of the gateway's CPU in a 10k-task
-                # burst). Uncorking flushes at once, so a lone packet is not delayed. The hot
-                # packets are one buffer already (ReadAheadClient): no cork, two syscalls less.
-                corked = self.paho.several_writes_queued
-                if corked:
-                    _set_cork(self.sock, True)
-                try:
-                    rc = self.paho.loop_write()
-                finally:
-                    if corked:
-                        _set_cork(self.sock, False)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._lost_with(rc)
+                if not self._write_queued():
                     return
                 if self.paho.want_write():
                     # Kernel send buffer full: wait for it to drain, then write the rest.
+                    self._writer_awaits_room = True
                     try:
                         await trio.lowlevel.wait_writable(self.sock)
                     except trio.ClosedResourceError:
                         self.mark_lost("socket closed")
                         return
+                    finally:
+                        self._writer_awaits_room = False
                     continue
             # Nothing pending. No checkpoint since want_write() was checked, so a packet queued
             # from now on fires on_socket_register_write and sets this new Event.
             self.write_wanted = trio.Event()
             await self.write_wanted.wait()
+
+    def _write_queued(self) -> bool:
+        """One loop_write(): what the kernel takes of paho's queue; False if the connection is
+        lost."""
+        # paho sends each queued buffer with its own send(): corked, the kernel packs them into
+        # full segments instead of pushing one loopback/TCP segment per packet through the
+        # stack (that was ~16% of the gateway's CPU in a 10k-task burst). Uncorking flushes at
+        # once, so a lone packet is not delayed. The hot packets are one buffer already
+        # (ReadAheadClient): no cork, two syscalls less.
+        corked = self.paho.several_writes_queued
+        if corked:
+            _set_cork(self.sock, True)
+        try:
+            rc = self.paho.loop_write()
+        finally:
+            if corked:
+                _set_cork(self.sock, False)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost_with(rc)
+            return False
+        return True
 
     async def misc_loop(self) -> None:
         keepalive = self.owner._keepalive
@@ -298,7 +344,10 @@ class Connection:
             waiter.done.set()
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self.write_wanted.set()
+        if self._reading:
+            self._write_after_read = True  # the reader writes it once its packets are handled
+        else:
+            self.write_wanted.set()
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # Our read/write tasks may be parked on this fd in trio's epoll: tell trio before the fd
