@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -13,16 +13,12 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ._paho import ReadAheadClient
+from ._sockets import has_decrypted_bytes, has_pending_bytes, set_cork
 
 if TYPE_CHECKING:
     from ._client import MqttClient
 
 
-# paho's keepalive bookkeeping only advances when loop_misc() is called. Four calls per
-# keepalive period send each PINGREQ at most 1.25 periods after the last packet out (brokers
-# allow 1.5) and notice a missing PINGRESP at most a quarter period late. (A fixed 1 s period
-# woke a simulated fleet of 10,000 connections 10,000 times a second: ~0.6 of a core.)
-_MISC_CALLS_PER_KEEPALIVE = 4
 # With keepalive off (0) loop_misc() has nothing to time.
 _MISC_INTERVAL_WITHOUT_KEEPALIVE = 60.0
 # A burst of small packets arrives in one TCP segment: read up to this many times per readiness
@@ -95,7 +91,7 @@ class Connection:
     async def read_loop(self) -> None:
         while True:
             try:
-                if self.paho.read_ahead_pending or _has_decrypted_bytes(self.sock):
+                if self.paho.read_ahead_pending or has_decrypted_bytes(self.sock):
                     # The last wake-up left bytes read ahead, or (TLS) whole records decrypted
                     # in the SSL object, which the kernel does not know about: waiting for the
                     # socket would stall.
@@ -137,7 +133,7 @@ class Connection:
                 break
             # Peek to know whether to go on: what arrived meanwhile is handled in this
             # wake-up (a gateway's answers in fewer, larger batches).
-            if not _has_pending_bytes(self.sock):
+            if not has_pending_bytes(self.sock):
                 break
         return True
 
@@ -188,32 +184,42 @@ class Connection:
         # (ReadAheadClient): no cork, two syscalls less.
         corked = self.paho.several_writes_queued
         if corked:
-            _set_cork(self.sock, True)
+            set_cork(self.sock, True)
         try:
             rc = self.paho.loop_write()
         finally:
             if corked:
-                _set_cork(self.sock, False)
+                set_cork(self.sock, False)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._lost_with(rc)
             return False
         return True
 
     async def misc_loop(self) -> None:
-        keepalive = self.owner._keepalive
-        interval = (
-            keepalive / _MISC_CALLS_PER_KEEPALIVE
-            if keepalive > 0
-            else _MISC_INTERVAL_WITHOUT_KEEPALIVE
-        )
-        # Spread the calls of many connections opened together over the interval.
-        await trio.sleep(random.uniform(0, interval))
+        # paho's keepalive bookkeeping only advances when loop_misc() runs, and it acts only
+        # once a keepalive has passed since the last packet out, the last bytes in, or an
+        # unanswered PINGREQ: sleep until the earliest of those, which every packet moves
+        # later. So a PINGREQ leaves exactly one keepalive after the last packet out (brokers
+        # allow 1.5) and a missing PINGRESP is noticed on time, at one wake-up per keepalive
+        # (the last calls four times per period woke a fleet of 10,000 connections 1,333
+        # times a second, busy or idle).
+        if self.owner._keepalive <= 0:
+            while True:
+                await trio.sleep(_MISC_INTERVAL_WITHOUT_KEEPALIVE)
+                self.paho.loop_misc()
         while True:
+            wait = self.paho.keepalive_due - time.monotonic()  # paho's clock
+            if wait > 0:
+                await trio.sleep(wait)
+                continue
             if self.paho.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 # The one failure loop_misc() reports: no PINGRESP within the keepalive.
                 self._lost_with(MQTTErrorCode.MQTT_ERR_KEEPALIVE)
                 return
-            await trio.sleep(interval)
+            if self.paho.keepalive_due <= time.monotonic():
+                # Nothing moved the deadline (paho sent no PINGREQ: one is on its way and
+                # answered by nothing yet read); look again a keepalive later at most.
+                await trio.sleep(self.owner._keepalive)
 
     async def subscribe(self, filters: list[tuple[str, int]]) -> None:
         """Send one SUBSCRIBE for ``filters`` and check the SUBACK.
@@ -368,30 +374,3 @@ def _refusal(
     if not refused:
         return None
     return MqttSubscribeError("broker refused subscription: " + ", ".join(refused))
-
-
-def _set_cork(sock: socket.socket, corked: bool) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(corked))
-    except OSError:
-        pass  # the socket is closed or failed: loop_write() reports that itself
-
-
-def _has_decrypted_bytes(sock: socket.socket) -> bool:
-    """TLS: whether the SSL object holds decrypted bytes not yet read (never, for plain TCP)."""
-    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-
-
-def _has_pending_bytes(sock: socket.socket) -> bool:
-    if _has_decrypted_bytes(sock):
-        return True
-    try:
-        # b"" (EOF) counts as pending: loop_read() must see it to report the loss. For TLS this
-        # peeks at the raw socket (SSLSocket.recv refuses flags): encrypted bytes, perhaps only
-        # part of a record, which loop_read() then reports as "nothing yet".
-        socket.socket.recv(sock, 1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True

@@ -72,6 +72,18 @@ class ReadAheadClient(paho.Client):
         """Bytes already read from the socket that paho has not consumed yet."""
         return self._read_position < len(self._read_ahead)
 
+    @property
+    def keepalive_due(self) -> float:
+        """When (``time.monotonic()``) ``loop_misc()`` next has something to do: a keepalive
+        after the last packet out, the last bytes in, or an unanswered PINGREQ (paho's
+        ``_check_keepalive`` and ``loop_misc`` act on exactly these; every packet moves the
+        first two later, a PINGRESP clears the third)."""
+        keepalive = self._keepalive
+        due = min(self._last_msg_out, self._last_bytes_received) + keepalive
+        if self._ping_t > 0:
+            due = min(due, self._ping_t + keepalive)
+        return due
+
     # -- writing -----------------------------------------------------------------------------
 
     def publish_fast(

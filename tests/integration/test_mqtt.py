@@ -7,6 +7,8 @@ fast instead of blocking CI.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
@@ -187,6 +189,44 @@ async def test_silent_broker_is_detected_by_keepalive(mosquitto: MosquittoBroker
             mosquitto.resume()
             await client.wait_connected()
             assert (client.generation, client.reconnects) == (2, 1)
+
+
+class _SupervisorSteps(trio.abc.Instrument):
+    """Counts the task steps of ``client``'s supervising task (where loop_misc() runs)."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        frame: Any = getattr(task.coro, "cr_frame", None)
+        if frame is not None and frame.f_code.co_name == "_run":
+            if frame.f_locals.get("self") is self.client:
+                self.steps += 1
+
+
+async def test_an_idle_connection_pings_on_time_waking_once_per_keepalive(
+    mosquitto: MosquittoBroker,
+) -> None:
+    # loop_misc() runs when a keepalive has passed since the last packet (it ran four times
+    # per keepalive): mosquitto drops a client silent for 1.5 keepalives, so two periods idle
+    # show the PINGREQs still leave in time. Real time: paho and mosquitto time keepalive on
+    # the system's clock, in whole seconds.
+    host, port = mosquitto.host, mosquitto.port
+    with trio.fail_after(_GUARD):
+        async with open_mqtt_client(
+            host, port, client_id="idle", on_message=Inbox(), keepalive=1
+        ) as client:
+            supervisor = _SupervisorSteps(client)
+            trio.lowlevel.add_instrument(supervisor)
+            try:
+                await trio.sleep(2.2)
+            finally:
+                trio.lowlevel.remove_instrument(supervisor)
+            assert client.connected
+    assert (client.generation, client.reconnects) == (1, 0)
+    # One wake-up per keepalive (a PINGREQ each), not four (8-9 in 2.2 s before).
+    assert supervisor.steps <= 4
 
 
 async def test_raising_on_message_is_logged_and_counted_not_fatal(
