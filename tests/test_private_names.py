@@ -131,6 +131,7 @@ PINNED: dict[str, dict[str, str]] = {
     },
     "paho.mqtt": {
         "paho.mqtt.client:Client._call_socket_register_write": "bb825cf9532d2745",
+        "paho.mqtt.client:Client._call_socket_unregister_write": "0759a544e634762b",
         "paho.mqtt.client:Client._do_on_publish": "5bbcad6f9447107a",
         "paho.mqtt.client:Client._handle_connack": "39267140212c8b5f",
         "paho.mqtt.client:Client._handle_on_message": "8ccc46fdb090aead",

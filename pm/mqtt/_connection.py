@@ -175,8 +175,8 @@ class Connection:
             await self.write_wanted.wait()
 
     def _write_queued(self) -> bool:
-        """One loop_write(): what the kernel takes of paho's queue; False if the connection is
-        lost."""
+        """What the kernel takes of what is queued now (``write_encoded``); False if the
+        connection is lost."""
         # paho sends each queued buffer with its own send(): corked, the kernel packs them into
         # full segments instead of pushing one loopback/TCP segment per packet through the
         # stack (that was ~16% of the gateway's CPU in a 10k-task burst). Uncorking flushes at
@@ -186,7 +186,7 @@ class Connection:
         if corked:
             set_cork(self.sock, True)
         try:
-            rc = self.paho.loop_write()
+            rc = self.paho.write_encoded()
         finally:
             if corked:
                 set_cork(self.sock, False)

@@ -3,6 +3,7 @@ here (:mod:`pm.mqtt._packets`), no per-topic callbacks."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -167,6 +168,33 @@ class ReadAheadClient(paho.Client):
     def loop_write(self) -> MQTTErrorCode:
         self._hand_over_outgoing()
         return super().loop_write()
+
+    def write_encoded(self) -> MQTTErrorCode:
+        """``loop_write()``, sending the packets encoded here with one ``send`` of their own
+        when paho has nothing queued ahead of them (plain TCP): none of paho's queue entry, copy
+        and bookkeeping for the one buffer a simulated device writes per request. What the
+        kernel does not take stays queued (``want_write()``)."""
+        outgoing = self._outgoing
+        sock = self._sock
+        if self._out_packet or not outgoing or sock is None or isinstance(sock, ssl.SSLSocket):
+            # TLS: a write the SSL object refused must be retried with the same bytes, which
+            # paho's queue does.
+            return self.loop_write()
+        try:
+            sent = sock.send(outgoing)
+        except BlockingIOError:
+            return _SUCCESS
+        except OSError:
+            return self.loop_write()  # paho reports the failure as it always did
+        self._last_msg_out = time.monotonic()  # paho's keepalive counts from the last write
+        if sent < len(outgoing):
+            del outgoing[:sent]
+        else:
+            self._outgoing = bytearray()
+            # paho calls on_socket_register_write only after an unregister: the next packet
+            # queued must call it again.
+            self._call_socket_unregister_write()
+        return _SUCCESS
 
     # -- reading -----------------------------------------------------------------------------
 
