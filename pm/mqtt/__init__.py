@@ -3,10 +3,11 @@
 paho does the protocol (packet codec, QoS 1 bookkeeping, keepalive), except the packets of the
 hot path (PUBLISH QoS 0/1 and PUBACK, both ways), coded by :mod:`pm.mqtt._packets` with far
 fewer Python calls (docs/mqtt-client.md); this module does the I/O.
-Once connected, one task calls ``loop_read()`` whenever the socket is readable, another calls
-``loop_write()`` whenever paho has queued bytes (paho tells us through its
-``on_socket_register_write`` callback), and the supervising task calls ``loop_misc()`` four
-times per keepalive period. paho's callbacks therefore run on the trio thread, between checkpoints,
+Once connected, one task calls ``loop_read()`` whenever the socket is readable and writes what
+the packets it handled queued (PUBACKs, answers published from ``on_message``); another writes
+what other tasks publish and whatever the kernel could not take at once (paho tells us through
+its ``on_socket_register_write`` callback); the supervising task calls ``loop_misc()`` when a
+keepalive is due. paho's callbacks therefore run on the trio thread, between checkpoints,
 which is what lets :meth:`MqttClient.publish` be a plain synchronous call. Only the blocking TCP
 connect runs in a worker thread.
 

@@ -43,7 +43,7 @@ async def open_mqtt_client(
         message. Keep it short and non-blocking (hand work to a channel with ``send_nowait``).
       username, password: Credentials; empty username sends none.
       keepalive: MQTT keepalive in seconds; a silent broker is declared lost after one to two
-        keepalive periods (plus up to a quarter of one).
+        keepalive periods.
       reconnect_min_delay, reconnect_max_delay: Bounds of the jittered exponential backoff.
       max_inflight: QoS 1 messages paho keeps unacknowledged before it queues locally; 0
         for no cap (paho then skips its O(outstanding) scan on every PUBACK).

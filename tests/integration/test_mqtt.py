@@ -16,7 +16,7 @@ from pm.mqtt import MqttClient, MqttSubscribeError, open_mqtt_client
 from tests.integration.brokers import Inbox, MosquittoBroker
 from tests.waiting import poll_until
 
-# Hang guard per test; each normally takes well under a second (the keepalive one ~2.5 s).
+# Hang guard per test; each normally takes well under a second (the keepalive ones ~2.5 s).
 _GUARD = 10.0
 # Fast reconnects keep the reconnect test short; production defaults are 0.1-5 s.
 _FAST_RECONNECT = {"reconnect_min_delay": 0.05, "reconnect_max_delay": 0.2}
@@ -184,7 +184,7 @@ async def test_silent_broker_is_detected_by_keepalive(mosquitto: MosquittoBroker
         ) as client:
             mosquitto.pause()
             # The TCP connection stays up: only the missing PINGRESP can reveal the dead broker
-            # (after 1-2 keepalives, as loop_misc() runs four times per keepalive).
+            # (after 1-2 keepalives: loop_misc() runs when a keepalive is due).
             await _wait_until_disconnected(client)
             mosquitto.resume()
             await client.wait_connected()
