@@ -106,12 +106,20 @@ class Connection:
             # task for it: a device answering one request at a time paid a task wake-up per
             # answer for that (a fifth of a simulated fleet's CPU with a connection per device).
             self._reading = True
+            self.paho.published = False
             try:
                 if not self._read_packets():
                     return
             finally:
                 self._reading = False
-            if self._write_after_read and not self._write_from_reader():
+            if not self._write_after_read:
+                continue
+            if not self.paho.published:
+                # Only PUBACKs: the gateway's answers, handed to tasks that publish next; the
+                # writer writes them together (one send() less per read).
+                self._write_after_read = False
+                self.write_wanted.set()
+            elif not self._write_from_reader():
                 return
 
     def _read_packets(self) -> bool:

@@ -65,6 +65,8 @@ class ReadAheadClient(paho.Client):
         self._outgoing = bytearray()
         # With an in-flight cap: ids of the PUBLISH packets sent here and not acknowledged.
         self._unacknowledged: set[int] = set()
+        #: Set by every publish (here or through paho); the connection's reader clears it.
+        self.published = False
         #: ``(topic, payload)`` of every PUBLISH read here; paho's ``on_message`` gets the rest.
         self.on_publish_received: Callable[[str, bytes], None] | None = None
 
@@ -120,6 +122,7 @@ class ReadAheadClient(paho.Client):
                 self._unacknowledged.add(packet_id)
                 self._inflight_messages += 1
         self._queue_encoded(encode_publish(encoded, payload, packet_id, qos, retain))
+        self.published = True
         return _SUCCESS
 
     def _queue_encoded(self, packet: bytes) -> None:
@@ -155,6 +158,8 @@ class ReadAheadClient(paho.Client):
     ) -> MQTTErrorCode:
         # A packet of paho's goes after those encoded here before it.
         self._hand_over_outgoing()
+        if command & 0xF0 == paho.PUBLISH:
+            self.published = True
         return super()._packet_queue(command, packet, mid, qos, info)
 
     def want_write(self) -> bool:

@@ -104,3 +104,25 @@ async def test_answers_larger_than_the_kernel_takes_at_once_arrive_whole_and_in_
     assert received == [b"%03d" % n + b"." * size for n in range(count)]
     # The kernel's buffer filled: the writer did write (this test covers its path).
     assert writer.steps > 0
+
+
+async def test_pubacks_alone_are_left_to_the_writer(mosquitto: MosquittoBroker) -> None:
+    # A read that only acknowledges (the gateway's answers, handed to tasks that publish next)
+    # wakes the writer as before, so the PUBACKs leave with what those tasks publish.
+    host, port = mosquitto.host, mosquitto.port
+    received = Inbox()
+    with trio.fail_after(_GUARD):
+        async with (
+            open_mqtt_client(host, port, client_id="asker", on_message=Inbox()) as asker,
+            open_mqtt_client(host, port, client_id="gateway", on_message=received) as gateway,
+        ):
+            await gateway.subscribe("answers")
+            writer = WriterSteps(gateway)
+            trio.lowlevel.add_instrument(writer)
+            try:
+                for n in range(5):
+                    assert asker.publish("answers", str(n).encode())
+                    assert await received.receive.receive() == ("answers", str(n).encode())
+            finally:
+                trio.lowlevel.remove_instrument(writer)
+    assert writer.steps >= 5
