@@ -262,9 +262,7 @@ class ConnectionHandler(HotPacketHandler):
         if header is None or data is None:
             return False
         first_byte = packet.fixed_header.flags if packet.fixed_header is not None else 0
-        self.take_publish(
-            packet.topic_name, bytes(data), header.packet_id, qos, first_byte & 0x08, first_byte
-        )
+        self.take_publish(packet.topic_name, bytes(data), header.packet_id, qos, first_byte)
         return True
 
     async def _send_packet(self, packet: Any) -> None:  # noqa: ANN401 - any amqtt packet

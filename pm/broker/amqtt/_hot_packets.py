@@ -71,6 +71,8 @@ class HotPacketHandler(BrokerProtocolHandler):
     #: unsubscription, the disconnect).
     route_published: Callable[[Session, str, bytes, int, bool], bool] | None = None
     message_loop_waiters: list[asyncio.Future[Any]] = []  # noqa: RUF012 - replaced, never mutated
+    #: Whether the reader loop runs and no plugin listens to packet events (start_taking).
+    _taking = False
 
     def start_taking(self, packet_read: Callable[[], None]) -> None:
         self.handler_tasks: collections.deque[asyncio.Task[None]] = collections.deque()
@@ -85,7 +87,7 @@ class HotPacketHandler(BrokerProtocolHandler):
 
     def can_take_hot_packets(self) -> bool:
         """Whether amqtt's path would do exactly what :meth:`take_hot_packets` does now."""
-        if not getattr(self, "_taking", False) or self.session is None or self.writer is None:
+        if not self._taking or self.session is None or self.writer is None:
             return False
         tasks = self.handler_tasks
         while tasks and tasks[0].done():
@@ -124,9 +126,7 @@ class HotPacketHandler(BrokerProtocolHandler):
                 if "#" in topic or "+" in topic:
                     break  # amqtt's parser refuses it (and discards the packet)
                 packet_id = ((data[topic_end] << 8) | data[topic_end + 1]) if qos else None
-                self.take_publish(
-                    topic, bytes(data[payload_start:end]), packet_id, qos, first & _DUP, first
-                )
+                self.take_publish(topic, bytes(data[payload_start:end]), packet_id, qos, first)
             else:
                 break
             position = end
@@ -140,13 +140,13 @@ class HotPacketHandler(BrokerProtocolHandler):
         payload: bytes,
         packet_id: int | None,
         qos: int,
-        dup: int,
         first_byte: int,
     ) -> None:
         """amqtt's ``handle_publish`` for QoS 0 (without DUP) and 1, without a task: the
         message routed at once (when the message loop has nothing of this client on its way
         and the broker takes it) or onto the session's delivery queue, then (QoS 1) its
-        PUBACK."""
+        PUBACK. ``first_byte`` is the packet's first byte (or its low four bits, amqtt's
+        ``flags``): its DUP and RETAIN flags."""
         retain = bool(first_byte & _RETAIN)
         session = self.session
         assert session is not None  # can_take_hot_packets checked it
@@ -163,7 +163,7 @@ class HotPacketHandler(BrokerProtocolHandler):
             # The broker reads its retain flag (and plugins may read it) as amqtt's path
             # sets it.
             message.publish_packet = PublishPacket.build(
-                topic, payload, packet_id, bool(dup), qos, retain
+                topic, payload, packet_id, bool(first_byte & _DUP), qos, retain
             )
             queue.put_nowait(message)
         if qos and self.writer is not None and packet_id is not None:
