@@ -227,10 +227,11 @@ class WatchGroup:
         and anything is left to write."""
         if self._writes.over:
             return
-        host = next((member for member in self._members if member.nursery is not None), None)
-        if host is not None and host.nursery is not None:
-            self._lead_host = host
-            host.nursery.start_soon(self._run_writes, host)
+        for member in self._members:
+            if member.nursery is not None:
+                self._lead_host = member
+                member.nursery.start_soon(self._run_writes, member)
+                return
 
     async def _run_writes(self, host: GroupMember) -> None:
         with host.lead_scope:
