@@ -123,8 +123,11 @@ class RoutingBroker(Broker):
             retained = self._retained_messages
             if data:
                 retained[topic] = RetainedApplicationMessage(session, topic, data, qos)
-            elif topic in retained:
-                retained[topic].data = b""  # amqtt keeps the cleared message, emptied
+            else:
+                # [MQTT-3.3.1-10/11]: an empty retained message clears the topic's and is not
+                # stored; amqtt's retain_message deletes the entry (after emptying it for its
+                # plugin event), so a later subscriber gets nothing for it.
+                retained.pop(topic, None)
         return True
 
     def _matching_filters(self, topic: str) -> Iterable[tuple[str, Holders]]:
