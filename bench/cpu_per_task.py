@@ -3,11 +3,11 @@ goes (issue 15 item 3: >= 8,000 tasks/s needs the gateway and the fleet cheaper 
 
 Two modes:
 
-- **processes** (default): one gateway process (``pm serve``, embedded mosquitto, the default
-  file store) and one fleet process (``pm simulate``, devices answering at once over
-  ``--connections`` connections), as ``bench.dispatch`` runs them; after a warm-up job,
-  ``--jobs`` jobs of ``--tasks`` tasks each. Per job: CPU ms per task of the gateway, of its
-  mosquitto child and of the fleet (``/proc``, 10 ms ticks), and the job's tasks/s. With
+- **processes** (default): one gateway process (``pm serve``, embedded mosquitto or
+  ``--broker amqtt``, the default file store) and one fleet process (``pm simulate``, devices
+  answering at once over ``--connections`` connections), as ``bench.dispatch`` runs them;
+  after a warm-up job, ``--jobs`` jobs of ``--tasks`` tasks each. Per job: CPU ms per task of
+  the gateway, of its broker and of the fleet (``/proc``, 10 ms ticks), and the job's tasks/s. With
   ``--trees A B`` every round runs each tree's gateway and fleet in turn (``PYTHONPATH``),
   alternating which goes first: the A/B of a change on a machine others are loading, where
   CPU per task moves far less than the rates do.
@@ -24,7 +24,7 @@ Two modes:
 Usage::
 
     python -m bench.cpu_per_task [--tasks 10000] [--jobs 3] [--rounds 3] [--connections 100]
-        [--store file|memory] [--trees TREE_A TREE_B] [--py-spy FILE]
+        [--store file|memory] [--broker mosquitto|amqtt] [--trees TREE_A TREE_B] [--py-spy FILE]
         [--gil] [--profile gateway|fleet] [--top 25] [--save FILE]
         [--collector gateway|fleet [--young N]]
 """
@@ -108,7 +108,7 @@ def run_tree(tree: str | None, arguments: argparse.Namespace) -> list[dict[str, 
         services: list[Service] = []
         try:
             with _in_tree(tree):
-                gateway = start_gateway(directory, engine="mosquitto", extra_env=env)
+                gateway = start_gateway(directory, engine=arguments.broker, extra_env=env)
                 services.append(gateway)
                 port = int(gateway.info["mqtt_port"])
                 services.append(
@@ -124,7 +124,7 @@ async def _measure_jobs(
     gateway: Service, fleet: Service, arguments: argparse.Namespace
 ) -> list[dict[str, float]]:
     devices = fleet_ids(arguments.tasks)
-    # The embedded broker: a Python wrapper (pm.broker.mosquitto) and its mosquitto child.
+    # The embedded broker: amqtt's process, or a Python wrapper and its mosquitto child.
     pids = {"gateway": [gateway.pid], "broker": _descendants(gateway.pid), "fleet": [fleet.pid]}
     figures = []
     async with http_client(str(gateway.info["url"])) as client:
@@ -194,11 +194,11 @@ def processes(arguments: argparse.Namespace) -> None:
 # -- profile: Python calls per task of one side -------------------------------------------
 
 
-def gateway_config(store_path: str) -> Config:
+def gateway_config(store_path: str, engine: str = "mosquitto") -> Config:
     return msgspec.convert(
         {
             "http": {"host": "127.0.0.1", "port": 0},
-            "broker": {"host": "127.0.0.1", "port": 0, "engine": "mosquitto"},
+            "broker": {"host": "127.0.0.1", "port": 0, "engine": engine},
             "mqtt": {"client_id": f"pm-bench-{uuid.uuid4().hex[:8]}"},
             "store": {"path": store_path},
         },
@@ -220,7 +220,7 @@ async def profile_gateway(arguments: argparse.Namespace, profiler: Profiler) -> 
     with workdir() as directory:
         store = str(directory / "pm.db") if arguments.store == "file" else ":memory:"
         async with trio.open_nursery() as nursery:
-            gateway = await nursery.start(run_gateway, gateway_config(store))
+            gateway = await nursery.start(run_gateway, gateway_config(store, arguments.broker))
             engine = gateway.engine
             fleet = await trio.to_thread.run_sync(
                 lambda: start_fleet(
@@ -250,7 +250,7 @@ async def profile_fleet(arguments: argparse.Namespace, profiler: Profiler) -> in
     body = job_body(devices)
     with workdir() as directory:
         store = directory / "puppetmaster.db" if arguments.store == "file" else None
-        gateway = start_gateway(directory, engine="mosquitto", extra_env=_store_env(store))
+        gateway = start_gateway(directory, engine=arguments.broker, extra_env=_store_env(store))
         try:
             settings = SimulatorSettings(
                 host="127.0.0.1",
@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=100, help="0: one per device")
     parser.add_argument("--store", choices=["file", "memory"], default="file")
+    parser.add_argument("--broker", choices=["mosquitto", "amqtt"], default="mosquitto")
     parser.add_argument("--trees", nargs="+", help="source trees to alternate (PYTHONPATH)")
     parser.add_argument("--profile", choices=["gateway", "fleet"])
     parser.add_argument(
@@ -379,9 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--young", type=int, help="--collector: young-generation threshold")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--save", help="profile: write the pstats file here")
-    parser.add_argument(
-        "--py-spy", help="processes: py-spy the gateway's measured jobs to this file"
-    )
+    parser.add_argument("--py-spy", help="processes: py-spy the gateway's measured jobs here")
     parser.add_argument("--gil", action="store_true", help="--py-spy: only the GIL's holder")
     arguments = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
