@@ -380,3 +380,36 @@ async def _unsubscribe_then_publish() -> None:
         writer.close()
         for _, writer_ in (subscriber, _publisher):
             writer_.close()
+
+
+# -- hostile bytes: malformed packets behind a whole one ---------------------------------------
+
+TOPIC_LONGER_THAN_ITS_PACKET = b"\x32\x05\x00\x40d/x\x00"  # QoS 1, topic length 64 in 5 bytes
+FIVE_BYTE_REMAINING_LENGTH = b"\x30\xff\xff\xff\xff\x7f"  # [MQTT-2.2.3]: at most four bytes
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    [TOPIC_LONGER_THAN_ITS_PACKET, FIVE_BYTE_REMAINING_LENGTH],
+    ids=["topic-longer-than-packet", "five-byte-remaining-length"],
+)
+def test_a_malformed_packet_behind_a_whole_one_is_not_routed_and_the_broker_goes_on(
+    malformed: bytes,
+) -> None:
+    """Hostile bytes in the same write as a whole QoS 1 PUBLISH: the whole one is delivered
+    and acknowledged, nothing of the malformed one reaches a subscriber, and the broker goes
+    on serving another client (the hot parser leaves a malformed packet to amqtt's path)."""
+    asyncio.run(asyncio.wait_for(_malformed_behind_whole(malformed), GUARD_SECONDS))
+
+
+async def _malformed_behind_whole(malformed: bytes) -> None:
+    async with broker_and_endpoint() as (_broker, host, port):
+        subscriber, publisher = await subscriber_and_publisher(host, port, "d/#")
+        publisher[1].write(publish_qos1_packet("d/whole", 1, b"kept") + malformed)
+        assert await read_packet(publisher[0]) == puback_packet(1)
+        other = await connected_client(host, port, "other")
+        other[1].write(publish_qos1_packet("d/after", 1, b"after"))
+        assert await read_packet(other[0]) == puback_packet(1)
+        assert await receive(subscriber, 2) == [("d/whole", b"kept"), ("d/after", b"after")]
+        for _, writer in (subscriber, publisher, other):
+            writer.close()
