@@ -8,8 +8,6 @@ this process on real sockets; the clients speak MQTT byte by byte
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from tests.integration.mqtt_packets import (
@@ -18,29 +16,10 @@ from tests.integration.mqtt_packets import (
     read_packet,
     subscriber_and_publisher,
 )
-from tests.integration.test_amqtt_hot_packets import receive
+from tests.integration.test_amqtt_hot_packets import receive, running_broker
 
 GUARD_SECONDS = 30.0
 MESSAGES = 5
-
-
-@asynccontextmanager
-async def broker_with_callbacks(callbacks: dict[str, Any]) -> AsyncIterator[tuple[Any, str, int]]:
-    """The broker as the tests of fix 13 run it, with ``callbacks`` (event -> coroutine
-    function) registered as a plugin's ``on_<event>`` methods are."""
-    from pm.broker.amqtt._broker import PuppetmasterBroker
-    from pm.broker.amqtt._config import amqtt_config, bound_endpoint
-
-    broker = PuppetmasterBroker(amqtt_config("127.0.0.1", 0))
-    broker.plugins_manager._is_topic_filtering_enabled = False
-    for event, callback in callbacks.items():
-        broker.plugins_manager._event_plugin_callbacks[event].append(callback)
-    await broker.start()
-    try:
-        host, port = bound_endpoint(broker)
-        yield broker, host, port
-    finally:
-        await broker.shutdown()
 
 
 async def _publish(host: str, port: int) -> list[tuple[str, bytes]]:
@@ -70,7 +49,7 @@ async def _message_events() -> None:
         seen.append((message.topic, bytes(message.data)))
 
     callbacks = {BrokerEvents.MESSAGE_RECEIVED: on_message_received}
-    async with broker_with_callbacks(callbacks) as (broker, host, port):
+    async with running_broker(callbacks=callbacks) as (broker, host, port):
         received = await _publish(host, port)
         await broker.plugins_manager.wait_fired_events()
     expected = [(f"plugged/{n}", b"%d" % n) for n in range(MESSAGES)]
@@ -104,7 +83,7 @@ async def _packet_events() -> None:
         MQTTEvents.PACKET_RECEIVED: on_packet_received,
         MQTTEvents.PACKET_SENT: on_packet_sent,
     }
-    async with broker_with_callbacks(callbacks) as (broker, host, port):
+    async with running_broker(callbacks=callbacks) as (broker, host, port):
         await _publish(host, port)
         await broker.plugins_manager.wait_fired_events()
     assert sorted(published) == [f"plugged/{n}" for n in range(MESSAGES)]

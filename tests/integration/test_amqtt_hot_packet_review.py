@@ -32,6 +32,7 @@ from tests.integration.test_amqtt_hot_packets import (
     connected_client,
     reads_by_the_broker,
     receive,
+    running_broker,
 )
 
 GUARD_SECONDS = 30.0
@@ -45,18 +46,9 @@ async def broker_and_endpoint() -> AsyncIterator[tuple[Any, str, int]]:
     """The broker as the gateway runs it without ``broker.auth`` (the gateway's identity
     reserved, every other client accepted and not anonymous: a persistent session keeps its
     messages), and its object."""
-    from pm.broker.amqtt._broker import PuppetmasterBroker
-    from pm.broker.amqtt._config import amqtt_config, bound_endpoint
-
     identity = {"gateway_username": "gateway", "gateway_client_id": "gateway"}
-    broker = PuppetmasterBroker(amqtt_config("127.0.0.1", 0, auth=identity))
-    broker.plugins_manager._is_topic_filtering_enabled = False
-    await broker.start()
-    try:
-        host, port = bound_endpoint(broker)
-        yield broker, host, port
-    finally:
-        await broker.shutdown()
+    async with running_broker(auth=identity) as started:
+        yield started
 
 
 def unsubscribe_packet(topic_filter: str, packet_id: int) -> bytes:

@@ -31,15 +31,23 @@ PINGRESP = b"\xd0\x00"
 
 
 @asynccontextmanager
-async def running_broker() -> AsyncIterator[tuple[str, int]]:
+async def running_broker(
+    *, auth: dict[str, str] | None = None, callbacks: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Any, str, int]]:
+    """Our broker in this process on a free port, topic filtering off; ``auth`` as the gateway
+    passes it (None: anonymous clients accepted), ``callbacks`` (event -> coroutine function)
+    registered as a plugin's ``on_<event>`` methods are. Yields it, its host and port."""
     from pm.broker.amqtt._broker import PuppetmasterBroker
     from pm.broker.amqtt._config import amqtt_config, bound_endpoint
 
-    broker = PuppetmasterBroker(amqtt_config("127.0.0.1", 0))
+    broker = PuppetmasterBroker(amqtt_config("127.0.0.1", 0, auth=auth))
     broker.plugins_manager._is_topic_filtering_enabled = False
+    for event, callback in (callbacks or {}).items():
+        broker.plugins_manager._event_plugin_callbacks[event].append(callback)
     await broker.start()
     try:
-        yield bound_endpoint(broker)
+        host, port = bound_endpoint(broker)
+        yield broker, host, port
     finally:
         await broker.shutdown()
 
@@ -111,7 +119,7 @@ def test_messages_of_many_connections_are_routed_without_a_task_each_on_the_way_
 
 
 async def _publish_from_many_connections(clients: int) -> None:
-    async with running_broker() as (host, port):
+    async with running_broker() as (_broker, host, port):
         subscriber = await connected_client(host, port, "sub")
         subscriber[1].write(subscribe_packet("device/+/answer", 1, qos=1))
         assert (await read_packet(subscriber[0]))[:1] == b"\x90"  # SUBACK
@@ -161,7 +169,7 @@ def test_packets_cut_across_reads_are_delivered_whole_and_in_order() -> None:
 
 
 async def _publish_in_pieces() -> None:
-    async with running_broker() as (host, port):
+    async with running_broker() as (_broker, host, port):
         subscriber, publisher = await subscriber_and_publisher(host, port, "cut/#")
         long_payload = b"L" * 300  # a remaining length of two bytes
         # A remaining length whose second byte reads as a PUBACK's first (0x40: 8,192-8,319)
@@ -223,7 +231,7 @@ async def _publish_a_large_message(size: int) -> None:
     from pm.broker.amqtt._incoming import PAUSE_READING_AT
 
     assert size > PAUSE_READING_AT
-    async with running_broker() as (host, port):
+    async with running_broker() as (_broker, host, port):
         subscriber, publisher = await subscriber_and_publisher(host, port, "large/#")
         large = bytes(range(256)) * (size // 256)
         publisher[1].write(
@@ -247,7 +255,7 @@ def test_a_publish_behind_a_subscribe_of_the_same_write_waits_for_it() -> None:
 
 
 async def _subscribe_then_publish() -> None:
-    async with running_broker() as (host, port):
+    async with running_broker() as (_broker, host, port):
         reader, writer = await connected_client(host, port, "echo")
         writer.write(
             subscribe_packet("echo/topic", 1, qos=1)
@@ -270,7 +278,7 @@ def test_a_retained_message_taken_at_once_is_retained_and_cleared() -> None:
 
 
 async def _retain_and_clear() -> None:
-    async with running_broker() as (host, port):
+    async with running_broker() as (_broker, host, port):
         publisher = await connected_client(host, port, "retainer")
         publisher[1].write(b"\x33" + publish_qos1_packet("kept/1", 1, b"online")[1:])
         assert await read_packet(publisher[0]) == puback_packet(1)
@@ -311,7 +319,7 @@ def test_a_publish_to_a_wildcard_topic_is_left_to_amqtt_and_raises_nothing(
 
 
 async def _publish_to_a_wildcard() -> None:
-    async with running_broker() as (host, port):
+    async with running_broker() as (_broker, host, port):
         subscriber, publisher = await subscriber_and_publisher(host, port, "bad/#")
         refused = publish_qos0_packet("bad/+", b"refused")
         with reads_by_the_broker() as chunks:
